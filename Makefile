@@ -1,0 +1,137 @@
+# phi3: one flat Makefile. Objects under $(O)/, header dependencies tracked (-MMD -MP),
+# warnings as errors. The CUDA backend is compiled when nvcc is found (CUDA=0 forces it
+# off, CUDA=1 requires it); GENCODE overrides the GPU targets.
+#
+# Conventions (so a new file needs no edit here):
+#   */phi3-*.c           a tool's main -> $(BINDIR)/phi3-*
+#   tok/ embed/ decode/ sample/ shared/ *.c   the library every tool links
+#   *_nocuda.c           stand-ins compiled only when CUDA is off
+#   kernels/*.cu decode/*.cu                  the CUDA backend (CUDA on)
+#   tests/unit/*_test.c  C unit tests (TAP), tests/fuzz/*_fuzz.c libFuzzer targets
+
+O      ?= build
+BINDIR ?= bin
+PREFIX ?= /usr/local
+CC     ?= cc
+NVCC   ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+
+ifeq ($(CUDA),)
+  CUDA := $(if $(NVCC),1,0)
+endif
+ifeq ($(CUDA),1)
+  ifeq ($(NVCC),)
+    $(error CUDA=1 but nvcc was not found (set NVCC=/path/to/nvcc))
+  endif
+endif
+
+GENCODE ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80
+
+WARN    = -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wstrict-prototypes
+CFLAGS ?= -O2 -g
+CFLAGS += -std=c11 -D_GNU_SOURCE -pthread $(WARN) -I. -MMD -MP
+NVFLAGS ?= -O3 -lineinfo
+NVFLAGS += -std=c++17 $(GENCODE) -I. -MMD -MP -Xcompiler -Wall,-Werror,-Wno-unused-parameter \
+           --expt-relaxed-constexpr -Werror all-warnings
+# msgpack-c and jansson linked statically: the GPU machine lacks libmsgpackc.so.2.
+LIBS    = -Wl,-Bstatic -lmsgpackc -ljansson -Wl,-Bdynamic -lm -lpthread -lrt
+LDFLAGS ?=
+LDFLAGS += -pthread -Wl,--as-needed
+
+LIBDIRS  = shared tok embed decode sample
+ALL_C    = $(wildcard $(addsuffix /*.c,$(LIBDIRS)))
+TOOL_C   = $(filter %.c,$(foreach d,$(LIBDIRS),$(wildcard $(d)/phi3-*.c)))
+LIB_C    = $(filter-out $(TOOL_C),$(ALL_C))
+CU_SRC   =
+ifeq ($(CUDA),1)
+  LIB_C  := $(filter-out %_nocuda.c,$(LIB_C))
+  CU_SRC  = $(wildcard kernels/*.cu decode/*.cu)
+  CFLAGS += -DPHI3_CUDA=1
+  LIBS   += -L$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lstdc++ \
+            -Wl,-rpath,$(CUDA_HOME)/lib64
+endif
+
+LIB_O    = $(LIB_C:%.c=$(O)/%.o) $(CU_SRC:%.cu=$(O)/%.cu.o)
+TOOLS    = $(foreach f,$(TOOL_C),$(BINDIR)/$(basename $(notdir $(f))))
+TEST_C   = $(wildcard tests/unit/*_test.c)
+TESTS    = $(TEST_C:tests/unit/%.c=$(O)/tests/%)
+FUZZ_C   = $(wildcard tests/fuzz/*_fuzz.c)
+LIBA     = $(O)/libphi3.a
+
+.PHONY: all test check bench fuzz sanitize install deps clean unit
+all: $(TOOLS) $(TESTS)
+
+$(LIBA): $(LIB_O)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+$(O)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(O)/%.cu.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(BINDIR)/phi3-%: $(O)/tok/phi3-%.o $(LIBA)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
+$(BINDIR)/phi3-%: $(O)/embed/phi3-%.o $(LIBA)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
+$(BINDIR)/phi3-%: $(O)/decode/phi3-%.o $(LIBA)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
+$(BINDIR)/phi3-%: $(O)/sample/phi3-%.o $(LIBA)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
+$(BINDIR)/phi3-%: $(O)/shared/phi3-%.o $(LIBA)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
+
+$(O)/tests/%: $(O)/tests/unit/%.o $(LIBA)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
+
+# The README's test command. tests/run.sh runs the C unit tests and every BATS file and
+# ends with "N passed, N failed".
+test check: all
+	PHI3_BIN=$(abspath $(BINDIR)) PHI3_TESTBIN=$(abspath $(O)/tests) tests/run.sh
+
+# ASan + UBSan build of everything (CPU only), then the whole suite against it.
+sanitize:
+	$(MAKE) CUDA=0 O=build/san BINDIR=build/san/bin \
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
+	  LDFLAGS="-fsanitize=address,undefined" test
+
+bench: all
+	PHI3_BIN=$(abspath $(BINDIR)) tests/bench/run.sh
+
+# libFuzzer targets (clang), each run briefly. FUZZ_SECONDS to change.
+FUZZ_SECONDS ?= 20
+FUZZ_CFLAGS = -g -O1 -std=c11 -D_GNU_SOURCE -pthread -I. -fsanitize=fuzzer,address,undefined
+fuzz:
+	@mkdir -p $(O)/fuzz
+	@set -e; for f in $(FUZZ_C); do n=$$(basename $$f .c); \
+	  clang $(FUZZ_CFLAGS) $$f $(filter-out %_nocuda.c,$(filter-out $(TOOL_C),$(ALL_C))) \
+	    -o $(O)/fuzz/$$n $(LIBS); \
+	  mkdir -p $(O)/fuzz/$$n.corpus; \
+	  seeds=tests/fuzz/$$n.seeds; [ -d $$seeds ] || seeds=; \
+	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
+	  $(O)/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 $(O)/fuzz/$$n.corpus $$seeds; \
+	done
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 $(TOOLS) bin/phi3 $(DESTDIR)$(PREFIX)/bin/
+
+# Every Debian package the project needs (build, tests, examples).
+DEB_PKGS = build-essential libmsgpack-dev libjansson-dev bats clang python3 python3-msgpack \
+           libclang-rt-14-dev
+deps:
+	apt-get update && apt-get install -y --no-install-recommends $(DEB_PKGS)
+
+clean:
+	rm -rf build $(TOOLS)
+
+-include $(shell find $(O) -name '*.d' 2>/dev/null)

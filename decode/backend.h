@@ -1,0 +1,79 @@
+/* backend.h: the interface every compute backend of phi3-run implements (CPU reference,
+ * CUDA). A backend holds one growing context: the KV cache of positions [0, n_ctx). */
+#ifndef PHI3_BACKEND_H
+#define PHI3_BACKEND_H
+#include <stddef.h>
+#include <stdint.h>
+
+struct phi3_model;                      /* embed/model.h: config + mmapped tensors */
+
+/* KV storage of the CPU backend, position-major so that a context can grow by appending
+ * and a prefix of n positions is ONE contiguous block (n * pos_stride floats), which is
+ * what a session (shared memory) or the CUDA upload copies:
+ *
+ *   row(p, l) = base + (size_t)p * pos_stride + (size_t)l * 3 * kvdim
+ *   row[0      .. kvdim)   K after RoPE (rotated with the factors of rope_long)
+ *   row[kvdim  .. 2kvdim)  V
+ *   row[2kvdim .. 3kvdim)  K before RoPE: re-rotation (LongRoPE short->long switch) is
+ *                          recomputed from it, so a re-rotated cache is bit-identical to
+ *                          one computed with the long factors from the start.
+ *   kvdim = n_kv_heads * head_dim, pos_stride = n_layers * 3 * kvdim, float32.
+ */
+typedef struct kv_store {
+    float *base;
+    int capacity;                       /* positions that fit in base */
+} kv_store;
+
+size_t kv_pos_floats(const struct phi3_model *m);      /* pos_stride above */
+
+typedef struct backend backend;
+
+typedef struct backend_ops {
+    const char *name;                   /* "cpu", "cuda" */
+    /* Append n tokens at positions [n_ctx, n_ctx + n). Writes logits of the last position
+     * into logits (n_vocab floats), or of every position if all (n * n_vocab floats).
+     * logits may be NULL (prefill only). If the context crosses
+     * original_max_position_embeddings, cached keys are re-rotated to the long factors
+     * first. 0 ok; -1 error with message in b->err. */
+    int (*forward)(backend *b, const int32_t *ids, int n, float *logits, int all);
+    /* Forget positions >= n (n <= n_ctx). Re-rotates back to the short factors if the
+     * context falls to <= original_max. */
+    int (*truncate)(backend *b, int n);
+    void (*destroy)(backend *b);
+    /* Sessions on a device backend (NULL on the CPU backend, whose cache IS the session's
+     * shared memory): kv_load replaces the context by n positions of rows in the CPU
+     * layout above (f32, rotated as rope_long says); kv_save writes positions [from, to)
+     * of the device cache back in that layout (K raw may be recovered by the inverse
+     * rotation, to the device's precision). 0 ok; -1 error in b->err. */
+    int (*kv_load)(backend *b, const float *rows, int n, int rope_long);
+    int (*kv_save)(backend *b, int from, int to, float *rows);
+} backend_ops;
+
+struct backend {
+    const backend_ops *ops;
+    const struct phi3_model *m;
+    int n_ctx;                          /* positions held */
+    int max_ctx;                        /* limit (<= max_position_embeddings) */
+    int rope_long;                      /* cached keys use the long factors */
+    char err[256];
+};
+
+/* CPU backend. kv: external storage (a session's shared memory) or NULL to allocate its
+ * own, growing as needed up to max_ctx. With external kv the caller grows it via
+ * backend_cpu_set_kv (and may resume a context of n_ctx positions already stored there,
+ * rotated as rope_long says). threads <= 0: every core. */
+backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads,
+                         const kv_store *kv, char *err, size_t errlen);
+int backend_cpu_set_kv(backend *b, const kv_store *kv);
+int backend_cpu_resume(backend *b, int n_ctx, int rope_long);
+/* Called by the CPU backend when external kv is too small for need positions; set by the
+ * session code. Returns 0 after calling backend_cpu_set_kv with a larger store. */
+typedef int (*kv_grow_fn)(void *ctx, backend *b, int need);
+void backend_cpu_set_grow(backend *b, kv_grow_fn fn, void *ctx);
+
+/* CUDA backend (the .cu files in decode/); compiled only with CUDA. backend_cuda_available() is 0 in
+ * a CPU-only build or when no device is present. */
+int backend_cuda_available(void);
+backend *backend_cuda_new(const struct phi3_model *m, int max_ctx, char *err, size_t errlen);
+
+#endif

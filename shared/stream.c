@@ -1,0 +1,443 @@
+/* stream.c: incremental frame reader and frame writer over file descriptors.
+ *
+ * Reading is two steps. A small structural scanner walks the buffered bytes and decides,
+ * without allocating, whether they hold a complete msgpack value, need more input, or are
+ * invalid; it also rejects any length or count that could not fit in the frame cap, so a
+ * hostile header never reaches an allocator. Only a complete frame is handed to
+ * msgpack_unpack, whose allocations are then bounded by a small multiple of its size. */
+#include "shared/stream.h"
+#include "shared/util.h"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct frame_reader {
+    int fd;
+    size_t max;          /* cap on one frame, bytes */
+    unsigned char *buf;
+    size_t cap, len;     /* allocated, buffered */
+    size_t start;        /* first byte of the next frame */
+    int eof;
+    long count;
+    char err[256];
+};
+
+enum { SCAN_DONE, SCAN_MORE, SCAN_BAD };
+
+static uint64_t be(const unsigned char *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) v = v << 8 | p[i];
+    return v;
+}
+
+/* Scan one msgpack value at p[0..n). SCAN_DONE sets *used; SCAN_BAD writes err. */
+static int scan(const unsigned char *p, size_t n, size_t max, size_t *used, char *err, size_t errlen)
+{
+    uint64_t pending = 1;      /* values still to read */
+    size_t i = 0;
+    while (pending > 0) {
+        if (i >= n) return SCAN_MORE;
+        unsigned b = p[i];
+        size_t at = i;
+        int hdr = 0;           /* bytes of length/count after the type byte */
+        uint64_t payload = 0;  /* bytes of data after the header */
+        uint64_t children = 0; /* nested values */
+        int kind = 0;          /* 0 fixed, 1 str/bin/ext length, 2 array count, 3 map count */
+        int extra = 0;         /* ext type byte */
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
+        } else if (b <= 0x8f) { children = 2 * (uint64_t)(b & 0x0f);
+        } else if (b <= 0x9f) { children = b & 0x0f;
+        } else if (b <= 0xbf) { payload = b & 0x1f;
+        } else switch (b) {
+            case 0xc4: case 0xd9: hdr = 1; kind = 1; break;
+            case 0xc5: case 0xda: hdr = 2; kind = 1; break;
+            case 0xc6: case 0xdb: hdr = 4; kind = 1; break;
+            case 0xc7: hdr = 1; kind = 1; extra = 1; break;
+            case 0xc8: hdr = 2; kind = 1; extra = 1; break;
+            case 0xc9: hdr = 4; kind = 1; extra = 1; break;
+            case 0xca: payload = 4; break;
+            case 0xcb: payload = 8; break;
+            case 0xcc: case 0xd0: payload = 1; break;
+            case 0xcd: case 0xd1: payload = 2; break;
+            case 0xce: case 0xd2: payload = 4; break;
+            case 0xcf: case 0xd3: payload = 8; break;
+            case 0xd4: payload = 2; break;
+            case 0xd5: payload = 3; break;
+            case 0xd6: payload = 5; break;
+            case 0xd7: payload = 9; break;
+            case 0xd8: payload = 17; break;
+            case 0xdc: hdr = 2; kind = 2; break;
+            case 0xdd: hdr = 4; kind = 2; break;
+            case 0xde: hdr = 2; kind = 3; break;
+            case 0xdf: hdr = 4; kind = 3; break;
+            default:
+                snprintf(err, errlen, "not msgpack (byte 0x%02x at offset %zu)", b, at);
+                return SCAN_BAD;
+        }
+        i++;
+        if (hdr) {
+            if (n - i < (size_t)hdr) return SCAN_MORE;
+            uint64_t v = be(p + i, hdr);
+            i += (size_t)hdr;
+            if (kind == 1) {
+                if (v > max) {
+                    snprintf(err, errlen, "%s header at offset %zu claims %llu bytes, over the frame cap of %zu",
+                             b == 0xd9 || b == 0xda || b == 0xdb ? "str" : extra ? "ext" : "bin",
+                             at, (unsigned long long)v, max);
+                    return SCAN_BAD;
+                }
+                payload = v + (uint64_t)extra;
+            } else {
+                /* Every element takes at least one byte: a count over the cap cannot fit. */
+                if (v > max) {
+                    snprintf(err, errlen, "%s header at offset %zu claims %llu elements, over the frame cap of %zu bytes",
+                             kind == 2 ? "array" : "map", at, (unsigned long long)v, max);
+                    return SCAN_BAD;
+                }
+                children = kind == 3 ? 2 * v : v;
+            }
+        }
+        if (payload > n - i) {
+            if (i + payload > max) {
+                snprintf(err, errlen, "frame larger than the cap of %zu bytes", max);
+                return SCAN_BAD;
+            }
+            return SCAN_MORE;
+        }
+        i += (size_t)payload;
+        pending = pending - 1 + children;
+        if (i > max || pending > max) {
+            snprintf(err, errlen, "frame larger than the cap of %zu bytes", max);
+            return SCAN_BAD;
+        }
+    }
+    *used = i;
+    return SCAN_DONE;
+}
+
+frame_reader *fr_open(int fd, size_t max_frame)
+{
+    frame_reader *r = xcalloc(1, sizeof *r);
+    r->fd = fd;
+    if (!max_frame) {
+        max_frame = FRAME_MAX_DEFAULT;
+        const char *e = getenv("PHI3_MAX_FRAME");
+        long v;
+        if (e && parse_long(e, &v) == 0 && v >= 64) max_frame = (size_t)v;
+    }
+    r->max = max_frame;
+    r->cap = 65536;
+    r->buf = xmalloc(r->cap);
+    return r;
+}
+
+void fr_close(frame_reader *r)
+{
+    if (!r) return;
+    free(r->buf);
+    free(r);
+}
+
+const char *fr_error(const frame_reader *r) { return r->err; }
+long fr_count(const frame_reader *r) { return r->count; }
+
+static const char *kind_name(msgpack_object_type t)
+{
+    switch (t) {
+    case MSGPACK_OBJECT_NIL: return "nil";
+    case MSGPACK_OBJECT_BOOLEAN: return "bool";
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: case MSGPACK_OBJECT_NEGATIVE_INTEGER: return "int";
+    case MSGPACK_OBJECT_FLOAT32: case MSGPACK_OBJECT_FLOAT64: return "float";
+    case MSGPACK_OBJECT_STR: return "str";
+    case MSGPACK_OBJECT_ARRAY: return "array";
+    case MSGPACK_OBJECT_MAP: return "map";
+    case MSGPACK_OBJECT_BIN: return "bin";
+    case MSGPACK_OBJECT_EXT: return "ext";
+    }
+    return "?";
+}
+
+/* Turn the complete frame at buf[start, start+len) into *out. */
+static int decode(frame_reader *r, size_t len, frame *out)
+{
+    long no = r->count + 1;
+    msgpack_zone *z = msgpack_zone_new(len + 256);
+    if (!z) phi3_die("out of memory");
+    char *copy = msgpack_zone_malloc(z, len);
+    if (!copy) phi3_die("out of memory");
+    memcpy(copy, r->buf + r->start, len);
+    size_t off = 0;
+    msgpack_object obj;
+    msgpack_unpack_return ret = msgpack_unpack(copy, len, &off, z, &obj);
+    if (ret != MSGPACK_UNPACK_SUCCESS || off != len) {
+        snprintf(r->err, sizeof r->err, "frame %ld: invalid msgpack (nesting too deep or malformed)", no);
+        msgpack_zone_free(z);
+        return -1;
+    }
+    if (obj.type != MSGPACK_OBJECT_MAP) {
+        snprintf(r->err, sizeof r->err, "frame %ld: top-level value is %s, not a map", no, kind_name(obj.type));
+        msgpack_zone_free(z);
+        return -1;
+    }
+    const msgpack_object *t = NULL;
+    for (uint32_t i = 0; i < obj.via.map.size; i++) {
+        const msgpack_object_kv *kv = &obj.via.map.ptr[i];
+        if (obj_str_eq(&kv->key, "type")) { t = &kv->val; break; }
+    }
+    if (!t) {
+        snprintf(r->err, sizeof r->err, "frame %ld: map has no \"type\" key", no);
+        msgpack_zone_free(z);
+        return -1;
+    }
+    if (t->type != MSGPACK_OBJECT_STR) {
+        snprintf(r->err, sizeof r->err, "frame %ld: \"type\" is %s, not a string", no, kind_name(t->type));
+        msgpack_zone_free(z);
+        return -1;
+    }
+    char *ty = msgpack_zone_malloc(z, t->via.str.size + 1);
+    if (!ty) phi3_die("out of memory");
+    memcpy(ty, t->via.str.ptr, t->via.str.size);
+    ty[t->via.str.size] = 0;
+    out->root = obj;
+    out->zone = z;
+    out->type = ty;
+    out->index = no;
+    r->count = no;
+    r->start += len;
+    return 1;
+}
+
+int fr_next(frame_reader *r, frame *out)
+{
+    memset(out, 0, sizeof *out);
+    for (;;) {
+        size_t have = r->len - r->start;
+        if (have > 0) {
+            size_t used;
+            char why[200];
+            int s = scan(r->buf + r->start, have, r->max, &used, why, sizeof why);
+            if (s == SCAN_DONE) return decode(r, used, out);
+            if (s == SCAN_BAD) {
+                snprintf(r->err, sizeof r->err, "frame %ld: %s", r->count + 1, why);
+                return -1;
+            }
+        }
+        if (r->eof) {
+            if (have == 0) return 0;
+            snprintf(r->err, sizeof r->err, "frame %ld: truncated frame (end of input after %zu bytes)",
+                     r->count + 1, have);
+            return -1;
+        }
+        /* Need more: compact, grow within the cap, read. */
+        if (r->start > 0) {
+            memmove(r->buf, r->buf + r->start, have);
+            r->len = have;
+            r->start = 0;
+        }
+        if (r->len == r->cap) {
+            size_t nc = r->cap * 2;
+            if (nc > r->max + 1) nc = r->max + 1;
+            if (nc <= r->cap) {
+                snprintf(r->err, sizeof r->err, "frame %ld: frame larger than the cap of %zu bytes",
+                         r->count + 1, r->max);
+                return -1;
+            }
+            r->buf = xrealloc(r->buf, nc);
+            r->cap = nc;
+        }
+        ssize_t n = read(r->fd, r->buf + r->len, r->cap - r->len);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            snprintf(r->err, sizeof r->err, "frame %ld: read error: %s", r->count + 1, strerror(errno));
+            return -1;
+        }
+        if (n == 0) r->eof = 1;
+        r->len += (size_t)n;
+    }
+}
+
+void frame_free(frame *f)
+{
+    if (f && f->zone) msgpack_zone_free(f->zone);
+    if (f) memset(f, 0, sizeof *f);
+}
+
+bool obj_str_eq(const msgpack_object *o, const char *s)
+{
+    size_t n = strlen(s);
+    return o->type == MSGPACK_OBJECT_STR && o->via.str.size == n && memcmp(o->via.str.ptr, s, n) == 0;
+}
+
+const msgpack_object *frame_get(const frame *f, const char *key)
+{
+    const msgpack_object_map *m = &f->root.via.map;
+    for (uint32_t i = 0; i < m->size; i++)
+        if (obj_str_eq(&m->ptr[i].key, key)) return &m->ptr[i].val;
+    return NULL;
+}
+
+int frame_str(const frame *f, const char *key, const char **s, size_t *len)
+{
+    const msgpack_object *o = frame_get(f, key);
+    if (!o) return 0;
+    if (o->type != MSGPACK_OBJECT_STR) return -1;
+    *s = o->via.str.ptr;
+    *len = o->via.str.size;
+    return 1;
+}
+
+int frame_int(const frame *f, const char *key, int64_t *v)
+{
+    const msgpack_object *o = frame_get(f, key);
+    if (!o) return 0;
+    if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) { *v = o->via.i64; return 1; }
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX) { *v = (int64_t)o->via.u64; return 1; }
+    return -1;
+}
+
+int frame_bool(const frame *f, const char *key, bool *v)
+{
+    const msgpack_object *o = frame_get(f, key);
+    if (!o) return 0;
+    if (o->type != MSGPACK_OBJECT_BOOLEAN) return -1;
+    *v = o->via.boolean;
+    return 1;
+}
+
+int frame_bin(const frame *f, const char *key, const void **p, size_t *len)
+{
+    const msgpack_object *o = frame_get(f, key);
+    if (!o) return 0;
+    if (o->type != MSGPACK_OBJECT_BIN) return -1;
+    *p = o->via.bin.ptr;
+    *len = o->via.bin.size;
+    return 1;
+}
+
+int frame_ints(const frame *f, const char *key, int64_t **out, size_t *n, size_t *bad_index)
+{
+    const msgpack_object *o = frame_get(f, key);
+    *out = NULL;
+    *n = 0;
+    if (!o) return 0;
+    if (o->type != MSGPACK_OBJECT_ARRAY) { if (bad_index) *bad_index = (size_t)-1; return -1; }
+    size_t cnt = o->via.array.size;
+    int64_t *v = xmalloc(cnt * sizeof *v);
+    for (size_t i = 0; i < cnt; i++) {
+        const msgpack_object *e = &o->via.array.ptr[i];
+        if (e->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) v[i] = e->via.i64;
+        else if (e->type == MSGPACK_OBJECT_POSITIVE_INTEGER && e->via.u64 <= INT64_MAX) v[i] = (int64_t)e->via.u64;
+        else { free(v); if (bad_index) *bad_index = i; return -1; }
+    }
+    *out = v;
+    *n = cnt;
+    return 1;
+}
+
+/* ---- writer ---- */
+
+void fw_init(frame_writer *w, int fd)
+{
+    w->fd = fd;
+    msgpack_sbuffer_init(&w->buf);
+    msgpack_packer_init(&w->pk, &w->buf, msgpack_sbuffer_write);
+}
+
+void fw_destroy(frame_writer *w) { msgpack_sbuffer_destroy(&w->buf); }
+
+static void pack_str(msgpack_packer *pk, const char *s, size_t n)
+{
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+void fw_begin(frame_writer *w, const char *type, uint32_t nkeys)
+{
+    w->buf.size = 0;
+    msgpack_pack_map(&w->pk, nkeys + 1);
+    pack_str(&w->pk, "type", 4);
+    pack_str(&w->pk, type, strlen(type));
+}
+
+void fw_key(frame_writer *w, const char *key) { pack_str(&w->pk, key, strlen(key)); }
+
+void fw_str(frame_writer *w, const char *key, const char *s, size_t len)
+{
+    fw_key(w, key);
+    pack_str(&w->pk, s, len);
+}
+
+void fw_int(frame_writer *w, const char *key, int64_t v)
+{
+    fw_key(w, key);
+    msgpack_pack_int64(&w->pk, v);
+}
+
+void fw_bool(frame_writer *w, const char *key, bool v)
+{
+    fw_key(w, key);
+    if (v) msgpack_pack_true(&w->pk); else msgpack_pack_false(&w->pk);
+}
+
+void fw_bin(frame_writer *w, const char *key, const void *p, size_t len)
+{
+    fw_key(w, key);
+    msgpack_pack_bin(&w->pk, len);
+    msgpack_pack_bin_body(&w->pk, p, len);
+}
+
+void fw_ints(frame_writer *w, const char *key, const int32_t *v, size_t n)
+{
+    fw_key(w, key);
+    msgpack_pack_array(&w->pk, n);
+    for (size_t i = 0; i < n; i++) msgpack_pack_int32(&w->pk, v[i]);
+}
+
+int fw_end(frame_writer *w)
+{
+    int rc = write_all(w->fd, w->buf.data, w->buf.size);
+    w->buf.size = 0;
+    return rc;
+}
+
+void fw_end_or_exit(frame_writer *w)
+{
+    if (fw_end(w) == 0) return;
+    if (errno == EPIPE) exit(0);
+    phi3_die("write error: %s", strerror(errno));
+}
+
+void fw_tokens(frame_writer *w, const int32_t *ids, size_t n, int64_t pos)
+{
+    fw_begin(w, "tokens", pos >= 0 ? 2 : 1);
+    fw_ints(w, "ids", ids, n);
+    if (pos >= 0) fw_int(w, "pos", pos);
+    fw_end_or_exit(w);
+}
+
+void fw_logits(frame_writer *w, int64_t pos, const float *data, size_t n)
+{
+    fw_begin(w, "logits", 2);
+    fw_int(w, "pos", pos);
+    /* float32 little-endian: the host order on every machine we build for. */
+    fw_bin(w, "data", data, n * sizeof(float));
+    fw_end_or_exit(w);
+}
+
+void fw_text(frame_writer *w, const char *s, size_t len, bool special)
+{
+    fw_begin(w, "text", 2);
+    fw_str(w, "text", s, len);
+    fw_bool(w, "special", special);
+    fw_end_or_exit(w);
+}
+
+void fw_end_frame(frame_writer *w, const char *reason)
+{
+    fw_begin(w, "end", 1);
+    fw_str(w, "reason", reason, strlen(reason));
+    fw_end_or_exit(w);
+}

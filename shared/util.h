@@ -1,0 +1,46 @@
+/* util.h: program name, error messages on stderr, checked allocation, small helpers
+ * shared by every phi3 tool. */
+#ifndef PHI3_UTIL_H
+#define PHI3_UTIL_H
+#include <stddef.h>
+#include <stdint.h>
+#include <stdnoreturn.h>
+
+#define PHI3_VERSION "0.1.0"
+
+extern const char *phi3_prog;            /* set by main: "phi3-run" etc. */
+
+/* "prog: message\n" on stderr. */
+void phi3_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* phi3_err then exit(1) (bad input or runtime failure). */
+noreturn void phi3_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* phi3_err then exit(2) (usage error). */
+noreturn void phi3_usage_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Allocation that dies with a message instead of returning NULL. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+
+/* Ignore SIGPIPE so that a closed reader shows up as EPIPE from write(). */
+void phi3_init(const char *prog);
+
+/* Write all of buf to fd (retrying short writes and EINTR). 0 ok, -1 error with errno
+ * set; EPIPE means the reader went away, which every tool treats as a quiet exit 0. */
+int write_all(int fd, const void *buf, size_t n);
+
+/* Read a whole file into a NUL-terminated buffer (at most max bytes). NULL + errno on error. */
+char *read_file(const char *path, size_t max, size_t *len);
+
+/* Model directory: -m DIR, else $PHI3_MODEL, else NULL. */
+const char *phi3_model_dir(const char *opt);
+
+/* Monotonic clock in seconds. */
+double now_sec(void);
+
+/* Parse a whole decimal integer / float (no trailing junk). 0 ok, -1 bad. */
+int parse_long(const char *s, long *out);
+int parse_double(const char *s, double *out);
+
+#endif
