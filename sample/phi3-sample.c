@@ -1,0 +1,327 @@
+/* phi3-sample: logits frames in, one token id per logits frame out (tokens frames), then
+ * an end frame when a stop id or the token limit is reached. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "sample/sampler.h"
+#include "shared/stream.h"
+#include "shared/util.h"
+
+static const char usage[] =
+"usage: phi3-sample [-m DIR] [options] < logits-stream > tokens-stream\n"
+"\n"
+"Reads logits frames (and the context tokens frames phi3-run forwards before them) and\n"
+"writes one tokens frame with one id per logits frame. On a stop id or after -n tokens\n"
+"it writes that token, then an end frame (reason \"stop\" or \"length\"), and exits 0.\n"
+"\n"
+"The chain, applied in this order (llama.cpp's order):\n"
+"  logit-bias -> penalties -> top-k -> typical-p -> top-p -> min-p -> temperature -> draw\n"
+"top-k, typical-p, top-p and min-p see probabilities at temperature 1 over the ids the\n"
+"previous steps kept. --greedy or -t 0: argmax after logit-bias and penalties.\n"
+"\n"
+"  -m, --model DIR          stop ids = eos_token_id of DIR/generation_config.json\n"
+"                           (default DIR: $PHI3_MODEL; none if the file is absent)\n"
+"      --stop IDS           more stop ids, comma separated (e.g. 32007,32000)\n"
+"      --ignore-eos         do not stop on the model's eos ids (--stop still applies)\n"
+"  -n, --max-tokens N       stop after N tokens, end reason \"length\" (0: no limit; 0)\n"
+"      --greedy             argmax (same as -t 0)\n"
+"  -t, --temperature T      T >= 0 (1.0)\n"
+"      --top-k K            keep the K most probable ids (0: off; 0)\n"
+"      --typical-p P        locally typical sampling, P in (0,1] (1: off; 1)\n"
+"      --top-p P            nucleus: smallest set with mass >= P, P in (0,1] (1: off; 1)\n"
+"      --min-p P            keep ids with p >= P * p_max, P in [0,1] (0: off; 0)\n"
+"      --repeat-penalty R   ids in the window: l>0 ? l/R : l*R, R > 0 (1: off; 1)\n"
+"      --presence-penalty A subtract A from ids present in the window (0)\n"
+"      --frequency-penalty B subtract B * count from ids in the window (0)\n"
+"      --repeat-last-n N    window: the last N context ids, prompt included\n"
+"                           (0: no penalties, -1: whole context; 64)\n"
+"      --logit-bias ID=V    add V to the logit of ID before anything else; V may be\n"
+"                           -inf to ban ID (repeatable)\n"
+"      --seed N             seed (0..2^64-1) of the generator: same seed and logits,\n"
+"                           same ids on any machine (default: random, see -v)\n"
+"  -v, --verbose            settings and speed on stderr\n"
+"  -h, --help, --version\n"
+"\n"
+"Exit: 0 ok; 1 bad input (an invalid option value, a bad stream or config file);\n"
+"2 the command line cannot be understood (unknown option, missing argument, operand).\n";
+
+enum {
+    OPT_GREEDY = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_TYPICAL, OPT_REPEAT, OPT_PRESENCE,
+    OPT_FREQUENCY, OPT_LASTN, OPT_BIAS, OPT_SEED, OPT_STOP, OPT_IGNORE_EOS, OPT_VERSION
+};
+
+static double opt_double(const char *name, const char *s)
+{
+    double v;
+    if (parse_double(s, &v)) phi3_die("%s: '%s' is not a number", name, s);
+    return v;
+}
+
+static long opt_long(const char *name, const char *s)
+{
+    long v;
+    if (parse_long(s, &v) || v < INT32_MIN || v > INT32_MAX)
+        phi3_die("%s: '%s' is not an integer", name, s);
+    return v;
+}
+
+static uint64_t opt_seed(const char *s)
+{
+    char *end;
+    errno = 0;
+    if (!(*s >= '0' && *s <= '9')) phi3_die("--seed: '%s' is not a number in 0..2^64-1", s);
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end) phi3_die("--seed: '%s' is not a number in 0..2^64-1", s);
+    return (uint64_t)v;
+}
+
+/* ID=V, V a number or -inf. */
+static void opt_bias(const char *s, int32_t *id, double *val)
+{
+    const char *eq = strchr(s, '=');
+    char idbuf[32];
+    long v;
+    if (!eq || eq == s || (size_t)(eq - s) >= sizeof idbuf)
+        phi3_die("--logit-bias: '%s' is not ID=VALUE", s);
+    memcpy(idbuf, s, (size_t)(eq - s));
+    idbuf[eq - s] = 0;
+    if (parse_long(idbuf, &v) || v < 0 || v > INT32_MAX)
+        phi3_die("--logit-bias: '%s': bad id '%s'", s, idbuf);
+    *id = (int32_t)v;
+    if (!strcmp(eq + 1, "-inf") || !strcmp(eq + 1, "-infinity")) *val = -HUGE_VAL;
+    else if (parse_double(eq + 1, val))
+        phi3_die("--logit-bias: '%s': value must be a finite number or -inf", s);
+}
+
+static uint64_t random_seed(void)
+{
+    uint64_t s;
+    if (getrandom(&s, sizeof s, 0) == (ssize_t)sizeof s) return s;
+    return (uint64_t)(now_sec() * 1e9) ^ ((uint64_t)getpid() << 32);
+}
+
+/* f32 little-endian bytes -> host floats. */
+static void load_f32le(float *dst, const unsigned char *src, size_t n)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(dst, src, n * sizeof(float));
+#else
+    for (size_t i = 0; i < n; i++, src += 4) {
+        uint32_t u = (uint32_t)src[0] | (uint32_t)src[1] << 8 | (uint32_t)src[2] << 16 |
+                     (uint32_t)src[3] << 24;
+        memcpy(&dst[i], &u, 4);
+    }
+#endif
+}
+
+int main(int argc, char **argv)
+{
+    phi3_init("phi3-sample");
+    sample_params p;
+    sample_params_default(&p);
+    const char *model = NULL;
+    int32_t *stop = NULL, *extra = NULL, *bias_ids = NULL;
+    double *bias_vals = NULL;
+    size_t n_stop = 0, n_extra = 0, n_bias = 0;
+    long max_tokens = 0;
+    int ignore_eos = 0, verbose = 0, have_seed = 0;
+    char err[512];
+
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"max-tokens", required_argument, 0, 'n'},
+        {"temperature", required_argument, 0, 't'}, {"greedy", no_argument, 0, OPT_GREEDY},
+        {"top-k", required_argument, 0, OPT_TOPK}, {"top-p", required_argument, 0, OPT_TOPP},
+        {"min-p", required_argument, 0, OPT_MINP},
+        {"typical-p", required_argument, 0, OPT_TYPICAL},
+        {"repeat-penalty", required_argument, 0, OPT_REPEAT},
+        {"presence-penalty", required_argument, 0, OPT_PRESENCE},
+        {"frequency-penalty", required_argument, 0, OPT_FREQUENCY},
+        {"repeat-last-n", required_argument, 0, OPT_LASTN},
+        {"logit-bias", required_argument, 0, OPT_BIAS}, {"seed", required_argument, 0, OPT_SEED},
+        {"stop", required_argument, 0, OPT_STOP},
+        {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
+        {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, OPT_VERSION}, {0, 0, 0, 0}};
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":m:n:t:vh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'n':
+            max_tokens = opt_long("--max-tokens", optarg);
+            if (max_tokens < 0) phi3_die("--max-tokens: must be >= 0, got %ld", max_tokens);
+            break;
+        case 't': p.temperature = opt_double("--temperature", optarg); break;
+        case OPT_GREEDY: p.greedy = 1; break;
+        case OPT_TOPK: p.top_k = (int)opt_long("--top-k", optarg); break;
+        case OPT_TOPP: p.top_p = opt_double("--top-p", optarg); break;
+        case OPT_MINP: p.min_p = opt_double("--min-p", optarg); break;
+        case OPT_TYPICAL: p.typical_p = opt_double("--typical-p", optarg); break;
+        case OPT_REPEAT: p.repeat_penalty = opt_double("--repeat-penalty", optarg); break;
+        case OPT_PRESENCE: p.presence_penalty = opt_double("--presence-penalty", optarg); break;
+        case OPT_FREQUENCY:
+            p.frequency_penalty = opt_double("--frequency-penalty", optarg);
+            break;
+        case OPT_LASTN: p.repeat_last_n = (int)opt_long("--repeat-last-n", optarg); break;
+        case OPT_BIAS:
+            bias_ids = xrealloc(bias_ids, sizeof(int32_t) * (n_bias + 1));
+            bias_vals = xrealloc(bias_vals, sizeof(double) * (n_bias + 1));
+            opt_bias(optarg, &bias_ids[n_bias], &bias_vals[n_bias]);
+            n_bias++;
+            break;
+        case OPT_SEED: p.seed = opt_seed(optarg); have_seed = 1; break;
+        case OPT_STOP: {
+            int32_t *ids;
+            size_t n;
+            if (sample_parse_ids(optarg, &ids, &n, err, sizeof err))
+                phi3_die("--stop: %s", err);
+            extra = xrealloc(extra, sizeof(int32_t) * (n_extra + n));
+            memcpy(extra + n_extra, ids, sizeof(int32_t) * n);
+            n_extra += n;
+            free(ids);
+            break;
+        }
+        case OPT_IGNORE_EOS: ignore_eos = 1; break;
+        case 'v': verbose = 1; break;
+        case 'h': fputs(usage, stdout); return 0;
+        case OPT_VERSION: printf("phi3-sample %s\n", PHI3_VERSION); return 0;
+        case ':': phi3_usage_die("option '%s' needs an argument (see --help)", argv[optind - 1]);
+        default: phi3_usage_die("unknown option '%s' (see --help)", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) phi3_usage_die("unexpected argument '%s' (see --help)", argv[optind]);
+    p.bias_ids = bias_ids;
+    p.bias_vals = bias_vals;
+    p.n_bias = n_bias;
+    const char *bad = sample_params_check(&p);
+    if (bad) phi3_die("%s", bad);
+    if (!have_seed) p.seed = random_seed();
+
+    model = phi3_model_dir(model);
+    if (model && !ignore_eos) {
+        int found;
+        if (sample_model_stop_ids(model, &stop, &n_stop, &found, err, sizeof err))
+            phi3_die("%s", err);
+        if (!found && verbose) phi3_err("%s has no generation_config.json: no eos stop ids", model);
+    }
+    stop = xrealloc(stop, sizeof(int32_t) * (n_stop + n_extra + 1));
+    if (n_extra) memcpy(stop + n_stop, extra, sizeof(int32_t) * n_extra);
+    n_stop += n_extra;
+    free(extra);
+    if (verbose) {
+        fprintf(stderr, "phi3-sample: seed %llu, %s, stop ids:", (unsigned long long)p.seed,
+                p.greedy || p.temperature == 0 ? "greedy" : "sampling");
+        for (size_t i = 0; i < n_stop; i++) fprintf(stderr, "%s%d", i ? "," : " ", stop[i]);
+        fprintf(stderr, "%s\n", n_stop ? "" : " none");
+    }
+
+    frame_reader *fr = fr_open(0, 0);
+    frame_writer w;
+    fw_init(&w, 1);
+    sampler *s = NULL;
+    int n_vocab = 0;
+    int32_t *early = NULL;             /* context seen before the first logits frame */
+    size_t n_early = 0;
+    float *logits = NULL;
+    long generated = 0;
+    double t_sample = 0, t0 = now_sec();
+    frame f;
+    int rc;
+    while ((rc = fr_next(fr, &f)) > 0) {
+        if (!strcmp(f.type, "tokens")) {
+            int64_t *ids, pos;
+            size_t n, badi;
+            int r = frame_ints(&f, "ids", &ids, &n, &badi);
+            if (r == 0) phi3_die("frame %ld: tokens frame without ids", f.index);
+            if (r < 0) phi3_die("frame %ld: tokens ids[%zu] is not an integer", f.index, badi);
+            int32_t *v = xmalloc(sizeof(int32_t) * (n + 1));
+            for (size_t i = 0; i < n; i++) {
+                if (ids[i] < INT32_MIN || ids[i] > INT32_MAX)
+                    phi3_die("frame %ld: tokens ids[%zu] out of range", f.index, i);
+                v[i] = (int32_t)ids[i];
+            }
+            free(ids);
+            r = frame_int(&f, "pos", &pos);
+            if (r < 0) phi3_die("frame %ld: tokens pos is not an integer", f.index);
+            if (s) {
+                /* A pos behind the context means the model rewound: forget the rest. */
+                if (r > 0 && pos >= 0 && (uint64_t)pos < sample_context_len(s))
+                    sample_truncate(s, (size_t)pos);
+                sample_accept(s, v, n);
+            } else {
+                if (r > 0 && pos >= 0 && (uint64_t)pos < n_early) n_early = (size_t)pos;
+                early = xrealloc(early, sizeof(int32_t) * (n_early + n + 1));
+                memcpy(early + n_early, v, sizeof(int32_t) * n);
+                n_early += n;
+            }
+            free(v);
+        } else if (!strcmp(f.type, "logits")) {
+            const void *data;
+            size_t len;
+            int64_t pos = -1;
+            int r = frame_bin(&f, "data", &data, &len);
+            if (r == 0) phi3_die("frame %ld: logits frame without data", f.index);
+            if (r < 0) phi3_die("frame %ld: logits data is not bin", f.index);
+            if (len == 0 || len % 4)
+                phi3_die("frame %ld: logits data of %zu bytes is not a float32 vector", f.index, len);
+            if (frame_int(&f, "pos", &pos) < 0)
+                phi3_die("frame %ld: logits pos is not an integer", f.index);
+            size_t n = len / 4;
+            if (!s) {
+                if (n > INT32_MAX) phi3_die("frame %ld: %zu logits is too many", f.index, n);
+                n_vocab = (int)n;
+                s = sample_new(&p, n_vocab);
+                sample_accept(s, early, n_early);
+                free(early);
+                early = NULL;
+                logits = xmalloc(len);
+            } else if (n != (size_t)n_vocab) {
+                phi3_die("frame %ld: logits frame has %zu floats, the first one had %d",
+                         f.index, n, n_vocab);
+            }
+            load_f32le(logits, data, n);
+            for (size_t i = 0; i < n; i++)
+                if (!isfinite(logits[i]))
+                    phi3_die("frame %ld: logits[%zu] is %s", f.index, i,
+                             isnan(logits[i]) ? "NaN" : "infinite");
+            double ts = now_sec();
+            int32_t id = sample_next(s, logits);
+            t_sample += now_sec() - ts;
+            if (id < 0) phi3_die("frame %ld: every id is banned by --logit-bias", f.index);
+            fw_tokens(&w, &id, 1, pos);
+            generated++;
+            const char *reason = NULL;
+            for (size_t i = 0; i < n_stop; i++)
+                if (stop[i] == id) reason = "stop";
+            if (!reason && max_tokens > 0 && generated >= max_tokens) reason = "length";
+            if (reason) {
+                fw_end_frame(&w, reason);
+                frame_free(&f);
+                break;
+            }
+        }
+        /* end, text, message and unknown frames: nothing to sample from */
+        frame_free(&f);
+    }
+    if (rc < 0) phi3_die("%s", fr_error(fr));
+    if (verbose && generated) {
+        double dt = now_sec() - t0;
+        phi3_err("%ld tokens in %.3f s (%.1f tok/s), sampling %.1f us/token", generated, dt,
+                 generated / dt, 1e6 * t_sample / generated);
+    }
+    sample_free(s);
+    free(logits);
+    free(early);
+    free(stop);
+    free(bias_ids);
+    free(bias_vals);
+    fw_destroy(&w);
+    fr_close(fr);
+    return 0;
+}
