@@ -113,7 +113,7 @@ FUZZ_CFLAGS = -g -O1 -std=c11 -D_GNU_SOURCE -pthread -I. -fsanitize=fuzzer,addre
 fuzz:
 	@mkdir -p $(O)/fuzz
 	@set -e; for f in $(FUZZ_C); do n=$$(basename $$f .c); \
-	  clang $(FUZZ_CFLAGS) $$f $(filter-out %_nocuda.c,$(filter-out $(TOOL_C),$(ALL_C))) \
+	  clang $(FUZZ_CFLAGS) $$f $(filter-out $(TOOL_C),$(ALL_C)) \
 	    -o $(O)/fuzz/$$n $(LIBS); \
 	  mkdir -p $(O)/fuzz/$$n.corpus; \
 	  seeds=tests/fuzz/$$n.seeds; [ -d $$seeds ] || seeds=; \

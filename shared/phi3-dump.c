@@ -1,0 +1,360 @@
+/* phi3-dump: any phi3 stream -> one JSON object per line, and back with -r.
+ * logits.data (bin of float32) becomes an array of numbers; any other bin becomes
+ * {"$bin": "<base64>"} so that -r restores it exactly. */
+#include "shared/stream.h"
+#include "shared/util.h"
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char USAGE[] =
+    "usage: phi3-dump [--top K [-m DIR]] [--max-frame BYTES] < stream > json-lines\n"
+    "       phi3-dump -r < json-lines > stream\n"
+    "Shows a phi3 msgpack stream as JSON lines (one object per frame), or with -r turns\n"
+    "JSON lines back into frames. logits.data is shown as an array of numbers (null for\n"
+    "NaN/Inf); other binary values as {\"$bin\": base64}. --top K replaces logits.data by\n"
+    "the K best ids (with their token pieces when -m DIR or $PHI3_MODEL names a model).\n";
+
+static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static char *b64_encode(const unsigned char *p, size_t n)
+{
+    char *out = xmalloc((n + 2) / 3 * 4 + 1), *o = out;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
+        *o++ = B64[v >> 18 & 63];
+        *o++ = B64[v >> 12 & 63];
+        *o++ = i + 1 < n ? B64[v >> 6 & 63] : '=';
+        *o++ = i + 2 < n ? B64[v & 63] : '=';
+    }
+    *o = 0;
+    return out;
+}
+
+/* Returns decoded length, or -1 on a malformed string. */
+static long b64_decode(const char *s, size_t n, unsigned char *out)
+{
+    if (n % 4) return -1;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 4) {
+        uint32_t v = 0;
+        int pad = 0;
+        for (int j = 0; j < 4; j++) {
+            char c = s[i + j];
+            const char *q = c ? strchr(B64, c) : NULL;
+            if (c == '=' && i + 4 == n && j >= 2) { pad++; v <<= 6; continue; }
+            if (!q || pad) return -1;
+            v = v << 6 | (uint32_t)(q - B64);
+        }
+        out[o++] = (unsigned char)(v >> 16);
+        if (pad < 2) out[o++] = (unsigned char)(v >> 8);
+        if (pad < 1) out[o++] = (unsigned char)v;
+    }
+    return (long)o;
+}
+
+/* ---- msgpack -> JSON ---- */
+
+static json_t *to_json(const msgpack_object *o, int logits_data, char *err, size_t errlen);
+
+/* The shortest decimal that reads back as the same float32, as a double: printed with 9
+ * significant digits it shows as that short decimal (0.1, not 0.100000001). */
+static double short_float(float f)
+{
+    char b[32];
+    for (int prec = 6; prec < 9; prec++) {
+        snprintf(b, sizeof b, "%.*g", prec, (double)f);
+        if (strtof(b, NULL) == f) return strtod(b, NULL);
+    }
+    return (double)f;
+}
+
+static json_t *floats_json(const void *p, size_t len)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i + 4 <= len; i += 4) {
+        float f;
+        memcpy(&f, (const char *)p + i, 4);
+        json_array_append_new(a, isfinite(f) ? json_real(short_float(f)) : json_null());
+    }
+    return a;
+}
+
+static json_t *to_json(const msgpack_object *o, int logits_data, char *err, size_t errlen)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL: return json_null();
+    case MSGPACK_OBJECT_BOOLEAN: return json_boolean(o->via.boolean);
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        if (o->via.u64 > INT64_MAX) return json_real((double)o->via.u64);
+        return json_integer((json_int_t)o->via.u64);
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return json_integer(o->via.i64);
+    case MSGPACK_OBJECT_FLOAT32: case MSGPACK_OBJECT_FLOAT64:
+        return isfinite(o->via.f64) ? json_real(o->via.f64) : json_null();
+    case MSGPACK_OBJECT_STR: {
+        json_t *s = json_stringn(o->via.str.ptr, o->via.str.size);
+        if (!s) snprintf(err, errlen, "a string is not valid UTF-8");
+        return s;
+    }
+    case MSGPACK_OBJECT_BIN: {
+        if (logits_data) {
+            if (o->via.bin.size % 4) { snprintf(err, errlen, "logits data is %u bytes, not a multiple of 4", o->via.bin.size); return NULL; }
+            return floats_json(o->via.bin.ptr, o->via.bin.size);
+        }
+        char *b = b64_encode((const unsigned char *)o->via.bin.ptr, o->via.bin.size);
+        json_t *j = json_pack("{s:s}", "$bin", b);
+        free(b);
+        return j;
+    }
+    case MSGPACK_OBJECT_EXT:
+        snprintf(err, errlen, "msgpack ext values are not part of the protocol");
+        return NULL;
+    case MSGPACK_OBJECT_ARRAY: {
+        json_t *a = json_array();
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+            json_t *e = to_json(&o->via.array.ptr[i], 0, err, errlen);
+            if (!e) { json_decref(a); return NULL; }
+            json_array_append_new(a, e);
+        }
+        return a;
+    }
+    case MSGPACK_OBJECT_MAP: {
+        json_t *m = json_object();
+        for (uint32_t i = 0; i < o->via.map.size; i++) {
+            const msgpack_object_kv *kv = &o->via.map.ptr[i];
+            if (kv->key.type != MSGPACK_OBJECT_STR) { snprintf(err, errlen, "a map key is not a string"); json_decref(m); return NULL; }
+            char *k = strndup(kv->key.via.str.ptr, kv->key.via.str.size);
+            json_t *v = to_json(&kv->val, 0, err, errlen);
+            if (!v || json_object_set_new(m, k, v) != 0) {
+                if (v) snprintf(err, errlen, "a map key is not valid UTF-8");
+                free(k);
+                json_decref(m);
+                return NULL;
+            }
+            free(k);
+        }
+        return m;
+    }
+    }
+    snprintf(err, errlen, "unknown msgpack type");
+    return NULL;
+}
+
+typedef struct { int id; float v; } scored;
+
+/* The K largest logits, best first (K small: insertion into a sorted array). */
+typedef struct tokenizer tokenizer; /* TODO(lead): pieces via tok/tokenizer.h once it lands */
+static const char *tok_piece(const tokenizer *tk, int id) { (void)tk; (void)id; return NULL; }
+
+static json_t *top_json(const void *p, size_t len, int k, const tokenizer *tk)
+{
+    size_t n = len / 4;
+    scored *best = xmalloc((size_t)k * sizeof *best);
+    int have = 0;
+    for (size_t i = 0; i < n; i++) {
+        float f;
+        memcpy(&f, (const char *)p + 4 * i, 4);
+        if (isnan(f)) continue;
+        if (have == k && !(f > best[k - 1].v)) continue;
+        int j = have < k ? have++ : k - 1;
+        while (j > 0 && best[j - 1].v < f) { best[j] = best[j - 1]; j--; }
+        best[j] = (scored){(int)i, f};
+    }
+    json_t *a = json_array();
+    for (int i = 0; i < have; i++) {
+        json_t *e = json_pack("{s:i,s:f}", "id", best[i].id, "logit", short_float(best[i].v));
+        const char *piece = tk ? tok_piece(tk, best[i].id) : NULL;
+        if (piece) json_object_set_new(e, "piece", json_string(piece));
+        json_array_append_new(a, e);
+    }
+    free(best);
+    return a;
+}
+
+static int dump(size_t max_frame, int top, const tokenizer *tk)
+{
+    frame_reader *r = fr_open(0, max_frame);
+    frame f;
+    int rc;
+    while ((rc = fr_next(r, &f)) == 1) {
+        char err[160] = "";
+        int is_logits = strcmp(f.type, "logits") == 0;
+        json_t *j = json_object();
+        json_object_set_new(j, "type", json_string(f.type));
+        const msgpack_object_map *m = &f.root.via.map;
+        for (uint32_t i = 0; i < m->size && j; i++) {
+            const msgpack_object_kv *kv = &m->ptr[i];
+            if (obj_str_eq(&kv->key, "type")) continue;
+            int data = is_logits && obj_str_eq(&kv->key, "data");
+            json_t *v;
+            if (data && top > 0 && kv->val.type == MSGPACK_OBJECT_BIN)
+                v = top_json(kv->val.via.bin.ptr, kv->val.via.bin.size, top, tk);
+            else
+                v = to_json(&kv->val, data && kv->val.type == MSGPACK_OBJECT_BIN, err, sizeof err);
+            if (kv->key.type != MSGPACK_OBJECT_STR) { snprintf(err, sizeof err, "a map key is not a string"); json_decref(v); v = NULL; }
+            if (v) {
+                char *k = strndup(kv->key.via.str.ptr, kv->key.via.str.size);
+                const char *name = data && top > 0 ? "top" : k;
+                if (json_object_set_new(j, name, v) != 0) { snprintf(err, sizeof err, "a map key is not valid UTF-8"); v = NULL; }
+                free(k);
+            }
+            if (!v) { json_decref(j); j = NULL; }
+        }
+        if (!j) phi3_die("frame %ld: cannot show as JSON: %s", f.index, err);
+        char *s = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII * 0 | JSON_REAL_PRECISION(9) | JSON_PRESERVE_ORDER);
+        json_decref(j);
+        size_t n = strlen(s);
+        s[n] = '\n';
+        if (write_all(1, s, n + 1) != 0) {
+            if (errno == EPIPE) exit(0);
+            phi3_die("write error: %s", strerror(errno));
+        }
+        free(s);
+        frame_free(&f);
+    }
+    if (rc < 0) phi3_die("%s", fr_error(r));
+    fr_close(r);
+    return 0;
+}
+
+/* ---- JSON -> msgpack ---- */
+
+static int pack_json(msgpack_packer *pk, json_t *v, int logits_data, char *err, size_t errlen)
+{
+    switch (json_typeof(v)) {
+    case JSON_NULL: msgpack_pack_nil(pk); return 0;
+    case JSON_TRUE: msgpack_pack_true(pk); return 0;
+    case JSON_FALSE: msgpack_pack_false(pk); return 0;
+    case JSON_INTEGER: msgpack_pack_int64(pk, json_integer_value(v)); return 0;
+    case JSON_REAL: msgpack_pack_double(pk, json_real_value(v)); return 0;
+    case JSON_STRING:
+        msgpack_pack_str(pk, json_string_length(v));
+        msgpack_pack_str_body(pk, json_string_value(v), json_string_length(v));
+        return 0;
+    case JSON_ARRAY: {
+        size_t n = json_array_size(v);
+        if (logits_data) {
+            float *d = xmalloc(n * sizeof *d + 1);
+            for (size_t i = 0; i < n; i++) {
+                json_t *e = json_array_get(v, i);
+                if (json_is_number(e)) d[i] = (float)json_number_value(e);
+                else if (json_is_null(e)) d[i] = NAN;
+                else { free(d); snprintf(err, errlen, "logits data element %zu is not a number", i); return -1; }
+            }
+            msgpack_pack_bin(pk, n * 4);
+            msgpack_pack_bin_body(pk, d, n * 4);
+            free(d);
+            return 0;
+        }
+        msgpack_pack_array(pk, n);
+        for (size_t i = 0; i < n; i++)
+            if (pack_json(pk, json_array_get(v, i), 0, err, errlen)) return -1;
+        return 0;
+    }
+    case JSON_OBJECT: {
+        json_t *b = json_object_get(v, "$bin");
+        if (b && json_object_size(v) == 1) {
+            if (!json_is_string(b)) { snprintf(err, errlen, "\"$bin\" is not a string"); return -1; }
+            size_t n = json_string_length(b);
+            unsigned char *d = xmalloc(n / 4 * 3 + 3);
+            long len = b64_decode(json_string_value(b), n, d);
+            if (len < 0) { free(d); snprintf(err, errlen, "\"$bin\" is not valid base64"); return -1; }
+            msgpack_pack_bin(pk, (size_t)len);
+            msgpack_pack_bin_body(pk, d, (size_t)len);
+            free(d);
+            return 0;
+        }
+        msgpack_pack_map(pk, json_object_size(v));
+        const char *k;
+        json_t *e;
+        json_object_foreach(v, k, e) {
+            msgpack_pack_str(pk, strlen(k));
+            msgpack_pack_str_body(pk, k, strlen(k));
+            if (pack_json(pk, e, 0, err, errlen)) return -1;
+        }
+        return 0;
+    }
+    }
+    snprintf(err, errlen, "unknown JSON type");
+    return -1;
+}
+
+static int undump(void)
+{
+    frame_writer w;
+    fw_init(&w, 1);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    long lineno = 0;
+    while ((n = getline(&line, &cap, stdin)) >= 0) {
+        lineno++;
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+        size_t sp = strspn(line, " \t");
+        if (line[sp] == 0) continue;
+        json_error_t je;
+        json_t *j = json_loadb(line, (size_t)n, JSON_DISABLE_EOF_CHECK * 0, &je);
+        if (!j) phi3_die("line %ld: invalid JSON: %s (column %d)", lineno, je.text, je.column);
+        json_t *t = json_object_get(j, "type");
+        if (!json_is_object(j)) phi3_die("line %ld: not a JSON object", lineno);
+        if (!t) phi3_die("line %ld: object has no \"type\"", lineno);
+        if (!json_is_string(t)) phi3_die("line %ld: \"type\" is not a string", lineno);
+        int is_logits = strcmp(json_string_value(t), "logits") == 0;
+        w.buf.size = 0;
+        /* "type" first, then the other keys in their order. */
+        msgpack_pack_map(&w.pk, json_object_size(j));
+        char err[160] = "";
+        msgpack_pack_str(&w.pk, 4);
+        msgpack_pack_str_body(&w.pk, "type", 4);
+        pack_json(&w.pk, t, 0, err, sizeof err);
+        const char *k;
+        json_t *e;
+        json_object_foreach(j, k, e) {
+            if (strcmp(k, "type") == 0) continue;
+            msgpack_pack_str(&w.pk, strlen(k));
+            msgpack_pack_str_body(&w.pk, k, strlen(k));
+            int data = is_logits && strcmp(k, "data") == 0 && json_is_array(e);
+            if (pack_json(&w.pk, e, data, err, sizeof err)) phi3_die("line %ld: %s", lineno, err);
+        }
+        json_decref(j);
+        fw_end_or_exit(&w);
+    }
+    if (ferror(stdin)) phi3_die("read error: %s", strerror(errno));
+    free(line);
+    fw_destroy(&w);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    phi3_init("phi3-dump");
+    static const struct option opts[] = {
+        {"reverse", no_argument, 0, 'r'}, {"top", required_argument, 0, 'k'},
+        {"model", required_argument, 0, 'm'}, {"max-frame", required_argument, 0, 'F'},
+        {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    int reverse = 0, c;
+    long top = 0, maxf = 0;
+    const char *model = NULL;
+    while ((c = getopt_long(argc, argv, "rk:m:F:hV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r': reverse = 1; break;
+        case 'k': if (parse_long(optarg, &top) || top < 1 || top > 1000000) phi3_usage_die("--top wants a count from 1, got '%s'", optarg); break;
+        case 'm': model = optarg; break;
+        case 'F': if (parse_long(optarg, &maxf) || maxf < 64) phi3_usage_die("--max-frame wants bytes >= 64, got '%s'", optarg); break;
+        case 'h': fputs(USAGE, stdout); return 0;
+        case 'V': printf("phi3-dump %s\n", PHI3_VERSION); return 0;
+        default: fputs(USAGE, stderr); return 2;
+        }
+    }
+    if (optind < argc) phi3_usage_die("unexpected argument '%s' (input is stdin)", argv[optind]);
+    if (reverse) return undump();
+    tokenizer *tk = NULL;
+    const char *dir = phi3_model_dir(model);
+    (void)dir;
+    return dump((size_t)maxf, (int)top, tk);
+}

@@ -1,0 +1,122 @@
+#!/usr/bin/env bats
+# phi3-dump: frames <-> JSON lines, and every bad input of the stream library.
+load helper
+
+setup() { cd "$BATS_TEST_TMPDIR"; }
+
+@test "dump: round trip JSON -> msgpack -> JSON is unchanged" {
+  cat > in.jsonl <<'J'
+{"type":"tokens","ids":[1,2,-3,32063],"pos":5}
+{"type":"logits","pos":3,"data":[1.5,-2.25,0.1,3.1415927,-0.0,1e-30]}
+{"type":"text","text":"héllo <|end|> 日本","special":false}
+{"type":"message","role":"user","content":"hi\nthere"}
+{"type":"end","reason":"stop"}
+{"type":"custom","b":{"$bin":"AAEC/w=="},"f":0.5,"n":null,"nested":{"a":[1,{"b":true}]}}
+J
+  "$PHI3_BIN/phi3-dump" -r < in.jsonl > s.bin
+  "$PHI3_BIN/phi3-dump" < s.bin > out.jsonl
+  "$PHI3_BIN/phi3-dump" -r < out.jsonl > s2.bin
+  cmp s.bin s2.bin
+  "$PHI3_BIN/phi3-dump" < s2.bin > out2.jsonl
+  cmp out.jsonl out2.jsonl
+  # ints stay ints, logits data becomes float32 bin, other values keep their JSON form
+  $PY - <<'P'
+import msgpack, json
+fr = list(msgpack.Unpacker(open("s.bin", "rb"), raw=False))
+assert fr[0] == {"type": "tokens", "ids": [1, 2, -3, 32063], "pos": 5}, fr[0]
+assert isinstance(fr[1]["data"], bytes) and len(fr[1]["data"]) == 24
+import struct
+assert list(struct.unpack("<6f", fr[1]["data"]))[:3] == [1.5, -2.25, struct.unpack("<f", struct.pack("<f", 0.1))[0]]
+assert fr[5]["b"] == b"\x00\x01\x02\xff" and fr[5]["n"] is None
+assert list(fr[0].keys())[0] == "type"
+lines = [json.loads(l) for l in open("out.jsonl")]
+assert lines[2]["text"] == "héllo <|end|> 日本" and lines[1]["data"][0] == 1.5
+P
+}
+
+@test "dump: logits data printed as float32 values, --top K picks the best ids" {
+  echo '{"type":"logits","pos":2,"data":[0.5,3.0,-1.0,2.0,3.0]}' | "$PHI3_BIN/phi3-dump" -r | "$PHI3_BIN/phi3-dump" --top 3 > out
+  run cat out
+  [ "$output" = '{"type":"logits","pos":2,"top":[{"id":1,"logit":3.0},{"id":4,"logit":3.0},{"id":3,"logit":2.0}]}' ]
+}
+
+@test "dump: empty input is a clean end" {
+  run --separate-stderr "$PHI3_BIN/phi3-dump" < /dev/null
+  assert_status 0
+  [ -z "$output" ] && [ -z "$stderr" ]
+}
+
+@test "dump: a frame arriving in pieces through a pipe is read whole" {
+  echo '{"type":"tokens","ids":[7,8,9]}' | "$PHI3_BIN/phi3-dump" -r > one.bin
+  run bash -c "{ head -c 3 one.bin; sleep 0.2; tail -c +4 one.bin; } | '$PHI3_BIN/phi3-dump'"
+  assert_status 0
+  [ "$output" = '{"type":"tokens","ids":[7,8,9]}' ]
+}
+
+# bad_input BYTES WANT: printf-style bytes after one good frame; one stderr line naming
+# frame 2 and WANT, exit 1, and the good frame (only) on stdout.
+bad_input() {
+  echo '{"type":"tokens","ids":[1]}' | "$PHI3_BIN/phi3-dump" -r > good.bin
+  { cat good.bin; printf "$1"; } > in.bin
+  run --separate-stderr "$PHI3_BIN/phi3-dump" < in.bin
+  assert_status 1
+  assert_err "phi3-dump: frame 2: " "$2"
+  [ "$output" = '{"type":"tokens","ids":[1]}' ]
+}
+
+@test "dump: truncated frame" { bad_input '\x82\xa4type\xa6tokens\xa3ids\x93\x01' "truncated"; }
+@test "dump: bytes that are not msgpack" { bad_input '\xc1\x00' "not msgpack"; }
+@test "dump: top-level value that is not a map" { bad_input '\x93\x01\x02\x03' "not a map"; }
+@test "dump: map without type" { bad_input '\x81\xa3ids\x90' 'no "type"'; }
+@test "dump: type of the wrong kind" { bad_input '\x81\xa4type\x07' 'not a string'; }
+@test "dump: str header claiming 4 GiB" { bad_input '\x81\xa4type\xdb\xff\xff\xff\xf0' "claims 4294967280 bytes"; }
+@test "dump: bin header claiming 2 GiB" { bad_input '\x82\xa4type\xa1x\xa1b\xc6\x7f\xff\xff\xff' "claims 2147483647 bytes"; }
+@test "dump: array header claiming 4 billion elements" { bad_input '\x82\xa4type\xa1x\xa1a\xdd\xff\xff\xff\xff' "claims 4294967295 elements"; }
+@test "dump: map header claiming 4 billion pairs" { bad_input '\xdf\xff\xff\xff\xff' "claims 4294967295 elements"; }
+
+@test "dump: a frame over --max-frame is refused" {
+  echo '{"type":"text","text":"'"$(head -c 5000 /dev/zero | tr '\0' a)"'"}' | "$PHI3_BIN/phi3-dump" -r > big.bin
+  run --separate-stderr "$PHI3_BIN/phi3-dump" --max-frame 1000 < big.bin
+  assert_status 1
+  assert_err "phi3-dump: frame 1: " "cap of 1000"
+}
+
+@test "dump -r: invalid JSON names the line, earlier frames are whole" {
+  printf '{"type":"end","reason":"stop"}\n{"type": "tokens", "ids": [1,\n' > in.jsonl
+  run --separate-stderr bash -c "'$PHI3_BIN/phi3-dump' -r < in.jsonl > out.bin"
+  assert_status 1
+  assert_err "phi3-dump: line 2: invalid JSON" ""
+  run "$PHI3_BIN/phi3-dump" < out.bin
+  assert_status 0
+  [ "$output" = '{"type":"end","reason":"stop"}' ]
+}
+
+@test "dump -r: lines that are not frames" {
+  for bad in '[1,2]' '{"ids":[1]}' '{"type":3}'; do
+    echo "$bad" > in.jsonl
+    run --separate-stderr "$PHI3_BIN/phi3-dump" -r < in.jsonl
+    assert_status 1
+    assert_err "phi3-dump: line 1: " ""
+    [ -z "$output" ]
+  done
+}
+
+@test "dump: a reader that goes away is a quiet normal end" {
+  $PY -c '
+import msgpack, sys
+for i in range(20000): sys.stdout.buffer.write(msgpack.packb({"type": "tokens", "ids": [i]}))' > many.bin
+  run --separate-stderr bash -c "set -o pipefail; '$PHI3_BIN/phi3-dump' < many.bin | head -n 2"
+  assert_status 0
+  [ -z "$stderr" ]
+}
+
+@test "dump: usage errors exit 2, --help and --version exit 0" {
+  run "$PHI3_BIN/phi3-dump" --top 0
+  assert_status 2
+  run "$PHI3_BIN/phi3-dump" --bogus
+  assert_status 2
+  run "$PHI3_BIN/phi3-dump" --help
+  assert_status 0
+  run "$PHI3_BIN/phi3-dump" --version
+  assert_status 0
+}
