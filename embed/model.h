@@ -62,6 +62,9 @@ const st_tensor *st_find(const st_file *f, const char *name);   /* NULL if absen
  * got BF16 [575, 192]" (or "tensor NAME: missing") in err. */
 const st_tensor *st_fetch(const st_file *f, const char *name, unsigned dtype_mask,
                           int ndim, const int64_t *shape, char *err, size_t errlen);
+/* The same check on a tensor already looked up (t NULL: "tensor NAME: missing"). */
+const st_tensor *st_check(const st_tensor *t, const char *name, unsigned dtype_mask,
+                          int ndim, const int64_t *shape, char *err, size_t errlen);
 
 /* ---- the model (embed/model.c) ---- */
 

@@ -1,0 +1,498 @@
+/* cpu.c: the CPU reference backend: float32 forward pass of Phi-3 from BF16/F16/F32
+ * weights read in place from the mmapped shards, with a position-major KV cache
+ * (backend.h) and the LongRoPE short->long switch.
+ *
+ * Determinism: every output element (a matmul row of one token, one attention head of
+ * one token) is computed by exactly one thread with one fixed operation order, so the
+ * result for a position never depends on the thread count or on how the tokens were
+ * split into forward() calls (given the same RoPE mode). */
+#include "decode/backend.h"
+#include "decode/cpu.h"
+#include "decode/pool.h"
+#include "decode/rope.h"
+#include "embed/model.h"
+#include "shared/util.h"
+#include <errno.h>
+#include <immintrin.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK 64                /* tokens per internal step of a long forward */
+
+typedef float (*dot_fn)(const void *w, const float *x, int n);
+
+typedef struct cpu {
+    backend b;                  /* first: a backend* is a cpu* */
+    pool *pool;
+    kv_store kv;
+    int own_kv;
+    kv_grow_fn grow;
+    void *grow_ctx;
+    int kvdim, qkvdim;          /* n_kv_heads * head_dim; (nh + 2 nkv) * head_dim */
+    size_t stride;              /* floats per position in kv (kv_pos_floats) */
+    float *inv_freq[2];         /* [hd/2] short (or plain), long */
+    float *x, *xb, *qkv, *att, *hb, *cs;   /* scratch for CHUNK tokens */
+    int32_t *ids;               /* token ids of the context [kv.capacity] (re-prefill) */
+    int ids_cap;
+    float **scores;             /* per thread [scores_cap] */
+    int scores_cap;
+    cpu_hidden_fn hook;
+    void *hook_ctx;
+} cpu;
+
+static int berr(cpu *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->b.err, sizeof c->b.err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+size_t kv_pos_floats(const struct phi3_model *m)
+{
+    return (size_t)m->cfg.n_layers * 3 * m->cfg.n_kv_heads * m->cfg.head_dim;
+}
+
+/* ---- dot products: w (one weight row, file dtype) . x (float32), n elements ----
+ * 4 x 8 lanes of partial sums over blocks of 32, reduced in a fixed tree, then the
+ * tail; the scalar versions use the same lanes, so either gives one fixed order. */
+
+static float reduce8(const float *l)
+{
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+#define SCALAR_DOT(NAME, LOAD)                                                     \
+    static float NAME(const void *wv, const float *x, int n)                       \
+    {                                                                              \
+        float acc[4][8] = {{0}};                                                   \
+        int i = 0;                                                                 \
+        for (; i + 32 <= n; i += 32)                                               \
+            for (int k = 0; k < 4; k++)                                            \
+                for (int j = 0; j < 8; j++)                                        \
+                    acc[k][j] += LOAD(wv, i + 8 * k + j) * x[i + 8 * k + j];       \
+        float s[8];                                                                \
+        for (int j = 0; j < 8; j++) s[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]); \
+        float r = reduce8(s);                                                      \
+        for (; i < n; i++) r += LOAD(wv, i) * x[i];                                \
+        return r;                                                                  \
+    }
+#define LD_BF16(w, i) bf16_to_f32(((const uint16_t *)(w))[i])
+#define LD_F16(w, i) f16_to_f32(((const uint16_t *)(w))[i])
+#define LD_F32(w, i) (((const float *)(w))[i])
+SCALAR_DOT(dot_bf16_c, LD_BF16)
+SCALAR_DOT(dot_f16_c, LD_F16)
+SCALAR_DOT(dot_f32_c, LD_F32)
+
+#define AVX_DOT(NAME, CVT8)                                                        \
+    __attribute__((target("avx2,fma,f16c"))) static float NAME(const void *wv, const float *x, int n) \
+    {                                                                              \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                \
+        int i = 0;                                                                 \
+        for (; i + 32 <= n; i += 32) {                                             \
+            a0 = _mm256_fmadd_ps(CVT8(wv, i), _mm256_loadu_ps(x + i), a0);         \
+            a1 = _mm256_fmadd_ps(CVT8(wv, i + 8), _mm256_loadu_ps(x + i + 8), a1); \
+            a2 = _mm256_fmadd_ps(CVT8(wv, i + 16), _mm256_loadu_ps(x + i + 16), a2); \
+            a3 = _mm256_fmadd_ps(CVT8(wv, i + 24), _mm256_loadu_ps(x + i + 24), a3); \
+        }                                                                          \
+        float s[8];                                                                \
+        _mm256_storeu_ps(s, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))); \
+        float r = reduce8(s);                                                      \
+        for (; i < n; i++) r = fmaf(LOAD_##NAME(wv, i), x[i], r);                  \
+        return r;                                                                  \
+    }
+#define CVT_BF16(w, i) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32( \
+    _mm_loadu_si128((const __m128i *)((const uint16_t *)(w) + (i)))), 16))
+#define CVT_F16(w, i) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)(w) + (i))))
+#define CVT_F32(w, i) _mm256_loadu_ps((const float *)(w) + (i))
+#define LOAD_dot_bf16_avx LD_BF16
+#define LOAD_dot_f16_avx LD_F16
+#define LOAD_dot_f32_avx LD_F32
+AVX_DOT(dot_bf16_avx, CVT_BF16)
+AVX_DOT(dot_f16_avx, CVT_F16)
+AVX_DOT(dot_f32_avx, CVT_F32)
+
+static dot_fn dot_for(st_dtype d)
+{
+    static int avx = -1;
+    if (avx < 0) {
+        __builtin_cpu_init();
+        avx = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+              __builtin_cpu_supports("f16c") && !getenv("PHI3_NO_AVX");
+    }
+    switch (d) {
+    case ST_BF16: return avx ? dot_bf16_avx : dot_bf16_c;
+    case ST_F16: return avx ? dot_f16_avx : dot_f16_c;
+    default: return avx ? dot_f32_avx : dot_f32_c;
+    }
+}
+
+/* ---- matmul: out[t * ldo + r] = W[row0 + r] . x[t * ldx], r < nrows, t < n ---- */
+
+typedef struct mm_job {
+    const phi3_weight *w;
+    int row0;
+    const float *x;
+    int ldx, n;
+    float *out;
+    int ldo;
+} mm_job;
+
+static void mm_rows(void *ctx, int begin, int end, int tid)
+{
+    const mm_job *j = ctx;
+    dot_fn dot = dot_for(j->w->dtype);
+    size_t es = st_dtype_size(j->w->dtype);
+    int cols = (int)j->w->cols;
+    for (int r = begin; r < end; r++) {
+        const uint8_t *row = (const uint8_t *)j->w->data + (size_t)(j->row0 + r) * cols * es;
+        for (int t = 0; t < j->n; t++)
+            j->out[(size_t)t * j->ldo + r] = dot(row, j->x + (size_t)t * j->ldx, cols);
+    }
+}
+
+static void matmul(cpu *c, const phi3_weight *w, int row0, int nrows, const float *x, int ldx, int n,
+                   float *out, int ldo)
+{
+    mm_job j = {w, row0, x, ldx, n, out, ldo};
+    pool_run(c->pool, mm_rows, &j, nrows);
+}
+
+/* ---- small ops (single-threaded, fixed order) ---- */
+
+static void rmsnorm(float *out, const float *x, const phi3_weight *w, int n, float eps)
+{
+    float ss = 0;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    /* transformers: x * rsqrt(mean(x^2) + eps), then weight * that */
+    float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    const uint16_t *h = w->data;
+    for (int i = 0; i < n; i++) {
+        float wi = w->dtype == ST_BF16 ? bf16_to_f32(h[i]) : w->dtype == ST_F16 ? f16_to_f32(h[i])
+                                                                               : ((const float *)w->data)[i];
+        out[i] = wi * (x[i] * inv);
+    }
+}
+
+static float *kv_row(cpu *c, int pos, int layer)
+{
+    return c->kv.base + (size_t)pos * c->stride + (size_t)layer * 3 * c->kvdim;
+}
+
+/* ---- attention: one (token, head) per item ---- */
+
+typedef struct att_job {
+    cpu *c;
+    int layer, pos0, n;
+} att_job;
+
+static void att_heads(void *ctx, int begin, int end, int tid)
+{
+    const att_job *j = ctx;
+    cpu *c = j->c;
+    const phi3_config *cf = &c->b.m->cfg;
+    int hd = cf->head_dim, nh = cf->n_heads, group = nh / cf->n_kv_heads;
+    float scale = 1.0f / sqrtf((float)hd);
+    float *sc = c->scores[tid];
+    for (int it = begin; it < end; it++) {
+        int t = it / nh, h = it % nh, kh = h / group, p = j->pos0 + t;
+        const float *q = c->qkv + (size_t)t * c->qkvdim + (size_t)h * hd;
+        int s = cf->sliding_window > 0 && p - cf->sliding_window + 1 > 0 ? p - cf->sliding_window + 1 : 0;
+        float mx = -INFINITY;
+        for (int k = s; k <= p; k++) {
+            const float *key = kv_row(c, k, j->layer) + (size_t)kh * hd;
+            float d = 0;
+            for (int i = 0; i < hd; i++) d += q[i] * key[i];
+            d *= scale;
+            sc[k - s] = d;
+            if (d > mx) mx = d;
+        }
+        float sum = 0;
+        for (int k = s; k <= p; k++) {
+            sc[k - s] = expf(sc[k - s] - mx);
+            sum += sc[k - s];
+        }
+        float *o = c->att + (size_t)t * nh * hd + (size_t)h * hd;
+        for (int i = 0; i < hd; i++) o[i] = 0;
+        for (int k = s; k <= p; k++) {
+            const float *v = kv_row(c, k, j->layer) + c->kvdim + (size_t)kh * hd;
+            float pk = sc[k - s] / sum;
+            for (int i = 0; i < hd; i++) o[i] += pk * v[i];
+        }
+    }
+}
+
+/* ---- LongRoPE mode ----
+ * Switching factors is NOT a matter of re-rotating the cached keys: from layer 1 on, K and
+ * V of every position depend on attention outputs of the layers below, which depend on
+ * the rotation used. The result a fresh pass over the sequence gives (and the fixtures
+ * expect) needs the whole context recomputed from its token ids in the new mode. */
+
+static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int all);
+
+static void set_rope_mode(cpu *c, int use_long)
+{
+    if (use_long == c->b.rope_long) return;
+    int n = c->b.n_ctx;
+    c->b.n_ctx = 0;
+    c->b.rope_long = use_long;
+    for (int done = 0; done < n;) {
+        int k = n - done < CHUNK ? n - done : CHUNK;
+        forward_chunk(c, c->ids + done, k, NULL, 0);
+        done += k;
+    }
+}
+
+/* ---- storage ---- */
+
+static int ensure_ids(cpu *c, int need)
+{
+    if (need <= c->ids_cap) return 0;
+    long cap = c->ids_cap ? c->ids_cap : 64;
+    while (cap < need) cap *= 2;
+    int32_t *p = realloc(c->ids, (size_t)cap * sizeof *p);
+    if (!p) return berr(c, "out of memory for %ld token ids", cap);
+    c->ids = p;
+    c->ids_cap = (int)cap;
+    return 0;
+}
+
+static int ensure_capacity(cpu *c, int need)
+{
+    if (ensure_ids(c, need)) return -1;
+    if (need <= c->kv.capacity) return 0;
+    if (!c->own_kv) {
+        if (!c->grow || c->grow(c->grow_ctx, &c->b, need) || c->kv.capacity < need)
+            return c->b.err[0] ? -1 : berr(c, "KV store full (%d positions, need %d)", c->kv.capacity, need);
+        return 0;
+    }
+    long cap = c->kv.capacity ? c->kv.capacity : 16;
+    while (cap < need) cap *= 2;
+    if (cap > c->b.max_ctx) cap = c->b.max_ctx;
+    size_t bytes;
+    if (__builtin_mul_overflow((size_t)cap, c->stride * sizeof(float), &bytes))
+        return berr(c, "KV cache of %ld positions is too large", cap);
+    float *p = realloc(c->kv.base, bytes);
+    if (!p) return berr(c, "out of memory for a KV cache of %ld positions (%zu bytes)", cap, bytes);
+    c->kv.base = p;
+    c->kv.capacity = (int)cap;
+    return 0;
+}
+
+static int ensure_scores(cpu *c, int need)
+{
+    if (need <= c->scores_cap) return 0;
+    int cap = c->scores_cap ? c->scores_cap : 64;
+    while (cap < need) cap = cap > (1 << 29) ? need : cap * 2;
+    for (int t = 0; t < pool_threads(c->pool); t++) {
+        float *p = realloc(c->scores[t], (size_t)cap * sizeof(float));
+        if (!p) return berr(c, "out of memory for attention scores");
+        c->scores[t] = p;
+    }
+    c->scores_cap = cap;
+    return 0;
+}
+
+/* ---- the forward pass ---- */
+
+static void hook(cpu *c, int stage, int pos0, int n, const float *x)
+{
+    if (c->hook) c->hook(c->hook_ctx, stage, pos0, n, x);
+}
+
+/* n <= CHUNK tokens at positions pos0.. (already room in kv). logits: NULL, or where the
+ * logits of the last token (all = 0) or of every token go. */
+static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int all)
+{
+    const phi3_model *m = c->b.m;
+    const phi3_config *cf = &m->cfg;
+    int H = cf->hidden, hd = cf->head_dim, nh = cf->n_heads, nkv = cf->n_kv_heads, I = cf->intermediate;
+    int pos0 = c->b.n_ctx;
+    memmove(c->ids + pos0, ids, (size_t)n * sizeof *ids);   /* ids may already be there */
+    size_t es = st_dtype_size(m->embed.dtype);
+    for (int t = 0; t < n; t++)
+        model_to_f32(m->embed.dtype, (const uint8_t *)m->embed.data + (size_t)ids[t] * H * es,
+                     c->x + (size_t)t * H, (size_t)H);
+    hook(c, 0, pos0, n, c->x);
+    const float *inv = c->inv_freq[c->b.rope_long];
+    for (int t = 0; t < n; t++) rope_cos_sin(cf, inv, pos0 + t, c->cs + (size_t)t * hd, c->cs + (size_t)t * hd + hd / 2);
+
+    for (int l = 0; l < cf->n_layers; l++) {
+        const phi3_layer *L = &m->layers[l];
+        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &L->ln1, H, cf->rms_eps);
+        matmul(c, &L->qkv, 0, c->qkvdim, c->xb, H, n, c->qkv, c->qkvdim);
+        for (int t = 0; t < n; t++) {
+            float *q = c->qkv + (size_t)t * c->qkvdim, *k = q + nh * hd, *v = k + c->kvdim;
+            float *row = kv_row(c, pos0 + t, l);
+            const float *cs = c->cs + (size_t)t * hd;
+            memcpy(row + 2 * c->kvdim, k, (size_t)c->kvdim * sizeof(float));   /* raw K */
+            for (int h = 0; h < nh; h++) rope_apply(q + h * hd, cs, cs + hd / 2, hd);
+            for (int h = 0; h < nkv; h++) rope_apply(k + h * hd, cs, cs + hd / 2, hd);
+            memcpy(row, k, (size_t)c->kvdim * sizeof(float));
+            memcpy(row + c->kvdim, v, (size_t)c->kvdim * sizeof(float));
+        }
+        att_job aj = {c, l, pos0, n};
+        pool_run(c->pool, att_heads, &aj, n * nh);
+        matmul(c, &L->o, 0, H, c->att, nh * hd, n, c->xb, H);
+        for (size_t i = 0; i < (size_t)n * H; i++) c->x[i] += c->xb[i];
+        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &L->ln2, H, cf->rms_eps);
+        matmul(c, &L->gate_up, 0, 2 * I, c->xb, H, n, c->hb, 2 * I);
+        for (int t = 0; t < n; t++) {
+            float *g = c->hb + (size_t)t * 2 * I, *u = g + I;
+            /* down(up * silu(gate)), silu(g) = g / (1 + exp(-g)) */
+            for (int i = 0; i < I; i++) g[i] = u[i] * (g[i] / (1.0f + expf(-g[i])));
+        }
+        matmul(c, &L->down, 0, H, c->hb, 2 * I, n, c->xb, H);
+        for (size_t i = 0; i < (size_t)n * H; i++) c->x[i] += c->xb[i];
+        hook(c, l + 1, pos0, n, c->x);
+    }
+    c->b.n_ctx += n;
+    if (!logits && !c->hook) return;
+    /* Final norm and lm_head for the positions whose logits are wanted. */
+    int first = all || c->hook ? 0 : n - 1;
+    for (int t = first; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &m->norm, H, cf->rms_eps);
+    hook(c, cf->n_layers + 1, pos0, n, c->xb);
+    if (!logits) return;
+    if (!all) first = n - 1;
+    matmul(c, &m->lm_head, 0, cf->vocab, c->xb + (size_t)first * H, H, n - first, logits, cf->vocab);
+}
+
+static int cpu_forward(backend *b, const int32_t *ids, int n, float *logits, int all)
+{
+    cpu *c = (cpu *)b;
+    const phi3_config *cf = &b->m->cfg;
+    b->err[0] = 0;
+    if (n <= 0) return n < 0 ? berr(c, "negative token count") : 0;
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= cf->vocab)
+            return berr(c, "token id %d out of range [0, %d)", ids[i], cf->vocab);
+    if ((long)b->n_ctx + n > b->max_ctx)
+        return berr(c, "context of %ld tokens exceeds the limit of %d", (long)b->n_ctx + n, b->max_ctx);
+    if (ensure_capacity(c, b->n_ctx + n) || ensure_scores(c, b->n_ctx + n)) return -1;
+    /* LongRoPE: the factors follow the length of the whole sequence. */
+    set_rope_mode(c, rope_use_long(cf, (long)b->n_ctx + n));
+    for (int done = 0; done < n;) {
+        int k = n - done < CHUNK ? n - done : CHUNK;
+        float *lg = NULL;
+        if (logits && all) lg = logits + (size_t)done * cf->vocab;
+        else if (logits && done + k == n) lg = logits;
+        forward_chunk(c, ids + done, k, lg, all);
+        done += k;
+    }
+    return 0;
+}
+
+static int cpu_truncate(backend *b, int n)
+{
+    cpu *c = (cpu *)b;
+    if (n < 0 || n > b->n_ctx) return berr(c, "cannot truncate a context of %d to %d", b->n_ctx, n);
+    b->n_ctx = n;
+    set_rope_mode(c, rope_use_long(&b->m->cfg, n));
+    return 0;
+}
+
+static void cpu_destroy(backend *b)
+{
+    cpu *c = (cpu *)b;
+    if (!c) return;
+    for (int t = 0; c->scores && t < pool_threads(c->pool); t++) free(c->scores[t]);
+    free(c->scores);
+    pool_free(c->pool);
+    if (c->own_kv) free(c->kv.base);
+    free(c->ids);
+    free(c->inv_freq[0]);
+    free(c->inv_freq[1]);
+    free(c->x);
+    free(c->xb);
+    free(c->qkv);
+    free(c->att);
+    free(c->hb);
+    free(c->cs);
+    free(c);
+}
+
+static const backend_ops cpu_ops = {
+    .name = "cpu", .forward = cpu_forward, .truncate = cpu_truncate, .destroy = cpu_destroy};
+
+backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, const kv_store *kv,
+                         char *err, size_t errlen)
+{
+    const phi3_config *cf = &m->cfg;
+    if (max_ctx <= 0 || max_ctx > cf->max_pos) max_ctx = cf->max_pos;
+    if (cf->head_dim > 1024) {
+        snprintf(err, errlen, "head_dim %d too large for the CPU backend", cf->head_dim);
+        return NULL;
+    }
+    cpu *c = xcalloc(1, sizeof *c);
+    c->b.ops = &cpu_ops;
+    c->b.m = m;
+    c->b.max_ctx = max_ctx;
+    c->kvdim = cf->n_kv_heads * cf->head_dim;
+    c->qkvdim = (cf->n_heads + 2 * cf->n_kv_heads) * cf->head_dim;
+    c->stride = kv_pos_floats(m);
+    for (int i = 0; i < 2; i++) {
+        c->inv_freq[i] = xmalloc((size_t)cf->head_dim / 2 * sizeof(float));
+        rope_inv_freq(cf, i, c->inv_freq[i]);
+    }
+    size_t H = (size_t)cf->hidden;
+    c->x = xmalloc(CHUNK * H * sizeof(float));
+    c->xb = xmalloc(CHUNK * H * sizeof(float));
+    c->qkv = xmalloc(CHUNK * (size_t)c->qkvdim * sizeof(float));
+    c->att = xmalloc(CHUNK * (size_t)cf->n_heads * cf->head_dim * sizeof(float));
+    c->hb = xmalloc(CHUNK * 2 * (size_t)cf->intermediate * sizeof(float));
+    c->cs = xmalloc(CHUNK * (size_t)cf->head_dim * sizeof(float));
+    c->pool = pool_new(threads);
+    c->scores = xcalloc((size_t)pool_threads(c->pool), sizeof *c->scores);
+    if (kv) c->kv = *kv;
+    else c->own_kv = 1;
+    return &c->b;
+}
+
+int backend_cpu_set_kv(backend *b, const kv_store *kv)
+{
+    cpu *c = (cpu *)b;
+    if (c->own_kv) free(c->kv.base);
+    c->own_kv = 0;
+    c->kv = *kv;
+    return 0;
+}
+
+int backend_cpu_resume(backend *b, const int32_t *ids, int n_ctx, int rope_long)
+{
+    cpu *c = (cpu *)b;
+    if (n_ctx < 0 || n_ctx > c->kv.capacity || n_ctx > b->max_ctx)
+        return berr(c, "cannot resume %d positions (store holds %d, limit %d)", n_ctx, c->kv.capacity,
+                    b->max_ctx);
+    for (int i = 0; i < n_ctx; i++)
+        if (ids[i] < 0 || ids[i] >= b->m->cfg.vocab)
+            return berr(c, "token id %d out of range [0, %d)", ids[i], b->m->cfg.vocab);
+    if (ensure_ids(c, n_ctx) || ensure_scores(c, n_ctx)) return -1;
+    memcpy(c->ids, ids, (size_t)n_ctx * sizeof *ids);
+    b->n_ctx = n_ctx;
+    b->rope_long = rope_long ? 1 : 0;
+    return 0;
+}
+
+void backend_cpu_set_grow(backend *b, kv_grow_fn fn, void *ctx)
+{
+    cpu *c = (cpu *)b;
+    c->grow = fn;
+    c->grow_ctx = ctx;
+}
+
+void backend_cpu_set_hidden_hook(backend *b, cpu_hidden_fn fn, void *ctx)
+{
+    cpu *c = (cpu *)b;
+    c->hook = fn;
+    c->hook_ctx = ctx;
+}
+
+size_t backend_cpu_kv_bytes(const backend *b)
+{
+    const cpu *c = (const cpu *)b;
+    return c->own_kv ? (size_t)c->kv.capacity * c->stride * sizeof(float) : 0;
+}

@@ -1,0 +1,435 @@
+/* model.c: load a Hugging Face Phi-3 directory: config.json, the safetensors shard(s),
+ * every weight bound with the dtype and shape the forward pass expects, a fingerprint. */
+#include "embed/model.h"
+#include "shared/util.h"
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CONFIG_MAX (16u << 20)
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* ---- config.json ---- */
+
+/* Integer key in [lo, hi]; absent: def (or an error if def < lo). */
+static int cfg_int(json_t *o, const char *key, long lo, long hi, long def, int *out,
+                   char *err, size_t errlen)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) {
+        if (def < lo) return fail(err, errlen, "config.json: missing %s", key);
+        *out = (int)def;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return fail(err, errlen, "config.json: %s must be an integer in [%ld, %ld]", key, lo, hi);
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+static int cfg_num(json_t *o, const char *key, double def, double *out, char *err, size_t errlen)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_number(v) || !isfinite(json_number_value(v)) || json_number_value(v) <= 0)
+        return fail(err, errlen, "config.json: %s must be a positive number", key);
+    *out = json_number_value(v);
+    return 0;
+}
+
+static int cfg_factors(json_t *rs, const char *key, int n, float **out, char *err, size_t errlen)
+{
+    json_t *a = json_object_get(rs, key);
+    if (!json_is_array(a) || json_array_size(a) != (size_t)n)
+        return fail(err, errlen, "config.json: rope_scaling.%s must be an array of head_dim/2 = %d numbers",
+                    key, n);
+    *out = xmalloc((size_t)n * sizeof **out);
+    for (int i = 0; i < n; i++) {
+        json_t *e = json_array_get(a, (size_t)i);
+        double x = json_is_number(e) ? json_number_value(e) : -1;
+        if (!(x > 0) || !isfinite(x))
+            return fail(err, errlen, "config.json: rope_scaling.%s[%d] must be a positive number", key, i);
+        (*out)[i] = (float)x;   /* transformers holds the factors as float32 */
+    }
+    return 0;
+}
+
+void model_config_free(phi3_config *c)
+{
+    free(c->short_factor);
+    free(c->long_factor);
+    c->short_factor = c->long_factor = NULL;
+}
+
+static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
+{
+    if (!json_is_object(o)) return fail(err, errlen, "config.json: not a JSON object");
+    json_t *arch = json_object_get(o, "architectures");
+    int ok = 0;
+    for (size_t i = 0; json_is_array(arch) && i < json_array_size(arch); i++)
+        if (json_is_string(json_array_get(arch, i)) &&
+            !strcmp(json_string_value(json_array_get(arch, i)), "Phi3ForCausalLM")) ok = 1;
+    if (!ok) {
+        json_t *a0 = json_is_array(arch) ? json_array_get(arch, 0) : arch;
+        return fail(err, errlen, "config.json: unsupported architecture %.64s (need Phi3ForCausalLM)",
+                    json_is_string(a0) ? json_string_value(a0) : "(none given)");
+    }
+    if (cfg_int(o, "hidden_size", 2, 1 << 16, -1, &c->hidden, err, errlen) ||
+        cfg_int(o, "num_attention_heads", 1, 1024, -1, &c->n_heads, err, errlen) ||
+        cfg_int(o, "num_key_value_heads", 1, 1024, c->n_heads, &c->n_kv_heads, err, errlen) ||
+        cfg_int(o, "num_hidden_layers", 1, 1024, -1, &c->n_layers, err, errlen) ||
+        cfg_int(o, "intermediate_size", 1, 1 << 20, -1, &c->intermediate, err, errlen) ||
+        cfg_int(o, "vocab_size", 1, 1 << 22, -1, &c->vocab, err, errlen) ||
+        cfg_int(o, "max_position_embeddings", 1, 1 << 24, -1, &c->max_pos, err, errlen) ||
+        cfg_int(o, "sliding_window", 1, 1L << 30, 0, &c->sliding_window, err, errlen))
+        return -1;
+    if (c->hidden % c->n_heads || (c->hidden / c->n_heads) % 2)
+        return fail(err, errlen, "config.json: hidden_size %d is not num_attention_heads %d x an even head_dim",
+                    c->hidden, c->n_heads);
+    c->head_dim = c->hidden / c->n_heads;
+    int hd;
+    if (cfg_int(o, "head_dim", 1, 1 << 16, c->head_dim, &hd, err, errlen)) return -1;
+    if (hd != c->head_dim)
+        return fail(err, errlen, "config.json: head_dim %d != hidden_size / num_attention_heads %d", hd,
+                    c->head_dim);
+    if (c->n_heads % c->n_kv_heads)
+        return fail(err, errlen, "config.json: num_attention_heads %d is not a multiple of num_key_value_heads %d",
+                    c->n_heads, c->n_kv_heads);
+    double eps, prf;
+    if (cfg_num(o, "rms_norm_eps", 1e-5, &eps, err, errlen) ||
+        cfg_num(o, "partial_rotary_factor", 1.0, &prf, err, errlen))
+        return -1;
+    c->rms_eps = (float)eps;
+    if (prf != 1.0) return fail(err, errlen, "config.json: partial_rotary_factor %g is not supported", prf);
+    json_t *tie = json_object_get(o, "tie_word_embeddings");
+    if (tie && !json_is_boolean(tie) && !json_is_null(tie))
+        return fail(err, errlen, "config.json: tie_word_embeddings must be true or false");
+    c->tie_embeddings = json_is_true(tie);
+
+    /* rope_scaling (transformers 5 may write rope_parameters instead, with rope_theta in it). */
+    json_t *rs = json_object_get(o, "rope_scaling");
+    if (!rs || json_is_null(rs)) rs = json_object_get(o, "rope_parameters");
+    if (rs && !json_is_null(rs) && !json_is_object(rs))
+        return fail(err, errlen, "config.json: rope_scaling must be an object or null");
+    if (cfg_num(o, "rope_theta", 10000.0, &c->rope_theta, err, errlen) ||
+        (rs && json_object_get(rs, "rope_theta") &&
+         cfg_num(rs, "rope_theta", 10000.0, &c->rope_theta, err, errlen)))
+        return -1;
+    const char *type = NULL;
+    if (rs && !json_is_null(rs)) {
+        json_t *t = json_object_get(rs, "type");
+        if (!json_is_string(t)) t = json_object_get(rs, "rope_type");
+        if (!json_is_string(t)) return fail(err, errlen, "config.json: rope_scaling has no type");
+        type = json_string_value(t);
+        if (!strcmp(type, "default")) type = NULL;
+        else if (strcmp(type, "longrope") && strcmp(type, "su"))
+            return fail(err, errlen, "config.json: unsupported rope_scaling type %.32s", type);
+    }
+    c->rope_longrope = type != NULL;
+    c->original_max_pos = c->max_pos;
+    c->attn_factor = 1.0;
+    if (c->rope_longrope) {
+        int half = c->head_dim / 2;
+        if (cfg_factors(rs, "short_factor", half, &c->short_factor, err, errlen) ||
+            cfg_factors(rs, "long_factor", half, &c->long_factor, err, errlen))
+            return -1;
+        if (cfg_int(o, "original_max_position_embeddings", 1, 1 << 24, c->max_pos, &c->original_max_pos,
+                    err, errlen) ||
+            cfg_int(rs, "original_max_position_embeddings", 1, 1 << 24, c->original_max_pos,
+                    &c->original_max_pos, err, errlen))
+            return -1;
+        /* transformers' longrope default: scale = max/original_max, factor 1 when scale <= 1. */
+        double scale = (double)c->max_pos / c->original_max_pos;
+        if (scale > 1.0 && c->original_max_pos > 1)
+            c->attn_factor = sqrt(1.0 + log(scale) / log((double)c->original_max_pos));
+        if (cfg_num(rs, "attention_factor", c->attn_factor, &c->attn_factor, err, errlen)) return -1;
+    }
+    return 0;
+}
+
+int model_config_parse(const char *text, size_t len, phi3_config *c, char *err, size_t errlen)
+{
+    memset(c, 0, sizeof *c);
+    json_error_t je;
+    json_t *o = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    if (!o) return fail(err, errlen, "config.json: invalid JSON: %s (line %d)", je.text, je.line);
+    int rc = config_from_json(o, c, err, errlen);
+    json_decref(o);
+    if (rc) model_config_free(c);
+    return rc;
+}
+
+/* ---- conversions ---- */
+
+float bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+float f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, u;
+    if (e == 0x1f) u = sign | 0x7f800000u | m << 13;            /* inf, nan */
+    else if (e) u = sign | (e + 112) << 23 | m << 13;            /* normal */
+    else if (!m) u = sign;                                       /* zero */
+    else {                                                       /* subnormal: m * 2^-24 */
+        float f = (float)m * 0x1p-24f;
+        memcpy(&u, &f, 4);
+        u |= sign;
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+void model_to_f32(st_dtype d, const void *src, float *dst, size_t n)
+{
+    const uint16_t *h = src;
+    if (d == ST_F32) memcpy(dst, src, n * 4);
+    else if (d == ST_BF16)
+        for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(h[i]);
+    else
+        for (size_t i = 0; i < n; i++) dst[i] = f16_to_f32(h[i]);
+}
+
+/* ---- the directory ---- */
+
+typedef struct loader {
+    phi3_model *m;
+    json_t *wmap;        /* index weight_map, or NULL for a single file */
+    char *err;
+    size_t errlen;
+} loader;
+
+static char *path_join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = xmalloc(n);
+    snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+static const st_tensor *find_tensor(const phi3_model *m, json_t *wmap, const char *name,
+                                    char *err, size_t errlen)
+{
+    if (wmap) {
+        json_t *f = json_object_get(wmap, name);
+        if (!json_is_string(f)) {
+            fail(err, errlen, "tensor %s: missing (not in model.safetensors.index.json)", name);
+            return NULL;
+        }
+        for (int i = 0; i < m->n_shards; i++) {
+            const char *base = strrchr(m->shards[i].path, '/') + 1;
+            if (!strcmp(base, json_string_value(f))) {
+                const st_tensor *t = st_find(&m->shards[i], name);
+                if (!t) fail(err, errlen, "tensor %s: missing from %s", name, base);
+                return t;
+            }
+        }
+        fail(err, errlen, "tensor %s: missing", name);
+        return NULL;
+    }
+    for (int i = 0; i < m->n_shards; i++) {
+        const st_tensor *t = st_find(&m->shards[i], name);
+        if (t) return t;
+    }
+    fail(err, errlen, "tensor %s: missing", name);
+    return NULL;
+}
+
+const st_tensor *model_fetch(const phi3_model *m, const char *name, unsigned dtype_mask, int ndim,
+                             const int64_t *shape, char *err, size_t errlen)
+{
+    char why[256];
+    const st_tensor *t = find_tensor(m, NULL, name, why, sizeof why);
+    if (!t) {
+        fail(err, errlen, "%s", why);
+        return NULL;
+    }
+    return st_check(t, name, dtype_mask, ndim, shape, err, errlen);
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* Bind one weight: rows x cols (rows 0: a vector of cols). */
+static int bind(loader *L, phi3_weight *w, const char *name, int64_t rows, int64_t cols)
+{
+    int64_t shape[2] = {rows, cols};
+    int nd = rows ? 2 : 1;
+    const st_tensor *t = find_tensor(L->m, L->wmap, name, L->err, L->errlen);
+    if (!t || !st_check(t, name, ST_FLOAT_WEIGHTS, nd, rows ? shape : shape + 1, L->err, L->errlen))
+        return -1;
+    w->data = t->data;
+    w->dtype = t->dtype;
+    w->rows = rows ? rows : 1;
+    w->cols = cols;
+    L->m->weight_bytes += t->nbytes;
+    /* Fingerprint: name, dtype, shape, and a sample of the bytes (start and end), so two
+     * checkpoints of one architecture differ. */
+    uint64_t h = L->m->fingerprint;
+    h = fnv(h, name, strlen(name) + 1);
+    h = fnv(h, &t->dtype, sizeof t->dtype);
+    h = fnv(h, shape, sizeof shape);
+    size_t s = t->nbytes < 64 ? t->nbytes : 64;
+    h = fnv(h, t->data, s);
+    h = fnv(h, (const uint8_t *)t->data + t->nbytes - s, s);
+    L->m->fingerprint = h;
+    return 0;
+}
+
+static int bind_all(loader *L)
+{
+    phi3_model *m = L->m;
+    const phi3_config *c = &m->cfg;
+    int64_t H = c->hidden, V = c->vocab, I = c->intermediate;
+    int64_t qkv = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
+    char name[128];
+    if (bind(L, &m->embed, "model.embed_tokens.weight", V, H)) return -1;
+    m->layers = xcalloc((size_t)c->n_layers, sizeof *m->layers);
+    for (int l = 0; l < c->n_layers; l++) {
+        phi3_layer *y = &m->layers[l];
+#define B(field, suffix, r, k) \
+    (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), bind(L, &y->field, name, r, k))
+        if (B(ln1, "input_layernorm.weight", 0, H) ||
+            B(qkv, "self_attn.qkv_proj.weight", qkv, H) ||
+            B(o, "self_attn.o_proj.weight", H, (int64_t)c->n_heads * c->head_dim) ||
+            B(ln2, "post_attention_layernorm.weight", 0, H) ||
+            B(gate_up, "mlp.gate_up_proj.weight", 2 * I, H) ||
+            B(down, "mlp.down_proj.weight", H, I))
+            return -1;
+#undef B
+    }
+    if (bind(L, &m->norm, "model.norm.weight", 0, H)) return -1;
+    if (c->tie_embeddings) m->lm_head = m->embed;
+    else if (bind(L, &m->lm_head, "lm_head.weight", V, H)) return -1;
+    return 0;
+}
+
+/* Open the shards named by the index (each once), or model.safetensors. */
+static int open_shards(loader *L)
+{
+    phi3_model *m = L->m;
+    char *ip = path_join(m->dir, "model.safetensors.index.json");
+    int rc = 0;
+    if (access(ip, F_OK) == 0) {
+        json_error_t je;
+        json_t *idx = json_load_file(ip, JSON_REJECT_DUPLICATES, &je);
+        json_t *wm = idx ? json_object_get(idx, "weight_map") : NULL;
+        if (!idx) rc = fail(L->err, L->errlen, "%s: invalid JSON: %s (line %d)", ip, je.text, je.line);
+        else if (!json_is_object(wm)) rc = fail(L->err, L->errlen, "%s: no weight_map object", ip);
+        const char *key;
+        json_t *v;
+        if (!rc) json_object_foreach(wm, key, v) {
+            const char *f = json_is_string(v) ? json_string_value(v) : NULL;
+            if (!f || !*f || strchr(f, '/') || f[0] == '.') {
+                rc = fail(L->err, L->errlen, "%s: bad shard name for %s", ip, key);
+                break;
+            }
+            int seen = 0;
+            for (int i = 0; i < m->n_shards && !seen; i++)
+                seen = !strcmp(strrchr(m->shards[i].path, '/') + 1, f);
+            if (seen) continue;
+            if (m->n_shards >= 4096) {
+                rc = fail(L->err, L->errlen, "%s: too many shards", ip);
+                break;
+            }
+            m->shards = xrealloc(m->shards, (size_t)(m->n_shards + 1) * sizeof *m->shards);
+            char *sp = path_join(m->dir, f);
+            rc = st_open(sp, &m->shards[m->n_shards], L->err, L->errlen);
+            free(sp);
+            if (rc) break;
+            m->file_bytes += m->shards[m->n_shards++].size;
+        }
+        if (!rc) L->wmap = json_incref(wm);
+        json_decref(idx);
+    } else {
+        char *sp = path_join(m->dir, "model.safetensors");
+        m->shards = xcalloc(1, sizeof *m->shards);
+        rc = st_open(sp, &m->shards[0], L->err, L->errlen);
+        if (!rc) {
+            m->n_shards = 1;
+            m->file_bytes = m->shards[0].size;
+        }
+        free(sp);
+    }
+    free(ip);
+    return rc;
+}
+
+phi3_model *model_load(const char *dir, char *err, size_t errlen)
+{
+    phi3_model *m = xcalloc(1, sizeof *m);
+    m->dir = xstrdup(dir);
+    loader L = {.m = m, .err = err, .errlen = errlen};
+    char *cp = path_join(dir, "config.json");
+    size_t len;
+    char *text = read_file(cp, CONFIG_MAX, &len);
+    int rc;
+    if (!text) rc = fail(err, errlen, "%s: %s", cp, strerror(errno));
+    else {
+        char why[256];
+        rc = model_config_parse(text, len, &m->cfg, why, sizeof why);
+        if (rc) fail(err, errlen, "%s/%s", dir, why);
+    }
+    free(text);
+    free(cp);
+    m->fingerprint = 0xcbf29ce484222325ull;
+    if (!rc) {
+        /* The config values that change the computation go into the fingerprint. */
+        const phi3_config *c = &m->cfg;
+        char s[256];
+        int n = snprintf(s, sizeof s, "%d %d %d %d %d %d %d %.9g %.17g %d %.17g %d %d %d %d", c->hidden,
+                         c->n_heads, c->n_kv_heads, c->head_dim, c->n_layers, c->intermediate, c->vocab,
+                         (double)c->rms_eps, c->rope_theta, c->rope_longrope, c->attn_factor,
+                         c->original_max_pos, c->max_pos, c->sliding_window, c->tie_embeddings);
+        m->fingerprint = fnv(m->fingerprint, s, (size_t)n);
+        if (c->rope_longrope) {
+            m->fingerprint = fnv(m->fingerprint, c->short_factor, (size_t)c->head_dim / 2 * sizeof(float));
+            m->fingerprint = fnv(m->fingerprint, c->long_factor, (size_t)c->head_dim / 2 * sizeof(float));
+        }
+        rc = open_shards(&L);
+    }
+    if (!rc) rc = bind_all(&L);
+    json_decref(L.wmap);
+    if (rc) {
+        model_free(m);
+        return NULL;
+    }
+    snprintf(m->fingerprint_hex, sizeof m->fingerprint_hex, "%016llx", (unsigned long long)m->fingerprint);
+    return m;
+}
+
+void model_free(phi3_model *m)
+{
+    if (!m) return;
+    for (int i = 0; i < m->n_shards; i++) st_close(&m->shards[i]);
+    free(m->shards);
+    free(m->layers);
+    model_config_free(&m->cfg);
+    free(m->dir);
+    free(m);
+}
