@@ -14,9 +14,8 @@ struct phi3_model;                      /* embed/model.h: config + mmapped tenso
  *   row(p, l) = base + (size_t)p * pos_stride + (size_t)l * 3 * kvdim
  *   row[0      .. kvdim)   K after RoPE (rotated with the factors of rope_long)
  *   row[kvdim  .. 2kvdim)  V
- *   row[2kvdim .. 3kvdim)  K before RoPE: re-rotation (LongRoPE short->long switch) is
- *                          recomputed from it, so a re-rotated cache is bit-identical to
- *                          one computed with the long factors from the start.
+ *   row[2kvdim .. 3kvdim)  K before RoPE (written, but not enough for the LongRoPE switch:
+ *                          that recomputes the context from its ids, see forward).
  *   kvdim = n_kv_heads * head_dim, pos_stride = n_layers * 3 * kvdim, float32.
  */
 typedef struct kv_store {
@@ -33,19 +32,23 @@ typedef struct backend_ops {
     /* Append n tokens at positions [n_ctx, n_ctx + n). Writes logits of the last position
      * into logits (n_vocab floats), or of every position if all (n * n_vocab floats).
      * logits may be NULL (prefill only). If the context crosses
-     * original_max_position_embeddings, cached keys are re-rotated to the long factors
-     * first. 0 ok; -1 error with message in b->err. */
+     * original_max_position_embeddings, the cached context is first RECOMPUTED from its
+     * token ids with the long factors: re-rotating the cached keys is not enough, since
+     * K and V of layers >= 1 depend on the rotation used in the layers below (the
+     * tiny-longrope cross fixture fails from step 25 with re-rotation alone). 0 ok; -1
+     * error with message in b->err. */
     int (*forward)(backend *b, const int32_t *ids, int n, float *logits, int all);
-    /* Forget positions >= n (n <= n_ctx). Re-rotates back to the short factors if the
-     * context falls to <= original_max. */
+    /* Forget positions >= n (n <= n_ctx). Recomputes the context with the short factors
+     * if it falls to <= original_max. */
     int (*truncate)(backend *b, int n);
     void (*destroy)(backend *b);
     /* Sessions on a device backend (NULL on the CPU backend, whose cache IS the session's
      * shared memory): kv_load replaces the context by n positions of rows in the CPU
-     * layout above (f32, rotated as rope_long says); kv_save writes positions [from, to)
+     * layout above (f32, rotated as rope_long says) whose token ids are ids (needed to
+     * recompute the context at a LongRoPE switch); kv_save writes positions [from, to)
      * of the device cache back in that layout (K raw may be recovered by the inverse
      * rotation, to the device's precision). 0 ok; -1 error in b->err. */
-    int (*kv_load)(backend *b, const float *rows, int n, int rope_long);
+    int (*kv_load)(backend *b, const int32_t *ids, const float *rows, int n, int rope_long);
     int (*kv_save)(backend *b, int from, int to, float *rows);
 } backend_ops;
 
@@ -61,11 +64,11 @@ struct backend {
 /* CPU backend. kv: external storage (a session's shared memory) or NULL to allocate its
  * own, growing as needed up to max_ctx. With external kv the caller grows it via
  * backend_cpu_set_kv (and may resume a context of n_ctx positions already stored there,
- * rotated as rope_long says). threads <= 0: every core. */
+ * rotated as rope_long says, whose token ids are ids). threads <= 0: every core. */
 backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads,
                          const kv_store *kv, char *err, size_t errlen);
 int backend_cpu_set_kv(backend *b, const kv_store *kv);
-int backend_cpu_resume(backend *b, int n_ctx, int rope_long);
+int backend_cpu_resume(backend *b, const int32_t *ids, int n_ctx, int rope_long);
 /* Called by the CPU backend when external kv is too small for need positions; set by the
  * session code. Returns 0 after calling backend_cpu_set_kv with a larger store. */
 typedef int (*kv_grow_fn)(void *ctx, backend *b, int need);
