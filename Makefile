@@ -56,6 +56,8 @@ TOOLS    = $(foreach f,$(TOOL_C),$(BINDIR)/$(basename $(notdir $(f))))
 TEST_C   = $(wildcard tests/unit/*_test.c)
 TESTS    = $(TEST_C:tests/unit/%.c=$(O)/tests/%)
 FUZZ_C   = $(wildcard tests/fuzz/*_fuzz.c)
+BENCH_C  = $(wildcard tests/bench/*_bench.c)
+BENCHES  = $(BENCH_C:tests/bench/%.c=$(O)/bench/%)
 LIBA     = $(O)/libphi3.a
 
 .PHONY: all test check bench fuzz sanitize install deps clean unit
@@ -104,8 +106,13 @@ sanitize:
 	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
 	  LDFLAGS="-fsanitize=address,undefined" test
 
-bench: all
-	PHI3_BIN=$(abspath $(BINDIR)) tests/bench/run.sh
+# Benchmarks: tests/bench/*.sh (BENCH=name for one); tests/bench/*_bench.c are built first.
+bench: all $(BENCHES)
+	PHI3_BIN=$(abspath $(BINDIR)) PHI3_BENCHBIN=$(abspath $(O)/bench) tests/bench/run.sh
+
+$(O)/bench/%: $(O)/tests/bench/%.o $(LIBA)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
 
 # libFuzzer targets (clang), each run briefly. FUZZ_SECONDS to change.
 FUZZ_SECONDS ?= 20
