@@ -1,0 +1,226 @@
+/* phi3-run: tokens frames in, logits frames out; holds the model and its KV cache. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "decode/backend.h"
+#include "decode/cpu.h"
+#include "embed/model.h"
+#include "shared/stream.h"
+#include "shared/util.h"
+
+static const char usage[] =
+"usage: phi3-run [-m DIR] [options] < tokens-stream > logits-stream\n"
+"\n"
+"Reads tokens frames and appends their ids to the context. For each one it writes the\n"
+"same tokens frame (ids, pos = position of ids[0]) so a sampler downstream sees the\n"
+"context, then one logits frame for the last position: pos = the context length after\n"
+"these tokens (the position the logits predict), data = float32 x vocab. A tokens frame\n"
+"whose pos is behind the context rewinds it to pos first. end frames (a finished turn)\n"
+"are consumed and not forwarded; other frame types are ignored. Runs until end of input.\n"
+"\n"
+"  -m, --model DIR        Hugging Face model directory (default $PHI3_MODEL)\n"
+"      --backend B        auto (CUDA if a device is present, else CPU; says which on\n"
+"                         stderr unless -q), cpu, or cuda (default auto)\n"
+"      --threads N        CPU threads (default: every core)\n"
+"      --all-logits       one logits frame per input position (pos = position + 1)\n"
+"      --ctx N            context limit in positions (default max_position_embeddings)\n"
+"  -v, --verbose          model, weights, context size and memory on stderr\n"
+"  -q, --quiet            no backend line from --backend auto\n"
+"  -h, --help, --version\n"
+"\n"
+"LongRoPE: while the context is <= original_max_position_embeddings the short factors\n"
+"apply; once it grows past that, the whole context is recomputed with the long factors\n"
+"(what a fresh pass over the sequence gives), and a rewind below it switches back.\n"
+"\n"
+"Exit: 0 ok (also when the reader of stdout goes away); 1 bad input (model files, a\n"
+"token id outside the vocabulary, a context beyond the limit, a broken stream);\n"
+"2 the command line cannot be understood.\n";
+
+enum { OPT_BACKEND = 256, OPT_THREADS, OPT_ALL, OPT_CTX, OPT_VERSION };
+
+/* The state of one run: the model, its backend, the output stream. */
+typedef struct run {
+    phi3_model *m;
+    backend *b;
+    frame_writer w;
+    int all_logits, verbose;
+    float *logits;              /* [cap_positions * vocab] */
+    size_t logits_cap;          /* positions */
+    long tokens;                /* ids consumed */
+} run;
+
+static long opt_long(const char *name, const char *s, long lo, long hi)
+{
+    long v;
+    if (parse_long(s, &v) || v < lo || v > hi)
+        phi3_usage_die("%s: expected an integer in [%ld, %ld], got '%s'", name, lo, hi, s);
+    return v;
+}
+
+static float *logits_for(run *r, size_t positions)
+{
+    if (positions > r->logits_cap) {
+        size_t bytes;
+        if (__builtin_mul_overflow(positions, (size_t)r->m->cfg.vocab * sizeof(float), &bytes))
+            phi3_die("--all-logits: %zu positions are too many", positions);
+        r->logits = xrealloc(r->logits, bytes);
+        r->logits_cap = positions;
+    }
+    return r->logits;
+}
+
+static void forward_or_die(run *r, const int32_t *ids, int n, float *logits, int all)
+{
+    if (r->b->ops->forward(r->b, ids, n, logits, all)) phi3_die("%s", r->b->err);
+}
+
+/* One tokens frame: validate, append, forward the frame, write the logits. */
+static void on_tokens(run *r, const frame *f)
+{
+    const phi3_config *cf = &r->m->cfg;
+    int64_t *v, pos;
+    size_t n, bad;
+    int rc = frame_ints(f, "ids", &v, &n, &bad);
+    if (rc == 0) phi3_die("frame %ld: tokens frame without ids", f->index);
+    if (rc < 0) phi3_die("frame %ld: tokens ids[%zu] is not an integer", f->index, bad);
+    rc = frame_int(f, "pos", &pos);
+    if (rc < 0) phi3_die("frame %ld: tokens pos is not an integer", f->index);
+    if (rc > 0) {
+        if (pos < 0 || pos > r->b->n_ctx)
+            phi3_die("frame %ld: tokens pos %lld is not within the context of %d positions", f->index,
+                     (long long)pos, r->b->n_ctx);
+        if (pos < r->b->n_ctx && r->b->ops->truncate(r->b, (int)pos)) phi3_die("%s", r->b->err);
+    }
+    if ((long long)r->b->n_ctx + (long long)n > r->b->max_ctx)
+        phi3_die("frame %ld: context of %lld tokens exceeds the limit of %d positions", f->index,
+                 (long long)r->b->n_ctx + (long long)n, r->b->max_ctx);
+    int32_t *ids = xmalloc((n ? n : 1) * sizeof *ids);
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < 0 || v[i] >= cf->vocab)
+            phi3_die("frame %ld: token id %lld out of range [0, %d)", f->index, (long long)v[i], cf->vocab);
+        ids[i] = (int32_t)v[i];
+    }
+    free(v);
+    if (n == 0) {
+        free(ids);
+        return;
+    }
+    int pos0 = r->b->n_ctx, V = cf->vocab;
+    if (!r->all_logits) {
+        float *lg = logits_for(r, 1);
+        forward_or_die(r, ids, (int)n, lg, 0);
+        fw_tokens(&r->w, ids, n, pos0);
+        fw_logits(&r->w, pos0 + (int64_t)n, lg, (size_t)V);
+    } else {
+        /* Chunks bound the memory; the first one reaches past original_max when the
+         * frame crosses it, so that every position sees the factors of the whole
+         * sequence (later chunks do not change the mode). */
+        size_t step = 256, done = 0;
+        if (cf->rope_longrope && pos0 <= cf->original_max_pos && pos0 + n > (size_t)cf->original_max_pos)
+            step = (size_t)cf->original_max_pos - pos0 + 1 > step ? (size_t)cf->original_max_pos - pos0 + 1 : step;
+        int forwarded = 0;
+        while (done < n) {
+            size_t k = n - done < step ? n - done : step;
+            float *lg = logits_for(r, k);
+            forward_or_die(r, ids + done, (int)k, lg, 1);
+            if (!forwarded++) fw_tokens(&r->w, ids, n, pos0);
+            for (size_t i = 0; i < k; i++)
+                fw_logits(&r->w, pos0 + (int64_t)(done + i) + 1, lg + i * V, (size_t)V);
+            done += k;
+            step = 256;
+        }
+    }
+    r->tokens += (long)n;
+    free(ids);
+}
+
+static double peak_rss_mib(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0;
+}
+
+int main(int argc, char **argv)
+{
+    phi3_init("phi3-run");
+    const char *mdir = NULL, *bname = "auto";
+    long threads = 0, ctx = 0;
+    int all = 0, verbose = 0, quiet = 0, c;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"backend", required_argument, 0, OPT_BACKEND},
+        {"threads", required_argument, 0, OPT_THREADS}, {"all-logits", no_argument, 0, OPT_ALL},
+        {"ctx", required_argument, 0, OPT_CTX}, {"verbose", no_argument, 0, 'v'},
+        {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, OPT_VERSION}, {0, 0, 0, 0}};
+    while ((c = getopt_long(argc, argv, "m:vqh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': mdir = optarg; break;
+        case OPT_BACKEND: bname = optarg; break;
+        case OPT_THREADS: threads = opt_long("--threads", optarg, 1, 1024); break;
+        case OPT_ALL: all = 1; break;
+        case OPT_CTX: ctx = opt_long("--ctx", optarg, 1, 1L << 30); break;
+        case 'v': verbose = 1; break;
+        case 'q': quiet = 1; break;
+        case 'h': fputs(usage, stdout); return 0;
+        case OPT_VERSION: printf("phi3-run %s\n", PHI3_VERSION); return 0;
+        default: fputs(usage, stderr); return 2;
+        }
+    }
+    if (optind < argc) phi3_usage_die("unexpected operand '%s' (see --help)", argv[optind]);
+    if (strcmp(bname, "auto") && strcmp(bname, "cpu") && strcmp(bname, "cuda"))
+        phi3_usage_die("--backend: expected auto, cpu or cuda, got '%s'", bname);
+    mdir = phi3_model_dir(mdir);
+    if (!mdir) phi3_usage_die("no model directory: give -m DIR or set PHI3_MODEL");
+
+    run r = {.all_logits = all, .verbose = verbose};
+    char err[512];
+    double t0 = now_sec();
+    r.m = model_load(mdir, err, sizeof err);
+    if (!r.m) phi3_die("%s", err);
+    const phi3_config *cf = &r.m->cfg;
+    if (ctx > cf->max_pos)
+        phi3_die("--ctx %ld exceeds max_position_embeddings %d of %s", ctx, cf->max_pos, mdir);
+    int use_cuda = !strcmp(bname, "cuda") || (!strcmp(bname, "auto") && backend_cuda_available());
+    if (use_cuda) r.b = backend_cuda_new(r.m, (int)ctx, err, sizeof err);
+    else r.b = backend_cpu_new(r.m, (int)ctx, (int)threads, NULL, err, sizeof err);
+    if (!r.b) phi3_die("%s backend: %s", use_cuda ? "cuda" : "cpu", err);
+    if (!strcmp(bname, "auto") && !quiet)
+        phi3_err("backend %s%s", r.b->ops->name, use_cuda ? "" : " (no CUDA device)");
+    if (verbose) {
+        phi3_err("model %s: %d layers, hidden %d, heads %d/%d, vocab %d, %s, weights %.1f MiB in %d "
+                 "shard(s) (mmapped), fingerprint %s, loaded in %.2f s",
+                 mdir, cf->n_layers, cf->hidden, cf->n_heads, cf->n_kv_heads, cf->vocab,
+                 cf->rope_longrope ? "longrope" : "rope", r.m->weight_bytes / 1048576.0, r.m->n_shards,
+                 r.m->fingerprint_hex, now_sec() - t0);
+        phi3_err("context limit %d positions (KV %.1f KiB per position)", r.b->max_ctx,
+                 kv_pos_floats(r.m) * 4 / 1024.0);
+    }
+
+    fw_init(&r.w, 1);
+    frame_reader *fr = fr_open(0, 0);
+    frame f;
+    int rc;
+    t0 = now_sec();
+    while ((rc = fr_next(fr, &f)) == 1) {
+        if (!strcmp(f.type, "tokens")) on_tokens(&r, &f);
+        /* "end" closes a turn: nothing to do, the context stays for the next one. */
+        frame_free(&f);
+    }
+    if (rc < 0) phi3_die("%s", fr_error(fr));
+    if (verbose)
+        phi3_err("context %d positions, %ld tokens in %.2f s (%.2f tok/s), KV cache %.1f MiB, peak RSS "
+                 "%.1f MiB", r.b->n_ctx, r.tokens, now_sec() - t0,
+                 r.tokens / (now_sec() - t0 > 0 ? now_sec() - t0 : 1), use_cuda ? 0.0 : backend_cpu_kv_bytes(r.b) / 1048576.0,
+                 peak_rss_mib());
+    fr_close(fr);
+    fw_destroy(&r.w);
+    r.b->ops->destroy(r.b);
+    free(r.logits);
+    model_free(r.m);
+    return 0;
+}
