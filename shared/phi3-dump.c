@@ -3,6 +3,7 @@
  * {"$bin": "<base64>"} so that -r restores it exactly. */
 #include "shared/stream.h"
 #include "shared/util.h"
+#include "tok/tokenizer.h"
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -148,10 +149,7 @@ static json_t *to_json(const msgpack_object *o, int logits_data, char *err, size
 typedef struct { int id; float v; } scored;
 
 /* The K largest logits, best first (K small: insertion into a sorted array). */
-typedef struct tokenizer tokenizer; /* TODO(lead): pieces via tok/tokenizer.h once it lands */
-static const char *tok_piece(const tokenizer *tk, int id) { (void)tk; (void)id; return NULL; }
-
-static json_t *top_json(const void *p, size_t len, int k, const tokenizer *tk)
+static json_t *top_json(const void *p, size_t len, int k, const tok *tk)
 {
     size_t n = len / 4;
     scored *best = xmalloc((size_t)k * sizeof *best);
@@ -168,15 +166,16 @@ static json_t *top_json(const void *p, size_t len, int k, const tokenizer *tk)
     json_t *a = json_array();
     for (int i = 0; i < have; i++) {
         json_t *e = json_pack("{s:i,s:f}", "id", best[i].id, "logit", short_float(best[i].v));
-        const char *piece = tk ? tok_piece(tk, best[i].id) : NULL;
-        if (piece) json_object_set_new(e, "piece", json_string(piece));
+        size_t plen = 0;
+        const char *piece = tk ? tok_piece(tk, best[i].id, &plen) : NULL;
+        if (piece) json_object_set_new(e, "piece", json_stringn(piece, plen));
         json_array_append_new(a, e);
     }
     free(best);
     return a;
 }
 
-static int dump(size_t max_frame, int top, const tokenizer *tk)
+static int dump(size_t max_frame, int top, const tok *tk)
 {
     frame_reader *r = fr_open(0, max_frame);
     frame f;
@@ -353,8 +352,14 @@ int main(int argc, char **argv)
     }
     if (optind < argc) phi3_usage_die("unexpected argument '%s' (input is stdin)", argv[optind]);
     if (reverse) return undump();
-    tokenizer *tk = NULL;
+    tok *tk = NULL;
     const char *dir = phi3_model_dir(model);
-    (void)dir;
-    return dump((size_t)maxf, (int)top, tk);
+    if (top > 0 && dir) {
+        char err[256];
+        tk = tok_load(dir, err, sizeof err);
+        if (!tk) phi3_die("%s", err);
+    }
+    int rc = dump((size_t)maxf, (int)top, tk);
+    tok_free(tk);
+    return rc;
 }

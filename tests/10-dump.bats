@@ -120,3 +120,13 @@ for i in range(20000): sys.stdout.buffer.write(msgpack.packb({"type": "tokens", 
   run "$PHI3_BIN/phi3-dump" --version
   assert_status 0
 }
+
+@test "dump: --top K -m DIR shows each id's token piece" {
+  echo '{"type":"logits","pos":1,"data":[0.0,1.0,2.0,0.5]}' | "$PHI3_BIN/phi3-dump" -r > l.bin
+  run "$PHI3_BIN/phi3-dump" --top 2 -m "$LONGROPE" < l.bin
+  assert_status 0
+  [ "$output" = '{"type":"logits","pos":1,"top":[{"id":2,"logit":2.0,"piece":"</s>"},{"id":1,"logit":1.0,"piece":"<s>"}]}' ]
+  run --separate-stderr "$PHI3_BIN/phi3-dump" --top 2 -m /nonexistent < l.bin
+  assert_status 1
+  assert_err "phi3-dump: " "nonexistent"
+}
