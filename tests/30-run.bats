@@ -1,0 +1,121 @@
+#!/usr/bin/env bats
+# 30-run.bats: phi3-run against the transformers fixtures (logits within 1e-5 relative
+# L2 per position for full passes, 1e-4 for cached greedy steps, argmax = reference),
+# the stream contract, and bit-identity across frame splits and thread counts.
+load helper
+
+RUN() { "$PHI3_BIN/phi3-run" --backend cpu "$@"; }
+CHECK() { "$PY" "$ROOT/tests/lib/logits_check.py" "$@"; }
+ids() { "$PY" "$ROOT/tests/lib/refids.py" "$1" "$2"; }
+# tokens_frame ID...: one tokens frame; tokens_frames ID...: one frame per id
+tokens_frame() { local IFS=,; echo "{\"type\":\"tokens\",\"ids\":[$*]}" | json2frames; }
+tokens_frames() { for i in "$@"; do echo "{\"type\":\"tokens\",\"ids\":[$i]}"; done | json2frames; }
+
+@test "tiny-longrope short: all 24 positions within 1e-5" {
+  tokens_frame $(ids "$LONGROPE/reference.safetensors" short.ids) > "$BATS_TEST_TMPDIR/in"
+  RUN -m "$LONGROPE" --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/out"
+  run CHECK "$LONGROPE/reference.safetensors" short.logits < "$BATS_TEST_TMPDIR/out"
+  assert_status 0
+}
+
+@test "tiny-longrope long: 150 tokens, long factors at every position, within 1e-5" {
+  tokens_frame $(ids "$LONGROPE/reference.safetensors" long.ids) > "$BATS_TEST_TMPDIR/in"
+  RUN -m "$LONGROPE" --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/out"
+  run CHECK "$LONGROPE/reference.safetensors" long.logits \
+    --pos "$(ids "$LONGROPE/reference.safetensors" long.pos | tr ' ' ,)" < "$BATS_TEST_TMPDIR/out"
+  assert_status 0
+}
+
+@test "tiny-longrope cross: greedy steps through the cache across the switch at 64 (1e-4, argmax)" {
+  local R="$LONGROPE/reference.safetensors" g
+  g=$(ids "$R" cross.greedy)
+  { tokens_frame $(ids "$R" cross.prompt); tokens_frames $(echo $g | cut -d' ' -f1-39); } > "$BATS_TEST_TMPDIR/in"
+  RUN -m "$LONGROPE" < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/out"
+  run CHECK "$R" cross.step_logits --tol 1e-4 --argmax cross.greedy < "$BATS_TEST_TMPDIR/out"
+  assert_status 0
+}
+
+@test "tiny-gqa-window all: 48 positions within 1e-5 (GQA, window 16)" {
+  tokens_frame $(ids "$GQA/reference.safetensors" all.ids) > "$BATS_TEST_TMPDIR/in"
+  RUN -m "$GQA" --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/out"
+  run CHECK "$GQA/reference.safetensors" all.logits < "$BATS_TEST_TMPDIR/out"
+  assert_status 0
+}
+
+@test "tiny-gqa-window gen: 30 greedy steps through the cache (1e-4, argmax)" {
+  local R="$GQA/reference.safetensors"
+  { tokens_frame $(ids "$R" gen.prompt); tokens_frames $(ids "$R" gen.greedy | cut -d' ' -f1-29); } \
+    > "$BATS_TEST_TMPDIR/in"
+  RUN -m "$GQA" < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/out"
+  run CHECK "$R" gen.step_logits --tol 1e-4 --argmax gen.greedy < "$BATS_TEST_TMPDIR/out"
+  assert_status 0
+}
+
+@test "a wrong model fails the comparison (the check can fail)" {
+  tokens_frame $(ids "$LONGROPE/reference.safetensors" short.ids) > "$BATS_TEST_TMPDIR/in"
+  # the same ids one position late: logits of other contexts
+  { tokens_frame 5; cat "$BATS_TEST_TMPDIR/in"; } | RUN -m "$LONGROPE" --all-logits \
+    | "$PY" -c 'import sys,msgpack
+fs=list(msgpack.Unpacker(sys.stdin.buffer,raw=False)); sys.stdout.buffer.write(b"".join(msgpack.packb(f,use_bin_type=True) for f in fs[3:]))' \
+    > "$BATS_TEST_TMPDIR/out"
+  run CHECK "$LONGROPE/reference.safetensors" short.logits < "$BATS_TEST_TMPDIR/out"
+  assert_status 1
+}
+
+@test "tokens frames are forwarded before their logits, pos = context length" {
+  { tokens_frame 1 2 3; echo '{"type":"end","reason":"stop"}' | json2frames; tokens_frame 4; } \
+    | RUN -m "$GQA" | frames2json | cut -c1-40 > "$BATS_TEST_TMPDIR/out"
+  run cat "$BATS_TEST_TMPDIR/out"
+  [ "${lines[0]}" = '{"type":"tokens","ids":[1,2,3],"pos":0}' ]
+  [[ "${lines[1]}" == '{"type":"logits","pos":3,"data":['* ]]
+  [ "${lines[2]}" = '{"type":"tokens","ids":[4],"pos":3}' ]
+  [[ "${lines[3]}" == '{"type":"logits","pos":4,"data":['* ]]
+  [ "${#lines[@]}" -eq 4 ]
+}
+
+@test "--all-logits: one frame per input position, pos = position + 1" {
+  tokens_frame 7 8 9 | RUN -m "$GQA" --all-logits | frames2json | cut -c1-30 > "$BATS_TEST_TMPDIR/out"
+  run cat "$BATS_TEST_TMPDIR/out"
+  [ "${lines[0]}" = '{"type":"tokens","ids":[7,8,9]' ]
+  [[ "${lines[1]}" == '{"type":"logits","pos":1,'* ]]
+  [[ "${lines[3]}" == '{"type":"logits","pos":3,'* ]]
+  [ "${#lines[@]}" -eq 4 ]
+}
+
+@test "bit-identical logits: one frame vs split frames vs a rewind, 1 vs 2 threads" {
+  local i=$(ids "$LONGROPE/reference.safetensors" cross.prompt) R="$LONGROPE/reference.safetensors"
+  local all=($i $(ids "$R" cross.greedy))      # 80 ids: crosses original_max 64
+  tokens_frame "${all[@]:0:70}" | RUN -m "$LONGROPE" --threads 2 | frames2json | tail -1 > "$BATS_TEST_TMPDIR/a"
+  tokens_frame "${all[@]:0:70}" | RUN -m "$LONGROPE" --threads 1 | frames2json | tail -1 > "$BATS_TEST_TMPDIR/b"
+  { tokens_frame "${all[@]:0:30}"; tokens_frame "${all[@]:30:33}"; tokens_frames "${all[@]:63:7}"; } \
+    | RUN -m "$LONGROPE" | frames2json | tail -1 > "$BATS_TEST_TMPDIR/c"
+  # rewind: 75 tokens (long), back to pos 50 (short again), then the rest
+  { tokens_frame "${all[@]:0:75}"; echo "{\"type\":\"tokens\",\"pos\":50,\"ids\":[$(echo "${all[@]:50:20}" | tr ' ' ,)]}" | json2frames; } \
+    | RUN -m "$LONGROPE" | frames2json | tail -1 > "$BATS_TEST_TMPDIR/d"
+  grep -q '"pos":70' "$BATS_TEST_TMPDIR/a"
+  cmp "$BATS_TEST_TMPDIR/a" "$BATS_TEST_TMPDIR/b"
+  cmp "$BATS_TEST_TMPDIR/a" "$BATS_TEST_TMPDIR/c"
+  cmp "$BATS_TEST_TMPDIR/a" "$BATS_TEST_TMPDIR/d"
+}
+
+@test "-v reports weights, context and memory on stderr; stdout stays frames" {
+  run --separate-stderr bash -c "$(declare -f tokens_frame json2frames); tokens_frame 1 2 | $PHI3_BIN/phi3-run -m $GQA -v | $PHI3_BIN/phi3-dump | wc -l"
+  assert_status 0
+  [ "$output" = 2 ]
+  [[ "$stderr" == *"backend cpu"* ]]
+  [[ "$stderr" == *"weights 1.2 MiB"* ]]
+  [[ "$stderr" == *"context limit 4096"* ]]
+  [[ "$stderr" == *"peak RSS"* ]]
+}
+
+@test "peak memory stays near the model's file size (weights mmapped, not copied)" {
+  tokens_frame $(ids "$LONGROPE/reference.safetensors" long.ids) > "$BATS_TEST_TMPDIR/in"
+  /usr/bin/time -f %M -o "$BATS_TEST_TMPDIR/rss" "$PHI3_BIN/phi3-run" --backend cpu -m "$LONGROPE" \
+    < "$BATS_TEST_TMPDIR/in" > /dev/null
+  local kb files
+  kb=$(tail -1 "$BATS_TEST_TMPDIR/rss")
+  files=$(( $(cat "$LONGROPE"/*.safetensors | wc -c) - $(wc -c < "$LONGROPE/reference.safetensors") ))
+  echo "peak RSS ${kb} KiB, shards $((files / 1024)) KiB"
+  # a second copy of the weights would add 25 MiB; allow 12 MiB of code, libc, KV, scratch
+  [ "$kb" -lt $(( files / 1024 + 12 * 1024 )) ]
+}
