@@ -1,0 +1,118 @@
+#!/usr/bin/env bats
+# 31-run-errors.bats: phi3-run on bad models and bad streams: one line on stderr naming
+# the cause, exit 1 (2 for usage), no output. Under `make sanitize` the same tests run
+# with ASan/UBSan, so a truncated or corrupt shard must not be read out of bounds.
+load helper
+
+RUN() { "$PHI3_BIN/phi3-run" --backend cpu "$@"; }
+tokens_frame() { local IFS=,; echo "{\"type\":\"tokens\",\"ids\":[$*]}" | json2frames; }
+bad() { "$PY" "$ROOT/tests/lib/mkbad.py" "$1" "$2" "$BATS_TEST_TMPDIR/m"; }
+
+# expect_model_error KIND SRC SUBSTRING
+expect_model_error() {
+  bad "$1" "$2"
+  tokens_frame 1 2 > "$BATS_TEST_TMPDIR/in"
+  run --separate-stderr RUN -m "$BATS_TEST_TMPDIR/m" < "$BATS_TEST_TMPDIR/in"
+  assert_status 1
+  assert_err "phi3-run: " "$3"
+  [ -z "$output" ]
+}
+
+@test "missing model directory" {
+  run --separate-stderr RUN -m "$BATS_TEST_TMPDIR/nope" < /dev/null
+  assert_status 1
+  assert_err "phi3-run: $BATS_TEST_TMPDIR/nope/config.json" "No such file"
+}
+@test "missing shard" { expect_model_error missing-shard "$LONGROPE" "model-00002-of-00002.safetensors: No such file"; }
+@test "truncated shard" { expect_model_error truncated "$LONGROPE" "beyond the data section"; }
+@test "shard shorter than its header length field" { expect_model_error short "$GQA" "too short"; }
+@test "corrupt header JSON" { expect_model_error header "$LONGROPE" "header is not valid JSON"; }
+@test "header length beyond the file" { expect_model_error hdrlen "$GQA" "bad header length"; }
+@test "shape x dtype size != byte length" { expect_model_error shape-bytes "$GQA" "model.norm.weight: 256 bytes but shape"; }
+@test "overlapping tensors" { expect_model_error overlap "$GQA" "overlap"; }
+@test "missing tensor named" { expect_model_error missing-tensor "$GQA" "tensor model.norm.weight: missing"; }
+@test "wrong dtype named, expected vs actual" {
+  expect_model_error dtype "$GQA" "tensor model.norm.weight: expected F32|F16|BF16 [128], got I16 [128]"
+}
+@test "wrong shape named, expected vs actual" {
+  expect_model_error config-shape "$GQA" "tensor model.layers.0.mlp.gate_up_proj.weight: expected F32|F16|BF16 [608, 128], got BF16 [640, 128]"
+}
+@test "unsupported architecture" { expect_model_error arch "$GQA" "unsupported architecture LlamaForCausalLM"; }
+@test "unknown rope_scaling type refused" { expect_model_error rope "$LONGROPE" "unsupported rope_scaling type yarn"; }
+@test "LongRoPE factor list of the wrong length" { expect_model_error factors "$LONGROPE" "short_factor must be an array of head_dim/2 = 48"; }
+@test "config.json not JSON" { expect_model_error config-json "$GQA" "config.json: invalid JSON"; }
+
+@test "token id >= vocab" {
+  run --separate-stderr bash -c "$(declare -f tokens_frame json2frames); tokens_frame 1 512 | $PHI3_BIN/phi3-run --backend cpu -m $GQA"
+  assert_status 1
+  assert_err "phi3-run: frame 1:" "token id 512 out of range [0, 512)"
+  [ -z "$output" ]
+}
+@test "negative token id" {
+  run --separate-stderr bash -c "$(declare -f tokens_frame json2frames); tokens_frame 3 -1 | $PHI3_BIN/phi3-run --backend cpu -m $GQA"
+  assert_status 1
+  assert_err "phi3-run: frame 1:" "token id -1 out of range"
+}
+@test "non-integer token id" {
+  run --separate-stderr bash -c "echo '{\"type\":\"tokens\",\"ids\":[3,\"x\"]}' | $PHI3_BIN/phi3-dump -r | $PHI3_BIN/phi3-run --backend cpu -m $GQA"
+  assert_status 1
+  assert_err "phi3-run: frame 1:" "ids[1] is not an integer"
+}
+@test "tokens frame without ids" {
+  run --separate-stderr bash -c "echo '{\"type\":\"tokens\"}' | $PHI3_BIN/phi3-dump -r | $PHI3_BIN/phi3-run --backend cpu -m $GQA"
+  assert_status 1
+  assert_err "phi3-run: frame 1:" "without ids"
+}
+@test "prompt beyond max_position_embeddings (4096)" {
+  "$PY" -c 'import sys,msgpack; sys.stdout.buffer.write(msgpack.packb({"type":"tokens","ids":[5]*4097}))' > "$BATS_TEST_TMPDIR/in"
+  run --separate-stderr RUN -m "$GQA" < "$BATS_TEST_TMPDIR/in"
+  assert_status 1
+  assert_err "phi3-run: frame 1:" "context of 4097 tokens exceeds the limit of 4096 positions"
+  [ -z "$output" ]
+}
+@test "context beyond --ctx, after earlier frames succeeded" {
+  { tokens_frame 1 2 3; tokens_frame 4 5; } > "$BATS_TEST_TMPDIR/in"
+  run --separate-stderr RUN -m "$GQA" --ctx 4 < "$BATS_TEST_TMPDIR/in"
+  assert_status 1
+  assert_err "phi3-run: frame 2:" "context of 5 tokens exceeds the limit of 4 positions"
+}
+@test "--ctx above max_position_embeddings" {
+  run --separate-stderr RUN -m "$GQA" --ctx 5000 < /dev/null
+  assert_status 1
+  assert_err "phi3-run: --ctx 5000" "max_position_embeddings 4096"
+}
+@test "tokens pos beyond the context" {
+  run --separate-stderr bash -c "echo '{\"type\":\"tokens\",\"ids\":[3],\"pos\":2}' | $PHI3_BIN/phi3-dump -r | $PHI3_BIN/phi3-run --backend cpu -m $GQA"
+  assert_status 1
+  assert_err "phi3-run: frame 1:" "pos 2 is not within the context of 0 positions"
+}
+@test "truncated stream" {
+  tokens_frame 1 2 3 | head -c 5 > "$BATS_TEST_TMPDIR/in"
+  run --separate-stderr RUN -m "$GQA" < "$BATS_TEST_TMPDIR/in"
+  assert_status 1
+  assert_err "phi3-run: " "truncated"
+}
+@test "--backend cuda without a CUDA device or build: exit 1" {
+  if [ -n "$(ls /dev/nvidia0 2>/dev/null)" ]; then skip "a GPU is present"; fi
+  run --separate-stderr "$PHI3_BIN/phi3-run" --backend cuda -m "$GQA" < /dev/null
+  assert_status 1
+  assert_err "phi3-run: cuda backend:" ""
+}
+@test "usage errors exit 2" {
+  run --separate-stderr "$PHI3_BIN/phi3-run" --backend tpu -m "$GQA"
+  assert_status 2
+  run --separate-stderr "$PHI3_BIN/phi3-run" --threads 0 -m "$GQA"
+  assert_status 2
+  run --separate-stderr "$PHI3_BIN/phi3-run" --bogus
+  assert_status 2
+  run --separate-stderr "$PHI3_BIN/phi3-run" < /dev/null
+  assert_status 2
+  assert_err "phi3-run: " "no model directory"
+}
+@test "empty input: exit 0, no output; reader gone: exit 0 quietly" {
+  run --separate-stderr RUN -m "$GQA" < /dev/null
+  assert_status 0
+  [ -z "$output" ] && [ -z "$stderr" ]
+  run --separate-stderr bash -c "$(declare -f tokens_frame json2frames); for i in \$(seq 50); do tokens_frame 3 4; done | $PHI3_BIN/phi3-run --backend cpu -m $GQA | head -c 10 > /dev/null; echo \${PIPESTATUS[2]}"
+  [ "$output" = 0 ] && [ -z "$stderr" ]
+}
