@@ -1,0 +1,775 @@
+/* cuda_backend.cu: the CUDA backend of phi3-run behind decode/backend.h: weights uploaded
+ * once (bf16) from the common loader, bf16 KV cache in device memory, cuBLAS for every
+ * linear layer (cu_gemm, the only cuBLAS call site), kernels/ for everything else. */
+extern "C" {
+#include "decode/backend.h"
+#include "decode/rope.h"
+#include "embed/model.h"
+}
+#include "kernels/kernels.cuh"
+
+#include <cublas_v2.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Tokens per pass through the layer stack (bounds the activation buffers; a longer
+ * prompt runs as consecutive chunks that attend to the cache of the earlier ones). */
+#define CU_CHUNK 4096
+/* Positions of logits computed per lm_head product (all-logits mode). */
+#define CU_LOGIT_ROWS 64
+/* Matrix products of at most this many rows take their input as bf16 hi + lo halves
+ * (~16 significant bits): the weights are read once either way, so decode pays almost
+ * nothing for float32-like accuracy. Larger prefills are compute-bound and use hi only.
+ * $PHI3_CUDA_SPLIT_MAX overrides (0: never split). */
+#define CU_SPLIT_MAX_DEFAULT 64
+/* Split-KV workspace: partial results for this many (query, head) x split slots. */
+#define CU_DECODE_SPLITS 1024
+
+typedef struct cu_layer {
+    float *ln1, *ln2;                   /* [hidden] */
+    bf16 *qkv;                          /* [(nh + 2 nkv) hd][hidden] */
+    bf16 *o;                            /* [hidden][nh hd] */
+    bf16 *gate_up;                      /* [2 inter][hidden] */
+    bf16 *down;                         /* [hidden][inter] */
+} cu_layer;
+
+/* Everything the device work needs, passed explicitly (no globals). */
+typedef struct cuda_ctx {
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    int n_sm;
+    int split_max;                      /* see CU_SPLIT_MAX_DEFAULT */
+    int attn_mode;                      /* 0 auto, 1 split-KV for every n, 2 flash for every n */
+    /* weights */
+    bf16 *embed, *lm_head;              /* [vocab][hidden]; lm_head == embed when tied */
+    float *norm;                        /* [hidden] */
+    cu_layer *layers;                   /* host array [n_layers] of device pointers */
+    size_t weight_bytes;
+    /* KV cache: per layer [kv_cap][nkv hd] bf16, grown on demand */
+    bf16 **kc, **vc;                    /* host arrays [n_layers] */
+    int kv_cap;
+    int32_t *ctx_ids;                   /* host [ids_cap]: the context's token ids (a LongRoPE
+                                           switch recomputes the context from them) */
+    int ids_cap;
+    /* RoPE */
+    float *inv_freq[2];                 /* device [hd/2]: short (or plain), long */
+    float attn_factor;
+    /* activations for up to `chunk` tokens (rows double when split) */
+    int chunk, rows;                    /* rows = max(chunk, 2 * split_max, 2 * CU_LOGIT_ROWS) */
+    int act_cols, y_cols;
+    float *x;                           /* [chunk][hidden] residual stream */
+    bf16 *act;                          /* [rows][act_cols] bf16 input of the next product */
+    float *y;                           /* [rows][y_cols] float32 output of a product */
+    float *qf;                          /* [chunk][nh hd] rotated Q (split-KV path) */
+    bf16 *qb;                           /* [chunk][nh hd] rotated Q (flash path) */
+    float *att;                         /* [chunk][nh hd] attention output */
+    float *work;                        /* split-KV partials */
+    size_t work_floats;
+    int32_t *ids;                       /* [chunk] */
+    float *logits;                      /* [2 * CU_LOGIT_ROWS][vocab] */
+} cuda_ctx;
+
+typedef struct cuda_backend {
+    backend b;                          /* first: a backend * is a cuda_backend * */
+    cuda_ctx c;
+} cuda_backend;
+
+/* ---- errors: every failing call is named with its file and line ---- */
+
+static int cu_fail(backend *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int cu_fail(backend *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b->err, sizeof b->err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+#define CU_TRY(b, call)                                                                     \
+    do {                                                                                    \
+        cudaError_t e_ = (call);                                                            \
+        if (e_ != cudaSuccess)                                                              \
+            return cu_fail((b), "cuda: %s: %s (%s:%d)", #call, cudaGetErrorString(e_),      \
+                           __FILE__, __LINE__);                                             \
+    } while (0)
+
+static int cu_malloc(backend *b, void **p, size_t bytes, const char *what, const char *file,
+                     int line)
+{
+    *p = NULL;
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        size_t fr = 0, tot = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&fr, &tot);
+        *p = NULL;
+        return cu_fail(b, "cuda: out of device memory: cudaMalloc of %zu bytes for %s failed: %s "
+                       "(%zu of %zu bytes free) (%s:%d)", bytes, what, cudaGetErrorString(e),
+                       fr, tot, file, line);
+    }
+    return 0;
+}
+#define CU_MALLOC(b, p, bytes, what)                                                        \
+    do {                                                                                    \
+        if (cu_malloc((b), (void **)&(p), (bytes), (what), __FILE__, __LINE__))             \
+            return -1;                                                                      \
+    } while (0)
+
+/* ---- cuBLAS: the one place it is called ---- */
+
+/* Y[ncols][N] (float32) = X[ncols][K] (bf16) * W[N][K]^T (bf16), float32 accumulation.
+ * Row-major Y^T = W X^T is column-major C = A^T B with A = W (K x N, lda K), B = X. */
+static int cu_gemm(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncols, int K, int N,
+                   float *Y)
+{
+    const float alpha = 1.0f, beta = 0.0f;
+    cublasStatus_t st = cublasGemmEx(cb->c.blas, CUBLAS_OP_T, CUBLAS_OP_N, N, ncols, K, &alpha,
+                                     W, CUDA_R_16BF, K, X, CUDA_R_16BF, K, &beta, Y, CUDA_R_32F,
+                                     N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return cu_fail(&cb->b, "cublas: cublasGemmEx(m=%d, n=%d, k=%d): %s (%s:%d)", N, ncols, K,
+                       cublasGetStatusString(st), __FILE__, __LINE__);
+    return 0;
+}
+
+static int cu_blas_init(cuda_backend *cb)
+{
+    cublasStatus_t st = cublasCreate(&cb->c.blas);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasSetStream(cb->c.blas, cb->c.stream);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasSetMathMode(cb->c.blas, CUBLAS_DEFAULT_MATH);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return cu_fail(&cb->b, "cublas: cublasCreate/SetStream/SetMathMode: %s (%s:%d)",
+                       cublasGetStatusString(st), __FILE__, __LINE__);
+    return 0;
+}
+
+static void cu_blas_free(cuda_backend *cb)
+{
+    if (cb->c.blas)
+        cublasDestroy(cb->c.blas);
+    cb->c.blas = NULL;
+}
+
+/* ---- weights ---- */
+
+static uint16_t f32_to_bf16_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return 0x7fc0;                                  /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);                    /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+/* Upload a [rows][cols] weight as bf16 (a BF16 file tensor is copied as is; F16/F32 are
+ * converted on the host in pieces). */
+static int cu_upload_matrix(cuda_backend *cb, const phi3_weight *w, bf16 **out, const char *what)
+{
+    backend *b = &cb->b;
+    const size_t n = (size_t)w->rows * (size_t)w->cols;
+    CU_MALLOC(b, *out, n * sizeof(bf16), what);
+    cb->c.weight_bytes += n * sizeof(bf16);
+    if (w->dtype == ST_BF16) {
+        CU_TRY(b, cudaMemcpy(*out, w->data, n * sizeof(bf16), cudaMemcpyHostToDevice));
+        return 0;
+    }
+    const size_t piece = (size_t)1 << 22;
+    float *f = (float *)malloc(piece * sizeof(float));
+    uint16_t *h = (uint16_t *)malloc(piece * sizeof(uint16_t));
+    if (!f || !h) {
+        free(f);
+        free(h);
+        return cu_fail(b, "out of host memory converting %s", what);
+    }
+    const size_t esz = st_dtype_size(w->dtype);
+    for (size_t i = 0; i < n; i += piece) {
+        size_t k = n - i < piece ? n - i : piece;
+        model_to_f32(w->dtype, (const char *)w->data + i * esz, f, k);
+        for (size_t j = 0; j < k; j++)
+            h[j] = f32_to_bf16_bits(f[j]);
+        cudaError_t e = cudaMemcpy(*out + i, h, k * sizeof(uint16_t), cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) {
+            free(f);
+            free(h);
+            return cu_fail(b, "cuda: cudaMemcpy(%s): %s (%s:%d)", what, cudaGetErrorString(e),
+                           __FILE__, __LINE__);
+        }
+    }
+    free(f);
+    free(h);
+    return 0;
+}
+
+/* Upload a vector (norm weight) as float32. */
+static int cu_upload_vector(cuda_backend *cb, const phi3_weight *w, float **out, const char *what)
+{
+    backend *b = &cb->b;
+    const size_t n = (size_t)w->rows * (size_t)w->cols;
+    CU_MALLOC(b, *out, n * sizeof(float), what);
+    cb->c.weight_bytes += n * sizeof(float);
+    float *f = (float *)malloc(n * sizeof(float));
+    if (!f)
+        return cu_fail(b, "out of host memory converting %s", what);
+    model_to_f32(w->dtype, w->data, f, n);
+    cudaError_t e = cudaMemcpy(*out, f, n * sizeof(float), cudaMemcpyHostToDevice);
+    free(f);
+    if (e != cudaSuccess)
+        return cu_fail(b, "cuda: cudaMemcpy(%s): %s (%s:%d)", what, cudaGetErrorString(e),
+                       __FILE__, __LINE__);
+    return 0;
+}
+
+static int cu_upload_weights(cuda_backend *cb)
+{
+    const phi3_model *m = cb->b.m;
+    const phi3_config *cf = &m->cfg;
+    char what[96];
+    if (cu_upload_matrix(cb, &m->embed, &cb->c.embed, "model.embed_tokens.weight") ||
+        cu_upload_vector(cb, &m->norm, &cb->c.norm, "model.norm.weight"))
+        return -1;
+    if (m->lm_head.data == m->embed.data)
+        cb->c.lm_head = cb->c.embed;                    /* tied: one copy */
+    else if (cu_upload_matrix(cb, &m->lm_head, &cb->c.lm_head, "lm_head.weight"))
+        return -1;
+    cb->c.layers = (cu_layer *)calloc((size_t)cf->n_layers, sizeof(cu_layer));
+    if (!cb->c.layers)
+        return cu_fail(&cb->b, "out of host memory");
+    for (int l = 0; l < cf->n_layers; l++) {
+        const phi3_layer *L = &m->layers[l];
+        cu_layer *D = &cb->c.layers[l];
+        snprintf(what, sizeof what, "model.layers.%d weights", l);
+        if (cu_upload_vector(cb, &L->ln1, &D->ln1, what) ||
+            cu_upload_vector(cb, &L->ln2, &D->ln2, what) ||
+            cu_upload_matrix(cb, &L->qkv, &D->qkv, what) ||
+            cu_upload_matrix(cb, &L->o, &D->o, what) ||
+            cu_upload_matrix(cb, &L->gate_up, &D->gate_up, what) ||
+            cu_upload_matrix(cb, &L->down, &D->down, what))
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- KV cache ---- */
+
+static size_t cu_kv_bytes_per_pos(const phi3_config *cf)
+{
+    return (size_t)cf->n_layers * 2 * (size_t)cf->n_kv_heads * cf->head_dim * sizeof(bf16);
+}
+
+/* Room for need positions: grow every layer's K and V (new allocation, copy the positions
+ * held, free the old one). Grows geometrically up to max_ctx, falling back to exactly need. */
+static int cu_kv_reserve(cuda_backend *cb, int need)
+{
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    if (need <= c->kv_cap)
+        return 0;
+    const size_t kvdim = (size_t)cf->n_kv_heads * cf->head_dim;
+    const size_t per_pos = cu_kv_bytes_per_pos(cf);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        long cap = attempt == 0 ? (long)c->kv_cap * 2 : need;
+        if (cap < need)
+            cap = need;
+        if (cap < 256)
+            cap = 256;
+        if (cap > b->max_ctx)
+            cap = b->max_ctx;
+        if (cap < need)
+            return cu_fail(b, "context of %d positions exceeds the limit of %d", need, b->max_ctx);
+        size_t fr = 0, tot = 0;
+        CU_TRY(b, cudaMemGetInfo(&fr, &tot));
+        /* one layer's K and V are held twice while they are copied */
+        const size_t add = (size_t)(cap - c->kv_cap) * per_pos + 2 * (size_t)cap * kvdim * 2;
+        if (add > fr) {
+            if (attempt == 0 && cap > need)
+                continue;
+            return cu_fail(b, "out of device memory for a context of %d positions: the KV cache "
+                           "needs %zu bytes (%zu per position, %zu more than now) but only %zu of "
+                           "%zu bytes are free (try a smaller --ctx)", need,
+                           (size_t)need * per_pos, per_pos, add, fr, tot);
+        }
+        int ok = 1;
+        for (int l = 0; l < cf->n_layers && ok; l++) {
+            for (int kv = 0; kv < 2 && ok; kv++) {
+                bf16 **slot = kv == 0 ? &c->kc[l] : &c->vc[l];
+                bf16 *p = NULL;
+                if (cudaMalloc((void **)&p, (size_t)cap * kvdim * sizeof(bf16)) != cudaSuccess) {
+                    cudaGetLastError();
+                    ok = 0;
+                    break;
+                }
+                if (*slot) {
+                    if (b->n_ctx > 0)
+                        CU_TRY(b, cudaMemcpyAsync(p, *slot, (size_t)b->n_ctx * kvdim * sizeof(bf16),
+                                                  cudaMemcpyDeviceToDevice, c->stream));
+                    CU_TRY(b, cudaStreamSynchronize(c->stream));
+                    CU_TRY(b, cudaFree(*slot));
+                }
+                *slot = p;
+            }
+        }
+        if (!ok) {
+            /* Layers already moved keep their larger buffers (all hold >= kv_cap). */
+            if (attempt == 0 && cap > need)
+                continue;
+            return cu_fail(b, "out of device memory for a context of %d positions: the KV cache "
+                           "needs %zu bytes (%zu per position) (try a smaller --ctx)", need,
+                           (size_t)need * per_pos, per_pos);
+        }
+        c->kv_cap = (int)cap;
+        return 0;
+    }
+    return cu_fail(b, "out of device memory for a context of %d positions", need);
+}
+
+/* Room for need token ids of the context (host). */
+static int cu_ids_reserve(cuda_backend *cb, int need)
+{
+    cuda_ctx *c = &cb->c;
+    if (need <= c->ids_cap)
+        return 0;
+    long cap = c->ids_cap ? c->ids_cap : 256;
+    while (cap < need)
+        cap *= 2;
+    int32_t *p = (int32_t *)realloc(c->ctx_ids, (size_t)cap * sizeof *p);
+    if (!p)
+        return cu_fail(&cb->b, "out of host memory for %ld token ids", cap);
+    c->ctx_ids = p;
+    c->ids_cap = (int)cap;
+    return 0;
+}
+
+/* ---- forward ---- */
+
+/* Final norm + lm_head for rows [r0, r0 + nr) of the chunk's residual stream; logits of
+ * row r go to host[(r - r0) * vocab]. */
+static int cu_logits(cuda_backend *cb, int r0, int nr, float *host)
+{
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    const int H = cf->hidden, V = cf->vocab;
+    for (int done = 0; done < nr; done += CU_LOGIT_ROWS) {
+        const int k = nr - done < CU_LOGIT_ROWS ? nr - done : CU_LOGIT_ROWS;
+        const int split = k <= c->split_max;
+        CU_TRY(b, kern_rmsnorm(c->stream, c->x + (size_t)(r0 + done) * H, c->norm, k, H,
+                               cf->rms_eps, c->act, split ? c->act + (size_t)k * H : NULL));
+        if (cu_gemm(cb, c->lm_head, c->act, split ? 2 * k : k, H, V, c->logits))
+            return -1;
+        if (split)
+            CU_TRY(b, kern_add(c->stream, c->logits, c->logits, c->logits + (size_t)k * V,
+                               (size_t)k * V));
+        CU_TRY(b, cudaMemcpyAsync(host + (size_t)done * V, c->logits, (size_t)k * V * sizeof(float),
+                                  cudaMemcpyDeviceToHost, c->stream));
+        CU_TRY(b, cudaStreamSynchronize(c->stream));
+    }
+    return 0;
+}
+
+/* One chunk of n <= chunk tokens at positions pos0.. through every layer. */
+static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int use_long)
+{
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    const int H = cf->hidden, nh = cf->n_heads, nkv = cf->n_kv_heads, hd = cf->head_dim;
+    const int I = cf->intermediate, qdim = nh * hd, qkvdim = (nh + 2 * nkv) * hd;
+    const int split = n <= c->split_max;
+    const int cols = split ? 2 * n : n;
+    const int flash = c->attn_mode == 2 || (c->attn_mode == 0 && n > 1);
+    const int window = cf->sliding_window > 0 ? cf->sliding_window : 0;
+    cudaStream_t s = c->stream;
+
+    CU_TRY(b, cudaMemcpyAsync(c->ids, ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+    CU_TRY(b, kern_embed(s, c->embed, c->ids, n, H, c->x));
+    for (int l = 0; l < cf->n_layers; l++) {
+        const cu_layer *L = &c->layers[l];
+        /* attention block: x += o_proj(attn(rope(qkv_proj(ln1(x))))) */
+        CU_TRY(b, kern_rmsnorm(s, c->x, L->ln1, n, H, cf->rms_eps, c->act,
+                               split ? c->act + (size_t)n * H : NULL));
+        if (cu_gemm(cb, L->qkv, c->act, cols, H, qkvdim, c->y))
+            return -1;
+        CU_TRY(b, kern_rope_qkv(s, c->y, split ? c->y + (size_t)n * qkvdim : NULL, n, pos0, nh, nkv,
+                                hd, c->inv_freq[use_long], c->attn_factor, flash ? NULL : c->qf,
+                                flash ? c->qb : NULL, c->kc[l], c->vc[l]));
+        if (flash)
+            CU_TRY(b, kern_attn_prefill(s, c->qb, c->kc[l], c->vc[l], n, pos0, nh, nkv, hd, window,
+                                        c->att));
+        else
+            CU_TRY(b, kern_attn_decode(s, c->qf, c->kc[l], c->vc[l], n, pos0, nh, nkv, hd, window,
+                                       c->work, c->work_floats, c->n_sm, c->att));
+        CU_TRY(b, kern_split_bf16(s, c->att, c->act, split ? c->act + (size_t)n * qdim : NULL,
+                                  (size_t)n * qdim));
+        if (cu_gemm(cb, L->o, c->act, cols, qdim, H, c->y))
+            return -1;
+        CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
+                                    (size_t)n * H));
+        /* MLP block: x += down(up * silu(gate)) of ln2(x) */
+        CU_TRY(b, kern_rmsnorm(s, c->x, L->ln2, n, H, cf->rms_eps, c->act,
+                               split ? c->act + (size_t)n * H : NULL));
+        if (cu_gemm(cb, L->gate_up, c->act, cols, H, 2 * I, c->y))
+            return -1;
+        CU_TRY(b, kern_swiglu(s, c->y, split ? c->y + (size_t)n * 2 * I : NULL, n, I, c->act,
+                              split ? c->act + (size_t)n * I : NULL));
+        if (cu_gemm(cb, L->down, c->act, cols, I, H, c->y))
+            return -1;
+        CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
+                                    (size_t)n * H));
+    }
+    return 0;
+}
+
+/* LongRoPE: the factors follow the length of the whole sequence. When the mode changes,
+ * the cached context [0, n_ctx) is recomputed from its ids in the new mode (what a fresh
+ * pass gives; a re-rotation of cached keys would leave layers >= 1 stale). On failure the
+ * context keeps the positions already recomputed. */
+static int cu_set_rope_mode(cuda_backend *cb, int use_long)
+{
+    backend *b = &cb->b;
+    if (use_long == b->rope_long)
+        return 0;
+    const int n = b->n_ctx;
+    b->n_ctx = 0;
+    b->rope_long = use_long;
+    for (int done = 0; done < n;) {
+        const int k = n - done < cb->c.chunk ? n - done : cb->c.chunk;
+        if (cu_chunk(cb, cb->c.ctx_ids + done, k, done, use_long))
+            return -1;
+        CU_TRY(b, cudaStreamSynchronize(cb->c.stream));
+        done += k;
+        b->n_ctx = done;
+    }
+    return 0;
+}
+
+static int cu_forward(backend *b, const int32_t *ids, int n, float *logits, int all)
+{
+    cuda_backend *cb = (cuda_backend *)b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    b->err[0] = 0;
+    if (n <= 0)
+        return n < 0 ? cu_fail(b, "negative token count") : 0;
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= cf->vocab)
+            return cu_fail(b, "token id %d out of range [0, %d)", ids[i], cf->vocab);
+    if ((long)b->n_ctx + n > b->max_ctx)
+        return cu_fail(b, "context of %ld tokens exceeds the limit of %d", (long)b->n_ctx + n,
+                       b->max_ctx);
+    if (cu_ids_reserve(cb, b->n_ctx + n) || cu_kv_reserve(cb, b->n_ctx + n))
+        return -1;
+    const int use_long = rope_use_long(cf, (long)b->n_ctx + n);
+    if (cu_set_rope_mode(cb, use_long))
+        return -1;
+    memcpy(c->ctx_ids + b->n_ctx, ids, (size_t)n * sizeof *ids);
+    for (int done = 0; done < n;) {
+        const int k = n - done < c->chunk ? n - done : c->chunk;
+        if (cu_chunk(cb, ids + done, k, b->n_ctx + done, use_long))
+            return -1;
+        if (logits && all && cu_logits(cb, 0, k, logits + (size_t)done * cf->vocab))
+            return -1;
+        if (logits && !all && done + k == n && cu_logits(cb, k - 1, 1, logits))
+            return -1;
+        done += k;
+    }
+    if (!logits)
+        CU_TRY(b, cudaStreamSynchronize(c->stream));   /* report faults of this call here */
+    b->n_ctx += n;
+    return 0;
+}
+
+static int cu_truncate(backend *b, int n)
+{
+    cuda_backend *cb = (cuda_backend *)b;
+    b->err[0] = 0;
+    if (n < 0 || n > b->n_ctx)
+        return cu_fail(b, "cannot truncate a context of %d to %d", b->n_ctx, n);
+    b->n_ctx = n;
+    return cu_set_rope_mode(cb, rope_use_long(&b->m->cfg, n));
+}
+/* ---- sessions: rows in the CPU layout (backend.h) ---- */
+
+/* Positions per host <-> device pass: rows of 3 kvdim floats staged in the y buffer. */
+static int cu_kv_stage_rows(const cuda_backend *cb)
+{
+    const phi3_config *cf = &cb->b.m->cfg;
+    size_t per = (size_t)3 * cf->n_kv_heads * cf->head_dim;
+    size_t r = (size_t)cb->c.rows * (size_t)cb->c.y_cols / per;
+    return r > (size_t)CU_CHUNK ? CU_CHUNK : (int)r;
+}
+
+static int cu_kv_load(backend *b, const int32_t *ids, const float *rows, int n, int rope_long)
+{
+    cuda_backend *cb = (cuda_backend *)b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    b->err[0] = 0;
+    if (n < 0 || n > b->max_ctx)
+        return cu_fail(b, "cannot load %d positions (limit %d)", n, b->max_ctx);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= cf->vocab)
+            return cu_fail(b, "token id %d out of range [0, %d)", ids[i], cf->vocab);
+    if (cu_ids_reserve(cb, n) || cu_kv_reserve(cb, n))
+        return -1;
+    b->n_ctx = 0;                       /* nothing valid until every row is in */
+    const size_t kvdim = (size_t)cf->n_kv_heads * cf->head_dim;
+    const size_t pos_floats = kv_pos_floats(b->m);
+    const int step = cu_kv_stage_rows(cb);
+    for (int p0 = 0; p0 < n; p0 += step) {
+        const int k = n - p0 < step ? n - p0 : step;
+        for (int l = 0; l < cf->n_layers; l++) {
+            CU_TRY(b, cudaMemcpy2DAsync(c->y, 3 * kvdim * sizeof(float),
+                                        rows + (size_t)p0 * pos_floats + (size_t)l * 3 * kvdim,
+                                        pos_floats * sizeof(float), 3 * kvdim * sizeof(float),
+                                        (size_t)k, cudaMemcpyHostToDevice, c->stream));
+            CU_TRY(b, kern_kv_import(c->stream, c->y, p0, k, (int)kvdim, c->kc[l], c->vc[l]));
+        }
+    }
+    CU_TRY(b, cudaStreamSynchronize(c->stream));
+    memcpy(c->ctx_ids, ids, (size_t)n * sizeof *ids);
+    b->n_ctx = n;
+    b->rope_long = rope_long ? 1 : 0;
+    return 0;
+}
+
+/* rows: the base of the store (position 0); positions [from, to) are written at
+ * rows + p * pos_floats, as backend.h's row(p, l). */
+static int cu_kv_save(backend *b, int from, int to, float *rows)
+{
+    cuda_backend *cb = (cuda_backend *)b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    b->err[0] = 0;
+    if (from < 0 || to > b->n_ctx || from > to)
+        return cu_fail(b, "cannot save positions [%d, %d) of a context of %d", from, to, b->n_ctx);
+    const size_t kvdim = (size_t)cf->n_kv_heads * cf->head_dim;
+    const size_t pos_floats = kv_pos_floats(b->m);
+    const int step = cu_kv_stage_rows(cb);
+    for (int p0 = from; p0 < to; p0 += step) {
+        const int k = to - p0 < step ? to - p0 : step;
+        for (int l = 0; l < cf->n_layers; l++) {
+            CU_TRY(b, kern_kv_export(c->stream, c->kc[l], c->vc[l], p0, k, cf->n_kv_heads,
+                                     cf->head_dim, c->inv_freq[b->rope_long], c->attn_factor, c->y));
+            CU_TRY(b, cudaMemcpy2DAsync(rows + (size_t)p0 * pos_floats + (size_t)l * 3 * kvdim,
+                                        pos_floats * sizeof(float), c->y, 3 * kvdim * sizeof(float),
+                                        3 * kvdim * sizeof(float), (size_t)k,
+                                        cudaMemcpyDeviceToHost, c->stream));
+            /* the staging buffer is reused by the next layer */
+            CU_TRY(b, cudaStreamSynchronize(c->stream));
+        }
+    }
+    return 0;
+}
+
+/* ---- life cycle ---- */
+
+static void cu_destroy(backend *b)
+{
+    cuda_backend *cb = (cuda_backend *)b;
+    if (!cb)
+        return;
+    cuda_ctx *c = &cb->c;
+    const int nl = b->m ? b->m->cfg.n_layers : 0;
+    if (c->stream)
+        cudaStreamSynchronize(c->stream);
+    if (c->layers) {
+        for (int l = 0; l < nl; l++) {
+            cu_layer *L = &c->layers[l];
+            cudaFree(L->ln1);
+            cudaFree(L->ln2);
+            cudaFree(L->qkv);
+            cudaFree(L->o);
+            cudaFree(L->gate_up);
+            cudaFree(L->down);
+        }
+        free(c->layers);
+    }
+    if (c->lm_head != c->embed)
+        cudaFree(c->lm_head);
+    cudaFree(c->embed);
+    cudaFree(c->norm);
+    for (int l = 0; l < nl; l++) {
+        if (c->kc)
+            cudaFree(c->kc[l]);
+        if (c->vc)
+            cudaFree(c->vc[l]);
+    }
+    free(c->kc);
+    free(c->vc);
+    free(c->ctx_ids);
+    cudaFree(c->inv_freq[0]);
+    cudaFree(c->inv_freq[1]);
+    cudaFree(c->x);
+    cudaFree(c->act);
+    cudaFree(c->y);
+    cudaFree(c->qf);
+    cudaFree(c->qb);
+    cudaFree(c->att);
+    cudaFree(c->work);
+    cudaFree(c->ids);
+    cudaFree(c->logits);
+    cu_blas_free(cb);
+    if (c->stream)
+        cudaStreamDestroy(c->stream);
+    free(cb);
+}
+
+static const backend_ops cuda_ops = {
+    "cuda", cu_forward, cu_truncate, cu_destroy, cu_kv_load, cu_kv_save,
+};
+
+static int env_int(const char *name, int dflt)
+{
+    const char *s = getenv(name);
+    if (!s || !*s)
+        return dflt;
+    char *end;
+    long v = strtol(s, &end, 10);
+    return *end || v < 0 || v > (1 << 20) ? dflt : (int)v;
+}
+
+static int imax(int a, int b) { return a > b ? a : b; }
+
+/* Everything after the context struct exists: device, handles, weights, buffers. */
+static int cu_init(cuda_backend *cb)
+{
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    const int H = cf->hidden, nh = cf->n_heads, nkv = cf->n_kv_heads, hd = cf->head_dim;
+    const int I = cf->intermediate, V = cf->vocab;
+    if (!kern_attn_head_dim_ok(hd))
+        return cu_fail(b, "head_dim %d is not supported by the CUDA kernels (32, 64, 96, 128)", hd);
+    if (nkv <= 0 || nh % nkv)
+        return cu_fail(b, "%d attention heads are not a multiple of %d kv heads", nh, nkv);
+    if (H % 8 || I % 8)
+        return cu_fail(b, "hidden %d and intermediate %d must be multiples of 8", H, I);
+
+    int dev = 0;
+    CU_TRY(b, cudaGetDevice(&dev));
+    CU_TRY(b, cudaDeviceGetAttribute(&c->n_sm, cudaDevAttrMultiProcessorCount, dev));
+    CU_TRY(b, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    if (cu_blas_init(cb))
+        return -1;
+    c->split_max = env_int("PHI3_CUDA_SPLIT_MAX", CU_SPLIT_MAX_DEFAULT);
+    if (c->split_max > CU_CHUNK / 2)
+        c->split_max = CU_CHUNK / 2;
+    const char *am = getenv("PHI3_CUDA_ATTN");     /* testing: force one attention kernel */
+    c->attn_mode = am && !strcmp(am, "decode") ? 1 : am && !strcmp(am, "flash") ? 2 : 0;
+
+    /* Buffers first (a clear message when even they do not fit), then weights. */
+    c->chunk = b->max_ctx < CU_CHUNK ? b->max_ctx : CU_CHUNK;
+    c->rows = imax(c->chunk, imax(2 * c->split_max, 2 * CU_LOGIT_ROWS));
+    const int qdim = nh * hd, qkvdim = (nh + 2 * nkv) * hd;
+    c->act_cols = imax(H, imax(qdim, I));
+    c->y_cols = imax(qkvdim, imax(2 * I, H));
+    c->work_floats = (size_t)nh * (hd + 2) *
+                     (size_t)imax(CU_DECODE_SPLITS, c->attn_mode == 1 ? 4 * c->chunk : 0);
+    size_t need_w = 0;
+    {
+        const phi3_model *m = b->m;
+        need_w += (size_t)m->embed.rows * m->embed.cols * 2;
+        if (m->lm_head.data != m->embed.data)
+            need_w += (size_t)m->lm_head.rows * m->lm_head.cols * 2;
+        for (int l = 0; l < cf->n_layers; l++) {
+            const phi3_layer *L = &m->layers[l];
+            need_w += ((size_t)L->qkv.rows * L->qkv.cols + (size_t)L->o.rows * L->o.cols +
+                       (size_t)L->gate_up.rows * L->gate_up.cols + (size_t)L->down.rows * L->down.cols) * 2 +
+                      (size_t)4 * 2 * H;
+        }
+    }
+    const size_t need_buf = (size_t)c->chunk * H * 4 + (size_t)c->rows * c->act_cols * 2 +
+                            (size_t)c->rows * c->y_cols * 4 + (size_t)c->chunk * qdim * (4 + 2 + 4) +
+                            c->work_floats * 4 + (size_t)2 * CU_LOGIT_ROWS * V * 4;
+    size_t fr = 0, tot = 0;
+    CU_TRY(b, cudaMemGetInfo(&fr, &tot));
+    if (need_w + need_buf > fr)
+        return cu_fail(b, "out of device memory: the weights need %zu bytes and the work buffers "
+                       "%zu, but only %zu of %zu bytes are free", need_w, need_buf, fr, tot);
+
+    CU_MALLOC(b, c->x, (size_t)c->chunk * H * sizeof(float), "activations");
+    CU_MALLOC(b, c->act, (size_t)c->rows * c->act_cols * sizeof(bf16), "activations");
+    CU_MALLOC(b, c->y, (size_t)c->rows * c->y_cols * sizeof(float), "activations");
+    CU_MALLOC(b, c->qf, (size_t)c->chunk * qdim * sizeof(float), "activations");
+    CU_MALLOC(b, c->qb, (size_t)c->chunk * qdim * sizeof(bf16), "activations");
+    CU_MALLOC(b, c->att, (size_t)c->chunk * qdim * sizeof(float), "activations");
+    CU_MALLOC(b, c->work, c->work_floats * sizeof(float), "attention workspace");
+    CU_MALLOC(b, c->ids, (size_t)c->chunk * sizeof(int32_t), "token ids");
+    CU_MALLOC(b, c->logits, (size_t)2 * CU_LOGIT_ROWS * V * sizeof(float), "logits");
+
+    /* RoPE tables as the CPU backend computes them (decode/rope.c). */
+    float *inv = (float *)malloc((size_t)hd / 2 * sizeof(float));
+    if (!inv)
+        return cu_fail(b, "out of host memory");
+    for (int lg = 0; lg < 2; lg++) {
+        rope_inv_freq(cf, lg, inv);
+        if (cu_malloc(b, (void **)&c->inv_freq[lg], (size_t)hd / 2 * sizeof(float), "rope tables",
+                      __FILE__, __LINE__) ||
+            cudaMemcpy(c->inv_freq[lg], inv, (size_t)hd / 2 * sizeof(float),
+                       cudaMemcpyHostToDevice) != cudaSuccess) {
+            free(inv);
+            return b->err[0] ? -1 : cu_fail(b, "cuda: cudaMemcpy(rope tables) failed (%s:%d)",
+                                            __FILE__, __LINE__);
+        }
+    }
+    free(inv);
+    c->attn_factor = (float)cf->attn_factor;
+
+    c->kc = (bf16 **)calloc((size_t)cf->n_layers, sizeof(bf16 *));
+    c->vc = (bf16 **)calloc((size_t)cf->n_layers, sizeof(bf16 *));
+    if (!c->kc || !c->vc)
+        return cu_fail(b, "out of host memory");
+
+    if (cu_upload_weights(cb))
+        return -1;
+    CU_TRY(b, cudaDeviceSynchronize());
+    return 0;
+}
+
+extern "C" int backend_cuda_available(void)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n > 0;
+}
+
+extern "C" backend *backend_cuda_new(const struct phi3_model *m, int max_ctx, char *err,
+                                     size_t errlen)
+{
+    int ndev = 0;
+    cudaError_t e = cudaGetDeviceCount(&ndev);
+    if (e != cudaSuccess || ndev <= 0) {
+        snprintf(err, errlen, "no CUDA device available (%s)",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found none");
+        return NULL;
+    }
+    cuda_backend *cb = (cuda_backend *)calloc(1, sizeof *cb);
+    if (!cb) {
+        snprintf(err, errlen, "out of host memory");
+        return NULL;
+    }
+    const phi3_config *cf = &m->cfg;
+    cb->b.ops = &cuda_ops;
+    cb->b.m = m;
+    cb->b.max_ctx = max_ctx <= 0 || max_ctx > cf->max_pos ? cf->max_pos : max_ctx;
+    cb->b.n_ctx = 0;
+    cb->b.rope_long = 0;
+    if (cu_init(cb) || cu_kv_reserve(cb, cb->b.max_ctx < 4096 ? cb->b.max_ctx : 4096)) {
+        snprintf(err, errlen, "%s", cb->b.err);
+        cu_destroy(&cb->b);
+        return NULL;
+    }
+    return &cb->b;
+}
