@@ -1,0 +1,696 @@
+/* session.c: the shared-memory session of phi3-run (session.h, docs/SESSIONS.md).
+ *
+ * Object layout (native byte order; the object never leaves the machine):
+ *   [0, 4096)            header (sess_hdr), checksummed except for the mutable fields
+ *   [4096, kv_off)       token ids, int32 x max_pos
+ *   [kv_off, ...)        KV rows of capacity positions in the CPU layout of backend.h
+ *                        (position-major: a prefix is one contiguous block)
+ * The committed state (count, rope flag, checksum of the ids) is one of two slots, picked
+ * by the parity of a generation counter stored last with release order: a writer killed
+ * at any moment leaves either the old or the new state, both describing rows and ids
+ * that were completely written. Rows/ids beyond the committed count are free space. */
+#include "decode/session.h"
+#include "decode/rope.h"
+#include "embed/model.h"
+#include "shared/util.h"
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAGIC "PHI3SESS"
+#define DTYPE_F32 1
+#define SHM_DIR "/dev/shm"              /* where Linux keeps POSIX shm objects (listing only) */
+
+typedef struct sess_commit {
+    uint32_t count, rope_long, ids_crc, pad;
+} sess_commit;
+
+typedef struct sess_hdr {
+    char magic[8];
+    uint32_t version, hdr_bytes;
+    uint64_t fingerprint;
+    uint32_t dtype, n_layers, n_kv_heads, head_dim, vocab, max_pos, orig_max, pad0;
+    uint64_t pos_floats, ids_off, kv_off;
+    uint32_t static_crc;                /* CRC-32 of the bytes before this field */
+    /* mutable below */
+    uint32_t capacity;                  /* raised only after the object has grown */
+    uint64_t gen;                       /* slot[gen & 1] is the committed state */
+    sess_commit slot[2];
+    int32_t writer_pid;
+} sess_hdr;
+
+_Static_assert(sizeof(sess_hdr) <= SESSION_HDR_BYTES, "header fits its page");
+
+struct session {
+    char name[SESSION_NAME_MAX + 1];
+    int fd;
+    uint8_t *map;
+    size_t map_len, file_len;
+    sess_hdr *hdr;
+    int32_t *ids;
+    float *rows;
+    session_state st;                   /* shapes and offsets (validated) */
+    int limit;                          /* growth bound: --ctx or max_pos */
+    int count, rope_long;               /* committed state (mirrors the header) */
+    uint32_t crc;                       /* CRC of ids[0, count) */
+    backend *b;
+    backend *scratch;                   /* short frames over a stored long context */
+    int threads;
+    int cur;                            /* the run's context length */
+    int matching;                       /* the run's context so far is a prefix of the stored one */
+    int failed;
+};
+
+static int seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* ---- CRC-32 (IEEE, reflected), for the header and the token ids ---- */
+
+static uint32_t crc_table[256];
+
+static uint32_t crc32_update(uint32_t crc, const void *p, size_t n)
+{
+    if (!crc_table[1])
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            crc_table[i] = c;
+        }
+    const uint8_t *b = p;
+    crc = ~crc;
+    while (n--) crc = crc_table[(crc ^ *b++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+/* ---- layout and validation ---- */
+
+static size_t ids_bytes_for(uint64_t max_pos) { return (size_t)((max_pos * 4 + 4095) & ~(uint64_t)4095); }
+
+void session_expect_model(const struct phi3_model *m, session_expect *e)
+{
+    const phi3_config *c = &m->cfg;
+    e->fingerprint = m->fingerprint;
+    e->n_layers = c->n_layers;
+    e->n_kv_heads = c->n_kv_heads;
+    e->head_dim = c->head_dim;
+    e->vocab = c->vocab;
+    e->max_pos = c->max_pos;
+    e->orig_max = c->original_max_pos;
+}
+
+int session_validate(const void *buf, size_t size, const session_expect *exp, int check_ids,
+                     session_state *st, char *err, size_t errlen)
+{
+    sess_hdr h;
+    if (size < sizeof h.magic) return seterr(err, errlen, "truncated object (%zu bytes)", size);
+    if (memcmp(buf, MAGIC, sizeof h.magic))
+        return seterr(err, errlen, "not a phi3 session (bad magic)");
+    if (size < sizeof h) return seterr(err, errlen, "truncated object (%zu bytes, header is %zu)", size, sizeof h);
+    memcpy(&h, buf, sizeof h);
+    if (h.version != SESSION_VERSION)
+        return seterr(err, errlen, "layout version %u, this phi3 reads version %d", h.version, SESSION_VERSION);
+    if (crc32_update(0, &h, offsetof(sess_hdr, static_crc)) != h.static_crc)
+        return seterr(err, errlen, "corrupt header (checksum mismatch)");
+    if (h.hdr_bytes != SESSION_HDR_BYTES || h.dtype != DTYPE_F32)
+        return seterr(err, errlen, "corrupt header (header size %u, dtype %u)", h.hdr_bytes, h.dtype);
+    /* Shapes in sane ranges before any size arithmetic (all products stay < 2^63). */
+    if (h.n_layers < 1 || h.n_layers > 4096 || h.n_kv_heads < 1 || h.n_kv_heads > 4096 ||
+        h.head_dim < 1 || h.head_dim > 4096 || h.vocab < 1 || h.vocab > (1u << 28) ||
+        h.max_pos < 1 || h.max_pos > (1u << 24) || h.orig_max < 1 || h.orig_max > h.max_pos)
+        return seterr(err, errlen, "corrupt header (shape out of range)");
+    uint64_t pf = (uint64_t)h.n_layers * 3 * h.n_kv_heads * h.head_dim;
+    if (h.pos_floats != pf || h.ids_off != SESSION_HDR_BYTES ||
+        h.kv_off != SESSION_HDR_BYTES + ids_bytes_for(h.max_pos))
+        return seterr(err, errlen, "corrupt header (layout does not follow from the shapes)");
+    if (exp) {
+        if (h.fingerprint != exp->fingerprint)
+            return seterr(err, errlen, "made by another model (fingerprint %016llx, this model %016llx)",
+                          (unsigned long long)h.fingerprint, (unsigned long long)exp->fingerprint);
+        if ((int)h.n_layers != exp->n_layers || (int)h.n_kv_heads != exp->n_kv_heads ||
+            (int)h.head_dim != exp->head_dim || (int)h.vocab != exp->vocab ||
+            (int)h.max_pos != exp->max_pos || (int)h.orig_max != exp->orig_max)
+            return seterr(err, errlen, "made by another model (shapes differ)");
+    }
+    if (h.capacity > h.max_pos)
+        return seterr(err, errlen, "corrupt header (capacity %u > %u positions)", h.capacity, h.max_pos);
+    uint64_t need = h.kv_off + (uint64_t)h.capacity * pf * sizeof(float);
+    if (need > size)
+        return seterr(err, errlen, "truncated object (%zu bytes, its %u positions need %llu)", size,
+                      h.capacity, (unsigned long long)need);
+    const sess_commit *c = &h.slot[h.gen & 1];
+    if (c->count > h.capacity || c->rope_long > 1)
+        return seterr(err, errlen, "corrupt header (%u tokens in room for %u)", c->count, h.capacity);
+    if (check_ids) {
+        const int32_t *ids = (const int32_t *)((const uint8_t *)buf + h.ids_off);
+        for (uint32_t i = 0; i < c->count; i++)
+            if (ids[i] < 0 || (uint32_t)ids[i] >= h.vocab)
+                return seterr(err, errlen, "corrupt token ids (id %d at %u)", ids[i], i);
+        if (crc32_update(0, ids, (size_t)c->count * 4) != c->ids_crc)
+            return seterr(err, errlen, "corrupt token ids (checksum mismatch)");
+    }
+    st->fingerprint = h.fingerprint;
+    st->n_layers = (int)h.n_layers;
+    st->n_kv_heads = (int)h.n_kv_heads;
+    st->head_dim = (int)h.head_dim;
+    st->vocab = (int)h.vocab;
+    st->max_pos = (int)h.max_pos;
+    st->orig_max = (int)h.orig_max;
+    st->pos_floats = (size_t)pf;
+    st->ids_off = (size_t)h.ids_off;
+    st->kv_off = (size_t)h.kv_off;
+    st->capacity = (int)h.capacity;
+    st->count = (int)c->count;
+    st->rope_long = (int)c->rope_long;
+    st->ids_crc = c->ids_crc;
+    st->writer_pid = h.writer_pid;
+    return 0;
+}
+
+int session_name_check(const char *name, char *err, size_t errlen)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > SESSION_NAME_MAX)
+        return seterr(err, errlen, "bad session name (1 to %d characters)", SESSION_NAME_MAX);
+    if (name[0] == '.' || strstr(name, ".."))
+        return seterr(err, errlen, "bad session name '%s' (no leading '.' or '..')", name);
+    for (size_t i = 0; i < n; i++) {
+        char ch = name[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return seterr(err, errlen, "bad session name '%s' (only letters, digits, '.', '_', '-')", name);
+    }
+    return 0;
+}
+
+static void shm_path(char *out, size_t len, const char *name)
+{
+    snprintf(out, len, "/" SESSION_PREFIX "%s", name);
+}
+
+/* Owner and mode of an opened object: ours and no wider than 0600. */
+static int check_owner(int fd, const char *name, struct stat *sb, char *err, size_t errlen)
+{
+    if (fstat(fd, sb)) return seterr(err, errlen, "session %s: %s", name, strerror(errno));
+    if (!S_ISREG(sb->st_mode)) return seterr(err, errlen, "session %s: not a regular object", name);
+    if (sb->st_uid != geteuid())
+        return seterr(err, errlen, "session %s: owned by uid %u, not by us (uid %u)", name,
+                      (unsigned)sb->st_uid, (unsigned)geteuid());
+    if (sb->st_mode & 077)
+        return seterr(err, errlen, "session %s: mode %04o is wider than 0600", name,
+                      (unsigned)(sb->st_mode & 07777));
+    return 0;
+}
+
+static int lock_fd(int fd, int op, int nowait)
+{
+    int r;
+    do r = flock(fd, op | (nowait ? LOCK_NB : 0));
+    while (r && errno == EINTR);
+    return r;
+}
+
+static int32_t peek_pid(int fd)
+{
+    int32_t pid = 0;
+    if (pread(fd, &pid, sizeof pid, offsetof(sess_hdr, writer_pid)) != (ssize_t)sizeof pid) pid = 0;
+    return pid;
+}
+
+/* ---- the writer's session ---- */
+
+static void set_pointers(session *s)
+{
+    s->hdr = (sess_hdr *)s->map;
+    s->ids = (int32_t *)(s->map + s->st.ids_off);
+    s->rows = (float *)(s->map + s->st.kv_off);
+}
+
+/* Store the committed state: rows and ids are written before (release order); a lowered
+ * count is visible before any later row store (the full fence). */
+static void commit(session *s, int count, int rope_long, uint32_t crc)
+{
+    sess_hdr *h = s->hdr;
+    uint64_t g = h->gen + 1;
+    sess_commit *c = &h->slot[g & 1];
+    c->count = (uint32_t)count;
+    c->rope_long = (uint32_t)rope_long;
+    c->ids_crc = crc;
+    __atomic_store_n(&h->gen, g, __ATOMIC_RELEASE);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    s->count = count;
+    s->rope_long = rope_long;
+    s->crc = crc;
+}
+
+/* Fill a zero-length (or never finished: magic still zero) object we hold locked. The
+ * magic goes in last, so a creator killed half-way leaves an object that is re-created. */
+static int init_object(session *s, const session_expect *e, char *err, size_t errlen)
+{
+    size_t kv_off = SESSION_HDR_BYTES + ids_bytes_for((uint64_t)e->max_pos);
+    if (ftruncate(s->fd, 0)) return seterr(err, errlen, "session %s: %s", s->name, strerror(errno));
+    int r = posix_fallocate(s->fd, 0, (off_t)kv_off);
+    if (r)
+        return seterr(err, errlen, "session %s: cannot allocate %zu bytes in " SHM_DIR ": %s", s->name,
+                      kv_off, r == ENOSPC ? "no space left (" SHM_DIR " is full)" : strerror(r));
+    s->map = mmap(NULL, kv_off, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+    if (s->map == MAP_FAILED) {
+        s->map = NULL;
+        return seterr(err, errlen, "session %s: mmap: %s", s->name, strerror(errno));
+    }
+    s->map_len = s->file_len = kv_off;
+    sess_hdr *h = (sess_hdr *)s->map;
+    memset(h, 0, sizeof *h);
+    h->version = SESSION_VERSION;
+    h->hdr_bytes = SESSION_HDR_BYTES;
+    h->fingerprint = e->fingerprint;
+    h->dtype = DTYPE_F32;
+    h->n_layers = (uint32_t)e->n_layers;
+    h->n_kv_heads = (uint32_t)e->n_kv_heads;
+    h->head_dim = (uint32_t)e->head_dim;
+    h->vocab = (uint32_t)e->vocab;
+    h->max_pos = (uint32_t)e->max_pos;
+    h->orig_max = (uint32_t)e->orig_max;
+    h->pos_floats = (uint64_t)e->n_layers * 3 * e->n_kv_heads * e->head_dim;
+    h->ids_off = SESSION_HDR_BYTES;
+    h->kv_off = kv_off;
+    memcpy(h->magic, MAGIC, sizeof h->magic);       /* in the checksum; published below */
+    h->static_crc = crc32_update(0, h, offsetof(sess_hdr, static_crc));
+    memset(h->magic, 0, sizeof h->magic);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    memcpy(h->magic, MAGIC, sizeof h->magic);
+    return 0;
+}
+
+session *session_open(const char *name, const struct phi3_model *m, int max_ctx, int nowait,
+                      char *err, size_t errlen)
+{
+    if (session_name_check(name, err, errlen)) return NULL;
+    session_expect e;
+    session_expect_model(m, &e);
+    if (e.max_pos < 1 || e.max_pos > (1 << 24) || e.orig_max < 1) {
+        seterr(err, errlen, "session %s: model limits out of range", name);
+        return NULL;
+    }
+    session *s = xcalloc(1, sizeof *s);
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->fd = -1;
+    s->limit = max_ctx > 0 && max_ctx < e.max_pos ? max_ctx : e.max_pos;
+    char path[SESSION_NAME_MAX + 16];
+    shm_path(path, sizeof path, name);
+    for (int tries = 0; s->fd < 0; tries++) {
+        s->fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+        if (s->fd >= 0) {
+            if (fchmod(s->fd, 0600)) { seterr(err, errlen, "session %s: %s", name, strerror(errno)); goto fail; }
+            break;
+        }
+        if (errno == EEXIST) s->fd = shm_open(path, O_RDWR, 0);
+        if (s->fd >= 0) break;
+        if (errno == ENOENT && tries < 5) continue;     /* removed in between: create again */
+        seterr(err, errlen, "session %s: cannot open: %s", name, strerror(errno));
+        goto fail;
+    }
+    struct stat sb;
+    if (check_owner(s->fd, name, &sb, err, errlen)) goto fail;
+    if (lock_fd(s->fd, LOCK_EX, nowait)) {
+        if (errno == EWOULDBLOCK) {
+            int32_t pid = peek_pid(s->fd);
+            if (pid > 0) seterr(err, errlen, "session %s is in use by another writer (pid %d) and --no-wait was given", name, pid);
+            else seterr(err, errlen, "session %s is in use by another writer and --no-wait was given", name);
+        } else seterr(err, errlen, "session %s: lock: %s", name, strerror(errno));
+        goto fail;
+    }
+    if (fstat(s->fd, &sb)) { seterr(err, errlen, "session %s: %s", name, strerror(errno)); goto fail; }
+    char magic[8] = {0};
+    if (sb.st_size > 0 && pread(s->fd, magic, sizeof magic, 0) < 0) {
+        seterr(err, errlen, "session %s: read: %s", name, strerror(errno));
+        goto fail;
+    }
+    static const char zero[8];
+    if (sb.st_size == 0 || !memcmp(magic, zero, sizeof zero)) {
+        if (init_object(s, &e, err, errlen)) goto fail;
+        s->st.pos_floats = (size_t)e.n_layers * 3 * e.n_kv_heads * e.head_dim;
+        s->st.ids_off = SESSION_HDR_BYTES;
+        s->st.kv_off = s->map_len;
+        s->st.max_pos = e.max_pos;
+        s->st.orig_max = e.orig_max;
+        s->st.vocab = e.vocab;
+    } else {
+        s->file_len = s->map_len = (size_t)sb.st_size;
+        s->map = mmap(NULL, s->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+        if (s->map == MAP_FAILED) {
+            s->map = NULL;
+            seterr(err, errlen, "session %s: mmap: %s", name, strerror(errno));
+            goto fail;
+        }
+        char why[200];
+        if (session_validate(s->map, s->map_len, &e, 1, &s->st, why, sizeof why)) {
+            seterr(err, errlen, "session %s: %s (left as is; --session-rm %s removes it)", name, why, name);
+            goto fail;
+        }
+    }
+    set_pointers(s);
+    s->count = (int)s->hdr->slot[s->hdr->gen & 1].count;
+    s->rope_long = (int)s->hdr->slot[s->hdr->gen & 1].rope_long;
+    s->crc = s->hdr->slot[s->hdr->gen & 1].ids_crc;
+    s->st.capacity = (int)s->hdr->capacity;
+    s->hdr->writer_pid = (int32_t)getpid();
+    s->matching = 1;
+    return s;
+fail:
+    if (s->map) munmap(s->map, s->map_len);
+    if (s->fd >= 0) close(s->fd);
+    free(s);
+    return NULL;
+}
+
+void session_close(session *s)
+{
+    if (!s) return;
+    /* The stored context becomes the run's: a run that only read a prefix truncates it. */
+    if (!s->failed && s->matching && s->cur > 0 && s->cur < s->count)
+        commit(s, s->cur, s->rope_long, crc32_update(0, s->ids, (size_t)s->cur * 4));
+    if (s->scratch) s->scratch->ops->destroy(s->scratch);
+    if (s->map) munmap(s->map, s->map_len);
+    if (s->fd >= 0) close(s->fd);               /* releases the lock */
+    free(s);
+}
+
+int session_count(const session *s) { return s->count; }
+const int32_t *session_ids(const session *s) { return s->ids; }
+int session_rope_long(const session *s) { return s->rope_long; }
+
+kv_store session_kv(const session *s)
+{
+    kv_store kv = {s->rows, s->st.capacity};
+    return kv;
+}
+
+int session_reserve(session *s, int need, char *err, size_t errlen)
+{
+    if (need <= s->st.capacity) return 0;
+    if (need > s->limit)
+        return seterr(err, errlen, "context of %d tokens exceeds the session's limit of %d", need, s->limit);
+    /* Grow by half again (in steps of 64 positions) so decoding remaps rarely. */
+    long cap = (long)s->st.capacity + s->st.capacity / 2;
+    if (cap < need) cap = need;
+    cap = (cap + 63) / 64 * 64;
+    if (cap > s->limit) cap = s->limit;
+    size_t pos_bytes = s->st.pos_floats * sizeof(float), len;
+    if (__builtin_mul_overflow((size_t)cap, pos_bytes, &len) || __builtin_add_overflow(len, s->st.kv_off, &len))
+        return seterr(err, errlen, "session %s: %ld positions are too large", s->name, cap);
+    if (len > s->file_len) {
+        /* Allocate now (tmpfs reserves the pages) so a full /dev/shm is this error, not a
+         * SIGBUS on a later store. */
+        int r = posix_fallocate(s->fd, (off_t)s->file_len, (off_t)(len - s->file_len));
+        if (r)
+            return seterr(err, errlen, "session %s: cannot grow to %ld positions (%.1f MiB): %s", s->name, cap,
+                          len / 1048576.0, r == ENOSPC ? "no space left in " SHM_DIR : strerror(r));
+        s->file_len = len;
+    }
+    if (len > s->map_len) {
+        void *p = mremap(s->map, s->map_len, len, MREMAP_MAYMOVE);
+        if (p == MAP_FAILED) return seterr(err, errlen, "session %s: mremap: %s", s->name, strerror(errno));
+        s->map = p;
+        s->map_len = len;
+        set_pointers(s);
+    }
+    s->hdr->capacity = (uint32_t)cap;
+    s->st.capacity = (int)cap;
+    if (s->b && !s->b->ops->kv_load) {
+        kv_store kv = session_kv(s);
+        backend_cpu_set_kv(s->b, &kv);
+    }
+    return 0;
+}
+
+static int grow_hook(void *ctx, backend *b, int need)
+{
+    return session_reserve(ctx, need, b->err, sizeof b->err);
+}
+
+void session_attach(session *s, backend *b, int threads)
+{
+    s->b = b;
+    s->threads = threads;
+    if (!b->ops->kv_load) backend_cpu_set_grow(b, grow_hook, s);
+}
+
+/* ---- one frame of a run ---- */
+
+static int scratch_step(session *s, backend *b, const int32_t *x, int n, float *logits, int all,
+                        session_stats *st, char *err, size_t errlen)
+{
+    if (!s->scratch) {
+        s->scratch = backend_cpu_new(b->m, b->max_ctx, s->threads, NULL, err, errlen);
+        if (!s->scratch) return -1;
+    }
+    if (s->scratch->n_ctx != s->cur)
+        return seterr(err, errlen, "session %s: scratch context out of step (%d, %d)", s->name,
+                      s->scratch->n_ctx, s->cur);
+    if (s->scratch->ops->forward(s->scratch, x, n, logits, all)) {
+        s->failed = 1;
+        return seterr(err, errlen, "%s", s->scratch->err);
+    }
+    st->computed += n;
+    s->cur += n;
+    return 0;
+}
+
+static float *row_ptr(session *s, int pos) { return s->rows + (size_t)pos * s->st.pos_floats; }
+
+static int sess_step(session *s, backend *b, const int32_t *x, int n, float *logits, int all,
+                     session_stats *st, char *err, size_t errlen)
+{
+    const phi3_config *cf = &b->m->cfg;
+    int cur = s->cur, e = cur + n;
+    if ((long)cur + n > b->max_ctx)
+        return seterr(err, errlen, "context of %ld tokens exceeds the limit of %d", (long)cur + n, b->max_ctx);
+    for (int i = 0; i < n; i++)
+        if (x[i] < 0 || x[i] >= cf->vocab) return seterr(err, errlen, "token id %d out of range [0, %d)", x[i], cf->vocab);
+    /* The backend recomputes the whole context when the LongRoPE mode changes, so a stored
+     * row equals the one a fresh run computes iff its tokens match and the stored mode is
+     * the mode of this forward (long iff the context after it is > original_max). */
+    int lf = rope_use_long(cf, e), LC = s->rope_long, C = s->count;
+    int r = cur, keep = 0;
+    if (s->matching) {
+        int lcp = cur;
+        while (lcp < C && lcp < e && s->ids[lcp] == x[lcp - cur]) lcp++;
+        int ru = lf == LC ? lcp : cur;
+        int from = all ? cur : e - 1;   /* positions whose logits we must produce */
+        r = ru < from ? ru : from;
+        if (r < cur) r = cur;
+        /* Every position of the frame is stored: recompute the ones that give logits,
+         * whose rows come out bit-identical, and keep the stored context beyond. */
+        keep = ru >= e;
+        /* A short frame over a stored long context (a multi-frame prompt's first frames):
+         * compute it on a private scratch backend, leaving the stored rows for the first
+         * long frame, which recomputes the context long anyway. */
+        if (!keep && LC && !lf && lcp >= e && !b->ops->kv_load && s->threads >= 0)
+            return scratch_step(s, b, x, n, logits, all, st, err, errlen);
+        if (!keep) s->matching = 0;
+    }
+    if (s->scratch) { s->scratch->ops->destroy(s->scratch); s->scratch = NULL; }
+    int dev = b->ops->kv_load != NULL;
+    int rerun = !keep && r > 0 && lf != LC;     /* the forward recomputes rows [0, r) */
+    if (!keep) {
+        if (rerun) commit(s, 0, lf, 0);
+        else if (r < C) commit(s, r, LC, crc32_update(0, s->ids, (size_t)r * 4));
+        if (session_reserve(s, e, err, errlen)) return -1;
+    }
+    if (b->n_ctx != r || (!dev && b->rope_long != LC)) {
+        int rc = dev ? b->ops->kv_load(b, s->ids, s->rows, r, LC) : backend_cpu_resume(b, s->ids, r, LC);
+        if (rc) return seterr(err, errlen, "%s", b->err);
+    }
+    if (b->ops->forward(b, x + (r - cur), e - r, logits, all)) {
+        s->failed = 1;
+        return seterr(err, errlen, "%s", b->err);
+    }
+    if (!keep) {
+        memcpy(s->ids + r, x + (r - cur), (size_t)(e - r) * sizeof *x);
+        int from = rerun ? 0 : r;
+        if (dev && b->ops->kv_save(b, from, e, row_ptr(s, from))) {
+            s->failed = 1;
+            return seterr(err, errlen, "%s", b->err);
+        }
+        uint32_t crc = rerun ? crc32_update(0, s->ids, (size_t)e * 4)
+                             : crc32_update(s->crc, s->ids + r, (size_t)(e - r) * 4);
+        commit(s, e, b->rope_long, crc);
+    }
+    st->reused += r - cur;
+    st->computed += e - r;
+    s->cur = e;
+    return 0;
+}
+
+int session_forward(session *s, backend *b, const int32_t *ids, int n, float *logits, int all,
+                    session_stats *st, char *err, size_t errlen)
+{
+    if (n <= 0) return n < 0 ? seterr(err, errlen, "negative token count") : 0;
+    double t0 = now_sec();
+    int rc;
+    if (s) rc = sess_step(s, b, ids, n, logits, all, st, err, errlen);
+    else {
+        rc = b->ops->forward(b, ids, n, logits, all);
+        if (rc) seterr(err, errlen, "%s", b->err);
+        else st->computed += n;
+    }
+    double dt = now_sec() - t0;
+    if (n > 1) { st->prefill_s += dt; st->prefill_frames++; }
+    else { st->decode_s += dt; st->decode_tokens++; }
+    return rc;
+}
+
+void session_stats_print(const session_stats *st)
+{
+    phi3_err("stats: reused %ld, computed %ld, prefill %.3f s (%ld frames), decode %.3f s (%ld tokens, %.1f tok/s)",
+             st->reused, st->computed, st->prefill_s, st->prefill_frames, st->decode_s, st->decode_tokens,
+             st->decode_s > 0 ? st->decode_tokens / st->decode_s : 0.0);
+}
+
+/* ---- management ---- */
+
+/* Open NAME read-only for inspection: owner/mode checked, shared lock tried (busy = a
+ * writer holds it), mapped. 0 ok. */
+static int open_ro(const char *name, int *fd, void **map, size_t *len, int *busy, struct stat *sb,
+                   char *err, size_t errlen)
+{
+    char path[SESSION_NAME_MAX + 16];
+    shm_path(path, sizeof path, name);
+    *fd = shm_open(path, O_RDONLY, 0);
+    if (*fd < 0)
+        return seterr(err, errlen, errno == ENOENT ? "no session %s" : "session %s: %s", name, strerror(errno));
+    if (check_owner(*fd, name, sb, err, errlen)) { close(*fd); return -1; }
+    *busy = lock_fd(*fd, LOCK_SH, 1) != 0;
+    *len = (size_t)sb->st_size;
+    *map = NULL;
+    if (*len) {
+        *map = mmap(NULL, *len, PROT_READ, MAP_SHARED, *fd, 0);
+        if (*map == MAP_FAILED) {
+            close(*fd);
+            return seterr(err, errlen, "session %s: mmap: %s", name, strerror(errno));
+        }
+    }
+    return 0;
+}
+
+int session_remove(const char *name, int nowait, char *err, size_t errlen)
+{
+    if (session_name_check(name, err, errlen)) return -1;
+    char path[SESSION_NAME_MAX + 16];
+    shm_path(path, sizeof path, name);
+    int fd = shm_open(path, O_RDONLY, 0);
+    if (fd < 0)
+        return seterr(err, errlen, errno == ENOENT ? "no session %s" : "session %s: %s", name, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb)) { close(fd); return seterr(err, errlen, "session %s: %s", name, strerror(errno)); }
+    if (sb.st_uid != geteuid()) {
+        close(fd);
+        return seterr(err, errlen, "session %s: owned by uid %u, not by us", name, (unsigned)sb.st_uid);
+    }
+    /* Wait for a writer to finish (it would keep computing into an unlinked object). */
+    if (lock_fd(fd, LOCK_EX, nowait)) {
+        int e = errno;
+        close(fd);
+        return seterr(err, errlen, e == EWOULDBLOCK ? "session %s is in use by a writer and --no-wait was given"
+                                                    : "session %s: lock: %s", name, strerror(e));
+    }
+    int rc = shm_unlink(path) ? seterr(err, errlen, "session %s: %s", name, strerror(errno)) : 0;
+    close(fd);
+    return rc;
+}
+
+int session_list(FILE *out, char *err, size_t errlen)
+{
+    DIR *d = opendir(SHM_DIR);
+    if (!d) return seterr(err, errlen, SHM_DIR ": %s", strerror(errno));
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t pl = strlen(SESSION_PREFIX);
+        if (strncmp(de->d_name, SESSION_PREFIX, pl)) continue;
+        const char *name = de->d_name + pl;
+        char why[300];
+        if (session_name_check(name, why, sizeof why)) continue;
+        int fd, busy;
+        void *map;
+        size_t len;
+        struct stat sb;
+        if (open_ro(name, &fd, &map, &len, &busy, &sb, why, sizeof why)) {
+            phi3_err("%s", why);
+            continue;
+        }
+        session_state st;
+        if (session_validate(map ? map : "", len, NULL, 0, &st, why, sizeof why))
+            fprintf(out, "%s\t-\t%zu\t-\tinvalid: %s\n", name, len, why);
+        else
+            fprintf(out, "%s\t%d\t%zu\t%016llx\t%s\n", name, st.count, len,
+                    (unsigned long long)st.fingerprint, busy ? "busy" : "ok");
+        if (map) munmap(map, len);
+        close(fd);
+    }
+    closedir(d);
+    return fflush(out) ? seterr(err, errlen, "write: %s", strerror(errno)) : 0;
+}
+
+int session_info(const char *name, FILE *out, char *err, size_t errlen)
+{
+    if (session_name_check(name, err, errlen)) return -1;
+    int fd, busy;
+    void *map;
+    size_t len;
+    struct stat sb;
+    if (open_ro(name, &fd, &map, &len, &busy, &sb, err, errlen)) return -1;
+    session_state st;
+    char why[200];
+    /* Under a writer the ids past a lowered count may be changing: skip their check. */
+    int rc = session_validate(map ? map : "", len, NULL, !busy, &st, why, sizeof why);
+    if (rc) seterr(err, errlen, "session %s: %s", name, why);
+    else {
+        char fp[17];
+        snprintf(fp, sizeof fp, "%016llx", (unsigned long long)st.fingerprint);
+        json_t *o = json_object(), *ids = json_array();
+        const int32_t *p = (const int32_t *)((const uint8_t *)map + st.ids_off);
+        for (int i = 0; i < st.count; i++) json_array_append_new(ids, json_integer(p[i]));
+        json_object_set_new(o, "name", json_string(name));
+        json_object_set_new(o, "model", json_string(fp));
+        json_object_set_new(o, "version", json_integer(SESSION_VERSION));
+        json_object_set_new(o, "dtype", json_string("f32"));
+        json_object_set_new(o, "layers", json_integer(st.n_layers));
+        json_object_set_new(o, "kv_heads", json_integer(st.n_kv_heads));
+        json_object_set_new(o, "head_dim", json_integer(st.head_dim));
+        json_object_set_new(o, "vocab", json_integer(st.vocab));
+        json_object_set_new(o, "max_position_embeddings", json_integer(st.max_pos));
+        json_object_set_new(o, "original_max_position_embeddings", json_integer(st.orig_max));
+        json_object_set_new(o, "capacity", json_integer(st.capacity));
+        json_object_set_new(o, "tokens", json_integer(st.count));
+        json_object_set_new(o, "rope", json_string(st.rope_long ? "long" : "short"));
+        json_object_set_new(o, "bytes", json_integer((json_int_t)len));
+        json_object_set_new(o, "busy", json_boolean(busy));
+        json_object_set_new(o, "ids", ids);
+        char *txt = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        if (!txt || fprintf(out, "%s\n", txt) < 0 || fflush(out))
+            rc = seterr(err, errlen, "write: %s", strerror(errno));
+        free(txt);
+    }
+    if (map) munmap(map, len);
+    close(fd);
+    return rc;
+}
