@@ -121,10 +121,10 @@ static dot_fn dot_for(st_dtype d)
 {
     static int avx = -1;
     if (avx < 0) {
-        unsigned a, b, c, d;
+        unsigned ea, eb, ec, ed;
         __builtin_cpu_init();
         avx = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-              __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) && !getenv("PHI3_NO_AVX");
+              __get_cpuid(1, &ea, &eb, &ec, &ed) && (ec & bit_F16C) && !getenv("PHI3_NO_AVX");
     }
     switch (d) {
     case ST_BF16: return avx ? dot_bf16_avx : dot_bf16_c;
