@@ -1,0 +1,109 @@
+/* phi3-detok: token id frames -> UTF-8 text on stdout, streamed a token at a time. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shared/stream.h"
+#include "shared/util.h"
+#include "tok/tokenizer.h"
+
+static const char usage[] =
+    "usage: phi3-detok [-m DIR] [--frames] [--skip-special] < tokens-frames > text\n"
+    "  Decode `tokens` frames to UTF-8 text as they arrive, never half a character.\n"
+    "  -m, --model DIR   model directory (default $PHI3_MODEL)\n"
+    "  --frames          write `text` frames (special=false) instead of plain text, one\n"
+    "                    per input frame that completes some text; `end` frames are\n"
+    "                    forwarded after the text they close\n"
+    "  --skip-special    drop control tokens (<|end|>, <|assistant|>, ...)\n"
+    "  An `end` frame ends a sequence: held bytes of an unfinished character are\n"
+    "  written as U+FFFD and the next token starts a new sequence (its leading space is\n"
+    "  stripped again). Other frame types are ignored.\n";
+
+static void out_text(frame_writer *w, bool frames, tok_buf *b)
+{
+    if (b->n == 0) return;
+    if (frames) fw_text(w, b->p, b->n, false);
+    else if (write_all(1, b->p, b->n) < 0) {
+        if (errno == EPIPE) exit(0);     /* reader went away: a normal end */
+        phi3_die("stdout: %s", strerror(errno));
+    }
+    b->n = 0;
+}
+
+int main(int argc, char **argv)
+{
+    phi3_init("phi3-detok");
+    const char *mdir = NULL;
+    bool frames = false;
+    unsigned flags = 0;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"frames", no_argument, 0, 'f'},
+        {"skip-special", no_argument, 0, 's'}, {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "m:hV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': mdir = optarg; break;
+        case 'f': frames = true; break;
+        case 's': flags |= TOK_SKIP_SPECIAL; break;
+        case 'h': fputs(usage, stdout); return 0;
+        case 'V': printf("phi3-detok %s\n", PHI3_VERSION); return 0;
+        default: fputs(usage, stderr); return 2;
+        }
+    }
+    if (optind < argc) phi3_usage_die("unexpected argument '%s' (input is stdin)", argv[optind]);
+    mdir = phi3_model_dir(mdir);
+    if (!mdir) phi3_usage_die("no model directory: use -m DIR or set PHI3_MODEL");
+
+    char err[512];
+    tok *t = tok_load(mdir, err, sizeof err);
+    if (!t) phi3_die("%s", err);
+
+    frame_writer w;
+    fw_init(&w, 1);
+    tok_dec d;
+    tok_dec_init(&d, t, flags);
+    tok_buf text = {0};
+    frame_reader *r = fr_open(0, 0);
+    frame f;
+    int rc;
+    while ((rc = fr_next(r, &f)) == 1) {
+        if (strcmp(f.type, "tokens") == 0) {
+            int64_t *ids; size_t n, badi;
+            int k = frame_ints(&f, "ids", &ids, &n, &badi);
+            if (k == 0) phi3_die("frame %ld: tokens frame without \"ids\"", f.index);
+            if (k < 0) phi3_die("frame %ld: \"ids\" is not an array of integers", f.index);
+            for (size_t i = 0; i < n; i++) {
+                if (ids[i] < 0 || ids[i] >= tok_n_vocab(t) ||
+                    tok_dec_push(&d, (int32_t)ids[i], &text) < 0) {
+                    out_text(&w, frames, &text);    /* what came before stays written */
+                    phi3_die("frame %ld: token id %lld is outside the vocabulary (0..%d)",
+                             f.index, (long long)ids[i], tok_n_vocab(t) - 1);
+                }
+            }
+            free(ids);
+            out_text(&w, frames, &text);
+        } else if (strcmp(f.type, "end") == 0) {
+            tok_dec_end(&d, &text);
+            out_text(&w, frames, &text);
+            if (frames) {
+                const char *why; size_t wl;
+                char reason[64] = "stop";
+                if (frame_str(&f, "reason", &why, &wl) == 1)
+                    snprintf(reason, sizeof reason, "%.*s", (int)(wl < 63 ? wl : 63), why);
+                fw_end_frame(&w, reason);
+            }
+        }
+        frame_free(&f);
+    }
+    if (rc < 0) phi3_die("%s", fr_error(r));
+    tok_dec_end(&d, &text);               /* EOF ends the last sequence too */
+    out_text(&w, frames, &text);
+    fr_close(r);
+    tok_buf_free(&text);
+    fw_destroy(&w);
+    tok_free(t);
+    return 0;
+}

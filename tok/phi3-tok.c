@@ -1,0 +1,139 @@
+/* phi3-tok: text frames (or raw stdin) -> token id frames, with the model's tokenizer. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shared/stream.h"
+#include "shared/util.h"
+#include "tok/tokenizer.h"
+
+#define RAW_MAX ((size_t)256 << 20)   /* --raw input cap: ~64M ids at most */
+
+static const char usage[] =
+    "usage: phi3-tok [-m DIR] [--special] [--raw] < text-frames > tokens-frames\n"
+    "  Tokenize each `text` frame into one `tokens` frame with DIR's tokenizer.json.\n"
+    "  -m, --model DIR  model directory (default $PHI3_MODEL)\n"
+    "  --special        parse control-token strings (<|end|>, <|user|>, ...) in every\n"
+    "                   frame, also those with special=false: reproduces transformers'\n"
+    "                   apply_chat_template exactly, including its prompt-injection hole\n"
+    "  --raw            all of stdin is one UTF-8 text (one tokens frame out)\n"
+    "  Without --special only frames with special=true (the template's own parts) can\n"
+    "  produce control tokens; in all other text their strings are plain text.\n"
+    "  `end` frames pass through and start a new prompt; other frame types are ignored.\n";
+
+static char *read_stdin(size_t *len)
+{
+    size_t cap = 1 << 16, n = 0;
+    char *buf = xmalloc(cap);
+    for (;;) {
+        if (n == cap) {
+            if (cap >= RAW_MAX) phi3_die("stdin: input larger than %zu MiB", RAW_MAX >> 20);
+            cap *= 2;
+            buf = xrealloc(buf, cap);
+        }
+        ssize_t r = read(0, buf + n, cap - n);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            phi3_die("stdin: %s", strerror(errno));
+        }
+        if (r == 0) break;
+        n += (size_t)r;
+    }
+    *len = n;
+    return buf;
+}
+
+static void push_id(tok_ids *a, int32_t id)
+{
+    if (a->n == a->cap) {
+        a->cap = a->cap ? a->cap * 2 : 64;
+        a->v = xrealloc(a->v, a->cap * sizeof *a->v);
+    }
+    a->v[a->n++] = id;
+}
+
+int main(int argc, char **argv)
+{
+    phi3_init("phi3-tok");
+    const char *mdir = NULL;
+    bool special = false, raw = false;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"special", no_argument, 0, 's'},
+        {"raw", no_argument, 0, 'r'}, {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "m:hV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': mdir = optarg; break;
+        case 's': special = true; break;
+        case 'r': raw = true; break;
+        case 'h': fputs(usage, stdout); return 0;
+        case 'V': printf("phi3-tok %s\n", PHI3_VERSION); return 0;
+        default: fputs(usage, stderr); return 2;
+        }
+    }
+    if (optind < argc) phi3_usage_die("unexpected argument '%s' (input is stdin)", argv[optind]);
+    mdir = phi3_model_dir(mdir);
+    if (!mdir) phi3_usage_die("no model directory: use -m DIR or set PHI3_MODEL");
+
+    char err[512];
+    tok *t = tok_load(mdir, err, sizeof err);
+    if (!t) phi3_die("%s", err);
+    int32_t bos = -1;
+    if (tok_add_bos(t) && tok_bos_token(t))
+        bos = tok_find(t, tok_bos_token(t), strlen(tok_bos_token(t)));
+
+    frame_writer w;
+    fw_init(&w, 1);
+    tok_ids ids = {0};
+    long bad;
+    if (raw) {
+        size_t n;
+        char *s = read_stdin(&n);
+        if (bos >= 0) push_id(&ids, bos);   /* add_bos_token: a whole text starts with BOS */
+        if (tok_encode(t, s, n, special ? TOK_SPECIAL : 0, NULL, &ids, &bad) < 0)
+            phi3_die("stdin: invalid UTF-8 at byte %ld", bad);
+        fw_tokens(&w, ids.v, ids.n, -1);
+        free(s);
+    } else {
+        frame_reader *r = fr_open(0, 0);
+        frame f;
+        int rc;
+        tok_enc_state st = {false};
+        bool at_start = true;             /* next text frame begins a prompt */
+        while ((rc = fr_next(r, &f)) == 1) {
+            if (strcmp(f.type, "end") == 0) {
+                const char *why = "stop"; size_t wl = 4;
+                if (frame_str(&f, "reason", &why, &wl) != 1) { why = "stop"; wl = 4; }
+                char reason[64];
+                snprintf(reason, sizeof reason, "%.*s", (int)(wl < 63 ? wl : 63), why);
+                fw_end_frame(&w, reason);
+                st.skip_ws = false;
+                at_start = true;
+            } else if (strcmp(f.type, "text") == 0) {
+                const char *s; size_t n;
+                bool sp = false;
+                if (frame_str(&f, "text", &s, &n) != 1)
+                    phi3_die("frame %ld: text frame without a string \"text\"", f.index);
+                if (frame_bool(&f, "special", &sp) < 0)
+                    phi3_die("frame %ld: \"special\" is not a boolean", f.index);
+                ids.n = 0;
+                if (at_start && bos >= 0) push_id(&ids, bos);
+                if (tok_encode(t, s, n, (special || sp) ? TOK_SPECIAL : 0, &st, &ids, &bad) < 0)
+                    phi3_die("frame %ld: invalid UTF-8 at byte %ld of the text", f.index, bad);
+                fw_tokens(&w, ids.v, ids.n, -1);
+                at_start = false;
+            }
+            frame_free(&f);
+        }
+        if (rc < 0) phi3_die("%s", fr_error(r));
+        fr_close(r);
+    }
+    tok_ids_free(&ids);
+    fw_destroy(&w);
+    tok_free(t);
+    return 0;
+}

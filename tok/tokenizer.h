@@ -1,0 +1,87 @@
+/* tokenizer.h: the Hugging Face tokenizer.json BPE tokenizer (Phi-3 / Llama-2 family):
+ * load from a model directory, encode text to ids, decode ids to UTF-8 (one-shot or
+ * streamed a token at a time, never splitting a character). */
+#ifndef PHI3_TOKENIZER_H
+#define PHI3_TOKENIZER_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tok tok;
+
+/* Growable arrays the encoder and decoder append to (free with tok_ids_free/tok_buf_free). */
+typedef struct tok_ids { int32_t *v; size_t n, cap; } tok_ids;
+typedef struct tok_buf { char *p; size_t n, cap; } tok_buf;
+void tok_ids_free(tok_ids *a);
+void tok_buf_free(tok_buf *b);
+
+/* Load DIR/tokenizer.json (+ DIR/tokenizer_config.json when present). NULL on failure
+ * with a one-line reason in err (no program prefix). */
+tok *tok_load(const char *dir, char *err, size_t errlen);
+/* The same from memory (config may be NULL): what the fuzz target drives. */
+tok *tok_load_mem(const char *json, size_t len, const char *config, size_t config_len,
+                  char *err, size_t errlen);
+void tok_free(tok *t);
+
+/* Ids run 0 .. tok_n_vocab()-1 (model vocab and added tokens; 32011 for Phi-3). */
+int tok_n_vocab(const tok *t);
+/* The raw piece of an id ("▁Hello", "<0x0A>", "<|end|>"); NULL if id is not in the
+ * vocabulary. *len may be NULL. */
+const char *tok_piece(const tok *t, int32_t id, size_t *len);
+/* Id of an exact piece / added-token string, or -1. */
+int32_t tok_find(const tok *t, const char *s, size_t len);
+/* True for added tokens flagged special (control tokens: skipped by TOK_SKIP_SPECIAL). */
+bool tok_is_special(const tok *t, int32_t id);
+/* From tokenizer_config.json: eos_token / bos_token strings (NULL if absent) and whether
+ * encoding a whole text adds BOS (add_bos_token; false for the June-2024 Phi-3 files). */
+const char *tok_eos_token(const tok *t);
+const char *tok_bos_token(const tok *t);
+bool tok_add_bos(const tok *t);
+
+/* -1 if s[0..n) is valid UTF-8, else the byte offset where the first invalid sequence
+ * starts (overlongs, surrogates, > U+10FFFF and truncated sequences are invalid). */
+long tok_utf8_check(const char *s, size_t n);
+
+/* Encoding. TOK_SPECIAL: strings of special added tokens ("<|end|>") become those
+ * tokens; without it they are plain text (transformers' split_special_tokens=True).
+ * Non-special added tokens ("</s>" in Phi-3) are always matched, as transformers does. */
+enum { TOK_SPECIAL = 1 };
+
+/* State carried from one text to the next when a prompt arrives in pieces (the text
+ * frames of phi3-template): an added token with rstrip at the very end of one piece
+ * also swallows the whitespace that starts the next, exactly as on the joined text. */
+typedef struct tok_enc_state { bool skip_ws; } tok_enc_state;
+
+/* Append the ids of s[0..n) to out. st may be NULL (a text on its own). Returns 0, or
+ * -1 if s is not valid UTF-8 (*bad_off = tok_utf8_check's offset; nothing appended). */
+int tok_encode(const tok *t, const char *s, size_t n, unsigned flags, tok_enc_state *st,
+               tok_ids *out, long *bad_off);
+
+/* Decoding. TOK_SKIP_SPECIAL drops special added tokens (skip_special_tokens=True). */
+enum { TOK_SKIP_SPECIAL = 1 };
+
+/* Streaming decoder: push ids one at a time; each push appends exactly the text that is
+ * complete so far. Byte-fallback tokens are assembled into UTF-8 and a character is
+ * released only when whole; a byte that cannot continue (or start) a valid character
+ * becomes U+FFFD, one per byte. The decoder's leading-space strip applies to the start
+ * of a sequence only. Concatenating all pushes + tok_dec_end == tok_decode of the ids. */
+typedef struct tok_dec {
+    const tok *t;
+    unsigned flags;
+    int strip_left;           /* leading strip characters still to remove */
+    int npend, need;          /* bytes of an incomplete character held back */
+    unsigned char pend[4];
+} tok_dec;
+
+void tok_dec_init(tok_dec *d, const tok *t, unsigned flags);
+/* 0, or -1 if id is outside the vocabulary (nothing appended, state unchanged). */
+int tok_dec_push(tok_dec *d, int32_t id, tok_buf *out);
+/* End of a sequence: release held bytes (as U+FFFD) and start a new sequence, so the
+ * next id gets the leading-space strip again. */
+void tok_dec_end(tok_dec *d, tok_buf *out);
+
+/* One-shot decode into out. 0, or -1 with *bad_index set if an id is outside the vocab. */
+int tok_decode(const tok *t, const int32_t *ids, size_t n, unsigned flags, tok_buf *out,
+               size_t *bad_index);
+
+#endif
