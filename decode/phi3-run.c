@@ -8,6 +8,7 @@
 
 #include "decode/backend.h"
 #include "decode/cpu.h"
+#include "decode/session.h"
 #include "embed/model.h"
 #include "shared/stream.h"
 #include "shared/util.h"
@@ -30,6 +31,14 @@ static const char usage[] =
 "      --ctx N            context limit in positions (default max_position_embeddings)\n"
 "  -v, --verbose          model, weights, context size and memory on stderr\n"
 "  -q, --quiet            no backend line from --backend auto\n"
+"      --session NAME     keep the context in the shared-memory session NAME and reuse\n"
+"                         its longest matching prefix (docs/SESSIONS.md)\n"
+"      --no-wait          fail at once if another phi3-run writes the session\n"
+"      --session-list     list the sessions (name, tokens, bytes, model, state); no model\n"
+"      --session-info NAME  one JSON object describing NAME; no model needed\n"
+"      --session-rm NAME  remove NAME (waits for its writer unless --no-wait)\n"
+"      --stats            at exit on stderr: tokens reused and computed, prefill and\n"
+"                         decode time\n"
 "  -h, --help, --version\n"
 "\n"
 "LongRoPE: while the context is <= original_max_position_embeddings the short factors\n"
@@ -40,7 +49,8 @@ static const char usage[] =
 "token id outside the vocabulary, a context beyond the limit, a broken stream);\n"
 "2 the command line cannot be understood.\n";
 
-enum { OPT_BACKEND = 256, OPT_THREADS, OPT_ALL, OPT_CTX, OPT_VERSION };
+enum { OPT_BACKEND = 256, OPT_THREADS, OPT_ALL, OPT_CTX, OPT_VERSION, OPT_SESSION, OPT_NOWAIT,
+       OPT_SLIST, OPT_SINFO, OPT_SRM, OPT_STATS };
 
 /* The state of one run: the model, its backend, the output stream. */
 typedef struct run {
@@ -51,6 +61,8 @@ typedef struct run {
     float *logits;              /* [cap_positions * vocab] */
     size_t logits_cap;          /* positions */
     long tokens;                /* ids consumed */
+    session *s;                 /* --session, or NULL */
+    session_stats st;
 } run;
 
 static long opt_long(const char *name, const char *s, long lo, long hi)
@@ -75,7 +87,8 @@ static float *logits_for(run *r, size_t positions)
 
 static void forward_or_die(run *r, const int32_t *ids, int n, float *logits, int all)
 {
-    if (r->b->ops->forward(r->b, ids, n, logits, all)) phi3_die("%s", r->b->err);
+    char err[300];
+    if (session_forward(r->s, r->b, ids, n, logits, all, &r->st, err, sizeof err)) phi3_die("%s", err);
 }
 
 /* One tokens frame: validate, append, forward the frame, write the logits. */
@@ -89,15 +102,19 @@ static void on_tokens(run *r, const frame *f)
     if (rc < 0) phi3_die("frame %ld: tokens ids[%zu] is not an integer", f->index, bad);
     rc = frame_int(f, "pos", &pos);
     if (rc < 0) phi3_die("frame %ld: tokens pos is not an integer", f->index);
+    int n_ctx = session_ctx_len(r->s, r->b);   /* the session may hold another state */
     if (rc > 0) {
-        if (pos < 0 || pos > r->b->n_ctx)
+        if (pos < 0 || pos > n_ctx)
             phi3_die("frame %ld: tokens pos %lld is not within the context of %d positions", f->index,
-                     (long long)pos, r->b->n_ctx);
-        if (pos < r->b->n_ctx && r->b->ops->truncate(r->b, (int)pos)) phi3_die("%s", r->b->err);
+                     (long long)pos, n_ctx);
+        char err[300];
+        if (pos < n_ctx && r->s && session_rewind(r->s, (int)pos, err, sizeof err)) phi3_die("%s", err);
+        if (pos < n_ctx && !r->s && r->b->ops->truncate(r->b, (int)pos)) phi3_die("%s", r->b->err);
+        n_ctx = (int)pos;
     }
-    if ((long long)r->b->n_ctx + (long long)n > r->b->max_ctx)
+    if ((long long)n_ctx + (long long)n > r->b->max_ctx)
         phi3_die("frame %ld: context of %lld tokens exceeds the limit of %d positions", f->index,
-                 (long long)r->b->n_ctx + (long long)n, r->b->max_ctx);
+                 (long long)n_ctx + (long long)n, r->b->max_ctx);
     int32_t *ids = xmalloc((n ? n : 1) * sizeof *ids);
     for (size_t i = 0; i < n; i++) {
         if (v[i] < 0 || v[i] >= cf->vocab)
@@ -109,7 +126,7 @@ static void on_tokens(run *r, const frame *f)
         free(ids);
         return;
     }
-    int pos0 = r->b->n_ctx, V = cf->vocab;
+    int pos0 = n_ctx, V = cf->vocab;
     if (!r->all_logits) {
         float *lg = logits_for(r, 1);
         forward_or_die(r, ids, (int)n, lg, 0);
@@ -148,7 +165,8 @@ static double peak_rss_mib(void)
 int main(int argc, char **argv)
 {
     phi3_init("phi3-run");
-    const char *mdir = NULL, *bname = "auto";
+    const char *mdir = NULL, *bname = "auto", *sname = NULL, *sinfo = NULL, *srm = NULL;
+    int nowait = 0, slist = 0, stats = 0;
     long threads = 0, ctx = 0;
     int all = 0, verbose = 0, quiet = 0, c;
     static const struct option opts[] = {
@@ -156,7 +174,10 @@ int main(int argc, char **argv)
         {"threads", required_argument, 0, OPT_THREADS}, {"all-logits", no_argument, 0, OPT_ALL},
         {"ctx", required_argument, 0, OPT_CTX}, {"verbose", no_argument, 0, 'v'},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, OPT_VERSION}, {0, 0, 0, 0}};
+        {"version", no_argument, 0, OPT_VERSION}, {"session", required_argument, 0, OPT_SESSION},
+        {"no-wait", no_argument, 0, OPT_NOWAIT}, {"session-list", no_argument, 0, OPT_SLIST},
+        {"session-info", required_argument, 0, OPT_SINFO}, {"session-rm", required_argument, 0, OPT_SRM},
+        {"stats", no_argument, 0, OPT_STATS}, {0, 0, 0, 0}};
     while ((c = getopt_long(argc, argv, "m:vqh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': mdir = optarg; break;
@@ -168,12 +189,27 @@ int main(int argc, char **argv)
         case 'q': quiet = 1; break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("phi3-run %s\n", PHI3_VERSION); return 0;
+        case OPT_SESSION: sname = optarg; break;
+        case OPT_NOWAIT: nowait = 1; break;
+        case OPT_SLIST: slist = 1; break;
+        case OPT_SINFO: sinfo = optarg; break;
+        case OPT_SRM: srm = optarg; break;
+        case OPT_STATS: stats = 1; break;
         default: fputs(usage, stderr); return 2;
         }
     }
     if (optind < argc) phi3_usage_die("unexpected operand '%s' (see --help)", argv[optind]);
     if (strcmp(bname, "auto") && strcmp(bname, "cpu") && strcmp(bname, "cuda"))
         phi3_usage_die("--backend: expected auto, cpu or cuda, got '%s'", bname);
+    if (slist + !!sinfo + !!srm > 1 || ((slist || sinfo || srm) && sname))
+        phi3_usage_die("--session-list, --session-info, --session-rm and --session exclude each other");
+    if (slist || sinfo || srm) {   /* session management: no model */
+        char err[512];
+        int bad = slist ? session_list(stdout, err, sizeof err)
+                : sinfo ? session_info(sinfo, stdout, err, sizeof err) : session_remove(srm, nowait, err, sizeof err);
+        if (bad) phi3_die("%s", err);
+        return 0;
+    }
     mdir = phi3_model_dir(mdir);
     if (!mdir) phi3_usage_die("no model directory: give -m DIR or set PHI3_MODEL");
 
@@ -186,9 +222,13 @@ int main(int argc, char **argv)
     if (ctx > cf->max_pos)
         phi3_die("--ctx %ld exceeds max_position_embeddings %d of %s", ctx, cf->max_pos, mdir);
     int use_cuda = !strcmp(bname, "cuda") || (!strcmp(bname, "auto") && backend_cuda_available());
+    if (sname && !(r.s = session_open(sname, r.m, (int)ctx, nowait, err, sizeof err))) phi3_die("%s", err);
+    kv_store kv;
+    if (r.s) kv = session_kv(r.s);     /* CPU: the KV cache lives in the session's memory */
     if (use_cuda) r.b = backend_cuda_new(r.m, (int)ctx, err, sizeof err);
-    else r.b = backend_cpu_new(r.m, (int)ctx, (int)threads, NULL, err, sizeof err);
+    else r.b = backend_cpu_new(r.m, (int)ctx, (int)threads, r.s ? &kv : NULL, err, sizeof err);
     if (!r.b) phi3_die("%s backend: %s", use_cuda ? "cuda" : "cpu", err);
+    if (r.s) session_attach(r.s, r.b, (int)threads);
     if (!strcmp(bname, "auto") && !quiet)
         phi3_err("backend %s%s", r.b->ops->name, use_cuda ? "" : " (no CUDA device)");
     if (verbose) {
@@ -217,9 +257,11 @@ int main(int argc, char **argv)
                  "%.1f MiB", r.b->n_ctx, r.tokens, now_sec() - t0,
                  r.tokens / (now_sec() - t0 > 0 ? now_sec() - t0 : 1), use_cuda ? 0.0 : backend_cpu_kv_bytes(r.b) / 1048576.0,
                  peak_rss_mib());
+    if (stats) session_stats_print(&r.st);
     fr_close(fr);
     fw_destroy(&r.w);
     r.b->ops->destroy(r.b);
+    session_close(r.s);
     free(r.logits);
     model_free(r.m);
     return 0;

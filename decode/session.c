@@ -558,6 +558,22 @@ int session_forward(session *s, backend *b, const int32_t *ids, int n, float *lo
     return rc;
 }
 
+int session_ctx_len(const session *s, const backend *b) { return s ? s->cur : b->n_ctx; }
+
+int session_rewind(session *s, int pos, char *err, size_t errlen)
+{
+    if (pos < 0 || pos > s->cur) return seterr(err, errlen, "cannot rewind a context of %d to %d", s->cur, pos);
+    if (s->scratch && s->scratch->ops->truncate(s->scratch, pos)) {
+        s->failed = 1;
+        return seterr(err, errlen, "%s", s->scratch->err);
+    }
+    /* The run's context [0, pos) is a prefix of the stored one (which holds at least the
+     * run's context once diverged), so matching starts again from pos. */
+    s->cur = pos;
+    s->matching = 1;
+    return 0;
+}
+
 void session_stats_print(const session_stats *st)
 {
     phi3_err("stats: reused %ld, computed %ld, prefill %.3f s (%ld frames), decode %.3f s (%ld tokens, %.1f tok/s)",

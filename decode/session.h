@@ -85,6 +85,13 @@ typedef struct session_stats {
 int session_forward(session *s, backend *b, const int32_t *ids, int n, float *logits, int all,
                      session_stats *st, char *err, size_t errlen);
 
+/* The run's context length (with a session the backend may hold another state between
+ * frames). */
+int session_ctx_len(const session *s, const backend *b);
+/* Rewind the run's context to pos (<= its length): a tokens frame with an earlier pos.
+ * The stored context is kept; the next frame reuses what still matches. */
+int session_rewind(session *s, int pos, char *err, size_t errlen);
+
 /* "phi3-run: stats: reused N, computed N, prefill X s (N frames), decode X s (N tokens, R tok/s)" */
 void session_stats_print(const session_stats *st);
 
