@@ -155,6 +155,10 @@ static void on_tokens(run *r, const frame *f)
     free(ids);
 }
 
+/* --stats at any exit (a loop's sampler going away ends phi3-run through EPIPE). */
+static const session_stats *stats_at_exit;
+static void print_stats(void) { session_stats_print(stats_at_exit); }
+
 static double peak_rss_mib(void)
 {
     struct rusage ru;
@@ -241,6 +245,10 @@ int main(int argc, char **argv)
                  kv_pos_floats(r.m) * 4 / 1024.0);
     }
 
+    if (stats) {
+        stats_at_exit = &r.st;
+        atexit(print_stats);
+    }
     fw_init(&r.w, 1);
     frame_reader *fr = fr_open(0, 0);
     frame f;
@@ -257,7 +265,6 @@ int main(int argc, char **argv)
                  "%.1f MiB", r.b->n_ctx, r.tokens, now_sec() - t0,
                  r.tokens / (now_sec() - t0 > 0 ? now_sec() - t0 : 1), use_cuda ? 0.0 : backend_cpu_kv_bytes(r.b) / 1048576.0,
                  peak_rss_mib());
-    if (stats) session_stats_print(&r.st);
     fr_close(fr);
     fw_destroy(&r.w);
     r.b->ops->destroy(r.b);
