@@ -53,7 +53,8 @@ static const char usage[] =
 
 enum {
     OPT_GREEDY = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_TYPICAL, OPT_REPEAT, OPT_PRESENCE,
-    OPT_FREQUENCY, OPT_LASTN, OPT_BIAS, OPT_SEED, OPT_STOP, OPT_IGNORE_EOS, OPT_VERSION
+    OPT_FREQUENCY, OPT_LASTN, OPT_BIAS, OPT_SEED, OPT_STOP, OPT_IGNORE_EOS, OPT_VERSION,
+    OPT_TOKIDS
 };
 
 static double opt_double(const char *name, const char *s)
@@ -130,7 +131,7 @@ int main(int argc, char **argv)
     double *bias_vals = NULL;
     size_t n_stop = 0, n_extra = 0, n_bias = 0;
     long max_tokens = 0;
-    int ignore_eos = 0, verbose = 0, have_seed = 0;
+    int ignore_eos = 0, verbose = 0, have_seed = 0, tok_ids = 0;
     char err[512];
 
     static const struct option opts[] = {
@@ -146,6 +147,7 @@ int main(int argc, char **argv)
         {"logit-bias", required_argument, 0, OPT_BIAS}, {"seed", required_argument, 0, OPT_SEED},
         {"stop", required_argument, 0, OPT_STOP},
         {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
+        {"tokenizer-ids", no_argument, 0, OPT_TOKIDS},
         {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, OPT_VERSION}, {0, 0, 0, 0}};
     opterr = 0;
@@ -188,6 +190,7 @@ int main(int argc, char **argv)
             break;
         }
         case OPT_IGNORE_EOS: ignore_eos = 1; break;
+        case OPT_TOKIDS: tok_ids = 1; break;
         case 'v': verbose = 1; break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("phi3-sample %s\n", PHI3_VERSION); return 0;
@@ -209,6 +212,10 @@ int main(int argc, char **argv)
         if (sample_model_stop_ids(model, &stop, &n_stop, &found, err, sizeof err))
             phi3_die("%s", err);
         if (!found && verbose) phi3_err("%s has no generation_config.json: no eos stop ids", model);
+    }
+    if (tok_ids) {
+        if (!model) phi3_die("--tokenizer-ids needs -m DIR (or $PHI3_MODEL)");
+        if (sample_model_tokenizer_ids(model, &p.id_limit, err, sizeof err)) phi3_die("%s", err);
     }
     stop = xrealloc(stop, sizeof(int32_t) * (n_stop + n_extra + 1));
     if (n_extra) memcpy(stop + n_stop, extra, sizeof(int32_t) * n_extra);

@@ -122,6 +122,7 @@ const char *sample_params_check(const sample_params *p)
     if (!isfinite(p->presence_penalty)) return "presence-penalty must be finite";
     if (!isfinite(p->frequency_penalty)) return "frequency-penalty must be finite";
     if (p->repeat_last_n < -1) return "repeat-last-n must be >= -1";
+    if (p->id_limit < 0) return "id limit must be >= 0";
     for (size_t i = 0; i < p->n_bias; i++) {
         if (p->bias_ids[i] < 0) return "logit-bias id must be >= 0";
         if (p->bias_vals[i] != p->bias_vals[i] || p->bias_vals[i] == HUGE_VAL)
@@ -214,6 +215,7 @@ void sample_prepare(sampler *s, const float *logits, float *out)
     for (size_t i = 0; i < s->p.n_bias; i++)
         if (in_vocab(s, s->p.bias_ids[i]))
             out[s->p.bias_ids[i]] = (float)(out[s->p.bias_ids[i]] + s->p.bias_vals[i]);
+    for (int i = s->p.id_limit > 0 ? s->p.id_limit : nv; i < nv; i++) out[i] = -HUGE_VALF;
     if (!s->penalize) return;
     double rp = s->p.repeat_penalty, pp = s->p.presence_penalty, fp = s->p.frequency_penalty;
     for (int i = 0; i < nv; i++) {

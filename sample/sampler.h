@@ -26,6 +26,8 @@ typedef struct sample_params {
     const double *bias_vals;
     size_t n_bias;
     uint64_t seed;
+    int32_t id_limit;        /* > 0: ids >= id_limit are never picked (padding rows the
+                                tokenizer cannot decode); 0: no limit */
 } sample_params;
 
 /* Defaults: temperature 1, every filter and penalty off, repeat_last_n 64, seed 0. */
@@ -74,5 +76,9 @@ int sample_parse_ids(const char *list, int32_t **ids, size_t *n, char *err, size
  * 0 ok (also when the file does not exist: *found = 0), -1 bad file (message in err). */
 int sample_model_stop_ids(const char *dir, int32_t **ids, size_t *n, int *found,
                           char *err, size_t errlen);
+
+/* Number of ids DIR/tokenizer.json can decode: 1 + the largest id of model.vocab and
+ * added_tokens (Phi-3: 32011, while the embedding has 32064 rows). 0 ok, -1 (err). */
+int sample_model_tokenizer_ids(const char *dir, int32_t *n, char *err, size_t errlen);
 
 #endif

@@ -1,5 +1,5 @@
-/* stopids.c: stop ids for phi3-sample, from a "--stop 1,2,3" list or from the
- * eos_token_id (an int or a list of ints) of a model's generation_config.json. */
+/* stopids.c: what phi3-sample takes from a model directory and its flags: stop ids (a
+ * "--stop 1,2,3" list, generation_config.json's eos_token_id) and tokenizer.json's size. */
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -107,4 +107,48 @@ int sample_model_stop_ids(const char *dir, int32_t **ids, size_t *n, int *found,
     json_decref(root);
     if (rc == 0) *found = 1;
     return rc;
+}
+
+int sample_model_tokenizer_ids(const char *dir, int32_t *n, char *err, size_t errlen)
+{
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/tokenizer.json", dir) >= (int)sizeof path) {
+        snprintf(err, errlen, "model path too long");
+        return -1;
+    }
+    size_t len;
+    char *text = read_file(path, 256u << 20, &len);
+    if (!text) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    json_error_t je;
+    json_t *root = json_loadb(text, len, 0, &je);
+    free(text);
+    if (!root) {
+        snprintf(err, errlen, "%s:%d: %s", path, je.line, je.text);
+        return -1;
+    }
+    json_int_t top = -1;
+    json_t *model = json_object_get(root, "model");
+    json_t *vocab = model ? json_object_get(model, "vocab") : NULL;
+    json_t *added = json_object_get(root, "added_tokens");
+    const char *key;
+    json_t *v;
+    size_t i;
+    if (json_is_object(vocab))
+        json_object_foreach(vocab, key, v)
+            if (json_is_integer(v) && json_integer_value(v) > top) top = json_integer_value(v);
+    if (json_is_array(added))
+        json_array_foreach(added, i, v) {
+            json_t *id = json_object_get(v, "id");
+            if (json_is_integer(id) && json_integer_value(id) > top) top = json_integer_value(id);
+        }
+    json_decref(root);
+    if (top < 0 || top >= INT32_MAX) {
+        snprintf(err, errlen, "%s: no token ids in model.vocab or added_tokens", path);
+        return -1;
+    }
+    *n = (int32_t)(top + 1);
+    return 0;
 }
