@@ -1,0 +1,185 @@
+#!/usr/bin/env bats
+# bin/phi3: generate and chat end to end (text to text) on tiny-longrope, the ids phi3-run
+# sees, inspection modes, a replaced or dying sampler, signals.
+load helper
+
+setup() {
+  cd "$BATS_TEST_TMPDIR"
+  P="$ROOT/bin/phi3"
+  export TMPDIR="$BATS_TEST_TMPDIR/tmp"
+  mkdir -p "$TMPDIR"
+}
+
+# ids_of: JSON lines on stdin -> the ids of each tokens frame, one frame per line
+ids_lines() { awk -F'"ids":\\[' '/"type":"tokens"/ { split($2, a, "]"); gsub(",", " ", a[1]); print a[1] }'; }
+frame_of() { printf '{"type":"tokens","ids":[%s]}\n' "$(echo "$*" | tr ' ' ',')" | "$PHI3_BIN/phi3-dump" -r; }
+
+@test "wrapper: generate --greedy: text to text, each id the argmax of phi3-run on its prefix" {
+  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --greedy -n 12 --show-tokens "Hello world"
+  assert_status 0
+  [ -z "$stderr" ] || [[ "$stderr" != *phi3* ]] || fail "stderr: $stderr"
+  printf '%s\n' "$output" | ids_lines > ids
+  # what phi3-run saw first is exactly phi3-tok's prompt
+  [ "$(head -n1 ids)" = "$(printf 'Hello world' | "$PHI3_BIN/phi3-tok" -m "$LONGROPE" --raw | "$PHI3_BIN/phi3-dump" | ids_lines)" ]
+  [ "$(wc -l < ids)" -eq 13 ]
+  # independent of the loop: one --all-logits pass over prompt + generated ids
+  all=$(tr '\n' ' ' < ids)
+  frame_of $all | "$PHI3_BIN/phi3-run" -m "$LONGROPE" -q --all-logits > all.bin
+  $PY - "$all" "$(head -n1 ids | wc -w)" <<'P'
+import msgpack, struct, sys
+ids = [int(x) for x in sys.argv[1].split()]; n0 = int(sys.argv[2])
+L = [f for f in msgpack.Unpacker(open("all.bin", "rb"), raw=False) if f["type"] == "logits"]
+for k in range(n0, len(ids)):
+    v = struct.unpack("<%df" % (len(L[k - 1]["data"]) // 4), L[k - 1]["data"])
+    best = max(range(len(v)), key=v.__getitem__)
+    assert best == ids[k], (k, best, ids[k])
+P
+  # and the text printed by plain generate is the decode of those ids, then a newline
+  "$P" generate -m "$LONGROPE" --greedy -n 12 "Hello world" > text
+  { frame_of $(tail -n +2 ids | tr '\n' ' ') | "$PHI3_BIN/phi3-detok" -m "$LONGROPE"; echo; } | cmp - text
+  # the prompt may come on stdin
+  printf 'Hello world' | "$P" generate -m "$LONGROPE" --greedy -n 12 | cmp - text
+}
+
+@test "wrapper: the bundled tiny model is the default; -v reports tokens/s" {
+  run --separate-stderr "$P" generate -v --seed 3 -n 20 "Once upon a time"
+  assert_status 0
+  [ -n "$output" ]
+  [[ "$stderr" == *"generated 20 tokens in "*" tokens/s"* ]] || fail "stderr: $stderr"
+}
+
+@test "wrapper: chat: the ids phi3-run sees for each chat case equal the fixture's" {
+  # cases with add_generation_prompt; the last one (control-token text in the content) is
+  # left out: transformers turns it into control tokens, phi3-template by design does not
+  $PY - "$FIX/tokenizer/chat-cases.jsonl" <<'P'
+import json, sys
+cases = [json.loads(l) for l in open(sys.argv[1])]
+k = 0
+for c in cases:
+    if not c["add_generation_prompt"] or "<|" in "".join(m["content"] for m in c["messages"]):
+        continue
+    json.dump(c["messages"], open("case%d.json" % k, "w"))
+    open("case%d.ids" % k, "w").write(" ".join(map(str, c["ids"])) + "\n")
+    k += 1
+print(k)
+P
+  n=0
+  for f in case*.json; do
+    "$P" chat -m "$LONGROPE" --messages "$f" --greedy -n 1 --show-tokens < /dev/null 2>/dev/null > out
+    [ "$(ids_lines < out | head -n1)" = "$(cat "${f%.json}.ids")" ] || fail "$f: $(head -n1 out)"
+    n=$((n + 1))
+  done
+  [ "$n" -eq 5 ]
+}
+
+@test "wrapper: chat accumulates the conversation; content is escaped; it stops at <|end|>" {
+  # turn 1: <|end|> forced first (logit bias): empty reply, end reason stop
+  # turn 2: a line with quotes, backslash, tab; the reply of 3 ids becomes the assistant content
+  printf 'Hello!\nHe said "hi" \\ back\tslash\n' > turns
+  "$P" chat -m "$LONGROPE" --greedy -n 3 --show-tokens --logit-bias 32007=30 < turns > out 2> text
+  ids_lines < out > ids
+  [ "$(grep -c '"type":"end","reason":"stop"' out)" -eq 2 ]
+  [ "$(sed -n 2p ids)" = 32007 ]
+  # the second prompt equals the template of the conversation built here with a real
+  # JSON library (the first reply is empty: <|end|> was dropped by --skip-special)
+  $PY - <<'P' > conv.json
+import json
+print(json.dumps([{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": ""},
+                  {"role": "user", "content": 'He said "hi" \\ back\tslash'}]))
+P
+  want=$("$PHI3_BIN/phi3-template" --json < conv.json | "$PHI3_BIN/phi3-tok" -m "$LONGROPE" | "$PHI3_BIN/phi3-dump" | ids_lines | tr '\n' ' ')
+  [ "$(sed -n 3p ids) " = "$want" ] || fail "got $(sed -n 3p ids), want $want"
+}
+
+@test "wrapper: chat: a generated reply goes back into the next prompt as assistant content" {
+  printf 'Hello!\nAnd?\n' | "$P" chat -m "$LONGROPE" --greedy -n 4 --show-tokens > out 2>/dev/null
+  ids_lines < out > ids
+  reply_ids=$(sed -n 2,5p ids | tr '\n' ' ')
+  reply=$(frame_of $reply_ids | "$PHI3_BIN/phi3-detok" -m "$LONGROPE" --skip-special)
+  $PY - "$reply" <<'P' > conv.json
+import json, sys
+print(json.dumps([{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": sys.argv[1]},
+                  {"role": "user", "content": "And?"}]))
+P
+  want=$("$PHI3_BIN/phi3-template" --json < conv.json | "$PHI3_BIN/phi3-tok" -m "$LONGROPE" | "$PHI3_BIN/phi3-dump" | ids_lines | tr '\n' ' ')
+  [ "$(sed -n 6p ids) " = "$want" ] || fail "got $(sed -n 6p ids), want $want"
+}
+
+@test "wrapper: --sampler examples/sampler.py -t 0 prints what --greedy prints" {
+  "$P" generate -m "$LONGROPE" --greedy -n 15 "The sky is" > a
+  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --sampler "$ROOT/examples/sampler.py" -t 0 -n 15 "The sky is"
+  assert_status 0
+  [ "$output" = "$(cat a)" ]
+}
+
+@test "wrapper: a sampler that dies mid-loop is reported, exit 1, no hang" {
+  cat > dies.py <<'P'
+import os, sys, msgpack
+u = msgpack.Unpacker(raw=False); n = 0
+while True:
+    b = os.read(0, 65536)
+    if not b: sys.exit(0)
+    u.feed(b)
+    for f in u:
+        if f.get("type") == "logits":
+            n += 1
+            if n == 3: os._exit(9)
+            sys.stdout.buffer.write(msgpack.packb({"type": "tokens", "ids": [450]})); sys.stdout.buffer.flush()
+P
+  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --sampler "$PY dies.py" "Hello"
+  [ "$status" -eq 1 ] || fail "status $status"
+  [[ "$stderr" == *"phi3: sampler '$PY dies.py' failed mid-loop (exit status 9)"* ]] || fail "stderr: $stderr"
+  [ -z "$(ls "$TMPDIR")" ]
+}
+
+@test "wrapper: --show-logits K: the K best ids with pieces; the first pick is the best" {
+  run --separate-stderr "$P" generate -m "$LONGROPE" --greedy -n 3 --show-logits 4 "Hello"
+  assert_status 0
+  lg=$(printf '%s\n' "$output" | grep '"type":"logits"')
+  [ "$(printf '%s\n' "$lg" | wc -l)" -eq 3 ]
+  [ "$(printf '%s\n' "$lg" | head -n1 | grep -o '"piece"' | wc -l)" -eq 4 ]
+  best=$(printf '%s\n' "$lg" | head -n1 | grep -o '"top":\[{"id":[0-9]*' | grep -o '[0-9]*$')
+  [ "$(printf '%s\n' "$output" | grep '"type":"tokens"' | sed -n 2p)" = "{\"type\":\"tokens\",\"ids\":[$best],\"pos\":1}" ]
+}
+
+@test "wrapper: a reader that goes away (| head) is a quiet exit 0" {
+  run --separate-stderr bash -c "'$P' generate -m '$LONGROPE' --seed 1 -n 200 'Hello' | head -c 3 >/dev/null; echo \${PIPESTATUS[0]}"
+  [ "$output" = 0 ]
+  [ -z "$stderr" ]
+}
+
+@test "wrapper: Ctrl-C (SIGINT) and SIGTERM end every stage and remove the FIFO directory" {
+  for sig in INT TERM; do
+    # a sampler that never answers; python resets SIGINT (ignored in background jobs)
+    $PY -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])' \
+      "$P" generate -m "$LONGROPE" --sampler "sleep 987; :" "Hello" & w=$!
+    for i in $(seq 50); do [ -n "$(ls "$TMPDIR")" ] && break; sleep 0.1; done
+    sleep 0.3
+    kill -$sig $w
+    st=0; wait $w || st=$?
+    [ "$sig" = INT ] && [ "$st" -eq 130 ]
+    [ "$sig" = TERM ] && [ "$st" -eq 143 ]
+    sleep 0.2
+    [ -z "$(ls "$TMPDIR")" ] || fail "left $(ls "$TMPDIR")"
+    [ "$(ps -eo args | grep -c '^sleep 98[7]')" -eq 0 ] || fail "a stage survived"
+  done
+}
+
+@test "wrapper: usage errors exit 2, a bad model or prompt exit 1, nothing hangs" {
+  run --separate-stderr "$P" generate --bogus x
+  assert_status 2
+  assert_err "phi3: " "--bogus"
+  run --separate-stderr "$P" generate -t
+  assert_status 2
+  run --separate-stderr "$P" frobnicate
+  assert_status 2
+  run --separate-stderr "$P" generate -m "$BATS_TEST_TMPDIR/nope" hi
+  assert_status 1
+  assert_err "phi3: " "nope"
+  run --separate-stderr timeout 60 bash -c "printf 'bad \\xff byte' | '$P' generate -m '$LONGROPE'"
+  assert_status 1
+  [[ "$stderr" == *"phi3-tok: "* ]]
+  run --separate-stderr "$P" generate -m "$LONGROPE" -t -1 hi
+  assert_status 1
+  [[ "$stderr" == *"phi3-sample: temperature"* ]]
+}
