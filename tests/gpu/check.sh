@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# check.sh: the whole GPU check of phi3-run's CUDA backend in one run (<= ~7.5 min):
+#   1 device line   2 fixtures with --backend cuda (compare.py)   3 compute-sanitizer
+#   memcheck + racecheck on the tiny models   4 full-size random Phi-3-mini vs transformers
+#   fp32   5 timings (decode, prefill, copy bandwidth, transformers peer)   then the table.
+# Uses the binaries already built in $PHI3_BIN (default bin/; build them where msgpack-dev
+# is, e.g. `make O=build BINDIR=bin`, and carry bin/ and build/). REBUILD=1 rebuilds here.
+# Logs, JSON and GPU-RESULTS.md go to $OUT (default /tmp/phi3-gpu-check). Every stage runs
+# under `timeout`; a failing stage does not stop the others; the table is printed last.
+# Exit 0 when every correctness line passed.
+set -u
+cd "$(dirname "$0")/../.." || exit 2
+ROOT=$PWD
+OUT=${OUT:-/tmp/phi3-gpu-check}
+BIN=${PHI3_BIN:-$ROOT/bin}
+BUDGET_S=${BUDGET_S:-450}          # the whole script; the full-size stage gets what is left
+MODEL_DIR=${PHI3_RAND_MODEL:-/tmp/phi3-mini-rand}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+T0=$(date +%s)
+ST=$OUT/stages.tsv
+: > "$ST"
+stage() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" >> "$ST"; echo "== stage $1: $2 $3" >&2; }
+left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
+
+# 0. binaries
+if [ "${REBUILD:-0}" = 1 ]; then
+    timeout 300 make O=build BINDIR=bin CUDA=1 GENCODE="-gencode arch=compute_90,code=sm_90" -j8 \
+        > "$OUT/build.log" 2>&1 && stage build PASS "rebuilt for sm_90" || stage build FAIL "see build.log"
+fi
+if [ ! -x "$BIN/phi3-run" ]; then
+    stage binaries FAIL "no $BIN/phi3-run (build with make O=build BINDIR=bin and carry bin/)"
+fi
+
+# 1. device
+DEV=$(timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)
+nvidia-smi > "$OUT/nvidia-smi.log" 2>&1
+stage device INFO "${DEV:-nvidia-smi failed}"
+
+# 2. fixtures
+t=$(date +%s)
+timeout 180 "$PY" tests/gpu/compare.py --bin "$BIN" --fix tests/fixtures --backend cuda \
+    --json "$OUT/fixtures.json" --log "$OUT/phi3-run-fixtures.log" > "$OUT/fixtures.log" 2>&1
+rc=$?
+case $rc in
+0) stage fixtures PASS "$(tail -1 "$OUT/fixtures.log")" "$(( $(date +%s) - t )) s" ;;
+124) stage fixtures FAIL "timeout after 180 s" ;;
+*) stage fixtures FAIL "exit $rc: $(tail -1 "$OUT/fixtures.log" | cut -c1-120)" ;;
+esac
+
+# 3. compute-sanitizer (may be unsupported on some virtualised machines: SKIP, not FAIL)
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+"$PY" - "$OUT" <<'PYEOF'
+import os, struct, sys, json, msgpack
+out = sys.argv[1]
+def tensor(path, name):
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8)); head = json.loads(f.read(n)); t = head[name]
+        a, b = t["data_offsets"]; f.seek(8 + n + a); raw = f.read(b - a)
+    return struct.unpack("<%di" % (len(raw) // 4), raw)
+ref = "tests/fixtures/tiny-longrope/reference.safetensors"
+prompt, greedy = tensor(ref, "cross.prompt"), tensor(ref, "cross.greedy")
+with open(os.path.join(out, "san-gen.bin"), "wb") as f:   # 40 + 30 tokens: crosses 64
+    f.write(msgpack.packb({"type": "tokens", "ids": list(prompt)}))
+    for t in greedy[:30]:
+        f.write(msgpack.packb({"type": "tokens", "ids": [t]}))
+ids = tensor("tests/fixtures/tiny-gqa-window/reference.safetensors", "all.ids")
+with open(os.path.join(out, "san-gqa.bin"), "wb") as f:
+    f.write(msgpack.packb({"type": "tokens", "ids": list(ids)}))
+    f.write(msgpack.packb({"type": "tokens", "ids": [5]}))
+PYEOF
+san() {   # name tool model input
+    local name=$1 tool=$2 model=$3 input=$4 log=$OUT/sanitizer-$1.log
+    if [ -z "$SAN" ]; then stage "$name" SKIP "compute-sanitizer not found"; return; fi
+    if [ "$(left)" -lt 200 ]; then stage "$name" SKIP "time budget"; return; fi
+    timeout 100 "$SAN" --tool "$tool" --error-exitcode 9 --print-limit 20 \
+        "$BIN/phi3-run" -m "$model" --backend cuda -q < "$input" > /dev/null 2> "$log"
+    local rc=$?
+    if grep -qiE "device not supported|not supported on this|unable to find injection|could not be initialized" "$log"; then
+        stage "$name" SKIP "$(grep -iE 'not supported|unable|could not' "$log" | head -1 | cut -c1-100)"
+    elif [ $rc = 124 ]; then stage "$name" SKIP "timeout after 100 s"
+    elif [ $rc = 0 ] && grep -q "ERROR SUMMARY: 0 errors" "$log"; then stage "$name" PASS "0 errors"
+    else stage "$name" FAIL "exit $rc: $(grep -m1 'ERROR SUMMARY\|=========.*Invalid\|Error' "$log" | cut -c1-100)"
+    fi
+}
+san memcheck memcheck tests/fixtures/tiny-longrope "$OUT/san-gen.bin"
+san racecheck racecheck tests/fixtures/tiny-gqa-window "$OUT/san-gqa.bin"
+
+# 4 + 5. full-size model: vs transformers fp32, then timings
+rest=$(left)
+if [ "$rest" -gt 90 ]; then
+    t=$(date +%s)
+    timeout $(( rest - 10 )) "$PY" tests/gpu/full_model.py --bin "$BIN" \
+        --config tests/gpu/phi3-mini-128k-config.json --dir "$MODEL_DIR" --json "$OUT/full.json" \
+        --log "$OUT/phi3-run-full.log" --deadline $(( T0 + BUDGET_S - 15 )) > "$OUT/full.log" 2>&1
+    rc=$?
+    if [ $rc = 0 ]; then stage full-size PASS "ran" "$(( $(date +%s) - t )) s"
+    elif [ $rc = 124 ]; then stage full-size FAIL "timeout (partial results kept)" "$(( $(date +%s) - t )) s"
+    else stage full-size FAIL "exit $rc: $(grep -m1 -i 'error' "$OUT/full.log" | cut -c1-120)"; fi
+else
+    stage full-size SKIP "only $rest s left"
+fi
+
+# the table, last
+"$PY" tests/gpu/report.py "$OUT" > "$OUT/report.txt" 2>&1 || echo "report.py failed" >> "$OUT/report.txt"
+echo "total $(( $(date +%s) - T0 )) s, logs in $OUT" >> "$OUT/report.txt"
+cat "$OUT/report.txt"
+if grep -q "^| FAIL" "$OUT/report.txt"; then exit 1; fi
+exit 0

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""report.py DIR: the table of tests/gpu/check.sh from the files its stages left in DIR
+(stages.tsv, fixtures.json, full.json); prints it and writes DIR/GPU-RESULTS.md (the
+format of docs/GPU-RESULTS.md). Never fails on a missing or partial file."""
+import json, os, sys, time
+
+D = sys.argv[1]
+
+
+def load(name, default):
+    try:
+        with open(os.path.join(D, name)) as f:
+            return json.load(f)
+    except Exception:
+        return default
+
+
+stages = []
+try:
+    for line in open(os.path.join(D, "stages.tsv")):
+        p = line.rstrip("\n").split("\t")
+        if len(p) >= 3:
+            stages.append(p)
+except OSError:
+    pass
+fx = load("fixtures.json", [])
+R = load("full.json", {})
+dev = R.get("device") or next((s[2] for s in stages if s[0] == "device"), "?")
+
+lines = []
+def row(status, what, value, limit):
+    lines.append("| %s | %s | %s | %s |" % (status, what, value, limit))
+
+for s in stages:
+    if s[0] != "device":
+        row(s[1], "stage: " + s[0], s[2] if len(s) > 2 else "", s[3] if len(s) > 3 else "")
+for r in fx:
+    v = r["value"]
+    v = "%.3g" % v if isinstance(v, float) else str(v)
+    row("PASS" if r["ok"] else "FAIL", r["check"], v + ((" (" + r["note"] + ")") if r.get("note") else ""), r["limit"])
+
+def f(k, fmt="%s"):
+    return fmt % R[k] if k in R else "n/a"
+
+for key, n in (("p300", 300), ("p5000", 5000)):
+    rel = R.get("cmp_%s_rel_l2" % key)
+    top1 = R.get("cmp_%s_top1" % key)
+    if rel is None:
+        row("n/a", "full-size %d-token prompt vs transformers fp32" % n,
+            R.get("hf_error", R.get("run_error", "not run"))[:80], "<= 5e-2, same top-1")
+        continue
+    ok = isinstance(rel, float) and rel <= 5e-2 and top1
+    row("PASS" if ok else "FAIL", "full-size %d-token prompt vs transformers fp32%s" % (n, " (long factors)" if n > 4096 else ""),
+        "rel L2 %s, top-1 %s, top-5 overlap %s/5" % (rel, "same" if top1 else "DIFFERENT", R.get("cmp_%s_top5_overlap" % key, "?")),
+        "<= 5e-2, same top-1")
+
+timing = []
+bw = R.get("copy_TBps")
+floor = R.get("decode_floor_tok_s")
+def t(what, v, frac):
+    timing.append("| %s | %s | %s |" % (what, v, frac))
+t("copy bandwidth (torch, read + write)", f("copy_TBps", "%s TB/s"), "")
+t("decode floor: weights / copy bandwidth", f("decode_floor_tok_s", "%s tok/s"), "1.00")
+t("phi3-run decode, 512 prompt + %s tokens (pipe round trip, median)" % R.get("ours_decode_tokens", "?"),
+  f("ours_decode_tok_s", "%s tok/s") + " (" + f("ours_decode_ms_median", "%s ms") + ")",
+  f("ours_decode_fraction_of_floor", "%s of floor"))
+t("transformers eager bf16 decode, 512 prompt + %s tokens" % "64", f("peer_decode_tok_s", "%s tok/s"),
+  f("peer_decode_fraction_of_floor", "%s of floor"))
+for n in ("4096", "32768"):
+    v = R.get("ours_prefill_%s_tok_s" % n)
+    t("phi3-run prefill %s tokens (one frame, to logits)" % n,
+      ("%s tok/s (%s s)" % (v, R.get("ours_prefill_%s_s" % n))) if v else "n/a",
+      ("%.1f x floor" % (v / floor)) if v and floor else "")
+t("transformers bf16 prefill 4096", f("peer_prefill_4096_tok_s", "%s tok/s"), "")
+errs = {k: v for k, v in R.items() if k.endswith("_error") or k.endswith("_skipped")}
+
+date = time.strftime("%Y-%m-%d")
+md = ["# GPU results", "", "%s, %s (tests/gpu/check.sh)" % (date, dev), "",
+      "| status | check | value | limit |", "|---|---|---|---|"] + lines + [
+      "", "| timing | value | fraction |", "|---|---|---|"] + timing
+if errs:
+    md += ["", "Errors / skipped parts: " + "; ".join("%s: %s" % kv for kv in errs.items())]
+md += ["", "Raw numbers: full.json, fixtures.json; logs: *.log in the same directory.", ""]
+text = "\n".join(md)
+with open(os.path.join(D, "GPU-RESULTS.md"), "w") as fh:
+    fh.write(text)
+print(text)
