@@ -152,6 +152,9 @@ def check_reference():
     alphabet = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
     alphabet += list("     \n\t.,;:!?'\"()[]{}-_=+*&^%$#@~`") + list("日本語你好世界机器学习éüñçß") + ["🙂", "🚀", "\u200d", "\xa0", "\u2581"]
     texts = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 120))) for _ in range(300)]
+    # > 1 KB of repeated words: exercises the encoder's chunk cache
+    words = "the of and to in is was for on that with as it by at from this be or an are caf\u00e9 \u4f60\u597d Zo\u00eb naïve 42 3.14 -- (x) don't".split()
+    texts += [" ".join(rnd.choice(words) for _ in range(300)) + "\n" + "x" * 30 for _ in range(2)]
     texts += ["the quick brown fox " * 8, "a" * 1001, "a" * 1002, "a" * 1003, "a" * 1004, " " * 50, "\u2581" * 33]
     inp = pack(*[x for t in texts for x in ({"type": "text", "text": t}, END)])
     got = [x["ids"] for x in frames(run("phi3-tok", [], inp)) if x["type"] == "tokens"]

@@ -13,7 +13,9 @@
 
 /* ------------------------------------------------------------------ data structures */
 
-#define TOK_MAX_ID (1 << 21)           /* ids beyond this in a file are refused */
+#define TOK_MAX_ID ((1 << 21) - 1)     /* ids from this on are refused: a pair fits 42 bits */
+#define TOK_MAX_MERGES (1 << 22)       /* ranks fit the other 22 bits of a merge slot */
+#define SLOT_EMPTY UINT64_MAX
 #define TOK_MAX_JSON ((size_t)256 << 20)
 #define NONE UINT32_MAX
 
@@ -46,8 +48,9 @@ struct tok {
     int32_t ascii_id[128];                   /* single-byte chars, the hot path */
     int32_t byte_id[256];                    /* <0xNN> tokens for byte fallback */
 
-    /* merges: (left id, right id) -> rank; merge_new[rank] is the merged id */
-    uint64_t *mk; int32_t *mr; uint32_t m_mask;
+    /* merges: open addressing, slot = (left id << 21 | right id) << 22 | rank (one
+     * cache line per probe); merge_new[rank] is the merged id */
+    uint64_t *mslot; uint32_t m_mask;
     int32_t *merge_new; size_t n_merges;
 
     added *added; int n_added;
@@ -207,12 +210,12 @@ static int32_t vocab_get(const tok *t, const char *s, size_t n)
 
 static inline int32_t merge_rank(const tok *t, int32_t a, int32_t b)
 {
-    uint64_t k = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+    uint64_t k = ((uint64_t)(uint32_t)a << 21) | (uint32_t)b;
     uint32_t h = hash_pair(k) & t->m_mask;
     for (;;) {
-        int32_t r = t->mr[h];
-        if (r < 0) return -1;
-        if (t->mk[h] == k) return r;
+        uint64_t s = t->mslot[h];
+        if (s == SLOT_EMPTY) return -1;
+        if (s >> 22 == k) return (int32_t)(s & (TOK_MAX_MERGES - 1));
         h = (h + 1) & t->m_mask;
     }
 }
@@ -316,12 +319,12 @@ static int load_merges(tok *t, json_t *model, lerr *e)
     json_t *merges = json_object_get(model, "merges");
     if (!json_is_array(merges)) return fail(e, "model.merges: missing or not an array");
     size_t n = json_array_size(merges);
+    if (n >= TOK_MAX_MERGES) return fail(e, "model.merges: more than %d merges", TOK_MAX_MERGES - 1);
     t->n_merges = n;
     t->merge_new = xmalloc((n ? n : 1) * sizeof *t->merge_new);
     t->m_mask = pow2_at_least(n * 2 + 1) - 1;
-    t->mk = xmalloc(((size_t)t->m_mask + 1) * sizeof *t->mk);
-    t->mr = xmalloc(((size_t)t->m_mask + 1) * sizeof *t->mr);
-    memset(t->mr, 0xff, ((size_t)t->m_mask + 1) * sizeof *t->mr);
+    t->mslot = xmalloc(((size_t)t->m_mask + 1) * sizeof *t->mslot);
+    memset(t->mslot, 0xff, ((size_t)t->m_mask + 1) * sizeof *t->mslot);
     char *cat = NULL; size_t cat_cap = 0;
     int rc = 0;
     for (size_t r = 0; r < n && rc == 0; r++) {
@@ -346,11 +349,10 @@ static int load_merges(tok *t, json_t *model, lerr *e)
         int32_t in = vocab_get(t, cat, an + bn);
         if (in < 0) { rc = fail(e, "model.merges[%zu]: merged piece not in the vocab", r); break; }
         t->merge_new[r] = in;
-        uint64_t k = ((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib;
+        uint64_t k = ((uint64_t)(uint32_t)ia << 21) | (uint32_t)ib;
         uint32_t h = hash_pair(k) & t->m_mask;
-        while (t->mr[h] >= 0 && t->mk[h] != k) h = (h + 1) & t->m_mask;
-        t->mk[h] = k;
-        t->mr[h] = (int32_t)r;            /* a repeated pair: the last one wins, as in HF */
+        while (t->mslot[h] != SLOT_EMPTY && t->mslot[h] >> 22 != k) h = (h + 1) & t->m_mask;
+        t->mslot[h] = k << 22 | r;        /* a repeated pair: the last one wins, as in HF */
     }
     free(cat);
     return rc;
@@ -646,7 +648,7 @@ void tok_free(tok *t)
     free(t->pool); free(t->piece_off); free(t->piece_len); free(t->flags);
     free(t->dec_off); free(t->dec_len); free(t->dec_byte);
     free(t->mv_off); free(t->mv_len); free(t->mv_id); free(t->vh);
-    free(t->mk); free(t->mr); free(t->merge_new);
+    free(t->mslot); free(t->merge_new);
     free(t->added); free(t->norm); free(t->drep);
     free(t->eos); free(t->bos);
     free(t);
@@ -654,10 +656,28 @@ void tok_free(tok *t)
 
 /* ------------------------------------------------------------------ encoding */
 
+/* Priority queue of merge candidates, keys (rank << 32 | position), popped lowest rank
+ * first, then leftmost: HF's order. Candidates of one rank mostly arrive left to right,
+ * so each rank keeps a FIFO of positions in increasing order (O(1) per push and pop), a
+ * small heap orders the non-empty ranks by their FIFO heads, and a candidate that would
+ * break a FIFO's order goes to an overflow heap. A 1 MB run of one character thus costs
+ * O(1) per merge instead of O(log n) in one huge heap. */
+typedef struct mqueue {
+    int32_t *head, *tail;                /* [n_merges] FIFO node per rank; -1 = empty */
+    int32_t *npos, *nnext; size_t nn;    /* FIFO nodes, never reused within a chunk */
+    uint64_t *rh; size_t rn;             /* ranks by their head: one entry per FIFO */
+    uint64_t *oh; size_t on;             /* out-of-order candidates */
+    size_t cap;                          /* of npos/nnext/rh/oh: 3 per symbol */
+} mqueue;
+
+#define CACHE_SLOTS 4096
+typedef struct cslot { uint8_t klen, nids; char key[22]; int32_t ids[6]; } cslot;
+
 typedef struct scratch {
     tok_buf norm[2];                     /* normalizer ping-pong buffers */
     int32_t *id, *prev, *next; size_t nsym, cap;
-    uint64_t *heap; size_t hcap;
+    mqueue q;
+    cslot *cache;                        /* chunk cache, for long texts only */
 } scratch;
 
 static void sym_add(scratch *sc, int32_t id)
@@ -671,7 +691,6 @@ static void sym_add(scratch *sc, int32_t id)
     sc->id[sc->nsym++] = id;
 }
 
-/* Min-heap of (rank << 32 | position): lowest rank first, then leftmost, as in HF. */
 static inline void heap_push(uint64_t *h, size_t *n, uint64_t k)
 {
     size_t i = (*n)++;
@@ -696,33 +715,82 @@ static inline void heap_down(uint64_t *h, size_t n, size_t i)
     h[i] = k;
 }
 
-/* Merge the symbols of one chunk with a priority queue: O(m log m) for m symbols.
- * Stale entries (a symbol merged away or a pair that changed) are skipped on pop with
- * HF's test: the pair now at that position must still produce the same new id. */
+static void mq_reserve(const tok *t, mqueue *q, size_t m)
+{
+    if (!q->head) {                      /* all FIFOs are empty between chunks */
+        size_t nr = t->n_merges ? t->n_merges : 1;
+        q->head = xmalloc(nr * sizeof *q->head);
+        q->tail = xmalloc(nr * sizeof *q->tail);
+        memset(q->head, 0xff, nr * sizeof *q->head);
+    }
+    if (q->cap < 3 * m) {                /* pushes: m - 1 initial + 2 per merge */
+        q->cap = 3 * m;
+        q->npos = xrealloc(q->npos, q->cap * sizeof *q->npos);
+        q->nnext = xrealloc(q->nnext, q->cap * sizeof *q->nnext);
+        q->rh = xrealloc(q->rh, q->cap * sizeof *q->rh);
+        q->oh = xrealloc(q->oh, q->cap * sizeof *q->oh);
+    }
+    q->nn = q->rn = q->on = 0;
+}
+
+static inline void mq_push(mqueue *q, int32_t r, int32_t pos)
+{
+    uint64_t key = ((uint64_t)r << 32) | (uint32_t)pos;
+    int32_t tl = q->tail[r];
+    if (q->head[r] >= 0 && pos < q->npos[tl]) { heap_push(q->oh, &q->on, key); return; }
+    int32_t nd = (int32_t)q->nn++;
+    q->npos[nd] = pos;
+    q->nnext[nd] = -1;
+    if (q->head[r] < 0) {
+        q->head[r] = nd;
+        heap_push(q->rh, &q->rn, key);
+    } else q->nnext[tl] = nd;
+    q->tail[r] = nd;
+}
+
+static inline bool mq_pop(mqueue *q, uint64_t *key)
+{
+    if (q->rn && (!q->on || q->rh[0] <= q->oh[0])) {
+        *key = q->rh[0];
+        int32_t r = (int32_t)(*key >> 32), nd = q->nnext[q->head[r]];
+        q->head[r] = nd;
+        if (nd >= 0) q->rh[0] = ((uint64_t)r << 32) | (uint32_t)q->npos[nd];
+        else q->rh[0] = q->rh[--q->rn];
+        if (q->rn) heap_down(q->rh, q->rn, 0);
+        return true;
+    }
+    if (!q->on) return false;
+    *key = q->oh[0];
+    q->oh[0] = q->oh[--q->on];
+    if (q->on) heap_down(q->oh, q->on, 0);
+    return true;
+}
+
+static void mq_free(mqueue *q)
+{
+    free(q->head); free(q->tail); free(q->npos); free(q->nnext); free(q->rh); free(q->oh);
+}
+
+/* Merge the symbols of one chunk, O(m log m) at worst for m symbols. A popped candidate
+ * is stale if its left symbol was merged away or the pair there now makes a different
+ * id (HF's test, which decides ties in the same way). */
 static void bpe_merge(const tok *t, scratch *sc, tok_ids *out)
 {
     size_t m = sc->nsym;
     if (m == 0) return;
     int32_t *id = sc->id, *pv = sc->prev, *nx = sc->next;
-    if (sc->hcap < 3 * m) {
-        sc->hcap = 3 * m;
-        sc->heap = xrealloc(sc->heap, sc->hcap * sizeof *sc->heap);
-    }
-    uint64_t *h = sc->heap;
-    size_t hn = 0;
+    mqueue *q = &sc->q;
+    mq_reserve(t, q, m);
     for (size_t i = 0; i < m; i++) {
         pv[i] = (int32_t)i - 1;
         nx[i] = i + 1 < m ? (int32_t)i + 1 : -1;
         if (i + 1 < m) {
             int32_t r = merge_rank(t, id[i], id[i + 1]);
-            if (r >= 0) h[hn++] = ((uint64_t)r << 32) | i;
+            if (r >= 0) mq_push(q, r, (int32_t)i);
         }
     }
-    for (size_t i = hn / 2; i-- > 0;) heap_down(h, hn, i);
-    while (hn) {
-        uint64_t top = h[0];
-        h[0] = h[--hn];
-        if (hn) heap_down(h, hn, 0);
+    uint64_t top;
+    while (mq_pop(q, &top)) {
         int32_t r = (int32_t)(top >> 32), i = (int32_t)(uint32_t)top;
         if (id[i] < 0) continue;
         int32_t j = nx[i];
@@ -735,36 +803,25 @@ static void bpe_merge(const tok *t, scratch *sc, tok_ids *out)
         if (nx[j] >= 0) pv[nx[j]] = i;
         if (pv[i] >= 0) {
             int32_t r2 = merge_rank(t, id[pv[i]], id[i]);
-            if (r2 >= 0) heap_push(h, &hn, ((uint64_t)r2 << 32) | (uint32_t)pv[i]);
+            if (r2 >= 0) mq_push(q, r2, pv[i]);
         }
         if (nx[i] >= 0) {
             int32_t r2 = merge_rank(t, id[i], id[nx[i]]);
-            if (r2 >= 0) heap_push(h, &hn, ((uint64_t)r2 << 32) | (uint32_t)i);
+            if (r2 >= 0) mq_push(q, r2, i);
         }
     }
     for (int32_t i = 0; i >= 0; i = nx[i]) ids_push(out, id[i]);   /* symbol 0 survives */
     sc->nsym = 0;
 }
 
-/* One normalized word: initial symbols (chars; byte fallback; unk), merged chunk by
- * chunk at the marker boundaries. */
-static void bpe_word(const tok *t, const char *s, size_t n, scratch *sc, tok_ids *out)
+/* One chunk: initial symbols (chars; else byte fallback; else unk, fused), merged. */
+static void bpe_chunk(const tok *t, const char *s, size_t n, scratch *sc, tok_ids *out)
 {
-    if (t->ignore_merges) {
-        int32_t id = vocab_get(t, s, n);
-        if (id >= 0) { ids_push(out, id); return; }
-    }
-    const size_t ml = (size_t)t->mark_len;
-    bool prev_mark = true, last_unk = false;
+    bool last_unk = false;
     sc->nsym = 0;
     for (size_t i = 0; i < n;) {
         uint8_t c = (uint8_t)s[i];
         size_t cl = (size_t)u8len(c);
-        if (ml) {
-            bool m = cl == ml && memcmp(s + i, t->mark, ml) == 0;
-            if (m && !prev_mark) bpe_merge(t, sc, out), last_unk = false;
-            prev_mark = m;
-        }
         int32_t id = c < 0x80 ? t->ascii_id[c] : vocab_get(t, s + i, cl);
         if (id >= 0) {
             sym_add(sc, id); last_unk = false;
@@ -781,6 +838,52 @@ static void bpe_word(const tok *t, const char *s, size_t n, scratch *sc, tok_ids
         i += cl;
     }
     bpe_merge(t, sc, out);
+}
+
+/* The same through a small direct-mapped cache of short chunks (prose repeats its words;
+ * HF keeps a word cache too). Exact: a chunk's ids depend only on its bytes. */
+static void bpe_chunk_cached(const tok *t, const char *s, size_t n, scratch *sc, tok_ids *out)
+{
+    if (!sc->cache || n > sizeof sc->cache->key) { bpe_chunk(t, s, n, sc, out); return; }
+    cslot *c = &sc->cache[hash_bytes(s, n) & (CACHE_SLOTS - 1)];
+    if (c->klen == n && memcmp(c->key, s, n) == 0) {
+        for (int k = 0; k < c->nids; k++) ids_push(out, c->ids[k]);
+        return;
+    }
+    size_t before = out->n;
+    bpe_chunk(t, s, n, sc, out);
+    if (out->n - before <= sizeof c->ids / sizeof c->ids[0]) {
+        c->klen = (uint8_t)n;
+        memcpy(c->key, s, n);
+        c->nids = (uint8_t)(out->n - before);
+        memcpy(c->ids, out->v + before, c->nids * sizeof *c->ids);
+    }
+}
+
+/* One normalized word, split into chunks at the marker boundaries ("x|▁"). */
+static void bpe_word(const tok *t, const char *s, size_t n, scratch *sc, tok_ids *out)
+{
+    if (t->ignore_merges) {
+        int32_t id = vocab_get(t, s, n);
+        if (id >= 0) { ids_push(out, id); return; }
+    }
+    const size_t ml = (size_t)t->mark_len;
+    if (!ml) { bpe_chunk(t, s, n, sc, out); return; }
+    if (n >= 1024 && !sc->cache) sc->cache = xcalloc(CACHE_SLOTS, sizeof *sc->cache);
+    const char *mk = t->mark;
+    for (size_t cs = 0; cs < n;) {
+        size_t i = cs, ce = n;
+        while (i + ml <= n && memcmp(s + i, mk, ml) == 0) i += ml;    /* leading markers */
+        while (i < n) {                   /* next marker (a lead byte: input is UTF-8) */
+            const char *p = memchr(s + i, mk[0], n - i);
+            if (!p) break;
+            i = (size_t)(p - s);
+            if (i + ml <= n && memcmp(p, mk, ml) == 0) { ce = i; break; }
+            i++;
+        }
+        bpe_chunk_cached(t, s + cs, ce - cs, sc, out);
+        cs = ce;
+    }
 }
 
 /* Normalize one text segment (between added tokens) and BPE it. */
@@ -893,7 +996,9 @@ int tok_encode(const tok *t, const char *s, size_t n, unsigned flags, tok_enc_st
     if (seg < n) { encode_segment(t, s + seg, n - seg, &sc, out); tail_strip = false; }
     if (st) st->skip_ws = tail_strip;
     tok_buf_free(&sc.norm[0]); tok_buf_free(&sc.norm[1]);
-    free(sc.id); free(sc.prev); free(sc.next); free(sc.heap);
+    free(sc.id); free(sc.prev); free(sc.next);
+    mq_free(&sc.q);
+    free(sc.cache);
     return 0;
 }
 
