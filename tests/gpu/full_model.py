@@ -221,17 +221,34 @@ HF = {}
 
 
 def load_hf(dtype):
-    from transformers import Phi3ForCausalLM
-    kw = dict(attn_implementation="sdpa")
+    """The transformers model built on the GPU from the directory's config, then filled
+    with the directory's tensors (every parameter must be covered)."""
+    import glob
+    from safetensors.torch import load_file
+    from transformers import Phi3Config, Phi3ForCausalLM
+    cfg = Phi3Config.from_pretrained(a.dir)
     try:
-        m = Phi3ForCausalLM.from_pretrained(a.dir, dtype=dtype, device_map="cuda", **kw)
+        cfg._attn_implementation = "sdpa"
     except Exception as e:
-        log("from_pretrained(dtype=, device_map=cuda) failed (%r); loading on the CPU" % e)
-        try:
-            m = Phi3ForCausalLM.from_pretrained(a.dir, dtype=dtype, **kw)
-        except TypeError:
-            m = Phi3ForCausalLM.from_pretrained(a.dir, torch_dtype=dtype, **kw)
-        m = m.to("cuda")
+        log("attn implementation:", e)
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("cuda"):
+            m = Phi3ForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    want = set(m.state_dict().keys())
+    seen, unexpected = set(), set()
+    for shard in sorted(glob.glob(os.path.join(a.dir, "*.safetensors"))):
+        sd = load_file(shard, device="cuda")
+        r = m.load_state_dict(sd, strict=False)
+        seen |= set(sd.keys())
+        unexpected |= set(r.unexpected_keys)
+        del sd
+    missing = sorted(want - seen)
+    if missing or unexpected:
+        raise RuntimeError("state dict mismatch: missing %s, unexpected %s"
+                           % (missing[:5], sorted(unexpected)[:5]))
     return m.eval()
 
 
@@ -263,6 +280,7 @@ def p_hf():
         rel = float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
         R["cmp_%s_rel_l2" % key] = round(rel, 5) if np.isfinite(rel) else str(rel)
         R["cmp_%s_top1" % key] = int(np.argmax(ours)) == int(np.argmax(ref))
+        R["cmp_%s_ref_gap_sd" % key] = round(float((ref.max() - ref[int(np.argmax(ours))]) / ref.std()), 4)
         top5 = set(np.argsort(-ref)[:5].tolist())
         R["cmp_%s_top5_overlap" % key] = len(top5 & set(np.argsort(-ours)[:5].tolist()))
         save()
