@@ -168,6 +168,25 @@ def as_np(raw):
     return np.frombuffer(raw, dtype="<f4").copy()
 
 
+def decode_timing(run, n):
+    """512-token prompt, then n greedy tokens fed back one frame at a time: median wall
+    clock per token (send -> logits frame received), after 8 warm-up steps."""
+    lg = run.step(IDS["p512"], pos=0)[0][1]
+    tok = int(np.argmax(np.asarray(lg, dtype=np.float32)))
+    ts = []
+    for i in range(n):
+        t = time.perf_counter()
+        run.send([tok])
+        while True:
+            f = run.frame()
+            if f.get("type") == "logits":
+                break
+        ts.append(time.perf_counter() - t)
+        tok = int(np.argmax(as_np(f["data"])))
+    body = ts[8:] if len(ts) > 16 else ts
+    return float(np.median(body)), float(np.mean(body)), len(ts)
+
+
 def p_run():
     run = PhiRun(os.path.join(a.bin, "phi3-run"), a.dir, "cuda", ["--ctx", "33280"], None, LOG)
     t = time.time()
@@ -179,26 +198,11 @@ def p_run():
         OURS[key] = np.asarray(lg, dtype=np.float32)
         R["ours_%s_s" % key] = round(time.perf_counter() - t, 3)
     save()
-    # decode: 512-token prompt, then greedy tokens fed back one frame at a time
-    lg = run.step(IDS["p512"], pos=0)[0][1]
-    tok = int(np.argmax(np.asarray(lg, dtype=np.float32)))
-    ts = []
-    for i in range(a.decode_tokens):
-        t = time.perf_counter()
-        run.send([tok])
-        f = None
-        while True:
-            f = run.frame()
-            if f.get("type") == "logits":
-                break
-        ts.append(time.perf_counter() - t)
-        tok = int(np.argmax(as_np(f["data"])))
-    body = ts[8:] if len(ts) > 16 else ts                # first steps are warm-up
-    med = float(np.median(body))
+    med, mean, cnt = decode_timing(run, a.decode_tokens)
     R["ours_decode_ms_median"] = round(med * 1e3, 3)
-    R["ours_decode_ms_mean"] = round(float(np.mean(body)) * 1e3, 3)
+    R["ours_decode_ms_mean"] = round(mean * 1e3, 3)
     R["ours_decode_tok_s"] = round(1.0 / med, 1)
-    R["ours_decode_tokens"] = len(ts)
+    R["ours_decode_tokens"] = cnt
     save()
     for key, reps in (("p4096", 2), ("p32768", 1)):
         if time_left() < (60 if key == "p32768" else 20):
@@ -214,6 +218,13 @@ def p_run():
         R["ours_prefill_%s_tok_s" % key[1:]] = round(len(IDS[key]) / s, 1)
         save()
     R["ours_exit"] = run.close()
+    if time_left() > 150:
+        # the same decode with bf16-only inputs to the products (no hi + lo split)
+        run = PhiRun(os.path.join(a.bin, "phi3-run"), a.dir, "cuda", ["--ctx", "4096"],
+                     {"PHI3_CUDA_SPLIT_MAX": "0"}, LOG)
+        med, _, _ = decode_timing(run, 64)
+        R["ours_decode_nosplit_tok_s"] = round(1.0 / med, 1)
+        R["ours_nosplit_exit"] = run.close()
 
 
 # ---- transformers ----

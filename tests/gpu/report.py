@@ -66,6 +66,9 @@ t("decode floor: weights / copy bandwidth", f("decode_floor_tok_s", "%s tok/s"),
 t("phi3-run decode, 512 prompt + %s tokens (pipe round trip, median)" % R.get("ours_decode_tokens", "?"),
   f("ours_decode_tok_s", "%s tok/s") + " (" + f("ours_decode_ms_median", "%s ms") + ")",
   f("ours_decode_fraction_of_floor", "%s of floor"))
+t("phi3-run decode without the hi+lo split (PHI3_CUDA_SPLIT_MAX=0, 64 tokens)",
+  f("ours_decode_nosplit_tok_s", "%s tok/s"),
+  ("%.3f of floor" % (R["ours_decode_nosplit_tok_s"] / floor)) if floor and "ours_decode_nosplit_tok_s" in R else "")
 t("transformers eager bf16 decode, 512 prompt + %s tokens" % "64", f("peer_decode_tok_s", "%s tok/s"),
   f("peer_decode_fraction_of_floor", "%s of floor"))
 for n in ("4096", "32768"):
