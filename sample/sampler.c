@@ -8,6 +8,8 @@
 
 #include "shared/util.h"
 
+enum { HIST_BUCKETS = 2048 };
+
 /* One candidate token. key orders the candidates for a selection, w weighs them. */
 typedef struct cand {
     double key, w;
@@ -27,6 +29,9 @@ struct sampler {
     int penalize;             /* any penalty active */
     float *work;              /* n_vocab: prepared logits */
     cand *c;                  /* n_vocab candidates */
+    cand *tmp;                /* n_vocab: scratch for select_hist */
+    uint16_t *bucket;         /* n_vocab: histogram bucket of each candidate */
+    double *hw;               /* HIST_BUCKETS weights */
     sample_rng rng;
 };
 
@@ -69,21 +74,41 @@ double sample_rng_uniform(sample_rng *r)
 /* ln 2 split so that k * LN2_HI is exact for |k| < 2^20. */
 static const double LN2_HI = 0x1.62e42feep-1, LN2_LO = 0x1.a39ef35793c76p-33;
 
+/* 2^k as a double, for -1074 <= k <= 1023, built from its bits (exact). */
+static double pow2i(int k)
+{
+    uint64_t bits;
+    if (k >= -1022) bits = (uint64_t)(k + 1023) << 52;
+    else bits = (uint64_t)1 << (k + 1074);          /* subnormal */
+    double d;
+    memcpy(&d, &bits, sizeof d);
+    return d;
+}
+
 double sample_exp(double x)
 {
     if (x != x) return x;
     if (x < -746.0) return 0.0;
-    if (x > 710.0) return HUGE_VAL;
-    /* x = k ln2 + r with |r| <= ln2/2; Taylor to r^13 is below 2e-16 relative there. */
-    double k = floor(x * 1.4426950408889634 + 0.5);
-    double r = (x - k * LN2_HI) - k * LN2_LO;
-    double p = 1.0 / 6227020800.0;              /* 1/13! */
-    static const double inv_fact[13] = {
-        1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0,
-        1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0,
-        0.5, 1.0, 1.0};
-    for (int i = 0; i < 13; i++) p = p * r + inv_fact[i];
-    return ldexp(p, (int)k);
+    if (x > 709.0) return HUGE_VAL;
+    /* x = k ln2 + r, |r| <= ln2/2. Adding 1.5*2^52 rounds x/ln2 to the nearest integer k
+     * (default rounding mode) and leaves k in the low bits: no libm call, no branch. */
+    double t = x * 1.4426950408889634 + 0x1.8p52, kd = t - 0x1.8p52;
+    uint64_t tb;
+    memcpy(&tb, &t, sizeof tb);
+    int k = (int)(int32_t)(uint32_t)tb;
+    double r = (x - kd * LN2_HI) - kd * LN2_LO;
+    /* Taylor to r^13 (below 2e-16 relative for |r| <= ln2/2), Estrin's scheme so the
+     * multiplies of one call overlap. */
+    double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    double a0 = 1.0 + r, a1 = 1.0 / 2 + r * (1.0 / 6), a2 = 1.0 / 24 + r * (1.0 / 120),
+           a3 = 1.0 / 720 + r * (1.0 / 5040), a4 = 1.0 / 40320 + r * (1.0 / 362880),
+           a5 = 1.0 / 3628800 + r * (1.0 / 39916800),
+           a6 = 1.0 / 479001600 + r * (1.0 / 6227020800.0);
+    double p = (a0 + a1 * r2) + (a2 + a3 * r2) * r4 + ((a4 + a5 * r2) + a6 * r4) * r8;
+    /* p in [0.7, 1.42]: one rounding into the result, as ldexp would, even when 2^k
+     * or the result is subnormal. */
+    if (k >= -1021) return p * pow2i(k);
+    return (p * pow2i(k + 60)) * pow2i(-60);
 }
 
 double sample_log(double x)
@@ -165,6 +190,9 @@ sampler *sample_new(const sample_params *p, int n_vocab)
     if (s->penalize) s->count = xcalloc((size_t)n_vocab, sizeof(int));
     s->work = xmalloc(sizeof(float) * (size_t)n_vocab);
     s->c = xmalloc(sizeof(cand) * (size_t)n_vocab);
+    s->tmp = xmalloc(sizeof(cand) * (size_t)n_vocab);
+    s->bucket = xmalloc(sizeof(uint16_t) * (size_t)n_vocab);
+    s->hw = xmalloc(sizeof(double) * HIST_BUCKETS);
     sample_rng_seed(&s->rng, p->seed);
     return s;
 }
@@ -178,6 +206,9 @@ void sample_free(sampler *s)
     free(s->count);
     free(s->work);
     free(s->c);
+    free(s->tmp);
+    free(s->bucket);
+    free(s->hw);
     free(s);
 }
 
@@ -269,6 +300,42 @@ static size_t select_prefix(cand *c, size_t n, double need)
     return lo ? lo : (n ? 1 : 0);
 }
 
+/* select_prefix in two linear passes without moving most candidates: a histogram of the
+ * keys (bucket = a monotone function of key, so every key of a lower bucket is smaller)
+ * finds the bucket where the mass crosses need; the buckets below are kept whole and
+ * only that bucket goes through the quickselect. Same result as select_prefix. */
+static size_t select_hist(sampler *s, cand *c, size_t n, double need)
+{
+    if (n < 512 || need <= 0) return select_prefix(c, n, need);
+    double lo = c[0].key, hi = c[0].key;
+    for (size_t i = 1; i < n; i++) {
+        if (c[i].key < lo) lo = c[i].key;
+        if (c[i].key > hi) hi = c[i].key;
+    }
+    double scale = (HIST_BUCKETS - 1) / (hi - lo);
+    if (!(hi > lo) || !isfinite(scale)) return select_prefix(c, n, need);
+    double *h = s->hw;
+    memset(h, 0, sizeof(double) * HIST_BUCKETS);
+    for (size_t i = 0; i < n; i++) {
+        int b = (int)((c[i].key - lo) * scale);
+        if (b > HIST_BUCKETS - 1) b = HIST_BUCKETS - 1;
+        s->bucket[i] = (uint16_t)b;
+        h[b] += c[i].w;
+    }
+    double cum = 0;
+    int bs = 0;
+    while (bs < HIST_BUCKETS && !(cum + h[bs] >= need)) cum += h[bs++];
+    if (bs == HIST_BUCKETS) return n;             /* never reaches need: keep all */
+    size_t m0 = 0, m1 = 0;
+    for (size_t i = 0; i < n; i++)                /* kept in front, boundary at the back */
+        if (s->bucket[i] < bs) s->tmp[m0++] = c[i];
+        else if (s->bucket[i] == bs) s->tmp[n - 1 - m1++] = c[i];
+    memmove(s->tmp + m0, s->tmp + n - m1, sizeof(cand) * m1);   /* regions may overlap */
+    size_t k = select_prefix(s->tmp + m0, m1, need - cum);
+    memcpy(c, s->tmp, sizeof(cand) * (m0 + k));
+    return m0 + k;
+}
+
 /* w = softmax(logit) over c[0..n) (temperature 1); returns log of the normaliser
  * relative to the max logit, and the max in *mx. */
 static double softmax(cand *c, size_t n, double *mx)
@@ -295,7 +362,7 @@ static size_t filter(sampler *s, const float *logits)
     double mx;
     if (s->p.top_k > 0 && (size_t)s->p.top_k < n) {
         for (size_t i = 0; i < n; i++) { c[i].key = -(double)c[i].logit; c[i].w = 1; }
-        n = select_prefix(c, n, s->p.top_k);
+        n = select_hist(s, c, n, s->p.top_k);
     }
     if (s->p.typical_p < 1.0 && n > 1) {
         /* Locally typical: keep the ids whose surprisal -log p is closest to the
@@ -307,12 +374,12 @@ static size_t filter(sampler *s, const float *logits)
             if (c[i].w > 0) h -= c[i].w * lp;
         }
         for (size_t i = 0; i < n; i++) c[i].key = fabs(-c[i].key - h);
-        n = select_prefix(c, n, s->p.typical_p);
+        n = select_hist(s, c, n, s->p.typical_p);
     }
     if (s->p.top_p < 1.0 && n > 1) {
         softmax(c, n, &mx);
         for (size_t i = 0; i < n; i++) c[i].key = -(double)c[i].logit;
-        n = select_prefix(c, n, s->p.top_p);
+        n = select_hist(s, c, n, s->p.top_p);
     }
     if (s->p.min_p > 0.0 && n > 1) {
         /* p_i >= min_p * p_max  <=>  exp(l_i - l_max) >= min_p; keeps the max itself. */

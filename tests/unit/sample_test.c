@@ -213,6 +213,32 @@ static void test_filters_vs_sort(void)
     ok(agree_all, "top-k 500 + top-p 0.8 + min-p 0.02 chained as a full sort does");
     ok(agree_typ, "typical-p keeps the same ids as a full sort by |surprisal - entropy|");
 
+    /* Many ties (logits on a grid of 0.25), large n (the histogram path): top-k keeps
+     * exactly k ids and never drops an id larger than one it keeps. */
+    {
+        enum { NT = 5000 };
+        static float q[NT];
+        static int32_t kept[NT];
+        static char in[NT];
+        for (int i = 0; i < NT; i++) q[i] = (float)(floor(lcg_uniform() * 24) * 0.25);
+        int good = 1;
+        static const int kk[] = {1, 7, 100, 2500, 4999};
+        for (int t = 0; t < 5; t++) {
+            sample_params p;
+            sample_params_default(&p);
+            p.top_k = kk[t];
+            sampler *s = sample_new(&p, NT);
+            size_t m = sample_kept(s, q, kept);
+            sample_free(s);
+            memset(in, 0, sizeof in);
+            float lo = 1e30f, hi = -1e30f;
+            for (size_t i = 0; i < m; i++) { in[kept[i]] = 1; if (q[kept[i]] < lo) lo = q[kept[i]]; }
+            for (int i = 0; i < NT; i++) if (!in[i] && q[i] > hi) hi = q[i];
+            good &= m == (size_t)kk[t] && lo >= hi;
+        }
+        ok(good, "top-k on 5000 tied logits: exactly k kept, none dropped above a kept one");
+    }
+
     /* All logits equal: top-k keeps exactly k, top-p keeps ceil(p n). */
     for (int i = 0; i < 100; i++) l[i] = 1.5f;
     sample_params p;
