@@ -78,6 +78,11 @@ attn_prefill_kernel(const bf16 *q, const bf16 *kc, const bf16 *vc, int n, int po
     __syncthreads();
 
     const int wr = warp * 16;                   /* this warp's first row in the block */
+    /* the warp's 16 query rows stay in registers for the whole key loop */
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fq[D / 16];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        wmma::load_matrix_sync(fq[kk], sQ + wr * Ly::LDQ + kk * 16, Ly::LDQ);
     for (int k0 = kv_begin; k0 < kv_end; k0 += FA_BN) {
         for (int idx = tid; idx < FA_BN * V8; idx += FA_THREADS) {
             const int r = idx / V8, c = (idx % V8) * 8;
@@ -94,7 +99,6 @@ attn_prefill_kernel(const bf16 *q, const bf16 *kc, const bf16 *vc, int n, int po
 
         /* S[16 x 64] = Q_w[16 x D] K^T; K row-major [key][dim] is K^T column-major. */
         {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fa;
             wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> fb;
             wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
 #pragma unroll
@@ -102,9 +106,8 @@ attn_prefill_kernel(const bf16 *q, const bf16 *kc, const bf16 *vc, int n, int po
                 wmma::fill_fragment(fc, 0.f);
 #pragma unroll
                 for (int kk = 0; kk < D / 16; kk++) {
-                    wmma::load_matrix_sync(fa, sQ + wr * Ly::LDQ + kk * 16, Ly::LDQ);
                     wmma::load_matrix_sync(fb, sK + j * 16 * Ly::LDQ + kk * 16, Ly::LDQ);
-                    wmma::mma_sync(fc, fa, fb, fc);
+                    wmma::mma_sync(fc, fq[kk], fb, fc);
                 }
                 wmma::store_matrix_sync(sS + wr * Ly::LDS + j * 16, fc, Ly::LDS,
                                         wmma::mem_row_major);
