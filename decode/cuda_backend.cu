@@ -40,6 +40,7 @@ typedef struct cu_layer {
 typedef struct cuda_ctx {
     cudaStream_t stream;
     cublasHandle_t blas;
+    int sgemm_ex;                       /* cublasGemmEx refused bf16 -> f32: use SgemmEx */
     int n_sm;
     int split_max;                      /* see CU_SPLIT_MAX_DEFAULT */
     int attn_mode;                      /* 0 auto, 1 split-KV for every n, 2 flash for every n */
@@ -127,11 +128,20 @@ static int cu_gemm(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncols, in
                    float *Y)
 {
     const float alpha = 1.0f, beta = 0.0f;
-    cublasStatus_t st = cublasGemmEx(cb->c.blas, CUBLAS_OP_T, CUBLAS_OP_N, N, ncols, K, &alpha,
-                                     W, CUDA_R_16BF, K, X, CUDA_R_16BF, K, &beta, Y, CUDA_R_32F,
-                                     N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
+    if (!cb->c.sgemm_ex)
+        st = cublasGemmEx(cb->c.blas, CUBLAS_OP_T, CUBLAS_OP_N, N, ncols, K, &alpha, W,
+                          CUDA_R_16BF, K, X, CUDA_R_16BF, K, &beta, Y, CUDA_R_32F, N,
+                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+        /* the same product through the float32-compute entry point (bf16 in, f32 out) */
+        cb->c.sgemm_ex = 1;
+        st = cublasSgemmEx(cb->c.blas, CUBLAS_OP_T, CUBLAS_OP_N, N, ncols, K, &alpha, W,
+                           CUDA_R_16BF, K, X, CUDA_R_16BF, K, &beta, Y, CUDA_R_32F, N);
+    }
     if (st != CUBLAS_STATUS_SUCCESS)
-        return cu_fail(&cb->b, "cublas: cublasGemmEx(m=%d, n=%d, k=%d): %s (%s:%d)", N, ncols, K,
+        return cu_fail(&cb->b, "cublas: %s(m=%d, n=%d, k=%d): %s (%s:%d)",
+                       cb->c.sgemm_ex ? "cublasSgemmEx" : "cublasGemmEx", N, ncols, K,
                        cublasGetStatusString(st), __FILE__, __LINE__);
     return 0;
 }

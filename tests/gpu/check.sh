@@ -72,13 +72,13 @@ PYEOF
 san() {   # name tool model input
     local name=$1 tool=$2 model=$3 input=$4 log=$OUT/sanitizer-$1.log
     if [ -z "$SAN" ]; then stage "$name" SKIP "compute-sanitizer not found"; return; fi
-    if [ "$(left)" -lt 200 ]; then stage "$name" SKIP "time budget"; return; fi
-    timeout 100 "$SAN" --tool "$tool" --error-exitcode 9 --print-limit 20 \
+    if [ "$(left)" -lt 300 ]; then stage "$name" SKIP "time budget"; return; fi
+    timeout 60 "$SAN" --tool "$tool" --error-exitcode 9 --print-limit 20 \
         "$BIN/phi3-run" -m "$model" --backend cuda -q < "$input" > /dev/null 2> "$log"
     local rc=$?
     if grep -qiE "device not supported|not supported on this|unable to find injection|could not be initialized" "$log"; then
         stage "$name" SKIP "$(grep -iE 'not supported|unable|could not' "$log" | head -1 | cut -c1-100)"
-    elif [ $rc = 124 ]; then stage "$name" SKIP "timeout after 100 s"
+    elif [ $rc = 124 ]; then stage "$name" SKIP "timeout after 60 s"
     elif [ $rc = 0 ] && grep -q "ERROR SUMMARY: 0 errors" "$log"; then stage "$name" PASS "0 errors"
     else stage "$name" FAIL "exit $rc: $(grep -m1 'ERROR SUMMARY\|=========.*Invalid\|Error' "$log" | cut -c1-100)"
     fi
