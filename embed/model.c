@@ -97,7 +97,7 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
         cfg_int(o, "intermediate_size", 1, 1 << 20, -1, &c->intermediate, err, errlen) ||
         cfg_int(o, "vocab_size", 1, 1 << 22, -1, &c->vocab, err, errlen) ||
         cfg_int(o, "max_position_embeddings", 1, 1 << 24, -1, &c->max_pos, err, errlen) ||
-        cfg_int(o, "sliding_window", 1, 1L << 30, 0, &c->sliding_window, err, errlen))
+        cfg_int(o, "sliding_window", 0, 1L << 30, 0, &c->sliding_window, err, errlen))
         return -1;
     if (c->hidden % c->n_heads || (c->hidden / c->n_heads) % 2)
         return fail(err, errlen, "config.json: hidden_size %d is not num_attention_heads %d x an even head_dim",
