@@ -119,3 +119,43 @@ fs=list(msgpack.Unpacker(sys.stdin.buffer,raw=False)); sys.stdout.buffer.write(b
   # a second copy of the weights would add 25 MiB; allow 12 MiB of code, libc, KV, scratch
   [ "$kb" -lt $(( files / 1024 + 12 * 1024 )) ]
 }
+
+@test "F32 weights give bit-identical logits to BF16; F16 weights within 1e-5" {
+  "$PY" "$ROOT/tests/lib/mkbad.py" as-f32 "$GQA" "$BATS_TEST_TMPDIR/f32"
+  "$PY" "$ROOT/tests/lib/mkbad.py" as-f16 "$GQA" "$BATS_TEST_TMPDIR/f16"
+  tokens_frame $(ids "$GQA/reference.safetensors" all.ids) > "$BATS_TEST_TMPDIR/in"
+  RUN -m "$GQA" --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/bf16.out"
+  RUN -m "$BATS_TEST_TMPDIR/f32" --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/f32.out"
+  RUN -m "$BATS_TEST_TMPDIR/f16" --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/f16.out"
+  cmp "$BATS_TEST_TMPDIR/bf16.out" "$BATS_TEST_TMPDIR/f32.out"
+  run CHECK "$GQA/reference.safetensors" all.logits < "$BATS_TEST_TMPDIR/f16.out"
+  assert_status 0
+}
+
+@test "tie_word_embeddings: lm_head is embed_tokens (checked against final hidden x embeddings)" {
+  "$PY" "$ROOT/tests/lib/mkbad.py" tied "$GQA" "$BATS_TEST_TMPDIR/tied"
+  tokens_frame $(ids "$GQA/reference.safetensors" all.ids) | RUN -m "$BATS_TEST_TMPDIR/tied" > "$BATS_TEST_TMPDIR/out"
+  # reference: all.hidden[3] (after the final norm) at the last position . each embedding row
+  run "$PY" - "$GQA" "$BATS_TEST_TMPDIR/out" <<'PYEOF'
+import json, math, struct, sys, msgpack
+def tensor(path, name):
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8)); head = json.loads(f.read(n)); t = head[name]
+        a, b = t["data_offsets"]; f.seek(8 + n + a); return t, f.read(b - a)
+d, out = sys.argv[1], sys.argv[2]
+t, raw = tensor(d + "/reference.safetensors", "all.hidden")
+S, T, H = t["shape"]
+hid = struct.unpack("<%df" % H, raw[((S - 1) * T + T - 1) * H * 4:((S - 1) * T + T) * H * 4])
+t, raw = tensor(d + "/model.safetensors", "model.embed_tokens.weight")
+V = t["shape"][0]
+emb = struct.unpack("<%df" % (V * H), struct.pack("<%dI" % (V * H), *(v << 16 for v in struct.unpack("<%dH" % (V * H), raw))))
+ref = [sum(hid[h] * emb[v * H + h] for h in range(H)) for v in range(V)]
+got = [f for f in msgpack.Unpacker(open(out, "rb"), raw=False) if f["type"] == "logits"][-1]
+got = struct.unpack("<%df" % V, got["data"])
+e = math.sqrt(sum((g - r) ** 2 for g, r in zip(got, ref)) / sum(r * r for r in ref))
+print("rel L2 %.3g" % e)
+sys.exit(0 if e < 1e-5 else 1)
+PYEOF
+  echo "$output"
+  assert_status 0
+}

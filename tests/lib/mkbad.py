@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """mkbad.py KIND SRC DST: copy the model directory SRC to DST and break it one way
-(for phi3-run's bad-input tests). Safetensors headers are rewritten with json + struct."""
+(for phi3-run's bad-input tests), or convert it (as-f32, as-f16, tied). Safetensors headers are rewritten with json + struct."""
 import json, os, shutil, struct, sys
 
 def read_st(path):
@@ -53,6 +53,26 @@ def main():
             del head[name]
         else:
             head[name]["shape"] = [head[name]["shape"][0] + 1]
+        write_st(s, head, data)
+    elif kind in ("as-f32", "as-f16"):         # not broken: every BF16 tensor converted
+        for f in os.listdir(dst):
+            if not f.endswith(".safetensors"):
+                continue
+            head, data = read_st(os.path.join(dst, f))
+            out, off = bytearray(), 0
+            for name in sorted((k for k in head if k != "__metadata__"), key=lambda k: head[k]["data_offsets"][0]):
+                a, b = head[name]["data_offsets"]
+                vals = struct.unpack("<%dH" % ((b - a) // 2), data[a:b])
+                fl = struct.unpack("<%df" % len(vals), struct.pack("<%dI" % len(vals), *(v << 16 for v in vals)))
+                raw = struct.pack("<%d%s" % (len(fl), "f" if kind == "as-f32" else "e"), *fl)
+                head[name].update(dtype="F32" if kind == "as-f32" else "F16", data_offsets=[off, off + len(raw)])
+                out += raw
+                off += len(raw)
+            write_st(os.path.join(dst, f), head, bytes(out))
+    elif kind == "tied":                       # lm_head dropped, config says tied
+        edit_config(dst, lambda c: c.update(tie_word_embeddings=True))
+        head, data = read_st(s)
+        del head["lm_head.weight"]
         write_st(s, head, data)
     elif kind == "missing-shard":
         os.remove(s)
