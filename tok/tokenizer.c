@@ -234,6 +234,11 @@ bool tok_is_special(const tok *t, int32_t id)
     return id >= 0 && id < t->n_vocab && (t->flags[id] & F_SPECIAL);
 }
 
+bool tok_is_added(const tok *t, int32_t id)
+{
+    return id >= 0 && id < t->n_vocab && (t->flags[id] & F_ADDED);
+}
+
 int32_t tok_find(const tok *t, const char *s, size_t len)
 {
     for (int i = 0; i < t->n_added; i++)

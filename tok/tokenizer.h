@@ -32,6 +32,8 @@ const char *tok_piece(const tok *t, int32_t id, size_t *len);
 int32_t tok_find(const tok *t, const char *s, size_t len);
 /* True for added tokens flagged special (control tokens: skipped by TOK_SKIP_SPECIAL). */
 bool tok_is_special(const tok *t, int32_t id);
+/* True for every added token (special or not: "</s>" in Phi-3). */
+bool tok_is_added(const tok *t, int32_t id);
 /* From tokenizer_config.json: eos_token / bos_token strings (NULL if absent) and whether
  * encoding a whole text adds BOS (add_bos_token; false for the June-2024 Phi-3 files). */
 const char *tok_eos_token(const tok *t);
