@@ -117,7 +117,47 @@ AVX_DOT(dot_bf16_avx, CVT_BF16)
 AVX_DOT(dot_f16_avx, CVT_F16)
 AVX_DOT(dot_f32_avx, CVT_F32)
 
-static dot_fn dot_for(st_dtype d)
+/* Four tokens against one BF16 row: the weights are converted once per block, and
+ * each token's partial sums follow exactly dot_bf16_avx's order (same lanes, same FMA
+ * sequence, same reduction), so a prefill gives the bits a one-token step gives. */
+__attribute__((target("avx2,fma,f16c"))) static void dot4_bf16_avx(const void *wv, const float *x, size_t ldx,
+                                                                   int n, float *out)
+{
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    /* 16 named accumulators (aTK: token T, lane group K) so they stay in registers */
+    __m256 z = _mm256_setzero_ps();
+    __m256 a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
+    __m256 a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
+    int i = 0;
+#define STEP4(K)                                                             \
+    do {                                                                     \
+        __m256 w = CVT_BF16(wv, i + 8 * K);                                  \
+        a0##K = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + i + 8 * K), a0##K);  \
+        a1##K = _mm256_fmadd_ps(w, _mm256_loadu_ps(x1 + i + 8 * K), a1##K);  \
+        a2##K = _mm256_fmadd_ps(w, _mm256_loadu_ps(x2 + i + 8 * K), a2##K);  \
+        a3##K = _mm256_fmadd_ps(w, _mm256_loadu_ps(x3 + i + 8 * K), a3##K);  \
+    } while (0)
+    for (; i + 32 <= n; i += 32) {
+        STEP4(0);
+        STEP4(1);
+        STEP4(2);
+        STEP4(3);
+    }
+#undef STEP4
+    __m256 a[4][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
+    for (int t = 0; t < 4; t++) {
+        const float *xt = x + (size_t)t * ldx;
+        float s[8];
+        _mm256_storeu_ps(s, _mm256_add_ps(_mm256_add_ps(a[t][0], a[t][1]), _mm256_add_ps(a[t][2], a[t][3])));
+        float r = reduce8(s);
+        for (int j = i; j < n; j++) r = fmaf(LD_BF16(wv, j), xt[j], r);
+        out[t] = r;
+    }
+}
+
+static int use_avx(void);
+
+static int use_avx(void)
 {
     static int avx = -1;
     if (avx < 0) {
@@ -126,6 +166,12 @@ static dot_fn dot_for(st_dtype d)
         avx = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
               __get_cpuid(1, &ea, &eb, &ec, &ed) && (ec & bit_F16C) && !getenv("PHI3_NO_AVX");
     }
+    return avx;
+}
+
+static dot_fn dot_for(st_dtype d)
+{
+    int avx = use_avx();
     switch (d) {
     case ST_BF16: return avx ? dot_bf16_avx : dot_bf16_c;
     case ST_F16: return avx ? dot_f16_avx : dot_f16_c;
@@ -150,9 +196,16 @@ static void mm_rows(void *ctx, int begin, int end, int tid)
     dot_fn dot = dot_for(j->w->dtype);
     size_t es = st_dtype_size(j->w->dtype);
     int cols = (int)j->w->cols;
+    int four = j->w->dtype == ST_BF16 && use_avx();
     for (int r = begin; r < end; r++) {
         const uint8_t *row = (const uint8_t *)j->w->data + (size_t)(j->row0 + r) * cols * es;
-        for (int t = 0; t < j->n; t++)
+        int t = 0;
+        for (; four && t + 4 <= j->n; t += 4) {
+            float o[4];
+            dot4_bf16_avx(row, j->x + (size_t)t * j->ldx, (size_t)j->ldx, cols, o);
+            for (int k = 0; k < 4; k++) j->out[(size_t)(t + k) * j->ldo + r] = o[k];
+        }
+        for (; t < j->n; t++)
             j->out[(size_t)t * j->ldo + r] = dot(row, j->x + (size_t)t * j->ldx, cols);
     }
 }
