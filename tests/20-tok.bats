@@ -120,3 +120,15 @@ PYEOF
   run "$TOK" --version
   assert_status 0
 }
+
+@test "tok: add_bos_token from tokenizer_config.json puts BOS at the start of each prompt" {
+  d="$BATS_TEST_TMPDIR/bos"; mkdir -p "$d"
+  cp "$M/tokenizer.json" "$d/"
+  sed 's/"add_bos_token": false/"add_bos_token": true/' "$M/tokenizer_config.json" > "$d/tokenizer_config.json"
+  grep -q '"add_bos_token": true' "$d/tokenizer_config.json"
+  out=$(printf 'Hello' | "$TOK" --raw -m "$d" | frames2json)
+  [ "$out" = '{"type":"tokens","ids":[1,15043]}' ] || fail "$out"
+  out=$(printf '%s\n' '{"type":"text","text":"<|user|>\n","special":true}' '{"type":"text","text":"Hello"}' \
+      '{"type":"end","reason":"stop"}' '{"type":"text","text":"Hello"}' | json2frames | "$TOK" -m "$d" | frames2json | tr -d '\n')
+  [ "$out" = '{"type":"tokens","ids":[1,32010]}{"type":"tokens","ids":[15043]}{"type":"end","reason":"stop"}{"type":"tokens","ids":[1,15043]}' ] || fail "$out"
+}

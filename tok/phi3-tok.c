@@ -80,7 +80,13 @@ int main(int argc, char **argv)
     if (!mdir) phi3_usage_die("no model directory: use -m DIR or set PHI3_MODEL");
 
     char err[512];
-    tok *t = tok_load(mdir, err, sizeof err);
+    /* Static: what is live when phi3_die exits stays reachable (no LeakSanitizer noise). */
+    static tok *t;
+    static frame_reader *r;
+    static frame f;
+    static tok_ids ids;
+    static char *s;
+    t = tok_load(mdir, err, sizeof err);
     if (!t) phi3_die("%s", err);
     int32_t bos = -1;
     if (tok_add_bos(t) && tok_bos_token(t))
@@ -88,19 +94,17 @@ int main(int argc, char **argv)
 
     frame_writer w;
     fw_init(&w, 1);
-    tok_ids ids = {0};
     long bad;
     if (raw) {
         size_t n;
-        char *s = read_stdin(&n);
+        s = read_stdin(&n);
         if (bos >= 0) push_id(&ids, bos);   /* add_bos_token: a whole text starts with BOS */
         if (tok_encode(t, s, n, special ? TOK_SPECIAL : 0, NULL, &ids, &bad) < 0)
             phi3_die("stdin: invalid UTF-8 at byte %ld", bad);
         fw_tokens(&w, ids.v, ids.n, -1);
         free(s);
     } else {
-        frame_reader *r = fr_open(0, 0);
-        frame f;
+        r = fr_open(0, 0);
         int rc;
         tok_enc_state st = {false};
         bool at_start = true;             /* next text frame begins a prompt */
@@ -114,15 +118,15 @@ int main(int argc, char **argv)
                 st.skip_ws = false;
                 at_start = true;
             } else if (strcmp(f.type, "text") == 0) {
-                const char *s; size_t n;
+                const char *txt; size_t n;
                 bool sp = false;
-                if (frame_str(&f, "text", &s, &n) != 1)
+                if (frame_str(&f, "text", &txt, &n) != 1)
                     phi3_die("frame %ld: text frame without a string \"text\"", f.index);
                 if (frame_bool(&f, "special", &sp) < 0)
                     phi3_die("frame %ld: \"special\" is not a boolean", f.index);
                 ids.n = 0;
                 if (at_start && bos >= 0) push_id(&ids, bos);
-                if (tok_encode(t, s, n, (special || sp) ? TOK_SPECIAL : 0, &st, &ids, &bad) < 0)
+                if (tok_encode(t, txt, n, (special || sp) ? TOK_SPECIAL : 0, &st, &ids, &bad) < 0)
                     phi3_die("frame %ld: invalid UTF-8 at byte %ld of the text", f.index, bad);
                 fw_tokens(&w, ids.v, ids.n, -1);
                 at_start = false;
