@@ -54,8 +54,9 @@ enum { TOK_SPECIAL = 1 };
  * also swallows the whitespace that starts the next, exactly as on the joined text. */
 typedef struct tok_enc_state { bool skip_ws; } tok_enc_state;
 
-/* Append the ids of s[0..n) to out. st may be NULL (a text on its own). Returns 0, or
- * -1 if s is not valid UTF-8 (*bad_off = tok_utf8_check's offset; nothing appended). */
+/* Append the ids of s[0..n) to out. st may be NULL (a text on its own). Never adds BOS:
+ * a caller that starts a prompt checks tok_add_bos(). Returns 0, or -1 if s is not
+ * valid UTF-8 (*bad_off = tok_utf8_check's offset; nothing appended). */
 int tok_encode(const tok *t, const char *s, size_t n, unsigned flags, tok_enc_state *st,
                tok_ids *out, long *bad_off);
 
