@@ -2,6 +2,7 @@
 #include "decode/pool.h"
 #include "shared/util.h"
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -16,15 +17,24 @@ struct pool {
     pool_fn fn;
     void *ctx;
     int items;
+    atomic_int next;            /* first item not yet taken */
 };
 
 typedef struct { pool *p; int id; } worker_arg;
 
 static void run_share(pool *p, int id)
 {
-    /* Thread id gets items [id*n/T, (id+1)*n/T). */
-    long b = (long)p->items * id / p->n, e = (long)p->items * (id + 1) / p->n;
-    if (b < e) p->fn(p->ctx, (int)b, (int)e, id);
+    /* Threads take chunks of about n / (8 T) items from a shared counter, so a thread
+     * slowed down by another process on its core does not hold up the rest. Which
+     * thread computes an item never changes the item's result. */
+    int chunk = p->items / (8 * p->n);
+    if (chunk < 1) chunk = 1;
+    for (;;) {
+        int b = atomic_fetch_add(&p->next, chunk);
+        if (b >= p->items) break;
+        int e = b + chunk < p->items ? b + chunk : p->items;
+        p->fn(p->ctx, b, e, id);
+    }
 }
 
 static void *worker(void *a)
@@ -96,6 +106,7 @@ void pool_run(pool *p, pool_fn fn, void *ctx, int n)
     p->fn = fn;
     p->ctx = ctx;
     p->items = n;
+    atomic_store(&p->next, 0);
     p->pending = p->n - 1;
     p->gen++;
     pthread_cond_broadcast(&p->go);

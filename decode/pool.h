@@ -10,8 +10,8 @@ typedef void (*pool_fn)(void *ctx, int begin, int end, int tid);
 pool *pool_new(int threads);            /* threads <= 0: every online core */
 void pool_free(pool *p);
 int pool_threads(const pool *p);
-/* Split n items into one contiguous range per thread (the caller runs range 0) and wait
- * for all of them. */
+/* Run fn over items [0, n) in contiguous chunks taken by the threads (the caller is one
+ * of them; fn may be called several times per thread) and wait for all of them. */
 void pool_run(pool *p, pool_fn fn, void *ctx, int n);
 
 #endif
