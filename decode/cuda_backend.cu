@@ -1,5 +1,5 @@
 /* cuda_backend.cu: the CUDA backend of phi3-run behind decode/backend.h: weights uploaded
- * once (bf16) from the common loader, bf16 KV cache in device memory, cuBLAS for every
+ * once (bf16) from the common loader, fp16 KV cache in device memory, cuBLAS for every
  * linear layer (cu_gemm, the only cuBLAS call site), kernels/ for everything else. */
 extern "C" {
 #include "decode/backend.h"
@@ -22,9 +22,13 @@ extern "C" {
 #define CU_LOGIT_ROWS 64
 /* Matrix products of at most this many rows take their input as bf16 hi + lo halves
  * (~16 significant bits): the weights are read once either way, so decode pays almost
- * nothing for float32-like accuracy. Larger prefills are compute-bound and use hi only.
+ * nothing for float32-like accuracy, and a prompt of up to this many tokens (2x the
+ * columns, still near the weight-bandwidth bound on an H100/H200, whose bf16 ridge is
+ * ~200-300 FLOP/byte) pays little. Larger prefills are compute-bound and use hi only.
+ * Measured on an H200 with 64 here: the 150-token tiny-longrope prompt was 2.03e-2 off
+ * in relative L2 (bf16 activations), prompts <= 64 tokens ~2e-3.
  * $PHI3_CUDA_SPLIT_MAX overrides (0: never split). */
-#define CU_SPLIT_MAX_DEFAULT 64
+#define CU_SPLIT_MAX_DEFAULT 256
 /* Split-KV workspace: partial results for this many (query, head) x split slots. */
 #define CU_DECODE_SPLITS 1024
 
@@ -49,8 +53,8 @@ typedef struct cuda_ctx {
     float *norm;                        /* [hidden] */
     cu_layer *layers;                   /* host array [n_layers] of device pointers */
     size_t weight_bytes;
-    /* KV cache: per layer [kv_cap][nkv hd] bf16, grown on demand */
-    bf16 **kc, **vc;                    /* host arrays [n_layers] */
+    /* KV cache: per layer [kv_cap][nkv hd] fp16, grown on demand */
+    kvt **kc, **vc;                     /* host arrays [n_layers] */
     int kv_cap;
     int32_t *ctx_ids;                   /* host [ids_cap]: the context's token ids (a LongRoPE
                                            switch recomputes the context from them) */
@@ -65,7 +69,7 @@ typedef struct cuda_ctx {
     bf16 *act;                          /* [rows][act_cols] bf16 input of the next product */
     float *y;                           /* [rows][y_cols] float32 output of a product */
     float *qf;                          /* [chunk][nh hd] rotated Q (split-KV path) */
-    bf16 *qb;                           /* [chunk][nh hd] rotated Q (flash path) */
+    kvt *qb;                            /* [chunk][nh hd] rotated Q (flash path) */
     float *att;                         /* [chunk][nh hd] attention output */
     float *work;                        /* split-KV partials */
     size_t work_floats;
@@ -270,7 +274,7 @@ static int cu_upload_weights(cuda_backend *cb)
 
 static size_t cu_kv_bytes_per_pos(const phi3_config *cf)
 {
-    return (size_t)cf->n_layers * 2 * (size_t)cf->n_kv_heads * cf->head_dim * sizeof(bf16);
+    return (size_t)cf->n_layers * 2 * (size_t)cf->n_kv_heads * cf->head_dim * sizeof(kvt);
 }
 
 /* Room for need positions: grow every layer's K and V (new allocation, copy the positions
@@ -309,16 +313,16 @@ static int cu_kv_reserve(cuda_backend *cb, int need)
         int ok = 1;
         for (int l = 0; l < cf->n_layers && ok; l++) {
             for (int kv = 0; kv < 2 && ok; kv++) {
-                bf16 **slot = kv == 0 ? &c->kc[l] : &c->vc[l];
-                bf16 *p = NULL;
-                if (cudaMalloc((void **)&p, (size_t)cap * kvdim * sizeof(bf16)) != cudaSuccess) {
+                kvt **slot = kv == 0 ? &c->kc[l] : &c->vc[l];
+                kvt *p = NULL;
+                if (cudaMalloc((void **)&p, (size_t)cap * kvdim * sizeof(kvt)) != cudaSuccess) {
                     cudaGetLastError();
                     ok = 0;
                     break;
                 }
                 if (*slot) {
                     if (b->n_ctx > 0)
-                        CU_TRY(b, cudaMemcpyAsync(p, *slot, (size_t)b->n_ctx * kvdim * sizeof(bf16),
+                        CU_TRY(b, cudaMemcpyAsync(p, *slot, (size_t)b->n_ctx * kvdim * sizeof(kvt),
                                                   cudaMemcpyDeviceToDevice, c->stream));
                     CU_TRY(b, cudaStreamSynchronize(c->stream));
                     CU_TRY(b, cudaFree(*slot));
@@ -709,7 +713,7 @@ static int cu_init(cuda_backend *cb)
     CU_MALLOC(b, c->act, (size_t)c->rows * c->act_cols * sizeof(bf16), "activations");
     CU_MALLOC(b, c->y, (size_t)c->rows * c->y_cols * sizeof(float), "activations");
     CU_MALLOC(b, c->qf, (size_t)c->chunk * qdim * sizeof(float), "activations");
-    CU_MALLOC(b, c->qb, (size_t)c->chunk * qdim * sizeof(bf16), "activations");
+    CU_MALLOC(b, c->qb, (size_t)c->chunk * qdim * sizeof(kvt), "activations");
     CU_MALLOC(b, c->att, (size_t)c->chunk * qdim * sizeof(float), "activations");
     CU_MALLOC(b, c->work, c->work_floats * sizeof(float), "attention workspace");
     CU_MALLOC(b, c->ids, (size_t)c->chunk * sizeof(int32_t), "token ids");
@@ -733,8 +737,8 @@ static int cu_init(cuda_backend *cb)
     free(inv);
     c->attn_factor = (float)cf->attn_factor;
 
-    c->kc = (bf16 **)calloc((size_t)cf->n_layers, sizeof(bf16 *));
-    c->vc = (bf16 **)calloc((size_t)cf->n_layers, sizeof(bf16 *));
+    c->kc = (kvt **)calloc((size_t)cf->n_layers, sizeof(kvt *));
+    c->vc = (kvt **)calloc((size_t)cf->n_layers, sizeof(kvt *));
     if (!c->kc || !c->vc)
         return cu_fail(b, "out of host memory");
 

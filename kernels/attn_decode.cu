@@ -18,7 +18,7 @@ int kern_attn_head_dim_ok(int hd)
  * work[((t * nh + h) * nsplit + split) * (D + 2)] = {max, sum, out[D]}. */
 template <int D>
 static __global__ void __launch_bounds__(DEC_THREADS)
-attn_decode_kernel(const float *q, const bf16 *kc, const bf16 *vc, int pos0, int nh, int nkv,
+attn_decode_kernel(const float *q, const kvt *kc, const kvt *vc, int pos0, int nh, int nkv,
                    int window, int chunk, int nsplit, float scale, float *work)
 {
     constexpr int E = D / 32;
@@ -41,12 +41,12 @@ attn_decode_kernel(const float *q, const bf16 *kc, const bf16 *vc, int pos0, int
     }
     float m = -INFINITY, l = 0.f;
     for (int j = k0 + warp; j < k1; j += DEC_WARPS) {
-        const bf16 *kp = kc + (size_t)j * kvdim + (size_t)kvh * D;
-        const bf16 *vp = vc + (size_t)j * kvdim + (size_t)kvh * D;
+        const kvt *kp = kc + (size_t)j * kvdim + (size_t)kvh * D;
+        const kvt *vp = vc + (size_t)j * kvdim + (size_t)kvh * D;
         float d = 0.f;
 #pragma unroll
         for (int e = 0; e < E; e++)
-            d += qr[e] * __bfloat162float(kp[lane + 32 * e]);
+            d += qr[e] * kv_f(kp[lane + 32 * e]);
 #pragma unroll
         for (int off = 16; off > 0; off >>= 1)
             d += __shfl_xor_sync(0xffffffffu, d, off);
@@ -57,7 +57,7 @@ attn_decode_kernel(const float *q, const bf16 *kc, const bf16 *vc, int pos0, int
         l = l * corr + p;
 #pragma unroll
         for (int e = 0; e < E; e++)
-            acc[e] = acc[e] * corr + p * __bfloat162float(vp[lane + 32 * e]);
+            acc[e] = acc[e] * corr + p * kv_f(vp[lane + 32 * e]);
         m = m_new;
     }
     if (lane == 0) {
@@ -118,7 +118,7 @@ static __global__ void attn_merge_kernel(const float *work, int nh, int nsplit, 
     }
 }
 
-cudaError_t kern_attn_decode(cudaStream_t s, const float *q, const bf16 *kc, const bf16 *vc,
+cudaError_t kern_attn_decode(cudaStream_t s, const float *q, const kvt *kc, const kvt *vc,
                              int n, int pos0, int nh, int nkv, int hd, int window,
                              float *work, size_t work_floats, int n_sm, float *out)
 {

@@ -1,5 +1,5 @@
 /* attn_prefill.cu: causal flash attention for prefill (FlashAttention-2 scheme on
- * nvcuda::wmma bf16 16x16x16 tensor-core tiles, float32 accumulation): a block owns 64
+ * nvcuda::wmma fp16 16x16x16 tensor-core tiles, float32 accumulation): a block owns 64
  * queries of one head, walks 64-key tiles of the cache with an online softmax, and never
  * writes the score matrix to device memory. Grouped-query heads and the sliding window. */
 #include "kernels/kernels.cuh"
@@ -18,9 +18,9 @@ static constexpr size_t fa_align(size_t x) { return (x + 127) / 128 * 128; }
  * keep every 16-row / 16-column wmma tile 32-byte aligned as load/store_matrix_sync need. */
 template <int D>
 struct FaLayout {
-    static constexpr int LDQ = D + 8;      /* bf16: Q, K, V tiles [64][LDQ] */
+    static constexpr int LDQ = D + 8;      /* fp16: Q, K, V tiles [64][LDQ] */
     static constexpr int LDS = FA_BN + 4;  /* f32: scores [64][LDS] */
-    static constexpr int LDP = FA_BN + 8;  /* bf16: probabilities [64][LDP] */
+    static constexpr int LDP = FA_BN + 8;  /* fp16: probabilities [64][LDP] */
     static constexpr int LDO = D + 4;      /* f32: output accumulator [64][LDO] */
     static constexpr size_t Q = 0;
     static constexpr size_t K = fa_align(Q + (size_t)FA_BM * LDQ * 2);
@@ -37,16 +37,16 @@ struct FaLayout {
 /* Grid (query block, head). Queries are rows m0.. of q (absolute positions pos0 + row). */
 template <int D>
 static __global__ void __launch_bounds__(FA_THREADS)
-attn_prefill_kernel(const bf16 *q, const bf16 *kc, const bf16 *vc, int n, int pos0, int nh,
+attn_prefill_kernel(const kvt *q, const kvt *kc, const kvt *vc, int n, int pos0, int nh,
                     int nkv, int window, float scale, float *out)
 {
     typedef FaLayout<D> Ly;
     extern __shared__ __align__(128) unsigned char smem[];
-    bf16 *sQ = (bf16 *)(smem + Ly::Q);
-    bf16 *sK = (bf16 *)(smem + Ly::K);
-    bf16 *sV = (bf16 *)(smem + Ly::V);
+    kvt *sQ = (kvt *)(smem + Ly::Q);
+    kvt *sK = (kvt *)(smem + Ly::K);
+    kvt *sV = (kvt *)(smem + Ly::V);
     float *sS = (float *)(smem + Ly::S);
-    bf16 *sP = (bf16 *)(smem + Ly::P);
+    kvt *sP = (kvt *)(smem + Ly::P);
     float *sO = (float *)(smem + Ly::O);
     float *sM = (float *)(smem + Ly::M);
     float *sL = (float *)(smem + Ly::L);
@@ -79,7 +79,7 @@ attn_prefill_kernel(const bf16 *q, const bf16 *kc, const bf16 *vc, int n, int po
 
     const int wr = warp * 16;                   /* this warp's first row in the block */
     /* the warp's 16 query rows stay in registers for the whole key loop */
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fq[D / 16];
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, kvt, wmma::row_major> fq[D / 16];
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++)
         wmma::load_matrix_sync(fq[kk], sQ + wr * Ly::LDQ + kk * 16, Ly::LDQ);
@@ -99,7 +99,7 @@ attn_prefill_kernel(const bf16 *q, const bf16 *kc, const bf16 *vc, int n, int po
 
         /* S[16 x 64] = Q_w[16 x D] K^T; K row-major [key][dim] is K^T column-major. */
         {
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> fb;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, kvt, wmma::col_major> fb;
             wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
 #pragma unroll
             for (int j = 0; j < FA_BN / 16; j++) {
@@ -136,7 +136,7 @@ attn_prefill_kernel(const bf16 *q, const bf16 *kc, const bf16 *vc, int n, int po
             float sum = 0.f;
             for (int c = c0; c < c0 + 32; c++) {
                 const float p = expf(srow[c] - m_use);              /* masked: exp(-inf) = 0 */
-                sP[r * Ly::LDP + c] = __float2bfloat16_rn(p);
+                sP[r * Ly::LDP + c] = kv_cvt(p);
                 sum += p;
             }
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
@@ -157,8 +157,8 @@ attn_prefill_kernel(const bf16 *q, const bf16 *kc, const bf16 *vc, int n, int po
 
         /* O_w[16 x D] += P_w[16 x 64] V[64 x D] */
         {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fp;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> fv;
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, kvt, wmma::row_major> fp;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, kvt, wmma::row_major> fv;
             wmma::fragment<wmma::accumulator, 16, 16, 16, float> fo;
 #pragma unroll
             for (int j = 0; j < D / 16; j++) {
@@ -187,7 +187,7 @@ attn_prefill_kernel(const bf16 *q, const bf16 *kc, const bf16 *vc, int n, int po
 }
 
 template <int D>
-static cudaError_t launch_prefill(cudaStream_t s, const bf16 *q, const bf16 *kc, const bf16 *vc,
+static cudaError_t launch_prefill(cudaStream_t s, const kvt *q, const kvt *kc, const kvt *vc,
                                   int n, int pos0, int nh, int nkv, int window, float *out)
 {
     static bool attr_set = false;              /* > 48 KB of dynamic shared memory: opt in */
@@ -206,7 +206,7 @@ static cudaError_t launch_prefill(cudaStream_t s, const bf16 *q, const bf16 *kc,
     return cudaGetLastError();
 }
 
-cudaError_t kern_attn_prefill(cudaStream_t s, const bf16 *q, const bf16 *kc, const bf16 *vc,
+cudaError_t kern_attn_prefill(cudaStream_t s, const kvt *q, const kvt *kc, const kvt *vc,
                               int n, int pos0, int nh, int nkv, int hd, int window, float *out)
 {
     if (n <= 0 || pos0 < 0 || nh <= 0 || nkv <= 0 || nh % nkv || nh > 65535)

@@ -19,7 +19,7 @@ static __device__ __forceinline__ void angle_cos_sin(float inv_freq, int pos, fl
  * K head of its token (the angle is computed once) and stores K and V into the cache. */
 static __global__ void rope_qkv_kernel(const float *qkv, const float *qkv_lo, int n, int pos0,
                                        int nh, int nkv, int hd, const float *inv_freq, float af,
-                                       float *q_f32, bf16 *q_bf16, bf16 *kc, bf16 *vc)
+                                       float *q_f32, kvt *q_h, kvt *kc, kvt *vc)
 {
     const int half = hd / 2;
     const int idx = blockIdx.x * blockDim.x + threadIdx.x;
@@ -47,14 +47,14 @@ static __global__ void rope_qkv_kernel(const float *qkv, const float *qkv_lo, in
             q_f32[qo] = ra;
             q_f32[qo + half] = rb;
         }
-        if (q_bf16) {
-            q_bf16[qo] = __float2bfloat16_rn(ra);
-            q_bf16[qo + half] = __float2bfloat16_rn(rb);
+        if (q_h) {
+            q_h[qo] = kv_cvt(ra);
+            q_h[qo + half] = kv_cvt(rb);
         }
     }
     const size_t kvdim = (size_t)nkv * hd;
-    bf16 *krow = kc + (size_t)pos * kvdim;
-    bf16 *vrow = vc + (size_t)pos * kvdim;
+    kvt *krow = kc + (size_t)pos * kvdim;
+    kvt *vrow = vc + (size_t)pos * kvdim;
     for (int h = 0; h < nkv; h++) {
         const int o = h * hd + i;
         const size_t ko = (size_t)nh * hd + o, vo = ko + kvdim;
@@ -66,15 +66,15 @@ static __global__ void rope_qkv_kernel(const float *qkv, const float *qkv_lo, in
             va += row_lo[vo];
             vb += row_lo[vo + half];
         }
-        krow[o] = __float2bfloat16_rn(a * c - b * s);
-        krow[o + half] = __float2bfloat16_rn(b * c + a * s);
-        vrow[o] = __float2bfloat16_rn(va);
-        vrow[o + half] = __float2bfloat16_rn(vb);
+        krow[o] = kv_cvt(a * c - b * s);
+        krow[o + half] = kv_cvt(b * c + a * s);
+        vrow[o] = kv_cvt(va);
+        vrow[o + half] = kv_cvt(vb);
     }
 }
 
 /* One thread per (row, frequency) of the export; loops over kv heads. */
-static __global__ void kv_export_kernel(const bf16 *kc, const bf16 *vc, int pos0, int n, int nkv,
+static __global__ void kv_export_kernel(const kvt *kc, const kvt *vc, int pos0, int n, int nkv,
                                         int hd, const float *inv_freq, float af, float *out)
 {
     const int half = hd / 2;
@@ -86,31 +86,31 @@ static __global__ void kv_export_kernel(const bf16 *kc, const bf16 *vc, int pos0
     float c, s;
     angle_cos_sin(inv_freq[i], pos, &c, &s);
     const size_t kvdim = (size_t)nkv * hd;
-    const bf16 *krow = kc + (size_t)pos * kvdim, *vrow = vc + (size_t)pos * kvdim;
+    const kvt *krow = kc + (size_t)pos * kvdim, *vrow = vc + (size_t)pos * kvdim;
     float *o = out + (size_t)t * 3 * kvdim;
     for (int h = 0; h < nkv; h++) {
         const int e = h * hd + i;
-        float a = __bfloat162float(krow[e]), b = __bfloat162float(krow[e + half]);
+        float a = kv_f(krow[e]), b = kv_f(krow[e + half]);
         o[e] = a;
         o[e + half] = b;
-        o[kvdim + e] = __bfloat162float(vrow[e]);
-        o[kvdim + e + half] = __bfloat162float(vrow[e + half]);
+        o[kvdim + e] = kv_f(vrow[e]);
+        o[kvdim + e + half] = kv_f(vrow[e + half]);
         /* inverse rotation, then undo the attention factor */
         o[2 * kvdim + e] = (a * c + b * s) / af;
         o[2 * kvdim + e + half] = (b * c - a * s) / af;
     }
 }
 
-static __global__ void kv_import_kernel(const float *in, int pos0, int n, int kvdim, bf16 *kc,
-                                        bf16 *vc)
+static __global__ void kv_import_kernel(const float *in, int pos0, int n, int kvdim, kvt *kc,
+                                        kvt *vc)
 {
     const size_t total = (size_t)n * kvdim;
     for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < total;
          k += (size_t)gridDim.x * blockDim.x) {
         const size_t t = k / kvdim, e = k % kvdim;
         const float *r = in + t * 3 * kvdim;
-        kc[(size_t)(pos0 + t) * kvdim + e] = __float2bfloat16_rn(r[e]);
-        vc[(size_t)(pos0 + t) * kvdim + e] = __float2bfloat16_rn(r[kvdim + e]);
+        kc[(size_t)(pos0 + t) * kvdim + e] = kv_cvt(r[e]);
+        vc[(size_t)(pos0 + t) * kvdim + e] = kv_cvt(r[kvdim + e]);
     }
 }
 
@@ -121,16 +121,16 @@ static unsigned blocks_for(size_t threads)
 
 cudaError_t kern_rope_qkv(cudaStream_t s, const float *qkv, const float *qkv_lo, int n,
                           int pos0, int nh, int nkv, int hd, const float *inv_freq,
-                          float attn_factor, float *q_f32, bf16 *q_bf16, bf16 *kc, bf16 *vc)
+                          float attn_factor, float *q_f32, kvt *q_h, kvt *kc, kvt *vc)
 {
     if (n <= 0 || pos0 < 0 || nh <= 0 || nkv <= 0 || hd <= 0 || hd % 2)
         return cudaErrorInvalidValue;
     rope_qkv_kernel<<<blocks_for((size_t)n * (hd / 2)), 256, 0, s>>>(
-        qkv, qkv_lo, n, pos0, nh, nkv, hd, inv_freq, attn_factor, q_f32, q_bf16, kc, vc);
+        qkv, qkv_lo, n, pos0, nh, nkv, hd, inv_freq, attn_factor, q_f32, q_h, kc, vc);
     return cudaGetLastError();
 }
 
-cudaError_t kern_kv_export(cudaStream_t s, const bf16 *kc, const bf16 *vc, int pos0, int n,
+cudaError_t kern_kv_export(cudaStream_t s, const kvt *kc, const kvt *vc, int pos0, int n,
                            int nkv, int hd, const float *inv_freq, float attn_factor,
                            float *out)
 {
@@ -142,7 +142,7 @@ cudaError_t kern_kv_export(cudaStream_t s, const bf16 *kc, const bf16 *vc, int p
 }
 
 cudaError_t kern_kv_import(cudaStream_t s, const float *in, int pos0, int n, int kvdim,
-                           bf16 *kc, bf16 *vc)
+                           kvt *kc, kvt *vc)
 {
     if (n <= 0 || pos0 < 0 || kvdim <= 0)
         return cudaErrorInvalidValue;
