@@ -29,14 +29,14 @@ GENCODE ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_
 
 WARN    = -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wstrict-prototypes
 CFLAGS ?= -O2 -g
-CFLAGS += -std=c11 -D_GNU_SOURCE -pthread $(WARN) -I. -MMD -MP
+override CFLAGS += -std=c11 -D_GNU_SOURCE -pthread $(WARN) -I. -MMD -MP
 NVFLAGS ?= -O3 -lineinfo
-NVFLAGS += -std=c++17 $(GENCODE) -I. -MMD -MP -Xcompiler -Wall,-Werror,-Wno-unused-parameter \
+override NVFLAGS += -std=c++17 $(GENCODE) -I. -MMD -MP -Xcompiler -Wall,-Werror,-Wno-unused-parameter \
            --expt-relaxed-constexpr -Werror all-warnings
 # msgpack-c and jansson linked statically: the GPU machine lacks libmsgpackc.so.2.
 LIBS    = -Wl,-Bstatic -lmsgpackc -ljansson -Wl,-Bdynamic -lm -lpthread -lrt
 LDFLAGS ?=
-LDFLAGS += -pthread -Wl,--as-needed
+override LDFLAGS += -pthread -Wl,--as-needed
 
 LIBDIRS  = shared tok embed decode sample
 ALL_C    = $(wildcard $(addsuffix /*.c,$(LIBDIRS)))
@@ -46,7 +46,7 @@ CU_SRC   =
 ifeq ($(CUDA),1)
   LIB_C  := $(filter-out %_nocuda.c,$(LIB_C))
   CU_SRC  = $(wildcard kernels/*.cu decode/*.cu)
-  CFLAGS += -DPHI3_CUDA=1
+  override CFLAGS += -DPHI3_CUDA=1
   LIBS   += -L$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lstdc++ \
             -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
