@@ -526,7 +526,7 @@ int backend_cpu_resume(backend *b, const int32_t *ids, int n_ctx, int rope_long)
         if (ids[i] < 0 || ids[i] >= b->m->cfg.vocab)
             return berr(c, "token id %d out of range [0, %d)", ids[i], b->m->cfg.vocab);
     if (ensure_ids(c, n_ctx) || ensure_scores(c, n_ctx)) return -1;
-    memcpy(c->ids, ids, (size_t)n_ctx * sizeof *ids);
+    if (n_ctx > 0) memcpy(c->ids, ids, (size_t)n_ctx * sizeof *ids);
     b->n_ctx = n_ctx;
     b->rope_long = rope_long ? 1 : 0;
     return 0;
