@@ -1,0 +1,249 @@
+#!/usr/bin/env bats
+# phi3-run --session: a pure cache (raw stdout bytes identical to a fresh run), reuse
+# counts, a three-turn chat through fresh pipelines, kill -9 of a writer, the lock.
+load helper
+
+setup() {
+  cd "$BATS_TEST_TMPDIR"
+  S="phi3test-$$-$BATS_TEST_NUMBER"
+  RUN="$PHI3_BIN/phi3-run"
+}
+
+teardown() {
+  "$PHI3_BIN/phi3-run" --session-rm "$S" 2> /dev/null || true
+  rm -f "/dev/shm/phi3.$S"
+}
+
+# frames SEED VOCAB N1 N2...: tokens frames of N1, N2... random ids (fixed seed);
+# a negative N is a run of |N| frames of one token each.
+frames() {
+  "$PY" -c '
+import msgpack, random, sys
+r = random.Random(int(sys.argv[1])); v = int(sys.argv[2]); out = sys.stdout.buffer
+for a in sys.argv[3:]:
+    n = int(a)
+    for k in ([n] if n > 0 else [1] * -n):
+        out.write(msgpack.packb({"type": "tokens", "ids": [r.randrange(v) for _ in range(k)]}))
+' "$@"
+}
+
+# same MODEL FILE: a session run over FILE writes exactly the bytes of a fresh run.
+same() {
+  "$RUN" -m "$1" -q < "$2" > fresh.out || fail "fresh run failed"
+  "$RUN" -m "$1" -q --session "$S" --stats < "$2" > sess.out 2> stats || fail "session run: $(cat stats)"
+  cmp fresh.out sess.out || fail "logits differ with the session ($2)"
+  [ -s fresh.out ] || fail "no output"
+}
+
+reused() { grep -o 'reused [0-9]*' stats | cut -d' ' -f2; }
+
+@test "tiny-longrope: logits bit-identical with a session, prefixes around the switch at 64" {
+  frames 1 32064 100 > p100.bin
+  same "$LONGROPE" p100.bin
+  [ "$(reused)" = 0 ]
+  same "$LONGROPE" p100.bin
+  [ "$(reused)" = 99 ] || fail "$(cat stats)"
+  # the same ids cut into frames that end below, at and above 64, then single tokens
+  for split in "30" "64" "65" "40 24 1" "63 1 1 1" "10 20 30 -10" "100 -5" "50 50"; do
+    frames 1 32064 $split > p.bin
+    same "$LONGROPE" p.bin
+  done
+  # a context diverging after 70, then a shorter one again
+  frames 1 32064 70 > a.bin; frames 9 32064 50 > b.bin; cat a.bin b.bin > ab.bin
+  same "$LONGROPE" ab.bin
+  same "$LONGROPE" a.bin
+}
+
+@test "tiny-gqa-window: logits bit-identical with a session (sliding window 16), reuse counted" {
+  frames 2 512 80 > p80.bin
+  same "$GQA" p80.bin
+  same "$GQA" p80.bin
+  [ "$(reused)" = 79 ] || fail "$(cat stats)"
+  for split in "10" "17" "16 1 1" "40 40 -5" "79 1"; do
+    frames 2 512 $split > p.bin
+    same "$GQA" p.bin
+  done
+  frames 2 512 40 > a.bin; frames 5 512 30 > b.bin; cat a.bin b.bin > ab.bin
+  same "$GQA" ab.bin
+  [ "$(reused)" = 39 ] || fail "$(cat stats)"
+}
+
+@test "--all-logits through a session is bit-identical too" {
+  frames 3 32064 90 > p.bin
+  "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > /dev/null
+  "$RUN" -m "$LONGROPE" -q --all-logits < p.bin > fresh.out
+  "$RUN" -m "$LONGROPE" -q --all-logits --session "$S" < p.bin > sess.out
+  cmp fresh.out sess.out
+}
+
+@test "--stats: reused N, computed, prefill and decode times on stderr" {
+  frames 4 512 30 -3 > p.bin
+  "$RUN" -m "$GQA" -q --session "$S" < p.bin > /dev/null
+  run --separate-stderr "$RUN" -m "$GQA" -q --session "$S" --stats < p.bin
+  assert_status 0
+  [[ "$stderr" == "phi3-run: stats: reused 29, computed 4, prefill "*" s (1 frames), decode "*" s (3 tokens, "* ]] ||
+    fail "stderr: $stderr"
+  run --separate-stderr "$RUN" -m "$GQA" -q --stats < p.bin
+  [[ "$stderr" == *"reused 0, computed 33"* ]] || fail "without a session: $stderr"
+}
+
+@test "chat: three turns through fresh loop pipelines compute only each turn's new tokens" {
+  mkfifo fb
+  ids_of() { "$PHI3_BIN/phi3-dump" < "$1" | "$PY" -c '
+import json, sys
+print(" ".join(str(i) for l in sys.stdin for o in [json.loads(l)] if o["type"] == "tokens" for i in o["ids"]))'; }
+  ctx=""
+  for turn in 1 2 3; do
+    user=$(seq $((turn * 7)) $((turn * 7 + 5)) | tr '\n' ' ')        # 6 new user ids
+    prev=$(echo $ctx | wc -w)
+    ctx="$ctx $user"
+    printf '{"type":"tokens","ids":[%s]}\n' "$(echo $ctx | tr ' ' ',')" | "$PHI3_BIN/phi3-dump" -r > prompt.bin
+    timeout 60 bash -c '{ cat prompt.bin; cat fb; } | "$1" -m "$2" -q --session "$3" --stats 2> stats |
+                          "$4" --greedy -n 4 | tee fb > out.bin' x "$RUN" "$GQA" "$S" "$PHI3_BIN/phi3-sample"
+    gen=$(ids_of out.bin)
+    [ "$(echo $gen | wc -w)" = 4 ] || fail "turn $turn: generated '$gen'"
+    # the stored context (everything of the previous turn) is reused; the user ids and the
+    # 4 fed-back generated ids are computed
+    [[ "$(cat stats)" == *"reused $prev, computed 10,"* ]] || fail "turn $turn (prev $prev): $(cat stats)"
+    ctx="$ctx $gen"
+  done
+  # the session holds the whole conversation
+  "$RUN" --session-info "$S" > info.json
+  want=$(echo $ctx | tr ' ' ',')
+  "$PY" -c 'import json,sys; o = json.load(open("info.json")); sys.exit(",".join(map(str, o["ids"])) != sys.argv[1])' "$want"
+}
+
+@test "kill -9 of a writer mid-prefill never leaves a session that changes the logits" {
+  frames 6 32064 200 200 200 200 200 200 200 200 > p.bin
+  t0=$(date +%s%N)
+  "$RUN" -m "$LONGROPE" -q < p.bin > fresh.out
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  partial=0
+  # kill at 10%, 30%, 50%, 70% of a fresh run's time and at one random moment
+  for pct in 10 30 50 70 $((RANDOM % 90 + 5)); do
+    "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > /dev/null &
+    pid=$!
+    sleep "$(awk -v m="$ms" -v p="$pct" 'BEGIN { printf "%.3f", m * p / 100000 }')"
+    kill -9 "$pid" 2> /dev/null || true
+    wait "$pid" 2> /dev/null || true
+    "$RUN" --session-info "$S" > info.json || fail "session invalid after a kill at $pct%"
+    grep -q '"tokens":1600,' info.json || partial=$((partial + 1))
+    "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > sess.out
+    cmp fresh.out sess.out || fail "logits differ after a kill at $pct% of ${ms} ms"
+    "$RUN" --session-rm "$S"
+  done
+  [ "$partial" -gt 0 ] || fail "no kill landed mid-prefill (run takes ${ms} ms)"
+}
+
+@test "the object is mode 0600 and listed; --session-info describes it; --session-rm removes it" {
+  frames 7 512 20 > p.bin
+  "$RUN" -m "$GQA" -q --session "$S" < p.bin > /dev/null
+  [ "$(stat -c %a "/dev/shm/phi3.$S")" = 600 ]
+  "$RUN" --session-list | grep -q "^$S	20	"
+  run "$RUN" --session-info "$S"
+  assert_status 0
+  [[ "$output" == *'"tokens":20,'* && "$output" == *'"rope":"short"'* ]] || fail "$output"
+  "$RUN" --session-rm "$S"
+  [ ! -e "/dev/shm/phi3.$S" ]
+  run --separate-stderr "$RUN" --session-info "$S"
+  assert_status 1
+  assert_err "phi3-run: " "no session"
+}
+
+@test "one writer at a time: --no-wait fails at once, a second writer waits" {
+  mkfifo in
+  timeout 60 "$RUN" -m "$GQA" -q --session "$S" < in > /dev/null &
+  holder=$!
+  exec 7> in                         # the holder now has its input open, and the lock
+  # (fd 7: bats owns 3; no other process may keep the FIFO's write end open)
+  for i in $(seq 50); do [ -e "/dev/shm/phi3.$S" ] && break; sleep 0.05; done
+  sleep 0.2
+  frames 8 512 5 > p.bin
+  run --separate-stderr "$RUN" -m "$GQA" -q --session "$S" --no-wait < p.bin 7>&-
+  assert_status 1
+  assert_err "phi3-run: " "in use by another writer (pid "
+  "$RUN" -m "$GQA" -q --session "$S" < p.bin > waited.out 7>&- &
+  waiter=$!
+  sleep 0.3
+  kill -0 "$waiter" || fail "the second writer did not wait"
+  exec 7>&-
+  wait "$holder"
+  wait "$waiter"
+  [ -s waited.out ]
+}
+
+# damage CMD...: make a session, damage it with CMD (in the object's path $OBJ), then
+# expect phi3-run --session to exit 1 naming the cause and leave the bytes as they were.
+damaged() {
+  local want=$1; shift
+  frames 7 512 20 > p.bin
+  "$RUN" -m "$GQA" -q --session "$S" < p.bin > /dev/null
+  OBJ="/dev/shm/phi3.$S"
+  "$@"
+  cp "$OBJ" before
+  local mode_before; mode_before=$(stat -c %a%u "$OBJ")
+  run --separate-stderr "$RUN" -m "$GQA" -q --session "$S" < p.bin
+  assert_status 1
+  assert_err "phi3-run: session $S: " "$want"
+  [ -z "$output" ] || fail "stdout: $output"
+  cmp before "$OBJ" || fail "object changed"
+  [ "$(stat -c %a%u "$OBJ")" = "$mode_before" ]
+}
+
+poke() { printf "$2" | dd of="$OBJ" bs=1 seek="$1" conv=notrunc status=none; }
+
+@test "bad session: truncated header, truncated rows" {
+  damaged "truncated" truncate -s 100 "/dev/shm/phi3.$S"
+  "$RUN" --session-rm "$S"
+  damaged "truncated" truncate -s -1 "/dev/shm/phi3.$S"
+}
+
+@test "bad session: corrupt header, corrupt ids, wrong version, bad magic" {
+  damaged "corrupt header" poke 28 '\x07'
+  "$RUN" --session-rm "$S"
+  damaged "corrupt token ids" poke 4096 '\x01\x02'
+  "$RUN" --session-rm "$S"
+  damaged "layout version 2" poke 8 '\x02'
+  "$RUN" --session-rm "$S"
+  damaged "not a phi3 session" poke 0 'X'
+}
+
+@test "bad session: made by another model (fingerprint mismatch)" {
+  frames 7 512 20 > p.bin
+  "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > /dev/null
+  cp "/dev/shm/phi3.$S" before
+  run --separate-stderr "$RUN" -m "$GQA" -q --session "$S" < p.bin
+  assert_status 1
+  assert_err "phi3-run: session $S: " "made by another model"
+  cmp before "/dev/shm/phi3.$S"
+}
+
+@test "bad session: mode wider than 0600, owned by another user" {
+  damaged "mode 0644 is wider than 0600" chmod 0644 "/dev/shm/phi3.$S"
+  chmod 0600 "/dev/shm/phi3.$S"
+  [ "$(id -u)" = 0 ] || skip "chown needs root"
+  damaged "owned by uid 65534" chown 65534 "/dev/shm/phi3.$S"
+  chown 0 "/dev/shm/phi3.$S"
+}
+
+@test "bad session names: '/', '..', empty: exit 1, nothing created" {
+  frames 7 512 3 > p.bin
+  for n in "a/b" "../x" ".." "x..y" "" ".hidden"; do
+    run --separate-stderr "$RUN" -m "$GQA" -q --session "$n" < p.bin
+    assert_status 1
+    assert_err "phi3-run: " "bad session name"
+  done
+  run --separate-stderr "$RUN" --session-rm "../etc"
+  assert_status 1
+  [ ! -e /dev/shm/phi3.a ]
+}
+
+@test "a full /dev/shm is a clear error, not a SIGBUS" {
+  [ "$(id -u)" = 0 ] || skip "needs root for a private tmpfs"
+  unshare -m true 2> /dev/null || skip "no mount namespaces here"
+  frames 7 32064 400 > p.bin
+  run unshare -m sh -c 'mount -t tmpfs -o size=1m tmpfs /dev/shm && exec "$@"' x \
+    "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin
+  [ "$status" -eq 1 ] || fail "status $status: $output"
+  [[ "$output" == *"no space left in /dev/shm"* ]] || fail "$output"
+}
