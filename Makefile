@@ -61,6 +61,8 @@ BENCHES  = $(BENCH_C:tests/bench/%.c=$(O)/bench/%)
 LIBA     = $(O)/libphi3.a
 
 .PHONY: all test check bench fuzz sanitize install deps clean unit
+# Keep the tools' main objects (make would delete them as intermediates and relink every time).
+.SECONDARY:
 all: $(TOOLS) $(TESTS)
 
 $(LIBA): $(LIB_O)
