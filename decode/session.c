@@ -82,6 +82,9 @@ static int seterr(char *err, size_t errlen, const char *fmt, ...)
     return -1;
 }
 
+/* The CPU backend computes in the session's memory; any other goes through kv_load/save. */
+static int is_cpu(const backend *b) { return !strcmp(b->ops->name, "cpu"); }
+
 /* ---- CRC-32 (IEEE, reflected), for the header and the token ids ---- */
 
 static uint32_t crc_table[256];
@@ -434,7 +437,7 @@ int session_reserve(session *s, int need, char *err, size_t errlen)
     }
     s->hdr->capacity = (uint32_t)cap;
     s->st.capacity = (int)cap;
-    if (s->b && !s->b->ops->kv_load) {
+    if (s->b && is_cpu(s->b)) {
         kv_store kv = session_kv(s);
         backend_cpu_set_kv(s->b, &kv);
     }
@@ -450,7 +453,7 @@ void session_attach(session *s, backend *b, int threads)
 {
     s->b = b;
     s->threads = threads;
-    if (!b->ops->kv_load) backend_cpu_set_grow(b, grow_hook, s);
+    if (is_cpu(b)) backend_cpu_set_grow(b, grow_hook, s);
 }
 
 /* ---- one frame of a run ---- */
@@ -503,12 +506,14 @@ static int sess_step(session *s, backend *b, const int32_t *x, int n, float *log
         /* A short frame over a stored long context (a multi-frame prompt's first frames):
          * compute it on a private scratch backend, leaving the stored rows for the first
          * long frame, which recomputes the context long anyway. */
-        if (!keep && LC && !lf && lcp >= e && !b->ops->kv_load && s->threads >= 0)
+        if (!keep && LC && !lf && lcp >= e && is_cpu(b) && s->threads >= 0)
             return scratch_step(s, b, x, n, logits, all, st, err, errlen);
         if (!keep) s->matching = 0;
     }
     if (s->scratch) { s->scratch->ops->destroy(s->scratch); s->scratch = NULL; }
-    int dev = b->ops->kv_load != NULL;
+    int dev = !is_cpu(b);
+    if (dev && (!b->ops->kv_load || !b->ops->kv_save))
+        return seterr(err, errlen, "the %s backend cannot use sessions (no kv_load/kv_save)", b->ops->name);
     int rerun = !keep && r > 0 && lf != LC;     /* the forward recomputes rows [0, r) */
     if (!keep) {
         if (rerun) commit(s, 0, lf, 0);
