@@ -58,6 +58,11 @@ case $rc in
 *) stage fixtures FAIL "exit $rc: $(tail -1 "$OUT/fixtures.log" | cut -c1-120)" ;;
 esac
 
+# 2b. sessions on the CUDA backend (prefix upload, row write-back, the LongRoPE switch)
+timeout 120 "$PY" tests/gpu/session_check.py --bin "$BIN" --fix tests/fixtures > "$OUT/session.log" 2>&1
+if [ $? = 0 ]; then stage session PASS "$(grep -c '^PASS' "$OUT/session.log") checks: $(grep 'reusing' "$OUT/session.log" | cut -c60-)"
+else stage session FAIL "$(grep -m1 '^FAIL' "$OUT/session.log" | cut -c1-140)"; cat "$OUT/session.log" >&2; fi
+
 # 3. compute-sanitizer (may be unsupported on some virtualised machines: SKIP, not FAIL)
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
 "$PY" - "$OUT" <<'PYEOF'
