@@ -136,7 +136,10 @@ P
   run --separate-stderr "$P" generate -m "$LONGROPE" --greedy -n 3 --show-logits 4 "Hello"
   assert_status 0
   lg=$(printf '%s\n' "$output" | grep '"type":"logits"')
-  [ "$(printf '%s\n' "$lg" | wc -l)" -eq 3 ]
+  # 3 logits frames the sampler used; phi3-run's answer to the last id may show too (it
+  # races with the sampler's exit)
+  nl=$(printf '%s\n' "$lg" | wc -l)
+  [ "$nl" -ge 3 ] && [ "$nl" -le 4 ] || fail "$nl logits frames"
   [ "$(printf '%s\n' "$lg" | head -n1 | grep -o '"piece"' | wc -l)" -eq 4 ]
   best=$(printf '%s\n' "$lg" | head -n1 | grep -o '"top":\[{"id":[0-9]*' | grep -o '[0-9]*$')
   [ "$(printf '%s\n' "$output" | grep '"type":"tokens"' | sed -n 2p)" = "{\"type\":\"tokens\",\"ids\":[$best],\"pos\":1}" ]
