@@ -24,7 +24,7 @@ bench_model() {   # NAME DIR DETOK(0/1) [SAMPLER FLAGS...]
     t0=$(now)
     { cat "$w/prompt.bin"; cat "$w/fb"; } | "$B/phi3-run" -m "$m" --backend cpu -q \
       | "$B/phi3-sample" "${sf[@]}" --greedy -n "$N" | tee "$w/fb" "$w/out.bin" | "${detok[@]}" > /dev/null
-    t1=$(now); loop+=("$(echo "$t1 - $t0" | bc -l)")
+    t1=$(now); loop+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")
   done
   # the same ids as one ready-made stream: the prompt, then each of the N generated ids as
   # its own frame (the loop feeds all N back, the last one's logits going unused)
@@ -34,7 +34,7 @@ bench_model() {   # NAME DIR DETOK(0/1) [SAMPLER FLAGS...]
   for i in 1 2 3; do
     t0=$(now)
     "$B/phi3-run" -m "$m" --backend cpu -q < "$w/stream.bin" > "$w/logits.bin"
-    t1=$(now); alone+=("$(echo "$t1 - $t0" | bc -l)")
+    t1=$(now); alone+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")
   done
   # sanity: phi3-run alone on that stream gives logits whose argmax is the loop's ids
   "$B/phi3-sample" "${sf[@]}" --greedy < "$w/logits.bin" | "$B/phi3-dump" | head -n "$N" > "$w/check.jsonl"
@@ -43,10 +43,10 @@ bench_model() {   # NAME DIR DETOK(0/1) [SAMPLER FLAGS...]
   fi
   for i in 1 2 3; do
     t0=$(now); "$B/phi3-sample" --greedy < "$w/logits.bin" > /dev/null; t1=$(now)
-    samp+=("$(echo "$t1 - $t0" | bc -l)")
+    samp+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")
     t0=$(now); "$B/phi3-sample" --seed 1 -t 0.8 --top-k 40 --top-p 0.95 --min-p 0.05 \
       --repeat-penalty 1.1 < "$w/logits.bin" > /dev/null; t1=$(now)
-    samp2+=("$(echo "$t1 - $t0" | bc -l)")
+    samp2+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')")
   done
   local tl ta ts ts2
   tl=$(best "${loop[@]}"); ta=$(best "${alone[@]}"); ts=$(best "${samp[@]}"); ts2=$(best "${samp2[@]}")
