@@ -5,8 +5,7 @@
 # Conventions (so a new file needs no edit here):
 #   */phi3-*.c           a tool's main -> $(BINDIR)/phi3-*
 #   tok/ embed/ decode/ sample/ shared/ *.c   the library every tool links
-#   *_nocuda.c           stand-ins compiled only when CUDA is off
-#   kernels/*.cu decode/*.cu                  the CUDA backend (CUDA on)
+#   kernels/*.cu decode/*.cu                  the CUDA backend plug-in (CUDA on)
 #   tests/unit/*_test.c  C unit tests (TAP), tests/fuzz/*_fuzz.c libFuzzer targets
 
 O      ?= build
@@ -42,16 +41,21 @@ LIBDIRS  = shared tok embed decode sample
 ALL_C    = $(wildcard $(addsuffix /*.c,$(LIBDIRS)))
 TOOL_C   = $(filter %.c,$(foreach d,$(LIBDIRS),$(wildcard $(d)/phi3-*.c)))
 LIB_C    = $(filter-out $(TOOL_C),$(ALL_C))
+# The CUDA backend is a plug-in, $(BINDIR)/phi3-cuda.so, that phi3-run dlopens on first
+# use (decode/cuda_loader.c): the tools never link the CUDA libraries themselves.
 CU_SRC   =
+CUDA_SO  =
 ifeq ($(CUDA),1)
-  LIB_C  := $(filter-out %_nocuda.c,$(LIB_C))
   CU_SRC  = $(wildcard kernels/*.cu decode/*.cu)
-  override CFLAGS += -DPHI3_CUDA=1
-  LIBS   += -L$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lstdc++ \
-            -Wl,-rpath,$(CUDA_HOME)/lib64
+  CUDA_SO = $(BINDIR)/phi3-cuda.so
+  override NVFLAGS += -Xcompiler -fPIC
+  CUDA_LIBS = -L$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lrt -lpthread -lstdc++ \
+              -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
+LIBS    += -ldl
 
-LIB_O    = $(LIB_C:%.c=$(O)/%.o) $(CU_SRC:%.cu=$(O)/%.cu.o)
+LIB_O    = $(LIB_C:%.c=$(O)/%.o)
+CU_O     = $(CU_SRC:%.cu=$(O)/%.cu.o)
 TOOLS    = $(foreach f,$(TOOL_C),$(BINDIR)/$(basename $(notdir $(f))))
 TEST_C   = $(wildcard tests/unit/*_test.c)
 TESTS    = $(TEST_C:tests/unit/%.c=$(O)/tests/%)
@@ -63,7 +67,11 @@ LIBA     = $(O)/libphi3.a
 .PHONY: all test check bench fuzz sanitize install deps clean unit
 # Keep the tools' main objects (make would delete them as intermediates and relink every time).
 .SECONDARY:
-all: $(TOOLS) $(TESTS)
+all: $(TOOLS) $(CUDA_SO) $(TESTS)
+
+$(CUDA_SO): $(CU_O)
+	@mkdir -p $(@D)
+	$(CC) -shared $^ $(CUDA_LIBS) -o $@
 
 $(LIBA): $(LIB_O)
 	@mkdir -p $(@D)
@@ -83,9 +91,10 @@ $(BINDIR)/phi3-%: $(O)/tok/phi3-%.o $(LIBA)
 $(BINDIR)/phi3-%: $(O)/embed/phi3-%.o $(LIBA)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
+# phi3-run exports its symbols (-rdynamic) for the CUDA plug-in to resolve against.
 $(BINDIR)/phi3-%: $(O)/decode/phi3-%.o $(LIBA)
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
+	$(CC) $(LDFLAGS) -rdynamic $^ $(LIBS) -o $@
 $(BINDIR)/phi3-%: $(O)/sample/phi3-%.o $(LIBA)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
@@ -122,7 +131,7 @@ FUZZ_CFLAGS = -g -O1 -std=c11 -D_GNU_SOURCE -pthread -I. -fsanitize=fuzzer,addre
 fuzz:
 	@mkdir -p $(O)/fuzz
 	@set -e; for f in $(FUZZ_C); do n=$$(basename $$f .c); \
-	  clang $(FUZZ_CFLAGS) $$f $(filter-out $(TOOL_C),$(ALL_C)) \
+	  clang $(FUZZ_CFLAGS) $$f $(LIB_C) \
 	    -o $(O)/fuzz/$$n $(LIBS); \
 	  mkdir -p $(O)/fuzz/$$n.corpus; \
 	  seeds=tests/fuzz/$$n.seeds; [ -d $$seeds ] || seeds=; \
@@ -133,6 +142,7 @@ fuzz:
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 755 $(TOOLS) bin/phi3 $(DESTDIR)$(PREFIX)/bin/
+	$(if $(CUDA_SO),install -d $(DESTDIR)$(PREFIX)/lib/phi3 && install -m 755 $(CUDA_SO) $(DESTDIR)$(PREFIX)/lib/phi3/)
 
 # Every Debian package the project needs (build, tests, examples).
 DEB_PKGS = build-essential libmsgpack-dev libjansson-dev bats clang python3 python3-msgpack \
@@ -141,6 +151,6 @@ deps:
 	apt-get update && apt-get install -y --no-install-recommends $(DEB_PKGS)
 
 clean:
-	rm -rf build $(TOOLS)
+	rm -rf build $(TOOLS) $(BINDIR)/phi3-cuda.so
 
 -include $(shell find $(O) -name '*.d' 2>/dev/null)

@@ -74,8 +74,10 @@ int backend_cpu_resume(backend *b, const int32_t *ids, int n_ctx, int rope_long)
 typedef int (*kv_grow_fn)(void *ctx, backend *b, int need);
 void backend_cpu_set_grow(backend *b, kv_grow_fn fn, void *ctx);
 
-/* CUDA backend (the .cu files in decode/); compiled only with CUDA. backend_cuda_available() is 0 in
- * a CPU-only build or when no device is present. */
+/* CUDA backend: the .cu files in decode/ and kernels/ form the plug-in phi3-cuda.so
+ * (built when nvcc is found), which decode/cuda_loader.c loads on first use from beside
+ * the executable, from ../lib/phi3/, or from $PHI3_CUDA_LIB. backend_cuda_available() is 0
+ * without the plug-in, its libraries, or a device; backend_cuda_new says which. */
 int backend_cuda_available(void);
 backend *backend_cuda_new(const struct phi3_model *m, int max_ctx, char *err, size_t errlen);
 

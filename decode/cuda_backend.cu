@@ -1,6 +1,8 @@
 /* cuda_backend.cu: the CUDA backend of phi3-run behind decode/backend.h: weights uploaded
  * once (bf16) from the common loader, fp16 KV cache in device memory, cuBLAS for every
- * linear layer (cu_gemm, the only cuBLAS call site), kernels/ for everything else. */
+ * linear layer (cu_gemm, the only cuBLAS call site), kernels/ for everything else.
+ * Built as the plug-in phi3-cuda.so that phi3-run loads on demand (decode/cuda_loader.c):
+ * the tools start, and the CPU backend runs, on machines without the CUDA libraries. */
 extern "C" {
 #include "decode/backend.h"
 #include "decode/rope.h"
@@ -748,7 +750,8 @@ static int cu_init(cuda_backend *cb)
     return 0;
 }
 
-extern "C" int backend_cuda_available(void)
+/* The plug-in's entry points (decode/cuda_loader.c finds them with dlsym). */
+extern "C" int phi3_cuda_available(void)
 {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
@@ -759,8 +762,8 @@ extern "C" int backend_cuda_available(void)
     return n > 0;
 }
 
-extern "C" backend *backend_cuda_new(const struct phi3_model *m, int max_ctx, char *err,
-                                     size_t errlen)
+extern "C" backend *phi3_cuda_new(const struct phi3_model *m, int max_ctx, char *err,
+                                  size_t errlen)
 {
     int ndev = 0;
     cudaError_t e = cudaGetDeviceCount(&ndev);

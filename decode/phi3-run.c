@@ -20,7 +20,9 @@ static const char usage[] =
 "same tokens frame (ids, pos = position of ids[0]) so a sampler downstream sees the\n"
 "context, then one logits frame for the last position: pos = the context length after\n"
 "these tokens (the position the logits predict), data = float32 x vocab. A tokens frame\n"
-"whose pos is behind the context rewinds it to pos first. end frames (a finished turn)\n"
+"whose pos is behind the context rewinds it to pos first; one with partial=true (more of\n"
+"the same prompt follows, as phi3-template | phi3-tok mark it) gets no logits frame.\n"
+"end frames (a finished turn)\n"
 "are consumed and not forwarded; other frame types are ignored. Runs until end of input.\n"
 "\n"
 "  -m, --model DIR        Hugging Face model directory (default $PHI3_MODEL)\n"
@@ -91,7 +93,8 @@ static void forward_or_die(run *r, const int32_t *ids, int n, float *logits, int
     if (session_forward(r->s, r->b, ids, n, logits, all, &r->st, err, sizeof err)) phi3_die("%s", err);
 }
 
-/* One tokens frame: validate, append, forward the frame, write the logits. */
+/* One tokens frame: validate, append, forward the frame, write the logits (none for a
+ * frame with partial: true, unless --all-logits). */
 static void on_tokens(run *r, const frame *f)
 {
     const phi3_config *cf = &r->m->cfg;
@@ -100,6 +103,8 @@ static void on_tokens(run *r, const frame *f)
     int rc = frame_ints(f, "ids", &v, &n, &bad);
     if (rc == 0) phi3_die("frame %ld: tokens frame without ids", f->index);
     if (rc < 0) phi3_die("frame %ld: tokens ids[%zu] is not an integer", f->index, bad);
+    bool partial = false;
+    if (frame_bool(f, "partial", &partial) < 0) phi3_die("frame %ld: tokens partial is not a boolean", f->index);
     rc = frame_int(f, "pos", &pos);
     if (rc < 0) phi3_die("frame %ld: tokens pos is not an integer", f->index);
     int n_ctx = session_ctx_len(r->s, r->b);   /* the session may hold another state */
@@ -127,7 +132,11 @@ static void on_tokens(run *r, const frame *f)
         return;
     }
     int pos0 = n_ctx, V = cf->vocab;
-    if (!r->all_logits) {
+    if (partial && !r->all_logits) {
+        /* more of the same prompt follows (partial: true): append, forward, no logits */
+        forward_or_die(r, ids, (int)n, NULL, 0);
+        fw_tokens(&r->w, ids, n, pos0);
+    } else if (!r->all_logits) {
         float *lg = logits_for(r, 1);
         forward_or_die(r, ids, (int)n, lg, 0);
         fw_tokens(&r->w, ids, n, pos0);

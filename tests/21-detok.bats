@@ -67,10 +67,15 @@ PYEOF
   [ "$out" = "Hello��" ] || fail "[$out]"
 }
 
+@test "detok: padding ids of the embedding (32011..32063) decode to nothing, as in transformers" {
+  out=$(tokens '[15043, 32011, 32014]' '[32063, 3186]' | "$DETOK" -m "$M")
+  [ "$out" = "Hello world" ] || fail "[$out]"
+}
+
 @test "detok: an id outside the vocabulary: exit 1 naming it, earlier text kept" {
-  run --separate-stderr bash -c "printf '%s\n' '{\"type\":\"tokens\",\"ids\":[15043]}' '{\"type\":\"tokens\",\"ids\":[3186, 32011]}' | '$PHI3_BIN/phi3-dump' -r | '$DETOK' -m '$M'"
+  run --separate-stderr bash -c "printf '%s\n' '{\"type\":\"tokens\",\"ids\":[15043]}' '{\"type\":\"tokens\",\"ids\":[3186, 32064]}' | '$PHI3_BIN/phi3-dump' -r | '$DETOK' -m '$M'"
   assert_status 1
-  assert_err "phi3-detok: " "token id 32011 is outside the vocabulary"
+  assert_err "phi3-detok: " "token id 32064 is outside the vocabulary"
   [ "$output" = "Hello world" ] || fail "[$output]"
   for id in -1 40000 4294967296; do
     run --separate-stderr bash -c "echo '{\"type\":\"tokens\",\"ids\":[$id]}' | '$PHI3_BIN/phi3-dump' -r | '$DETOK' -m '$M'"

@@ -22,7 +22,7 @@ setup() { M="$FIX/tiny-longrope"; TPL="$PHI3_BIN/phi3-template"; }
 
 @test "template: --no-generation-prompt ends with the model's eos_token" {
   out=$(echo '[{"role":"user","content":"Hi"}]' | "$TPL" --json --no-generation-prompt -m "$M" | frames2json | tr -d '\n')
-  [ "$out" = '{"type":"text","text":"<|user|>\n","special":true}{"type":"text","text":"Hi","special":false}{"type":"text","text":"<|end|>\n<|endoftext|>","special":true}' ] || fail "$out"
+  [ "$out" = '{"type":"text","text":"<|user|>\n","special":true,"partial":true}{"type":"text","text":"Hi","special":false,"partial":true}{"type":"text","text":"<|end|>\n<|endoftext|>","special":true}' ] || fail "$out"
   # the eos string comes from tokenizer_config.json, not from the code
   mkdir -p "$BATS_TEST_TMPDIR/m"
   echo '{"eos_token": {"content": "</s>"}}' > "$BATS_TEST_TMPDIR/m/tokenizer_config.json"

@@ -1,6 +1,8 @@
 /* phi3-detok: token id frames -> UTF-8 text on stdout, streamed a token at a time. */
 #include <errno.h>
 #include <getopt.h>
+#include <unistd.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +32,24 @@ static void out_text(frame_writer *w, bool frames, tok_buf *b)
         phi3_die("stdout: %s", strerror(errno));
     }
     b->n = 0;
+}
+
+/* vocab_size from DIR/config.json, or fallback when there is none (a tokenizer-only
+ * directory); a config.json that is present but unreadable is an error. */
+static int model_vocab_size(const char *dir, int fallback)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (access(path, F_OK) != 0) return fallback;
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    if (!root) phi3_die("%s: invalid JSON: %s (line %d)", path, je.text, je.line);
+    json_t *v = json_object_get(root, "vocab_size");
+    json_int_t n = json_is_integer(v) ? json_integer_value(v) : fallback;
+    json_decref(root);
+    if (n < fallback || n > (1 << 24)) phi3_die("%s: vocab_size %lld is smaller than the tokenizer's %d pieces or absurd",
+                                                path, (long long)n, fallback);
+    return (int)n;
 }
 
 int main(int argc, char **argv)
@@ -66,6 +86,10 @@ int main(int argc, char **argv)
     static int64_t *ids;
     t = tok_load(mdir, err, sizeof err);
     if (!t) phi3_die("%s", err);
+    /* The model's embedding may have more rows than the tokenizer has pieces (Phi-3:
+     * 32064 against 32011, the rest padding). Those ids have no text: like Hugging Face's
+     * decode, they decode to nothing. Ids beyond the model's vocab_size are errors. */
+    int n_tok = tok_n_vocab(t), n_model = model_vocab_size(mdir, n_tok);
 
     frame_writer w;
     fw_init(&w, 1);
@@ -80,11 +104,11 @@ int main(int argc, char **argv)
             if (k == 0) phi3_die("frame %ld: tokens frame without \"ids\"", f.index);
             if (k < 0) phi3_die("frame %ld: \"ids\" is not an array of integers", f.index);
             for (size_t i = 0; i < n; i++) {
-                if (ids[i] < 0 || ids[i] >= tok_n_vocab(t) ||
-                    tok_dec_push(&d, (int32_t)ids[i], &text) < 0) {
+                if (ids[i] >= n_tok && ids[i] < n_model) continue;   /* padding row: no text */
+                if (ids[i] < 0 || ids[i] >= n_tok || tok_dec_push(&d, (int32_t)ids[i], &text) < 0) {
                     out_text(&w, frames, &text);    /* what came before stays written */
                     phi3_die("frame %ld: token id %lld is outside the vocabulary (0..%d)",
-                             f.index, (long long)ids[i], tok_n_vocab(t) - 1);
+                             f.index, (long long)ids[i], n_model - 1);
                 }
             }
             free(ids);

@@ -23,7 +23,8 @@ static const char usage[] =
     "  Input: `message` frames {role, content}, or with --json one JSON array of\n"
     "  {\"role\": ..., \"content\": ...} objects (the transformers format).\n"
     "  Output: `text` frames; template parts have special=true, message content\n"
-    "  special=false, so phi3-tok never turns content into control tokens.\n"
+    "  special=false, so phi3-tok never turns content into control tokens. Every frame but\n"
+    "  the last has partial=true: phi3-run computes logits only at the end of the prompt.\n"
     "  All messages are checked before anything is written.\n";
 
 typedef struct msg { int role; const char *s; size_t n; } msg;
@@ -87,11 +88,41 @@ static char *config_eos(const char *dir)
     return s;
 }
 
-/* Special parts accumulate and are written as one frame before the next content. */
-static void flush_special(frame_writer *w, tok_buf *sp)
+/* Frames are written one behind, so that every text frame of the prompt but the last can
+ * say partial: true (more of the same prompt follows: phi3-run then computes no logits
+ * for it, and a sampler downstream is not asked for a token in the middle of a prompt). */
+typedef struct pending { tok_buf text; bool special, has; } pending;
+
+static void emit(frame_writer *w, pending *p, bool partial)
+{
+    if (!p->has) return;
+    fw_begin(w, "text", partial ? 3 : 2);
+    fw_str(w, "text", p->text.p, p->text.n);
+    fw_bool(w, "special", p->special);
+    if (partial) fw_bool(w, "partial", true);
+    fw_end_or_exit(w);
+    p->has = false;
+}
+
+static void queue(frame_writer *w, pending *p, const char *s, size_t n, bool special)
+{
+    emit(w, p, true);
+    p->text.n = 0;
+    if (p->text.cap < n + 1) {
+        p->text.cap = n + 1;
+        p->text.p = xrealloc(p->text.p, p->text.cap);
+    }
+    memcpy(p->text.p, s, n);
+    p->text.n = n;
+    p->special = special;
+    p->has = true;
+}
+
+/* Special parts accumulate and are queued as one frame before the next content. */
+static void flush_special(frame_writer *w, pending *p, tok_buf *sp)
 {
     if (!sp->n) return;
-    fw_text(w, sp->p, sp->n, true);
+    queue(w, p, sp->p, sp->n, true);
     sp->n = 0;
 }
 
@@ -182,17 +213,20 @@ int main(int argc, char **argv)
     frame_writer w;
     fw_init(&w, 1);
     tok_buf sp = {0};
+    pending pend = {0};
     for (size_t i = 0; i < n; i++) {
         add(&sp, role_tags[msgs[i].role]);
         if (msgs[i].n) {                  /* empty content: no frame, nothing to tokenize */
-            flush_special(&w, &sp);
-            fw_text(&w, msgs[i].s, msgs[i].n, false);
+            flush_special(&w, &pend, &sp);
+            queue(&w, &pend, msgs[i].s, msgs[i].n, false);
         }
         add(&sp, "<|end|>\n");
     }
     add(&sp, gen ? "<|assistant|>\n" : eos);
-    flush_special(&w, &sp);
+    flush_special(&w, &pend, &sp);
+    emit(&w, &pend, false);
 
+    tok_buf_free(&pend.text);
     tok_buf_free(&sp);
     fw_destroy(&w);
     if (frames) for (size_t i = 0; i < cap; i++) frame_free(&frames[i]);

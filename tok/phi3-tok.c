@@ -124,11 +124,21 @@ int main(int argc, char **argv)
                     phi3_die("frame %ld: text frame without a string \"text\"", f.index);
                 if (frame_bool(&f, "special", &sp) < 0)
                     phi3_die("frame %ld: \"special\" is not a boolean", f.index);
+                bool partial = false;
+                if (frame_bool(&f, "partial", &partial) < 0)
+                    phi3_die("frame %ld: \"partial\" is not a boolean", f.index);
                 ids.n = 0;
                 if (at_start && bos >= 0) push_id(&ids, bos);
                 if (tok_encode(t, txt, n, (special || sp) ? TOK_SPECIAL : 0, &st, &ids, &bad) < 0)
                     phi3_die("frame %ld: invalid UTF-8 at byte %ld of the text", f.index, bad);
-                fw_tokens(&w, ids.v, ids.n, -1);
+                if (partial) {       /* more of this prompt follows: no logits for it yet */
+                    fw_begin(&w, "tokens", 2);
+                    fw_ints(&w, "ids", ids.v, ids.n);
+                    fw_bool(&w, "partial", true);
+                    fw_end_or_exit(&w);
+                } else {
+                    fw_tokens(&w, ids.v, ids.n, -1);
+                }
                 at_start = false;
             }
             frame_free(&f);

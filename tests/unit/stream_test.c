@@ -18,7 +18,8 @@ static frame_reader *feed(const void *p, size_t n, size_t chunk, size_t cap)
         for (size_t i = 0; i < n; i += chunk) {
             size_t k = n - i < chunk ? n - i : chunk;
             if (write_all(fd[1], (const char *)p + i, k)) _exit(1);
-            if (chunk < 8) usleep(100);
+            /* now and then let the reader run dry mid-frame */
+            if (chunk < 8 && (i / chunk) % 4096 == 0) usleep(200);
         }
         _exit(0);
     }

@@ -1,0 +1,86 @@
+/* cuda_loader.c: finds and loads the CUDA backend plug-in (phi3-cuda.so) on first use,
+ * so that phi3-run starts, and the CPU backend runs, where the CUDA libraries are absent
+ * (a CUDA build copied to a machine without them; libcublas alone maps ~200 MB). */
+#include "decode/backend.h"
+#include "decode/rope.h"
+#include "embed/model.h"
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef int (*avail_fn)(void);
+typedef backend *(*new_fn)(const struct phi3_model *, int, char *, size_t);
+
+static int tried;
+static avail_fn p_available;
+static new_fn p_new;
+static char why[512] = "this build has no CUDA backend (phi3-cuda.so is built when nvcc is found)";
+
+/* The plug-in resolves these against the executable (linked with -rdynamic): keep them in
+ * every phi3-run, referenced or not by the rest of it. */
+void *const cuda_loader_exports[] = {(void *)kv_pos_floats, (void *)model_to_f32,
+                                     (void *)rope_inv_freq, (void *)rope_use_long,
+                                     (void *)st_dtype_size};
+
+static int try_open(const char *path)
+{
+    if (access(path, F_OK) != 0) return 0;
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        snprintf(why, sizeof why, "cannot load the CUDA backend %s: %s", path, dlerror());
+        return -1;
+    }
+    p_available = (avail_fn)(uintptr_t)dlsym(h, "phi3_cuda_available");
+    p_new = (new_fn)(uintptr_t)dlsym(h, "phi3_cuda_new");
+    if (!p_available || !p_new) {
+        snprintf(why, sizeof why, "%s is not a phi3 CUDA backend (missing entry points)", path);
+        p_available = NULL;
+        p_new = NULL;
+        dlclose(h);
+        return -1;
+    }
+    return 1;
+}
+
+static void load(void)
+{
+    if (tried) return;
+    tried = 1;
+    const char *env = getenv("PHI3_CUDA_LIB");
+    if (env && *env) {
+        if (try_open(env) == 0) snprintf(why, sizeof why, "PHI3_CUDA_LIB=%s: no such file", env);
+        return;
+    }
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash) return;
+    *slash = 0;
+    const char *rel[] = {"/phi3-cuda.so", "/../lib/phi3/phi3-cuda.so"};
+    for (int i = 0; i < 2; i++) {
+        char path[PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s%s", exe, rel[i]);
+        if (try_open(path)) return;
+    }
+}
+
+int backend_cuda_available(void)
+{
+    load();
+    return p_available && p_available();
+}
+
+backend *backend_cuda_new(const struct phi3_model *m, int max_ctx, char *err, size_t errlen)
+{
+    load();
+    if (!p_new) {
+        snprintf(err, errlen, "%s", why);
+        return NULL;
+    }
+    return p_new(m, max_ctx, err, errlen);
+}
