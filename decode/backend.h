@@ -46,7 +46,8 @@ typedef struct backend_ops {
      * shared memory): kv_load replaces the context by n positions of rows in the CPU
      * layout above (f32, rotated as rope_long says) whose token ids are ids (needed to
      * recompute the context at a LongRoPE switch); kv_save writes positions [from, to)
-     * of the device cache back in that layout (K raw may be recovered by the inverse
+     * of the device cache back in that layout, at rows + p * pos_stride (rows is the
+     * base of the whole store, position 0, not the row of from) (K raw may be recovered by the inverse
      * rotation, to the device's precision). 0 ok; -1 error in b->err. */
     int (*kv_load)(backend *b, const int32_t *ids, const float *rows, int n, int rope_long);
     int (*kv_save)(backend *b, int from, int to, float *rows);

@@ -477,7 +477,6 @@ static int scratch_step(session *s, backend *b, const int32_t *x, int n, float *
     return 0;
 }
 
-static float *row_ptr(session *s, int pos) { return s->rows + (size_t)pos * s->st.pos_floats; }
 
 static int sess_step(session *s, backend *b, const int32_t *x, int n, float *logits, int all,
                      session_stats *st, char *err, size_t errlen)
@@ -531,7 +530,7 @@ static int sess_step(session *s, backend *b, const int32_t *x, int n, float *log
     if (!keep) {
         memcpy(s->ids + r, x + (r - cur), (size_t)(e - r) * sizeof *x);
         int from = rerun ? 0 : r;
-        if (dev && b->ops->kv_save(b, from, e, row_ptr(s, from))) {
+        if (dev && b->ops->kv_save(b, from, e, s->rows)) {
             s->failed = 1;
             return seterr(err, errlen, "%s", b->err);
         }
