@@ -456,3 +456,13 @@ void fw_end_frame(frame_writer *w, const char *reason)
     fw_str(w, "reason", reason, strlen(reason));
     fw_end_or_exit(w);
 }
+
+void fw_forward_end(frame_writer *w, const frame *f)
+{
+    const char *why = "stop";
+    size_t wl = 4;
+    if (frame_str(f, "reason", &why, &wl) != 1) { why = "stop"; wl = 4; }
+    fw_begin(w, "end", 1);
+    fw_str(w, "reason", why, wl);
+    fw_end_or_exit(w);
+}

@@ -76,5 +76,7 @@ void fw_tokens(frame_writer *w, const int32_t *ids, size_t n, int64_t pos /* <0:
 void fw_logits(frame_writer *w, int64_t pos, const float *data, size_t n);
 void fw_text(frame_writer *w, const char *s, size_t len, bool special);
 void fw_end_frame(frame_writer *w, const char *reason);
+/* Write an end frame with the reason of end frame f ("stop" when it has none). */
+void fw_forward_end(frame_writer *w, const frame *f);
 
 #endif

@@ -74,18 +74,14 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc) phi3_usage_die("unexpected argument '%s' (input is stdin)", argv[optind]);
-    mdir = phi3_model_dir(mdir);
-    if (!mdir) phi3_usage_die("no model directory: use -m DIR or set PHI3_MODEL");
 
-    char err[512];
     /* Static: what is live when phi3_die exits stays reachable (no LeakSanitizer noise). */
     static tok *t;
     static frame_reader *r;
     static frame f;
     static tok_buf text;
     static int64_t *ids;
-    t = tok_load(mdir, err, sizeof err);
-    if (!t) phi3_die("%s", err);
+    t = tok_load_cli(mdir, &mdir);
     /* The model's embedding may have more rows than the tokenizer has pieces (Phi-3:
      * 32064 against 32011, the rest padding). Those ids have no text: like Hugging Face's
      * decode, they decode to nothing. Ids beyond the model's vocab_size are errors. */
@@ -116,13 +112,7 @@ int main(int argc, char **argv)
         } else if (strcmp(f.type, "end") == 0) {
             tok_dec_end(&d, &text);
             out_text(&w, frames, &text);
-            if (frames) {
-                const char *why; size_t wl;
-                char reason[64] = "stop";
-                if (frame_str(&f, "reason", &why, &wl) == 1)
-                    snprintf(reason, sizeof reason, "%.*s", (int)(wl < 63 ? wl : 63), why);
-                fw_end_frame(&w, reason);
-            }
+            if (frames) fw_forward_end(&w, &f);
         }
         frame_free(&f);
     }

@@ -76,18 +76,14 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc) phi3_usage_die("unexpected argument '%s' (input is stdin)", argv[optind]);
-    mdir = phi3_model_dir(mdir);
-    if (!mdir) phi3_usage_die("no model directory: use -m DIR or set PHI3_MODEL");
 
-    char err[512];
     /* Static: what is live when phi3_die exits stays reachable (no LeakSanitizer noise). */
     static tok *t;
     static frame_reader *r;
     static frame f;
     static tok_ids ids;
     static char *s;
-    t = tok_load(mdir, err, sizeof err);
-    if (!t) phi3_die("%s", err);
+    t = tok_load_cli(mdir, &mdir);
     int32_t bos = -1;
     if (tok_add_bos(t) && tok_bos_token(t))
         bos = tok_find(t, tok_bos_token(t), strlen(tok_bos_token(t)));
@@ -110,11 +106,7 @@ int main(int argc, char **argv)
         bool at_start = true;             /* next text frame begins a prompt */
         while ((rc = fr_next(r, &f)) == 1) {
             if (strcmp(f.type, "end") == 0) {
-                const char *why = "stop"; size_t wl = 4;
-                if (frame_str(&f, "reason", &why, &wl) != 1) { why = "stop"; wl = 4; }
-                char reason[64];
-                snprintf(reason, sizeof reason, "%.*s", (int)(wl < 63 ? wl : 63), why);
-                fw_end_frame(&w, reason);
+                fw_forward_end(&w, &f);
                 st.skip_ws = false;
                 at_start = true;
             } else if (strcmp(f.type, "text") == 0) {

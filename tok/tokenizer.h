@@ -22,6 +22,9 @@ tok *tok_load(const char *dir, char *err, size_t errlen);
 tok *tok_load_mem(const char *json, size_t len, const char *config, size_t config_len,
                   char *err, size_t errlen);
 void tok_free(tok *t);
+/* For the tools: the model directory of -m DIR (opt) or $PHI3_MODEL, else a usage error
+ * (exit 2); its tokenizer, else phi3_die with the reason (exit 1). *dir gets the directory. */
+tok *tok_load_cli(const char *opt, const char **dir);
 
 /* Ids run 0 .. tok_n_vocab()-1 (model vocab and added tokens; 32011 for Phi-3). */
 int tok_n_vocab(const tok *t);
