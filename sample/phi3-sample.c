@@ -1,12 +1,14 @@
 /* phi3-sample: logits frames in, one token id per logits frame out (tokens frames), then
  * an end frame when a stop id or the token limit is reached. */
 #include <errno.h>
+#include <float.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "sample/sampler.h"
@@ -57,18 +59,34 @@ enum {
     OPT_TOKIDS
 };
 
+/* A whole number: "is not a number" for junk, "is out of range" for a value that does
+ * not fit a double (1e400) or only as a subnormal (1e-320). */
 static double opt_double(const char *name, const char *s)
 {
-    double v;
-    if (parse_double(s, &v)) phi3_die("%s: '%s' is not a number", name, s);
+    char *end;
+    errno = 0;
+    double v = *s ? strtod(s, &end) : 0;
+    if (!*s || *end || isnan(v)) phi3_die("%s: '%s' is not a number", name, s);
+    if (errno == ERANGE || !isfinite(v)) phi3_die("%s: '%s' is out of range", name, s);
+    return v;
+}
+
+/* A number the float32 logits can absorb: |v| <= FLT_MAX (3.4e38). */
+static double opt_f32(const char *name, const char *s)
+{
+    double v = opt_double(name, s);
+    if (fabs(v) > FLT_MAX) phi3_die("%s: '%s' is out of range (|value| <= 3.4e38)", name, s);
     return v;
 }
 
 static long opt_long(const char *name, const char *s)
 {
-    long v;
-    if (parse_long(s, &v) || v < INT32_MIN || v > INT32_MAX)
-        phi3_die("%s: '%s' is not an integer", name, s);
+    char *end;
+    errno = 0;
+    long v = *s ? strtol(s, &end, 10) : 0;
+    if (!*s || *end) phi3_die("%s: '%s' is not an integer", name, s);
+    if (errno == ERANGE || v < INT32_MIN || v > INT32_MAX)
+        phi3_die("%s: '%s' is out of range", name, s);
     return v;
 }
 
@@ -78,11 +96,12 @@ static uint64_t opt_seed(const char *s)
     errno = 0;
     if (!(*s >= '0' && *s <= '9')) phi3_die("--seed: '%s' is not a number in 0..2^64-1", s);
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end) phi3_die("--seed: '%s' is not a number in 0..2^64-1", s);
+    if (*end) phi3_die("--seed: '%s' is not a number in 0..2^64-1", s);
+    if (errno) phi3_die("--seed: '%s' is out of range (0..2^64-1)", s);
     return (uint64_t)v;
 }
 
-/* ID=V, V a number or -inf. */
+/* ID=V, V a number with |V| <= FLT_MAX, or -inf. */
 static void opt_bias(const char *s, int32_t *id, double *val)
 {
     const char *eq = strchr(s, '=');
@@ -95,9 +114,15 @@ static void opt_bias(const char *s, int32_t *id, double *val)
     if (parse_long(idbuf, &v) || v < 0 || v > INT32_MAX)
         phi3_die("--logit-bias: '%s': bad id '%s'", s, idbuf);
     *id = (int32_t)v;
-    if (!strcmp(eq + 1, "-inf") || !strcmp(eq + 1, "-infinity")) *val = -HUGE_VAL;
-    else if (parse_double(eq + 1, val))
+    if (!strcmp(eq + 1, "-inf") || !strcmp(eq + 1, "-infinity")) { *val = -HUGE_VAL; return; }
+    char *end;
+    errno = 0;
+    double d = eq[1] ? strtod(eq + 1, &end) : 0;
+    if (!eq[1] || *end || isnan(d) || d == HUGE_VAL)
         phi3_die("--logit-bias: '%s': value must be a finite number or -inf", s);
+    if (errno == ERANGE || !isfinite(d) || fabs(d) > FLT_MAX)
+        phi3_die("--logit-bias: '%s': value out of range (|V| <= 3.4e38, or -inf)", s);
+    *val = d;
 }
 
 static uint64_t random_seed(void)
@@ -166,9 +191,9 @@ int main(int argc, char **argv)
         case OPT_MINP: p.min_p = opt_double("--min-p", optarg); break;
         case OPT_TYPICAL: p.typical_p = opt_double("--typical-p", optarg); break;
         case OPT_REPEAT: p.repeat_penalty = opt_double("--repeat-penalty", optarg); break;
-        case OPT_PRESENCE: p.presence_penalty = opt_double("--presence-penalty", optarg); break;
+        case OPT_PRESENCE: p.presence_penalty = opt_f32("--presence-penalty", optarg); break;
         case OPT_FREQUENCY:
-            p.frequency_penalty = opt_double("--frequency-penalty", optarg);
+            p.frequency_penalty = opt_f32("--frequency-penalty", optarg);
             break;
         case OPT_LASTN: p.repeat_last_n = (int)opt_long("--repeat-last-n", optarg); break;
         case OPT_BIAS:
@@ -194,8 +219,7 @@ int main(int argc, char **argv)
         case 'v': verbose = 1; break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("phi3-sample %s\n", PHI3_VERSION); return 0;
-        case ':': phi3_usage_die("option '%s' needs an argument (see --help)", argv[optind - 1]);
-        default: phi3_usage_die("unknown option '%s' (see --help)", argv[optind - 1]);
+        default: phi3_bad_option(argv, c);
         }
     }
     if (optind < argc) phi3_usage_die("unexpected argument '%s' (see --help)", argv[optind]);
@@ -207,6 +231,9 @@ int main(int argc, char **argv)
     if (!have_seed) p.seed = random_seed();
 
     model = phi3_model_dir(model);
+    struct stat mst;
+    if (model && stat(model, &mst) != 0) phi3_die("%s: %s", model, strerror(errno));
+    if (model && !S_ISDIR(mst.st_mode)) phi3_die("%s: not a directory", model);
     if (model && !ignore_eos) {
         int found;
         if (sample_model_stop_ids(model, &stop, &n_stop, &found, err, sizeof err))
@@ -293,14 +320,14 @@ int main(int argc, char **argv)
                          f.index, n, n_vocab);
             }
             load_f32le(logits, data, n);
-            for (size_t i = 0; i < n; i++)
-                if (!isfinite(logits[i]))
-                    phi3_die("frame %ld: logits[%zu] is %s", f.index, i,
-                             isnan(logits[i]) ? "NaN" : "infinite");
+            for (size_t i = 0; i < n; i++)   /* +-inf are meaningful (ban, certainty) */
+                if (isnan(logits[i])) phi3_die("frame %ld: logits[%zu] is NaN", f.index, i);
             double ts = now_sec();
             int32_t id = sample_next(s, logits);
             t_sample += now_sec() - ts;
-            if (id < 0) phi3_die("frame %ld: every id is banned by --logit-bias", f.index);
+            if (id < 0)
+                phi3_die("frame %ld: every id is banned (logit -inf, from the frame or --logit-bias)",
+                         f.index);
             fw_tokens(&w, &id, 1, pos);
             generated++;
             const char *reason = NULL;

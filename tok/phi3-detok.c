@@ -40,10 +40,8 @@ static int model_vocab_size(const char *dir, int fallback)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    if (access(path, F_OK) != 0) return fallback;
-    json_error_t je;
-    json_t *root = json_load_file(path, 0, &je);
-    if (!root) phi3_die("%s: invalid JSON: %s (line %d)", path, je.text, je.line);
+    json_t *root = tok_json_file(path, true);
+    if (!root) return fallback;
     json_t *v = json_object_get(root, "vocab_size");
     json_int_t n = json_is_integer(v) ? json_integer_value(v) : fallback;
     json_decref(root);
@@ -63,14 +61,15 @@ int main(int argc, char **argv)
         {"skip-special", no_argument, 0, 's'}, {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "m:hV", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:hV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': mdir = optarg; break;
         case 'f': frames = true; break;
         case 's': flags |= TOK_SKIP_SPECIAL; break;
         case 'h': fputs(usage, stdout); return 0;
         case 'V': printf("phi3-detok %s\n", PHI3_VERSION); return 0;
-        default: fputs(usage, stderr); return 2;
+        default: phi3_bad_option(argv, c);
         }
     }
     if (optind < argc) phi3_usage_die("unexpected argument '%s' (input is stdin)", argv[optind]);

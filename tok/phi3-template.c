@@ -77,9 +77,7 @@ static char *config_eos(const char *dir)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    json_error_t je;
-    json_t *root = json_load_file(path, 0, &je);
-    if (!root) phi3_die("%s: %s", path, je.text);
+    json_t *root = tok_json_file(path, false);
     json_t *v = json_object_get(root, "eos_token");
     if (json_is_object(v)) v = json_object_get(v, "content");
     if (!json_is_string(v)) phi3_die("%s: no eos_token string", path);
@@ -147,14 +145,15 @@ int main(int argc, char **argv)
         {"no-generation-prompt", no_argument, 0, 'n'}, {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "m:hV", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:hV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': mdir = optarg; break;
         case 'j': json = true; break;
         case 'n': gen = false; break;
         case 'h': fputs(usage, stdout); return 0;
         case 'V': printf("phi3-template %s\n", PHI3_VERSION); return 0;
-        default: fputs(usage, stderr); return 2;
+        default: phi3_bad_option(argv, c);
         }
     }
     if (optind < argc) phi3_usage_die("unexpected argument '%s' (input is stdin)", argv[optind]);

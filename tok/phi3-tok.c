@@ -65,14 +65,15 @@ int main(int argc, char **argv)
         {"raw", no_argument, 0, 'r'}, {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "m:hV", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:hV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': mdir = optarg; break;
         case 's': special = true; break;
         case 'r': raw = true; break;
         case 'h': fputs(usage, stdout); return 0;
         case 'V': printf("phi3-tok %s\n", PHI3_VERSION); return 0;
-        default: fputs(usage, stderr); return 2;
+        default: phi3_bad_option(argv, c);
         }
     }
     if (optind < argc) phi3_usage_die("unexpected argument '%s' (input is stdin)", argv[optind]);

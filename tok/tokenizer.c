@@ -638,9 +638,14 @@ tok *tok_load(const char *dir, char *err, size_t errlen)
     size_t n = 0, cn = 0;
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     char *json = read_file(path, TOK_MAX_JSON, &n);
-    if (!json) { snprintf(err, errlen, "%s: %s", path, strerror(errno)); return NULL; }
+    if (!json) { snprintf(err, errlen, "%s: %s", path, phi3_strerror(errno)); return NULL; }
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    char *cfg = read_file(path, TOK_MAX_JSON, &cn);   /* optional */
+    char *cfg = read_file(path, TOK_MAX_JSON, &cn);   /* optional, but not unreadable */
+    if (!cfg && errno != ENOENT) {
+        snprintf(err, errlen, "%s: %s", path, phi3_strerror(errno));
+        free(json);
+        return NULL;
+    }
     tok *t = tok_load_mem(json, n, cfg, cn, err, errlen);
     free(json);
     free(cfg);

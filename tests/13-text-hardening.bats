@@ -1,0 +1,129 @@
+#!/usr/bin/env bats
+# Hardening shared by the text-side tools (issue 11 items 6, 13, 14; issue 14 item 9):
+# stderr lines that quote input stay one printable line, FIFOs named like model files are
+# refused without hanging, one rule for duplicate keys, one unknown-option line.
+load helper
+
+setup() { cd "$BATS_TEST_TMPDIR"; M="$LONGROPE"; }
+
+# a copy of the tiny model's text files, with NAME replaced by a FIFO
+fifo_model() {
+  mkdir -p m && cp "$M"/*.json m/ && rm -f "m/$1" && mkfifo "m/$1"
+}
+
+@test "hardening: every tool: unknown option is one line naming it and --help, exit 2; --version" {
+  for t in phi3-run phi3-sample phi3-tok phi3-detok phi3-template phi3-dump; do
+    run --separate-stderr "$PHI3_BIN/$t" --no-such-flag=1 < /dev/null
+    assert_status 2
+    [ "$stderr" = "$t: unknown option '--no-such-flag' (see $t --help)" ] || fail "$t: $stderr"
+    [ -z "$output" ] || fail "$t wrote to stdout: $output"
+    run --separate-stderr "$PHI3_BIN/$t" -Z < /dev/null
+    assert_status 2
+    [ "$stderr" = "$t: unknown option '-Z' (see $t --help)" ] || fail "$t: $stderr"
+    run --separate-stderr "$PHI3_BIN/$t" -m
+    assert_status 2
+    [ "$stderr" = "$t: option '-m' needs an argument (see $t --help)" ] || fail "$t: $stderr"
+    run --separate-stderr "$PHI3_BIN/$t" --model
+    assert_status 2
+    [ "$stderr" = "$t: option '--model' needs an argument (see $t --help)" ] || fail "$t: $stderr"
+    run --separate-stderr "$PHI3_BIN/$t" --version
+    assert_status 0
+    [ "$output" = "$t 0.1.0" ] || fail "$t: $output"
+  done
+}
+
+@test "hardening: a FIFO named tokenizer.json/tokenizer_config.json/config.json/generation_config.json: refused, no hang" {
+  fifo_model tokenizer.json
+  for t in phi3-tok phi3-detok; do
+    run --separate-stderr timeout 10 "$PHI3_BIN/$t" -m m < /dev/null
+    assert_status 1
+    assert_err "$t: " "m/tokenizer.json: not a regular file"
+  done
+  run --separate-stderr timeout 10 "$PHI3_BIN/phi3-sample" -m m --tokenizer-ids < /dev/null
+  assert_status 1
+  assert_err "phi3-sample: " "m/tokenizer.json: not a regular file"
+  rm -rf m; fifo_model tokenizer_config.json
+  run --separate-stderr timeout 10 "$PHI3_BIN/phi3-tok" -m m < /dev/null
+  assert_status 1
+  assert_err "phi3-tok: " "m/tokenizer_config.json: not a regular file"
+  run --separate-stderr timeout 10 "$PHI3_BIN/phi3-template" --json --no-generation-prompt -m m <<< '[]'
+  assert_status 1
+  assert_err "phi3-template: " "m/tokenizer_config.json: not a regular file"
+  rm -rf m; fifo_model config.json
+  run --separate-stderr timeout 10 "$PHI3_BIN/phi3-detok" -m m < /dev/null
+  assert_status 1
+  assert_err "phi3-detok: " "m/config.json: not a regular file"
+  rm -rf m; fifo_model generation_config.json
+  run --separate-stderr timeout 10 "$PHI3_BIN/phi3-sample" -m m < /dev/null
+  assert_status 1
+  assert_err "phi3-sample: " "m/generation_config.json: not a regular file"
+}
+
+@test "hardening: quoted input with a newline and ESC stays one escaped line" {
+  # a role (template), an option value (sample), a frame type (detok ignores it, dump fails
+  # on the duplicate key it carries): never a raw newline or ESC on stderr
+  run --separate-stderr bash -c "printf '%s\n' '{\"type\":\"message\",\"role\":\"us\\ner\\u001b[31m\",\"content\":\"a\"}' | '$PHI3_BIN/phi3-dump' -r | '$PHI3_BIN/phi3-template'"
+  assert_status 1
+  assert_err "phi3-template: " "unknown role 'us\\ner\\x1b[31m'"
+  run --separate-stderr "$PHI3_BIN/phi3-sample" --logit-bias $'5=1\nphi3-sample: forged\e[2J' < /dev/null
+  assert_status 1
+  assert_err "phi3-sample: " "'5=1\\nphi3-sample: forged\\x1b[2J'"
+  run --separate-stderr "$PHI3_BIN/phi3-sample" --seed $'x\ty\x7f\xff\xc2\x9b' < /dev/null
+  assert_status 1
+  assert_err "phi3-sample: " "'x\\x09y\\x7f\\xff\\u009b'"
+  # valid UTF-8 passes through
+  run --separate-stderr "$PHI3_BIN/phi3-sample" --seed 'é日本' < /dev/null
+  assert_status 1
+  assert_err "phi3-sample: " "'é日本'"
+  run --separate-stderr "$PHI3_BIN/phi3-dump" $'--bad\nline' < /dev/null
+  assert_status 2
+  assert_err "phi3-dump: " "'--bad\\nline'"
+}
+
+@test "hardening: a frame type that is not UTF-8 is a bad frame in every reader" {
+  printf '\x82\xa4type\xa3\xff\xfe\xfd\xa1x\x01' > bad.bin
+  run --separate-stderr "$PHI3_BIN/phi3-dump" < bad.bin
+  assert_status 1
+  assert_err "phi3-dump: " 'frame 1: "type" is not valid UTF-8'
+  [ -z "$output" ]
+  run --separate-stderr "$PHI3_BIN/phi3-detok" -m "$M" < bad.bin
+  assert_status 1
+  assert_err "phi3-detok: " 'frame 1: "type" is not valid UTF-8'
+}
+
+@test "hardening: a duplicate key is an invalid frame for dump, the tools, and dump -r" {
+  # {"type":"end","reason":"a","reason":"b"} after a good frame
+  { echo '{"type":"tokens","ids":[15043]}' | "$PHI3_BIN/phi3-dump" -r
+    printf '\x83\xa4type\xa3end\xa6reason\xa1a\xa6reason\xa1b'; } > dup.bin
+  run --separate-stderr "$PHI3_BIN/phi3-dump" < dup.bin
+  assert_status 1
+  assert_err "phi3-dump: " 'frame 2: duplicate key "reason"'
+  [ "$output" = '{"type":"tokens","ids":[15043]}' ]
+  run --separate-stderr "$PHI3_BIN/phi3-detok" -m "$M" < dup.bin
+  assert_status 1
+  assert_err "phi3-detok: " 'frame 2: duplicate key "reason"'
+  [ "$output" = "Hello" ]
+  # a duplicate "type" (the tools once used the first, dump the last) and a nested one
+  printf '\x82\xa4type\xa3end\xa4type\xa6tokens' > dup2.bin
+  run --separate-stderr "$PHI3_BIN/phi3-sample" < dup2.bin
+  assert_status 1
+  assert_err "phi3-sample: " 'frame 1: duplicate key "type"'
+  printf '\x82\xa4type\xa1x\xa1n\x82\xa1k\x01\xa1k\x02' > dup3.bin
+  run --separate-stderr "$PHI3_BIN/phi3-dump" < dup3.bin
+  assert_status 1
+  assert_err "phi3-dump: " 'duplicate key "k"'
+  run --separate-stderr "$PHI3_BIN/phi3-dump" -r <<< '{"type":"end","reason":"a","reason":"b"}'
+  assert_status 1
+  assert_err "phi3-dump: " "duplicate"
+  [ -z "$output" ]
+}
+
+@test "hardening: dump on a write error: one line, exit 1 (nothing leaked under ASan)" {
+  echo '{"type":"tokens","ids":[1,2,3]}' | "$PHI3_BIN/phi3-dump" -r > t.bin
+  run --separate-stderr bash -c "'$PHI3_BIN/phi3-dump' < t.bin > /dev/full"
+  assert_status 1
+  assert_err "phi3-dump: " "write error"
+  run --separate-stderr bash -c "echo '{\"type\":\"x\"}' | '$PHI3_BIN/phi3-dump' -r > /dev/full"
+  assert_status 1
+  assert_err "phi3-dump: " "write error"
+}
