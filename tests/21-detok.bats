@@ -32,7 +32,7 @@ tokens() { for a in "$@"; do echo "{\"type\":\"tokens\",\"ids\":$a}"; done | jso
   [ "$out" = '{"type":"text","text":"Hello","special":false}{"type":"end","reason":"length"}' ] || fail "$out"
 }
 
-@test "detok: text is written as soon as a character completes (flushed, not at EOF)" {
+@test "detok: text is written as soon as it is final (flushed, not at EOF)" {
   "$PY" - "$DETOK" "$M" <<'PYEOF'
 import msgpack, os, select, subprocess, sys
 p = subprocess.Popen([sys.argv[1], "-m", sys.argv[2]], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -49,12 +49,65 @@ def nothing():
     r, _, _ = select.select([p.stdout], [], [], 0.3)
     if r: sys.exit("unexpected output %r" % os.read(p.stdout.fileno(), 100))
 feed(15043); got(b"Hello")
-# 🙂 = F0 9F 99 82 as byte-fallback ids 243, 162, 156, 133: nothing until the 4th
+# 🙂 = F0 9F 99 82 as byte-fallback ids 243, 162, 156, 133: a byte run is final only
+# when a non-byte token ends it (Hugging Face decodes the run as a whole)
+for i in (243, 162, 156, 133): feed(i); nothing()
+feed(15043); got("🙂 Hello".encode())
+# a run that can no longer be valid UTF-8 comes out at once: <0x31><0xFE> -> 2 x U+FFFD
+feed(52); nothing()
+feed(257); got("\ufffd\ufffd".encode())
+feed(52); got("\ufffd".encode())          # the run is still going: one U+FFFD per byte
+p.stdin.close(); p.wait()
+sys.exit(p.returncode)
+PYEOF
+}
+
+@test "detok --lenient-bytes: a character is written as soon as its last byte arrives" {
+  "$PY" - "$DETOK" "$M" <<'PYEOF'
+import msgpack, os, select, subprocess, sys
+p = subprocess.Popen([sys.argv[1], "-m", sys.argv[2], "--lenient-bytes"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def feed(i):
+    p.stdin.write(msgpack.packb({"type": "tokens", "ids": [i]})); p.stdin.flush()
+def got(want):
+    buf = b""
+    while len(buf) < len(want):
+        r, _, _ = select.select([p.stdout], [], [], 10)
+        if not r: sys.exit("timed out waiting for %r (have %r)" % (want, buf))
+        buf += os.read(p.stdout.fileno(), 100)
+    if buf != want: sys.exit("got %r, want %r" % (buf, want))
+def nothing():
+    r, _, _ = select.select([p.stdout], [], [], 0.3)
+    if r: sys.exit("unexpected output %r" % os.read(p.stdout.fileno(), 100))
 for i in (243, 162, 156): feed(i); nothing()
 feed(133); got("🙂".encode())
 p.stdin.close(); p.wait()
 sys.exit(p.returncode)
 PYEOF
+}
+
+@test "detok: an invalid byte run is U+FFFD for every byte, as Hugging Face's ByteFallback decoder" {
+  # Byte-fallback id of byte B is B + 3 (<0x00> is id 3). Expected strings derived by hand
+  # from HF's rule: a run of consecutive byte tokens is String::from_utf8 as a whole, and
+  # on failure one U+FFFD per byte token; a valid run is its text.
+  R=$'\xef\xbf\xbd'
+  check() {  # ids-json want [flags]
+    local out
+    out=$(tokens "$1" | "$DETOK" -m "$M" $3; printf x); out=${out%x}
+    [ "$out" = "$2" ] || fail "$1 $3: [$out] want [$2]"
+  }
+  check '[52, 257]' "$R$R"                    # <0x31><0xFE>: "1" is swallowed too
+  check '[52, 257]' "1$R" --lenient-bytes     # the older rule keeps "1"
+  check '[52, 55]' "14"                       # <0x31><0x34>: valid, "14"
+  check '[198, 172, 52]' "é1"                 # <0xC3><0xA9><0x31>
+  check '[15043, 243, 162, 156, 133, 3186]' "Hello🙂 world"
+  check '[243, 162, 156, 133, 243]' "$R$R$R$R$R"   # a valid emoji then a cut one: all five
+  check '[243, 162, 156, 133, 243]' "🙂$R" --lenient-bytes
+  check '[243, 162, 156, 133, 32007, 243]' "🙂<|end|>$R"    # a control token ends the run
+  check '[243, 162, 156, 133, 32007, 243]' "$R$R$R$R$R" --skip-special   # skipped: it does not
+  check '[243, 162, 32011, 156, 133]' "🙂"    # padding ids decode to nothing, run goes on
+  check '[15043, 131]' "Hello$R"              # a lone continuation byte
+  check '[229, 133, 175, 3186]' "€ world"     # <0xE2><0x82><0xAC>
+  check '[229, 133, 3186]' "$R$R world"       # a cut €
 }
 
 @test "detok: bytes that cannot form a character become U+FFFD, one per byte" {

@@ -58,7 +58,8 @@ int main(int argc, char **argv)
     unsigned flags = 0;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"frames", no_argument, 0, 'f'},
-        {"skip-special", no_argument, 0, 's'}, {"help", no_argument, 0, 'h'},
+        {"skip-special", no_argument, 0, 's'}, {"lenient-bytes", no_argument, 0, 'L'},
+        {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
     opterr = 0;
@@ -67,6 +68,7 @@ int main(int argc, char **argv)
         case 'm': mdir = optarg; break;
         case 'f': frames = true; break;
         case 's': flags |= TOK_SKIP_SPECIAL; break;
+        case 'L': flags |= TOK_LENIENT_BYTES; break;
         case 'h': fputs(usage, stdout); return 0;
         case 'V': printf("phi3-detok %s\n", PHI3_VERSION); return 0;
         default: phi3_bad_option(argv, c);
