@@ -14,13 +14,16 @@
 #include "sample/sampler.h"
 #include "shared/stream.h"
 #include "shared/util.h"
+#include "tok/stopstr.h"
+#include "tok/tokenizer.h"
 
 static const char usage[] =
 "usage: phi3-sample [-m DIR] [options] < logits-stream > tokens-stream\n"
 "\n"
 "Reads logits frames (and the context tokens frames phi3-run forwards before them) and\n"
-"writes one tokens frame with one id per logits frame. On a stop id or after -n tokens\n"
-"it writes that token, then an end frame (reason \"stop\" or \"length\"), and exits 0.\n"
+"writes one tokens frame with one id per logits frame. On a stop id (that tokens frame\n"
+"then says stop: true), a stop string, or after -n tokens it writes that token, then an\n"
+"end frame (reason \"stop\" or \"length\"), and exits 0.\n"
 "\n"
 "The chain, applied in this order (llama.cpp's order):\n"
 "  logit-bias -> penalties -> top-k -> typical-p -> top-p -> min-p -> temperature -> draw\n"
@@ -29,8 +32,10 @@ static const char usage[] =
 "\n"
 "  -m, --model DIR          stop ids = eos_token_id of DIR/generation_config.json\n"
 "                           (default DIR: $PHI3_MODEL; none if the file is absent)\n"
-"      --stop IDS           more stop ids, comma separated (e.g. 32007,32000)\n"
-"      --ignore-eos         do not stop on the model's eos ids (--stop still applies)\n"
+"      --stop-ids IDS       more stop ids, comma separated (e.g. 32007,32000)\n"
+"      --ignore-eos         do not stop on the model's eos ids (--stop-ids still apply)\n"
+"      --stop STR           stop when the text generated in this turn (decoded with\n"
+"                           DIR's tokenizer) contains STR; needs -m (repeatable)\n"
 "  -n, --max-tokens N       stop after N tokens, end reason \"length\" (0: no limit; 0)\n"
 "      --greedy             argmax (same as -t 0)\n"
 "  -t, --temperature T      T >= 0 (1.0)\n"
@@ -56,7 +61,7 @@ static const char usage[] =
 enum {
     OPT_GREEDY = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_TYPICAL, OPT_REPEAT, OPT_PRESENCE,
     OPT_FREQUENCY, OPT_LASTN, OPT_BIAS, OPT_SEED, OPT_STOP, OPT_IGNORE_EOS, OPT_VERSION,
-    OPT_TOKIDS
+    OPT_TOKIDS, OPT_STOPSTR
 };
 
 /* A whole number: "is not a number" for junk, "is out of range" for a value that does
@@ -156,8 +161,10 @@ int main(int argc, char **argv)
     double *bias_vals = NULL;
     size_t n_stop = 0, n_extra = 0, n_bias = 0;
     long max_tokens = 0;
-    int ignore_eos = 0, verbose = 0, have_seed = 0, tok_ids = 0;
+    int ignore_eos = 0, verbose = 0, have_seed = 0, want_tok_ids = 0;
     char err[512];
+    static stop_filter stops;          /* static: reachable when phi3_die exits */
+    static tok *tk;
 
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"max-tokens", required_argument, 0, 'n'},
@@ -170,7 +177,7 @@ int main(int argc, char **argv)
         {"frequency-penalty", required_argument, 0, OPT_FREQUENCY},
         {"repeat-last-n", required_argument, 0, OPT_LASTN},
         {"logit-bias", required_argument, 0, OPT_BIAS}, {"seed", required_argument, 0, OPT_SEED},
-        {"stop", required_argument, 0, OPT_STOP},
+        {"stop-ids", required_argument, 0, OPT_STOP}, {"stop", required_argument, 0, OPT_STOPSTR},
         {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
         {"tokenizer-ids", no_argument, 0, OPT_TOKIDS},
         {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'},
@@ -207,15 +214,18 @@ int main(int argc, char **argv)
             int32_t *ids;
             size_t n;
             if (sample_parse_ids(optarg, &ids, &n, err, sizeof err))
-                phi3_die("--stop: %s", err);
+                phi3_die("--stop-ids: %s", err);
             extra = xrealloc(extra, sizeof(int32_t) * (n_extra + n));
             memcpy(extra + n_extra, ids, sizeof(int32_t) * n);
             n_extra += n;
             free(ids);
             break;
         }
+        case OPT_STOPSTR:
+            if (stop_add(&stops, optarg)) phi3_die("--stop: '%s' is empty or not UTF-8", optarg);
+            break;
         case OPT_IGNORE_EOS: ignore_eos = 1; break;
-        case OPT_TOKIDS: tok_ids = 1; break;
+        case OPT_TOKIDS: want_tok_ids = 1; break;
         case 'v': verbose = 1; break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("phi3-sample %s\n", PHI3_VERSION); return 0;
@@ -240,7 +250,12 @@ int main(int argc, char **argv)
             phi3_die("%s", err);
         if (!found && verbose) phi3_err("%s has no generation_config.json: no eos stop ids", model);
     }
-    if (tok_ids) {
+    if (stops.n) {
+        if (!model) phi3_die("--stop needs -m DIR (or $PHI3_MODEL) to decode the text");
+        tk = tok_load(model, err, sizeof err);
+        if (!tk) phi3_die("%s", err);
+    }
+    if (want_tok_ids) {
         if (!model) phi3_die("--tokenizer-ids needs -m DIR (or $PHI3_MODEL)");
         if (sample_model_tokenizer_ids(model, &p.id_limit, err, sizeof err)) phi3_die("%s", err);
     }
@@ -264,6 +279,9 @@ int main(int argc, char **argv)
     size_t n_early = 0;
     float *logits = NULL;
     long generated = 0;
+    tok_dec dec;                       /* the text of this turn, for --stop */
+    static tok_buf piece, scratch;
+    if (tk) tok_dec_init(&dec, tk, 0);
     double t_sample = 0, t0 = now_sec();
     frame f;
     int rc;
@@ -295,6 +313,12 @@ int main(int argc, char **argv)
                 n_early += n;
             }
             free(v);
+        } else if (!strcmp(f.type, "end")) {
+            if (tk) {                          /* a new turn: its own text */
+                tok_dec_end(&dec, &piece);
+                stop_end(&stops, &scratch);
+                piece.n = scratch.n = 0;
+            }
         } else if (!strcmp(f.type, "logits")) {
             const void *data;
             size_t len;
@@ -328,11 +352,25 @@ int main(int argc, char **argv)
             if (id < 0)
                 phi3_die("frame %ld: every id is banned (logit -inf, from the frame or --logit-bias)",
                          f.index);
-            fw_tokens(&w, &id, 1, pos);
             generated++;
             const char *reason = NULL;
             for (size_t i = 0; i < n_stop; i++)
                 if (stop[i] == id) reason = "stop";
+            if (reason) {                      /* mark the stop id (phi3-detok hides it) */
+                fw_begin(&w, "tokens", pos >= 0 ? 3 : 2);
+                fw_ints(&w, "ids", &id, 1);
+                if (pos >= 0) fw_int(&w, "pos", pos);
+                fw_bool(&w, "stop", true);
+                fw_end_or_exit(&w);
+            } else {
+                fw_tokens(&w, &id, 1, pos);
+            }
+            if (tk && !reason) {               /* padding ids have no text: -1, ignored */
+                piece.n = 0;
+                (void)tok_dec_push(&dec, id, &piece);
+                scratch.n = 0;
+                if (stop_feed(&stops, piece.p, piece.n, &scratch)) reason = "stop";
+            }
             if (!reason && max_tokens > 0 && generated >= max_tokens) reason = "length";
             if (reason) {
                 fw_end_frame(&w, reason);
@@ -349,6 +387,11 @@ int main(int argc, char **argv)
         phi3_err("%ld tokens in %.3f s (%.1f tok/s), sampling %.1f us/token", generated, dt,
                  generated / dt, 1e6 * t_sample / generated);
     }
+    if (tk) tok_dec_end(&dec, &piece);
+    tok_buf_free(&piece);
+    tok_buf_free(&scratch);
+    stop_free(&stops);
+    tok_free(tk);
     sample_free(s);
     free(logits);
     free(early);

@@ -277,3 +277,19 @@ int parse_double(const char *s, double *out)
     *out = v;
     return 0;
 }
+
+void phi3_input_operand(int argc, char **argv, int first)
+{
+    if (first >= argc) return;
+    if (argc - first > 1) phi3_usage_die("unexpected argument '%s' (one input FILE at most)", argv[first + 1]);
+    const char *path = argv[first];
+    if (!strcmp(path, "-")) return;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) phi3_die("%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) phi3_die("%s: %s", path, strerror(EISDIR));
+    if (fd != 0) {
+        if (dup2(fd, 0) < 0) phi3_die("%s: %s", path, strerror(errno));
+        close(fd);
+    }
+}

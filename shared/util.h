@@ -44,6 +44,11 @@ const char *phi3_strerror(int e);
  * argument ..."), exit 2. */
 noreturn void phi3_bad_option(char **argv, int c);
 
+/* The optional input operand of a filter (`tool [opts] [FILE]`): argv[first] (if any)
+ * becomes stdin; "-" means stdin. A second operand is a usage error (exit 2); a file that
+ * cannot be opened is an error (exit 1). */
+void phi3_input_operand(int argc, char **argv, int first);
+
 /* True if s[0..n) is valid UTF-8 (no overlongs, surrogates, > U+10FFFF, truncation). */
 bool phi3_utf8_valid(const char *s, size_t n);
 

@@ -155,8 +155,79 @@ PYEOF
   assert_err "phi3-detok: " "tokenizer.json"
   run --separate-stderr "$DETOK" < /dev/null
   assert_status 2
-  run --separate-stderr "$DETOK" -m "$M" extra
+  run --separate-stderr "$DETOK" -m "$M" "$BATS_TEST_TMPDIR/missing"
+  assert_status 1
+  assert_err "phi3-detok: " "missing: No such file or directory"
+  run --separate-stderr "$DETOK" -m "$M" a b
   assert_status 2
+  assert_err "phi3-detok: " "unexpected argument 'b'"
+}
+
+@test "detok: FILE operand (and -) instead of stdin" {
+  tokens '[15043, 3186]' > "$BATS_TEST_TMPDIR/t.bin"
+  run "$DETOK" -m "$M" "$BATS_TEST_TMPDIR/t.bin" < /dev/null
+  [ "$output" = "Hello world" ] || fail "[$output]"
+  run bash -c "'$DETOK' -m '$M' - < '$BATS_TEST_TMPDIR/t.bin'"
+  [ "$output" = "Hello world" ] || fail "[$output]"
+}
+
+@test "detok: the control token that ended a reply (stop: true from phi3-sample) is not printed" {
+  # 15043 ▁Hello, 3186 ▁world, 32007 <|end|>, 32000 <|endoftext|>
+  out=$(printf '%s\n' '{"type":"tokens","ids":[15043]}' '{"type":"tokens","ids":[3186]}' \
+        '{"type":"tokens","ids":[32007],"stop":true}' '{"type":"end","reason":"stop"}' | json2frames | "$DETOK" -m "$M")
+  [ "$out" = "Hello world" ] || fail "[$out]"
+  out=$(printf '%s\n' '{"type":"tokens","ids":[15043]}' '{"type":"tokens","ids":[32007],"stop":true}' \
+        '{"type":"end","reason":"stop"}' | json2frames | "$DETOK" -m "$M" --show-stop-token)
+  [ "$out" = "Hello<|end|>" ] || fail "[$out]"
+  # without the mark it is text, as in transformers' decode (skip_special_tokens=False)
+  out=$(tokens '[15043, 32007]' '[32000]' | "$DETOK" -m "$M")
+  [ "$out" = "Hello<|end|><|endoftext|>" ] || fail "[$out]"
+  # a stop id that is plain text (not a control token) is printed
+  out=$(printf '%s\n' '{"type":"tokens","ids":[15043]}' '{"type":"tokens","ids":[3186],"stop":true}' | json2frames | "$DETOK" -m "$M")
+  [ "$out" = "Hello world" ] || fail "[$out]"
+  run --separate-stderr bash -c "echo '{\"type\":\"tokens\",\"ids\":[1],\"stop\":1}' | '$PHI3_BIN/phi3-dump' -r | '$DETOK' -m '$M'"
+  assert_status 1
+  assert_err "phi3-detok: " '"stop" is not a boolean'
+}
+
+@test "detok --stop STR: never prints STR or what follows in the sequence; held text flushed at end" {
+  # ids, one per frame: ▁Hello ▁world ! (29991)  ▁Hello ▁world
+  seq_frames() { for i in "$@"; do echo "{\"type\":\"tokens\",\"ids\":[$i]}"; done; }
+  out=$(seq_frames 15043 3186 29991 15043 | json2frames | "$DETOK" -m "$M" --stop "o w")
+  [ "$out" = "Hell" ] || fail "[$out]"
+  # a stop string that spans tokens, another that never completes: held, then flushed
+  out=$({ seq_frames 15043 3186; echo '{"type":"end","reason":"length"}'; seq_frames 15043; } | json2frames | "$DETOK" -m "$M" --stop "world!" --stop "xyz")
+  [ "$out" = "Hello worldHello" ] || fail "[$out]"
+  # after end a new sequence prints again; --frames: text frames never contain the stop
+  out=$({ seq_frames 15043 3186 29991; echo '{"type":"end","reason":"stop"}'; seq_frames 15043 3186; } | json2frames \
+        | "$DETOK" -m "$M" --frames --stop "world" | frames2json | tr -d '\n')
+  [ "$out" = '{"type":"text","text":"Hello","special":false}{"type":"text","text":" ","special":false}{"type":"end","reason":"stop"}{"type":"text","text":"Hello","special":false}{"type":"text","text":" ","special":false}' ] || fail "$out"
+  # streamed: text that cannot start the stop string comes out at once, a possible start waits
+  "$PY" - "$DETOK" "$M" <<'PYEOF'
+import msgpack, os, select, subprocess, sys
+p = subprocess.Popen([sys.argv[1], "-m", sys.argv[2], "--stop", " wor"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def feed(i):
+    p.stdin.write(msgpack.packb({"type": "tokens", "ids": [i]})); p.stdin.flush()
+def got(want):
+    buf = b""
+    while len(buf) < len(want):
+        r, _, _ = select.select([p.stdout], [], [], 10)
+        if not r: sys.exit("timed out waiting for %r (have %r)" % (want, buf))
+        buf += os.read(p.stdout.fileno(), 100)
+    if buf != want: sys.exit("got %r, want %r" % (buf, want))
+def nothing():
+    r, _, _ = select.select([p.stdout], [], [], 0.3)
+    if r: sys.exit("unexpected output %r" % os.read(p.stdout.fileno(), 100))
+feed(15043); got(b"Hello")
+feed(29871); nothing()            # "▁": could start " wor"
+feed(15043); got(b"  Hello")       # it did not
+p.stdin.write(msgpack.packb({"type": "end", "reason": "stop"})); p.stdin.flush()
+p.stdin.close(); p.wait()
+sys.exit(p.returncode)
+PYEOF
+  run --separate-stderr "$DETOK" -m "$M" --stop ""
+  assert_status 1
+  assert_err "phi3-detok: " "--stop"
 }
 
 @test "detok: a closed reader is a quiet exit 0" {

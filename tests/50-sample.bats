@@ -46,13 +46,52 @@ frames() { printf '%s\n' "$@" | "$MK" json; }
 {"type":"end","reason":"length"}' ]
 }
 
-@test "sample: --stop IDS: the stop id is written, then end reason stop" {
+@test "sample: --stop-ids IDS: the stop id is written (marked stop: true), then end reason stop" {
   "$MK" onehot 16 3 9 5 6 > in.bin
-  run bash -c "'$S' --greedy --stop 12,9 < in.bin | '$PHI3_BIN/phi3-dump'"
+  run bash -c "'$S' --greedy --stop-ids 12,9 < in.bin | '$PHI3_BIN/phi3-dump'"
   assert_status 0
   [ "$output" = '{"type":"tokens","ids":[3],"pos":0}
-{"type":"tokens","ids":[9],"pos":1}
+{"type":"tokens","ids":[9],"pos":1,"stop":true}
 {"type":"end","reason":"stop"}' ]
+}
+
+@test "sample: --stop STR ends the turn when the decoded text contains STR" {
+  # ▁Hello ▁world ! ▁Hello: "Hello world!" contains "o w" once ▁world is drawn
+  "$MK" onehot 32064 15043 3186 29991 15043 > in.bin
+  run --separate-stderr bash -c "'$S' --greedy -m '$LONGROPE' --stop 'o w' < in.bin | '$PHI3_BIN/phi3-dump'"
+  assert_status 0
+  [ "$output" = '{"type":"tokens","ids":[15043],"pos":0}
+{"type":"tokens","ids":[3186],"pos":1}
+{"type":"end","reason":"stop"}' ] || fail "$output"
+  # across tokens, several strings: the first that completes wins; no match: all ids
+  run bash -c "'$S' --greedy -m '$LONGROPE' --stop 'xyz' --stop 'd!' < in.bin | '$PHI3_BIN/phi3-dump' | tail -n 2"
+  [ "$output" = '{"type":"tokens","ids":[29991],"pos":2}
+{"type":"end","reason":"stop"}' ] || fail "$output"
+  run bash -c "'$S' --greedy -m '$LONGROPE' --stop 'Hello world!H' < in.bin | '$PHI3_BIN/phi3-dump' | grep -c tokens"
+  [ "$output" = 4 ] || fail "$output"
+  # the text is this turn's: an end frame in the input starts a new one
+  { "$MK" onehot 32064 15043; echo '{"type":"end","reason":"stop"}' | "$PHI3_BIN/phi3-dump" -r; "$MK" onehot 32064 3186 15043; } > turn.bin
+  run bash -c "'$S' --greedy -m '$LONGROPE' --stop 'Hello world' < turn.bin | '$PHI3_BIN/phi3-dump' | grep -c end"
+  [ "$output" = 0 ] || fail "$output"
+  # the sampler and phi3-detok --stop agree: the stop string never reaches the text
+  out=$("$S" --greedy -m "$LONGROPE" --stop "world" < in.bin | "$PHI3_BIN/phi3-detok" -m "$LONGROPE" --stop "world")
+  [ "$out" = "Hello " ] || fail "[$out]"
+  # with a stop id: its control token is not printed by phi3-detok
+  "$MK" onehot 32064 15043 32007 3186 > id.bin
+  out=$("$S" --greedy -m "$LONGROPE" < id.bin | "$PHI3_BIN/phi3-detok" -m "$LONGROPE")
+  [ "$out" = "Hello" ] || fail "[$out]"
+}
+
+@test "sample: --stop STR needs a model (its tokenizer); an empty STR is an error" {
+  run --separate-stderr "$S" --stop "x" < /dev/null
+  assert_status 1
+  assert_err "phi3-sample: " "--stop needs -m DIR"
+  run --separate-stderr "$S" --stop "" -m "$LONGROPE" < /dev/null
+  assert_status 1
+  assert_err "phi3-sample: " "--stop: '' is empty"
+  run --separate-stderr "$S" --stop "x" -m "$GQA" < /dev/null
+  assert_status 1
+  assert_err "phi3-sample: " "tokenizer.json"
 }
 
 @test "sample: -m DIR and \$PHI3_MODEL: stop ids 32000/32001/32007 from generation_config.json" {
@@ -272,8 +311,8 @@ P
 
 @test "sample: bad option values exit 1 naming the option; unknown/missing exit 2" {
   for args in "-t -0.5:temperature" "--top-p 0:top-p" "--top-p 1.5:top-p" \
-              "--min-p 2:min-p" "--typical-p 0:typical-p" "--stop 1,,2:--stop" \
-              "--stop abc:--stop" "--stop=:--stop" "-t x:--temperature" "--top-k -1:top-k" \
+              "--min-p 2:min-p" "--typical-p 0:typical-p" "--stop-ids 1,,2:--stop-ids" \
+              "--stop-ids abc:--stop-ids" "--stop-ids=:--stop-ids" "-t x:--temperature" "--top-k -1:top-k" \
               "--repeat-penalty 0:repeat-penalty" "--logit-bias 5:--logit-bias" \
               "--logit-bias 5=nan:--logit-bias" "--seed -1:--seed" "-n -2:--max-tokens"; do
     run --separate-stderr "$S" ${args%%:*} < /dev/null
