@@ -18,7 +18,9 @@
 #include "tok/tokenizer.h"
 
 static const char usage[] =
-"usage: phi3-sample [-m DIR] [options] < logits-stream > tokens-stream\n"
+"usage: phi3-sample [-m DIR] [options] [FILE] < logits-stream > tokens-stream\n"
+"\n"
+"FILE (or stdin when none or -) is the input stream.\n"
 "\n"
 "Reads logits frames (and the context tokens frames phi3-run forwards before them) and\n"
 "writes one tokens frame with one id per logits frame. On a stop id (that tokens frame\n"
@@ -232,7 +234,7 @@ int main(int argc, char **argv)
         default: phi3_bad_option(argv, c);
         }
     }
-    if (optind < argc) phi3_usage_die("unexpected argument '%s' (see --help)", argv[optind]);
+    phi3_input_operand(argc, argv, optind);
     p.bias_ids = bias_ids;
     p.bias_vals = bias_vals;
     p.n_bias = n_bias;

@@ -14,8 +14,9 @@
 #include <unistd.h>
 
 static const char USAGE[] =
-    "usage: phi3-dump [--top K [-m DIR]] [--max-frame BYTES] < stream > json-lines\n"
-    "       phi3-dump -r < json-lines > stream\n"
+    "usage: phi3-dump [--top K [-m DIR]] [--max-frame BYTES] [FILE] < stream > json-lines\n"
+    "       phi3-dump -r [FILE] < json-lines > stream\n"
+    "FILE (or stdin when none or -) is the input.\n"
     "Shows a phi3 msgpack stream as JSON lines (one object per frame), or with -r turns\n"
     "JSON lines back into frames. logits.data is shown as an array of numbers (null for\n"
     "NaN/Inf); other binary values as {\"$bin\": base64}. --top K replaces logits.data by\n"
@@ -361,7 +362,7 @@ int main(int argc, char **argv)
         default: phi3_bad_option(argv, c);
         }
     }
-    if (optind < argc) phi3_usage_die("unexpected argument '%s' (input is stdin)", argv[optind]);
+    phi3_input_operand(argc, argv, optind);
     if (reverse) return undump();
     tok *tk = NULL;
     const char *dir = phi3_model_dir(model);

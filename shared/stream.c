@@ -131,17 +131,20 @@ static void widen_pipe(int fd)
 #endif
 }
 
+size_t frame_cap(void)
+{
+    const char *e = getenv("PHI3_MAX_FRAME");
+    long v;
+    if (e && parse_long(e, &v) == 0 && v >= 64) return (size_t)v;
+    return FRAME_MAX_DEFAULT;
+}
+
 frame_reader *fr_open(int fd, size_t max_frame)
 {
     frame_reader *r = xcalloc(1, sizeof *r);
     widen_pipe(fd);
     r->fd = fd;
-    if (!max_frame) {
-        max_frame = FRAME_MAX_DEFAULT;
-        const char *e = getenv("PHI3_MAX_FRAME");
-        long v;
-        if (e && parse_long(e, &v) == 0 && v >= 64) max_frame = (size_t)v;
-    }
+    if (!max_frame) max_frame = frame_cap();
     r->max = max_frame;
     r->cap = 65536;
     r->buf = xmalloc(r->cap);

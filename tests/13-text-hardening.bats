@@ -127,3 +127,43 @@ fifo_model() {
   assert_status 1
   assert_err "phi3-dump: " "write error"
 }
+
+@test "hardening: every filter takes an optional FILE operand (- is stdin); a missing one is exit 1, two are exit 2" {
+  printf 'Hello world' > t.txt
+  echo '[{"role":"user","content":"Hi there"}]' > c.json
+  "$PHI3_BIN/phi3-template" --json c.json < /dev/null > tpl.bin
+  "$PHI3_BIN/phi3-template" --json < c.json | cmp - tpl.bin
+  "$PHI3_BIN/phi3-tok" -m "$M" tpl.bin < /dev/null > tok.bin
+  "$PHI3_BIN/phi3-tok" -m "$M" - < tpl.bin | cmp - tok.bin
+  "$PHI3_BIN/phi3-tok" -m "$M" --raw t.txt < /dev/null > raw.bin
+  [ "$("$PHI3_BIN/phi3-dump" raw.bin < /dev/null)" = '{"type":"tokens","ids":[15043,3186]}' ]
+  "$PHI3_BIN/phi3-dump" raw.bin < /dev/null > raw.json
+  "$PHI3_BIN/phi3-dump" -r raw.json < /dev/null | cmp - raw.bin
+  "$ROOT/tests/lib/frames.py" onehot 8 3 > l.bin
+  [ "$("$PHI3_BIN/phi3-sample" --greedy l.bin < /dev/null | "$PHI3_BIN/phi3-dump")" = '{"type":"tokens","ids":[3],"pos":0}' ]
+  [ "$("$PHI3_BIN/phi3-detok" -m "$M" raw.bin < /dev/null)" = "Hello world" ]
+  for t in "phi3-tok -m $M" "phi3-detok -m $M" "phi3-template" "phi3-sample" "phi3-dump" "phi3-dump -r"; do
+    run --separate-stderr $PHI3_BIN/$t "$BATS_TEST_TMPDIR/nope" < /dev/null
+    assert_status 1
+    assert_err "${t%% *}: " "nope: No such file or directory"
+    run --separate-stderr $PHI3_BIN/$t raw.bin raw.bin < /dev/null
+    assert_status 2
+    assert_err "${t%% *}: " "unexpected argument"
+  done
+}
+
+@test "hardening: phi3-tok --count prints the number of tokens, nothing else" {
+  run --separate-stderr bash -c "printf 'Hello world' | '$PHI3_BIN/phi3-tok' -m '$M' --raw --count"
+  assert_status 0
+  [ "$output" = 2 ] && [ -z "$stderr" ]
+  run bash -c "printf '' | '$PHI3_BIN/phi3-tok' -m '$M' --raw --count"
+  [ "$output" = 0 ]
+  # text frames: every frame's ids (template parts included: <|user|> Hi there <|end|> <|assistant|>)
+  run bash -c "echo '[{\"role\":\"user\",\"content\":\"Hi there\"}]' | '$PHI3_BIN/phi3-template' --json | '$PHI3_BIN/phi3-tok' -m '$M' --count"
+  [ "$output" = 5 ] || fail "$output"
+  want=$("$PY" -c 'import json; print(sum(len(json.loads(l)["ids"]) for l in open("'"$FIX"'/tokenizer/tokenizer-cases.jsonl")))')
+  got=$("$PY" -c '
+import json, msgpack, sys
+sys.stdout.buffer.write(b"".join(msgpack.packb({"type": "text", "text": json.loads(l)["text"], "special": True}) for l in open("'"$FIX"'/tokenizer/tokenizer-cases.jsonl")))' | "$PHI3_BIN/phi3-tok" -m "$M" --count)
+  [ "$got" = "$want" ] || fail "got $got want $want"
+}

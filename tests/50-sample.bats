@@ -325,8 +325,9 @@ P
   run --separate-stderr "$S" --top-k < /dev/null
   assert_status 2
   assert_err "phi3-sample: " "--top-k"
-  run --separate-stderr "$S" extra < /dev/null
+  run --separate-stderr "$S" a b < /dev/null
   assert_status 2
+  assert_err "phi3-sample: " "unexpected argument 'b'"
 }
 
 @test "sample: every id banned by --logit-bias is an error, not a crash" {

@@ -15,7 +15,8 @@
 #define JSON_MAX ((size_t)256 << 20)
 
 static const char usage[] =
-    "usage: phi3-template [-m DIR] [--json] [--no-generation-prompt] < messages > text-frames\n"
+    "usage: phi3-template [-m DIR] [--json] [--no-generation-prompt] [FILE] < messages > text-frames\n"
+    "  FILE (or stdin when none or -) holds the messages.\n"
     "  Render a chat with Phi-3's template:\n"
     "    <|system|>\\n{content}<|end|>\\n  <|user|>\\n...  <|assistant|>\\n...  then\n"
     "    <|assistant|>\\n (the generation prompt) or, with --no-generation-prompt, the\n"
@@ -156,7 +157,7 @@ int main(int argc, char **argv)
         default: phi3_bad_option(argv, c);
         }
     }
-    if (optind < argc) phi3_usage_die("unexpected argument '%s' (input is stdin)", argv[optind]);
+    phi3_input_operand(argc, argv, optind);
     mdir = phi3_model_dir(mdir);
     /* Static: what is live when phi3_die exits stays reachable (no LeakSanitizer noise). */
     static char *eos;
