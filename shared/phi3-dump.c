@@ -326,6 +326,9 @@ static int undump(void)
             if (pack_json(&w.pk, e, data, err, sizeof err)) phi3_die("line %ld: %s", lineno, err);
         }
         json_decref(j);
+        if (w.buf.size > frame_cap())     /* every reader would refuse it */
+            phi3_die("line %ld: a frame of %zu bytes is over the frame cap of %zu bytes", lineno,
+                     w.buf.size, frame_cap());
         if (fw_end(&w) != 0) {            /* nothing left allocated (LeakSanitizer) */
             int we = errno;
             free(line);

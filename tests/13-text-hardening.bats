@@ -167,3 +167,54 @@ import json, msgpack, sys
 sys.stdout.buffer.write(b"".join(msgpack.packb({"type": "text", "text": json.loads(l)["text"], "special": True}) for l in open("'"$FIX"'/tokenizer/tokenizer-cases.jsonl")))' | "$PHI3_BIN/phi3-tok" -m "$M" --count)
   [ "$got" = "$want" ] || fail "got $got want $want"
 }
+
+@test "hardening: writers respect the frame cap: phi3-tok splits, detok --frames splits, template and dump -r refuse" {
+  # 3000 emoji (4 byte-fallback ids each): 12000+ ids, over a 1000-byte cap many times
+  "$PY" -c 'import sys; sys.stdout.write("🙂 ab" * 3000)' > emoji.txt
+  "$PHI3_BIN/phi3-tok" -m "$M" --raw emoji.txt > whole.bin
+  PHI3_MAX_FRAME=1000 "$PHI3_BIN/phi3-tok" -m "$M" --raw emoji.txt > split.bin
+  "$PY" - <<'P'
+import msgpack
+whole = list(msgpack.Unpacker(open("whole.bin", "rb"), raw=False))
+raw = open("split.bin", "rb").read()
+split = list(msgpack.Unpacker(open("split.bin", "rb"), raw=False))
+assert len(whole) == 1 and len(split) > 10, (len(whole), len(split))
+assert sum(len(f["ids"]) for f in split) == len(whole[0]["ids"])
+assert [i for f in split for i in f["ids"]] == whole[0]["ids"]
+assert all(f.get("partial") is True for f in split[:-1]) and "partial" not in split[-1]
+for f in split:
+    assert len(msgpack.packb(f)) <= 1000, len(msgpack.packb(f))
+P
+  # every reader with that cap reads them, and they decode to the text
+  PHI3_MAX_FRAME=1000 "$PHI3_BIN/phi3-dump" < split.bin > /dev/null
+  PHI3_MAX_FRAME=1000 "$PHI3_BIN/phi3-detok" -m "$M" split.bin | cmp - emoji.txt
+  # text frames from text frames (a partial input frame keeps its mark on the last piece)
+  "$PY" -c 'import msgpack,sys; sys.stdout.buffer.write(msgpack.packb({"type":"text","text":open("emoji.txt").read(),"partial":True}))' > t.bin
+  PHI3_MAX_FRAME=100000 "$PHI3_BIN/phi3-tok" -m "$M" t.bin > /dev/null   # the input frame must fit the reader
+  # phi3-detok --frames: one tokens frame of ~900 bytes whose text is longer (462 is 16
+  # spaces, 30325 日): 1.2 KB of text, cut inside a 日 at 936 bytes unless the cut moves
+  "$PY" -c 'import msgpack,sys; sys.stdout.buffer.write(msgpack.packb({"type":"tokens","ids":([30325] * 8 + [462]) * 30}))' > long.bin
+  PHI3_MAX_FRAME=1000 "$PHI3_BIN/phi3-detok" -m "$M" --frames long.bin > text.bin
+  "$PHI3_BIN/phi3-detok" -m "$M" long.bin > plain.txt
+  "$PY" - <<'P'
+import msgpack
+fs = list(msgpack.Unpacker(open("text.bin", "rb"), raw=True))
+assert len(fs) >= 2, len(fs)
+for f in fs:
+    assert len(msgpack.packb(f)) <= 1000
+    f[b"text"].decode("utf-8")
+assert b"".join(f[b"text"] for f in fs) == open("plain.txt", "rb").read()
+P
+  # phi3-template: a message that cannot fit one frame is a clear error, nothing written
+  "$PY" -c 'import json; print(json.dumps([{"role":"user","content":"x"*2000}]))' > big.json
+  run --separate-stderr bash -c "PHI3_MAX_FRAME=1000 '$PHI3_BIN/phi3-template' --json big.json"
+  assert_status 1
+  assert_err "phi3-template: " "message 1: content of 2000 bytes does not fit in one frame (cap 1000 bytes"
+  [ -z "$output" ]
+  # phi3-dump -r: a JSON line whose frame would be over the cap
+  "$PY" -c 'import json; print(json.dumps({"type":"text","text":"x"*2000}))' > big.jsonl
+  run --separate-stderr bash -c "PHI3_MAX_FRAME=1000 '$PHI3_BIN/phi3-dump' -r big.jsonl"
+  assert_status 1
+  assert_err "phi3-dump: " "line 1: a frame of"
+  [ -z "$output" ]
+}

@@ -34,8 +34,17 @@ static const char usage[] =
 static void out_text(frame_writer *w, bool frames, tok_buf *b)
 {
     if (b->n == 0) return;
-    if (frames) fw_text(w, b->p, b->n, false);
-    else if (write_all(1, b->p, b->n) < 0) {
+    if (frames) {
+        /* Within the frame cap: pieces of at most cap - 64 bytes, cut between characters. */
+        size_t per = frame_cap() - 64, i = 0;
+        while (i < b->n) {
+            size_t k = b->n - i <= per ? b->n - i : per;
+            if (i + k < b->n)
+                while (k > 1 && ((unsigned char)b->p[i + k] & 0xC0) == 0x80) k--;
+            fw_text(w, b->p + i, k, false);
+            i += k;
+        }
+    } else if (write_all(1, b->p, b->n) < 0) {
         if (errno == EPIPE) exit(0);     /* reader went away: a normal end */
         phi3_die("stdout: %s", strerror(errno));
     }

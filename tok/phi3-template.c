@@ -48,6 +48,11 @@ static void check_message(long k, const char *role, size_t rn, const char *conte
                  (int)(rn > 40 ? 40 : rn), role);
     long bad = tok_utf8_check(content, cn);
     if (bad >= 0) phi3_die("message %ld: content is not valid UTF-8 (byte %ld)", k, bad);
+    /* Its text frame must fit the frame cap every reader enforces (64 bytes cover the
+     * rest of the frame). Split in two frames, the content would tokenize differently. */
+    if (cn > frame_cap() - 64)
+        phi3_die("message %ld: content of %zu bytes does not fit in one frame (cap %zu bytes, "
+                 "$PHI3_MAX_FRAME)", k, cn, frame_cap());
     m->s = content;
     m->n = cn;
 }
@@ -95,6 +100,9 @@ typedef struct pending { tok_buf text; bool special, has; } pending;
 static void emit(frame_writer *w, pending *p, bool partial)
 {
     if (!p->has) return;
+    if (p->text.n > frame_cap() - 64)
+        phi3_die("a template part of %zu bytes does not fit in one frame (cap %zu bytes)",
+                 p->text.n, frame_cap());
     fw_begin(w, "text", partial ? 3 : 2);
     fw_str(w, "text", p->text.p, p->text.n);
     fw_bool(w, "special", p->special);
