@@ -75,6 +75,12 @@ fifo_model() {
   run --separate-stderr "$PHI3_BIN/phi3-sample" --seed 'é日本' < /dev/null
   assert_status 1
   assert_err "phi3-sample: " "'é日本'"
+  run --separate-stderr "$PHI3_BIN/phi3-sample" -m "$M" --stop $'\xff\n\e[1m' < /dev/null
+  assert_status 1
+  assert_err "phi3-sample: " "--stop: '\xff\n\x1b[1m'"
+  run --separate-stderr "$PHI3_BIN/phi3-run" --session-info $'x\nphi3-run: forged\e[2J' < /dev/null
+  assert_status 1
+  assert_err "phi3-run: " "'x\nphi3-run: forged\x1b[2J'"
   run --separate-stderr "$PHI3_BIN/phi3-dump" $'--bad\nline' < /dev/null
   assert_status 2
   assert_err "phi3-dump: " "'--bad\\nline'"
