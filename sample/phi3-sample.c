@@ -283,15 +283,17 @@ int main(int argc, char **argv)
             const char *reason = NULL;
             for (size_t i = 0; i < n_stop; i++)
                 if (stop[i] == id) reason = "stop";
-            if (reason) {                      /* mark the stop id (phi3-detok hides it) */
-                fw_begin(&w, "tokens", pos >= 0 ? 3 : 2);
-                fw_ints(&w, "ids", &id, 1);
-                if (pos >= 0) fw_int(&w, "pos", pos);
-                fw_bool(&w, "stop", true);
-                fw_end_or_exit(&w);
-            } else {
-                fw_tokens(&w, &id, 1, pos);
-            }
+            /* The tokens frame (a stop id is marked: phi3-detok hides it) is held until we
+             * know whether an end frame follows: then both go out in one write, so the
+             * loop's tee and `cat fb` pass them on together. */
+            fw_begin(&w, "tokens", (pos >= 0 ? 2 : 1) + (reason ? 1 : 0));
+            fw_ints(&w, "ids", &id, 1);
+            if (pos >= 0) fw_int(&w, "pos", pos);
+            if (reason) fw_bool(&w, "stop", true);
+            static msgpack_sbuffer out;
+            out.size = 0;
+            msgpack_sbuffer_write(&out, w.buf.data, w.buf.size);
+            w.buf.size = 0;
             if (tk && !reason) {               /* padding ids have no text: -1, ignored */
                 piece.n = 0;
                 (void)tok_dec_push(&dec, id, &piece);
@@ -300,7 +302,17 @@ int main(int argc, char **argv)
             }
             if (!reason && max_tokens > 0 && generated >= max_tokens) reason = "length";
             if (reason) {
-                fw_end_frame(&w, reason);
+                fw_begin(&w, "end", 1);
+                fw_str(&w, "reason", reason, strlen(reason));
+                msgpack_sbuffer_write(&out, w.buf.data, w.buf.size);
+                w.buf.size = 0;
+            }
+            if (write_all(1, out.data, out.size) != 0) {
+                if (errno == EPIPE) exit(0);
+                phi3_die("write error: %s", strerror(errno));
+            }
+            if (reason) {
+                msgpack_sbuffer_destroy(&out);
                 frame_free(&f);
                 break;
             }
