@@ -1,7 +1,6 @@
 /* phi3-sample: logits frames in, one token id per logits frame out (tokens frames), then
  * an end frame when a stop id or the token limit is reached. */
 #include <errno.h>
-#include <float.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>

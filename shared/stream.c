@@ -22,6 +22,8 @@ struct frame_reader {
     size_t start;        /* first byte of the next frame */
     int eof;
     long count;
+    size_t scan_i;       /* resume point of the scan of a frame arriving in pieces: */
+    uint64_t scan_pending; /* offset of the first unfinished value, values still to read */
     char err[256];
 };
 
@@ -34,13 +36,16 @@ static uint64_t be(const unsigned char *p, int n)
     return v;
 }
 
-/* Scan one msgpack value at p[0..n). SCAN_DONE sets *used; SCAN_BAD writes err. */
-static int scan(const unsigned char *p, size_t n, size_t max, size_t *used, char *err, size_t errlen)
+/* Scan one msgpack value at p[0..n). SCAN_DONE sets *used; SCAN_BAD writes err.
+ * Resumable: *ri and *rpending say where the previous SCAN_MORE stopped (0 and 1 for a
+ * new frame), so a big frame arriving in many pieces is scanned once, not once a piece. */
+static int scan(const unsigned char *p, size_t n, size_t max, size_t *used, char *err, size_t errlen,
+                size_t *ri, uint64_t *rpending)
 {
-    uint64_t pending = 1;      /* values still to read */
-    size_t i = 0;
+    uint64_t pending = *rpending;  /* values still to read */
+    size_t i = *ri;
     while (pending > 0) {
-        if (i >= n) return SCAN_MORE;
+        if (i >= n) { *ri = i; *rpending = pending; return SCAN_MORE; }
         unsigned b = p[i];
         size_t at = i;
         int hdr = 0;           /* bytes of length/count after the type byte */
@@ -80,7 +85,7 @@ static int scan(const unsigned char *p, size_t n, size_t max, size_t *used, char
         }
         i++;
         if (hdr) {
-            if (n - i < (size_t)hdr) return SCAN_MORE;
+            if (n - i < (size_t)hdr) { *ri = at; *rpending = pending; return SCAN_MORE; }
             uint64_t v = be(p + i, hdr);
             i += (size_t)hdr;
             if (kind == 1) {
@@ -106,6 +111,8 @@ static int scan(const unsigned char *p, size_t n, size_t max, size_t *used, char
                 snprintf(err, errlen, "frame larger than the cap of %zu bytes", max);
                 return SCAN_BAD;
             }
+            *ri = at;
+            *rpending = pending;
             return SCAN_MORE;
         }
         i += (size_t)payload;
@@ -477,7 +484,10 @@ int fr_next(frame_reader *r, frame *out)
         if (have > 0) {
             size_t used;
             char why[200];
-            int s = scan(r->buf + r->start, have, r->max, &used, why, sizeof why);
+            if (r->scan_pending == 0) { r->scan_i = 0; r->scan_pending = 1; }
+            int s = scan(r->buf + r->start, have, r->max, &used, why, sizeof why, &r->scan_i,
+                         &r->scan_pending);
+            if (s != SCAN_MORE) r->scan_pending = 0;    /* the next frame starts afresh */
             if (s == SCAN_DONE) return decode(r, used, out);
             if (s == SCAN_BAD) {
                 snprintf(r->err, sizeof r->err, "frame %ld: %s", r->count + 1, why);
