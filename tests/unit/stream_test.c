@@ -140,5 +140,47 @@ int main(void)
     fw_destroy(&m);
     fw_destroy(&w);
     free(bytes);
+    /* Nested values and a big packed id array (over the size where a frame keeps the
+     * reader's buffer), in pieces: the resumed scan and the packed array read back. */
+    {
+        size_t nid = 400000;
+        int32_t *bigids = xmalloc(nid * sizeof *bigids);
+        for (size_t i = 0; i < nid; i++) bigids[i] = (int32_t)(i * 7919 % 70000) - 5000;
+        frame_writer b;
+        fw_init(&b, -1);
+        fw_begin(&b, "tokens", 3);
+        fw_ints(&b, "ids", bigids, nid);
+        fw_key(&b, "meta");
+        msgpack_pack_map(&b.pk, 2);
+        msgpack_pack_str(&b.pk, 1); msgpack_pack_str_body(&b.pk, "a", 1);
+        msgpack_pack_array(&b.pk, 3);
+        msgpack_pack_nil(&b.pk); msgpack_pack_double(&b.pk, 0.5); msgpack_pack_int64(&b.pk, -1);
+        msgpack_pack_str(&b.pk, 1); msgpack_pack_str_body(&b.pk, "b", 1);
+        msgpack_pack_str(&b.pk, 3); msgpack_pack_str_body(&b.pk, "xyz", 3);
+        fw_str(&b, "tail", "end", 3);
+        size_t chunk2[] = {7, 4093, 1 << 20};
+        for (int c = 0; c < 3; c++) {
+            r = feed(b.buf.data, b.buf.size, chunk2[c], 0);
+            int64_t *got;
+            size_t cnt, bi;
+            const char *t;
+            size_t tl;
+            int good = fr_next(r, &f) == 1 && frame_ints(&f, "ids", &got, &cnt, &bi) == 1 && cnt == nid;
+            for (size_t i = 0; good && i < nid; i++) good = got[i] == bigids[i];
+            if (good) free(got);
+            const msgpack_object *meta = good ? frame_get(&f, "meta") : NULL;
+            good = good && meta && meta->type == MSGPACK_OBJECT_MAP && meta->via.map.size == 2 &&
+                   meta->via.map.ptr[0].val.type == MSGPACK_OBJECT_ARRAY &&
+                   meta->via.map.ptr[0].val.via.array.size == 3 &&
+                   frame_str(&f, "tail", &t, &tl) == 1 && tl == 3 && memcmp(t, "end", 3) == 0;
+            frame_free(&f);
+            good = good && fr_next(r, &f) == 0;
+            ok(good, "a 1.2 MB frame of %zu packed ids and nested values in %zu-byte pieces", nid, chunk2[c]);
+            fr_close(r);
+            reap();
+        }
+        fw_destroy(&b);
+        free(bigids);
+    }
     return tap_done();
 }
