@@ -239,6 +239,15 @@ static int32_t peek_pid(int fd)
 
 /* ---- the writer's session ---- */
 
+/* The writer's mapping, guarded: the object shrunk under it (truncate by its owner) is a
+ * message naming it, not a bare SIGBUS. */
+static void guard_map(session *s)
+{
+    char path[SESSION_NAME_MAX + 32];
+    snprintf(path, sizeof path, SHM_DIR "/" SESSION_PREFIX "%s", s->name);
+    mapguard_add(s->map, s->map_len, path);
+}
+
 static void set_pointers(session *s)
 {
     s->hdr = (sess_hdr *)s->map;
@@ -279,6 +288,7 @@ static int init_object(session *s, const session_expect *e, char *err, size_t er
         return seterr(err, errlen, "session %s: mmap: %s", s->name, strerror(errno));
     }
     s->map_len = s->file_len = kv_off;
+    guard_map(s);
     sess_hdr *h = (sess_hdr *)s->map;
     memset(h, 0, sizeof *h);
     h->version = SESSION_VERSION;
@@ -363,6 +373,7 @@ session *session_open(const char *name, const struct phi3_model *m, int max_ctx,
             seterr(err, errlen, "session %s: mmap: %s", name, strerror(errno));
             goto fail;
         }
+        guard_map(s);
         char why[200];
         if (session_validate(s->map, s->map_len, &e, 1, &s->st, why, sizeof why)) {
             seterr(err, errlen, "session %s: %s (left as is; --session-rm %s removes it)", name, why, name);
@@ -378,7 +389,10 @@ session *session_open(const char *name, const struct phi3_model *m, int max_ctx,
     s->matching = 1;
     return s;
 fail:
-    if (s->map) munmap(s->map, s->map_len);
+    if (s->map) {
+        mapguard_remove(s->map);
+        munmap(s->map, s->map_len);
+    }
     if (s->fd >= 0) close(s->fd);
     free(s);
     return NULL;
@@ -391,7 +405,10 @@ void session_close(session *s)
     if (!s->failed && s->matching && s->cur > 0 && s->cur < s->count)
         commit(s, s->cur, s->rope_long, crc32_update(0, s->ids, (size_t)s->cur * 4));
     if (s->scratch) s->scratch->ops->destroy(s->scratch);
-    if (s->map) munmap(s->map, s->map_len);
+    if (s->map) {
+        mapguard_remove(s->map);
+        munmap(s->map, s->map_len);
+    }
     if (s->fd >= 0) close(s->fd);               /* releases the lock */
     free(s);
 }
@@ -431,9 +448,11 @@ int session_reserve(session *s, int need, char *err, size_t errlen)
     if (len > s->map_len) {
         void *p = mremap(s->map, s->map_len, len, MREMAP_MAYMOVE);
         if (p == MAP_FAILED) return seterr(err, errlen, "session %s: mremap: %s", s->name, strerror(errno));
+        mapguard_remove(s->map);
         s->map = p;
         s->map_len = len;
         set_pointers(s);
+        guard_map(s);
     }
     s->hdr->capacity = (uint32_t)cap;
     s->st.capacity = (int)cap;

@@ -66,6 +66,15 @@ const st_tensor *st_fetch(const st_file *f, const char *name, unsigned dtype_mas
 const st_tensor *st_check(const st_tensor *t, const char *name, unsigned dtype_mask,
                           int ndim, const int64_t *shape, char *err, size_t errlen);
 
+/* ---- SIGBUS guard (embed/mapguard.c) ---- */
+
+/* A read fault (SIGBUS: the file shrank under the mapping) inside [addr, addr + len)
+ * prints "PROG: PATH changed under the mmap (truncated?)" and exits 1. st_open and the
+ * session objects register their mappings; remove before munmap (or after mremap, then
+ * add the new range). */
+void mapguard_add(const void *addr, size_t len, const char *path);
+void mapguard_remove(const void *addr);
+
 /* ---- the model (embed/model.c) ---- */
 
 typedef struct phi3_config {

@@ -116,3 +116,21 @@ expect_model_error() {
   run --separate-stderr bash -c "$(declare -f tokens_frame json2frames); for i in \$(seq 50); do tokens_frame 3 4; done | $PHI3_BIN/phi3-run --backend cpu -m $GQA | head -c 10 > /dev/null; echo \${PIPESTATUS[2]}"
   [ "$output" = 0 ] && [ -z "$stderr" ]
 }
+
+@test "a shard truncated under a running phi3-run: the file is named, exit 1 (no bare SIGBUS)" {
+  cd "$BATS_TEST_TMPDIR"
+  cp -r "$GQA" m
+  mkfifo in
+  timeout 60 "$PHI3_BIN/phi3-run" --backend cpu -m "$PWD/m" < in > out 2> err &
+  local pid=$! st=0
+  exec 7> in                     # fd 7: bats owns 3
+  tokens_frame 1 2 >&7
+  for i in $(seq 200); do [ -s out ] && break; sleep 0.05; done
+  [ -s out ] || fail "no logits for the first frame"
+  truncate -s 4096 m/model.safetensors
+  tokens_frame 3 >&7
+  exec 7>&-
+  wait "$pid" || st=$?
+  [ "$st" = 1 ] || fail "exit $st: $(cat err)"
+  [ "$(cat err)" = "phi3-run: $PWD/m/model.safetensors changed under the mmap (truncated?)" ] || fail "$(cat err)"
+}
