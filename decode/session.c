@@ -484,9 +484,23 @@ static int scratch_step(session *s, backend *b, const int32_t *x, int n, float *
         s->scratch = backend_cpu_new(b->m, b->max_ctx, s->threads, NULL, err, errlen);
         if (!s->scratch) return -1;
     }
-    if (s->scratch->n_ctx != s->cur)
-        return seterr(err, errlen, "session %s: scratch context out of step (%d, %d)", s->name,
-                      s->scratch->n_ctx, s->cur);
+    /* The scratch starts empty (or behind, after a rewind into a stored long context
+     * from a long run): bring it to the run's context, whose ids [0, cur) are a prefix of
+     * the stored ones while matching. Rows depend only on the ids before them and the
+     * mode, so these are the rows a fresh run holds. */
+    backend *sc = s->scratch;
+    if (sc->n_ctx > s->cur && sc->ops->truncate(sc, s->cur)) {
+        s->failed = 1;
+        return seterr(err, errlen, "%s", sc->err);
+    }
+    if (sc->n_ctx < s->cur) {
+        int k = sc->n_ctx;
+        if (sc->ops->forward(sc, s->ids + k, s->cur - k, NULL, 0)) {
+            s->failed = 1;
+            return seterr(err, errlen, "%s", sc->err);
+        }
+        st->computed += s->cur - k;
+    }
     if (s->scratch->ops->forward(s->scratch, x, n, logits, all)) {
         s->failed = 1;
         return seterr(err, errlen, "%s", s->scratch->err);
