@@ -122,11 +122,20 @@ void session_expect_model(const struct phi3_model *m, session_expect *e)
 int session_validate(const void *buf, size_t size, const session_expect *exp, int check_ids,
                      session_state *st, char *err, size_t errlen)
 {
+    return session_validate_part(buf, size, size, exp, check_ids, st, err, errlen);
+}
+
+int session_validate_part(const void *buf, size_t avail, size_t size, const session_expect *exp,
+                          int check_ids, session_state *st, char *err, size_t errlen)
+{
     sess_hdr h;
+    if (avail > size) avail = size;
     if (size < sizeof h.magic) return seterr(err, errlen, "truncated object (%zu bytes)", size);
+    if (avail < sizeof h.magic) return seterr(err, errlen, "header not read (%zu bytes)", avail);
     if (memcmp(buf, MAGIC, sizeof h.magic))
         return seterr(err, errlen, "not a phi3 session (bad magic)");
     if (size < sizeof h) return seterr(err, errlen, "truncated object (%zu bytes, header is %zu)", size, sizeof h);
+    if (avail < sizeof h) return seterr(err, errlen, "header not read (%zu bytes)", avail);
     memcpy(&h, buf, sizeof h);
     if (h.version != SESSION_VERSION)
         return seterr(err, errlen, "layout version %u, this phi3 reads version %d", h.version, SESSION_VERSION);
@@ -162,6 +171,9 @@ int session_validate(const void *buf, size_t size, const session_expect *exp, in
     if (c->count > h.capacity || c->rope_long > 1)
         return seterr(err, errlen, "corrupt header (%u tokens in room for %u)", c->count, h.capacity);
     if (check_ids) {
+        if (h.ids_off + (uint64_t)c->count * 4 > avail)
+            return seterr(err, errlen, "token ids not read (%zu bytes of %llu)", avail,
+                          (unsigned long long)(h.ids_off + (uint64_t)c->count * 4));
         const int32_t *ids = (const int32_t *)((const uint8_t *)buf + h.ids_off);
         for (uint32_t i = 0; i < c->count; i++)
             if (ids[i] < 0 || (uint32_t)ids[i] >= h.vocab)
@@ -334,7 +346,7 @@ session *session_open(const char *name, const struct phi3_model *m, int max_ctx,
             if (fchmod(s->fd, 0600)) { seterr(err, errlen, "session %s: %s", name, strerror(errno)); goto fail; }
             break;
         }
-        if (errno == EEXIST) s->fd = shm_open(path, O_RDWR, 0);
+        if (errno == EEXIST) s->fd = shm_open(path, O_RDWR | O_NONBLOCK, 0);   /* a FIFO: no wait */
         if (s->fd >= 0) break;
         if (errno == ENOENT && tries < 5) continue;     /* removed in between: create again */
         seterr(err, errlen, "session %s: cannot open: %s", name, strerror(errno));
@@ -620,43 +632,100 @@ void session_stats_print(const session_stats *st)
 
 /* ---- management ---- */
 
-/* Open NAME read-only for inspection: owner/mode checked, shared lock tried (busy = a
- * writer holds it), mapped. 0 ok. */
-static int open_ro(const char *name, int *fd, void **map, size_t *len, int *busy, struct stat *sb,
-                   char *err, size_t errlen)
+/* Open the object NAME without blocking (O_NONBLOCK: a FIFO squatting the name must
+ * not hang the open) and refuse anything that is not a regular object of ours. */
+static int open_obj(const char *name, int flags, int *fd, struct stat *sb, char *err, size_t errlen)
 {
     char path[SESSION_NAME_MAX + 16];
     shm_path(path, sizeof path, name);
-    *fd = shm_open(path, O_RDONLY, 0);
+    *fd = shm_open(path, flags | O_NONBLOCK, 0);
     if (*fd < 0)
         return seterr(err, errlen, errno == ENOENT ? "no session %s" : "session %s: %s", name, strerror(errno));
-    if (check_owner(*fd, name, sb, err, errlen)) { close(*fd); return -1; }
-    *busy = lock_fd(*fd, LOCK_SH, 1) != 0;
-    *len = (size_t)sb->st_size;
-    *map = NULL;
-    if (*len) {
-        *map = mmap(NULL, *len, PROT_READ, MAP_SHARED, *fd, 0);
-        if (*map == MAP_FAILED) {
-            close(*fd);
-            return seterr(err, errlen, "session %s: mmap: %s", name, strerror(errno));
-        }
+    if (check_owner(*fd, name, sb, err, errlen)) {
+        close(*fd);
+        *fd = -1;
+        return -1;
     }
     return 0;
+}
+
+/* A reader's snapshot of an object: the header and (with ids) the committed token ids,
+ * copied with pread into private memory. A reader never maps the object, so a writer
+ * that truncates, grows or re-initialises it meanwhile gives a stale or invalid
+ * snapshot, never a fault. A busy object that reads as invalid is read again (a
+ * writer's re-initialisation is short). */
+typedef struct snapshot {
+    uint8_t *buf;
+    size_t avail, size;
+    int busy;
+} snapshot;
+
+static ssize_t pread_all(int fd, void *buf, size_t n, off_t off)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, (uint8_t *)buf + got, n - got, off + (off_t)got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -1;
+        if (r == 0) break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+static int snap_read(int fd, int with_ids, int check_ids, snapshot *sn, session_state *st, char *why,
+                     size_t whylen)
+{
+    int rc = -1;
+    for (int attempt = 0; attempt < 5 && rc; attempt++) {
+        struct stat sb;
+        if (fstat(fd, &sb)) return seterr(why, whylen, "%s", strerror(errno));
+        sn->size = (size_t)sb.st_size;
+        size_t want = sn->size < SESSION_HDR_BYTES ? sn->size : SESSION_HDR_BYTES;
+        free(sn->buf);
+        sn->buf = xmalloc(SESSION_HDR_BYTES);
+        ssize_t r = pread_all(fd, sn->buf, want, 0);
+        if (r < 0) return seterr(why, whylen, "read: %s", strerror(errno));
+        sn->avail = (size_t)r;
+        rc = session_validate_part(sn->buf, sn->avail, sn->size, NULL, 0, st, why, whylen);
+        if (!rc && with_ids) {
+            size_t end = st->ids_off + (size_t)st->count * 4;
+            sn->buf = xrealloc(sn->buf, end > SESSION_HDR_BYTES ? end : SESSION_HDR_BYTES);
+            r = pread_all(fd, sn->buf + st->ids_off, end - st->ids_off, (off_t)st->ids_off);
+            if (r < 0) return seterr(why, whylen, "read: %s", strerror(errno));
+            sn->avail = st->ids_off + (size_t)r;
+            rc = session_validate_part(sn->buf, sn->avail, sn->size, NULL, check_ids, st, why, whylen);
+            if (!rc && sn->avail < end) rc = seterr(why, whylen, "truncated object (ids cut short)");
+        }
+        if (!sn->busy) break;
+    }
+    return rc;
 }
 
 int session_remove(const char *name, int nowait, char *err, size_t errlen)
 {
     if (session_name_check(name, err, errlen)) return -1;
-    char path[SESSION_NAME_MAX + 16];
+    char path[SESSION_NAME_MAX + 16], fspath[SESSION_NAME_MAX + 32];
     shm_path(path, sizeof path, name);
-    int fd = shm_open(path, O_RDONLY, 0);
-    if (fd < 0)
-        return seterr(err, errlen, errno == ENOENT ? "no session %s" : "session %s: %s", name, strerror(errno));
+    snprintf(fspath, sizeof fspath, SHM_DIR "/" SESSION_PREFIX "%s", name);
+    int fd = shm_open(path, O_RDONLY | O_NONBLOCK, 0);
     struct stat sb;
-    if (fstat(fd, &sb)) { close(fd); return seterr(err, errlen, "session %s: %s", name, strerror(errno)); }
+    if (fd < 0 && errno != ELOOP)
+        return seterr(err, errlen, errno == ENOENT ? "no session %s" : "session %s: %s", name, strerror(errno));
+    if (fd < 0 ? lstat(fspath, &sb) : fstat(fd, &sb)) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        return seterr(err, errlen, "session %s: %s", name, strerror(e));
+    }
     if (sb.st_uid != geteuid()) {
-        close(fd);
+        if (fd >= 0) close(fd);
         return seterr(err, errlen, "session %s: owned by uid %u, not by us", name, (unsigned)sb.st_uid);
+    }
+    /* Not a regular object (a FIFO or a symlink squatting the name): no writer can use
+     * it as a session; it is ours, so remove it. */
+    if (fd < 0 || !S_ISREG(sb.st_mode)) {
+        if (fd >= 0) close(fd);
+        return shm_unlink(path) ? seterr(err, errlen, "session %s: %s", name, strerror(errno)) : 0;
     }
     /* Wait for a writer to finish (it would keep computing into an unlinked object). */
     if (lock_fd(fd, LOCK_EX, nowait)) {
@@ -681,21 +750,20 @@ int session_list(FILE *out, char *err, size_t errlen)
         const char *name = de->d_name + pl;
         char why[300];
         if (session_name_check(name, why, sizeof why)) continue;
-        int fd, busy;
-        void *map;
-        size_t len;
+        int fd;
         struct stat sb;
-        if (open_ro(name, &fd, &map, &len, &busy, &sb, why, sizeof why)) {
+        if (open_obj(name, O_RDONLY, &fd, &sb, why, sizeof why)) {
             phi3_err("%s", why);
             continue;
         }
+        snapshot sn = {.busy = lock_fd(fd, LOCK_SH, 1) != 0};
         session_state st;
-        if (session_validate(map ? map : "", len, NULL, 0, &st, why, sizeof why))
-            fprintf(out, "%s\t-\t%zu\t-\tinvalid: %s\n", name, len, why);
+        if (snap_read(fd, 0, 0, &sn, &st, why, sizeof why))
+            fprintf(out, "%s\t-\t%zu\t-\tinvalid: %s\n", name, sn.size, why);
         else
-            fprintf(out, "%s\t%d\t%zu\t%016llx\t%s\n", name, st.count, len,
-                    (unsigned long long)st.fingerprint, busy ? "busy" : "ok");
-        if (map) munmap(map, len);
+            fprintf(out, "%s\t%d\t%zu\t%016llx\t%s\n", name, st.count, sn.size,
+                    (unsigned long long)st.fingerprint, sn.busy ? "busy" : "ok");
+        free(sn.buf);
         close(fd);
     }
     closedir(d);
@@ -705,21 +773,20 @@ int session_list(FILE *out, char *err, size_t errlen)
 int session_info(const char *name, FILE *out, char *err, size_t errlen)
 {
     if (session_name_check(name, err, errlen)) return -1;
-    int fd, busy;
-    void *map;
-    size_t len;
+    int fd;
     struct stat sb;
-    if (open_ro(name, &fd, &map, &len, &busy, &sb, err, errlen)) return -1;
+    if (open_obj(name, O_RDONLY, &fd, &sb, err, errlen)) return -1;
+    snapshot sn = {.busy = lock_fd(fd, LOCK_SH, 1) != 0};
     session_state st;
     char why[200];
     /* Under a writer the ids past a lowered count may be changing: skip their check. */
-    int rc = session_validate(map ? map : "", len, NULL, !busy, &st, why, sizeof why);
+    int rc = snap_read(fd, 1, !sn.busy, &sn, &st, why, sizeof why);
     if (rc) seterr(err, errlen, "session %s: %s", name, why);
     else {
         char fp[17];
         snprintf(fp, sizeof fp, "%016llx", (unsigned long long)st.fingerprint);
         json_t *o = json_object(), *ids = json_array();
-        const int32_t *p = (const int32_t *)((const uint8_t *)map + st.ids_off);
+        const int32_t *p = (const int32_t *)(sn.buf + st.ids_off);
         for (int i = 0; i < st.count; i++) json_array_append_new(ids, json_integer(p[i]));
         json_object_set_new(o, "name", json_string(name));
         json_object_set_new(o, "model", json_string(fp));
@@ -734,8 +801,8 @@ int session_info(const char *name, FILE *out, char *err, size_t errlen)
         json_object_set_new(o, "capacity", json_integer(st.capacity));
         json_object_set_new(o, "tokens", json_integer(st.count));
         json_object_set_new(o, "rope", json_string(st.rope_long ? "long" : "short"));
-        json_object_set_new(o, "bytes", json_integer((json_int_t)len));
-        json_object_set_new(o, "busy", json_boolean(busy));
+        json_object_set_new(o, "bytes", json_integer((json_int_t)sn.size));
+        json_object_set_new(o, "busy", json_boolean(sn.busy));
         json_object_set_new(o, "ids", ids);
         char *txt = json_dumps(o, JSON_COMPACT);
         json_decref(o);
@@ -743,7 +810,7 @@ int session_info(const char *name, FILE *out, char *err, size_t errlen)
             rc = seterr(err, errlen, "write: %s", strerror(errno));
         free(txt);
     }
-    if (map) munmap(map, len);
+    free(sn.buf);
     close(fd);
     return rc;
 }

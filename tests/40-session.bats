@@ -279,3 +279,30 @@ poke() { printf "$2" | dd of="$OBJ" bs=1 seek="$1" conv=notrunc status=none; }
   [ "$status" -eq 1 ] || fail "status $status: $output"
   [[ "$output" == *"no space left in /dev/shm"* ]] || fail "$output"
 }
+
+@test "a FIFO or a symlink squatting /dev/shm/phi3.NAME hangs nothing; --session-rm removes it" {
+  mkfifo "/dev/shm/phi3.$S"
+  frames 7 512 3 > p.bin
+  run --separate-stderr timeout 10 "$RUN" --session-info "$S"
+  assert_status 1
+  assert_err "phi3-run: session $S: " "not a regular object"
+  run --separate-stderr timeout 10 "$RUN" --session-list
+  assert_status 0
+  [[ "$stderr" == *"session $S: not a regular object"* ]] || fail "$stderr"
+  run --separate-stderr timeout 10 "$RUN" -m "$GQA" -q --session "$S" < p.bin
+  assert_status 1
+  assert_err "phi3-run: session $S: " "not a regular object"
+  run --separate-stderr timeout 10 "$RUN" --session-rm "$S"
+  assert_status 0
+  [ ! -e "/dev/shm/phi3.$S" ] && [ ! -L "/dev/shm/phi3.$S" ]
+  # a symlink: refused by every reader and writer (O_NOFOLLOW); rm removes the link only
+  echo keep > target
+  ln -s "$PWD/target" "/dev/shm/phi3.$S"
+  run --separate-stderr timeout 10 "$RUN" --session-info "$S"
+  assert_status 1
+  run --separate-stderr timeout 10 "$RUN" -m "$GQA" -q --session "$S" < p.bin
+  assert_status 1
+  run --separate-stderr timeout 10 "$RUN" --session-rm "$S"
+  assert_status 0
+  [ ! -L "/dev/shm/phi3.$S" ] && [ "$(cat target)" = keep ]
+}
