@@ -3,15 +3,20 @@
 #include "embed/model.h"
 #include "shared/util.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define CONFIG_MAX (16u << 20)
+/* model.safetensors.index.json: Phi-3-mini's is 30 KB (one line per tensor); 16 MiB
+ * holds ~200,000 tensor names, far beyond any checkpoint we load. */
+#define INDEX_MAX (16u << 20)
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -20,6 +25,46 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
     return -1;
+}
+
+/* Read a small file of the model directory whole: opened O_NONBLOCK (a FIFO named
+ * config.json must not hang the load), regular files only, at most max bytes. NULL with
+ * "PATH: cause" in err. */
+static char *read_regular(const char *path, size_t max, size_t *len, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        fail(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    char *buf = NULL;
+    if (fstat(fd, &st)) fail(err, errlen, "%s: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode)) fail(err, errlen, "%s: not a regular file", path);
+    else if ((uint64_t)st.st_size > max)
+        fail(err, errlen, "%s: %lld bytes is more than the %zu MiB this loader reads", path, (long long)st.st_size,
+             max >> 20);
+    else {
+        size_t n = (size_t)st.st_size, got = 0;
+        ssize_t r = 1;
+        buf = xmalloc(n + 1);
+        while (got < n && r != 0) {
+            r = read(fd, buf + got, n - got);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) break;
+            got += (size_t)r;
+        }
+        if (got != n) {
+            fail(err, errlen, "%s: %s", path, r < 0 ? strerror(errno) : "shorter than its size (changed while read)");
+            free(buf);
+            buf = NULL;
+        } else {
+            buf[n] = 0;
+            *len = n;
+        }
+    }
+    close(fd);
+    return buf;
 }
 
 /* ---- config.json ---- */
@@ -337,9 +382,13 @@ static int open_shards(loader *L)
     int rc = 0;
     if (access(ip, F_OK) == 0) {
         json_error_t je;
-        json_t *idx = json_load_file(ip, JSON_REJECT_DUPLICATES, &je);
+        size_t len;
+        char *text = read_regular(ip, INDEX_MAX, &len, L->err, L->errlen);
+        json_t *idx = text ? json_loadb(text, len, JSON_REJECT_DUPLICATES, &je) : NULL;
+        free(text);
         json_t *wm = idx ? json_object_get(idx, "weight_map") : NULL;
-        if (!idx) rc = fail(L->err, L->errlen, "%s: invalid JSON: %s (line %d)", ip, je.text, je.line);
+        if (!text) rc = -1;
+        else if (!idx) rc = fail(L->err, L->errlen, "%s: invalid JSON: %s (line %d)", ip, je.text, je.line);
         else if (!json_is_object(wm)) rc = fail(L->err, L->errlen, "%s: no weight_map object", ip);
         const char *key;
         json_t *v;
@@ -387,9 +436,9 @@ phi3_model *model_load(const char *dir, char *err, size_t errlen)
     loader L = {.m = m, .err = err, .errlen = errlen};
     char *cp = path_join(dir, "config.json");
     size_t len;
-    char *text = read_file(cp, CONFIG_MAX, &len);
+    char *text = read_regular(cp, CONFIG_MAX, &len, err, errlen);
     int rc;
-    if (!text) rc = fail(err, errlen, "%s: %s", cp, strerror(errno));
+    if (!text) rc = -1;
     else {
         char why[256];
         rc = model_config_parse(text, len, &m->cfg, why, sizeof why);

@@ -134,3 +134,29 @@ expect_model_error() {
   [ "$st" = 1 ] || fail "exit $st: $(cat err)"
   [ "$(cat err)" = "phi3-run: $PWD/m/model.safetensors changed under the mmap (truncated?)" ] || fail "$(cat err)"
 }
+
+@test "a FIFO as config.json, as the index or as a shard: refused at once, no hang" {
+  cd "$BATS_TEST_TMPDIR"
+  tokens_frame 1 2 > in
+  for f in config.json model.safetensors.index.json model-00002-of-00002.safetensors; do
+    rm -rf m; cp -r "$LONGROPE" m; rm "m/$f"; mkfifo "m/$f"
+    run --separate-stderr timeout 10 "$PHI3_BIN/phi3-run" --backend cpu -m "$PWD/m" < in
+    assert_status 1
+    assert_err "phi3-run: $PWD/m/$f" "not a regular file"
+  done
+  rm -rf m; cp -r "$LONGROPE" m; rm m/config.json; mkdir m/config.json
+  run --separate-stderr timeout 10 "$PHI3_BIN/phi3-run" --backend cpu -m "$PWD/m" < in
+  assert_status 1
+  assert_err "phi3-run: $PWD/m/config.json" "not a regular file"
+}
+
+@test "an index.json over 16 MiB is refused before it is parsed" {
+  cd "$BATS_TEST_TMPDIR"
+  cp -r "$LONGROPE" m
+  "$PY" -c 'import sys; sys.stdout.write("{\"weight_map\": {}, \"pad\": \"" + "x" * (17 << 20) + "\"}")' \
+    > m/model.safetensors.index.json
+  tokens_frame 1 2 > in
+  run --separate-stderr RUN -m "$PWD/m" < in
+  assert_status 1
+  assert_err "phi3-run: $PWD/m/model.safetensors.index.json" "more than the 16 MiB"
+}
