@@ -10,6 +10,7 @@
  * at any moment leaves either the old or the new state, both describing rows and ids
  * that were completely written. Rows/ids beyond the committed count are free space. */
 #include "decode/session.h"
+#include "decode/cpu.h"
 #include "decode/rope.h"
 #include "embed/model.h"
 #include "shared/util.h"
@@ -32,8 +33,17 @@
 #define SHM_DIR "/dev/shm"              /* where Linux keeps POSIX shm objects (listing only) */
 
 typedef struct sess_commit {
-    uint32_t count, rope_long, ids_crc, pad;
+    uint32_t count, rope_long, ids_crc;
+    uint32_t kernel;                    /* what computed the rows (KERNEL_*); 0 unknown */
 } sess_commit;
+
+/* The rows' kernel path: a session is reused only by the path that wrote it (the CPU's
+ * AVX2 and portable kernels round differently; a device is not bit-identical at all). */
+enum { KERNEL_UNKNOWN, KERNEL_CPU_AVX2, KERNEL_CPU_C, KERNEL_DEVICE };
+static const char *kernel_name(uint32_t k)
+{
+    return k == KERNEL_CPU_AVX2 ? "cpu-avx2" : k == KERNEL_CPU_C ? "cpu-c" : k == KERNEL_DEVICE ? "device" : "unknown";
+}
 
 typedef struct sess_hdr {
     char magic[8];
@@ -62,6 +72,8 @@ struct session {
     session_state st;                   /* shapes and offsets (validated) */
     int limit;                          /* growth bound: --ctx or max_pos */
     int count, rope_long;               /* committed state (mirrors the header) */
+    uint32_t kernel;                    /* the stored rows' kernel; mine: the run's */
+    uint32_t mine;
     uint32_t crc;                       /* CRC of ids[0, count) */
     backend *b;
     backend *scratch;                   /* short frames over a stored long context */
@@ -195,6 +207,7 @@ int session_validate_part(const void *buf, size_t avail, size_t size, const sess
     st->count = (int)c->count;
     st->rope_long = (int)c->rope_long;
     st->ids_crc = c->ids_crc;
+    st->kernel = (int)c->kernel;
     st->writer_pid = h.writer_pid;
     return 0;
 }
@@ -277,11 +290,13 @@ static void commit(session *s, int count, int rope_long, uint32_t crc)
     c->count = (uint32_t)count;
     c->rope_long = (uint32_t)rope_long;
     c->ids_crc = crc;
+    c->kernel = s->mine;                /* rows [0, count) are this run's (or none) */
     __atomic_store_n(&h->gen, g, __ATOMIC_RELEASE);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     s->count = count;
     s->rope_long = rope_long;
     s->crc = crc;
+    s->kernel = s->mine;
 }
 
 /* Fill a zero-length (or never finished: magic still zero) object we hold locked. The
@@ -396,6 +411,7 @@ session *session_open(const char *name, const struct phi3_model *m, int max_ctx,
     s->count = (int)s->hdr->slot[s->hdr->gen & 1].count;
     s->rope_long = (int)s->hdr->slot[s->hdr->gen & 1].rope_long;
     s->crc = s->hdr->slot[s->hdr->gen & 1].ids_crc;
+    s->kernel = s->hdr->slot[s->hdr->gen & 1].kernel;
     s->st.capacity = (int)s->hdr->capacity;
     s->hdr->writer_pid = (int32_t)getpid();
     s->matching = 1;
@@ -484,6 +500,10 @@ void session_attach(session *s, backend *b, int threads)
 {
     s->b = b;
     s->threads = threads;
+    s->mine = is_cpu(b) ? (backend_cpu_kernel() == 1 ? KERNEL_CPU_AVX2 : KERNEL_CPU_C) : KERNEL_DEVICE;
+    /* Rows of another kernel path are not what this run computes: reuse none of them
+     * (the first frame then replaces the stored context). */
+    if (s->kernel != s->mine) s->matching = 0;
     if (is_cpu(b)) backend_cpu_set_grow(b, grow_hook, s);
 }
 
@@ -619,7 +639,7 @@ int session_rewind(session *s, int pos, char *err, size_t errlen)
     /* The run's context [0, pos) is a prefix of the stored one (which holds at least the
      * run's context once diverged), so matching starts again from pos. */
     s->cur = pos;
-    s->matching = 1;
+    s->matching = s->kernel == s->mine;
     return 0;
 }
 
@@ -801,6 +821,7 @@ int session_info(const char *name, FILE *out, char *err, size_t errlen)
         json_object_set_new(o, "capacity", json_integer(st.capacity));
         json_object_set_new(o, "tokens", json_integer(st.count));
         json_object_set_new(o, "rope", json_string(st.rope_long ? "long" : "short"));
+        json_object_set_new(o, "kernel", json_string(kernel_name((uint32_t)st.kernel)));
         json_object_set_new(o, "bytes", json_integer((json_int_t)sn.size));
         json_object_set_new(o, "busy", json_boolean(sn.busy));
         json_object_set_new(o, "ids", ids);

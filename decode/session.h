@@ -34,6 +34,7 @@ typedef struct session_state {
     int count;                          /* committed tokens */
     int rope_long;                      /* rows computed with the long LongRoPE factors */
     uint32_t ids_crc;
+    int kernel;                         /* the kernel path that computed the rows */
     int writer_pid;                     /* last process that took the writer lock */
 } session_state;
 

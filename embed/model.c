@@ -333,15 +333,20 @@ static int bind(loader *L, phi3_weight *w, const char *name, int64_t rows, int64
     w->rows = rows ? rows : 1;
     w->cols = cols;
     L->m->weight_bytes += t->nbytes;
-    /* Fingerprint: name, dtype, shape, and a sample of the bytes (start and end), so two
-     * checkpoints of one architecture differ. */
+    /* Fingerprint: name, dtype, shape and the shard it comes from; the bytes of every
+     * shard are hashed whole after binding (hash_shards). */
     uint64_t h = L->m->fingerprint;
     h = fnv(h, name, strlen(name) + 1);
     h = fnv(h, &t->dtype, sizeof t->dtype);
     h = fnv(h, shape, sizeof shape);
-    size_t s = t->nbytes < 64 ? t->nbytes : 64;
-    h = fnv(h, t->data, s);
-    h = fnv(h, (const uint8_t *)t->data + t->nbytes - s, s);
+    for (int i = 0; i < L->m->n_shards; i++) {
+        const st_file *f = &L->m->shards[i];
+        if ((const uint8_t *)t->data >= (const uint8_t *)f->map &&
+            (const uint8_t *)t->data < (const uint8_t *)f->map + f->size) {
+            h = fnv(h, &i, sizeof i);
+            h = fnv(h, &t->offset, sizeof t->offset);
+        }
+    }
     L->m->fingerprint = h;
     return 0;
 }
@@ -463,6 +468,13 @@ phi3_model *model_load(const char *dir, char *err, size_t errlen)
         rc = open_shards(&L);
     }
     if (!rc) rc = bind_all(&L);
+    if (!rc) {
+        /* Every byte of every shard (cached by file identity: fingerprint.c). */
+        for (int i = 0; i < m->n_shards; i++) {
+            uint64_t h = st_file_hash(&m->shards[i], NULL);
+            m->fingerprint = fnv(m->fingerprint, &h, sizeof h);
+        }
+    }
     json_decref(L.wmap);
     if (rc) {
         model_free(m);

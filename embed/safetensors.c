@@ -196,6 +196,7 @@ int st_open(const char *path, st_file *f, char *err, size_t errlen)
     f->path = strdup(path);
     f->map = map;
     f->size = size;
+    f->id = st;
     return 0;
 }
 

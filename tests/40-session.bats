@@ -306,3 +306,68 @@ poke() { printf "$2" | dd of="$OBJ" bs=1 seek="$1" conv=notrunc status=none; }
   assert_status 0
   [ ! -L "/dev/shm/phi3.$S" ] && [ "$(cat target)" = keep ]
 }
+
+@test "a session written by the AVX2 kernels is not reused under PHI3_NO_AVX=1 (and back): logits equal a fresh run" {
+  export XDG_CACHE_HOME="$BATS_TEST_TMPDIR/cache"
+  frames 1 32064 80 > p.bin
+  "$RUN" -m "$LONGROPE" -q < p.bin > avx.out
+  PHI3_NO_AVX=1 "$RUN" -m "$LONGROPE" -q < p.bin > c.out
+  cmp -s avx.out c.out && skip "the two kernel paths agree bit for bit here (no AVX2?)"
+  "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > /dev/null
+  PHI3_NO_AVX=1 "$RUN" -m "$LONGROPE" -q --session "$S" --stats < p.bin > sess.out 2> stats
+  cmp c.out sess.out || fail "a scalar run through an AVX2 session differs from a fresh scalar run"
+  [ "$(reused)" = 0 ] || fail "$(cat stats)"
+  "$RUN" --session-info "$S" | grep -q '"kernel":"cpu-c"'
+  # now the scalar rows are stored: the scalar path reuses them, the AVX2 path does not
+  PHI3_NO_AVX=1 "$RUN" -m "$LONGROPE" -q --session "$S" --stats < p.bin > sess.out 2> stats
+  [ "$(reused)" = 79 ] && cmp c.out sess.out
+  "$RUN" -m "$LONGROPE" -q --session "$S" --stats < p.bin > sess.out 2> stats
+  [ "$(reused)" = 0 ] && cmp avx.out sess.out
+}
+
+@test "one byte changed in the middle of a tensor: another fingerprint, the session is not reused" {
+  export XDG_CACHE_HOME="$BATS_TEST_TMPDIR/cache"
+  cp -r "$GQA" m
+  frames 7 512 20 > p.bin
+  "$RUN" -m m -q --session "$S" < p.bin > /dev/null
+  fp0=$("$RUN" -m m -q -v < /dev/null 2>&1 | grep -o 'fingerprint [0-9a-f]*')
+  # the middle of the file is the middle of some tensor's data (the header is 2 KB);
+  # mtime kept, so only the ctime and the content tell
+  size=$(stat -c %s m/model.safetensors)
+  "$PY" -c 'import sys; f = open(sys.argv[1], "r+b"); f.seek(int(sys.argv[2])); b = f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0x10]))' \
+    m/model.safetensors $((size / 2 + 3))
+  touch -r "$GQA/model.safetensors" m/model.safetensors
+  fp1=$("$RUN" -m m -q -v < /dev/null 2>&1 | grep -o 'fingerprint [0-9a-f]*')
+  [ -n "$fp0" ] && [ "$fp0" != "$fp1" ] || fail "fingerprint unchanged: $fp0 / $fp1"
+  run --separate-stderr "$RUN" -m m -q --session "$S" < p.bin
+  assert_status 1
+  assert_err "phi3-run: session $S: " "made by another model"
+  "$RUN" --session-rm "$S"
+  "$RUN" -m m -q < p.bin > fresh.out
+  "$RUN" -m m -q --session "$S" < p.bin > sess.out
+  cmp fresh.out sess.out
+}
+
+@test "the fingerprint cache: keyed by file identity, 0600, a damaged or foreign cache is ignored" {
+  export XDG_CACHE_HOME="$BATS_TEST_TMPDIR/cache"
+  fp() { "$RUN" -m "$LONGROPE" -q -v < /dev/null 2>&1 | grep -o 'fingerprint [0-9a-f]*'; }
+  want=$(PHI3_FP_CACHE=off fp)
+  [ ! -e cache ]
+  [ "$(fp)" = "$want" ]
+  C=cache/phi3/fingerprints
+  [ "$(stat -c %a cache/phi3)" = 700 ] && [ "$(stat -c %a $C)" = 600 ]
+  [ "$(head -1 $C)" = "phi3-fingerprints 1" ] && [ "$(wc -l < $C)" = 3 ]    # two shards
+  [ "$(fp)" = "$want" ]
+  # a changed hash (its check value no longer matches): the cache is ignored, then rewritten
+  "$PY" -c 'import sys
+p = sys.argv[1]; l = open(p).read().split("\n"); f = l[1].split(" ")
+f[5] = "%016x" % (int(f[5], 16) ^ 1); l[1] = " ".join(f); open(p, "w").write("\n".join(l))' $C
+  [ "$(fp)" = "$want" ]
+  [ "$(fp)" = "$want" ]
+  # writable by others: ignored
+  chmod 0666 $C
+  [ "$(fp)" = "$want" ]
+  # a FIFO in its place hangs nothing
+  rm -f $C; mkfifo $C
+  [ "$(timeout 10 bash -c "$(declare -f fp); RUN=$RUN LONGROPE=$LONGROPE fp")" = "$want" ]
+}

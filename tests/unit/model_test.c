@@ -191,9 +191,35 @@ static void model_tests(void)
     model_free(b);
 }
 
+/* The content hash behind the fingerprint: any single changed byte (at block edges, in
+ * the tail, in the middle) changes it; thread count does not; length matters. */
+static void hash_tests(void)
+{
+    size_t n = ((size_t)64 << 20) + 12293;     /* a full 64 MiB block and a short one */
+    uint8_t *b = xmalloc(n + 8);
+    for (size_t i = 0; i < n + 8; i++) b[i] = (uint8_t)(i * 2654435761u >> 13);
+    uint64_t h = fp_hash(b, n, 1);
+    ok(fp_hash(b, n, 4) == h && fp_hash(b, n, 2) == h, "hash independent of threads");
+    size_t at[] = {0, 7, 8, 31, 32, (64u << 20) - 1, 64u << 20, n / 2 + 3, n - 9, n - 1};
+    int all = 1;
+    for (size_t k = 0; k < sizeof at / sizeof *at; k++)
+        for (int bit = 0; bit < 8; bit += 7) {
+            b[at[k]] ^= (uint8_t)(1 << bit);
+            all &= fp_hash(b, n, 2) != h;
+            b[at[k]] ^= (uint8_t)(1 << bit);
+        }
+    ok(all, "a flipped bit anywhere changes the hash");
+    ok(fp_hash(b, n + 1, 2) != h && fp_hash(b, n - 1, 2) != h, "the length is hashed");
+    uint8_t z[64] = {0};
+    ok(fp_hash_block(z, 8, 0) != fp_hash_block(z, 16, 0) && fp_hash_block(z, 64, 0) != fp_hash_block(z, 64, 1),
+       "zero words of other lengths or seeds differ");
+    free(b);
+}
+
 int main(void)
 {
     phi3_init("model_test");
+    hash_tests();
     config_tests();
     safetensors_tests();
     conversion_tests();
