@@ -385,7 +385,13 @@ session *session_open(const char *name, const struct phi3_model *m, int max_ctx,
     }
     static const char zero[8];
     if (sb.st_size == 0 || !memcmp(magic, zero, sizeof zero)) {
-        if (init_object(s, &e, err, errlen)) goto fail;
+        if (init_object(s, &e, err, errlen)) {
+            /* An object we could not initialise (a full /dev/shm) holds nothing: remove it
+             * rather than leave a 0-byte object that lists as invalid. We hold the lock, and
+             * its magic was never written, so no writer or reader can be using it. */
+            shm_unlink(path);
+            goto fail;
+        }
         s->st.pos_floats = (size_t)e.n_layers * 3 * e.n_kv_heads * e.head_dim;
         s->st.ids_off = SESSION_HDR_BYTES;
         s->st.kv_off = s->map_len;

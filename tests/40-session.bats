@@ -371,3 +371,15 @@ f[5] = "%016x" % (int(f[5], 16) ^ 1); l[1] = " ".join(f); open(p, "w").write("\n
   rm -f $C; mkfifo $C
   [ "$(timeout 10 bash -c "$(declare -f fp); RUN=$RUN LONGROPE=$LONGROPE fp")" = "$want" ]
 }
+
+@test "a /dev/shm too full to create the object: a clear error and no 0-byte object left behind" {
+  [ "$(id -u)" = 0 ] || skip "needs root for a private tmpfs"
+  unshare -m true 2> /dev/null || skip "no mount namespaces here"
+  frames 7 32064 10 > p.bin
+  # header + ids of tiny-longrope need 12 KiB; the tmpfs holds 8 KiB
+  run unshare -m sh -c 'mount -t tmpfs -o size=8k tmpfs /dev/shm && "$@"; echo "exit $?"; ls -A /dev/shm' x \
+    "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin
+  [[ "$output" == *"session $S: cannot allocate"*"no space left"* ]] || fail "$output"
+  [[ "$output" == *"exit 1"* ]] || fail "$output"
+  [[ "$output" != *"phi3.$S"* ]] || fail "object left: $output"
+}
