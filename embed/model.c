@@ -85,18 +85,28 @@ static int cfg_int(json_t *o, const char *key, long lo, long hi, long def, int *
     return 0;
 }
 
-static int cfg_num(json_t *o, const char *key, double def, double *out, char *err, size_t errlen)
+/* A number in the open interval (lo, hi), also after rounding to float32 (the forward
+ * pass keeps eps, factors and the attention factor as float32: 1e300 would be inf there,
+ * 1e-50 zero); absent: def. */
+static int cfg_num(json_t *o, const char *key, double def, double lo, double hi, double *out, char *err,
+                   size_t errlen)
 {
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) {
         *out = def;
         return 0;
     }
-    if (!json_is_number(v) || !isfinite(json_number_value(v)) || json_number_value(v) <= 0)
-        return fail(err, errlen, "config.json: %s must be a positive number", key);
-    *out = json_number_value(v);
+    double x = json_is_number(v) ? json_number_value(v) : NAN;
+    float f = (float)x;
+    if (!(x > lo && x < hi) || !isfinite(f) || !((double)f > lo && (double)f < hi))
+        return fail(err, errlen, "config.json: %s must be a number in (%g, %g) (as float32), got %.6g", key, lo, hi,
+                    x);
+    *out = x;
     return 0;
 }
+
+/* LongRoPE factors: float32 in transformers too. */
+#define FACTOR_MAX 1e6
 
 static int cfg_factors(json_t *rs, const char *key, int n, float **out, char *err, size_t errlen)
 {
@@ -108,9 +118,11 @@ static int cfg_factors(json_t *rs, const char *key, int n, float **out, char *er
     for (int i = 0; i < n; i++) {
         json_t *e = json_array_get(a, (size_t)i);
         double x = json_is_number(e) ? json_number_value(e) : -1;
-        if (!(x > 0) || !isfinite(x))
-            return fail(err, errlen, "config.json: rope_scaling.%s[%d] must be a positive number", key, i);
-        (*out)[i] = (float)x;   /* transformers holds the factors as float32 */
+        float f = (float)x;   /* transformers holds the factors as float32 */
+        if (!(x > 0 && x < FACTOR_MAX) || !(f > 0))
+            return fail(err, errlen, "config.json: rope_scaling.%s[%d] must be a number in (0, %g) (as float32)",
+                        key, i, FACTOR_MAX);
+        (*out)[i] = f;
     }
     return 0;
 }
@@ -157,8 +169,8 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
         return fail(err, errlen, "config.json: num_attention_heads %d is not a multiple of num_key_value_heads %d",
                     c->n_heads, c->n_kv_heads);
     double eps, prf;
-    if (cfg_num(o, "rms_norm_eps", 1e-5, &eps, err, errlen) ||
-        cfg_num(o, "partial_rotary_factor", 1.0, &prf, err, errlen))
+    if (cfg_num(o, "rms_norm_eps", 1e-5, 0, 1, &eps, err, errlen) ||
+        cfg_num(o, "partial_rotary_factor", 1.0, 0, 2, &prf, err, errlen))
         return -1;
     c->rms_eps = (float)eps;
     if (prf != 1.0) return fail(err, errlen, "config.json: partial_rotary_factor %g is not supported", prf);
@@ -172,9 +184,9 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
     if (!rs || json_is_null(rs)) rs = json_object_get(o, "rope_parameters");
     if (rs && !json_is_null(rs) && !json_is_object(rs))
         return fail(err, errlen, "config.json: rope_scaling must be an object or null");
-    if (cfg_num(o, "rope_theta", 10000.0, &c->rope_theta, err, errlen) ||
+    if (cfg_num(o, "rope_theta", 10000.0, 0, 1e30, &c->rope_theta, err, errlen) ||
         (rs && json_object_get(rs, "rope_theta") &&
-         cfg_num(rs, "rope_theta", 10000.0, &c->rope_theta, err, errlen)))
+         cfg_num(rs, "rope_theta", 10000.0, 0, 1e30, &c->rope_theta, err, errlen)))
         return -1;
     const char *type = NULL;
     if (rs && !json_is_null(rs)) {
@@ -199,11 +211,16 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
             cfg_int(rs, "original_max_position_embeddings", 1, 1 << 24, c->original_max_pos,
                     &c->original_max_pos, err, errlen))
             return -1;
+        if (c->original_max_pos > c->max_pos)
+            return fail(err, errlen,
+                        "config.json: original_max_position_embeddings %d exceeds max_position_embeddings %d",
+                        c->original_max_pos, c->max_pos);
         /* transformers' longrope default: scale = max/original_max, factor 1 when scale <= 1. */
         double scale = (double)c->max_pos / c->original_max_pos;
         if (scale > 1.0 && c->original_max_pos > 1)
             c->attn_factor = sqrt(1.0 + log(scale) / log((double)c->original_max_pos));
-        if (cfg_num(rs, "attention_factor", c->attn_factor, &c->attn_factor, err, errlen)) return -1;
+        /* cos and sin are scaled by it: past ~100 the attention is saturated nonsense. */
+        if (cfg_num(rs, "attention_factor", c->attn_factor, 0, 100, &c->attn_factor, err, errlen)) return -1;
     }
     return 0;
 }

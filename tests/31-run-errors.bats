@@ -160,3 +160,47 @@ expect_model_error() {
   assert_status 1
   assert_err "phi3-run: $PWD/m/model.safetensors.index.json" "more than the 16 MiB"
 }
+
+# with_config SRC KEY=JSON...: a copy of SRC in $BATS_TEST_TMPDIR/m with config.json keys set
+with_config() {
+  rm -rf "$BATS_TEST_TMPDIR/m"; cp -r "$1" "$BATS_TEST_TMPDIR/m"; shift
+  "$PY" -c 'import json, sys
+p = sys.argv[1]; c = json.load(open(p))
+for kv in sys.argv[2:]:
+    k, v = kv.split("=", 1); keys = k.split(".")
+    d = c
+    for x in keys[:-1]: d = d[x]
+    d[keys[-1]] = json.loads(v)
+json.dump(c, open(p, "w"))' "$BATS_TEST_TMPDIR/m/config.json" "$@"
+}
+
+@test "config numbers that are finite as double but not as float32, or out of range: refused at load" {
+  tokens_frame 1 2 > "$BATS_TEST_TMPDIR/in"
+  for kv in rms_norm_eps=1e300 rms_norm_eps=1e-50 rope_theta=1e39 rope_scaling.attention_factor=1e300 \
+            rope_scaling.short_factor.0=1e300 rope_scaling.long_factor.3=-1; do
+    k=${kv%%=*}; k=${k#rope_scaling.}; k=${k%%.*}
+    if [[ $kv == *factor.* ]]; then
+      # a list element: set the whole list with that element changed
+      "$PY" -c 'import json,sys; c=json.load(open(sys.argv[1])); print(json.dumps(c["rope_scaling"][sys.argv[2]]))' \
+        "$LONGROPE/config.json" "$k" > "$BATS_TEST_TMPDIR/list"
+      i=${kv#*factor.}; i=${i%%=*}; v=${kv#*=}
+      list=$("$PY" -c 'import json,sys; l=json.load(open(sys.argv[1])); l[int(sys.argv[2])]=json.loads(sys.argv[3]); print(json.dumps(l))' \
+        "$BATS_TEST_TMPDIR/list" "$i" "$v")
+      with_config "$LONGROPE" "rope_scaling.$k=$list"
+    else
+      with_config "$LONGROPE" "$kv"
+    fi
+    run --separate-stderr RUN -m "$BATS_TEST_TMPDIR/m" < "$BATS_TEST_TMPDIR/in"
+    assert_status 1
+    assert_err "phi3-run: $BATS_TEST_TMPDIR/m/config.json: " "$k"
+    [ -z "$output" ]
+  done
+}
+
+@test "original_max_position_embeddings beyond max_position_embeddings: refused at load" {
+  with_config "$LONGROPE" rope_scaling.original_max_position_embeddings=4096 original_max_position_embeddings=4096
+  tokens_frame 1 2 > "$BATS_TEST_TMPDIR/in"
+  run --separate-stderr RUN -m "$BATS_TEST_TMPDIR/m" < "$BATS_TEST_TMPDIR/in"
+  assert_status 1
+  assert_err "phi3-run: $BATS_TEST_TMPDIR/m/config.json: " "original_max_position_embeddings 4096 exceeds max_position_embeddings 2048"
+}

@@ -86,6 +86,41 @@ static void config_tests(void)
     model_config_free(&c);
     ok(cfg("[1]", &c, e) < 0 && cfg("{" BASE ",\"hidden_size\":64", &c, e) < 0 && strstr(e, "invalid JSON"),
        "not an object / bad JSON: %s", e);
+
+    /* Ranges: finite as float32 too (1e300 was accepted as a double, then inf/NaN logits). */
+    static const struct { const char *json, *want; } bad[] = {
+        {",\"rms_norm_eps\":1e300", "rms_norm_eps must be a number in (0, 1)"},
+        {",\"rms_norm_eps\":1e-50", "rms_norm_eps"},          /* 0 as float32 */
+        {",\"rms_norm_eps\":0", "rms_norm_eps"},
+        {",\"rms_norm_eps\":1", "rms_norm_eps"},
+        {",\"rms_norm_eps\":-1e-5", "rms_norm_eps"},
+        {",\"rms_norm_eps\":\"1e-5\"", "rms_norm_eps"},
+        {",\"rope_theta\":1e39", "rope_theta"},                /* inf as float32 */
+        {",\"rope_theta\":0", "rope_theta"},
+        {",\"rope_theta\":-10000", "rope_theta"},
+        {",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":" F8 ",\"long_factor\":" F8
+         ",\"original_max_position_embeddings\":256,\"attention_factor\":1e300}", "attention_factor"},
+        {",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":" F8 ",\"long_factor\":" F8
+         ",\"original_max_position_embeddings\":256,\"attention_factor\":0}", "attention_factor"},
+        {",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1,1,1,1e300],\"long_factor\":" F8
+         ",\"original_max_position_embeddings\":256}", "short_factor[7] must be a number in (0, 1e+06)"},
+        {",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":" F8 ",\"long_factor\":[1e-50,1,1,1,1,1,1,1]"
+         ",\"original_max_position_embeddings\":256}", "long_factor[0]"},
+        {",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":" F8 ",\"long_factor\":" F8
+         ",\"original_max_position_embeddings\":2048}", "original_max_position_embeddings 2048 exceeds max_position_embeddings 1024"},
+        {",\"num_key_value_heads\":0", "num_key_value_heads"},
+        {",\"sliding_window\":-1", "sliding_window"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char text[1024];
+        snprintf(text, sizeof text, "{" BASE "%s}", bad[i].json);
+        int rc = cfg(text, &c, e);
+        ok(rc < 0 && strstr(e, bad[i].want), "refused: %s -> %s", bad[i].json, rc < 0 ? e : "accepted");
+        if (!rc) model_config_free(&c);
+    }
+    e[0] = 0;
+    ok(cfg("{" BASE ",\"rms_norm_eps\":1e-40,\"rope_theta\":1e29}", &c, e) == 0, "tiny eps (a float32 subnormal), big theta: %s", e);
+    model_config_free(&c);
 }
 
 /* A safetensors image from a header string and n data bytes (header padded to 8). */
