@@ -551,3 +551,5 @@ size_t backend_cpu_kv_bytes(const backend *b)
     const cpu *c = (const cpu *)b;
     return c->own_kv ? (size_t)c->kv.capacity * c->stride * sizeof(float) : 0;
 }
+
+int backend_cpu_kernel(void) { return use_avx() ? 1 : 2; }
