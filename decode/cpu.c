@@ -8,13 +8,12 @@
  * split into forward() calls (given the same RoPE mode). */
 #include "decode/backend.h"
 #include "decode/cpu.h"
+#include "decode/gemm.h"
 #include "decode/pool.h"
 #include "decode/rope.h"
 #include "embed/model.h"
 #include "shared/util.h"
-#include <cpuid.h>
 #include <errno.h>
-#include <immintrin.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,8 +21,6 @@
 #include <string.h>
 
 #define CHUNK 64                /* tokens per internal step of a long forward */
-
-typedef float (*dot_fn)(const void *w, const float *x, int n);
 
 typedef struct cpu {
     backend b;                  /* first: a backend* is a cpu* */
@@ -39,6 +36,7 @@ typedef struct cpu {
     int32_t *ids;               /* token ids of the context [kv.capacity] (re-prefill) */
     int ids_cap;
     float **scores;             /* per thread [scores_cap] */
+    float **gscratch;           /* per thread [gemm_scratch_floats()] */
     int scores_cap;
     cpu_hidden_fn hook;
     void *hook_ctx;
@@ -58,132 +56,19 @@ size_t kv_pos_floats(const struct phi3_model *m)
     return (size_t)m->cfg.n_layers * 3 * m->cfg.n_kv_heads * m->cfg.head_dim;
 }
 
-/* ---- dot products: w (one weight row, file dtype) . x (float32), n elements ----
- * 4 x 8 lanes of partial sums over blocks of 32, reduced in a fixed tree, then the
- * tail; the scalar versions use the same lanes, so either gives one fixed order. */
-
-static float reduce8(const float *l)
-{
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
-#define SCALAR_DOT(NAME, LOAD)                                                     \
-    static float NAME(const void *wv, const float *x, int n)                       \
-    {                                                                              \
-        float acc[4][8] = {{0}};                                                   \
-        int i = 0;                                                                 \
-        for (; i + 32 <= n; i += 32)                                               \
-            for (int k = 0; k < 4; k++)                                            \
-                for (int j = 0; j < 8; j++)                                        \
-                    acc[k][j] += LOAD(wv, i + 8 * k + j) * x[i + 8 * k + j];       \
-        float s[8];                                                                \
-        for (int j = 0; j < 8; j++) s[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]); \
-        float r = reduce8(s);                                                      \
-        for (; i < n; i++) r += LOAD(wv, i) * x[i];                                \
-        return r;                                                                  \
-    }
-#define LD_BF16(w, i) bf16_to_f32(((const uint16_t *)(w))[i])
-#define LD_F16(w, i) f16_to_f32(((const uint16_t *)(w))[i])
-#define LD_F32(w, i) (((const float *)(w))[i])
-SCALAR_DOT(dot_bf16_c, LD_BF16)
-SCALAR_DOT(dot_f16_c, LD_F16)
-SCALAR_DOT(dot_f32_c, LD_F32)
-
-#define AVX_DOT(NAME, CVT8)                                                        \
-    __attribute__((target("avx2,fma,f16c"))) static float NAME(const void *wv, const float *x, int n) \
-    {                                                                              \
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                \
-        int i = 0;                                                                 \
-        for (; i + 32 <= n; i += 32) {                                             \
-            a0 = _mm256_fmadd_ps(CVT8(wv, i), _mm256_loadu_ps(x + i), a0);         \
-            a1 = _mm256_fmadd_ps(CVT8(wv, i + 8), _mm256_loadu_ps(x + i + 8), a1); \
-            a2 = _mm256_fmadd_ps(CVT8(wv, i + 16), _mm256_loadu_ps(x + i + 16), a2); \
-            a3 = _mm256_fmadd_ps(CVT8(wv, i + 24), _mm256_loadu_ps(x + i + 24), a3); \
-        }                                                                          \
-        float s[8];                                                                \
-        _mm256_storeu_ps(s, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))); \
-        float r = reduce8(s);                                                      \
-        for (; i < n; i++) r = fmaf(LOAD_##NAME(wv, i), x[i], r);                  \
-        return r;                                                                  \
-    }
-#define CVT_BF16(w, i) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32( \
-    _mm_loadu_si128((const __m128i *)((const uint16_t *)(w) + (i)))), 16))
-#define CVT_F16(w, i) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)(w) + (i))))
-#define CVT_F32(w, i) _mm256_loadu_ps((const float *)(w) + (i))
-#define LOAD_dot_bf16_avx LD_BF16
-#define LOAD_dot_f16_avx LD_F16
-#define LOAD_dot_f32_avx LD_F32
-AVX_DOT(dot_bf16_avx, CVT_BF16)
-AVX_DOT(dot_f16_avx, CVT_F16)
-AVX_DOT(dot_f32_avx, CVT_F32)
-
-/* Four tokens against one BF16 row: the weights are converted once per block, and
- * each token's partial sums follow exactly dot_bf16_avx's order (same lanes, same FMA
- * sequence, same reduction), so a prefill gives the bits a one-token step gives. */
-__attribute__((target("avx2,fma,f16c"))) static void dot4_bf16_avx(const void *wv, const float *x, size_t ldx,
-                                                                   int n, float *out)
-{
-    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
-    /* 16 named accumulators (aTK: token T, lane group K) so they stay in registers */
-    __m256 z = _mm256_setzero_ps();
-    __m256 a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
-    __m256 a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
-    int i = 0;
-#define STEP4(K)                                                             \
-    do {                                                                     \
-        __m256 w = CVT_BF16(wv, i + 8 * K);                                  \
-        a0##K = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + i + 8 * K), a0##K);  \
-        a1##K = _mm256_fmadd_ps(w, _mm256_loadu_ps(x1 + i + 8 * K), a1##K);  \
-        a2##K = _mm256_fmadd_ps(w, _mm256_loadu_ps(x2 + i + 8 * K), a2##K);  \
-        a3##K = _mm256_fmadd_ps(w, _mm256_loadu_ps(x3 + i + 8 * K), a3##K);  \
-    } while (0)
-    for (; i + 32 <= n; i += 32) {
-        STEP4(0);
-        STEP4(1);
-        STEP4(2);
-        STEP4(3);
-    }
-#undef STEP4
-    __m256 a[4][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
-    for (int t = 0; t < 4; t++) {
-        const float *xt = x + (size_t)t * ldx;
-        float s[8];
-        _mm256_storeu_ps(s, _mm256_add_ps(_mm256_add_ps(a[t][0], a[t][1]), _mm256_add_ps(a[t][2], a[t][3])));
-        float r = reduce8(s);
-        for (int j = i; j < n; j++) r = fmaf(LD_BF16(wv, j), xt[j], r);
-        out[t] = r;
-    }
-}
-
-static int use_avx(void);
-
-static int use_avx(void)
-{
-    static int avx = -1;
-    if (avx < 0) {
-        unsigned ea, eb, ec, ed;
-        __builtin_cpu_init();
-        avx = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-              __get_cpuid(1, &ea, &eb, &ec, &ed) && (ec & bit_F16C) && !getenv("PHI3_NO_AVX");
-    }
-    return avx;
-}
-
-static dot_fn dot_for(st_dtype d)
-{
-    int avx = use_avx();
-    switch (d) {
-    case ST_BF16: return avx ? dot_bf16_avx : dot_bf16_c;
-    case ST_F16: return avx ? dot_f16_avx : dot_f16_c;
-    default: return avx ? dot_f32_avx : dot_f32_c;
-    }
-}
-
-/* ---- matmul: out[t * ldo + r] = W[row0 + r] . x[t * ldx], r < nrows, t < n ---- */
+/* ---- matmul: out[t * ldo + r] = W[row0 + r] . x[t * ldx], r < nrows, t < n ----
+ * Every product follows the canonical dot order of decode/gemm.h (8 fmaf lanes along k,
+ * a fixed reduction tree, then the tail in order), whether it is computed for one token
+ * or inside the blocked many-token kernel, with AVX2, AVX-512 or scalar code; the pool
+ * shares blocks of GEMM_MB rows. So a token's result is the same bits whatever the frame
+ * split, the thread count or PHI3_NO_AVX. */
 
 typedef struct mm_job {
-    const phi3_weight *w;
-    int row0;
+    cpu *c;
+    const gemm_ops *op;
+    const uint8_t *w;
+    size_t row_bytes;
+    int K, nrows;
     const float *x;
     int ldx, n;
     float *out;
@@ -193,28 +78,18 @@ typedef struct mm_job {
 static void mm_rows(void *ctx, int begin, int end, int tid)
 {
     const mm_job *j = ctx;
-    dot_fn dot = dot_for(j->w->dtype);
-    size_t es = st_dtype_size(j->w->dtype);
-    int cols = (int)j->w->cols;
-    int four = j->w->dtype == ST_BF16 && use_avx();
-    for (int r = begin; r < end; r++) {
-        const uint8_t *row = (const uint8_t *)j->w->data + (size_t)(j->row0 + r) * cols * es;
-        int t = 0;
-        for (; four && t + 4 <= j->n; t += 4) {
-            float o[4];
-            dot4_bf16_avx(row, j->x + (size_t)t * j->ldx, (size_t)j->ldx, cols, o);
-            for (int k = 0; k < 4; k++) j->out[(size_t)(t + k) * j->ldo + r] = o[k];
-        }
-        for (; t < j->n; t++)
-            j->out[(size_t)t * j->ldo + r] = dot(row, j->x + (size_t)t * j->ldx, cols);
-    }
+    int r1 = end * GEMM_MB < j->nrows ? end * GEMM_MB : j->nrows;
+    gemm_rows(j->op, j->w, j->row_bytes, j->K, begin * GEMM_MB, r1, j->x, (size_t)j->ldx, j->n, j->out,
+              (size_t)j->ldo, j->c->gscratch[tid]);
 }
 
 static void matmul(cpu *c, const phi3_weight *w, int row0, int nrows, const float *x, int ldx, int n,
                    float *out, int ldo)
 {
-    mm_job j = {w, row0, x, ldx, n, out, ldo};
-    pool_run(c->pool, mm_rows, &j, nrows);
+    size_t rb = (size_t)w->cols * st_dtype_size(w->dtype);
+    mm_job j = {c, gemm_ops_for(w->dtype), (const uint8_t *)w->data + (size_t)row0 * rb, rb, (int)w->cols, nrows,
+                x, ldx, n, out, ldo};
+    pool_run(c->pool, mm_rows, &j, (nrows + GEMM_MB - 1) / GEMM_MB);
 }
 
 /* ---- small ops (single-threaded, fixed order) ---- */
@@ -456,6 +331,8 @@ static void cpu_destroy(backend *b)
     if (!c) return;
     for (int t = 0; c->scores && t < pool_threads(c->pool); t++) free(c->scores[t]);
     free(c->scores);
+    for (int t = 0; c->gscratch && t < pool_threads(c->pool); t++) free(c->gscratch[t]);
+    free(c->gscratch);
     pool_free(c->pool);
     if (c->own_kv) free(c->kv.base);
     free(c->ids);
@@ -502,6 +379,8 @@ backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, c
     c->cs = xmalloc(CHUNK * (size_t)cf->head_dim * sizeof(float));
     c->pool = pool_new(threads);
     c->scores = xcalloc((size_t)pool_threads(c->pool), sizeof *c->scores);
+    c->gscratch = xcalloc((size_t)pool_threads(c->pool), sizeof *c->gscratch);
+    for (int t = 0; t < pool_threads(c->pool); t++) c->gscratch[t] = xmalloc(gemm_scratch_floats() * sizeof(float));
     if (kv) c->kv = *kv;
     else c->own_kv = 1;
     return &c->b;
