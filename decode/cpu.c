@@ -3,9 +3,11 @@
  * (backend.h) and the LongRoPE short->long switch.
  *
  * Determinism: every output element (a matmul row of one token, one attention head of
- * one token) is computed by exactly one thread with one fixed operation order, so the
- * result for a position never depends on the thread count or on how the tokens were
- * split into forward() calls (given the same RoPE mode). */
+ * one token) is computed by exactly one thread with one fixed operation order (the
+ * canonical dot order of decode/gemm.h; attention over key tiles aligned to absolute
+ * positions, see att_tiles), so the result for a position never depends on the thread
+ * count, on how the tokens were split into forward() calls (given the same RoPE mode),
+ * or on the instruction set (PHI3_NO_AVX=1 gives the same bits). */
 #include "decode/backend.h"
 #include "decode/cpu.h"
 #include "decode/gemm.h"
@@ -13,6 +15,7 @@
 #include "decode/rope.h"
 #include "embed/model.h"
 #include "shared/util.h"
+#include <immintrin.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -35,9 +38,9 @@ typedef struct cpu {
     float *x, *xb, *qkv, *att, *hb, *cs;   /* scratch for CHUNK tokens */
     int32_t *ids;               /* token ids of the context [kv.capacity] (re-prefill) */
     int ids_cap;
-    float **scores;             /* per thread [scores_cap] */
+    float **scores;             /* per thread [att_scratch_floats()] */
     float **gscratch;           /* per thread [gemm_scratch_floats()] */
-    int scores_cap;
+    int kv_f16;                 /* K and V stored as IEEE half (--kv-type f16) */
     cpu_hidden_fn hook;
     void *hook_ctx;
 } cpu;
@@ -113,45 +116,161 @@ static float *kv_row(cpu *c, int pos, int layer)
     return c->kv.base + (size_t)pos * c->stride + (size_t)layer * 3 * c->kvdim;
 }
 
-/* ---- attention: one (token, head) per item ---- */
+/* ---- attention ----
+ * Blocked: an item is one head and a tile of up to ATT_TQ queries of the frame; keys and
+ * values come in tiles of ATT_BK positions ALIGNED to multiples of ATT_BK (absolute
+ * positions), the query tile x key tile scores are one small GEMM (each score a
+ * canonical-order dot of q and k, times 1/sqrt(hd)), and each query keeps an online
+ * softmax (running max m, sum l, output o) over the key tiles in ascending order:
+ *   per tile with keys in the query's window [s, p]: mt = max of their scores;
+ *   first tile: m = mt; later, if mt > m: a = expf(m - mt), l *= a, o[i] *= a, m = mt;
+ *   then for each key in order: e = expf(score - m), l += e, o[i] = fmaf(e, v[i], o[i]);
+ *   finally o[i] / l.
+ * Which keys form a tile depends only on absolute positions, never on how many queries
+ * share the item, so a query's result is the same bits in a one-token step and in any
+ * frame split (and in the scalar and AVX paths: the same fmaf per lane). */
+
+#define ATT_TQ 16
+#define ATT_BK 64
+
+static size_t att_scratch_floats(int hd) { return (size_t)ATT_TQ * ATT_BK + (size_t)ATT_TQ * hd; }
+
+/* o[i] = o[i] * a (a != 1 only at a new maximum) */
+static void vscale(float *o, float a, int n)
+{
+    for (int i = 0; i < n; i++) o[i] *= a;
+}
+
+/* o[i] = fmaf(e[k], v_k[i], o[i]) for keys k < nk in order, v_k = v + k * stride elements */
+#define AXPY_TILE(NAME, ATTR, T, LOADV)                                                \
+    ATTR static void NAME(float *o, const float *e, const void *vv, size_t stride, int nk, int n) \
+    {                                                                                  \
+        const T *v = vv;                                                               \
+        int i = 0;                                                                     \
+        AXPY_VEC_##T                                                                   \
+        for (; i < n; i++) {                                                           \
+            float acc = o[i];                                                          \
+            for (int k = 0; k < nk; k++) acc = fmaf(e[k], LOADV(v + k * stride + i), acc); \
+            o[i] = acc;                                                                \
+        }                                                                              \
+    }
+#define LDV_F32(p) (*(p))
+#define LDV_F16(p) f16_to_f32(*(p))
+#define AXPY_VEC_float
+#define AXPY_VEC_uint16_t
+AXPY_TILE(axpy_f32_c, , float, LDV_F32)
+AXPY_TILE(axpy_f16_c, , uint16_t, LDV_F16)
+#undef AXPY_VEC_float
+#undef AXPY_VEC_uint16_t
+/* AVX2: 32 output lanes in registers across the key tile, then 8, then the scalar tail */
+#define AXPY_VEC_float                                                                 \
+    for (; i + 32 <= n; i += 32) {                                                     \
+        __m256 a0 = _mm256_loadu_ps(o + i), a1 = _mm256_loadu_ps(o + i + 8);           \
+        __m256 a2 = _mm256_loadu_ps(o + i + 16), a3 = _mm256_loadu_ps(o + i + 24);     \
+        for (int k = 0; k < nk; k++) {                                                 \
+            __m256 ek = _mm256_set1_ps(e[k]);                                          \
+            const float *vk = v + k * stride + i;                                      \
+            a0 = _mm256_fmadd_ps(ek, _mm256_loadu_ps(vk), a0);                         \
+            a1 = _mm256_fmadd_ps(ek, _mm256_loadu_ps(vk + 8), a1);                     \
+            a2 = _mm256_fmadd_ps(ek, _mm256_loadu_ps(vk + 16), a2);                    \
+            a3 = _mm256_fmadd_ps(ek, _mm256_loadu_ps(vk + 24), a3);                    \
+        }                                                                              \
+        _mm256_storeu_ps(o + i, a0), _mm256_storeu_ps(o + i + 8, a1);                  \
+        _mm256_storeu_ps(o + i + 16, a2), _mm256_storeu_ps(o + i + 24, a3);            \
+    }                                                                                  \
+    for (; i + 8 <= n; i += 8) {                                                       \
+        __m256 a0 = _mm256_loadu_ps(o + i);                                            \
+        for (int k = 0; k < nk; k++)                                                   \
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(e[k]), _mm256_loadu_ps(v + k * stride + i), a0); \
+        _mm256_storeu_ps(o + i, a0);                                                   \
+    }
+#define H8(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define AXPY_VEC_uint16_t                                                              \
+    for (; i + 32 <= n; i += 32) {                                                     \
+        __m256 a0 = _mm256_loadu_ps(o + i), a1 = _mm256_loadu_ps(o + i + 8);           \
+        __m256 a2 = _mm256_loadu_ps(o + i + 16), a3 = _mm256_loadu_ps(o + i + 24);     \
+        for (int k = 0; k < nk; k++) {                                                 \
+            __m256 ek = _mm256_set1_ps(e[k]);                                          \
+            const uint16_t *vk = v + k * stride + i;                                   \
+            a0 = _mm256_fmadd_ps(ek, H8(vk), a0);                                      \
+            a1 = _mm256_fmadd_ps(ek, H8(vk + 8), a1);                                  \
+            a2 = _mm256_fmadd_ps(ek, H8(vk + 16), a2);                                 \
+            a3 = _mm256_fmadd_ps(ek, H8(vk + 24), a3);                                 \
+        }                                                                              \
+        _mm256_storeu_ps(o + i, a0), _mm256_storeu_ps(o + i + 8, a1);                  \
+        _mm256_storeu_ps(o + i + 16, a2), _mm256_storeu_ps(o + i + 24, a3);            \
+    }                                                                                  \
+    for (; i + 8 <= n; i += 8) {                                                       \
+        __m256 a0 = _mm256_loadu_ps(o + i);                                            \
+        for (int k = 0; k < nk; k++)                                                   \
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(e[k]), H8(v + k * stride + i), a0);    \
+        _mm256_storeu_ps(o + i, a0);                                                   \
+    }
+AXPY_TILE(axpy_f32_avx, __attribute__((target("avx2,fma,f16c"))), float, LDV_F32)
+AXPY_TILE(axpy_f16_avx, __attribute__((target("avx2,fma,f16c"))), uint16_t, LDV_F16)
 
 typedef struct att_job {
     cpu *c;
     int layer, pos0, n;
 } att_job;
 
-static void att_heads(void *ctx, int begin, int end, int tid)
+static void att_tiles(void *ctx, int begin, int end, int tid)
 {
     const att_job *j = ctx;
     cpu *c = j->c;
     const phi3_config *cf = &c->b.m->cfg;
-    int hd = cf->head_dim, nh = cf->n_heads, group = nh / cf->n_kv_heads;
+    int hd = cf->head_dim, nh = cf->n_heads, group = nh / cf->n_kv_heads, win = cf->sliding_window;
+    int qtiles = (j->n + ATT_TQ - 1) / ATT_TQ;
     float scale = 1.0f / sqrtf((float)hd);
-    float *sc = c->scores[tid];
+    float *sc = c->scores[tid], *obuf = sc + (size_t)ATT_TQ * ATT_BK;
+    const gemm_ops *kop = gemm_ops_for(c->kv_f16 ? ST_F16 : ST_F32);
+    int vec = gemm_vec_level() > 0;
+    void (*axpy)(float *, const float *, const void *, size_t, int, int) =
+        c->kv_f16 ? (vec ? axpy_f16_avx : axpy_f16_c) : (vec ? axpy_f32_avx : axpy_f32_c);
+    size_t es = c->kv_f16 ? 2 : 4, pstride = c->stride;      /* elements per position */
     for (int it = begin; it < end; it++) {
-        int t = it / nh, h = it % nh, kh = h / group, p = j->pos0 + t;
-        const float *q = c->qkv + (size_t)t * c->qkvdim + (size_t)h * hd;
-        int s = cf->sliding_window > 0 && p - cf->sliding_window + 1 > 0 ? p - cf->sliding_window + 1 : 0;
-        float mx = -INFINITY;
-        for (int k = s; k <= p; k++) {
-            const float *key = kv_row(c, k, j->layer) + (size_t)kh * hd;
-            float d = 0;
-            for (int i = 0; i < hd; i++) d += q[i] * key[i];
-            d *= scale;
-            sc[k - s] = d;
-            if (d > mx) mx = d;
+        int h = it / qtiles, t0 = (it % qtiles) * ATT_TQ, kh = h / group;
+        int nq = j->n - t0 < ATT_TQ ? j->n - t0 : ATT_TQ;
+        int pfirst = j->pos0 + t0, plast = pfirst + nq - 1;
+        float m[ATT_TQ], l[ATT_TQ];
+        for (int i = 0; i < nq; i++) m[i] = -INFINITY, l[i] = 0;
+        memset(obuf, 0, (size_t)nq * hd * sizeof(float));
+        const float *q0 = c->qkv + (size_t)t0 * c->qkvdim + (size_t)h * hd;
+        int s0 = win > 0 && pfirst - win + 1 > 0 ? pfirst - win + 1 : 0;
+        const uint8_t *k0 = (const uint8_t *)kv_row(c, 0, j->layer) + (size_t)kh * hd * es;
+        const uint8_t *v0 = k0 + (size_t)c->kvdim * es;
+        for (int kb = s0 / ATT_BK * ATT_BK; kb <= plast; kb += ATT_BK) {
+            int ke = kb + ATT_BK - 1 < plast ? kb + ATT_BK - 1 : plast;   /* last key of the tile */
+            /* scores[i][k - kb] for every query of the item and key of the tile */
+            gemm_rows(kop, k0 + (size_t)kb * pstride * es, pstride * es, hd, 0, ke - kb + 1, q0, (size_t)c->qkvdim,
+                      nq, sc, ATT_BK, c->gscratch[tid]);
+            for (int i = 0; i < nq; i++) {
+                int p = pfirst + i, s = win > 0 && p - win + 1 > 0 ? p - win + 1 : 0;
+                int a = (kb > s ? kb : s) - kb, e = (ke < p ? ke : p) - kb;      /* tile offsets */
+                if (a > e) continue;
+                float *si = sc + (size_t)i * ATT_BK, *oi = obuf + (size_t)i * hd;
+                float mt = -INFINITY;
+                for (int k = a; k <= e; k++) {
+                    si[k] *= scale;
+                    if (si[k] > mt) mt = si[k];
+                }
+                if (m[i] == -INFINITY) m[i] = mt;
+                else if (mt > m[i]) {
+                    float al = expf(m[i] - mt);
+                    l[i] *= al;
+                    vscale(oi, al, hd);
+                    m[i] = mt;
+                }
+                for (int k = a; k <= e; k++) {
+                    si[k] = expf(si[k] - m[i]);
+                    l[i] += si[k];
+                }
+                axpy(oi, si + a, v0 + (size_t)(kb + a) * pstride * es, pstride, e - a + 1, hd);
+            }
         }
-        float sum = 0;
-        for (int k = s; k <= p; k++) {
-            sc[k - s] = expf(sc[k - s] - mx);
-            sum += sc[k - s];
-        }
-        float *o = c->att + (size_t)t * nh * hd + (size_t)h * hd;
-        for (int i = 0; i < hd; i++) o[i] = 0;
-        for (int k = s; k <= p; k++) {
-            const float *v = kv_row(c, k, j->layer) + c->kvdim + (size_t)kh * hd;
-            float pk = sc[k - s] / sum;
-            for (int i = 0; i < hd; i++) o[i] += pk * v[i];
+        for (int i = 0; i < nq; i++) {
+            float *o = c->att + (size_t)(t0 + i) * nh * hd + (size_t)h * hd, *oi = obuf + (size_t)i * hd;
+            for (int d = 0; d < hd; d++) o[d] = oi[d] / l[i];
         }
     }
 }
@@ -213,20 +332,6 @@ static int ensure_capacity(cpu *c, int need)
     return 0;
 }
 
-static int ensure_scores(cpu *c, int need)
-{
-    if (need <= c->scores_cap) return 0;
-    int cap = c->scores_cap ? c->scores_cap : 64;
-    while (cap < need) cap = cap > (1 << 29) ? need : cap * 2;
-    for (int t = 0; t < pool_threads(c->pool); t++) {
-        float *p = realloc(c->scores[t], (size_t)cap * sizeof(float));
-        if (!p) return berr(c, "out of memory for attention scores");
-        c->scores[t] = p;
-    }
-    c->scores_cap = cap;
-    return 0;
-}
-
 /* ---- the forward pass ---- */
 
 static void hook(cpu *c, int stage, int pos0, int n, const float *x)
@@ -266,7 +371,7 @@ static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int 
             memcpy(row + c->kvdim, v, (size_t)c->kvdim * sizeof(float));
         }
         att_job aj = {c, l, pos0, n};
-        pool_run(c->pool, att_heads, &aj, n * nh);
+        pool_run(c->pool, att_tiles, &aj, nh * ((n + ATT_TQ - 1) / ATT_TQ));
         matmul(c, &L->o, 0, H, c->att, nh * hd, n, c->xb, H);
         for (size_t i = 0; i < (size_t)n * H; i++) c->x[i] += c->xb[i];
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &L->ln2, H, cf->rms_eps);
@@ -302,7 +407,7 @@ static int cpu_forward(backend *b, const int32_t *ids, int n, float *logits, int
             return berr(c, "token id %d out of range [0, %d)", ids[i], cf->vocab);
     if ((long)b->n_ctx + n > b->max_ctx)
         return berr(c, "context of %ld tokens exceeds the limit of %d", (long)b->n_ctx + n, b->max_ctx);
-    if (ensure_capacity(c, b->n_ctx + n) || ensure_scores(c, b->n_ctx + n)) return -1;
+    if (ensure_capacity(c, b->n_ctx + n)) return -1;
     /* LongRoPE: the factors follow the length of the whole sequence. */
     set_rope_mode(c, rope_use_long(cf, (long)b->n_ctx + n));
     for (int done = 0; done < n;) {
@@ -379,6 +484,8 @@ backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, c
     c->cs = xmalloc(CHUNK * (size_t)cf->head_dim * sizeof(float));
     c->pool = pool_new(threads);
     c->scores = xcalloc((size_t)pool_threads(c->pool), sizeof *c->scores);
+    for (int t = 0; t < pool_threads(c->pool); t++)
+        c->scores[t] = xmalloc(att_scratch_floats(cf->head_dim) * sizeof(float));
     c->gscratch = xcalloc((size_t)pool_threads(c->pool), sizeof *c->gscratch);
     for (int t = 0; t < pool_threads(c->pool); t++) c->gscratch[t] = xmalloc(gemm_scratch_floats() * sizeof(float));
     if (kv) c->kv = *kv;
@@ -404,7 +511,7 @@ int backend_cpu_resume(backend *b, const int32_t *ids, int n_ctx, int rope_long)
     for (int i = 0; i < n_ctx; i++)
         if (ids[i] < 0 || ids[i] >= b->m->cfg.vocab)
             return berr(c, "token id %d out of range [0, %d)", ids[i], b->m->cfg.vocab);
-    if (ensure_ids(c, n_ctx) || ensure_scores(c, n_ctx)) return -1;
+    if (ensure_ids(c, n_ctx)) return -1;
     if (n_ctx > 0) memcpy(c->ids, ids, (size_t)n_ctx * sizeof *ids);
     b->n_ctx = n_ctx;
     b->rope_long = rope_long ? 1 : 0;
