@@ -136,3 +136,9 @@ assert (p["n"], p["path"], p["gpu_ms"], p["forward_ms"]) == (4096, "fast", 123.2
   [[ "$output" == *"| FAIL | full-size decode"* ]] || fail "no FAIL row: $output"
   [[ "$output" == *"| PASS | [fast] full-size decode"* ]] || fail "near-tie not a PASS: $output"
 }
+
+@test "kernel_model.py: the fast kernels' lane arithmetic (CPU model) matches naive attention" {
+  run "$PY" "$ROOT/tests/gpu/kernel_model.py" --quick
+  assert_status 0
+  [ "$(printf '%s\n' "$output" | grep -c '^PASS')" -eq 11 ] || fail "$output"
+}
