@@ -114,6 +114,7 @@ typedef struct cuda_ctx {
     cudaGraph_t graph;
     cudaGraphExec_t gexec;
     int g_gen, g_long, graph_off;       /* the captured graph's kv_gen and rope mode */
+    int kv_async;                       /* KV cache in stream-ordered memory (cu_kv_grow_async) */
     cu_timing tm;
 } cuda_ctx;
 
@@ -317,6 +318,83 @@ static size_t cu_kv_bytes_per_pos(const phi3_config *cf)
     return (size_t)cf->n_layers * 2 * (size_t)cf->n_kv_heads * cf->head_dim * sizeof(kvt);
 }
 
+/* The opt-in path's growth (kv_async): stream-ordered allocations (cudaMallocAsync), the
+ * held positions copied and the old buffers released (cudaFreeAsync) in stream order: no
+ * host synchronisation and no device-wide one (cudaFree), so a decode step that crosses
+ * the capacity does not stall the pipeline. A failed allocation frees the new buffers made
+ * so far; the cache then stays as it was. */
+static int cu_kv_grow_async(cuda_backend *cb, int need)
+{
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    const int L = cf->n_layers;
+    const size_t kvdim = (size_t)cf->n_kv_heads * cf->head_dim;
+    const size_t per_pos = cu_kv_bytes_per_pos(cf);
+    kvt **fresh = (kvt **)calloc((size_t)2 * L, sizeof(kvt *));
+    if (!fresh)
+        return cu_fail(b, "out of host memory");
+    for (int attempt = 0; attempt < 2; attempt++) {
+        long cap = attempt == 0 ? (long)c->kv_cap * 2 : need;
+        if (cap < need)
+            cap = need;
+        if (cap < 256)
+            cap = 256;
+        if (cap > b->max_ctx)
+            cap = b->max_ctx;
+        if (cap < need) {
+            free(fresh);
+            return cu_fail(b, "context of %d positions exceeds the limit of %d", need, b->max_ctx);
+        }
+        size_t fr = 0, tot = 0;
+        cudaError_t e = cudaMemGetInfo(&fr, &tot);
+        /* the new cache whole, the old one is released after the copies */
+        const size_t add = (size_t)cap * per_pos;
+        int ok = e == cudaSuccess && add <= fr;
+        for (int i = 0; i < 2 * L && ok; i++)
+            if (cudaMallocAsync((void **)&fresh[i], (size_t)cap * kvdim * sizeof(kvt), c->stream) !=
+                cudaSuccess) {
+                fresh[i] = NULL;
+                ok = 0;
+            }
+        if (!ok) {
+            cudaGetLastError();
+            for (int i = 0; i < 2 * L; i++) {
+                if (fresh[i])
+                    cudaFreeAsync(fresh[i], c->stream);
+                fresh[i] = NULL;
+            }
+            if (attempt == 0 && cap > need)
+                continue;
+            free(fresh);
+            return cu_fail(b, "out of device memory for a context of %d positions: the KV cache "
+                           "needs %zu bytes (%zu per position) but only %zu of %zu bytes are free "
+                           "(try a smaller --ctx)", need, (size_t)cap * per_pos, per_pos, fr, tot);
+        }
+        for (int i = 0; i < 2 * L; i++) {
+            kvt **slot = i < L ? &c->kc[i] : &c->vc[i - L];
+            if (*slot) {
+                if (b->n_ctx > 0 && cudaMemcpyAsync(fresh[i], *slot, (size_t)b->n_ctx * kvdim *
+                                                    sizeof(kvt), cudaMemcpyDeviceToDevice,
+                                                    c->stream) != cudaSuccess) {
+                    free(fresh);
+                    return cu_fail(b, "cuda: cudaMemcpyAsync(KV cache): %s (%s:%d)",
+                                   cudaGetErrorString(cudaGetLastError()), __FILE__, __LINE__);
+                }
+                cudaFreeAsync(*slot, c->stream);
+            }
+            *slot = fresh[i];
+            fresh[i] = NULL;
+        }
+        c->kv_gen++;
+        c->kv_cap = (int)cap;
+        free(fresh);
+        return 0;
+    }
+    free(fresh);
+    return cu_fail(b, "out of device memory for a context of %d positions", need);
+}
+
 /* Room for need positions: grow every layer's K and V (new allocation, copy the positions
  * held, free the old one). Grows geometrically up to max_ctx, falling back to exactly need. */
 static int cu_kv_reserve(cuda_backend *cb, int need)
@@ -326,6 +404,8 @@ static int cu_kv_reserve(cuda_backend *cb, int need)
     const phi3_config *cf = &b->m->cfg;
     if (need <= c->kv_cap)
         return 0;
+    if (c->kv_async)
+        return cu_kv_grow_async(cb, need);
     const size_t kvdim = (size_t)cf->n_kv_heads * cf->head_dim;
     const size_t per_pos = cu_kv_bytes_per_pos(cf);
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -998,11 +1078,20 @@ static void cu_destroy(backend *b)
     cudaFree(c->embed);
     cudaFree(c->norm);
     for (int l = 0; l < nl; l++) {
+        if (c->kv_async) {                              /* stream-ordered memory */
+            if (c->kc && c->kc[l])
+                cudaFreeAsync(c->kc[l], c->stream);
+            if (c->vc && c->vc[l])
+                cudaFreeAsync(c->vc[l], c->stream);
+            continue;
+        }
         if (c->kc)
             cudaFree(c->kc[l]);
         if (c->vc)
             cudaFree(c->vc[l]);
     }
+    if (c->kv_async && c->stream)
+        cudaStreamSynchronize(c->stream);
     free(c->kc);
     free(c->vc);
     free(c->ctx_ids);
@@ -1119,6 +1208,10 @@ static int cu_init(cuda_backend *cb)
         CU_TRY(b, cudaMallocHost((void **)&c->h_step, 2 * sizeof(int32_t)));
         CU_TRY(b, cudaMallocHost((void **)&c->h_logits, (size_t)V * sizeof(float)));
         CU_TRY(b, fk_gemv_prepare(imax(H, imax(qdim, I))));
+        int pools = 0;
+        if (cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev) != cudaSuccess)
+            cudaGetLastError();
+        c->kv_async = pools != 0;
     }
 
     /* RoPE tables as the CPU backend computes them (decode/rope.c). */
