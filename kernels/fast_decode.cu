@@ -316,7 +316,8 @@ attn_fast_kernel(const float *q, const kvt *kc, const kvt *vc, const int32_t *d_
         const float sc = ok ? d : -INFINITY;
         const float m_new = fmaxf(m, sc);
         const float corr = m_new == -INFINITY ? 1.f : expf(m - m_new);   /* m = -inf: 0 */
-        const float p = m_new == -INFINITY ? 0.f : expf(sc - m_new);     /* sc = -inf: 0 */
+        /* masked: 0; a NaN score stays NaN (fmaxf dropped it from m_new) */
+        const float p = sc == -INFINITY ? 0.f : expf(sc - m_new);
         l = l * corr + p;
 #pragma unroll
         for (int t = 0; t < T; t++) {

@@ -237,7 +237,7 @@ def decode_attn(D, q, K, V, qpos, window, nsplit):
                     sc = d2[l] if dots[l][1] else -INF
                     m_new = max(m[l], sc)
                     corr = 1.0 if m_new == -INF else (0.0 if m[l] == -INF else math.exp(m[l] - m_new))
-                    p = 0.0 if m_new == -INF or sc == -INF else math.exp(sc - m_new)
+                    p = 0.0 if sc == -INF else math.exp(sc - m_new)
                     lsum[l] = lsum[l] * corr + p
                     row = dots[l][2]
                     for t in range(T):
