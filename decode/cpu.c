@@ -538,4 +538,6 @@ size_t backend_cpu_kv_bytes(const backend *b)
     return c->own_kv ? (size_t)c->kv.capacity * c->stride * sizeof(float) : 0;
 }
 
-int backend_cpu_kernel(void) { return use_avx() ? 1 : 2; }
+/* Every kernel path (AVX-512, AVX2, scalar) gives the same bits: the canonical order of
+ * gemm.h. So a session need not tell them apart: one value for all. */
+int backend_cpu_kernel(void) { return 1; }
