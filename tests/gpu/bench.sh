@@ -43,8 +43,8 @@ if [ "$MODE" = prepare ]; then
     NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
     "$NVCC" -O2 -std=c++17 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80 \
         -Xcompiler -Wall,-Werror -Werror all-warnings tests/gpu/gpu_bench.cu -lcublas \
-        -o "$GB/gpu_bench" || exit 1
-    cc -O2 -Wall -Werror -o "$GB/gen_model" tests/bench/gen_model.c -Wl,-Bstatic -ljansson \
+        -Xlinker -rpath="$(dirname "$(dirname "$NVCC")")/lib64" -o "$GB/gpu_bench" || exit 1
+    cc -O2 -o "$GB/gen_model" tests/bench/gen_model.c -Wl,-Bstatic -ljansson \
         -Wl,-Bdynamic || exit 1
     echo "bench.sh: built $GB/gpu_bench and $GB/gen_model"
     exit 0
@@ -87,7 +87,8 @@ else
     GPUB=$GB/gpu_bench
     if [ ! -x "$GPUB" ]; then
         GPUB=/tmp/phi3-gpu_bench
-        timeout "$(tmo 120)" nvcc -O2 -std=c++17 -arch=sm_90 tests/gpu/gpu_bench.cu -lcublas -o "$GPUB" \
+        timeout "$(tmo 120)" nvcc -O2 -std=c++17 -arch=sm_90 tests/gpu/gpu_bench.cu -lcublas \
+            -Xlinker -rpath=/usr/local/cuda/lib64 -o "$GPUB" \
             > "$OUT/gpu_bench-build.log" 2>&1 || GPUB=
     fi
     if [ -n "$GPUB" ] && timeout "$(tmo 90)" "$GPUB" 4 > "$OUT/ceilings.json" 2> "$OUT/gpu_bench.log"; then
