@@ -309,7 +309,8 @@ def part_loop(F):
         env.update(timing_env(1))
         t = time.perf_counter()
         try:
-            p = subprocess.run(["bash", "-c", cmd], env=env, timeout=max(5, time_left() - 5))
+            p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], env=env,
+                               timeout=max(5, time_left() - 5))
             rc = p.returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
@@ -519,3 +520,9 @@ elif a.part == "long":
     part_long(F)
 else:
     part_table(F)
+# a phi3-run that failed makes the part fail (the figures measured stay in the JSON)
+failed = [k for k, v in R.items() if k.startswith(a.part + "_") and isinstance(v, dict) and
+          ((v.get("exit") not in (None, 0)) or (v.get("alone_exit") not in (None, 0)))]
+if failed and a.part in ("run", "loop", "long"):
+    log("failed:", ", ".join(sorted(failed)))
+    sys.exit(1)

@@ -50,6 +50,11 @@ if [ "$MODE" = prepare ]; then
     exit 0
 fi
 
+# the GPU run generates a 7.6 GB model: never where there is no GPU
+if [ "$MODE" = gpu ] && ! timeout 20 nvidia-smi -L > /dev/null 2>&1; then
+    echo "bench.sh: no GPU here (nvidia-smi -L failed); --dry-run runs the drivers on the CPU" >&2
+    exit 1
+fi
 T0=$(date +%s)
 BUDGET_S=${BENCH_BUDGET_S:-330}
 DEADLINE=$(( T0 + BUDGET_S ))
