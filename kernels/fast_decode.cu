@@ -290,7 +290,9 @@ attn_fast_kernel(const float *q, const kvt *kc, const kvt *vc, const int32_t *d_
         }
     }
     float m = -INFINITY, l = 0.f;
-    /* the trip count is the same for every lane of the warp (shuffles below) */
+    /* the trip count is the same for every lane of the warp (shuffles below); unrolled
+     * so that the next keys' loads are in flight during this one's softmax */
+#pragma unroll 2
     for (int jb = k0 + warp * AD_KEYS_WARP; jb < k1; jb += AD_KEYS_BLOCK) {
         const int j = jb + g;
         const bool ok = j < k1;
