@@ -169,10 +169,10 @@ static int cu_malloc(backend *b, void **p, size_t bytes, const char *what, const
 
 /* Y[ncols][N] (float32) = X[ncols][K] (bf16) * W[N][K]^T (bf16), float32 accumulation.
  * Row-major Y^T = W X^T is column-major C = A^T B with A = W (K x N, lda K), B = X. */
-static int cu_gemm(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncols, int K, int N,
-                   float *Y)
+static int cu_gemm_beta(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncols, int K, int N,
+                        float *Y, float beta)
 {
-    const float alpha = 1.0f, beta = 0.0f;
+    const float alpha = 1.0f;
     cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
     if (!cb->c.sgemm_ex)
         st = cublasGemmEx(cb->c.blas, CUBLAS_OP_T, CUBLAS_OP_N, N, ncols, K, &alpha, W,
@@ -189,6 +189,12 @@ static int cu_gemm(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncols, in
                        cb->c.sgemm_ex ? "cublasSgemmEx" : "cublasGemmEx", N, ncols, K,
                        cublasGetStatusString(st), __FILE__, __LINE__);
     return 0;
+}
+
+static int cu_gemm(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncols, int K, int N,
+                   float *Y)
+{
+    return cu_gemm_beta(cb, W, X, ncols, K, N, Y, 0.0f);
 }
 
 static int cu_blas_init(cuda_backend *cb)
@@ -758,12 +764,19 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         CU_TRY(b, kern_split_bf16(s, c->att, c->act, split ? c->act + (size_t)n * qdim : NULL,
                                   (size_t)n * qdim));
         TL(OP_SPLIT);
-        if (cu_gemm(cb, L->o, c->act, cols, qdim, H, c->y))
-            return -1;
-        TL(OP_O);
-        CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
-                                    (size_t)n * H));
-        TL(OP_RESID);
+        if (c->fast && !split) {
+            /* opt-in: the residual add as the product's epilogue (beta = 1 into x) */
+            if (cu_gemm_beta(cb, L->o, c->act, cols, qdim, H, c->x, 1.0f))
+                return -1;
+            TL(OP_O);
+        } else {
+            if (cu_gemm(cb, L->o, c->act, cols, qdim, H, c->y))
+                return -1;
+            TL(OP_O);
+            CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
+                                        (size_t)n * H));
+            TL(OP_RESID);
+        }
         /* MLP block: x += down(up * silu(gate)) of ln2(x) */
         CU_TRY(b, kern_rmsnorm(s, c->x, L->ln2, n, H, cf->rms_eps, c->act,
                                split ? c->act + (size_t)n * H : NULL));
@@ -774,12 +787,18 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         CU_TRY(b, kern_swiglu(s, c->y, split ? c->y + (size_t)n * 2 * I : NULL, n, I, c->act,
                               split ? c->act + (size_t)n * I : NULL));
         TL(OP_SWIGLU);
-        if (cu_gemm(cb, L->down, c->act, cols, I, H, c->y))
-            return -1;
-        TL(OP_DOWN);
-        CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
-                                    (size_t)n * H));
-        TL(OP_RESID);
+        if (c->fast && !split) {
+            if (cu_gemm_beta(cb, L->down, c->act, cols, I, H, c->x, 1.0f))
+                return -1;
+            TL(OP_DOWN);
+        } else {
+            if (cu_gemm(cb, L->down, c->act, cols, I, H, c->y))
+                return -1;
+            TL(OP_DOWN);
+            CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
+                                        (size_t)n * H));
+            TL(OP_RESID);
+        }
     }
     return 0;
 }
