@@ -34,7 +34,7 @@ ap.add_argument("--model")
 ap.add_argument("--backend", default="cuda")
 ap.add_argument("--out", default="/tmp/phi3-bench")
 ap.add_argument("--json", help="results (default OUT/bench.json)")
-ap.add_argument("--paths", default="default,fast")
+ap.add_argument("--paths", default="default,fast", help="of default, fast, pdl")
 ap.add_argument("--contexts", default="512,4096,32768")
 ap.add_argument("--decode-tokens", type=int, default=64)
 ap.add_argument("--loop-tokens", type=int, default=128)
@@ -51,7 +51,8 @@ os.makedirs(a.out, exist_ok=True)
 JSON = a.json or os.path.join(a.out, "bench.json")
 PATHS = [p for p in a.paths.split(",") if p]
 CONTEXTS = [int(c) for c in a.contexts.split(",") if c]
-PATH_ENV = {"default": {}, "fast": {"PHI3_CUDA_FAST": "1"}}
+PATH_ENV = {"default": {}, "fast": {"PHI3_CUDA_FAST": "1"},
+            "pdl": {"PHI3_CUDA_FAST": "2"}}          # fast + programmatic dependent launch
 
 
 def log(*x):
@@ -379,6 +380,8 @@ def part_loop(F):
 def part_long(F):
     n = a.long
     for path in PATHS:
+        if path == "pdl":
+            continue                     # its prefill is the fast path's
         key = "long_%s_%d" % (path, n)
         # estimate from the 32K prefill: attention grows with n^2
         ref = R.get("run_%s_%d" % (path, max(CONTEXTS)), {})

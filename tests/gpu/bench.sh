@@ -5,7 +5,7 @@
 #   1 ceilings   tests/gpu/gpu_bench.cu: read bandwidth, copy bandwidth, bf16 GEMM rate (cuBLAS)
 #   2 model      full-size random-weight Phi-3-mini-128k in $PHI3_RAND_MODEL (reused when
 #                check.sh made it; else tests/bench/gen_model.c, else full_model.py --parts gen)
-#   3 run        per path (default, fast = PHI3_CUDA_FAST=1) and context 512 / 4K / 32K:
+#   3 run        per path (default; fast = PHI3_CUDA_FAST=1; pdl = 2) and context 512 / 4K / 32K:
 #                prefill (GPU time) and decode (GPU time per step, phi3-run's wall per token)
 #                from prepared streams, PHI3_CUDA_TIMING=1; a per-op timeline (=2)
 #   4 loop       the FIFO loop with phi3-sample vs phi3-run alone: the pipeline overhead
@@ -20,7 +20,7 @@
 #        tests/gpu/bench.sh --dry-run  CPU backend on the tiny fixture, nominal ceilings: the
 #                                      drivers, streams, parsing and table (tests/61-gpu-scripts.bats)
 # Environment: OUT (default /tmp/phi3-bench), BENCH_BUDGET_S (default 330: the whole script),
-# PHI3_RAND_MODEL (default /tmp/phi3-mini-rand), BENCH_PATHS (default "default,fast"),
+# PHI3_RAND_MODEL (default /tmp/phi3-mini-rand), BENCH_PATHS (default "default,fast,pdl"),
 # BENCH_LONG=0 to leave out the 131,072-token prefill, PYTHON (default python3).
 set -u
 cd "$(dirname "$0")/../.." || exit 2
@@ -76,7 +76,7 @@ else
     BACKEND=cuda
     MODEL=${PHI3_RAND_MODEL:-/tmp/phi3-mini-rand}
     ARGS=(--contexts "512,4096,32768" --decode-tokens 64 --loop-tokens 128 --loop-context 512 --long 131072)
-    PATHS=${BENCH_PATHS:-default,fast}
+    PATHS=${BENCH_PATHS:-default,fast,pdl}
 fi
 # bench.py PART with the common arguments (a command, so that `timeout` can run it)
 B=("$PY" tests/gpu/bench.py --bin "$BIN" --model "$MODEL" --backend "$BACKEND" --out "$OUT"
