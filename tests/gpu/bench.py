@@ -379,7 +379,7 @@ def part_loop(F):
 
 def part_long(F):
     n = a.long
-    for path in PATHS:
+    for path in sorted(PATHS, key=lambda p: p == "default"):   # the opt-in path first
         if path == "pdl":
             continue                     # its prefill is the fast path's
         key = "long_%s_%d" % (path, n)
