@@ -435,6 +435,9 @@ def part_table(F):
         comp_ms = PEER.get("compiled_decode_%d_ms" % ctx)
         for path in PATHS:
             r = R.get("run_%s_%d" % (path, ctx), {})
+            if not r:
+                row("decode ctx %d" % ctx, path, "not run", "", "", "", "")
+                continue
             if "skipped" in r or ("exit" in r and r["exit"] != 0):
                 row("decode ctx %d" % ctx, path, r.get("skipped") or "exit %s: %s" % (
                     r.get("exit"), r.get("error", "")), "", "", "", "")
