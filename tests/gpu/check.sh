@@ -86,7 +86,7 @@ timeout 120 "$PY" tests/gpu/nan_check.py --bin "$BIN" --fix tests/fixtures > "$O
 rc=$?
 while IFS= read -r line; do
     case $line in
-    "PASS nan: CUDA"*) stage "nan-${line#PASS nan: CUDA }" PASS "" ;;
+    "PASS nan: CUDA"*) p=${line#PASS nan: CUDA }; stage "nan-${p%% *}" PASS "${p#* }" ;;
     "KNOWN nan:"*) stage nan-default INFO "${line#KNOWN nan: }" ;;
     "FAIL nan:"*) stage nan FAIL "${line#FAIL nan: }" ;;
     esac
