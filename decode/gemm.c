@@ -329,3 +329,45 @@ void gemm_rows(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, in
         }
     }
 }
+
+/* ---- float32 -> IEEE half (the f16 KV cache) ---- */
+
+static uint16_t f32_to_f16_c(float v)
+{
+    uint32_t f;
+    memcpy(&f, &v, sizeof f);
+    uint32_t sign = (f >> 16) & 0x8000u;
+    f &= 0x7fffffffu;
+    uint16_t o;
+    if (f > 0x7f800000u) o = (uint16_t)(0x7e00u | ((f >> 13) & 0x3ffu));      /* NaN: quiet */
+    else if (f >= 0x47800000u) o = 0x7c00;                                    /* >= 65536: inf */
+    else if (f < 0x38800000u) {
+        /* below 2^-14: a half subnormal; adding 0.5 aligns the bits and rounds (RNE) */
+        float x, magic = 0.5f;
+        memcpy(&x, &f, sizeof x);
+        x += magic;
+        uint32_t r;
+        memcpy(&r, &x, sizeof r);
+        o = (uint16_t)(r - 0x3f000000u);
+    } else {
+        uint32_t odd = (f >> 13) & 1u;
+        f += 0xc8000fffu + odd;           /* rebias the exponent (-112 << 23), round to even */
+        o = (uint16_t)(f >> 13);
+    }
+    return (uint16_t)(o | sign);
+}
+
+AVX2 static void f32_to_f16_avx(const float *src, uint16_t *dst, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = f32_to_f16_c(src[i]);
+}
+
+void gemm_f32_to_f16(const float *src, uint16_t *dst, int n)
+{
+    if (gemm_vec_level()) f32_to_f16_avx(src, dst, n);
+    else
+        for (int i = 0; i < n; i++) dst[i] = f32_to_f16_c(src[i]);
+}

@@ -48,6 +48,10 @@ size_t gemm_scratch_floats(void);
 void gemm_rows(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, int r0, int r1,
                const float *x, size_t ldx, int n, float *out, size_t ldo, float *scratch);
 
+/* dst[i] = src[i] as IEEE half, round to nearest even (F16C or the same in C; NaN stays
+ * a quiet NaN with the top of its payload, as F16C does). */
+void gemm_f32_to_f16(const float *src, uint16_t *dst, int n);
+
 /* Canonical-order dot of two float32 vectors (attention scores). */
 float gemm_dot_f32(const float *a, const float *b, int n);
 
