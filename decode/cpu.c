@@ -23,7 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CHUNK 64                /* tokens per internal step of a long forward */
+#define CHUNK 256               /* tokens per internal step of a long forward (weights are
+                                   read from memory once per step) */
 
 typedef struct cpu {
     backend b;                  /* first: a backend* is a cpu* */

@@ -60,7 +60,7 @@ int main(void)
     const int shapes[][3] = {/* rows, K, tokens */
                              {1, 1, 1},    {5, 7, 4},     {16, 8, 6},    {37, 3072 + 5, 9},
                              {20, 300, 64}, {33, 520, 70}, {9, 96, 2},   {64, 256, 13},
-                             {17, 1000, 5}};
+                             {17, 1000, 5}, {19, 40, 300}};
     float *scratch = malloc(gemm_scratch_floats() * sizeof(float));
     int levels = gemm_vec_level() + 1;
     printf("# vector level of this CPU: %d\n", levels - 1);
