@@ -130,3 +130,48 @@ for i in range(20000): sys.stdout.buffer.write(msgpack.packb({"type": "tokens", 
   assert_status 1
   assert_err "phi3-dump: " "nonexistent"
 }
+
+@test "dump: random frames (nested values, escapes, packed id arrays, every number kind) read back as the same values" {
+  "$PY" - "$PHI3_BIN/phi3-dump" <<'P'
+import base64, json, math, msgpack, random, struct, subprocess, sys
+random.seed(11)
+chars = "ab\"\\/\n\t\r\b\f\x01\x1f\x7f é日🙂\u2028"
+def rstr(): return "".join(random.choice(chars) for _ in range(random.randint(0, 9)))
+def rval(d):
+    k = random.randint(0, 10 if d < 3 else 7)
+    if k == 0: return None
+    if k == 1: return random.choice([True, False])
+    if k == 2: return random.randint(-2**63, 2**63 - 1)
+    if k == 3: return random.choice([0.0, -0.0, 1e-5, 1e30, 0.1, 123456789.0, 1.5e300, 5e-324, random.uniform(-1e6, 1e6)])
+    if k == 4: return rstr()
+    if k == 5: return bytes(random.randint(0, 255) for _ in range(random.randint(0, 7)))
+    if k == 6: return random.randint(-40, 300)
+    if k == 7: return [random.randint(-2**40, 2**40) for _ in range(random.choice([15, 16, 40]))]
+    if k == 8: return [rval(d + 1) for _ in range(random.randint(0, 4))]
+    return {rstr(): rval(d + 1) for _ in range(random.randint(0, 3))}
+frames = []
+for i in range(300):
+    f = {"type": random.choice(["tokens", "x", "é"])}
+    for _ in range(random.randint(0, 4)):
+        k = rstr()
+        if k != "type": f[k] = rval(0)
+    frames.append(f)
+lg = [random.uniform(-30, 30) for _ in range(50)] + [float("inf"), float("nan")]
+frames.append({"type": "logits", "pos": 1, "data": struct.pack("<%df" % len(lg), *lg)})
+out = subprocess.run([sys.argv[1]], input=b"".join(msgpack.packb(f, use_bin_type=True) for f in frames),
+                     capture_output=True, check=True).stdout.decode()
+lines = out.split("\n")[:-1]   # not splitlines: U+2028 is inside strings
+assert len(lines) == len(frames), (len(lines), len(frames))
+def same(a, b):
+    if isinstance(a, bytes): return b == {"$bin": base64.b64encode(a).decode()}
+    if isinstance(a, float): return isinstance(b, float) and (a == b or abs(a - b) <= 1e-8 * abs(a))
+    if isinstance(a, list): return isinstance(b, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict): return isinstance(b, dict) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    return type(a) == type(b) and a == b
+for f, l in zip(frames[:-1], lines):
+    assert same(f, json.loads(l)), (f, l)
+got = json.loads(lines[-1])["data"]
+want = list(struct.unpack("<%df" % len(lg), struct.pack("<%df" % len(lg), *lg)))
+assert got[-2:] == [None, None] and all(struct.pack("<f", g) == struct.pack("<f", w) for g, w in zip(got[:-2], want[:-2]))
+P
+}
