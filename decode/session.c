@@ -704,6 +704,7 @@ static int snap_read(int fd, int with_ids, int check_ids, snapshot *sn, session_
 {
     int rc = -1;
     for (int attempt = 0; attempt < 5 && rc; attempt++) {
+        if (attempt) usleep(2000);       /* a busy object being re-initialised */
         struct stat sb;
         if (fstat(fd, &sb)) return seterr(why, whylen, "%s", strerror(errno));
         sn->size = (size_t)sb.st_size;
