@@ -241,3 +241,13 @@ PY
   kb=$(tail -1 rss); echo "index: peak RSS $kb KiB"
   [ "$kb" -lt $(( 3 * 12000 + 8000 )) ] || fail "peak RSS $kb KiB for a 12 MB index"
 }
+
+@test "a config.json over 1 MiB is refused before it is parsed (its JSON tree would cost ~45x)" {
+  rm -rf "$BATS_TEST_TMPDIR/m"; cp -r "$GQA" "$BATS_TEST_TMPDIR/m"
+  "$PY" -c 'import json, sys
+p = sys.argv[1]; c = json.load(open(p)); c["pad"] = "x" * (1 << 20); json.dump(c, open(p, "w"))' "$BATS_TEST_TMPDIR/m/config.json"
+  tokens_frame 1 2 > "$BATS_TEST_TMPDIR/in"
+  run --separate-stderr RUN -m "$BATS_TEST_TMPDIR/m" < "$BATS_TEST_TMPDIR/in"
+  assert_status 1
+  assert_err "phi3-run: $BATS_TEST_TMPDIR/m/config.json" "more than the 1 MiB"
+}
