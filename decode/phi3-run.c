@@ -232,7 +232,7 @@ int main(int argc, char **argv)
         {"no-wait", no_argument, 0, OPT_NOWAIT}, {"session-list", no_argument, 0, OPT_SLIST},
         {"session-info", required_argument, 0, OPT_SINFO}, {"session-rm", required_argument, 0, OPT_SRM},
         {"stats", no_argument, 0, OPT_STATS}, {0, 0, 0, 0}};
-    while ((c = getopt_long(argc, argv, "m:vqh", opts, NULL)) != -1) {
+    while ((opterr = 0, c = getopt_long(argc, argv, ":m:vqh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': mdir = optarg; break;
         case OPT_BACKEND: bname = optarg; break;
@@ -249,7 +249,7 @@ int main(int argc, char **argv)
         case OPT_SINFO: sinfo = optarg; break;
         case OPT_SRM: srm = optarg; break;
         case OPT_STATS: stats = 1; break;
-        default: fputs(usage, stderr); return 2;
+        default: phi3_bad_option(argv, c);
         }
     }
     if (optind < argc) phi3_usage_die("unexpected operand '%s' (see --help)", argv[optind]);
