@@ -34,15 +34,22 @@
 
 typedef struct sess_commit {
     uint32_t count, rope_long, ids_crc;
-    uint32_t kernel;                    /* what computed the rows (KERNEL_*); 0 unknown */
+    uint32_t kernel;                    /* what computed the rows (kernel_of); 0 unknown */
 } sess_commit;
 
-/* The rows' kernel path: a session is reused only by the path that wrote it (the CPU's
- * AVX2 and portable kernels round differently; a device is not bit-identical at all). */
-enum { KERNEL_UNKNOWN, KERNEL_CPU_AVX2, KERNEL_CPU_C, KERNEL_DEVICE };
-static const char *kernel_name(uint32_t k)
+/* The rows' kernel path: a session is reused only by the path that wrote it. Every CPU
+ * path gives the same bits today (backend_cpu_kernel() is one value for all); a device is
+ * not bit-identical to the CPU at all. */
+#define KERNEL_UNKNOWN 0                /* objects written before the field existed */
+#define KERNEL_DEVICE 1000
+static uint32_t kernel_of(const backend *b);
+static const char *kernel_name(uint32_t k, char *buf, size_t len)
 {
-    return k == KERNEL_CPU_AVX2 ? "cpu-avx2" : k == KERNEL_CPU_C ? "cpu-c" : k == KERNEL_DEVICE ? "device" : "unknown";
+    if (k == KERNEL_UNKNOWN) return "unknown";
+    if (k == KERNEL_DEVICE) return "device";
+    if (k == 1) return "cpu";
+    snprintf(buf, len, "cpu-%u", k);
+    return buf;
 }
 
 typedef struct sess_hdr {
@@ -497,6 +504,12 @@ int session_reserve(session *s, int need, char *err, size_t errlen)
     return 0;
 }
 
+static uint32_t kernel_of(const backend *b)
+{
+    int k = backend_cpu_kernel();
+    return is_cpu(b) ? (k >= 1 && k < KERNEL_DEVICE ? (uint32_t)k : KERNEL_DEVICE - 1) : KERNEL_DEVICE;
+}
+
 static int grow_hook(void *ctx, backend *b, int need)
 {
     return session_reserve(ctx, need, b->err, sizeof b->err);
@@ -506,7 +519,7 @@ void session_attach(session *s, backend *b, int threads)
 {
     s->b = b;
     s->threads = threads;
-    s->mine = is_cpu(b) ? (backend_cpu_kernel() == 1 ? KERNEL_CPU_AVX2 : KERNEL_CPU_C) : KERNEL_DEVICE;
+    s->mine = kernel_of(b);
     /* Rows of another kernel path are not what this run computes: reuse none of them
      * (the first frame then replaces the stored context). */
     if (s->kernel != s->mine) s->matching = 0;
@@ -828,7 +841,8 @@ int session_info(const char *name, FILE *out, char *err, size_t errlen)
         json_object_set_new(o, "capacity", json_integer(st.capacity));
         json_object_set_new(o, "tokens", json_integer(st.count));
         json_object_set_new(o, "rope", json_string(st.rope_long ? "long" : "short"));
-        json_object_set_new(o, "kernel", json_string(kernel_name((uint32_t)st.kernel)));
+        char kn[16];
+        json_object_set_new(o, "kernel", json_string(kernel_name((uint32_t)st.kernel, kn, sizeof kn)));
         json_object_set_new(o, "bytes", json_integer((json_int_t)sn.size));
         json_object_set_new(o, "busy", json_boolean(sn.busy));
         json_object_set_new(o, "ids", ids);
