@@ -125,7 +125,7 @@ expect_model_error() {
   local pid=$! st=0
   exec 7> in                     # fd 7: bats owns 3
   tokens_frame 1 2 >&7
-  for i in $(seq 200); do [ -s out ] && break; sleep 0.05; done
+  for i in $(seq 600); do [ -s out ] && break; sleep 0.05; done
   [ -s out ] || fail "no logits for the first frame"
   truncate -s 4096 m/model.safetensors
   tokens_frame 3 >&7
