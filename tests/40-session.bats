@@ -94,6 +94,9 @@ out.write(msgpack.packb({"type": "tokens", "ids": ids[40:45]}))' > rw.bin
   "$RUN" --session-rm "$S"
   run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$GQA" 512 20 "$S" 200 "$seed" 15
   [ "$status" = 0 ] || fail "seed $seed: $output"
+  "$RUN" --session-rm "$S"
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$LONGROPE" 32064 64 "$S" 100 "$seed" 15 --kv-type f16
+  [ "$status" = 0 ] || fail "--kv-type f16, seed $seed: $output"
 }
 
 @test "--kv-type f16: logits bit-identical with a session (splits, the switch at 64, a window)" {
