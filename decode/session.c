@@ -35,7 +35,7 @@
 
 typedef struct sess_commit {
     uint32_t count, rope_long, ids_crc;
-    uint32_t kernel;                    /* what computed the rows (KERNEL_*); 0 unknown */
+    uint32_t kernel;                    /* what computed the rows (kernel_of); 0 unknown */
 } sess_commit;
 
 /* The rows' kernel path: a session is reused only by the path that wrote it. Every CPU
@@ -519,6 +519,11 @@ int session_reserve(session *s, int need, char *err, size_t errlen)
     return 0;
 }
 
+static uint32_t kernel_of(const backend *b)
+{
+    return is_cpu(b) ? (backend_cpu_kernel() == 1 ? KERNEL_CPU_AVX2 : KERNEL_CPU_C) : KERNEL_DEVICE;
+}
+
 static int grow_hook(void *ctx, backend *b, int need)
 {
     return session_reserve(ctx, need, b->err, sizeof b->err);
@@ -528,7 +533,7 @@ void session_attach(session *s, backend *b, int threads)
 {
     s->b = b;
     s->threads = threads;
-    s->mine = is_cpu(b) ? (backend_cpu_kernel() == 1 ? KERNEL_CPU_AVX2 : KERNEL_CPU_C) : KERNEL_DEVICE;
+    s->mine = kernel_of(b);
     /* Rows of another kernel path are not what this run computes: reuse none of them
      * (the first frame then replaces the stored context). */
     if (s->kernel != s->mine) s->matching = 0;
@@ -731,6 +736,7 @@ static int snap_read(int fd, int with_ids, int check_ids, snapshot *sn, session_
 {
     int rc = -1;
     for (int attempt = 0; attempt < 5 && rc; attempt++) {
+        if (attempt) usleep(2000);       /* a busy object being re-initialised */
         struct stat sb;
         if (fstat(fd, &sb)) return seterr(why, whylen, "%s", strerror(errno));
         sn->size = (size_t)sb.st_size;

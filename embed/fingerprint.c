@@ -225,8 +225,13 @@ static void identity(const struct stat *sb, entry *e)
 
 uint64_t st_file_hash(const st_file *f, int *cached)
 {
+    return fp_file_hash(f->path, f->map, f->size, &f->id, cached);
+}
+
+uint64_t fp_file_hash(const char *path, const void *map, size_t size, const struct stat *id, int *cached)
+{
     entry me;
-    identity(&f->id, &me);
+    identity(id, &me);
     int n;
     entry *e = cache_read(&n);
     if (cached) *cached = 0;
@@ -240,11 +245,11 @@ uint64_t st_file_hash(const st_file *f, int *cached)
         }
     free(e);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    me.hash = fp_hash(f->map, f->size, cores < 1 ? 1 : cores > 4 ? 4 : (int)cores);
+    me.hash = fp_hash(map, size, cores < 1 ? 1 : cores > 4 ? 4 : (int)cores);
     /* Cache it only if the file is still the one that was opened and hashed. */
     struct stat now;
     entry again;
-    if (!stat(f->path, &now)) {
+    if (!stat(path, &now)) {
         identity(&now, &again);
         again.hash = me.hash;
         if (!memcmp(&again, &me, sizeof me)) cache_store(&me);

@@ -86,6 +86,9 @@ uint64_t fp_hash_block(const void *data, size_t n, uint64_t seed);
 /* fp_hash of a whole mapped file, cached by its identity (see fingerprint.c); *cached
  * (may be NULL) says whether the cache answered. */
 uint64_t st_file_hash(const st_file *f, int *cached);
+/* The same for any mapped file (a GGUF file): path, its whole mapping, and the fstat taken
+ * when it was opened (the cache key; stored only if the file still has that identity). */
+uint64_t fp_file_hash(const char *path, const void *map, size_t size, const struct stat *id, int *cached);
 
 /* ---- the model (embed/model.c) ---- */
 

@@ -94,6 +94,9 @@ out.write(msgpack.packb({"type": "tokens", "ids": ids[40:45]}))' > rw.bin
   "$RUN" --session-rm "$S"
   run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$GQA" 512 20 "$S" 200 "$seed" 15
   [ "$status" = 0 ] || fail "seed $seed: $output"
+  "$RUN" --session-rm "$S"
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$LONGROPE" 32064 64 "$S" 100 "$seed" 15 --kv-type f16
+  [ "$status" = 0 ] || fail "--kv-type f16, seed $seed: $output"
 }
 
 @test "--kv-type f16: logits bit-identical with a session (splits, the switch at 64, a window)" {
@@ -428,4 +431,19 @@ f[5] = "%016x" % (int(f[5], 16) ^ 1); l[1] = " ".join(f); open(p, "w").write("\n
   [[ "$output" == *"session $S: cannot allocate"*"no space left"* ]] || fail "$output"
   [[ "$output" == *"exit 1"* ]] || fail "$output"
   [[ "$output" != *"phi3.$S"* ]] || fail "object left: $output"
+}
+
+@test "rows of another kernel path (an older object: kernel unknown) are recomputed, not reused" {
+  export XDG_CACHE_HOME="$BATS_TEST_TMPDIR/cache"
+  frames 1 32064 80 > p.bin
+  "$RUN" -m "$LONGROPE" -q < p.bin > fresh.out
+  "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > /dev/null
+  # the kernel field of both commit slots (header offset 96 + 16 k + 12) set to 0
+  OBJ="/dev/shm/phi3.$S"
+  for o in 108 124; do printf '\x00\x00\x00\x00' | dd of="$OBJ" bs=1 seek=$o conv=notrunc status=none; done
+  "$RUN" --session-info "$S" | grep -q '"kernel":"unknown"'
+  "$RUN" -m "$LONGROPE" -q --session "$S" --stats < p.bin > sess.out 2> stats
+  cmp fresh.out sess.out
+  [ "$(reused)" = 0 ] || fail "$(cat stats)"
+  "$RUN" --session-info "$S" | grep -q '"kernel":"cpu"'
 }

@@ -7,7 +7,8 @@ that lives across every stream of the run (so each stream meets what the earlier
 left). stdout bytes and exit status must be equal. Prints one line per difference and a
 summary; exit 1 if any stream differed.
 
-usage: sessdiff.py PHI3_RUN MODEL_DIR VOCAB ORIG_MAX SESSION N_STREAMS SEED [SECONDS]
+usage: sessdiff.py PHI3_RUN MODEL_DIR VOCAB ORIG_MAX SESSION N_STREAMS SEED [SECONDS [OPTION...]]
+(OPTIONs go to every run, e.g. --kv-type f16)
 """
 import random
 import subprocess
@@ -72,6 +73,7 @@ def run(cmd, data):
 def main():
     run_bin, model, vocab, orig, sess, n, seed = sys.argv[1:8]
     seconds = float(sys.argv[8]) if len(sys.argv) > 8 else 1e9
+    extra = sys.argv[9:]
     vocab, orig, n, seed = int(vocab), int(orig), int(n), int(seed)
     r = random.Random(seed)
     base = [r.randrange(vocab) for _ in range(4 * orig + 100)]
@@ -81,7 +83,7 @@ def main():
         if time.time() - t0 > seconds:
             break
         data, opts, desc = stream(r, base, vocab, orig)
-        common = [run_bin, "-m", model, "-q", "--backend", "cpu", "--threads", "1"] + opts
+        common = [run_bin, "-m", model, "-q", "--backend", "cpu", "--threads", "1"] + extra + opts
         a = run(common, data)
         b = run(common + ["--session", sess], data)
         done += 1
