@@ -626,3 +626,7 @@ size_t backend_cpu_kv_bytes(const backend *b)
     const cpu *c = (const cpu *)b;
     return c->own_kv ? (size_t)c->kv.capacity * c->stride * c->es : 0;
 }
+
+/* Every kernel path (AVX-512, AVX2, scalar) gives the same bits: the canonical order of
+ * gemm.h. So a session need not tell them apart: one value for all. */
+int backend_cpu_kernel(void) { return 1; }
