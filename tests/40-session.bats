@@ -115,6 +115,8 @@ assert c16 == c32 > 0, (c16, c32)
 # the same header and ids; rows of K and V: 4 bytes per element against 2
 assert b32 - b16 == c32 * elems * 2, (b16, b32, c32, elems)
 PYEOF
+}
+
 @test "a rewind below original_max into a stored long context (matching ids) equals a fresh run" {
   frames 1 32064 100 > p100.bin
   "$RUN" -m "$LONGROPE" -q --session "$S" < p100.bin > /dev/null      # stored: 100, long
