@@ -416,3 +416,102 @@ void gemm_f32_to_f16(const float *src, uint16_t *dst, int n)
     else
         for (int i = 0; i < n; i++) dst[i] = f32_to_f16_c(src[i]);
 }
+
+/* ---- e^x for the softmax (gemm.h) ---- */
+
+#define EXP_MAGIC 12582912.0f           /* 1.5 * 2^23: adding it rounds to an integer */
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_LN2HI 0.693145751953125f      /* ln 2 split: hi has 12 bits, so n * hi is exact */
+#define EXP_LN2LO 1.42860682030941723e-6f
+
+float gemm_exp(float x)
+{
+    if (x < -87.0f) return 0.0f;
+    if (x > 88.0f) x = 88.0f;
+    float t = fmaf(x, EXP_LOG2E, EXP_MAGIC);
+    float n = t - EXP_MAGIC;
+    float r = fmaf(n, -EXP_LN2HI, x);
+    r = fmaf(n, -EXP_LN2LO, r);
+    float p = fmaf(1.0f / 5040, r, 1.0f / 720);
+    p = fmaf(p, r, 1.0f / 120);
+    p = fmaf(p, r, 1.0f / 24);
+    p = fmaf(p, r, 1.0f / 6);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    uint32_t tb, eb;
+    memcpy(&tb, &t, sizeof tb);
+    eb = (tb - 0x4b400000u + 127u) << 23;      /* the integer n from t's bits, biased */
+    float sc;
+    memcpy(&sc, &eb, sizeof sc);
+    return p * sc;
+}
+
+AVX512 static void exp_sub_z(float *s, int n, float m)
+{
+    const __m512 mv = _mm512_set1_ps(m), lo = _mm512_set1_ps(-87.0f), hi = _mm512_set1_ps(88.0f);
+    const __m512 magic = _mm512_set1_ps(EXP_MAGIC), l2e = _mm512_set1_ps(EXP_LOG2E);
+    const __m512 nhi = _mm512_set1_ps(-EXP_LN2HI), nlo = _mm512_set1_ps(-EXP_LN2LO);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_sub_ps(_mm512_loadu_ps(s + i), mv);
+        __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+        x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), x, hi);
+        __m512 t = _mm512_fmadd_ps(x, l2e, magic);
+        __m512 nn = _mm512_sub_ps(t, magic);
+        __m512 r = _mm512_fmadd_ps(nn, nhi, x);
+        r = _mm512_fmadd_ps(nn, nlo, r);
+        __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.0f / 5040), r, _mm512_set1_ps(1.0f / 720));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+        __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(_mm512_castps_si512(t),
+                                                                        _mm512_set1_epi32(0x4b400000)),
+                                                       _mm512_set1_epi32(127)), 23);
+        __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+        _mm512_storeu_ps(s + i, _mm512_mask_blend_ps(under, y, _mm512_setzero_ps()));
+    }
+    for (; i < n; i++) s[i] = gemm_exp(s[i] - m);
+}
+
+AVX2 static void exp_sub_y(float *s, int n, float m)
+{
+    const __m256 mv = _mm256_set1_ps(m), lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.0f);
+    const __m256 magic = _mm256_set1_ps(EXP_MAGIC), l2e = _mm256_set1_ps(EXP_LOG2E);
+    const __m256 nhi = _mm256_set1_ps(-EXP_LN2HI), nlo = _mm256_set1_ps(-EXP_LN2LO);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_sub_ps(_mm256_loadu_ps(s + i), mv);
+        __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+        x = _mm256_blendv_ps(x, hi, _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+        __m256 t = _mm256_fmadd_ps(x, l2e, magic);
+        __m256 nn = _mm256_sub_ps(t, magic);
+        __m256 r = _mm256_fmadd_ps(nn, nhi, x);
+        r = _mm256_fmadd_ps(nn, nlo, r);
+        __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / 5040), r, _mm256_set1_ps(1.0f / 720));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(_mm256_castps_si256(t),
+                                                                        _mm256_set1_epi32(0x4b400000)),
+                                                       _mm256_set1_epi32(127)), 23);
+        __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+        _mm256_storeu_ps(s + i, _mm256_andnot_ps(under, y));
+    }
+    for (; i < n; i++) s[i] = gemm_exp(s[i] - m);
+}
+
+void gemm_exp_sub(float *s, int n, float m)
+{
+    int v = gemm_vec_level();
+    if (v == 2) exp_sub_z(s, n, m);
+    else if (v == 1) exp_sub_y(s, n, m);
+    else
+        for (int i = 0; i < n; i++) s[i] = gemm_exp(s[i] - m);
+}
