@@ -85,6 +85,34 @@ AVX2 static float hsum8(__m256 a)
         const uint8_t *w0 = w, *w1 = w0 + rb, *w2 = w1 + rb, *w3 = w2 + rb;            \
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                    \
         int k = 0;                                                                     \
+        /* 32 columns of one row, then the next: each row's chain is in order, and the  \
+         * four rows are read in 64-byte runs with a prefetch well ahead */            \
+        for (; k + 32 <= n; k += 32) {                                                 \
+            if (k + PF_AHEAD < n) {                                                    \
+                _mm_prefetch((const char *)(w0 + (k + PF_AHEAD) * sizeof(T##_t)), _MM_HINT_T0); \
+                _mm_prefetch((const char *)(w1 + (k + PF_AHEAD) * sizeof(T##_t)), _MM_HINT_T0); \
+                _mm_prefetch((const char *)(w2 + (k + PF_AHEAD) * sizeof(T##_t)), _MM_HINT_T0); \
+                _mm_prefetch((const char *)(w3 + (k + PF_AHEAD) * sizeof(T##_t)), _MM_HINT_T0); \
+            }                                                                          \
+            __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);      \
+            __m256 x2 = _mm256_loadu_ps(x + k + 16), x3 = _mm256_loadu_ps(x + k + 24); \
+            a0 = _mm256_fmadd_ps(CVT_##T(w0, k), x0, a0);                              \
+            a0 = _mm256_fmadd_ps(CVT_##T(w0, k + 8), x1, a0);                          \
+            a0 = _mm256_fmadd_ps(CVT_##T(w0, k + 16), x2, a0);                         \
+            a0 = _mm256_fmadd_ps(CVT_##T(w0, k + 24), x3, a0);                         \
+            a1 = _mm256_fmadd_ps(CVT_##T(w1, k), x0, a1);                              \
+            a1 = _mm256_fmadd_ps(CVT_##T(w1, k + 8), x1, a1);                          \
+            a1 = _mm256_fmadd_ps(CVT_##T(w1, k + 16), x2, a1);                         \
+            a1 = _mm256_fmadd_ps(CVT_##T(w1, k + 24), x3, a1);                         \
+            a2 = _mm256_fmadd_ps(CVT_##T(w2, k), x0, a2);                              \
+            a2 = _mm256_fmadd_ps(CVT_##T(w2, k + 8), x1, a2);                          \
+            a2 = _mm256_fmadd_ps(CVT_##T(w2, k + 16), x2, a2);                         \
+            a2 = _mm256_fmadd_ps(CVT_##T(w2, k + 24), x3, a2);                         \
+            a3 = _mm256_fmadd_ps(CVT_##T(w3, k), x0, a3);                              \
+            a3 = _mm256_fmadd_ps(CVT_##T(w3, k + 8), x1, a3);                          \
+            a3 = _mm256_fmadd_ps(CVT_##T(w3, k + 16), x2, a3);                         \
+            a3 = _mm256_fmadd_ps(CVT_##T(w3, k + 24), x3, a3);                         \
+        }                                                                              \
         for (; k + 8 <= n; k += 8) {                                                   \
             __m256 xv = _mm256_loadu_ps(x + k);                                        \
             a0 = _mm256_fmadd_ps(CVT_##T(w0, k), xv, a0);                              \
@@ -107,6 +135,9 @@ AVX2 static float hsum8(__m256 a)
         for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, CVT_##T(w, (size_t)k0 + i)); \
         for (; i < n; i++) d[i] = LOAD(w, (size_t)k0 + i);                             \
     }
+typedef uint16_t bf16_t, f16_t;
+typedef float f32_t;
+#define PF_AHEAD 1024                    /* elements */
 AVX_KERNELS(bf16, ld_bf16)
 AVX_KERNELS(f16, ld_f16)
 AVX_KERNELS(f32, ld_f32)
