@@ -38,12 +38,14 @@ typedef struct sess_commit {
     uint32_t kernel;                    /* what computed the rows (KERNEL_*); 0 unknown */
 } sess_commit;
 
-/* The rows' kernel path: a session is reused only by the path that wrote it (the CPU's
- * AVX2 and portable kernels round differently; a device is not bit-identical at all). */
+/* The rows' kernel path: a session is reused only by the path that wrote it. Every CPU
+ * path gives the same bits (decode/gemm.h's canonical order), so all record KERNEL_CPU_AVX2,
+ * named "cpu"; KERNEL_CPU_C is kept for objects written before the paths agreed. A device
+ * is not bit-identical to the CPU at all. */
 enum { KERNEL_UNKNOWN, KERNEL_CPU_AVX2, KERNEL_CPU_C, KERNEL_DEVICE };
 static const char *kernel_name(uint32_t k)
 {
-    return k == KERNEL_CPU_AVX2 ? "cpu-avx2" : k == KERNEL_CPU_C ? "cpu-c" : k == KERNEL_DEVICE ? "device" : "unknown";
+    return k == KERNEL_CPU_AVX2 ? "cpu" : k == KERNEL_CPU_C ? "cpu-c" : k == KERNEL_DEVICE ? "device" : "unknown";
 }
 
 typedef struct sess_hdr {

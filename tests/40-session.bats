@@ -69,6 +69,33 @@ reused() { grep -o 'reused [0-9]*' stats | cut -d' ' -f2; }
   [ "$(reused)" = 39 ] || fail "$(cat stats)"
 }
 
+@test "a rewind below original_max into a stored long context (matching ids) equals a fresh run" {
+  frames 1 32064 100 > p100.bin
+  "$RUN" -m "$LONGROPE" -q --session "$S" < p100.bin > /dev/null      # stored: 100, long
+  "$PY" -c '
+import msgpack, random, sys
+r = random.Random(1); ids = [r.randrange(32064) for _ in range(100)]; out = sys.stdout.buffer
+out.write(msgpack.packb({"type": "tokens", "ids": ids[:70]}))
+out.write(msgpack.packb({"type": "tokens", "ids": ids[30:40], "pos": 30}))
+out.write(msgpack.packb({"type": "tokens", "ids": ids[40:45]}))' > rw.bin
+  same "$LONGROPE" rw.bin
+}
+
+@test "differential: random streams (rewinds, partial and empty frames, --all-logits, --ctx) equal with one long-lived session" {
+  # tests/lib/sessdiff.py: each stream fresh and with the session $S that every earlier
+  # stream of the run left behind; stdout bytes and exit status must be equal. Seed 1 hit
+  # "scratch context out of step" (a rewind below original_max into a stored long context).
+  local seed=$((RANDOM))
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$LONGROPE" 32064 64 "$S" 300 1 40
+  [ "$status" = 0 ] || fail "$output"
+  echo "$output"
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$LONGROPE" 32064 64 "$S" 100 "$seed" 15
+  [ "$status" = 0 ] || fail "seed $seed: $output"
+  "$RUN" --session-rm "$S"
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$GQA" 512 20 "$S" 200 "$seed" 15
+  [ "$status" = 0 ] || fail "seed $seed: $output"
+}
+
 @test "--kv-type f16: logits bit-identical with a session (splits, the switch at 64, a window)" {
   KV="--kv-type f16"
   frames 1 32064 100 > p100.bin
@@ -115,33 +142,6 @@ assert c16 == c32 > 0, (c16, c32)
 # the same header and ids; rows of K and V: 4 bytes per element against 2
 assert b32 - b16 == c32 * elems * 2, (b16, b32, c32, elems)
 PYEOF
-}
-
-@test "a rewind below original_max into a stored long context (matching ids) equals a fresh run" {
-  frames 1 32064 100 > p100.bin
-  "$RUN" -m "$LONGROPE" -q --session "$S" < p100.bin > /dev/null      # stored: 100, long
-  "$PY" -c '
-import msgpack, random, sys
-r = random.Random(1); ids = [r.randrange(32064) for _ in range(100)]; out = sys.stdout.buffer
-out.write(msgpack.packb({"type": "tokens", "ids": ids[:70]}))
-out.write(msgpack.packb({"type": "tokens", "ids": ids[30:40], "pos": 30}))
-out.write(msgpack.packb({"type": "tokens", "ids": ids[40:45]}))' > rw.bin
-  same "$LONGROPE" rw.bin
-}
-
-@test "differential: random streams (rewinds, partial and empty frames, --all-logits, --ctx) equal with one long-lived session" {
-  # tests/lib/sessdiff.py: each stream fresh and with the session $S that every earlier
-  # stream of the run left behind; stdout bytes and exit status must be equal. Seed 1 hit
-  # "scratch context out of step" (a rewind below original_max into a stored long context).
-  local seed=$((RANDOM))
-  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$LONGROPE" 32064 64 "$S" 300 1 40
-  [ "$status" = 0 ] || fail "$output"
-  echo "$output"
-  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$LONGROPE" 32064 64 "$S" 100 "$seed" 15
-  [ "$status" = 0 ] || fail "seed $seed: $output"
-  "$RUN" --session-rm "$S"
-  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$GQA" 512 20 "$S" 200 "$seed" 15
-  [ "$status" = 0 ] || fail "seed $seed: $output"
 }
 
 @test "--all-logits through a session is bit-identical too" {
@@ -206,8 +206,9 @@ print(" ".join(str(i) for l in sys.stdin for o in [json.loads(l)] if o["type"] =
   "$RUN" -m "$LONGROPE" -q < p.bin > fresh.out
   ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   partial=0
-  # kill at 10%, 30%, 50%, 70% of a fresh run's time and at one random moment
-  for pct in 10 30 50 70 $((RANDOM % 90 + 5)); do
+  # kill at 10%, 20%, ... 90% of a fresh run's time and at one random moment (several,
+  # so that one lands mid-prefill even when other jobs stretch the timings)
+  for pct in 10 20 30 40 50 60 70 80 90 $((RANDOM % 90 + 5)); do
     "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > /dev/null &
     pid=$!
     sleep "$(awk -v m="$ms" -v p="$pct" 'BEGIN { printf "%.3f", m * p / 100000 }')"
