@@ -8,6 +8,7 @@
  * next): each half is the same 8-lane accumulator with the same FMA sequence as the AVX2
  * and scalar paths, so all three give the same bits. */
 #include "decode/gemm.h"
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -156,8 +157,9 @@ int gemm_vec_level(void)
     static int level = -1;
     if (level < 0) {
         __builtin_cpu_init();
+        unsigned ea, eb, ec, ed;          /* F16C by cpuid: clang's builtin does not know it */
         int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                   __builtin_cpu_supports("f16c") && !getenv("PHI3_NO_AVX");
+                   __get_cpuid(1, &ea, &eb, &ec, &ed) && (ec & bit_F16C) && !getenv("PHI3_NO_AVX");
         int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                      !getenv("PHI3_NO_AVX512");
         level = avx512 ? 2 : avx2 ? 1 : 0;
