@@ -80,14 +80,14 @@ gemv_kernel(const bf16 *__restrict__ W, int N, int K, const float *__restrict__ 
         r1 = min(2 * lr + 1, N - 1);        /* odd N: the last warp computes its row twice */
     }
     pdl_trigger();
-    if (lr < NL) {
-        /* the weights do not depend on the previous kernel: start them towards L2 while it
-         * finishes (with PDL), 128-byte lines, lane l taking lines l, l + 32, ... */
+    if (lr < NL && lane * 128 < min(K * 2, 2048)) {
+        /* the weights do not depend on the previous kernel: with PDL, start the part the
+         * first unrolled step reads (2 KB of each row, one 128-byte line per lane) towards
+         * L2 while that kernel finishes. Not whole rows: every resident block doing that
+         * for a large matrix would overrun the L2 before the lines are used. */
         const char *p0 = (const char *)(W + (size_t)r0 * K), *p1 = (const char *)(W + (size_t)r1 * K);
-        for (int off = lane * 128; off < K * 2; off += 32 * 128) {
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(p0 + off));
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(p1 + off));
-        }
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(p0 + lane * 128));
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(p1 + lane * 128));
     }
     pdl_wait();
     const float4 *x4 = (const float4 *)x;
