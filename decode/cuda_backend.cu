@@ -115,7 +115,7 @@ typedef struct cuda_ctx {
     cudaGraphExec_t gexec;
     int g_gen, g_long, graph_off;       /* the captured graph's kv_gen and rope mode */
     int kv_async;                       /* KV cache in stream-ordered memory (cu_kv_grow_async) */
-    int pdl;                            /* PHI3_CUDA_FAST=2 on sm_90+: programmatic dependent launch */
+    int pdl;                            /* PHI3_CUDA_FAST=2, sm_90+: dependent launch */
     cu_timing tm;
 } cuda_ctx;
 
@@ -750,7 +750,8 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         } else {
             CU_TRY(b, kern_rope_qkv(s, c->y, split ? c->y + (size_t)n * qkvdim : NULL, n, pos0, nh,
                                     nkv, hd, c->inv_freq[use_long], c->attn_factor,
-                                    flash ? NULL : c->qf, flash ? c->qb : NULL, c->kc[l], c->vc[l]));
+                                    flash ? NULL : c->qf, flash ? c->qb : NULL, c->kc[l],
+                                    c->vc[l]));
         }
         TL(OP_ROPE);
         if (flash && c->fast)
@@ -843,7 +844,8 @@ static int cu_fast_enqueue(cuda_backend *cb, int use_long)
     const int window = cf->sliding_window > 0 ? cf->sliding_window : 0;
     const float eps = (float)cf->rms_eps;
     cudaStream_t s = c->stream;
-    CU_TRY(b, cudaMemcpyAsync(c->d_step, c->h_step, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+    CU_TRY(b, cudaMemcpyAsync(c->d_step, c->h_step, 2 * sizeof(int32_t), cudaMemcpyHostToDevice,
+                              s));
     TL(OP_COPY);
     const int pdl = c->pdl;
     CU_TRY(b, fk_embed1(s, c->embed, c->d_step, H, c->x, pdl));

@@ -130,7 +130,7 @@ fa2_kernel(const kvt *__restrict__ q, const kvt *__restrict__ kc, const kvt *__r
     for (int d = 0; d < NT; d++)
         o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.f;
     float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.f, 0.f};
-    const int qr[2] = {pos0 + m0 + warp * 16 + g, pos0 + m0 + warp * 16 + g + 8};
+    const int qr0 = pos0 + m0 + warp * 16 + g, qr1 = qr0 + 8;   /* this thread's two rows */
 
     for (int it = 0; it < ntiles; it++) {
         if (it + 1 < ntiles) {
@@ -151,80 +151,91 @@ fa2_kernel(const kvt *__restrict__ q, const kvt *__restrict__ kc, const kvt *__r
         const kvt *cK = sK + (it & 1) * F2_BN * LD, *cV = sV + (it & 1) * F2_BN * LD;
         const int k0 = kv_begin + it * F2_BN;
 
-        /* S[16 x 64] = Q_w K^T, 8 tiles of 16 x 8 */
-        float s[8][4];
+        /* this warp's 16 queries against the tile: nothing visible (the tile is skipped:
+         * the state stays as p = 0 leaves it), everything visible (no per-element mask),
+         * or in between */
+        const int wq0 = pos0 + m0 + warp * 16, wq1 = wq0 + 15;
+        const bool none = k0 > wq1 || (window > 0 && k0 + F2_BN - 1 <= wq0 - window);
+        const bool all = k0 + F2_BN <= kv_end && k0 + F2_BN - 1 <= wq0 &&
+                          (window <= 0 || k0 > wq1 - window);
+        if (!none) {
+            /* S[16 x 64] = Q_w K^T, 8 tiles of 16 x 8 */
+            float s[8][4];
 #pragma unroll
-        for (int j = 0; j < 8; j++)
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+            for (int j = 0; j < 8; j++)
+                s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
 #pragma unroll
-        for (int kk = 0; kk < KT; kk++) {
+            for (int kk = 0; kk < KT; kk++) {
 #pragma unroll
-            for (int jp = 0; jp < 4; jp++) {
-                unsigned b0, b1, b2, b3;
-                ldsm_x4(b0, b1, b2, b3,
-                        cK + (16 * jp + (lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 +
-                            ((lane >> 3) & 1) * 8);
-                mma16816(s[2 * jp], qf[kk], b0, b1);
-                mma16816(s[2 * jp + 1], qf[kk], b2, b3);
+                for (int jp = 0; jp < 4; jp++) {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4(b0, b1, b2, b3,
+                            cK + (16 * jp + (lane >> 4) * 8 + (lane & 7)) * LD + kk * 16 +
+                                ((lane >> 3) & 1) * 8);
+                    mma16816(s[2 * jp], qf[kk], b0, b1);
+                    mma16816(s[2 * jp + 1], qf[kk], b2, b3);
+                }
             }
-        }
-        /* mask, scale (log2 units), online softmax per row (a row's 4 threads: a quad) */
-        float mx[2] = {-INFINITY, -INFINITY};
+            /* mask, scale (log2 units), online softmax per row (a row's 4 threads: a quad) */
+            float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
+            for (int j = 0; j < 8; j++) {
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int kp = k0 + 8 * j + 2 * t4 + (e & 1), r = e >> 1;
-                const bool ok = kp < kv_end && kp <= qr[r] && (window <= 0 || kp > qr[r] - window);
-                s[j][e] = ok ? s[j][e] * scale_log2 : -INFINITY;
-                mx[r] = fmaxf(mx[r], s[j][e]);
+                for (int e = 0; e < 4; e++) {
+                    const int kp = k0 + 8 * j + 2 * t4 + (e & 1), r = e >> 1;
+                    const int qp = r ? qr1 : qr0;
+                    const bool ok = all || (kp < kv_end && kp <= qp &&
+                                            (window <= 0 || kp > qp - window));
+                    s[j][e] = ok ? s[j][e] * scale_log2 : -INFINITY;
+                    mx[r] = fmaxf(mx[r], s[j][e]);
+                }
             }
-        }
-        float alpha[2], mu[2];
+            float alpha[2], mu[2];
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            const float m_new = fmaxf(m_r[r], mx[r]);
-            mu[r] = m_new == -INFINITY ? 0.f : m_new;          /* all masked so far */
-            alpha[r] = exp2f(m_r[r] - mu[r]);                  /* m_r = -inf: 0 */
-            m_r[r] = m_new;
-        }
-        float sum[2] = {0.f, 0.f};
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                s[j][e] = exp2f(s[j][e] - mu[e >> 1]);         /* masked: 0 */
-                sum[e >> 1] += s[j][e];
+            for (int r = 0; r < 2; r++) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                const float m_new = fmaxf(m_r[r], mx[r]);
+                mu[r] = m_new == -INFINITY ? 0.f : m_new;          /* all masked so far */
+                alpha[r] = exp2f(m_r[r] - mu[r]);                  /* m_r = -inf: 0 */
+                m_r[r] = m_new;
             }
-        }
+            float sum[2] = {0.f, 0.f};
 #pragma unroll
-        for (int r = 0; r < 2; r++)
-            l_r[r] = l_r[r] * alpha[r] + sum[r];                /* this thread's columns */
+            for (int j = 0; j < 8; j++) {
 #pragma unroll
-        for (int d = 0; d < NT; d++) {
-            o[d][0] *= alpha[0];
-            o[d][1] *= alpha[0];
-            o[d][2] *= alpha[1];
-            o[d][3] *= alpha[1];
-        }
-        /* O[16 x D] += P[16 x 64] V[64 x D]: P's A fragments are the S accumulators */
+                for (int e = 0; e < 4; e++) {
+                    s[j][e] = exp2f(s[j][e] - mu[e >> 1]);         /* masked: 0 */
+                    sum[e >> 1] += s[j][e];
+                }
+            }
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            unsigned a[4];
-            a[0] = pack_h2(s[2 * kk][0], s[2 * kk][1]);
-            a[1] = pack_h2(s[2 * kk][2], s[2 * kk][3]);
-            a[2] = pack_h2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            a[3] = pack_h2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            for (int r = 0; r < 2; r++)
+                l_r[r] = l_r[r] * alpha[r] + sum[r];                /* this thread's columns */
 #pragma unroll
-            for (int dp = 0; dp < NT / 2; dp++) {
-                unsigned b0, b1, b2, b3;
-                ldsm_x4_t(b0, b1, b2, b3,
-                          cV + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD +
-                              8 * (2 * dp + (lane >> 4)));
-                mma16816(o[2 * dp], a, b0, b1);
-                mma16816(o[2 * dp + 1], a, b2, b3);
+            for (int d = 0; d < NT; d++) {
+                o[d][0] *= alpha[0];
+                o[d][1] *= alpha[0];
+                o[d][2] *= alpha[1];
+                o[d][3] *= alpha[1];
+            }
+            /* O[16 x D] += P[16 x 64] V[64 x D]: P's A fragments are the S accumulators */
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                unsigned a[4];
+                a[0] = pack_h2(s[2 * kk][0], s[2 * kk][1]);
+                a[1] = pack_h2(s[2 * kk][2], s[2 * kk][3]);
+                a[2] = pack_h2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                a[3] = pack_h2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+                for (int dp = 0; dp < NT / 2; dp++) {
+                    unsigned b0, b1, b2, b3;
+                    ldsm_x4_t(b0, b1, b2, b3,
+                              cV + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD +
+                                  8 * (2 * dp + (lane >> 4)));
+                    mma16816(o[2 * dp], a, b0, b1);
+                    mma16816(o[2 * dp + 1], a, b2, b3);
+                }
             }
         }
         __syncthreads();                  /* before the next iteration's load reuses the stage */

@@ -21,9 +21,10 @@ static __device__ __forceinline__ kvt kv_cvt_nan(float f)
 
 /* pdl (the last argument of the decode launchers): launch with programmatic dependent
  * launch (sm_90; PHI3_CUDA_FAST=2): the kernel may start while the previous one finishes,
- * and the matrix-vector product moves its weight rows towards L2 before it waits for the
- * previous kernel's results. Every kernel here waits (griddepcontrol.wait) before it reads
- * anything a previous kernel wrote, so with pdl = 0 they behave as plain launches. */
+ * and the matrix-vector product moves the start of its weight rows towards L2 before it
+ * waits for the previous kernel's results. Every kernel here waits (griddepcontrol.wait)
+ * before it reads anything a previous kernel wrote, so with pdl = 0 they behave as plain
+ * launches. */
 
 /* Epilogues of fk_gemv. */
 enum { FK_STORE = 0, FK_ADD = 1, FK_SWIGLU = 2 };

@@ -80,14 +80,15 @@ gemv_kernel(const bf16 *__restrict__ W, int N, int K, const float *__restrict__ 
         r1 = min(2 * lr + 1, N - 1);        /* odd N: the last warp computes its row twice */
     }
     pdl_trigger();
-    if (lr < NL) {
-        /* the weights do not depend on the previous kernel: start them towards L2 while it
-         * finishes (with PDL), 128-byte lines, lane l taking lines l, l + 32, ... */
-        const char *p0 = (const char *)(W + (size_t)r0 * K), *p1 = (const char *)(W + (size_t)r1 * K);
-        for (int off = lane * 128; off < K * 2; off += 32 * 128) {
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(p0 + off));
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(p1 + off));
-        }
+    if (lr < NL && lane * 128 < min(K * 2, 2048)) {
+        /* the weights do not depend on the previous kernel: with PDL, start the part the
+         * first unrolled step reads (2 KB of each row, one 128-byte line per lane) towards
+         * L2 while that kernel finishes. Not whole rows: every resident block doing that
+         * for a large matrix would overrun the L2 before the lines are used. */
+        const char *p0 = (const char *)(W + (size_t)r0 * K);
+        const char *p1 = (const char *)(W + (size_t)r1 * K);
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(p0 + lane * 128));
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(p1 + lane * 128));
     }
     pdl_wait();
     const float4 *x4 = (const float4 *)x;
@@ -281,8 +282,9 @@ cudaError_t fk_rope_qkv(cudaStream_t s, const float *qkv, int n, const int32_t *
     const long threads = (long)n * (nh + 2 * nkv) * (hd / 2);
     if ((threads + 255) / 256 > 0x7fffffffL)
         return cudaErrorInvalidValue;
-    return fk_launch(pdl, rope_fast_kernel, dim3((unsigned)((threads + 255) / 256)), dim3(256), 0, s,
-                     qkv, n, d_pos, pos0, nh, nkv, hd, inv_freq, attn_factor, q_f32, q_h, kc, vc);
+    return fk_launch(pdl, rope_fast_kernel, dim3((unsigned)((threads + 255) / 256)), dim3(256), 0,
+                     s, qkv, n, d_pos, pos0, nh, nkv, hd, inv_freq, attn_factor, q_f32, q_h, kc,
+                     vc);
 }
 
 /* ---- split-KV decode attention ---- */
@@ -499,8 +501,8 @@ cudaError_t fk_attn_decode(cudaStream_t s, const float *q, const kvt *kc, const 
                       nkv, window, scale, work);
         break;
     default:
-        e = fk_launch(pdl, attn_fast_kernel<128>, grid, dim3(AD_THREADS), 0, s, q, kc, vc, d_pos, nh,
-                      nkv, window, scale, work);
+        e = fk_launch(pdl, attn_fast_kernel<128>, grid, dim3(AD_THREADS), 0, s, q, kc, vc, d_pos,
+                      nh, nkv, window, scale, work);
         break;
     }
     if (e != cudaSuccess)

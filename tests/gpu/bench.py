@@ -408,6 +408,38 @@ def fmt(v, spec="%.3f"):
     return spec % v if isinstance(v, (int, float)) else "n/a"
 
 
+def ncu_summary(path):
+    """Rows of ncu's --csv --page raw output (header lines repeat per run): kernel, time,
+    DRAM bytes read, DRAM throughput."""
+    import csv
+    out, head, units = [], None, []
+    try:
+        with open(path, newline="") as f:
+            for rec in csv.reader(f):
+                if "Kernel Name" in rec:
+                    head = {name: i for i, name in enumerate(rec)}
+                    units = []
+                    continue
+                if not head or len(rec) < len(head):
+                    continue
+                if not rec[head["Kernel Name"]]:
+                    units = rec                 # the line of units after the header
+                    continue
+
+                def get(metric):
+                    i = head.get(metric)
+                    if i is None or i >= len(rec):
+                        return "?"
+                    return rec[i] + (" " + units[i] if i < len(units) and units[i] else "")
+                name = rec[head["Kernel Name"]].split("(")[0]
+                out.append("%-28s %16s %20s %10s" % (
+                    name[:28], get("gpu__time_duration.sum"), get("dram__bytes_read.sum"),
+                    get("dram__throughput.avg.pct_of_peak_sustained_elapsed")))
+    except OSError:
+        pass
+    return out
+
+
 def part_table(F):
     C = load_json(a.ceilings, {}) if a.ceilings else {}
     PEER = load_json(a.peer, {}) if a.peer else {}
@@ -492,6 +524,10 @@ def part_table(F):
             rows.append("")
             rows.append("timeline (%s path, ms per decode step, events between ops): %s; sum %.3f"
                         % (path, head_tl, tl["sum_ms"]))
+    nc = ncu_summary(os.path.join(a.out, "ncu.csv"))
+    if nc:
+        rows += ["", "ncu (fast path; time, DRAM bytes read, DRAM throughput % of peak):"] + \
+            ["    " + x for x in nc]
     try:
         with open(os.path.join(a.out, "nsys.txt")) as f:
             rows += [""] + ["    " + x.rstrip() for x in f]

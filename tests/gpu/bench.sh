@@ -9,7 +9,8 @@
 #                prefill (GPU time) and decode (GPU time per step, phi3-run's wall per token)
 #                from prepared streams, PHI3_CUDA_TIMING=1; a per-op timeline (=2)
 #   4 loop       the FIFO loop with phi3-sample vs phi3-run alone: the pipeline overhead
-#   5 nsys       a kernel summary of a few decode steps when nsys works there (else a line)
+#   5 nsys       a kernel summary of a few decode steps when nsys works there (else a line);
+#                ncu: DRAM throughput of the fast path's first kernels when ncu is there
 #   6 peer       transformers eager (prefill, decode) on the same card
 #   7 long       prefill of 131,072 tokens per path when the time left allows
 #   8 compiled   transformers static cache + torch.compile decode when the time left allows
@@ -135,6 +136,15 @@ timeout "$(tmo 120)" "${B[@]}" loop > "$OUT/bench-loop.log" 2>&1
 done_stage $? loop "see bench.json" "see the log"
 
 # 5. nsys (not on the PATH of the workplace's image when last looked; a line either way)
+# the profilers' stream: a 512-token prompt, then 16 one-token frames
+"$PY" - "$OUT/stream-nsys.bin" <<'PYEOF'
+import msgpack, random, sys
+g = random.Random(3)
+with open(sys.argv[1], "wb") as f:
+    f.write(msgpack.packb({"type": "tokens", "ids": [g.randint(3, 31999) for _ in range(512)]}))
+    for _ in range(16):
+        f.write(msgpack.packb({"type": "tokens", "ids": [g.randint(3, 31999)]}))
+PYEOF
 NSYS=$(command -v nsys)
 for f in /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys; do
     [ -z "$NSYS" ] && [ -x "$f" ] && NSYS=$f
@@ -144,14 +154,6 @@ if [ "$MODE" = dry ]; then
 elif [ -z "$NSYS" ]; then
     echo "nsys: not found on this machine; the per-op timeline (PHI3_CUDA_TIMING=2) stands in" > "$OUT/nsys.txt"
 elif [ "$(left)" -gt 120 ]; then
-    "$PY" - "$OUT/stream-nsys.bin" <<'PYEOF'
-import msgpack, random, sys
-g = random.Random(3)
-with open(sys.argv[1], "wb") as f:
-    f.write(msgpack.packb({"type": "tokens", "ids": [g.randint(3, 31999) for _ in range(512)]}))
-    for _ in range(16):
-        f.write(msgpack.packb({"type": "tokens", "ids": [g.randint(3, 31999)]}))
-PYEOF
     PHI3_CUDA_FAST=1 timeout "$(tmo 90)" "$NSYS" profile -o "$OUT/nsys-fast" --force-overwrite true \
         --stats=true "$BIN/phi3-run" -m "$MODEL" --backend cuda -q --ctx 600 \
         < "$OUT/stream-nsys.bin" > "$OUT/nsys.log" 2>&1
@@ -165,6 +167,33 @@ else
     echo "nsys: skipped (time budget)" > "$OUT/nsys.txt"
 fi
 stage nsys INFO "$(head -1 "$OUT/nsys.txt")"
+
+# 5b. ncu (Nsight Compute reads the counters on the workplace's Firecracker machines): DRAM
+# throughput of the fast path's kernels, one prefill attention and the first decode kernels
+NCU=$(command -v ncu)
+for f in /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu; do
+    [ -z "$NCU" ] && [ -x "$f" ] && NCU=$f
+done
+: > "$OUT/ncu.csv"
+if [ "$MODE" = dry ]; then
+    stage ncu SKIP "dry run"
+elif [ -z "$NCU" ]; then
+    stage ncu SKIP "ncu not found"
+elif [ "$(left)" -lt 150 ]; then
+    stage ncu SKIP "time budget"
+else
+    S=$OUT/stream-nsys.bin
+    M=gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
+    i=0
+    for k in "regex:fa2_kernel 2" "regex:gemv_kernel|attn_fast_kernel|rope_fast_kernel 14"; do
+        i=$((i + 1))
+        PHI3_CUDA_FAST=1 timeout "$(tmo 60)" "$NCU" --clock-control none -k "${k% *}" \
+            --launch-count "${k##* }" --metrics "$M" --csv --page raw --log-file "$OUT/ncu-$i.csv" \
+            "$BIN/phi3-run" -m "$MODEL" --backend cuda -q --ctx 600 < "$S" > /dev/null 2>> "$OUT/ncu.log"
+        grep -v '^==' "$OUT/ncu-$i.csv" >> "$OUT/ncu.csv" 2>/dev/null
+    done
+    stage ncu INFO "$(grep -c '_kernel' "$OUT/ncu.csv") kernel rows (ncu.csv)"
+fi
 
 # 6. transformers peer, eager
 if [ "$MODE" = dry ]; then

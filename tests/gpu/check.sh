@@ -11,7 +11,8 @@
 # build/gpu). REBUILD=1 rebuilds here.
 # Every log goes to $CHECK_WORK (default /tmp/phi3-gpu-check); $OUT (default: the same)
 # receives at most 7 files: report.txt, GPU-RESULTS.md, bench.md, bench.json, full.json,
-# peer.json and logs.tar.gz (the device tool brings back 8 files at most). Every stage runs
+# peer.json and logs.tar.gz (the device tool brings back 8 files at most), published after
+# stages 3 and 4 and at the end (a run killed from outside keeps them). Every stage runs
 # under `timeout`; a failing stage does not stop the others; the table is printed last.
 # Exit 0 when every correctness line passed. SKIP_FULL=1 leaves out stage 4, SKIP_BENCH=1
 # stage 5, SKIP_FAST=1 the fast path's repeats of stages 2-4.
@@ -39,6 +40,18 @@ ST=$OUT/stages.tsv
 : > "$ST"
 stage() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" >> "$ST"; echo "== stage $1: $2 $3" >&2; }
 left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
+# publish: the table so far into report.txt, and the few result files into $RESULTS (after
+# every long stage, so that a run killed from outside still brings back what it measured)
+publish() {
+    "$PY" tests/gpu/report.py "$OUT" > "$OUT/report.txt" 2>&1 || echo "report.py failed" >> "$OUT/report.txt"
+    echo "total $(( $(date +%s) - T0 )) s${1:+ ($1)}, logs in $OUT" >> "$OUT/report.txt"
+    [ "$RESULTS" = "$OUT" ] && return
+    mkdir -p "$RESULTS"
+    for f in report.txt GPU-RESULTS.md full.json bench/bench.md bench/bench.json bench/peer.json; do
+        [ -e "$OUT/$f" ] && cp "$OUT/$f" "$RESULTS/"
+    done
+    tar -C "$OUT" --exclude='*.bin' --exclude='loop-*' -czf "$RESULTS/logs.tar.gz" . 2>/dev/null
+}
 
 # 0. binaries
 if [ "${REBUILD:-0}" = 1 ]; then
@@ -139,6 +152,8 @@ if [ "${SKIP_FAST:-0}" != 1 ]; then
     san racecheck-fast-decode racecheck tests/fixtures/tiny-longrope "$OUT/san-gen.bin" fast
 fi
 
+publish "after the tiny-model stages"
+
 # 4. full-size model vs transformers fp32 (the timings are stage 5's)
 rest=$(left)
 FULL_PARTS=copy,gen,run,runfast,hf,dec32
@@ -159,6 +174,8 @@ else
     stage full-size SKIP "only $rest s left"
 fi
 
+publish "after the full-size stage"
+
 # 5. the benchmark (timings beside their floors, the transformers peer), in what is left
 rest=$(left)
 if [ "${SKIP_BENCH:-0}" = 1 ]; then
@@ -171,17 +188,8 @@ else
     stage bench SKIP "only $rest s left"
 fi
 
-# the table, last
-"$PY" tests/gpu/report.py "$OUT" > "$OUT/report.txt" 2>&1 || echo "report.py failed" >> "$OUT/report.txt"
-echo "total $(( $(date +%s) - T0 )) s, logs in $OUT" >> "$OUT/report.txt"
-# what comes back: a few files (the streams and the model stay behind)
-if [ "$RESULTS" != "$OUT" ]; then
-    mkdir -p "$RESULTS"
-    for f in report.txt GPU-RESULTS.md full.json bench/bench.md bench/bench.json bench/peer.json; do
-        [ -e "$OUT/$f" ] && cp "$OUT/$f" "$RESULTS/"
-    done
-    tar -C "$OUT" --exclude='*.bin' --exclude='loop-*' -czf "$RESULTS/logs.tar.gz" . 2>/dev/null
-fi
+# the table, last (the streams and the model stay behind)
+publish
 cat "$OUT/report.txt"
 if grep -q "^| FAIL" "$OUT/report.txt"; then exit 1; fi
 exit 0

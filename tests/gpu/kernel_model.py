@@ -106,6 +106,12 @@ def fa2_block(D, q, K, V, n, pos0, window, mblock):
             k0 = kv_begin + it * BN
             cK = [[(K[k0 + r][c] if k0 + r < kv_end else 0.0) for c in range(D)] for r in range(BN)]
             cV = [[(V[k0 + r][c] if k0 + r < kv_end else 0.0) for c in range(D)] for r in range(BN)]
+            wq0 = pos0 + m0 + warp * 16
+            wq1 = wq0 + 15
+            none = k0 > wq1 or (window > 0 and k0 + BN - 1 <= wq0 - window)
+            full = k0 + BN <= kv_end and k0 + BN - 1 <= wq0 and (window <= 0 or k0 > wq1 - window)
+            if none:
+                continue
             s = [[[0.0] * 4 for _ in range(32)] for _ in range(8)]
             for kk in range(KT):
                 for jp in range(4):
@@ -119,7 +125,7 @@ def fa2_block(D, q, K, V, n, pos0, window, mblock):
                 for j in range(8):
                     for e in range(4):
                         kp, r = k0 + 8 * j + 2 * t4 + (e & 1), e >> 1
-                        ok = kp < kv_end and kp <= qr[l][r] and (window <= 0 or kp > qr[l][r] - window)
+                        ok = full or (kp < kv_end and kp <= qr[l][r] and (window <= 0 or kp > qr[l][r] - window))
                         s[j][l][e] = s[j][l][e] * scale_log2 if ok else -INF
                         mx[l][r] = max(mx[l][r], s[j][l][e])
             mu = [[0.0, 0.0] for _ in range(32)]
