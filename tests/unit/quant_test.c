@@ -4,6 +4,7 @@
  * exact midpoints, error bounds of quantize -> dequantize derived from the step sizes,
  * and every kernel compared bit for bit with a plain fmaf loop in the canonical order
  * over the dequantized row. */
+#include "decode/backend.h"
 #include "decode/qdot.h"
 #include "embed/model.h"
 #include "embed/quant.h"
@@ -380,6 +381,132 @@ static void kernels(void)
     free(w);
 }
 
+
+/* ---- a whole model: quantized weights vs the same weights dequantized to f32 ----
+ * A synthetic Phi-3 (hidden 256 so every K type fits, GQA, 2 layers) built in memory:
+ * once with quantized tensors, once with each of them dequantized exactly to F32. The
+ * CPU backend must give the same logits (issue 12: within 1e-5 relative L2; with every
+ * dot in the one canonical order they are bit-identical). */
+
+typedef struct synth {
+    phi3_model m;
+    phi3_layer layers[2];
+    void *bufs[32];
+    int nbufs;
+} synth;
+
+static void *keep(synth *s, size_t bytes)
+{
+    void *p = calloc(1, bytes);
+    s->bufs[s->nbufs++] = p;
+    return p;
+}
+
+/* A tensor of rows x cols: gaussian * sd (+ bias), stored as dtype q; its exact f32
+ * twin goes to twin. */
+static void tensor(synth *s, synth *twin, phi3_weight *w, phi3_weight *w2, int64_t rows, int64_t cols,
+                   st_dtype q, float sd, float bias)
+{
+    size_t n = (size_t)(rows * cols);
+    float *f = malloc(n * sizeof *f);
+    for (size_t i = 0; i < n; i++) f[i] = gauss() * sd + bias;
+    size_t rb = quant_row_bytes(q, cols);
+    uint8_t *data = keep(s, rb * (size_t)rows);
+    for (int64_t r = 0; r < rows; r++) quant_quantize_row(q, f + r * cols, data + r * rb, cols);
+    float *deq = keep(twin, n * sizeof(float));
+    for (int64_t r = 0; r < rows; r++) quant_dequant_row(q, data + r * rb, deq + r * cols, 0, cols);
+    free(f);
+    *w = (phi3_weight){data, q, rows, cols};
+    *w2 = (phi3_weight){deq, ST_F32, rows, cols};
+}
+
+/* types: embed, qkv, o, gate_up, down, lm_head (the same in both layers but down/qkv,
+ * which take alt in layer 1, as Q4_K_M varies them by layer). */
+static void synth_build(synth *s, synth *t, const st_dtype *ty, const st_dtype *alt)
+{
+    memset(s, 0, sizeof *s);
+    memset(t, 0, sizeof *t);
+    phi3_config c = {0};
+    c.hidden = 256;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.head_dim = 64;
+    c.n_layers = 2;
+    c.intermediate = 512;
+    c.vocab = 320;
+    c.rms_eps = 1e-5f;
+    c.rope_theta = 10000;
+    c.attn_factor = 1.0;
+    c.original_max_pos = c.max_pos = 4096;
+    s->m.cfg = t->m.cfg = c;
+    int H = c.hidden, qkv = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim, I = c.intermediate;
+    tensor(s, t, &s->m.embed, &t->m.embed, c.vocab, H, ty[0], 1.0f, 0);
+    tensor(s, t, &s->m.norm, &t->m.norm, 1, H, ST_F32, 0.1f, 1.0f);
+    tensor(s, t, &s->m.lm_head, &t->m.lm_head, c.vocab, H, ty[5], 0.05f, 0);
+    for (int l = 0; l < 2; l++) {
+        phi3_layer *L = &s->layers[l], *T = &t->layers[l];
+        tensor(s, t, &L->ln1, &T->ln1, 1, H, ST_F32, 0.1f, 1.0f);
+        tensor(s, t, &L->qkv, &T->qkv, qkv, H, l ? alt[1] : ty[1], 0.06f, 0);
+        tensor(s, t, &L->o, &T->o, H, c.n_heads * c.head_dim, ty[2], 0.06f, 0);
+        tensor(s, t, &L->ln2, &T->ln2, 1, H, ST_F32, 0.1f, 1.0f);
+        tensor(s, t, &L->gate_up, &T->gate_up, 2 * I, H, ty[3], 0.06f, 0);
+        tensor(s, t, &L->down, &T->down, H, I, l ? alt[4] : ty[4], 0.04f, 0);
+    }
+    s->m.layers = s->layers;
+    t->m.layers = t->layers;
+}
+
+static void synth_free(synth *s)
+{
+    for (int i = 0; i < s->nbufs; i++) free(s->bufs[i]);
+}
+
+/* Prefill 9 tokens (all logits) then 3 single-token steps; logits into out. */
+static int run_model(const phi3_model *m, int threads, float *out)
+{
+    char err[256];
+    backend *b = backend_cpu_new(m, 64, threads, NULL, err, sizeof err);
+    if (!b) return -1;
+    int32_t ids[12] = {5, 17, 300, 2, 99, 150, 7, 7, 64, 1, 319, 42};
+    int rc = b->ops->forward(b, ids, 9, out, 1);
+    for (int k = 9; k < 12 && !rc; k++) rc = b->ops->forward(b, ids + k, 1, out + (size_t)k * m->cfg.vocab, 0);
+    b->ops->destroy(b);
+    return rc;
+}
+
+static void model_equivalence(void)
+{
+    static const struct { const char *name; st_dtype ty[6], alt[6]; } mixes[] = {
+        {"Q8_0", {ST_Q8_0, ST_Q8_0, ST_Q8_0, ST_Q8_0, ST_Q8_0, ST_Q8_0}, {0, ST_Q8_0, 0, 0, ST_Q8_0, 0}},
+        {"Q4_0", {ST_Q4_0, ST_Q4_0, ST_Q4_0, ST_Q4_0, ST_Q4_0, ST_Q6_K}, {0, ST_Q4_0, 0, 0, ST_Q4_0, 0}},
+        {"Q4_K_M mix", {ST_Q4_K, ST_Q6_K, ST_Q4_K, ST_Q4_K, ST_Q6_K, ST_Q6_K}, {0, ST_Q5_K, 0, 0, ST_Q4_K, 0}},
+    };
+    for (size_t i = 0; i < sizeof mixes / sizeof *mixes; i++) {
+        synth q, f;
+        synth_build(&q, &f, mixes[i].ty, mixes[i].alt);
+        size_t nl = 12 * (size_t)q.m.cfg.vocab;
+        float *lq = malloc(nl * sizeof(float)), *lf = malloc(nl * sizeof(float)), *l1 = malloc(nl * sizeof(float));
+        int rc = run_model(&q.m, 2, lq) | run_model(&f.m, 2, lf) | run_model(&q.m, 1, l1);
+        double num = 0, den = 0;
+        size_t same = 0, same_threads = 0;
+        for (size_t k = 0; k < nl; k++) {
+            num += ((double)lq[k] - lf[k]) * ((double)lq[k] - lf[k]);
+            den += (double)lf[k] * lf[k];
+            same += same_bits(lq[k], lf[k]);
+            same_threads += same_bits(lq[k], l1[k]);
+        }
+        double rel = sqrt(num / den);
+        ok(rc == 0 && rel <= 1e-5, "%s model: logits vs the f32-dequantized model, relative L2 %.3g <= 1e-5 "
+           "(%zu of %zu bit-identical)", mixes[i].name, rel, same, nl);
+        ok(rc == 0 && same_threads == nl, "%s model: 1 thread = 2 threads, bit for bit", mixes[i].name);
+        free(lq);
+        free(lf);
+        free(l1);
+        synth_free(&q);
+        synth_free(&f);
+    }
+}
+
 int main(void)
 {
     sizes();
@@ -388,5 +515,6 @@ int main(void)
     known_blocks();
     roundtrip();
     kernels();
+    model_equivalence();
     return tap_done();
 }
