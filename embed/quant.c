@@ -6,6 +6,7 @@
  * performs (this file is compiled with -std=c11, where GCC does not contract a*b-c
  * into an FMA). */
 #include "embed/quant.h"
+#include <emmintrin.h>
 #include <math.h>
 #include <string.h>
 
@@ -254,63 +255,75 @@ static void quant_q4_0(const float *x, uint8_t *b)
     }
 }
 
-/* Fit x[0..n) ~ s * q - mn with q in 0..nmax, s >= 0, mn >= 0: try a range of scales
- * from the (min, max) span, refit (s, mn) by least squares on each assignment, keep
- * the best squared error. */
+/* Nearest integer of v clamped to [0, hi] (round half up). */
+static inline int qround(float v, float hi)
+{
+    v += 0.5f;
+    v = v < 0.0f ? 0.0f : v;
+    v = v > hi + 0.25f ? hi + 0.25f : v;
+    return (int)v;
+}
+
+/* Over q_i = qround((x_i - off) * is, hi), i < n (a multiple of 4): the sums of q, q^2
+ * and q x, with SSE2 (baseline x86-64) in 4 lanes: the scale searches below run this
+ * a dozen times per weight. */
+static void qsums(const float *x, int n, float off, float is, float hi, float *sq, float *sqq, float *sqx)
+{
+    __m128 o = _mm_set1_ps(off), s = _mm_set1_ps(is), h = _mm_set1_ps(0.5f), z = _mm_setzero_ps();
+    __m128 top = _mm_set1_ps(hi + 0.25f), a = z, b = z, c = z;
+    for (int i = 0; i < n; i += 4) {
+        __m128 v = _mm_loadu_ps(x + i);
+        __m128 t = _mm_add_ps(_mm_mul_ps(_mm_sub_ps(v, o), s), h);
+        __m128 q = _mm_cvtepi32_ps(_mm_cvttps_epi32(_mm_min_ps(_mm_max_ps(t, z), top)));
+        a = _mm_add_ps(a, q);
+        b = _mm_add_ps(b, _mm_mul_ps(q, q));
+        c = _mm_add_ps(c, _mm_mul_ps(q, v));
+    }
+    float l[3][4];
+    _mm_storeu_ps(l[0], a);
+    _mm_storeu_ps(l[1], b);
+    _mm_storeu_ps(l[2], c);
+    *sq = (l[0][0] + l[0][1]) + (l[0][2] + l[0][3]);
+    *sqq = (l[1][0] + l[1][1]) + (l[1][2] + l[1][3]);
+    *sqx = (l[2][0] + l[2][1]) + (l[2][2] + l[2][3]);
+}
+
+/* Fit x[0..n) ~ s * q - mn with q in 0..nmax, s >= 0, mn >= 0: for a range of scales
+ * around span / nmax, assign q, refit (s, mn) by least squares on that assignment, and
+ * keep the fit with the least squared error (computed from the sums). */
 static void fit_affine(const float *x, int n, int nmax, float *s_out, float *mn_out)
 {
-    float lo = x[0], hi = x[0];
-    for (int i = 1; i < n; i++) {
-        lo = fminf(lo, x[i]);
-        hi = fmaxf(hi, x[i]);
+    float lo = x[0], hi = x[0], sx = 0, sxx = 0;
+    for (int i = 0; i < n; i++) {
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+        sx += x[i];
+        sxx += x[i] * x[i];
     }
     if (lo > 0) lo = 0;
-    if (hi <= lo) {
-        *s_out = 0;
-        *mn_out = -lo;
-        return;
-    }
-    float best_s = (hi - lo) / (float)nmax, best_mn = -lo, best_err = INFINITY;
-    for (int t = -6; t <= 12; t++) {
-        float s = (hi - lo) / ((float)nmax + 0.1f * (float)t), mn = -lo;
-        for (int it = 0; it < 2; it++) {
-            if (!(s > 0)) break;
-            float is = 1.0f / s;
-            /* least squares for (s, mn) given q: x = s q - mn */
-            double sq = 0, sqq = 0, sx = 0, sqx = 0;
-            for (int i = 0; i < n; i++) {
-                int q = clampi((int)lrintf((x[i] + mn) * is), 0, nmax);
-                sq += q;
-                sqq += (double)q * q;
-                sx += x[i];
-                sqx += (double)q * x[i];
-            }
-            double det = n * sqq - sq * sq;
-            if (det <= 0) break;
-            double ns = (n * sqx - sq * sx) / det, nmn = (ns * sq - sx) / n;
-            if (nmn < 0) {             /* min must be <= 0: refit the scale alone */
-                nmn = 0;
-                ns = sqq > 0 ? sqx / sqq : 0;
-            }
-            if (!(ns > 0)) break;
-            s = (float)ns;
-            mn = (float)nmn;
-            float err = 0;
-            is = 1.0f / s;
-            for (int i = 0; i < n; i++) {
-                int q = clampi((int)lrintf((x[i] + mn) * is), 0, nmax);
-                float e = s * (float)q - mn - x[i];
-                err += e * e;
-            }
-            if (err < best_err) {
-                best_err = err;
-                best_s = s;
-                best_mn = mn;
-            }
+    *s_out = 0;
+    *mn_out = -lo;
+    if (hi <= lo) return;
+    float best = INFINITY, fn = (float)n, top = (float)nmax;
+    for (int t = -4; t <= 10; t++) {
+        float sq, sqq, sqx;
+        qsums(x, n, lo, (top + 0.1f * (float)t) / (hi - lo), top, &sq, &sqq, &sqx);
+        float det = fn * sqq - sq * sq;
+        if (!(det > 0)) continue;
+        float ns = (fn * sqx - sq * sx) / det, nmn = (ns * sq - sx) / fn;
+        if (nmn < 0) {                 /* the min must be <= 0: refit the scale alone */
+            nmn = 0;
+            ns = sqx / sqq;
+        }
+        if (!(ns > 0)) continue;
+        /* sum (ns q - nmn - x)^2 expanded */
+        float err = ns * ns * sqq + fn * nmn * nmn + sxx - 2 * ns * nmn * sq - 2 * ns * sqx + 2 * nmn * sx;
+        if (err < best) {
+            best = err;
+            *s_out = ns;
+            *mn_out = nmn;
         }
     }
-    *s_out = best_s;
-    *mn_out = best_mn;
 }
 
 /* Q4_K (nmax 15, qh NULL) and Q5_K (nmax 31). */
@@ -337,7 +350,7 @@ static void quant_k45(const float *x, uint8_t *b, int nmax, uint8_t *qh, uint8_t
         float ds = d * (float)sc[j], dm = dmin * (float)m[j];
         int c = j / 2, high = j & 1;
         for (int l = 0; l < 32; l++) {
-            int q = ds > 0 ? clampi((int)lrintf((x[32 * j + l] + dm) / ds), 0, nmax) : 0;
+            int q = ds > 0 ? qround((x[32 * j + l] + dm) / ds, (float)nmax) : 0;
             uint8_t *p = qs + 32 * c + l;
             if (high) *p = (uint8_t)((*p & 0xF) | (q & 0xF) << 4);
             else *p = (uint8_t)(q & 0xF);
@@ -346,8 +359,9 @@ static void quant_k45(const float *x, uint8_t *b, int nmax, uint8_t *qh, uint8_t
     }
 }
 
-/* Q6_K: per sub-block of 16 a signed scale s (x ~ s * q, q in -32..31) chosen among
- * candidates around max/-32 with a least-squares refit, then 8-bit sub-scales. */
+/* Q6_K: per sub-block of 16 a signed scale s (x ~ s * q, q in -32..31): for scales
+ * around max / -32, assign q, take the least-squares s for that assignment, keep the
+ * one that explains most (largest sxq^2 / sqq); then 8-bit sub-scales. */
 static void quant_q6_k(const float *x, uint8_t *b)
 {
     float s[16], smax = 0;
@@ -361,28 +375,17 @@ static void quant_q6_k(const float *x, uint8_t *b)
             }
         s[j] = 0;
         if (amax == 0) continue;
-        float best_err = INFINITY;
-        for (int t = -8; t <= 8; t++) {
-            float sc = vmax / (-32.0f + 0.25f * (float)t);
-            for (int it = 0; it < 2; it++) {
-                float is = 1.0f / sc;
-                double sxq = 0, sqq = 0;
-                for (int i = 0; i < 16; i++) {
-                    int q = clampi((int)lrintf(v[i] * is), -32, 31);
-                    sxq += (double)v[i] * q;
-                    sqq += (double)q * q;
-                }
-                if (sqq > 0 && sxq != 0) sc = (float)(sxq / sqq);
-                is = 1.0f / sc;
-                float err = 0;
-                for (int i = 0; i < 16; i++) {
-                    float e = sc * (float)clampi((int)lrintf(v[i] * is), -32, 31) - v[i];
-                    err += e * e;
-                }
-                if (err < best_err) {
-                    best_err = err;
-                    s[j] = sc;
-                }
+        float best = -1;
+        for (int t = -6; t <= 6; t++) {
+            /* q + 32 = qround((v - (-32/is)) * is, 63): shift the sums back by 32 */
+            float is = (-32.0f + 0.25f * (float)t) / vmax, sq, sqq, sxq, sx = 0;
+            qsums(v, 16, -32.0f / is, is, 63.0f, &sq, &sqq, &sxq);
+            for (int i = 0; i < 16; i++) sx += v[i];
+            sxq -= 32 * sx;
+            sqq -= 64 * sq - 16 * 1024;
+            if (sqq > 0 && sxq * sxq / sqq > best) {
+                best = sxq * sxq / sqq;
+                s[j] = sxq / sqq;
             }
         }
         smax = fmaxf(smax, fabsf(s[j]));
@@ -395,7 +398,7 @@ static void quant_q6_k(const float *x, uint8_t *b)
     for (int j = 0; j < 16; j++) scs[j] = (int8_t)(d > 0 ? clampi((int)lrintf(s[j] / d), -127, 127) : 0);
     for (int e = 0; e < 256; e++) {
         float ds = d * (float)scs[e / 16];
-        int q = (ds != 0 ? clampi((int)lrintf(x[e] / ds), -32, 31) : 0) + 32;
+        int q = ds != 0 ? qround(x[e] / ds + 32.0f, 63.0f) : 32;
         int h = e / 128, r = e % 128, l = r % 32, quarter = r / 32;
         uint8_t *ql = b + 64 * h + l + (quarter & 1) * 32, *qhp = b + 128 + 32 * h + l;
         *ql |= (uint8_t)((q & 0xF) << (quarter >= 2 ? 4 : 0));
