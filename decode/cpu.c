@@ -192,26 +192,26 @@ typedef struct mm_job {
     int ldo;
 } mm_job;
 
-/* Quantized weights (GGUF blocks, decode/qdot.h): 4 rows at a time for one token,
- * 4 tokens at a time per row for several; the same bits either way. */
+/* Quantized weights (GGUF blocks, decode/qdot.h): QDOT_ROWS rows at a time for one
+ * token, QDOT_TOKENS tokens at a time per row for several; the same bits either way. */
 static void mm_rows_quant(const mm_job *j, int begin, int end)
 {
     st_dtype d = j->w->dtype;
     int cols = (int)j->w->cols;
     size_t rb = quant_row_bytes(d, cols);
     const uint8_t *base = (const uint8_t *)j->w->data + (size_t)j->row0 * rb;
-    float o[QDOT_MAX];
+    float o[QDOT_ROWS];
     if (j->n == 1) {
-        for (int r = begin; r < end; r += QDOT_MAX) {
-            int nr = end - r < QDOT_MAX ? end - r : QDOT_MAX;
+        for (int r = begin; r < end; r += QDOT_ROWS) {
+            int nr = end - r < QDOT_ROWS ? end - r : QDOT_ROWS;
             qdot_rows(d, base + (size_t)r * rb, rb, nr, j->x, cols, o);
             for (int k = 0; k < nr; k++) j->out[r + k] = o[k];
         }
         return;
     }
     for (int r = begin; r < end; r++)
-        for (int t = 0; t < j->n; t += QDOT_MAX) {
-            int nt = j->n - t < QDOT_MAX ? j->n - t : QDOT_MAX;
+        for (int t = 0; t < j->n; t += QDOT_TOKENS) {
+            int nt = j->n - t < QDOT_TOKENS ? j->n - t : QDOT_TOKENS;
             qdot_tokens(d, base + (size_t)r * rb, j->x + (size_t)t * j->ldx, (size_t)j->ldx, nt, cols, o);
             for (int k = 0; k < nt; k++) j->out[(size_t)(t + k) * j->ldo + r] = o[k];
         }

@@ -11,7 +11,8 @@
 #include "embed/model.h"
 #include <stddef.h>
 
-#define QDOT_MAX 4              /* rows of qdot_rows, tokens of qdot_tokens */
+#define QDOT_ROWS 8             /* rows of qdot_rows (at most) */
+#define QDOT_TOKENS 4           /* tokens of qdot_tokens (at most) */
 
 /* 1 if d has kernels here (the block types). */
 int qdot_supported(st_dtype d);
@@ -20,11 +21,11 @@ int qdot_avx(void);
 
 /* row . x over n elements. */
 float qdot(st_dtype d, const void *row, const float *x, int n);
-/* out[r] = (row + r * row_bytes) . x for r < nrows (1..QDOT_MAX): the rows share the
+/* out[r] = (row + r * row_bytes) . x for r < nrows (1..QDOT_ROWS): the rows share the
  * loads of x and interleave their FMA chains (the decode path). */
 void qdot_rows(st_dtype d, const void *row, size_t row_bytes, int nrows, const float *x, int n,
                float *out);
-/* out[t] = row . (x + t * ldx) for t < ntok (1..QDOT_MAX): each weight is dequantized
+/* out[t] = row . (x + t * ldx) for t < ntok (1..QDOT_TOKENS): each weight is dequantized
  * once for all the tokens (the prefill path). */
 void qdot_tokens(st_dtype d, const void *row, const float *x, size_t ldx, int ntok, int n, float *out);
 

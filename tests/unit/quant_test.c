@@ -341,7 +341,8 @@ static void random_row(st_dtype d, uint8_t *row, int n, int extreme)
 static void kernels(void)
 {
     const int n = 3072;
-    uint8_t *rows = malloc(5 * quant_row_bytes(ST_Q8_0, n));
+    enum { NR = QDOT_ROWS + 1 };
+    uint8_t *rows = malloc(NR * quant_row_bytes(ST_Q8_0, n));
     float *x = malloc(4 * n * sizeof *x), *w = malloc(n * sizeof *w);
     printf("# qdot: %s kernels\n", qdot_avx() ? "AVX2/FMA" : "portable (no AVX2/FMA/F16C or PHI3_NO_AVX)");
     for (int t = 0; t < NT; t++) {
@@ -349,23 +350,23 @@ static void kernels(void)
         size_t rb = quant_row_bytes(d, n);
         int bad_ref = 0, bad_port = 0, bad_rows = 0, bad_tok = 0;
         for (int trial = 0; trial < 24; trial++) {
-            for (int r = 0; r < 5; r++) random_row(d, rows + r * rb, n, trial % 3 == 2);
+            for (int r = 0; r < NR; r++) random_row(d, rows + r * rb, n, trial % 3 == 2);
             for (int i = 0; i < 4 * n; i++) x[i] = trial % 4 == 3 ? gauss() * 100 : unif();
-            float ref[5];
-            for (int r = 0; r < 5; r++) {
+            float ref[NR];
+            for (int r = 0; r < NR; r++) {
                 quant_dequant_row(d, rows + r * rb, w, 0, n);
                 ref[r] = canon_dot(w, x, n);
                 bad_ref += !same_bits(qdot(d, rows + r * rb, x, n), ref[r]);
                 bad_port += !same_bits(qdot_portable(d, rows + r * rb, x, n), ref[r]);
             }
-            for (int nr = 1; nr <= QDOT_MAX; nr++) {
-                float out[QDOT_MAX];
+            for (int nr = 1; nr <= QDOT_ROWS; nr++) {
+                float out[QDOT_ROWS];
                 qdot_rows(d, rows + rb, rb, nr, x, n, out);
                 for (int r = 0; r < nr; r++) bad_rows += !same_bits(out[r], ref[1 + r]);
             }
             quant_dequant_row(d, rows, w, 0, n);
-            for (int nt = 1; nt <= QDOT_MAX; nt++) {
-                float out[QDOT_MAX];
+            for (int nt = 1; nt <= QDOT_TOKENS; nt++) {
+                float out[QDOT_TOKENS];
                 qdot_tokens(d, rows, x, (size_t)n, nt, n, out);
                 for (int k = 0; k < nt; k++) bad_tok += !same_bits(out[k], canon_dot(w, x + (size_t)k * n, n));
             }
@@ -373,8 +374,8 @@ static void kernels(void)
         ok(!bad_ref, "%s qdot = canonical fmaf dot of the dequantized row, bit for bit (%d differ)",
            st_dtype_name(d), bad_ref);
         ok(!bad_port, "%s portable path = the reference, bit for bit (%d differ)", st_dtype_name(d), bad_port);
-        ok(!bad_rows, "%s qdot_rows (1..4 rows) = the reference (%d differ)", st_dtype_name(d), bad_rows);
-        ok(!bad_tok, "%s qdot_tokens (1..4 tokens) = the reference (%d differ)", st_dtype_name(d), bad_tok);
+        ok(!bad_rows, "%s qdot_rows (1..QDOT_ROWS rows) = the reference (%d differ)", st_dtype_name(d), bad_rows);
+        ok(!bad_tok, "%s qdot_tokens (1..QDOT_TOKENS tokens) = the reference (%d differ)", st_dtype_name(d), bad_tok);
     }
     free(rows);
     free(x);
