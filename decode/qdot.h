@@ -18,6 +18,11 @@
 int qdot_supported(st_dtype d);
 /* 1 when the AVX2/FMA/F16C kernels are used (CPU has them and PHI3_NO_AVX is unset). */
 int qdot_avx(void);
+/* The kernels in use: 0 portable, 1 AVX2/FMA, 2 AVX2 plus AVX-512 for qdot_rows (CPU has
+ * AVX-512 F/BW/VL/DQ, PHI3_NO_AVX512 unset). qdot_set_level lowers it (tests, benchmarks:
+ * every level gives the same bits) or raises it back to what the CPU has; returns it. */
+int qdot_level(void);
+int qdot_set_level(int level);
 
 /* row . x over n elements. */
 float qdot(st_dtype d, const void *row, const float *x, int n);

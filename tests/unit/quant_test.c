@@ -338,13 +338,14 @@ static void random_row(st_dtype d, uint8_t *row, int n, int extreme)
     }
 }
 
-static void kernels(void)
+static void kernels(int lv)
 {
     const int n = 3072;
     enum { NR = QDOT_ROWS + 1 };
     uint8_t *rows = malloc(NR * quant_row_bytes(ST_Q8_0, n));
     float *x = malloc(4 * n * sizeof *x), *w = malloc(n * sizeof *w);
-    printf("# qdot: %s kernels\n", qdot_avx() ? "AVX2/FMA" : "portable (no AVX2/FMA/F16C or PHI3_NO_AVX)");
+    static const char *const names[] = {"portable", "AVX2/FMA", "AVX-512"};
+    const char *L = names[lv];
     for (int t = 0; t < NT; t++) {
         st_dtype d = types[t];
         size_t rb = quant_row_bytes(d, n);
@@ -371,11 +372,11 @@ static void kernels(void)
                 for (int k = 0; k < nt; k++) bad_tok += !same_bits(out[k], canon_dot(w, x + (size_t)k * n, n));
             }
         }
-        ok(!bad_ref, "%s qdot = canonical fmaf dot of the dequantized row, bit for bit (%d differ)",
-           st_dtype_name(d), bad_ref);
-        ok(!bad_port, "%s portable path = the reference, bit for bit (%d differ)", st_dtype_name(d), bad_port);
-        ok(!bad_rows, "%s qdot_rows (1..QDOT_ROWS rows) = the reference (%d differ)", st_dtype_name(d), bad_rows);
-        ok(!bad_tok, "%s qdot_tokens (1..QDOT_TOKENS tokens) = the reference (%d differ)", st_dtype_name(d), bad_tok);
+        ok(!bad_ref, "%s %s qdot = canonical fmaf dot of the dequantized row, bit for bit (%d differ)",
+           L, st_dtype_name(d), bad_ref);
+        ok(!bad_port, "%s %s portable path = the reference, bit for bit (%d differ)", L, st_dtype_name(d), bad_port);
+        ok(!bad_rows, "%s %s qdot_rows (1..QDOT_ROWS rows) = the reference (%d differ)", L, st_dtype_name(d), bad_rows);
+        ok(!bad_tok, "%s %s qdot_tokens (1..QDOT_TOKENS tokens) = the reference (%d differ)", L, st_dtype_name(d), bad_tok);
     }
     free(rows);
     free(x);
@@ -515,7 +516,14 @@ int main(void)
     half_rounding();
     known_blocks();
     roundtrip();
-    kernels();
+    /* every kernel level this CPU has (the portable one always) */
+    int top = qdot_level();
+    printf("# CPU kernel levels: 0..%d\n", top);
+    for (int lv = 0; lv <= top; lv++) {
+        qdot_set_level(lv);
+        kernels(lv);
+    }
+    qdot_set_level(top);
     model_equivalence();
     return tap_done();
 }
