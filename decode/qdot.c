@@ -520,3 +520,52 @@ void qdot_tokens(st_dtype d, const void *row, const float *x, size_t ldx, int nt
     }
     for (int t = 0; t < ntok; t++) out[t] = qdot_portable(d, row, x + t * ldx, n);
 }
+
+/* ---- gemm_ops for the blocked many-token path (decode/gemm.h) ----
+ * cvt dequantizes a block-aligned range exactly (the AVX units above or quant.c), so
+ * the GEMM tiles run the canonical order on the same float weights. */
+
+#define GEMM_GLUE(T, DT, BS, BB)                                                                \
+    static float gdot_##T##_c(const void *w, const float *x, int n) { return qdot_portable(DT, w, x, n); } \
+    static void gdot4_##T##_c(const void *w, size_t rb, const float *x, int n, float *out)     \
+    {                                                                                           \
+        for (int i = 0; i < 4; i++) out[i] = qdot_portable(DT, (const uint8_t *)w + i * rb, x, n); \
+    }                                                                                           \
+    static void cvt_##T##_c(const void *w, int k0, int n, float *dst) { quant_dequant_row(DT, w, dst, k0, n); } \
+    static void gdot4_##T(const void *w, size_t rb, const float *x, int n, float *out)         \
+    {                                                                                           \
+        for (int i = 0; i < 4; i++) out[i] = dot_##T((const uint8_t *)w + i * rb, x, n);       \
+    }                                                                                           \
+    __attribute__((target("avx2,fma,f16c"))) static void cvt_##T(const void *w, int k0, int n, float *dst) \
+    {                                                                                           \
+        const uint8_t *b = (const uint8_t *)w + (size_t)(k0 / BS) * BB;                         \
+        bscale p;                                                                               \
+        __m256 v[4];                                                                            \
+        for (int k = 0; k < n; k += BS, b += BB) {                                              \
+            prep_##T(b, &p);                                                                    \
+            for (int u = 0; u < BS / 32 && k + 32 * u < n; u++) {                               \
+                unit_##T(b, u, &p, v);                                                          \
+                UNROLL(4) for (int i = 0; i < 4; i++) _mm256_storeu_ps(dst + k + 32 * u + 8 * i, v[i]); \
+            }                                                                                   \
+        }                                                                                       \
+    }
+GEMM_GLUE(q8_0, ST_Q8_0, QK8_0, Q8_0_BYTES)
+GEMM_GLUE(q4_0, ST_Q4_0, QK4_0, Q4_0_BYTES)
+GEMM_GLUE(q4_k, ST_Q4_K, QK_K, Q4_K_BYTES)
+GEMM_GLUE(q5_k, ST_Q5_K, QK_K, Q5_K_BYTES)
+GEMM_GLUE(q6_k, ST_Q6_K, QK_K, Q6_K_BYTES)
+
+#define OPS(T, V) {dot_##T, gdot4_##T, cvt_##T, V}
+#define OPS_C(T) {gdot_##T##_c, gdot4_##T##_c, cvt_##T##_c, 0}
+static const gemm_ops gops[3][5] = {
+    {OPS_C(q8_0), OPS_C(q4_0), OPS_C(q4_k), OPS_C(q5_k), OPS_C(q6_k)},
+    {OPS(q8_0, 1), OPS(q4_0, 1), OPS(q4_k, 1), OPS(q5_k, 1), OPS(q6_k, 1)},
+    {OPS(q8_0, 2), OPS(q4_0, 2), OPS(q4_k, 2), OPS(q5_k, 2), OPS(q6_k, 2)},
+};
+
+const gemm_ops *qdot_gemm_ops(st_dtype d)
+{
+    if (!quant_is_block(d)) return NULL;
+    int lv = qdot_level() < gemm_vec_level() ? qdot_level() : gemm_vec_level();
+    return &gops[lv][d - ST_Q8_0];
+}

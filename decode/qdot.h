@@ -8,6 +8,7 @@
  * block size (so there is never a tail). */
 #ifndef PHI3_QDOT_H
 #define PHI3_QDOT_H
+#include "decode/gemm.h"
 #include "embed/model.h"
 #include <stddef.h>
 
@@ -33,6 +34,11 @@ void qdot_rows(st_dtype d, const void *row, size_t row_bytes, int nrows, const f
 /* out[t] = row . (x + t * ldx) for t < ntok (1..QDOT_TOKENS): each weight is dequantized
  * once for all the tokens (the prefill path). */
 void qdot_tokens(st_dtype d, const void *row, const float *x, size_t ldx, int ntok, int n, float *out);
+
+/* Kernels of a block type for decode/gemm.h's blocked many-token path (cvt dequantizes
+ * block-aligned panels exactly), at min(qdot_level(), gemm_vec_level()); NULL if d is not
+ * a block type. */
+const gemm_ops *qdot_gemm_ops(st_dtype d);
 
 /* The portable path (plain C with fmaf), whatever the CPU: the reference the tests
  * compare the AVX kernels with. */
