@@ -353,18 +353,6 @@ AVX512 void pair_q4_0(const uint8_t *a, const uint8_t *b, int u, const bscale *p
     w[3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4)), d, c);
 }
 
-AVX512 void pair_q5_k(const uint8_t *a, const uint8_t *b, int u, const bscale *pa, const bscale *pb, __m512 *w)
-{
-    __m512 d1 = pair_ps(pa->s[u], pb->s[u]), m1 = pair_ps(pa->m[u], pb->m[u]);
-    int o = 48 + 32 * (u >> 1);
-    __m512i v = _mm512_and_si512(_mm512_srl_epi16(load2x32(a + o, b + o), _mm_cvtsi32_si128(4 * (u & 1))),
-                                 _mm512_set1_epi8(0xF));
-    __m512i bit = _mm512_set1_epi8((char)(1 << u));
-    __mmask64 hm = _mm512_test_epi8_mask(load2x32(a + 16, b + 16), bit);
-    v = _mm512_or_si512(v, _mm512_maskz_mov_epi8(hm, _mm512_set1_epi8(16)));
-    for (int i = 0; i < 4; i++) w[i] = _mm512_fmadd_ps(d1, cvt16_u8(pair_half(v, i)), m1);
-}
-
 /* UPC: units of 32 a pair_T call dequantizes (w[0 .. 4 UPC)). */
 #define GEN512(T, BS, BB, UPC)                                                                  \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void     \
@@ -474,9 +462,55 @@ rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
     }
 }
 
+/* Q5_K by hand, as Q4_K; the fifth bits: qh bytes widened once per group of 8 and
+ * shifted to bit 4 (bit u of qh[l] is unit u's). */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
+rows512_q5_k(const void *row, size_t rb, const float *x, int n, float *out)
+{
+    const uint8_t *b = row;
+    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[8];
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i hi8 = _mm512_set_epi32(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i m15 = _mm512_set1_epi32(0xF), b16 = _mm512_set1_epi32(16);
+    for (int k0 = 0; k0 < n; k0 += QK_K, b += Q5_K_BYTES) {
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+            __m256 sa, ma, sb, mb;
+            k45_scales(b + 2 * r * rb, &sa, &ma);
+            k45_scales(b + (2 * r + 1) * rb, &sb, &mb);
+            S[r] = _mm512_insertf32x8(_mm512_castps256_ps512(sa), sb, 1);
+            M[r] = _mm512_insertf32x8(_mm512_castps256_ps512(ma), mb, 1);
+        }
+        for (int c = 0; c < 4; c++) {
+            UNROLL(8) for (int i = 0; i < 8; i++)
+                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 64 * c + 8 * i));
+            __m512i i1 = _mm512_add_epi32(hi8, _mm512_set1_epi32(2 * c)), i2 = _mm512_add_epi32(i1, _mm512_set1_epi32(1));
+            __m128i s1 = _mm_cvtsi32_si128(2 * c), s2 = _mm_cvtsi32_si128(2 * c + 1);
+            UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+                const uint8_t *qa = b + 2 * r * rb + 48 + 32 * c, *qb = qa + rb;
+                const uint8_t *ha = b + 2 * r * rb + 16, *hb = ha + rb;
+                __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
+                __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
+                __m512 w[8];
+                UNROLL(4) for (int i = 0; i < 4; i++) {
+                    __m512i v = _mm512_cvtepu8_epi32(pair_q(qa + 8 * i, qb + 8 * i));
+                    __m512i h = _mm512_slli_epi32(_mm512_cvtepu8_epi32(pair_q(ha + 8 * i, hb + 8 * i)), 4);
+                    __m512i lo = _mm512_or_si512(_mm512_and_si512(v, m15), _mm512_and_si512(_mm512_srl_epi32(h, s1), b16));
+                    __m512i hi = _mm512_or_si512(_mm512_srli_epi32(v, 4), _mm512_and_si512(_mm512_srl_epi32(h, s2), b16));
+                    w[i] = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(lo), m1);
+                    w[4 + i] = _mm512_fmadd_ps(d2, _mm512_cvtepi32_ps(hi), m2);
+                }
+                UNROLL(8) for (int i = 0; i < 8; i++) acc[r] = _mm512_fmadd_ps(w[i], xv[i], acc[r]);
+            }
+        }
+    }
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+        out[2 * r] = hsum(_mm512_castps512_ps256(acc[r]));
+        out[2 * r + 1] = hsum(_mm512_extractf32x8_ps(acc[r], 1));
+    }
+}
+
 /* (Q8_0 stays on AVX2: its two-row form measured slower here) */
 GEN512(q4_0, QK4_0, Q4_0_BYTES, 1)
-GEN512(q5_k, QK_K, Q5_K_BYTES, 1)
 
 /* ---- dispatch ---- */
 
