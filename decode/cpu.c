@@ -25,7 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CHUNK 64                /* tokens per internal step of a long forward */
+#define CHUNK 256               /* tokens per internal step of a long forward (weights are
+                                   read from memory once per step) */
 
 typedef struct cpu {
     backend b;                  /* first: a backend* is a cpu* */
@@ -35,14 +36,14 @@ typedef struct cpu {
     kv_grow_fn grow;
     void *grow_ctx;
     int kvdim, qkvdim;          /* n_kv_heads * head_dim; (nh + 2 nkv) * head_dim */
-    size_t stride;              /* floats per position in kv (kv_pos_floats) */
+    size_t stride;              /* elements per position in kv (kv_pos_floats) */
+    size_t es;                  /* bytes per element: 4 (f32) or 2 (f16) */
     float *inv_freq[2];         /* [hd/2] short (or plain), long */
     float *x, *xb, *qkv, *att, *hb, *cs;   /* scratch for CHUNK tokens */
     int32_t *ids;               /* token ids of the context [kv.capacity] (re-prefill) */
     int ids_cap;
     float **scores;             /* per thread [att_scratch_floats()] */
     float **gscratch;           /* per thread [gemm_scratch_floats()] */
-    int kv_f16;                 /* K and V stored as IEEE half (--kv-type f16) */
     cpu_hidden_fn hook;
     void *hook_ctx;
 } cpu;
@@ -58,8 +59,11 @@ static int berr(cpu *c, const char *fmt, ...)
 
 size_t kv_pos_floats(const struct phi3_model *m)
 {
-    return (size_t)m->cfg.n_layers * 3 * m->cfg.n_kv_heads * m->cfg.head_dim;
+    return (size_t)m->cfg.n_layers * 2 * m->cfg.n_kv_heads * m->cfg.head_dim;
 }
+
+size_t kv_type_size(kv_type t) { return t == KV_F16 ? 2 : 4; }
+const char *kv_type_name(kv_type t) { return t == KV_F16 ? "f16" : "f32"; }
 
 /* ---- matmul: out[t * ldo + r] = W[row0 + r] . x[t * ldx], r < nrows, t < n ----
  * Every product follows the canonical dot order of decode/gemm.h (8 fmaf lanes along k,
@@ -136,9 +140,10 @@ static void rmsnorm(float *out, const float *x, const phi3_weight *w, int n, flo
     }
 }
 
-static float *kv_row(cpu *c, int pos, int layer)
+/* the bytes of row(pos, layer) of backend.h */
+static uint8_t *kv_row(cpu *c, int pos, int layer)
 {
-    return c->kv.base + (size_t)pos * c->stride + (size_t)layer * 3 * c->kvdim;
+    return (uint8_t *)c->kv.base + ((size_t)pos * c->stride + (size_t)layer * 2 * c->kvdim) * c->es;
 }
 
 /* ---- attention ----
@@ -248,11 +253,12 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
     int qtiles = (j->n + ATT_TQ - 1) / ATT_TQ;
     float scale = 1.0f / sqrtf((float)hd);
     float *sc = c->scores[tid], *obuf = sc + (size_t)ATT_TQ * ATT_BK;
-    const gemm_ops *kop = gemm_ops_for(c->kv_f16 ? ST_F16 : ST_F32);
+    int f16 = c->kv.type == KV_F16;
+    const gemm_ops *kop = gemm_ops_for(f16 ? ST_F16 : ST_F32);
     int vec = gemm_vec_level() > 0;
     void (*axpy)(float *, const float *, const void *, size_t, int, int) =
-        c->kv_f16 ? (vec ? axpy_f16_avx : axpy_f16_c) : (vec ? axpy_f32_avx : axpy_f32_c);
-    size_t es = c->kv_f16 ? 2 : 4, pstride = c->stride;      /* elements per position */
+        f16 ? (vec ? axpy_f16_avx : axpy_f16_c) : (vec ? axpy_f32_avx : axpy_f32_c);
+    size_t es = c->es, pstride = c->stride;      /* bytes per element, elements per position */
     for (int it = begin; it < end; it++) {
         int h = it / qtiles, t0 = (it % qtiles) * ATT_TQ, kh = h / group;
         int nq = j->n - t0 < ATT_TQ ? j->n - t0 : ATT_TQ;
@@ -262,7 +268,7 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
         memset(obuf, 0, (size_t)nq * hd * sizeof(float));
         const float *q0 = c->qkv + (size_t)t0 * c->qkvdim + (size_t)h * hd;
         int s0 = win > 0 && pfirst - win + 1 > 0 ? pfirst - win + 1 : 0;
-        const uint8_t *k0 = (const uint8_t *)kv_row(c, 0, j->layer) + (size_t)kh * hd * es;
+        const uint8_t *k0 = kv_row(c, 0, j->layer) + (size_t)kh * hd * es;
         const uint8_t *v0 = k0 + (size_t)c->kvdim * es;
         for (int kb = s0 / ATT_BK * ATT_BK; kb <= plast; kb += ATT_BK) {
             int ke = kb + ATT_BK - 1 < plast ? kb + ATT_BK - 1 : plast;   /* last key of the tile */
@@ -348,9 +354,9 @@ static int ensure_capacity(cpu *c, int need)
     while (cap < need) cap *= 2;
     if (cap > c->b.max_ctx) cap = c->b.max_ctx;
     size_t bytes;
-    if (__builtin_mul_overflow((size_t)cap, c->stride * sizeof(float), &bytes))
+    if (__builtin_mul_overflow((size_t)cap, c->stride * c->es, &bytes))
         return berr(c, "KV cache of %ld positions is too large", cap);
-    float *p = realloc(c->kv.base, bytes);
+    void *p = realloc(c->kv.base, bytes);
     if (!p) return berr(c, "out of memory for a KV cache of %ld positions (%zu bytes)", cap, bytes);
     c->kv.base = p;
     c->kv.capacity = (int)cap;
@@ -386,14 +392,13 @@ static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int 
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &L->ln1, H, cf->rms_eps);
         matmul(c, &L->qkv, 0, c->qkvdim, c->xb, H, n, c->qkv, c->qkvdim);
         for (int t = 0; t < n; t++) {
-            float *q = c->qkv + (size_t)t * c->qkvdim, *k = q + nh * hd, *v = k + c->kvdim;
-            float *row = kv_row(c, pos0 + t, l);
+            float *q = c->qkv + (size_t)t * c->qkvdim, *k = q + nh * hd;   /* V follows K */
+            uint8_t *row = kv_row(c, pos0 + t, l);
             const float *cs = c->cs + (size_t)t * hd;
-            memcpy(row + 2 * c->kvdim, k, (size_t)c->kvdim * sizeof(float));   /* raw K */
             for (int h = 0; h < nh; h++) rope_apply(q + h * hd, cs, cs + hd / 2, hd);
             for (int h = 0; h < nkv; h++) rope_apply(k + h * hd, cs, cs + hd / 2, hd);
-            memcpy(row, k, (size_t)c->kvdim * sizeof(float));
-            memcpy(row + c->kvdim, v, (size_t)c->kvdim * sizeof(float));
+            if (c->kv.type == KV_F16) gemm_f32_to_f16(k, (uint16_t *)row, 2 * c->kvdim);   /* K, V adjacent */
+            else memcpy(row, k, 2 * (size_t)c->kvdim * sizeof(float));
         }
         att_job aj = {c, l, pos0, n};
         pool_run(c->pool, att_tiles, &aj, nh * ((n + ATT_TQ - 1) / ATT_TQ));
@@ -496,6 +501,7 @@ backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, c
     c->kvdim = cf->n_kv_heads * cf->head_dim;
     c->qkvdim = (cf->n_heads + 2 * cf->n_kv_heads) * cf->head_dim;
     c->stride = kv_pos_floats(m);
+    c->es = 4;
     for (int i = 0; i < 2; i++) {
         c->inv_freq[i] = xmalloc((size_t)cf->head_dim / 2 * sizeof(float));
         rope_inv_freq(cf, i, c->inv_freq[i]);
@@ -513,8 +519,10 @@ backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, c
         c->scores[t] = xmalloc(att_scratch_floats(cf->head_dim) * sizeof(float));
     c->gscratch = xcalloc((size_t)pool_threads(c->pool), sizeof *c->gscratch);
     for (int t = 0; t < pool_threads(c->pool); t++) c->gscratch[t] = xmalloc(gemm_scratch_floats() * sizeof(float));
-    if (kv) c->kv = *kv;
-    else c->own_kv = 1;
+    if (kv) {
+        c->kv = *kv;
+        c->es = kv_type_size(kv->type);
+    } else c->own_kv = 1;
     return &c->b;
 }
 
@@ -524,6 +532,20 @@ int backend_cpu_set_kv(backend *b, const kv_store *kv)
     if (c->own_kv) free(c->kv.base);
     c->own_kv = 0;
     c->kv = *kv;
+    c->es = kv_type_size(kv->type);
+    return 0;
+}
+
+int backend_cpu_set_kv_type(backend *b, kv_type t)
+{
+    cpu *c = (cpu *)b;
+    if (t == c->kv.type) return 0;
+    if (!c->own_kv || b->n_ctx > 0) return berr(c, "the KV type of a used or external store cannot change");
+    free(c->kv.base);
+    c->kv.base = NULL;
+    c->kv.capacity = 0;
+    c->kv.type = t;
+    c->es = kv_type_size(t);
     return 0;
 }
 
@@ -560,5 +582,5 @@ void backend_cpu_set_hidden_hook(backend *b, cpu_hidden_fn fn, void *ctx)
 size_t backend_cpu_kv_bytes(const backend *b)
 {
     const cpu *c = (const cpu *)b;
-    return c->own_kv ? (size_t)c->kv.capacity * c->stride * sizeof(float) : 0;
+    return c->own_kv ? (size_t)c->kv.capacity * c->stride * c->es : 0;
 }

@@ -513,11 +513,11 @@ static int cu_truncate(backend *b, int n)
 }
 /* ---- sessions: rows in the CPU layout (backend.h) ---- */
 
-/* Positions per host <-> device pass: rows of 3 kvdim floats staged in the y buffer. */
+/* Positions per host <-> device pass: rows of 2 kvdim floats staged in the y buffer. */
 static int cu_kv_stage_rows(const cuda_backend *cb)
 {
     const phi3_config *cf = &cb->b.m->cfg;
-    size_t per = (size_t)3 * cf->n_kv_heads * cf->head_dim;
+    size_t per = (size_t)2 * cf->n_kv_heads * cf->head_dim;
     size_t r = (size_t)cb->c.rows * (size_t)cb->c.y_cols / per;
     return r > (size_t)CU_CHUNK ? CU_CHUNK : (int)r;
 }
@@ -542,9 +542,9 @@ static int cu_kv_load(backend *b, const int32_t *ids, const float *rows, int n, 
     for (int p0 = 0; p0 < n; p0 += step) {
         const int k = n - p0 < step ? n - p0 : step;
         for (int l = 0; l < cf->n_layers; l++) {
-            CU_TRY(b, cudaMemcpy2DAsync(c->y, 3 * kvdim * sizeof(float),
-                                        rows + (size_t)p0 * pos_floats + (size_t)l * 3 * kvdim,
-                                        pos_floats * sizeof(float), 3 * kvdim * sizeof(float),
+            CU_TRY(b, cudaMemcpy2DAsync(c->y, 2 * kvdim * sizeof(float),
+                                        rows + (size_t)p0 * pos_floats + (size_t)l * 2 * kvdim,
+                                        pos_floats * sizeof(float), 2 * kvdim * sizeof(float),
                                         (size_t)k, cudaMemcpyHostToDevice, c->stream));
             CU_TRY(b, kern_kv_import(c->stream, c->y, p0, k, (int)kvdim, c->kc[l], c->vc[l]));
         }
@@ -574,9 +574,9 @@ static int cu_kv_save(backend *b, int from, int to, float *rows)
         for (int l = 0; l < cf->n_layers; l++) {
             CU_TRY(b, kern_kv_export(c->stream, c->kc[l], c->vc[l], p0, k, cf->n_kv_heads,
                                      cf->head_dim, c->inv_freq[b->rope_long], c->attn_factor, c->y));
-            CU_TRY(b, cudaMemcpy2DAsync(rows + (size_t)p0 * pos_floats + (size_t)l * 3 * kvdim,
-                                        pos_floats * sizeof(float), c->y, 3 * kvdim * sizeof(float),
-                                        3 * kvdim * sizeof(float), (size_t)k,
+            CU_TRY(b, cudaMemcpy2DAsync(rows + (size_t)p0 * pos_floats + (size_t)l * 2 * kvdim,
+                                        pos_floats * sizeof(float), c->y, 2 * kvdim * sizeof(float),
+                                        2 * kvdim * sizeof(float), (size_t)k,
                                         cudaMemcpyDeviceToHost, c->stream));
             /* the staging buffer is reused by the next layer */
             CU_TRY(b, cudaStreamSynchronize(c->stream));
