@@ -5,9 +5,13 @@
  *    "more bits" layer and one plain one, as llama.cpp's Q4_K_M mix alternates them) and
  *    a vocabulary cut to 2/32 of 32064, so every weight class weighs what it does in the
  *    32-layer model: decode ms/token and prefill tokens/s in bf16, Q8_0, Q4_K_M, Q4_0.
+ * 0. Compute only: one thread, 32 rows x 3072 in L2, min over 2000 passes (robust on a
+ *    busy machine): the backend's bf16 decode kernel (gemm dot4) vs each type's rows
+ *    kernel at each level.
  * Random weights (random bytes with sane scales): speed does not depend on the values.
  * usage: quant_bench [THREADS [PREFILL_TOKENS]]; prints a table on stdout. */
 #include "decode/backend.h"
+#include "decode/gemm.h"
 #include "decode/pool.h"
 #include "decode/qdot.h"
 #include "embed/model.h"
@@ -58,6 +62,55 @@ static void *weights(st_dtype d, int64_t rows, int64_t cols, size_t *bytes)
     return p;
 }
 
+/* ---- 0. in-cache compute ---- */
+
+static void bench_l2(void)
+{
+    enum { R = 32, C = 3072, PASSES = 2000 };
+    static const st_dtype types[] = {ST_Q8_0, ST_Q4_0, ST_Q4_K, ST_Q5_K, ST_Q6_K};
+    float *x = malloc(C * sizeof *x), out[QDOT_ROWS];
+    for (int i = 0; i < C; i++) x[i] = (float)(rnd() % 2000) * 1e-3f - 1.0f;
+    volatile float sink = 0;
+    size_t bytes;
+    void *wb = weights(ST_BF16, R, C, &bytes);
+    const gemm_ops *op = gemm_ops_for(ST_BF16);
+    double best = 1e9;
+    for (int p = 0; p < PASSES; p++) {
+        double t0 = now();
+        for (int r = 0; r < R; r += 4) op->dot4((uint8_t *)wb + (size_t)r * C * 2, (size_t)C * 2, x, C, out), sink += out[0];
+        double dt = now() - t0;
+        if (dt < best) best = dt;
+    }
+    free(wb);
+    double bf = (double)R * C / best / 1e9;
+    printf("in L2, 1 thread, %d rows x %d, min of %d passes: Gweights/s (ratio to bf16)\n", R, C, PASSES);
+    printf("bf16 (gemm dot4, level %d): %.1f\n", gemm_vec_level(), bf);
+    int top = qdot_level();
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
+        printf("%-6s", st_dtype_name(types[t]));
+        void *w = weights(types[t], R, C, &bytes);
+        size_t rb = quant_row_bytes(types[t], C);
+        for (int lv = 1; lv <= top; lv++) {
+            qdot_set_level(lv);
+            best = 1e9;
+            for (int p = 0; p < PASSES; p++) {
+                double t0 = now();
+                for (int r = 0; r < R; r += QDOT_ROWS)
+                    qdot_rows(types[t], (uint8_t *)w + r * rb, rb, QDOT_ROWS, x, C, out), sink += out[0];
+                double dt = now() - t0;
+                if (dt < best) best = dt;
+            }
+            double g = (double)R * C / best / 1e9;
+            printf("   %s %5.1f (%.2fx)", lv == 1 ? "AVX2" : "AVX-512", g, g / bf);
+        }
+        printf("\n");
+        free(w);
+    }
+    qdot_set_level(top);
+    free(x);
+    printf("\n");
+}
+
 /* ---- 1. GEMV through the pool ---- */
 
 typedef struct gemv {
@@ -82,8 +135,9 @@ static void bench_gemv(pool *p)
 {
     static const int shapes[][2] = {{3072, 3072}, {16384, 3072}, {3072, 8192}};
     static const st_dtype types[] = {ST_Q8_0, ST_Q4_0, ST_Q4_K, ST_Q5_K, ST_Q6_K};
+    static const char *const lv[] = {"portable", "AVX2/FMA", "AVX-512 (Q8_0: AVX2)"};
     printf("GEMV, %d threads (%s kernels): GB/s of weight bytes, Gweights/s; best of 9 after warm-up\n",
-           pool_threads(p), qdot_avx() ? "AVX2/FMA" : "portable");
+           pool_threads(p), lv[qdot_level()]);
     printf("%-6s %18s %18s %18s\n", "type", "3072x3072", "16384x3072", "3072x8192");
     float *x = malloc(8192 * sizeof *x), *y = malloc(16384 * sizeof *y);
     for (int i = 0; i < 8192; i++) x[i] = (float)(rnd() % 2000) * 1e-3f - 1.0f;
@@ -202,6 +256,7 @@ int main(int argc, char **argv)
 {
     int threads = argc > 1 ? atoi(argv[1]) : 0, prefill = argc > 2 ? atoi(argv[2]) : 512;
     if (prefill < 1 || prefill > 1000) prefill = 512;
+    bench_l2();
     pool *p = pool_new(threads);
     threads = pool_threads(p);
     bench_gemv(p);
