@@ -160,7 +160,7 @@ static uint8_t *kv_row(cpu *c, int pos, int layer)
  * share the item, so a query's result is the same bits in a one-token step and in any
  * frame split (and in the scalar and AVX paths: the same fmaf per lane). */
 
-#define ATT_TQ 16
+#define ATT_TQ 64
 #define ATT_BK 64
 
 static size_t att_scratch_floats(int hd) { return (size_t)ATT_TQ * ATT_BK + (size_t)ATT_TQ * hd; }
@@ -239,6 +239,56 @@ AXPY_TILE(axpy_f16_c, , uint16_t, LDV_F16)
 AXPY_TILE(axpy_f32_avx, __attribute__((target("avx2,fma,f16c"))), float, LDV_F32)
 AXPY_TILE(axpy_f16_avx, __attribute__((target("avx2,fma,f16c"))), uint16_t, LDV_F16)
 
+/* Four queries with the same keys at once (AVX-512): o_q[i] = fmaf(e_q[k], v_k[i], o_q[i])
+ * for q < 4 (o_q = o + q * hd, e_q = e + q * ATT_BK), keys k < nk in order: per lane the
+ * same fmaf sequence as axpy_*, with each V row loaded once for the four. */
+#define AXPY4(NAME, T, LOAD16, LOADV)                                                  \
+    __attribute__((target("avx2,fma,f16c,avx512f"))) static void NAME(float *o, const float *e, const void *vv, \
+                                                                    size_t stride, int nk, int hd) \
+    {                                                                                  \
+        const T *v = vv;                                                               \
+        int i = 0;                                                                     \
+        for (; i + 32 <= hd; i += 32) {                                                \
+            __m512 a[4][2];                                                            \
+            for (int q = 0; q < 4; q++)                                                \
+                a[q][0] = _mm512_loadu_ps(o + q * hd + i), a[q][1] = _mm512_loadu_ps(o + q * hd + i + 16); \
+            for (int k = 0; k < nk; k++) {                                             \
+                const T *vk = v + k * stride + i;                                      \
+                __m512 v0 = LOAD16(vk), v1 = LOAD16(vk + 16);                          \
+                for (int q = 0; q < 4; q++) {                                          \
+                    __m512 ek = _mm512_set1_ps(e[q * ATT_BK + k]);                     \
+                    a[q][0] = _mm512_fmadd_ps(ek, v0, a[q][0]);                        \
+                    a[q][1] = _mm512_fmadd_ps(ek, v1, a[q][1]);                        \
+                }                                                                      \
+            }                                                                          \
+            for (int q = 0; q < 4; q++)                                                \
+                _mm512_storeu_ps(o + q * hd + i, a[q][0]), _mm512_storeu_ps(o + q * hd + i + 16, a[q][1]); \
+        }                                                                              \
+        for (; i + 16 <= hd; i += 16) {                                                \
+            __m512 a0 = _mm512_loadu_ps(o + i), a1 = _mm512_loadu_ps(o + hd + i);      \
+            __m512 a2 = _mm512_loadu_ps(o + 2 * hd + i), a3 = _mm512_loadu_ps(o + 3 * hd + i); \
+            for (int k = 0; k < nk; k++) {                                             \
+                __m512 vk = LOAD16(v + k * stride + i);                                \
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(e[k]), vk, a0);                    \
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(e[ATT_BK + k]), vk, a1);           \
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(e[2 * ATT_BK + k]), vk, a2);       \
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(e[3 * ATT_BK + k]), vk, a3);       \
+            }                                                                          \
+            _mm512_storeu_ps(o + i, a0), _mm512_storeu_ps(o + hd + i, a1);             \
+            _mm512_storeu_ps(o + 2 * hd + i, a2), _mm512_storeu_ps(o + 3 * hd + i, a3); \
+        }                                                                              \
+        for (int q = 0; q < 4; q++)                                                    \
+            for (int j = i; j < hd; j++) {                                             \
+                float acc = o[q * hd + j];                                             \
+                for (int k = 0; k < nk; k++) acc = fmaf(e[q * ATT_BK + k], LOADV(v + k * stride + j), acc); \
+                o[q * hd + j] = acc;                                                   \
+            }                                                                          \
+    }
+#define L16_F32(p) _mm512_loadu_ps(p)
+#define L16_F16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+AXPY4(axpy4_f32_z, float, L16_F32, LDV_F32)
+AXPY4(axpy4_f16_z, uint16_t, L16_F16, LDV_F16)
+
 typedef struct att_job {
     cpu *c;
     int layer, pos0, n;
@@ -258,6 +308,9 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
     int vec = gemm_vec_level() > 0;
     void (*axpy)(float *, const float *, const void *, size_t, int, int) =
         f16 ? (vec ? axpy_f16_avx : axpy_f16_c) : (vec ? axpy_f32_avx : axpy_f32_c);
+    void (*axpy4)(float *, const float *, const void *, size_t, int, int) =
+        gemm_vec_level() < 2 ? NULL : f16 ? axpy4_f16_z : axpy4_f32_z;
+    int ra[ATT_TQ], re[ATT_TQ];
     size_t es = c->es, pstride = c->stride;      /* bytes per element, elements per position */
     for (int it = begin; it < end; it++) {
         int h = it / qtiles, t0 = (it % qtiles) * ATT_TQ, kh = h / group;
@@ -278,6 +331,7 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
             for (int i = 0; i < nq; i++) {
                 int p = pfirst + i, s = win > 0 && p - win + 1 > 0 ? p - win + 1 : 0;
                 int a = (kb > s ? kb : s) - kb, e = (ke < p ? ke : p) - kb;      /* tile offsets */
+                ra[i] = a, re[i] = e;
                 if (a > e) continue;
                 float *si = sc + (size_t)i * ATT_BK, *oi = obuf + (size_t)i * hd;
                 float mt = -INFINITY;
@@ -296,7 +350,20 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
                     si[k] = expf(si[k] - m[i]);
                     l[i] += si[k];
                 }
-                axpy(oi, si + a, v0 + (size_t)(kb + a) * pstride * es, pstride, e - a + 1, hd);
+            }
+            /* o += P V: four queries at once where they see the same keys of the tile */
+            for (int i = 0; i < nq;) {
+                int a = ra[i], e = re[i];
+                if (a > e) { i++; continue; }
+                const uint8_t *va = v0 + (size_t)(kb + a) * pstride * es;
+                if (axpy4 && i + 4 <= nq && ra[i + 3] == a && re[i + 3] == e && ra[i + 1] == a && re[i + 1] == e &&
+                    ra[i + 2] == a && re[i + 2] == e) {
+                    axpy4(obuf + (size_t)i * hd, sc + (size_t)i * ATT_BK + a, va, pstride, e - a + 1, hd);
+                    i += 4;
+                } else {
+                    axpy(obuf + (size_t)i * hd, sc + (size_t)i * ATT_BK + a, va, pstride, e - a + 1, hd);
+                    i++;
+                }
             }
         }
         for (int i = 0; i < nq; i++) {
@@ -584,3 +651,7 @@ size_t backend_cpu_kv_bytes(const backend *b)
     const cpu *c = (const cpu *)b;
     return c->own_kv ? (size_t)c->kv.capacity * c->stride * c->es : 0;
 }
+
+/* Every kernel path (AVX-512, AVX2, scalar) gives the same bits: the canonical order of
+ * gemm.h. So a session need not tell them apart: one value for all. */
+int backend_cpu_kernel(void) { return 1; }

@@ -206,3 +206,69 @@ PYEOF
   echo "$output"
   assert_status 0
 }
+
+# logits_of: the logits frames of a stream as JSON lines (tokens frames dropped)
+logits_of() { frames2json | grep '"type":"logits"'; }
+
+@test "an empty tokens frame gets the logits of the context as it stands (after its pos)" {
+  local d="$BATS_TEST_TMPDIR"
+  tokens_frame 5 6 7 | RUN -m "$GQA" | logits_of > "$d/want3"
+  tokens_frame 5 6 7 8 9 | RUN -m "$GQA" | logits_of > "$d/want5"
+  # a partial prompt, then an empty frame: answered with the logits after 5 6 7
+  { echo '{"type":"tokens","ids":[5,6,7],"partial":true}'; echo '{"type":"tokens","ids":[]}'; } | json2frames \
+    | RUN -m "$GQA" | frames2json | cut -c1-40 > "$d/out"
+  run cat "$d/out"
+  [ "${lines[0]}" = '{"type":"tokens","ids":[5,6,7],"pos":0}' ] || fail "$output"
+  [ "${lines[1]}" = '{"type":"tokens","ids":[],"pos":3}' ] || fail "$output"
+  [[ "${lines[2]}" == '{"type":"logits","pos":3,"data":['* ]] || fail "$output"
+  [ "${#lines[@]}" -eq 3 ]
+  { echo '{"type":"tokens","ids":[5,6,7],"partial":true}'; echo '{"type":"tokens","ids":[]}'; } | json2frames \
+    | RUN -m "$GQA" | logits_of > "$d/got3"
+  cmp "$d/want3" "$d/got3"
+  # after 5 tokens, an empty frame with pos 3 rewinds and answers for the first 3; another
+  # empty frame then answers the same again; the context then goes on from 3
+  { echo '{"type":"tokens","ids":[5,6,7,8,9]}'; echo '{"type":"tokens","ids":[],"pos":3}';
+    echo '{"type":"tokens","ids":[]}'; echo '{"type":"tokens","ids":[8,9]}'; } | json2frames | RUN -m "$GQA" \
+    | logits_of > "$d/got"
+  [ "$(wc -l < "$d/got")" = 4 ]
+  sed -n 1p "$d/got" | cmp - "$d/want5"
+  sed -n 2p "$d/got" | cmp - "$d/want3"
+  sed -n 3p "$d/got" | cmp - "$d/want3"
+  sed -n 4p "$d/got" | cmp - "$d/want5"
+  # a partial empty frame is forwarded and gets nothing
+  { echo '{"type":"tokens","ids":[5,6,7]}'; echo '{"type":"tokens","ids":[],"partial":true}'; } | json2frames | RUN -m "$GQA" \
+    | frames2json | cut -c1-40 > "$d/out"
+  [ "$(sed -n 3p "$d/out")" = '{"type":"tokens","ids":[],"pos":3}' ] && [ "$(wc -l < "$d/out")" = 3 ]
+}
+
+@test "an empty tokens frame across the LongRoPE switch (65 -> recompute at 64 -> 65) equals a fresh run" {
+  local d="$BATS_TEST_TMPDIR" all
+  all=$(seq 100 164 | tr '\n' ' ')       # 65 ids: the context is long
+  tokens_frame $all | RUN -m "$LONGROPE" | logits_of > "$d/want"
+  { tokens_frame $all; echo '{"type":"tokens","ids":[]}' | json2frames; } | RUN -m "$LONGROPE" | logits_of > "$d/got"
+  [ "$(wc -l < "$d/got")" = 2 ]
+  sed -n 2p "$d/got" | cmp - "$d/want"
+}
+
+@test "an empty tokens frame with an empty context: exit 1, and the FIFO loop ends instead of hanging" {
+  cd "$BATS_TEST_TMPDIR"
+  echo '{"type":"tokens","ids":[]}' | json2frames > empty.bin
+  run --separate-stderr RUN -m "$GQA" < empty.bin
+  assert_status 1
+  assert_err "phi3-run: frame 1:" "empty tokens frame with an empty context"
+  [ -z "$output" ]
+  mkfifo fb
+  run timeout 30 bash -c '{ cat empty.bin; cat fb; } | "$1" --backend cpu -m "$2" 2> err |
+                            "$3" --greedy -n 5 | tee fb > out.bin; echo "${PIPESTATUS[*]}"' x \
+    "$PHI3_BIN/phi3-run" "$GQA" "$PHI3_BIN/phi3-sample"
+  assert_status 0
+  [ "$output" = "0 1 0 0" ] || fail "statuses: $output"
+  grep -q "empty tokens frame" err
+  # the loop with a prompt sent partial and an empty frame to close it generates
+  { echo '{"type":"tokens","ids":[5,6,7],"partial":true}'; echo '{"type":"tokens","ids":[]}'; } | json2frames > p.bin
+  run timeout 30 bash -c '{ cat p.bin; cat fb; } | "$1" --backend cpu -m "$2" |
+                            "$3" --greedy -n 5 | tee fb | "$4" | grep -c "\"ids\":\[[0-9]*\]"' x \
+    "$PHI3_BIN/phi3-run" "$GQA" "$PHI3_BIN/phi3-sample" "$PHI3_BIN/phi3-dump"
+  assert_status 0
+  [ "$output" = 5 ] || fail "$output"
+}
