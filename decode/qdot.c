@@ -421,38 +421,50 @@ rows512_q4_k(const void *row, size_t rb, const float *x, int n, float *out)
     }
 }
 
-/* Q6_K by hand, the same way: each row's 16 scales (d * sc) in one zmm register for the
- * block, two-source permutes pick unit u's pair of scales for rows A and B. */
+/* Q6_K by hand. Per half block (128 weights) a row pair loads its ql (2 x 32 bytes) and
+ * qh (32 bytes) once for the four quarters, x of the half is broadcast once for all pairs,
+ * and each row's 16 scales (d * sc) stay in a zmm register for the block (two-source
+ * permutes pick a unit's pair of scales for rows A and B). Pairs go one after another
+ * through a half: their FMA chains overlap in the out-of-order window. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
 rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
 {
     const uint8_t *b = row;
-    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS], xv[4];
+    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS], xv[16];
     UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
     const __m512i hi16 = _mm512_set_epi32(16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i m4 = _mm512_set1_epi8(0xF), m2 = _mm512_set1_epi8(0x30), c32 = _mm512_set1_epi8(32);
     for (int k0 = 0; k0 < n; k0 += QK_K, b += Q6_K_BYTES) {
         UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) {
             const uint8_t *br = b + r * rb;
             S[r] = _mm512_mul_ps(_mm512_set1_ps(h2f(br + 208)),
                                  _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(br + 192)))));
         }
-        for (int u = 0; u < 8; u++) {
-            int h = u >> 2, qt = u & 3, ol = 64 * h + 32 * (qt & 1), oh = 128 + 32 * h;
-            UNROLL(4) for (int i = 0; i < 4; i++)
-                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 32 * u + 8 * i));
-            __m512i i0 = _mm512_add_epi32(hi16, _mm512_set1_epi32(2 * u)), i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(1));
-            __m128i sl = _mm_cvtsi32_si128(4 * (qt >> 1)), sh = _mm_cvtsi32_si128(2 * qt);
+        for (int h = 0; h < 2; h++) {
+            UNROLL(16) for (int i = 0; i < 16; i++)
+                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 128 * h + 8 * i));
             UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
                 const uint8_t *a = b + 2 * r * rb, *c = a + rb;
-                __m512i lo = _mm512_and_si512(_mm512_srl_epi16(load2x32(a + ol, c + ol), sl), _mm512_set1_epi8(0xF));
-                __m512i hb = _mm512_and_si512(_mm512_srl_epi16(load2x32(a + oh, c + oh), sh), _mm512_set1_epi8(3));
-                __m512i q = _mm512_sub_epi8(_mm512_or_si512(lo, _mm512_slli_epi16(hb, 4)), _mm512_set1_epi8(32));
-                __m512 s0 = _mm512_permutex2var_ps(S[2 * r], i0, S[2 * r + 1]);
-                __m512 s1 = _mm512_permutex2var_ps(S[2 * r], i1, S[2 * r + 1]);
-                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(q, 0))), xv[0], acc[r]);
-                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(q, 1))), xv[1], acc[r]);
-                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(q, 2))), xv[2], acc[r]);
-                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(q, 3))), xv[3], acc[r]);
+                __m512i L0 = load2x32(a + 64 * h, c + 64 * h), L1 = load2x32(a + 64 * h + 32, c + 64 * h + 32);
+                __m512i H = load2x32(a + 128 + 32 * h, c + 128 + 32 * h);
+                /* q of quarter t: low nibble of L0/L1 (t = 0, 1) or high (2, 3); bits 2t of H as bits 4-5 */
+                __m512i q[4];
+                q[0] = _mm512_or_si512(_mm512_and_si512(L0, m4), _mm512_and_si512(_mm512_slli_epi16(H, 4), m2));
+                q[1] = _mm512_or_si512(_mm512_and_si512(L1, m4), _mm512_and_si512(_mm512_slli_epi16(H, 2), m2));
+                q[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L0, 4), m4), _mm512_and_si512(H, m2));
+                q[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L1, 4), m4),
+                                       _mm512_and_si512(_mm512_srli_epi16(H, 2), m2));
+                UNROLL(4) for (int t = 0; t < 4; t++) {
+                    int u = 4 * h + t;
+                    __m512i qs = _mm512_sub_epi8(q[t], c32);
+                    __m512i i0 = _mm512_add_epi32(hi16, _mm512_set1_epi32(2 * u)), i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(1));
+                    __m512 s0 = _mm512_permutex2var_ps(S[2 * r], i0, S[2 * r + 1]);
+                    __m512 s1 = _mm512_permutex2var_ps(S[2 * r], i1, S[2 * r + 1]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(qs, 0))), xv[4 * t], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(qs, 1))), xv[4 * t + 1], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(qs, 2))), xv[4 * t + 2], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(qs, 3))), xv[4 * t + 3], acc[r]);
+                }
             }
         }
     }
