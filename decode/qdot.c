@@ -474,16 +474,18 @@ rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
     }
 }
 
-/* Q5_K by hand, as Q4_K; the fifth bits: qh bytes widened once per group of 8 and
- * shifted to bit 4 (bit u of qh[l] is unit u's). */
+/* Q5_K by hand: as Q6_K, a row pair's qh (32 + 32 bytes) is loaded once per block and
+ * its qs once per pair of units; fifth bits and nibbles are merged at byte level, then
+ * each group of 8 is widened from the byte vector; the block's scales (d*sc, -(dmin*m))
+ * stay in registers as for Q4_K. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
 rows512_q5_k(const void *row, size_t rb, const float *x, int n, float *out)
 {
     const uint8_t *b = row;
-    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[8];
+    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[16];
     UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
     const __m512i hi8 = _mm512_set_epi32(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i m15 = _mm512_set1_epi32(0xF), b16 = _mm512_set1_epi32(16);
+    const __m512i m4 = _mm512_set1_epi8(0xF), one = _mm512_set1_epi8(1);
     for (int k0 = 0; k0 < n; k0 += QK_K, b += Q5_K_BYTES) {
         UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
             __m256 sa, ma, sb, mb;
@@ -492,26 +494,27 @@ rows512_q5_k(const void *row, size_t rb, const float *x, int n, float *out)
             S[r] = _mm512_insertf32x8(_mm512_castps256_ps512(sa), sb, 1);
             M[r] = _mm512_insertf32x8(_mm512_castps256_ps512(ma), mb, 1);
         }
-        for (int c = 0; c < 4; c++) {
-            UNROLL(8) for (int i = 0; i < 8; i++)
-                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 64 * c + 8 * i));
-            __m512i i1 = _mm512_add_epi32(hi8, _mm512_set1_epi32(2 * c)), i2 = _mm512_add_epi32(i1, _mm512_set1_epi32(1));
-            __m128i s1 = _mm_cvtsi32_si128(2 * c), s2 = _mm_cvtsi32_si128(2 * c + 1);
+        for (int h = 0; h < 2; h++) {              /* units 4h .. 4h+3 */
+            UNROLL(16) for (int i = 0; i < 16; i++)
+                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 128 * h + 8 * i));
             UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-                const uint8_t *qa = b + 2 * r * rb + 48 + 32 * c, *qb = qa + rb;
-                const uint8_t *ha = b + 2 * r * rb + 16, *hb = ha + rb;
-                __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
-                __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
-                __m512 w[8];
-                UNROLL(4) for (int i = 0; i < 4; i++) {
-                    __m512i v = _mm512_cvtepu8_epi32(pair_q(qa + 8 * i, qb + 8 * i));
-                    __m512i h = _mm512_slli_epi32(_mm512_cvtepu8_epi32(pair_q(ha + 8 * i, hb + 8 * i)), 4);
-                    __m512i lo = _mm512_or_si512(_mm512_and_si512(v, m15), _mm512_and_si512(_mm512_srl_epi32(h, s1), b16));
-                    __m512i hi = _mm512_or_si512(_mm512_srli_epi32(v, 4), _mm512_and_si512(_mm512_srl_epi32(h, s2), b16));
-                    w[i] = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(lo), m1);
-                    w[4 + i] = _mm512_fmadd_ps(d2, _mm512_cvtepi32_ps(hi), m2);
+                const uint8_t *a = b + 2 * r * rb, *c = a + rb;
+                __m512i H = load2x32(a + 16, c + 16);
+                UNROLL(2) for (int cc = 0; cc < 2; cc++) {
+                    int pc = 2 * h + cc;               /* the pair of units 2pc, 2pc+1 */
+                    __m512i Q = load2x32(a + 48 + 32 * pc, c + 48 + 32 * pc);
+                    __m512i q0 = _mm512_or_si512(_mm512_and_si512(Q, m4),
+                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srl_epi16(H, _mm_cvtsi32_si128(2 * pc)), one), 4));
+                    __m512i q1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(Q, 4), m4),
+                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srl_epi16(H, _mm_cvtsi32_si128(2 * pc + 1)), one), 4));
+                    __m512i i1 = _mm512_add_epi32(hi8, _mm512_set1_epi32(2 * pc)), i2 = _mm512_add_epi32(i1, _mm512_set1_epi32(1));
+                    __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
+                    __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
+                    UNROLL(4) for (int i = 0; i < 4; i++)
+                        acc[r] = _mm512_fmadd_ps(_mm512_fmadd_ps(d1, cvt16_u8(pair_half(q0, i)), m1), xv[8 * cc + i], acc[r]);
+                    UNROLL(4) for (int i = 0; i < 4; i++)
+                        acc[r] = _mm512_fmadd_ps(_mm512_fmadd_ps(d2, cvt16_u8(pair_half(q1, i)), m2), xv[8 * cc + 4 + i], acc[r]);
                 }
-                UNROLL(8) for (int i = 0; i < 8; i++) acc[r] = _mm512_fmadd_ps(w[i], xv[i], acc[r]);
             }
         }
     }
