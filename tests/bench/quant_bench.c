@@ -135,7 +135,7 @@ static void bench_gemv(pool *p)
 {
     static const int shapes[][2] = {{3072, 3072}, {16384, 3072}, {3072, 8192}};
     static const st_dtype types[] = {ST_Q8_0, ST_Q4_0, ST_Q4_K, ST_Q5_K, ST_Q6_K};
-    static const char *const lv[] = {"portable", "AVX2/FMA", "AVX-512 (Q8_0: AVX2)"};
+    static const char *const lv[] = {"portable", "AVX2/FMA", "AVX-512"};
     printf("GEMV, %d threads (%s kernels): GB/s of weight bytes, Gweights/s; best of 9 after warm-up\n",
            pool_threads(p), lv[qdot_level()]);
     printf("%-6s %18s %18s %18s\n", "type", "3072x3072", "16384x3072", "3072x8192");
