@@ -153,8 +153,9 @@ static uint8_t *kv_row(cpu *c, int pos, int layer)
  * canonical-order dot of q and k, times 1/sqrt(hd)), and each query keeps an online
  * softmax (running max m, sum l, output o) over the key tiles in ascending order:
  *   per tile with keys in the query's window [s, p]: mt = max of their scores;
- *   first tile: m = mt; later, if mt > m: a = expf(m - mt), l *= a, o[i] *= a, m = mt;
- *   then for each key in order: e = expf(score - m), l += e, o[i] = fmaf(e, v[i], o[i]);
+ *   first tile: m = mt; later, if mt > m: a = exp(m - mt), l *= a, o[i] *= a, m = mt;
+ *   then for each key in order: e = exp(score - m), l += e, o[i] = fmaf(e, v[i], o[i]);
+ *   (exp: gemm_exp, one operation sequence in the scalar and vector forms);
  *   finally o[i] / l.
  * Which keys form a tile depends only on absolute positions, never on how many queries
  * share the item, so a query's result is the same bits in a one-token step and in any
@@ -341,15 +342,13 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
                 }
                 if (m[i] == -INFINITY) m[i] = mt;
                 else if (mt > m[i]) {
-                    float al = expf(m[i] - mt);
+                    float al = gemm_exp(m[i] - mt);
                     l[i] *= al;
                     vscale(oi, al, hd);
                     m[i] = mt;
                 }
-                for (int k = a; k <= e; k++) {
-                    si[k] = expf(si[k] - m[i]);
-                    l[i] += si[k];
-                }
+                gemm_exp_sub(si + a, e - a + 1, m[i]);
+                for (int k = a; k <= e; k++) l[i] += si[k];
             }
             /* o += P V: four queries at once where they see the same keys of the tile */
             for (int i = 0; i < nq;) {

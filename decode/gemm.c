@@ -85,6 +85,34 @@ AVX2 static float hsum8(__m256 a)
         const uint8_t *w0 = w, *w1 = w0 + rb, *w2 = w1 + rb, *w3 = w2 + rb;            \
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                    \
         int k = 0;                                                                     \
+        /* 32 columns of one row, then the next: each row's chain is in order, and the  \
+         * four rows are read in 64-byte runs with a prefetch well ahead */            \
+        for (; k + 32 <= n; k += 32) {                                                 \
+            if (k + PF_AHEAD < n) {                                                    \
+                _mm_prefetch((const char *)(w0 + (k + PF_AHEAD) * sizeof(T##_t)), _MM_HINT_T0); \
+                _mm_prefetch((const char *)(w1 + (k + PF_AHEAD) * sizeof(T##_t)), _MM_HINT_T0); \
+                _mm_prefetch((const char *)(w2 + (k + PF_AHEAD) * sizeof(T##_t)), _MM_HINT_T0); \
+                _mm_prefetch((const char *)(w3 + (k + PF_AHEAD) * sizeof(T##_t)), _MM_HINT_T0); \
+            }                                                                          \
+            __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);      \
+            __m256 x2 = _mm256_loadu_ps(x + k + 16), x3 = _mm256_loadu_ps(x + k + 24); \
+            a0 = _mm256_fmadd_ps(CVT_##T(w0, k), x0, a0);                              \
+            a0 = _mm256_fmadd_ps(CVT_##T(w0, k + 8), x1, a0);                          \
+            a0 = _mm256_fmadd_ps(CVT_##T(w0, k + 16), x2, a0);                         \
+            a0 = _mm256_fmadd_ps(CVT_##T(w0, k + 24), x3, a0);                         \
+            a1 = _mm256_fmadd_ps(CVT_##T(w1, k), x0, a1);                              \
+            a1 = _mm256_fmadd_ps(CVT_##T(w1, k + 8), x1, a1);                          \
+            a1 = _mm256_fmadd_ps(CVT_##T(w1, k + 16), x2, a1);                         \
+            a1 = _mm256_fmadd_ps(CVT_##T(w1, k + 24), x3, a1);                         \
+            a2 = _mm256_fmadd_ps(CVT_##T(w2, k), x0, a2);                              \
+            a2 = _mm256_fmadd_ps(CVT_##T(w2, k + 8), x1, a2);                          \
+            a2 = _mm256_fmadd_ps(CVT_##T(w2, k + 16), x2, a2);                         \
+            a2 = _mm256_fmadd_ps(CVT_##T(w2, k + 24), x3, a2);                         \
+            a3 = _mm256_fmadd_ps(CVT_##T(w3, k), x0, a3);                              \
+            a3 = _mm256_fmadd_ps(CVT_##T(w3, k + 8), x1, a3);                          \
+            a3 = _mm256_fmadd_ps(CVT_##T(w3, k + 16), x2, a3);                         \
+            a3 = _mm256_fmadd_ps(CVT_##T(w3, k + 24), x3, a3);                         \
+        }                                                                              \
         for (; k + 8 <= n; k += 8) {                                                   \
             __m256 xv = _mm256_loadu_ps(x + k);                                        \
             a0 = _mm256_fmadd_ps(CVT_##T(w0, k), xv, a0);                              \
@@ -107,6 +135,9 @@ AVX2 static float hsum8(__m256 a)
         for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, CVT_##T(w, (size_t)k0 + i)); \
         for (; i < n; i++) d[i] = LOAD(w, (size_t)k0 + i);                             \
     }
+typedef uint16_t bf16_t, f16_t;
+typedef float f32_t;
+#define PF_AHEAD 1024                    /* elements */
 AVX_KERNELS(bf16, ld_bf16)
 AVX_KERNELS(f16, ld_f16)
 AVX_KERNELS(f32, ld_f32)
@@ -415,4 +446,103 @@ void gemm_f32_to_f16(const float *src, uint16_t *dst, int n)
     if (gemm_vec_level()) f32_to_f16_avx(src, dst, n);
     else
         for (int i = 0; i < n; i++) dst[i] = f32_to_f16_c(src[i]);
+}
+
+/* ---- e^x for the softmax (gemm.h) ---- */
+
+#define EXP_MAGIC 12582912.0f           /* 1.5 * 2^23: adding it rounds to an integer */
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_LN2HI 0.693145751953125f      /* ln 2 split: hi has 12 bits, so n * hi is exact */
+#define EXP_LN2LO 1.42860682030941723e-6f
+
+float gemm_exp(float x)
+{
+    if (x < -87.0f) return 0.0f;
+    if (x > 88.0f) x = 88.0f;
+    float t = fmaf(x, EXP_LOG2E, EXP_MAGIC);
+    float n = t - EXP_MAGIC;
+    float r = fmaf(n, -EXP_LN2HI, x);
+    r = fmaf(n, -EXP_LN2LO, r);
+    float p = fmaf(1.0f / 5040, r, 1.0f / 720);
+    p = fmaf(p, r, 1.0f / 120);
+    p = fmaf(p, r, 1.0f / 24);
+    p = fmaf(p, r, 1.0f / 6);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    uint32_t tb, eb;
+    memcpy(&tb, &t, sizeof tb);
+    eb = (tb - 0x4b400000u + 127u) << 23;      /* the integer n from t's bits, biased */
+    float sc;
+    memcpy(&sc, &eb, sizeof sc);
+    return p * sc;
+}
+
+AVX512 static void exp_sub_z(float *s, int n, float m)
+{
+    const __m512 mv = _mm512_set1_ps(m), lo = _mm512_set1_ps(-87.0f), hi = _mm512_set1_ps(88.0f);
+    const __m512 magic = _mm512_set1_ps(EXP_MAGIC), l2e = _mm512_set1_ps(EXP_LOG2E);
+    const __m512 nhi = _mm512_set1_ps(-EXP_LN2HI), nlo = _mm512_set1_ps(-EXP_LN2LO);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_sub_ps(_mm512_loadu_ps(s + i), mv);
+        __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+        x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), x, hi);
+        __m512 t = _mm512_fmadd_ps(x, l2e, magic);
+        __m512 nn = _mm512_sub_ps(t, magic);
+        __m512 r = _mm512_fmadd_ps(nn, nhi, x);
+        r = _mm512_fmadd_ps(nn, nlo, r);
+        __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.0f / 5040), r, _mm512_set1_ps(1.0f / 720));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+        __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(_mm512_castps_si512(t),
+                                                                        _mm512_set1_epi32(0x4b400000)),
+                                                       _mm512_set1_epi32(127)), 23);
+        __m512 y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+        _mm512_storeu_ps(s + i, _mm512_mask_blend_ps(under, y, _mm512_setzero_ps()));
+    }
+    for (; i < n; i++) s[i] = gemm_exp(s[i] - m);
+}
+
+AVX2 static void exp_sub_y(float *s, int n, float m)
+{
+    const __m256 mv = _mm256_set1_ps(m), lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.0f);
+    const __m256 magic = _mm256_set1_ps(EXP_MAGIC), l2e = _mm256_set1_ps(EXP_LOG2E);
+    const __m256 nhi = _mm256_set1_ps(-EXP_LN2HI), nlo = _mm256_set1_ps(-EXP_LN2LO);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_sub_ps(_mm256_loadu_ps(s + i), mv);
+        __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+        x = _mm256_blendv_ps(x, hi, _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+        __m256 t = _mm256_fmadd_ps(x, l2e, magic);
+        __m256 nn = _mm256_sub_ps(t, magic);
+        __m256 r = _mm256_fmadd_ps(nn, nhi, x);
+        r = _mm256_fmadd_ps(nn, nlo, r);
+        __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / 5040), r, _mm256_set1_ps(1.0f / 720));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(_mm256_castps_si256(t),
+                                                                        _mm256_set1_epi32(0x4b400000)),
+                                                       _mm256_set1_epi32(127)), 23);
+        __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+        _mm256_storeu_ps(s + i, _mm256_andnot_ps(under, y));
+    }
+    for (; i < n; i++) s[i] = gemm_exp(s[i] - m);
+}
+
+void gemm_exp_sub(float *s, int n, float m)
+{
+    int v = gemm_vec_level();
+    if (v == 2) exp_sub_z(s, n, m);
+    else if (v == 1) exp_sub_y(s, n, m);
+    else
+        for (int i = 0; i < n; i++) s[i] = gemm_exp(s[i] - m);
 }

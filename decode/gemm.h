@@ -52,6 +52,14 @@ void gemm_rows(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, in
  * a quiet NaN with the top of its payload, as F16C does). */
 void gemm_f32_to_f16(const float *src, uint16_t *dst, int n);
 
+/* e^x for x <= 0 (attention's softmax), one fixed sequence of float operations: n =
+ * nearest integer to x log2(e), r = x - n ln2 (two fmaf steps), a Taylor
+ * polynomial in r (degree 7) by fmaf Horner, times 2^n built from bits; 0 below -87, NaN stays NaN,
+ * x > 0 is clamped to 88. Within 2 ulp of e^x; the vector and scalar forms give the same
+ * bits. gemm_exp_sub: s[i] = gemm_exp(s[i] - m) for i < n. */
+float gemm_exp(float x);
+void gemm_exp_sub(float *s, int n, float m);
+
 /* Canonical-order dot of two float32 vectors (attention scores). */
 float gemm_dot_f32(const float *a, const float *b, int n);
 

@@ -49,25 +49,30 @@ PYEOF
 gen "$M4" '{"num_hidden_layers": 4, "original_max_position_embeddings": 131072}'
 gen "$MM" '{"hidden_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 8, "intermediate_size": 1408, "original_max_position_embeddings": 131072}'
 
-peak() { "$B/fma_peak"; }
-read -r y0 z0 thr < <(peak)
+peak() { echo "$("$B/fma_peak") $("$B/fma_peak" 1)"; }   # all threads, then one
+read -r y0 z0 thr y10 z10 _ < <(peak)
 
-# measure MODEL P: prints "P prefill_s decode_s D"
+# measure MODEL P: prints "P prefill_s decode_s D cpu_s": the wall times phi3-run --stats
+# gives for the P-token frame and the D steps after it, and the CPU time (user + system,
+# every thread) of a second run with the prompt alone: GFLOP per CPU second against the
+# one-thread peak is the per-core efficiency, which other processes on the machine
+# disturb far less than wall time.
 measure() {
-  $PY -c '
-import msgpack, random, sys
-r = random.Random(int(sys.argv[1])); o = sys.stdout.buffer
-o.write(msgpack.packb({"type": "tokens", "ids": [r.randrange(32000) for _ in range(int(sys.argv[1]))]}))
-for i in range(int(sys.argv[2])): o.write(msgpack.packb({"type": "tokens", "ids": [r.randrange(32000)]}))
-' "$2" "$D" > "$B/in"
-  cat "$1"/*.safetensors > /dev/null
-  "$PHI3_BIN/phi3-run" --backend cpu -m "$1" -q --stats --ctx $(( $2 + D + 1 )) < "$B/in" 2> "$B/stderr" > /dev/null
-  $PY - "$2" "$B/stderr" <<'PYEOF'
-import re, sys
-t = open(sys.argv[2]).read()
-m = re.search(r"prefill ([0-9.]+) s \(1 frames\), decode ([0-9.]+) s \(([0-9]+) tokens", t)
-if not m: sys.exit("prefill.sh: no stats line in: " + t)
-print(sys.argv[1], m.group(1), m.group(2), m.group(3))
+  $PY - "$PHI3_BIN/phi3-run" "$1" "$2" "$D" "$B" <<'PYEOF'
+import msgpack, random, re, resource, subprocess, sys
+run, model, P, D, B = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+r = random.Random(P)
+prompt = msgpack.packb({"type": "tokens", "ids": [r.randrange(32000) for _ in range(P)]})
+steps = b"".join(msgpack.packb({"type": "tokens", "ids": [r.randrange(32000)]}) for _ in range(D))
+cmd = [run, "--backend", "cpu", "-m", model, "-q", "--stats", "--ctx", str(P + D + 1)]
+p = subprocess.run(cmd, input=prompt + steps, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
+m = re.search(r"prefill ([0-9.]+) s \(1 frames\), decode ([0-9.]+) s \(([0-9]+) tokens", p.stderr.decode())
+if not m: sys.exit("prefill.sh: no stats line in: " + p.stderr.decode())
+u0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+subprocess.run(cmd, input=prompt, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+u1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = (u1.ru_utime - u0.ru_utime) + (u1.ru_stime - u0.ru_stime)
+print(P, m.group(1), m.group(2), m.group(3), "%.3f" % cpu)
 PYEOF
 }
 
@@ -75,6 +80,7 @@ results=()
 run_set() {   # run_set NAME MODEL P...
   local name=$1 model=$2; shift 2
   [ -e "$model/config.json" ] || { echo "$name: $model absent, skipped (tests/bench/cpu.sh makes it)"; return 0; }
+  cat "$model"/*.safetensors > /dev/null      # page cache: the runs read RAM, not disk
   for p in "$@"; do
     for _ in $(seq "$REPEAT"); do
       results+=("$name $model $(measure "$model" "$p")")
@@ -88,18 +94,20 @@ if [ -e "$MF/.complete" ]; then
 else echo "full: $MF absent or incomplete, skipped (tests/bench/cpu.sh makes it)"; fi
 if [ "$LONG" = 1 ]; then run_set mid "$MM" 4096 32768; else run_set mid "$MM" 4096; fi
 
-read -r y1 z1 _ < <(peak)
-$PY - "$y0" "$z0" "$y1" "$z1" "$thr" "$(cat /proc/loadavg)" "${results[@]}" <<'PYEOF'
+read -r y1 z1 _ y11 z11 _ < <(peak)
+$PY - "$y0 $z0 $y1 $z1" "$y10 $z10 $y11 $z11" "$thr" "$(cat /proc/loadavg)" "${results[@]}" <<'PYEOF'
 import json, sys
-y = max(float(sys.argv[1]), float(sys.argv[3])); z = max(float(sys.argv[2]), float(sys.argv[4]))
-thr, load = sys.argv[5], sys.argv[6]
-peak = max(y, z)
-print("FMA peak, %s threads: %.0f GFLOP/s 256-bit, %.0f GFLOP/s 512-bit (best of before/after); load avg %s"
-      % (thr, y, z, " ".join(load.split()[:3])))
-print("%-7s %6s %10s %9s %7s %10s %9s %s" % ("model", "tokens", "prefill/s", "GFLOP/s", "%peak", "decode/s", "ratio", "(attention share of prefill FLOP)"))
-for r in sys.argv[7:]:
-    name, model, P, tp, td, nd = r.split()
-    P, tp, td, nd = int(P), float(tp), float(td), int(nd)
+pa = [float(v) for v in sys.argv[1].split()]; p1 = [float(v) for v in sys.argv[2].split()]
+thr, load = sys.argv[3], sys.argv[4]
+peak, peak1 = max(pa), max(p1)
+print("FMA peak (best of before/after): %s threads %.0f GFLOP/s 256-bit, %.0f 512-bit; one thread %.0f, %.0f; "
+      "load avg %s" % (thr, max(pa[0], pa[2]), max(pa[1], pa[3]), max(p1[0], p1[2]), max(p1[1], p1[3]),
+                       " ".join(load.split()[:3])))
+print("%-7s %6s %10s %8s %6s %9s %6s %9s %7s %s" % ("model", "tokens", "prefill/s", "GFLOP/s", "%peak", "GFLOP/cpu-s",
+      "%core", "decode/s", "ratio", "attention share"))
+for r in sys.argv[5:]:
+    name, model, P, tp, td, nd, cpu = r.split()
+    P, tp, td, nd, cpu = int(P), float(tp), float(td), int(nd), float(cpu)
     c = json.load(open(model + "/config.json"))
     H, I, V, L = c["hidden_size"], c["intermediate_size"], c["vocab_size"], c["num_hidden_layers"]
     nh, nkv = c["num_attention_heads"], c["num_key_value_heads"]; hd = H // nh
@@ -107,7 +115,10 @@ for r in sys.argv[7:]:
     att = 4 * hd * nh * L * P * (P + 1) / 2
     flop = P * per_tok + att + 2 * V * H
     pre, dec = P / tp, nd / td
-    print("%-7s %6d %10.1f %9.1f %6.0f%% %10.2f %9.2f (%.0f%%)"
-          % (name, P, pre, flop / tp / 1e9, 100 * flop / tp / 1e9 / peak, dec, pre / dec, 100 * att / flop))
+    print("%-7s %6d %10.1f %8.1f %5.0f%% %11.1f %5.0f%% %9.2f %7.2f %5.0f%%"
+          % (name, P, pre, flop / tp / 1e9, 100 * flop / tp / 1e9 / peak, flop / cpu / 1e9,
+             100 * flop / cpu / 1e9 / peak1, dec, pre / dec, 100 * att / flop))
+print("GFLOP/s: wall clock, %peak of all threads; GFLOP/cpu-s: per CPU second of a prompt-only run")
+print("(includes loading the model), %core of the one-thread peak. ratio = prefill tok/s / decode tok/s.")
 print("targets (issue 15): prefill/decode >= 6 on the 4-layer model; >= 60% of the FMA peak at prefill")
 PYEOF
