@@ -230,6 +230,16 @@ AVX float hsum(__m256 a)
     return reduce8(l);
 }
 
+/* Decode reads QDOT_ROWS weight streams at once, which the hardware prefetcher serves
+ * poorly (decode/gemm.c saw the same with 4 bf16 rows): each block step asks for the
+ * lines PF_AHEAD bytes ahead of every row. Prefetches never fault, even past the end. */
+#define PF_AHEAD 2048
+AVX void pf_rows(const uint8_t *b, size_t rb, int bb)
+{
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++)
+        for (int o = 0; o < bb; o += 64) _mm_prefetch((const char *)(b + r * rb + PF_AHEAD + o), _MM_HINT_T0);
+}
+
 /* The three kernel shapes for one type T with BS weights / BB bytes per block: one row;
  * QDOT_ROWS rows sharing x (their FMA chains interleave); QDOT_TOKENS tokens sharing each
  * dequantized weight. */
@@ -261,6 +271,7 @@ AVX float hsum(__m256 a)
         bscale p[QDOT_ROWS];                                                                    \
         UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) acc[r] = _mm256_setzero_ps();             \
         for (int k0 = 0; k0 < n; k0 += BS, b += BB) {                                           \
+            pf_rows(b, rb, BB);                                                                 \
             UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) prep_##T(b + r * rb, &p[r]);          \
             for (int u = 0; u < BS / 32; u++) {                                                 \
                 const float *xk = x + k0 + 32 * u;                                              \
@@ -363,6 +374,7 @@ AVX512 void pair_q4_0(const uint8_t *a, const uint8_t *b, int u, const bscale *p
         bscale p[QDOT_ROWS];                                                                    \
         UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();         \
         for (int k0 = 0; k0 < n; k0 += BS, b += BB) {                                           \
+            pf_rows(b, rb, BB);                                                                 \
             UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) prep_##T(b + r * rb, &p[r]);          \
             for (int u = 0; u < BS / 32; u += UPC) {                                            \
                 UNROLL(8) for (int i = 0; i < 4 * UPC; i++)                                     \
@@ -390,6 +402,7 @@ rows512_q4_k(const void *row, size_t rb, const float *x, int n, float *out)
     UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
     const __m512i hi8 = _mm512_set_epi32(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
     for (int k0 = 0; k0 < n; k0 += QK_K, b += Q4_K_BYTES) {
+        pf_rows(b, rb, Q4_K_BYTES);
         UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
             __m256 sa, ma, sb, mb;
             k45_scales(b + 2 * r * rb, &sa, &ma);
@@ -435,6 +448,7 @@ rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
     const __m512i hi16 = _mm512_set_epi32(16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i m4 = _mm512_set1_epi8(0xF), m2 = _mm512_set1_epi8(0x30), c32 = _mm512_set1_epi8(32);
     for (int k0 = 0; k0 < n; k0 += QK_K, b += Q6_K_BYTES) {
+        pf_rows(b, rb, Q6_K_BYTES);
         UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) {
             const uint8_t *br = b + r * rb;
             S[r] = _mm512_mul_ps(_mm512_set1_ps(h2f(br + 208)),
@@ -487,6 +501,7 @@ rows512_q5_k(const void *row, size_t rb, const float *x, int n, float *out)
     const __m512i hi8 = _mm512_set_epi32(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i m4 = _mm512_set1_epi8(0xF), one = _mm512_set1_epi8(1);
     for (int k0 = 0; k0 < n; k0 += QK_K, b += Q5_K_BYTES) {
+        pf_rows(b, rb, Q5_K_BYTES);
         UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
             __m256 sa, ma, sb, mb;
             k45_scales(b + 2 * r * rb, &sa, &ma);
@@ -534,6 +549,7 @@ rows512_q8_0(const void *row, size_t rb, const float *x, int n, float *out)
     __m256 acc[QDOT_ROWS], xv[4];
     UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) acc[r] = _mm256_setzero_ps();
     for (int k0 = 0; k0 < n; k0 += QK8_0, b += Q8_0_BYTES) {
+        pf_rows(b, rb, Q8_0_BYTES);
         UNROLL(4) for (int i = 0; i < 4; i++) xv[i] = _mm256_loadu_ps(x + k0 + 8 * i);
         UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) {
             const uint8_t *br = b + r * rb;
