@@ -230,14 +230,16 @@ AVX float hsum(__m256 a)
     return reduce8(l);
 }
 
-/* Decode reads QDOT_ROWS weight streams at once, which the hardware prefetcher serves
- * poorly (decode/gemm.c saw the same with 4 bf16 rows): each block step asks for the
- * lines PF_AHEAD bytes ahead of every row. Prefetches never fault, even past the end. */
-#define PF_AHEAD 2048
+/* Decode reads QDOT_ROWS weight rows at once: interleaved streams that the hardware
+ * prefetcher serves poorly (decode/gemm.c saw it with 4 bf16 rows; here 8 rows ran at
+ * half the speed of one out of cache). Rows are contiguous, so while a call walks block
+ * k of its rows it prefetches block k of the next QDOT_ROWS rows, which the next call
+ * (or the next thread's chunk) reads: every line once, in order. Prefetches never
+ * fault, even past the end of the weights. */
 AVX void pf_rows(const uint8_t *b, size_t rb, int bb)
 {
     UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++)
-        for (int o = 0; o < bb; o += 64) _mm_prefetch((const char *)(b + r * rb + PF_AHEAD + o), _MM_HINT_T0);
+        for (int o = 0; o < bb; o += 64) _mm_prefetch((const char *)(b + (QDOT_ROWS + r) * rb + o), _MM_HINT_T0);
 }
 
 /* The three kernel shapes for one type T with BS weights / BB bytes per block: one row;
