@@ -12,8 +12,10 @@
 #include "decode/cpu.h"
 #include "decode/gemm.h"
 #include "decode/pool.h"
+#include "decode/qdot.h"
 #include "decode/rope.h"
 #include "embed/model.h"
+#include "embed/quant.h"
 #include "shared/util.h"
 #include <immintrin.h>
 #include <errno.h>
@@ -73,6 +75,7 @@ const char *kv_type_name(kv_type t) { return t == KV_F16 ? "f16" : "f32"; }
 typedef struct mm_job {
     cpu *c;
     const gemm_ops *op;
+    st_dtype quant;             /* the block type of quantized weights, else ST_NDTYPE */
     const uint8_t *w;
     size_t row_bytes;
     int K, nrows;
@@ -82,10 +85,31 @@ typedef struct mm_job {
     int ldo;
 } mm_job;
 
+/* Quantized weights (GGUF blocks, decode/qdot.h) for one to three tokens: QDOT_ROWS rows
+ * per kernel call (the AVX-512 kernels pair rows in zmm halves); more tokens go through
+ * gemm_rows with panels dequantized by qdot_gemm_ops. Same canonical order, same bits. */
+static void mm_rows_quant(const mm_job *j, st_dtype d, int r0, int r1)
+{
+    float o[QDOT_ROWS];
+    for (int t = 0; t < j->n; t++) {
+        const float *xt = j->x + (size_t)t * j->ldx;
+        float *ot = j->out + (size_t)t * j->ldo;
+        for (int r = r0; r < r1; r += QDOT_ROWS) {
+            int nr = r1 - r < QDOT_ROWS ? r1 - r : QDOT_ROWS;
+            qdot_rows(d, j->w + (size_t)r * j->row_bytes, j->row_bytes, nr, xt, j->K, o);
+            memcpy(ot + r, o, (size_t)nr * sizeof *o);
+        }
+    }
+}
+
 static void mm_rows(void *ctx, int begin, int end, int tid)
 {
     const mm_job *j = ctx;
     int r1 = end * GEMM_MB < j->nrows ? end * GEMM_MB : j->nrows;
+    if (j->quant != ST_NDTYPE && j->n < 4) {
+        mm_rows_quant(j, j->quant, begin * GEMM_MB, r1);
+        return;
+    }
     gemm_rows(j->op, j->w, j->row_bytes, j->K, begin * GEMM_MB, r1, j->x, (size_t)j->ldx, j->n, j->out,
               (size_t)j->ldo, j->c->gscratch[tid]);
 }
@@ -93,9 +117,10 @@ static void mm_rows(void *ctx, int begin, int end, int tid)
 static void matmul(cpu *c, const phi3_weight *w, int row0, int nrows, const float *x, int ldx, int n,
                    float *out, int ldo)
 {
-    size_t rb = (size_t)w->cols * st_dtype_size(w->dtype);
-    mm_job j = {c, gemm_ops_for(w->dtype), (const uint8_t *)w->data + (size_t)row0 * rb, rb, (int)w->cols, nrows,
-                x, ldx, n, out, ldo};
+    size_t rb = quant_row_bytes(w->dtype, w->cols);
+    int q = quant_is_block(w->dtype);
+    mm_job j = {c, q ? qdot_gemm_ops(w->dtype) : gemm_ops_for(w->dtype), q ? w->dtype : ST_NDTYPE,
+                (const uint8_t *)w->data + (size_t)row0 * rb, rb, (int)w->cols, nrows, x, ldx, n, out, ldo};
     pool_run(c->pool, mm_rows, &j, (nrows + GEMM_MB - 1) / GEMM_MB);
 }
 
@@ -420,10 +445,10 @@ static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int 
     int H = cf->hidden, hd = cf->head_dim, nh = cf->n_heads, nkv = cf->n_kv_heads, I = cf->intermediate;
     int pos0 = c->b.n_ctx;
     memmove(c->ids + pos0, ids, (size_t)n * sizeof *ids);   /* ids may already be there */
-    size_t es = st_dtype_size(m->embed.dtype);
+    size_t erow = quant_row_bytes(m->embed.dtype, H);    /* rows may be quantized blocks */
     for (int t = 0; t < n; t++)
-        model_to_f32(m->embed.dtype, (const uint8_t *)m->embed.data + (size_t)ids[t] * H * es,
-                     c->x + (size_t)t * H, (size_t)H);
+        quant_dequant_row(m->embed.dtype, (const uint8_t *)m->embed.data + (size_t)ids[t] * erow,
+                          c->x + (size_t)t * H, 0, H);
     hook(c, 0, pos0, n, c->x);
     const float *inv = c->inv_freq[c->b.rope_long];
     for (int t = 0; t < n; t++) rope_cos_sin(cf, inv, pos0 + t, c->cs + (size_t)t * hd, c->cs + (size_t)t * hd + hd / 2);

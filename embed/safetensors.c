@@ -24,6 +24,8 @@ static const struct { const char *name; size_t size; } dtypes[ST_NDTYPE] = {
     [ST_I32] = {"I32", 4},   [ST_I64] = {"I64", 8},   [ST_U8] = {"U8", 1},
     [ST_U16] = {"U16", 2},   [ST_U32] = {"U32", 4},   [ST_U64] = {"U64", 8},
     [ST_BOOL] = {"BOOL", 1}, [ST_F8_E4M3] = {"F8_E4M3", 1}, [ST_F8_E5M2] = {"F8_E5M2", 1},
+    [ST_Q8_0] = {"Q8_0", 0}, [ST_Q4_0] = {"Q4_0", 0}, [ST_Q4_K] = {"Q4_K", 0},
+    [ST_Q5_K] = {"Q5_K", 0}, [ST_Q6_K] = {"Q6_K", 0},
 };
 
 size_t st_dtype_size(st_dtype d) { return d < ST_NDTYPE ? dtypes[d].size : 0; }
@@ -135,9 +137,9 @@ static int parse_entry(jscan *j, st_tensor *t, size_t hdr_end, size_t data_len, 
         }
     if (have_dt != 1 || have_sh != 1 || have_of != 1)
         return fail(err, errlen, "tensor %s: needs string dtype, array shape and array data_offsets", t->name);
-    for (d = 0; d < ST_NDTYPE; d++)
+    for (d = 0; d < ST_N_SAFETENSORS; d++)
         if (!strcmp(dts, dtypes[d].name)) break;
-    if (d == ST_NDTYPE) return fail(err, errlen, "tensor %s: unknown dtype %.32s", t->name, dts);
+    if (d == ST_N_SAFETENSORS) return fail(err, errlen, "tensor %s: unknown dtype %.32s", t->name, dts);
     t->dtype = (st_dtype)d;
     if (nd > ST_MAX_DIMS) return fail(err, errlen, "tensor %s: %d dimensions (max %d)", t->name, nd, ST_MAX_DIMS);
     t->ndim = nd;

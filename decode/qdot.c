@@ -1,0 +1,662 @@
+/* qdot.c: dot products of quantized weight rows with float32 activations (qdot.h):
+ * the portable path (dequantize a block, fmaf lanes) and AVX2/FMA kernels that
+ * dequantize 32 weights at a time into four ymm registers with the same float
+ * operations as embed/quant.c and feed them straight to the FMAs.
+ *
+ * Every kernel walks a row in "units" of 32 weights (a Q8_0/Q4_0 block, a K-quant
+ * sub-block of 32); weights k..k+8 of the row always go to the 8 lanes of one
+ * accumulator, in increasing k, so all variants share one operation order. */
+#include "decode/qdot.h"
+#include "embed/quant.h"
+#include <cpuid.h>
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int qdot_supported(st_dtype d)
+{
+    return quant_is_block(d);
+}
+
+/* 0 portable, 1 AVX2/FMA/F16C, 2 also AVX-512 (F, BW, VL, DQ) for the decode rows;
+ * PHI3_NO_AVX (everything) and PHI3_NO_AVX512 step down. */
+static int cpu_level(void)
+{
+    static int lv = -1;
+    if (lv < 0) {
+        unsigned ea, eb, ec, ed;
+        __builtin_cpu_init();
+        lv = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __get_cpuid(1, &ea, &eb, &ec, &ed) && (ec & bit_F16C) && !getenv("PHI3_NO_AVX");
+        if (lv && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && !getenv("PHI3_NO_AVX512"))
+            lv = 2;
+    }
+    return lv;
+}
+
+static int level = -1;
+
+int qdot_level(void)
+{
+    if (level < 0) level = cpu_level();
+    return level;
+}
+
+int qdot_set_level(int lv)
+{
+    level = lv < 0 ? 0 : lv > cpu_level() ? cpu_level() : lv;
+    return level;
+}
+
+int qdot_avx(void)
+{
+    return qdot_level() >= 1;
+}
+
+static float reduce8(const float *l)
+{
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+/* ---- portable ---- */
+
+float qdot_portable(st_dtype d, const void *row, const float *x, int n)
+{
+    int bs = quant_block_size(d);
+    float w[QK_K], acc[8] = {0};
+    for (int k0 = 0; k0 < n; k0 += bs) {
+        quant_dequant_row(d, row, w, k0, bs);
+        for (int k = 0; k < bs; k += 8)
+            for (int j = 0; j < 8; j++) acc[j] = fmaf(w[k + j], x[k0 + k + j], acc[j]);
+    }
+    return reduce8(acc);
+}
+
+/* ---- AVX2 ----
+ * A block's scales are decoded once per row into floats (bscale), then each unit of 32
+ * weights is dequantized into four ymm registers.
+ * Exactness of the fused forms: an f16 value has an 11-bit significand, so d*sc (6-bit
+ * K-quant sc, or |sc| <= 128 for Q6_K) and dmin*m fit in 18 bits and are exact in
+ * float; times a 4- or 5-bit q it stays within 23 bits, still exact. Hence ggml's
+ * (d*sc)*q - (dmin*m), one rounding in the subtraction, equals fma(d*sc, q, -(dmin*m)),
+ * and likewise (q - 8)*d (Q4_0) equals fma(q, d, -8 d) with exact products; (d*sc) *
+ * (q - 32) (Q6_K) and q*d (Q8_0) are plain exact products. */
+
+#define AVX __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
+#define UNROLL(N) _Pragma("GCC unroll 8")
+
+typedef struct bscale {
+    _Alignas(32) float s[16];   /* per unit (Q6_K: per 16 weights) d * sc */
+    _Alignas(32) float m[8];    /* per unit -(dmin * m) (K types) */
+} bscale;
+
+AVX float h2f(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+AVX __m256 cvt_u8(__m128i v)     /* low 8 bytes (unsigned) -> 8 floats */
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+}
+
+AVX __m256 cvt_i8(__m128i v)     /* low 8 bytes (signed) -> 8 floats */
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+}
+
+AVX void prep_q8_0(const uint8_t *b, bscale *p)
+{
+    p->s[0] = h2f(b);
+}
+
+AVX void unit_q8_0(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    (void)u;
+    __m256 d = _mm256_set1_ps(p->s[0]);
+    UNROLL(4) for (int i = 0; i < 4; i++)
+        w[i] = _mm256_mul_ps(cvt_i8(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * i))), d);
+}
+
+#define prep_q4_0 prep_q8_0
+
+/* (q - 8) * d = fma(q, d, -8 d): q*d (4 + 11 bits) and 8 d are exact */
+AVX void unit_q4_0(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    (void)u;
+    __m256 d = _mm256_set1_ps(p->s[0]), c = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
+    __m256i m = _mm256_set1_epi32(0xF);
+    __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2)));
+    __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 10)));
+    w[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, m)), d, c);
+    w[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, m)), d, c);
+    w[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), d, c);
+    w[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), d, c);
+}
+
+/* The 8 6-bit (sc, m) pairs from 12 bytes with 32-bit word operations (bytes 0-3: sc
+ * 0-3 and the top bits of sc 4-7; 4-7: m 0-3 and the top bits of m 4-7; 8-11: the low
+ * nibbles of sc 4-7 and m 4-7), then 8 at a time to floats. */
+AVX void k45_scales(const uint8_t *b, __m256 *ds, __m256 *mn)
+{
+    uint32_t w[3];
+    memcpy(w, b + 4, 12);
+    uint32_t sc_lo = w[0] & 0x3f3f3f3fu, m_lo = w[1] & 0x3f3f3f3fu;
+    uint32_t sc_hi = (w[2] & 0x0f0f0f0fu) | ((w[0] >> 6) & 0x03030303u) << 4;
+    uint32_t m_hi = ((w[2] >> 4) & 0x0f0f0f0fu) | ((w[1] >> 6) & 0x03030303u) << 4;
+    __m256 d = _mm256_set1_ps(h2f(b)), dmin = _mm256_set1_ps(h2f(b + 2));
+    __m256 sc = cvt_u8(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)), m = cvt_u8(_mm_set_epi32(0, 0, (int)m_hi, (int)m_lo));
+    *ds = _mm256_mul_ps(d, sc);
+    /* -(dmin * m): the product is exact, negation too */
+    *mn = _mm256_xor_ps(_mm256_mul_ps(dmin, m), _mm256_set1_ps(-0.0f));
+}
+
+AVX void prep_k45(const uint8_t *b, bscale *p)
+{
+    __m256 ds, mn;
+    k45_scales(b, &ds, &mn);
+    _mm256_storeu_ps(p->s, ds);
+    _mm256_storeu_ps(p->m, mn);
+}
+
+#define prep_q4_k prep_k45
+#define prep_q5_k prep_k45
+
+/* Q4_K sub-block u: nibbles of qs[32(u/2)..], low for even u, high for odd: widened
+ * from memory 8 bytes at a time, then masked or shifted. */
+AVX void unit_q4_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    __m256 d1 = _mm256_set1_ps(p->s[u]), m1 = _mm256_set1_ps(p->m[u]);
+    const uint8_t *qs = b + 16 + 32 * (u >> 1);
+    UNROLL(4) for (int i = 0; i < 4; i++) {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * i)));
+        v = u & 1 ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(0xF));
+        w[i] = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(v), m1);
+    }
+}
+
+/* Q5_K: as Q4_K, with the fifth bit (bit u of qh[l]) merged at byte level first. */
+AVX void unit_q5_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    __m256 d1 = _mm256_set1_ps(p->s[u]), m1 = _mm256_set1_ps(p->m[u]);
+    __m256i v = _mm256_loadu_si256((const __m256i *)(b + 48 + 32 * (u >> 1)));
+    v = _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(4 * (u & 1))), _mm256_set1_epi8(0xF));
+    __m256i bit = _mm256_set1_epi8((char)(1 << u));
+    __m256i h = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)(b + 16)), bit), bit);
+    v = _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(16)));
+    __m128i a = _mm256_castsi256_si128(v), c = _mm256_extracti128_si256(v, 1);
+    w[0] = _mm256_fmadd_ps(d1, cvt_u8(a), m1);
+    w[1] = _mm256_fmadd_ps(d1, cvt_u8(_mm_srli_si128(a, 8)), m1);
+    w[2] = _mm256_fmadd_ps(d1, cvt_u8(c), m1);
+    w[3] = _mm256_fmadd_ps(d1, cvt_u8(_mm_srli_si128(c, 8)), m1);
+}
+
+AVX void prep_q6_k(const uint8_t *b, bscale *p)
+{
+    __m256 d = _mm256_set1_ps(h2f(b + 208));
+    __m128i sc = _mm_loadu_si128((const __m128i *)(b + 192));
+    _mm256_storeu_ps(p->s, _mm256_mul_ps(d, cvt_i8(sc)));
+    _mm256_storeu_ps(p->s + 8, _mm256_mul_ps(d, cvt_i8(_mm_srli_si128(sc, 8))));
+}
+
+/* Q6_K unit u = 4h + quarter: elements 32 quarter.. of half h; low 4 bits from
+ * ql[64h + 32 (quarter & 1) + l] (high nibble for quarter >= 2), 2 high bits at bit
+ * 2 quarter of qh[32h + l]; scales 8h + 2 quarter and the next; w = (d*sc) * (q - 32). */
+AVX void unit_q6_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    int h = u >> 2, qt = u & 3;
+    __m256 s0 = _mm256_set1_ps(p->s[2 * u]), s1 = _mm256_set1_ps(p->s[2 * u + 1]);
+    __m256i lo = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (qt & 1)));
+    lo = _mm256_and_si256(_mm256_srl_epi16(lo, _mm_cvtsi32_si128(4 * (qt >> 1))), _mm256_set1_epi8(0xF));
+    __m256i hb = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+    hb = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * qt)), _mm256_set1_epi8(3));
+    __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hb, 4)), _mm256_set1_epi8(32));
+    __m128i a = _mm256_castsi256_si128(q), c = _mm256_extracti128_si256(q, 1);
+    w[0] = _mm256_mul_ps(s0, cvt_i8(a));
+    w[1] = _mm256_mul_ps(s0, cvt_i8(_mm_srli_si128(a, 8)));
+    w[2] = _mm256_mul_ps(s1, cvt_i8(c));
+    w[3] = _mm256_mul_ps(s1, cvt_i8(_mm_srli_si128(c, 8)));
+}
+
+AVX float hsum(__m256 a)
+{
+    float l[8];
+    _mm256_storeu_ps(l, a);
+    return reduce8(l);
+}
+
+/* Decode reads QDOT_ROWS weight rows at once: interleaved streams that the hardware
+ * prefetcher serves poorly (decode/gemm.c saw it with 4 bf16 rows; here 8 rows ran at
+ * half the speed of one out of cache). Rows are contiguous, so while a call walks block
+ * k of its rows it prefetches block k of the next QDOT_ROWS rows, which the next call
+ * (or the next thread's chunk) reads: every line once, in order. Prefetches never
+ * fault, even past the end of the weights. */
+AVX void pf_rows(const uint8_t *b, size_t rb, int bb)
+{
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++)
+        for (int o = 0; o < bb; o += 64) _mm_prefetch((const char *)(b + (QDOT_ROWS + r) * rb + o), _MM_HINT_T0);
+}
+
+/* The three kernel shapes for one type T with BS weights / BB bytes per block: one row;
+ * QDOT_ROWS rows sharing x (their FMA chains interleave); QDOT_TOKENS tokens sharing each
+ * dequantized weight. */
+#define GEN(T, BS, BB)                                                                          \
+    __attribute__((target("avx2,fma,f16c"))) static float dot_##T(const void *row, const float *x, int n) \
+    {                                                                                           \
+        const uint8_t *b = row;                                                                 \
+        __m256 acc = _mm256_setzero_ps(), w[4];                                                 \
+        bscale p;                                                                               \
+        for (int k0 = 0; k0 < n; k0 += BS, b += BB) {                                           \
+            prep_##T(b, &p);                                                                    \
+            for (int u = 0; u < BS / 32; u++) {                                                 \
+                unit_##T(b, u, &p, w);                                                          \
+                UNROLL(4) for (int i = 0; i < 4; i++)                                           \
+                    acc = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(x + k0 + 32 * u + 8 * i), acc); \
+            }                                                                                   \
+        }                                                                                       \
+        return hsum(acc);                                                                       \
+    }                                                                                           \
+    __attribute__((target("avx2,fma,f16c"))) static void rows_##T(const void *row, size_t rb, int nr, \
+                                                                 const float *x, int n, float *out) \
+    {                                                                                           \
+        if (nr < QDOT_ROWS) {                                                                   \
+            for (int r = 0; r < nr; r++) out[r] = dot_##T((const uint8_t *)row + r * rb, x, n); \
+            return;                                                                             \
+        }                                                                                       \
+        const uint8_t *b = row;                                                                 \
+        __m256 acc[QDOT_ROWS], w[4];                                                            \
+        bscale p[QDOT_ROWS];                                                                    \
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) acc[r] = _mm256_setzero_ps();             \
+        for (int k0 = 0; k0 < n; k0 += BS, b += BB) {                                           \
+            pf_rows(b, rb, BB);                                                                 \
+            UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) prep_##T(b + r * rb, &p[r]);          \
+            for (int u = 0; u < BS / 32; u++) {                                                 \
+                const float *xk = x + k0 + 32 * u;                                              \
+                UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) {                                 \
+                    unit_##T(b + r * rb, u, &p[r], w);                                          \
+                    UNROLL(4) for (int i = 0; i < 4; i++)                                       \
+                        acc[r] = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(xk + 8 * i), acc[r]);    \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) out[r] = hsum(acc[r]);                    \
+    }                                                                                           \
+    __attribute__((target("avx2,fma,f16c"))) static void toks_##T(const void *row, const float *x, \
+                                                                 size_t ldx, int nt, int n, float *out) \
+    {                                                                                           \
+        if (nt < QDOT_TOKENS) {                                                                 \
+            for (int t = 0; t < nt; t++) out[t] = dot_##T(row, x + t * ldx, n);                 \
+            return;                                                                             \
+        }                                                                                       \
+        const uint8_t *b = row;                                                                 \
+        __m256 acc[QDOT_TOKENS], w[4];                                                          \
+        bscale p;                                                                               \
+        UNROLL(8) for (int t = 0; t < QDOT_TOKENS; t++) acc[t] = _mm256_setzero_ps();           \
+        for (int k0 = 0; k0 < n; k0 += BS, b += BB) {                                           \
+            prep_##T(b, &p);                                                                    \
+            for (int u = 0; u < BS / 32; u++) {                                                 \
+                unit_##T(b, u, &p, w);                                                          \
+                UNROLL(4) for (int i = 0; i < 4; i++)                                           \
+                    UNROLL(8) for (int t = 0; t < QDOT_TOKENS; t++)                             \
+                        acc[t] = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(x + t * ldx + k0 + 32 * u + 8 * i), acc[t]); \
+            }                                                                                   \
+        }                                                                                       \
+        UNROLL(8) for (int t = 0; t < QDOT_TOKENS; t++) out[t] = hsum(acc[t]);                  \
+    }
+
+GEN(q8_0, QK8_0, Q8_0_BYTES)
+GEN(q4_0, QK4_0, Q4_0_BYTES)
+GEN(q4_k, QK_K, Q4_K_BYTES)
+GEN(q5_k, QK_K, Q5_K_BYTES)
+GEN(q6_k, QK_K, Q6_K_BYTES)
+
+/* ---- AVX-512: two rows per zmm ----
+ * Lanes 0-7 of a zmm accumulator are row A's 8 canonical lanes, lanes 8-15 row B's:
+ * one 16-lane FMA advances both rows by one group of 8 weights with x broadcast to both
+ * halves, so each row still sees exactly the canonical sequence of FMAs. */
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"), always_inline)) static inline
+
+AVX512 __m512 pair_ps(float a, float b)
+{
+    return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
+}
+
+AVX512 __m128i pair_q(const uint8_t *a, const uint8_t *b)     /* 8 bytes of a, 8 of b */
+{
+    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(_mm_loadl_epi64((const __m128i *)a)), (const double *)b));
+}
+
+AVX512 __m512 cvt16_u8(__m128i v)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
+}
+
+AVX512 __m512 cvt16_i8(__m128i v)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
+}
+
+/* 8 bytes at offset 8i of each 32-byte half of v (A then B) as one xmm */
+AVX512 __m128i pair_half(__m512i v, int i)
+{
+    return _mm512_castsi512_si128(_mm512_permutexvar_epi64(_mm512_set_epi64(0, 0, 0, 0, 0, 0, 4 + i, i), v));
+}
+
+AVX512 __m512i load2x32(const uint8_t *a, const uint8_t *b)     /* 32 bytes of a, 32 of b */
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                              _mm256_loadu_si256((const __m256i *)b), 1);
+}
+
+AVX512 void pair_q4_0(const uint8_t *a, const uint8_t *b, int u, const bscale *pa, const bscale *pb, __m512 *w)
+{
+    (void)u;
+    __m512 d = pair_ps(pa->s[0], pb->s[0]), c = _mm512_mul_ps(d, _mm512_set1_ps(-8.0f));
+    __m512i v0 = _mm512_cvtepu8_epi32(pair_q(a + 2, b + 2)), v1 = _mm512_cvtepu8_epi32(pair_q(a + 10, b + 10));
+    __m512i m = _mm512_set1_epi32(0xF);
+    w[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v0, m)), d, c);
+    w[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v1, m)), d, c);
+    w[2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)), d, c);
+    w[3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4)), d, c);
+}
+
+/* UPC: units of 32 a pair_T call dequantizes (w[0 .. 4 UPC)). */
+#define GEN512(T, BS, BB, UPC)                                                                  \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void     \
+    rows512_##T(const void *row, size_t rb, const float *x, int n, float *out)                  \
+    {                                                                                           \
+        const uint8_t *b = row;                                                                 \
+        __m512 acc[QDOT_ROWS / 2], w[4 * UPC], xv[4 * UPC];                                     \
+        bscale p[QDOT_ROWS];                                                                    \
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();         \
+        for (int k0 = 0; k0 < n; k0 += BS, b += BB) {                                           \
+            pf_rows(b, rb, BB);                                                                 \
+            UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) prep_##T(b + r * rb, &p[r]);          \
+            for (int u = 0; u < BS / 32; u += UPC) {                                            \
+                UNROLL(8) for (int i = 0; i < 4 * UPC; i++)                                     \
+                    xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 32 * u + 8 * i));   \
+                UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {                             \
+                    pair_##T(b + 2 * r * rb, b + (2 * r + 1) * rb, u, &p[2 * r], &p[2 * r + 1], w); \
+                    UNROLL(8) for (int i = 0; i < 4 * UPC; i++) acc[r] = _mm512_fmadd_ps(w[i], xv[i], acc[r]); \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {                                     \
+            out[2 * r] = hsum(_mm512_castps512_ps256(acc[r]));                                  \
+            out[2 * r + 1] = hsum(_mm512_extractf32x8_ps(acc[r], 1));                           \
+        }                                                                                       \
+    }
+
+/* Q4_K by hand: a row pair's scales stay in registers for the block ([A's 8 | B's 8],
+ * lane-broadcast per unit by a permute), units 2c and 2c+1 share their bytes (low and
+ * high nibbles), and nothing is stored in the loop. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
+rows512_q4_k(const void *row, size_t rb, const float *x, int n, float *out)
+{
+    const uint8_t *b = row;
+    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[8];
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i hi8 = _mm512_set_epi32(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
+    for (int k0 = 0; k0 < n; k0 += QK_K, b += Q4_K_BYTES) {
+        pf_rows(b, rb, Q4_K_BYTES);
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+            __m256 sa, ma, sb, mb;
+            k45_scales(b + 2 * r * rb, &sa, &ma);
+            k45_scales(b + (2 * r + 1) * rb, &sb, &mb);
+            S[r] = _mm512_insertf32x8(_mm512_castps256_ps512(sa), sb, 1);
+            M[r] = _mm512_insertf32x8(_mm512_castps256_ps512(ma), mb, 1);
+        }
+        for (int c = 0; c < 4; c++) {
+            UNROLL(8) for (int i = 0; i < 8; i++)
+                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 64 * c + 8 * i));
+            __m512i i1 = _mm512_add_epi32(hi8, _mm512_set1_epi32(2 * c)), i2 = _mm512_add_epi32(i1, _mm512_set1_epi32(1));
+            UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+                const uint8_t *qa = b + 2 * r * rb + 16 + 32 * c, *qb = qa + rb;
+                __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
+                __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
+                __m512 w[8];
+                UNROLL(4) for (int i = 0; i < 4; i++) {
+                    __m512i v = _mm512_cvtepu8_epi32(pair_q(qa + 8 * i, qb + 8 * i));
+                    w[i] = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0xF))), m1);
+                    w[4 + i] = _mm512_fmadd_ps(d2, _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), m2);
+                }
+                UNROLL(8) for (int i = 0; i < 8; i++) acc[r] = _mm512_fmadd_ps(w[i], xv[i], acc[r]);
+            }
+        }
+    }
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+        out[2 * r] = hsum(_mm512_castps512_ps256(acc[r]));
+        out[2 * r + 1] = hsum(_mm512_extractf32x8_ps(acc[r], 1));
+    }
+}
+
+/* Q6_K by hand. Per half block (128 weights) a row pair loads its ql (2 x 32 bytes) and
+ * qh (32 bytes) once for the four quarters, x of the half is broadcast once for all pairs,
+ * and each row's 16 scales (d * sc) stay in a zmm register for the block (two-source
+ * permutes pick a unit's pair of scales for rows A and B). Pairs go one after another
+ * through a half: their FMA chains overlap in the out-of-order window. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
+rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
+{
+    const uint8_t *b = row;
+    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS], xv[16];
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i hi16 = _mm512_set_epi32(16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i m4 = _mm512_set1_epi8(0xF), m2 = _mm512_set1_epi8(0x30), c32 = _mm512_set1_epi8(32);
+    for (int k0 = 0; k0 < n; k0 += QK_K, b += Q6_K_BYTES) {
+        pf_rows(b, rb, Q6_K_BYTES);
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) {
+            const uint8_t *br = b + r * rb;
+            S[r] = _mm512_mul_ps(_mm512_set1_ps(h2f(br + 208)),
+                                 _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(br + 192)))));
+        }
+        for (int h = 0; h < 2; h++) {
+            UNROLL(16) for (int i = 0; i < 16; i++)
+                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 128 * h + 8 * i));
+            UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+                const uint8_t *a = b + 2 * r * rb, *c = a + rb;
+                __m512i L0 = load2x32(a + 64 * h, c + 64 * h), L1 = load2x32(a + 64 * h + 32, c + 64 * h + 32);
+                __m512i H = load2x32(a + 128 + 32 * h, c + 128 + 32 * h);
+                /* q of quarter t: low nibble of L0/L1 (t = 0, 1) or high (2, 3); bits 2t of H as bits 4-5 */
+                __m512i q[4];
+                q[0] = _mm512_or_si512(_mm512_and_si512(L0, m4), _mm512_and_si512(_mm512_slli_epi16(H, 4), m2));
+                q[1] = _mm512_or_si512(_mm512_and_si512(L1, m4), _mm512_and_si512(_mm512_slli_epi16(H, 2), m2));
+                q[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L0, 4), m4), _mm512_and_si512(H, m2));
+                q[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L1, 4), m4),
+                                       _mm512_and_si512(_mm512_srli_epi16(H, 2), m2));
+                UNROLL(4) for (int t = 0; t < 4; t++) {
+                    int u = 4 * h + t;
+                    __m512i qs = _mm512_sub_epi8(q[t], c32);
+                    __m512i i0 = _mm512_add_epi32(hi16, _mm512_set1_epi32(2 * u)), i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(1));
+                    __m512 s0 = _mm512_permutex2var_ps(S[2 * r], i0, S[2 * r + 1]);
+                    __m512 s1 = _mm512_permutex2var_ps(S[2 * r], i1, S[2 * r + 1]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(qs, 0))), xv[4 * t], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(qs, 1))), xv[4 * t + 1], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(qs, 2))), xv[4 * t + 2], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(qs, 3))), xv[4 * t + 3], acc[r]);
+                }
+            }
+        }
+    }
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+        out[2 * r] = hsum(_mm512_castps512_ps256(acc[r]));
+        out[2 * r + 1] = hsum(_mm512_extractf32x8_ps(acc[r], 1));
+    }
+}
+
+/* Q5_K by hand: as Q6_K, a row pair's qh (32 + 32 bytes) is loaded once per block and
+ * its qs once per pair of units; fifth bits and nibbles are merged at byte level, then
+ * each group of 8 is widened from the byte vector; the block's scales (d*sc, -(dmin*m))
+ * stay in registers as for Q4_K. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
+rows512_q5_k(const void *row, size_t rb, const float *x, int n, float *out)
+{
+    const uint8_t *b = row;
+    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[16];
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i hi8 = _mm512_set_epi32(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i m4 = _mm512_set1_epi8(0xF), one = _mm512_set1_epi8(1);
+    for (int k0 = 0; k0 < n; k0 += QK_K, b += Q5_K_BYTES) {
+        pf_rows(b, rb, Q5_K_BYTES);
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+            __m256 sa, ma, sb, mb;
+            k45_scales(b + 2 * r * rb, &sa, &ma);
+            k45_scales(b + (2 * r + 1) * rb, &sb, &mb);
+            S[r] = _mm512_insertf32x8(_mm512_castps256_ps512(sa), sb, 1);
+            M[r] = _mm512_insertf32x8(_mm512_castps256_ps512(ma), mb, 1);
+        }
+        for (int h = 0; h < 2; h++) {              /* units 4h .. 4h+3 */
+            UNROLL(16) for (int i = 0; i < 16; i++)
+                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 128 * h + 8 * i));
+            UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+                const uint8_t *a = b + 2 * r * rb, *c = a + rb;
+                __m512i H = load2x32(a + 16, c + 16);
+                UNROLL(2) for (int cc = 0; cc < 2; cc++) {
+                    int pc = 2 * h + cc;               /* the pair of units 2pc, 2pc+1 */
+                    __m512i Q = load2x32(a + 48 + 32 * pc, c + 48 + 32 * pc);
+                    __m512i q0 = _mm512_or_si512(_mm512_and_si512(Q, m4),
+                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srl_epi16(H, _mm_cvtsi32_si128(2 * pc)), one), 4));
+                    __m512i q1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(Q, 4), m4),
+                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srl_epi16(H, _mm_cvtsi32_si128(2 * pc + 1)), one), 4));
+                    __m512i i1 = _mm512_add_epi32(hi8, _mm512_set1_epi32(2 * pc)), i2 = _mm512_add_epi32(i1, _mm512_set1_epi32(1));
+                    __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
+                    __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
+                    UNROLL(4) for (int i = 0; i < 4; i++)
+                        acc[r] = _mm512_fmadd_ps(_mm512_fmadd_ps(d1, cvt16_u8(pair_half(q0, i)), m1), xv[8 * cc + i], acc[r]);
+                    UNROLL(4) for (int i = 0; i < 4; i++)
+                        acc[r] = _mm512_fmadd_ps(_mm512_fmadd_ps(d2, cvt16_u8(pair_half(q1, i)), m2), xv[8 * cc + 4 + i], acc[r]);
+                }
+            }
+        }
+    }
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+        out[2 * r] = hsum(_mm512_castps512_ps256(acc[r]));
+        out[2 * r + 1] = hsum(_mm512_extractf32x8_ps(acc[r], 1));
+    }
+}
+
+/* Q8_0: rows are not paired here; 16 weights of one row are widened and scaled in a
+ * zmm, then its two halves go to that row's 8-lane chain one after the other (AVX-512VL
+ * gives the 8 ymm accumulators room). */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
+rows512_q8_0(const void *row, size_t rb, const float *x, int n, float *out)
+{
+    const uint8_t *b = row;
+    __m256 acc[QDOT_ROWS], xv[4];
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) acc[r] = _mm256_setzero_ps();
+    for (int k0 = 0; k0 < n; k0 += QK8_0, b += Q8_0_BYTES) {
+        pf_rows(b, rb, Q8_0_BYTES);
+        UNROLL(4) for (int i = 0; i < 4; i++) xv[i] = _mm256_loadu_ps(x + k0 + 8 * i);
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) {
+            const uint8_t *br = b + r * rb;
+            __m512 d = _mm512_set1_ps(h2f(br));
+            UNROLL(2) for (int i = 0; i < 2; i++) {
+                __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                                             _mm_loadu_si128((const __m128i *)(br + 2 + 16 * i)))), d);
+                acc[r] = _mm256_fmadd_ps(_mm512_castps512_ps256(w), xv[2 * i], acc[r]);
+                acc[r] = _mm256_fmadd_ps(_mm512_extractf32x8_ps(w, 1), xv[2 * i + 1], acc[r]);
+            }
+        }
+    }
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) out[r] = hsum(acc[r]);
+}
+
+GEN512(q4_0, QK4_0, Q4_0_BYTES, 1)
+
+/* ---- dispatch ---- */
+
+typedef float (*dot_t)(const void *, const float *, int);
+typedef void (*rows_t)(const void *, size_t, int, const float *, int, float *);
+typedef void (*toks_t)(const void *, const float *, size_t, int, int, float *);
+typedef void (*rows512_t)(const void *, size_t, const float *, int, float *);
+static const struct { dot_t dot; rows_t rows; toks_t toks; rows512_t rows512; } kern[ST_NDTYPE] = {
+    [ST_Q8_0] = {dot_q8_0, rows_q8_0, toks_q8_0, rows512_q8_0},
+    [ST_Q4_0] = {dot_q4_0, rows_q4_0, toks_q4_0, rows512_q4_0},
+    [ST_Q4_K] = {dot_q4_k, rows_q4_k, toks_q4_k, rows512_q4_k},
+    [ST_Q5_K] = {dot_q5_k, rows_q5_k, toks_q5_k, rows512_q5_k},
+    [ST_Q6_K] = {dot_q6_k, rows_q6_k, toks_q6_k, rows512_q6_k},
+};
+
+float qdot(st_dtype d, const void *row, const float *x, int n)
+{
+    if (qdot_avx() && d < ST_NDTYPE && kern[d].dot) return kern[d].dot(row, x, n);
+    return qdot_portable(d, row, x, n);
+}
+
+void qdot_rows(st_dtype d, const void *row, size_t row_bytes, int nrows, const float *x, int n,
+               float *out)
+{
+    if (qdot_level() >= 2 && nrows == QDOT_ROWS && d < ST_NDTYPE && kern[d].rows512) {
+        kern[d].rows512(row, row_bytes, x, n, out);
+        return;
+    }
+    if (qdot_avx() && d < ST_NDTYPE && kern[d].rows) {
+        kern[d].rows(row, row_bytes, nrows, x, n, out);
+        return;
+    }
+    for (int r = 0; r < nrows; r++) out[r] = qdot_portable(d, (const uint8_t *)row + r * row_bytes, x, n);
+}
+
+void qdot_tokens(st_dtype d, const void *row, const float *x, size_t ldx, int ntok, int n, float *out)
+{
+    if (qdot_avx() && d < ST_NDTYPE && kern[d].toks) {
+        kern[d].toks(row, x, ldx, ntok, n, out);
+        return;
+    }
+    for (int t = 0; t < ntok; t++) out[t] = qdot_portable(d, row, x + t * ldx, n);
+}
+
+/* ---- gemm_ops for the blocked many-token path (decode/gemm.h) ----
+ * cvt dequantizes a block-aligned range exactly (the AVX units above or quant.c), so
+ * the GEMM tiles run the canonical order on the same float weights. */
+
+#define GEMM_GLUE(T, DT, BS, BB)                                                                \
+    static float gdot_##T##_c(const void *w, const float *x, int n) { return qdot_portable(DT, w, x, n); } \
+    static void gdot4_##T##_c(const void *w, size_t rb, const float *x, int n, float *out)     \
+    {                                                                                           \
+        for (int i = 0; i < 4; i++) out[i] = qdot_portable(DT, (const uint8_t *)w + i * rb, x, n); \
+    }                                                                                           \
+    static void cvt_##T##_c(const void *w, int k0, int n, float *dst) { quant_dequant_row(DT, w, dst, k0, n); } \
+    static void gdot4_##T(const void *w, size_t rb, const float *x, int n, float *out)         \
+    {                                                                                           \
+        for (int i = 0; i < 4; i++) out[i] = dot_##T((const uint8_t *)w + i * rb, x, n);       \
+    }                                                                                           \
+    __attribute__((target("avx2,fma,f16c"))) static void cvt_##T(const void *w, int k0, int n, float *dst) \
+    {                                                                                           \
+        const uint8_t *b = (const uint8_t *)w + (size_t)(k0 / BS) * BB;                         \
+        bscale p;                                                                               \
+        __m256 v[4];                                                                            \
+        for (int k = 0; k < n; k += BS, b += BB) {                                              \
+            prep_##T(b, &p);                                                                    \
+            for (int u = 0; u < BS / 32 && k + 32 * u < n; u++) {                               \
+                unit_##T(b, u, &p, v);                                                          \
+                UNROLL(4) for (int i = 0; i < 4; i++) _mm256_storeu_ps(dst + k + 32 * u + 8 * i, v[i]); \
+            }                                                                                   \
+        }                                                                                       \
+    }
+GEMM_GLUE(q8_0, ST_Q8_0, QK8_0, Q8_0_BYTES)
+GEMM_GLUE(q4_0, ST_Q4_0, QK4_0, Q4_0_BYTES)
+GEMM_GLUE(q4_k, ST_Q4_K, QK_K, Q4_K_BYTES)
+GEMM_GLUE(q5_k, ST_Q5_K, QK_K, Q5_K_BYTES)
+GEMM_GLUE(q6_k, ST_Q6_K, QK_K, Q6_K_BYTES)
+
+#define OPS(T, V) {dot_##T, gdot4_##T, cvt_##T, V}
+#define OPS_C(T) {gdot_##T##_c, gdot4_##T##_c, cvt_##T##_c, 0}
+static const gemm_ops gops[3][5] = {
+    {OPS_C(q8_0), OPS_C(q4_0), OPS_C(q4_k), OPS_C(q5_k), OPS_C(q6_k)},
+    {OPS(q8_0, 1), OPS(q4_0, 1), OPS(q4_k, 1), OPS(q5_k, 1), OPS(q6_k, 1)},
+    {OPS(q8_0, 2), OPS(q4_0, 2), OPS(q4_k, 2), OPS(q5_k, 2), OPS(q6_k, 2)},
+};
+
+const gemm_ops *qdot_gemm_ops(st_dtype d)
+{
+    if (!quant_is_block(d)) return NULL;
+    int lv = qdot_level() < gemm_vec_level() ? qdot_level() : gemm_vec_level();
+    return &gops[lv][d - ST_Q8_0];
+}
