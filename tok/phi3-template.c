@@ -10,6 +10,7 @@
 
 #include "shared/stream.h"
 #include "shared/util.h"
+#include "embed/gguf.h"
 #include "tok/tokenizer.h"
 
 #define JSON_MAX ((size_t)256 << 20)
@@ -76,6 +77,14 @@ static char *read_stdin(size_t *len)
 static char *config_eos(const char *dir)
 {
     char path[4096];
+    if (gguf_is_path(dir)) {            /* -m FILE.gguf: the text of its eos id */
+        tok *t = tok_load(dir, path, sizeof path);
+        if (!t) phi3_die("%s", path);
+        if (!tok_eos_token(t)) phi3_die("%s: no tokenizer.ggml.eos_token_id", dir);
+        char *s = xstrdup(tok_eos_token(t));
+        tok_free(t);
+        return s;
+    }
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     json_error_t je;
     json_t *root = json_load_file(path, 0, &je);
