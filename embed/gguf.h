@@ -100,6 +100,11 @@ double gguf_arr_num(const gguf_kv *kv, uint64_t i);      /* numeric element type
 bool gguf_arr_is_num(const gguf_kv *kv);
 bool gguf_arr_is_int(const gguf_kv *kv);
 
+/* The phi3 config of a parsed GGUF file (embed/model_gguf.c; model.h's phi3_config).
+ * 0 ok; -1 err (the factor arrays may be set either way: model_config_free). */
+struct phi3_config;
+int model_gguf_config(const gguf_file *g, struct phi3_config *c, char *err, size_t errlen);
+
 /* ---- writer: metadata and tensor infos first, then the tensor data in the same order ---- */
 
 typedef struct gguf_writer gguf_writer;

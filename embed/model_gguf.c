@@ -88,8 +88,9 @@ static int rope_factors(const gguf_file *g, const char *name, int n, float **out
     return 0;
 }
 
-static int config_from_gguf(const gguf_file *g, phi3_config *c, char *err, size_t errlen)
+int model_gguf_config(const gguf_file *g, phi3_config *c, char *err, size_t errlen)
 {
+    memset(c, 0, sizeof *c);
     const char *arch;
     size_t alen;
     char why[256];
@@ -231,7 +232,7 @@ phi3_model *model_load_gguf(const char *path, char *err, size_t errlen)
     m->gguf = xcalloc(1, sizeof *m->gguf);
     char why[512];
     int rc = gguf_open(path, m->gguf, err, errlen);
-    if (!rc && config_from_gguf(m->gguf, &m->cfg, why, sizeof why)) rc = fail(err, errlen, "%s: %s", path, why);
+    if (!rc && model_gguf_config(m->gguf, &m->cfg, why, sizeof why)) rc = fail(err, errlen, "%s: %s", path, why);
     if (!rc) {
         m->file_bytes = m->gguf->size;
         /* A GGUF model never shares a fingerprint with a directory model: the tag, the

@@ -52,36 +52,6 @@ static void drop_tmp(void)
     tmp_live = 0;
 }
 
-/* ---- float conversions ---- */
-
-static uint16_t f32_to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(u >> 16 | 0x40);      /* quiet NaN */
-    return (uint16_t)((u + 0x7fffu + (u >> 16 & 1)) >> 16);
-}
-
-static uint16_t f32_to_f16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    uint32_t sign = u >> 16 & 0x8000, a = u & 0x7fffffffu;
-    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00);                       /* NaN */
-    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);                      /* >= 65520: inf */
-    if (a >= 0x38800000u) {                                                      /* normal */
-        uint32_t r = a - 0x38000000u;                                            /* rebias 127 -> 15 */
-        return (uint16_t)(sign | ((r + 0xfffu + (r >> 13 & 1)) >> 13));
-    }
-    if (a < 0x33000000u) return (uint16_t)sign;                                  /* < 2^-25: 0 */
-    /* subnormal: the value in units of 2^-24, rounded to nearest even */
-    uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;
-    int shift = 126 - (int)e;                                                    /* 14..24 */
-    uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (q & 1))) q++;
-    return (uint16_t)(sign | q);
-}
-
 /* ---- the tokenizer of a directory (tokenizer.json), as llama.cpp's converter lists it ---- */
 
 typedef struct vocab_out {
@@ -311,13 +281,13 @@ static void write_tensor(FILE *f, const job *j, float *row, uint8_t *out)
         case GGML_F32: memcpy(out, row, (size_t)cols * 4); break;
         case GGML_F16:
             for (int64_t c = 0; c < cols; c++) {
-                uint16_t h = f32_to_f16(row[c]);
+                uint16_t h = quant_f32_to_f16(row[c]);
                 memcpy(out + 2 * c, &h, 2);
             }
             break;
         case GGML_BF16:
             for (int64_t c = 0; c < cols; c++) {
-                uint16_t h = f32_to_bf16(row[c]);
+                uint16_t h = quant_f32_to_bf16(row[c]);
                 memcpy(out + 2 * c, &h, 2);
             }
             break;
@@ -397,7 +367,7 @@ int main(int argc, char **argv)
         if (v.n != (size_t)cf->vocab)
             phi3_die("%s/tokenizer.json: ids up to %zu but vocab_size is %d", src, v.n - 1, cf->vocab);
         write_vocab(w, &v);
-    } else if (!quiet)
+    } else
         phi3_err("%s has no tokenizer.json: the file gets no vocabulary (llama.cpp needs one)", src);
     vocab_out_free(&v);
 

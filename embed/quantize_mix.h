@@ -18,5 +18,8 @@ const char *quantize_mix_names(void);      /* "F32, F16, ..." for messages */
 uint32_t quantize_mix_type(const quant_mix *mix, const char *name, int n_layers, uint64_t cols);
 /* Write cols floats as type (a block type) into out. 0 ok; -1 type not writable. */
 int quantize_mix_row(uint32_t type, const float *row, uint8_t *out, int64_t cols);
+/* float32 -> bf16 / f16 bits, rounded to nearest even (f16: overflow to inf, subnormals). */
+uint16_t quant_f32_to_bf16(float f);
+uint16_t quant_f32_to_f16(float f);
 
 #endif
