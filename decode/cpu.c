@@ -9,8 +9,10 @@
 #include "decode/backend.h"
 #include "decode/cpu.h"
 #include "decode/pool.h"
+#include "decode/qdot.h"
 #include "decode/rope.h"
 #include "embed/model.h"
+#include "embed/quant.h"
 #include "shared/util.h"
 #include <cpuid.h>
 #include <errno.h>
@@ -190,9 +192,38 @@ typedef struct mm_job {
     int ldo;
 } mm_job;
 
+/* Quantized weights (GGUF blocks, decode/qdot.h): QDOT_ROWS rows at a time for one
+ * token, QDOT_TOKENS tokens at a time per row for several; the same bits either way. */
+static void mm_rows_quant(const mm_job *j, int begin, int end)
+{
+    st_dtype d = j->w->dtype;
+    int cols = (int)j->w->cols;
+    size_t rb = quant_row_bytes(d, cols);
+    const uint8_t *base = (const uint8_t *)j->w->data + (size_t)j->row0 * rb;
+    float o[QDOT_ROWS];
+    if (j->n == 1) {
+        for (int r = begin; r < end; r += QDOT_ROWS) {
+            int nr = end - r < QDOT_ROWS ? end - r : QDOT_ROWS;
+            qdot_rows(d, base + (size_t)r * rb, rb, nr, j->x, cols, o);
+            for (int k = 0; k < nr; k++) j->out[r + k] = o[k];
+        }
+        return;
+    }
+    for (int r = begin; r < end; r++)
+        for (int t = 0; t < j->n; t += QDOT_TOKENS) {
+            int nt = j->n - t < QDOT_TOKENS ? j->n - t : QDOT_TOKENS;
+            qdot_tokens(d, base + (size_t)r * rb, j->x + (size_t)t * j->ldx, (size_t)j->ldx, nt, cols, o);
+            for (int k = 0; k < nt; k++) j->out[(size_t)(t + k) * j->ldo + r] = o[k];
+        }
+}
+
 static void mm_rows(void *ctx, int begin, int end, int tid)
 {
     const mm_job *j = ctx;
+    if (quant_is_block(j->w->dtype)) {
+        mm_rows_quant(j, begin, end);
+        return;
+    }
     dot_fn dot = dot_for(j->w->dtype);
     size_t es = st_dtype_size(j->w->dtype);
     int cols = (int)j->w->cols;
@@ -368,10 +399,10 @@ static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int 
     int H = cf->hidden, hd = cf->head_dim, nh = cf->n_heads, nkv = cf->n_kv_heads, I = cf->intermediate;
     int pos0 = c->b.n_ctx;
     memmove(c->ids + pos0, ids, (size_t)n * sizeof *ids);   /* ids may already be there */
-    size_t es = st_dtype_size(m->embed.dtype);
+    size_t erow = quant_row_bytes(m->embed.dtype, H);    /* rows may be quantized blocks */
     for (int t = 0; t < n; t++)
-        model_to_f32(m->embed.dtype, (const uint8_t *)m->embed.data + (size_t)ids[t] * H * es,
-                     c->x + (size_t)t * H, (size_t)H);
+        quant_dequant_row(m->embed.dtype, (const uint8_t *)m->embed.data + (size_t)ids[t] * erow,
+                          c->x + (size_t)t * H, 0, H);
     hook(c, 0, pos0, n, c->x);
     const float *inv = c->inv_freq[c->b.rope_long];
     for (int t = 0; t < n; t++) rope_cos_sin(cf, inv, pos0 + t, c->cs + (size_t)t * hd, c->cs + (size_t)t * hd + hd / 2);

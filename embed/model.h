@@ -14,15 +14,20 @@ typedef enum st_dtype {
     ST_I8, ST_I16, ST_I32, ST_I64,
     ST_U8, ST_U16, ST_U32, ST_U64,
     ST_BOOL, ST_F8_E4M3, ST_F8_E5M2,
+    /* ggml block types (GGUF files only; embed/quant.h): no per-element size */
+    ST_Q8_0, ST_Q4_0, ST_Q4_K, ST_Q5_K, ST_Q6_K,
     ST_NDTYPE
 } st_dtype;
+/* The dtypes a safetensors header may name: those before the block types. */
+#define ST_N_SAFETENSORS ST_Q8_0
 
 /* Bit masks of accepted dtypes for model_fetch / st_fetch. */
 #define ST_MASK(d) (1u << (d))
 #define ST_FLOAT_WEIGHTS (ST_MASK(ST_F32) | ST_MASK(ST_F16) | ST_MASK(ST_BF16))
 
-size_t st_dtype_size(st_dtype d);          /* bytes per element */
-const char *st_dtype_name(st_dtype d);     /* "BF16", as in the file */
+size_t st_dtype_size(st_dtype d);          /* bytes per element; 0 for block types
+                                              (quant_row_bytes sizes any row) */
+const char *st_dtype_name(st_dtype d);     /* "BF16", as in the file; "Q4_K" */
 
 #define ST_MAX_DIMS 8
 typedef struct st_tensor {

@@ -22,6 +22,8 @@ static const struct { const char *name; size_t size; } dtypes[ST_NDTYPE] = {
     [ST_I32] = {"I32", 4},   [ST_I64] = {"I64", 8},   [ST_U8] = {"U8", 1},
     [ST_U16] = {"U16", 2},   [ST_U32] = {"U32", 4},   [ST_U64] = {"U64", 8},
     [ST_BOOL] = {"BOOL", 1}, [ST_F8_E4M3] = {"F8_E4M3", 1}, [ST_F8_E5M2] = {"F8_E5M2", 1},
+    [ST_Q8_0] = {"Q8_0", 0}, [ST_Q4_0] = {"Q4_0", 0}, [ST_Q4_K] = {"Q4_K", 0},
+    [ST_Q5_K] = {"Q5_K", 0}, [ST_Q6_K] = {"Q6_K", 0},
 };
 
 size_t st_dtype_size(st_dtype d) { return d < ST_NDTYPE ? dtypes[d].size : 0; }
@@ -65,9 +67,9 @@ static int parse_entry(json_t *v, st_tensor *t, size_t hdr_end, size_t data_len,
         return fail(err, errlen, "tensor %s: needs string dtype, array shape and array data_offsets",
                     t->name);
     int d;
-    for (d = 0; d < ST_NDTYPE; d++)
+    for (d = 0; d < ST_N_SAFETENSORS; d++)
         if (!strcmp(json_string_value(dt), dtypes[d].name)) break;
-    if (d == ST_NDTYPE)
+    if (d == ST_N_SAFETENSORS)
         return fail(err, errlen, "tensor %s: unknown dtype %.32s", t->name, json_string_value(dt));
     t->dtype = (st_dtype)d;
     size_t nd = json_array_size(sh);

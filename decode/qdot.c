@@ -1,0 +1,307 @@
+/* qdot.c: dot products of quantized weight rows with float32 activations (qdot.h):
+ * the portable path (dequantize a block, fmaf lanes) and AVX2/FMA kernels that
+ * dequantize 32 weights at a time into four ymm registers with the same float
+ * operations as embed/quant.c and feed them straight to the FMAs.
+ *
+ * Every kernel walks a row in "units" of 32 weights (a Q8_0/Q4_0 block, a K-quant
+ * sub-block of 32); weights k..k+8 of the row always go to the 8 lanes of one
+ * accumulator, in increasing k, so all variants share one operation order. */
+#include "decode/qdot.h"
+#include "embed/quant.h"
+#include <cpuid.h>
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int qdot_supported(st_dtype d)
+{
+    return quant_is_block(d);
+}
+
+int qdot_avx(void)
+{
+    static int avx = -1;
+    if (avx < 0) {
+        unsigned ea, eb, ec, ed;
+        __builtin_cpu_init();
+        avx = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+              __get_cpuid(1, &ea, &eb, &ec, &ed) && (ec & bit_F16C) && !getenv("PHI3_NO_AVX");
+    }
+    return avx;
+}
+
+static float reduce8(const float *l)
+{
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+/* ---- portable ---- */
+
+float qdot_portable(st_dtype d, const void *row, const float *x, int n)
+{
+    int bs = quant_block_size(d);
+    float w[QK_K], acc[8] = {0};
+    for (int k0 = 0; k0 < n; k0 += bs) {
+        quant_dequant_row(d, row, w, k0, bs);
+        for (int k = 0; k < bs; k += 8)
+            for (int j = 0; j < 8; j++) acc[j] = fmaf(w[k + j], x[k0 + k + j], acc[j]);
+    }
+    return reduce8(acc);
+}
+
+/* ---- AVX2 ----
+ * A block's scales are decoded once per row into floats (bscale), then each unit of 32
+ * weights is dequantized into four ymm registers.
+ * Exactness of the fused forms: an f16 value has an 11-bit significand, so d*sc (6-bit
+ * K-quant sc, or |sc| <= 128 for Q6_K) and dmin*m fit in 18 bits and are exact in
+ * float; times a 4- or 5-bit q it stays within 23 bits, still exact. Hence ggml's
+ * (d*sc)*q - (dmin*m), one rounding in the subtraction, equals fma(d*sc, q, -(dmin*m)),
+ * and likewise (q - 8)*d (Q4_0) equals fma(q, d, -8 d) with exact products; (d*sc) *
+ * (q - 32) (Q6_K) and q*d (Q8_0) are plain exact products. */
+
+#define AVX __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
+#define UNROLL(N) _Pragma("GCC unroll 8")
+
+typedef struct bscale {
+    float s[16];                /* per unit (Q6_K: per 16 weights) d * sc */
+    float m[8];                 /* per unit -(dmin * m) (K types) */
+} bscale;
+
+AVX float h2f(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+AVX __m256 cvt_u8(__m128i v)     /* low 8 bytes (unsigned) -> 8 floats */
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+}
+
+AVX __m256 cvt_i8(__m128i v)     /* low 8 bytes (signed) -> 8 floats */
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+}
+
+AVX void prep_q8_0(const uint8_t *b, bscale *p)
+{
+    p->s[0] = h2f(b);
+}
+
+AVX void unit_q8_0(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    (void)u;
+    __m256 d = _mm256_set1_ps(p->s[0]);
+    UNROLL(4) for (int i = 0; i < 4; i++)
+        w[i] = _mm256_mul_ps(cvt_i8(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * i))), d);
+}
+
+#define prep_q4_0 prep_q8_0
+
+/* (q - 8) * d = fma(q, d, -8 d): q*d (4 + 11 bits) and 8 d are exact */
+AVX void unit_q4_0(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    (void)u;
+    __m256 d = _mm256_set1_ps(p->s[0]), c = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
+    __m256i m = _mm256_set1_epi32(0xF);
+    __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2)));
+    __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 10)));
+    w[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, m)), d, c);
+    w[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, m)), d, c);
+    w[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), d, c);
+    w[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), d, c);
+}
+
+/* The 8 6-bit (sc, m) pairs from 12 bytes with 32-bit word operations (bytes 0-3: sc
+ * 0-3 and the top bits of sc 4-7; 4-7: m 0-3 and the top bits of m 4-7; 8-11: the low
+ * nibbles of sc 4-7 and m 4-7), then 8 at a time to floats. */
+AVX void prep_k45(const uint8_t *b, bscale *p)
+{
+    uint32_t w[3];
+    memcpy(w, b + 4, 12);
+    uint32_t sc_lo = w[0] & 0x3f3f3f3fu, m_lo = w[1] & 0x3f3f3f3fu;
+    uint32_t sc_hi = (w[2] & 0x0f0f0f0fu) | ((w[0] >> 6) & 0x03030303u) << 4;
+    uint32_t m_hi = ((w[2] >> 4) & 0x0f0f0f0fu) | ((w[1] >> 6) & 0x03030303u) << 4;
+    __m256 d = _mm256_set1_ps(h2f(b)), dmin = _mm256_set1_ps(h2f(b + 2));
+    __m256 sc = cvt_u8(_mm_set_epi32(0, 0, (int)sc_hi, (int)sc_lo)), m = cvt_u8(_mm_set_epi32(0, 0, (int)m_hi, (int)m_lo));
+    _mm256_storeu_ps(p->s, _mm256_mul_ps(d, sc));
+    /* -(dmin * m): the product is exact, negation too */
+    _mm256_storeu_ps(p->m, _mm256_xor_ps(_mm256_mul_ps(dmin, m), _mm256_set1_ps(-0.0f)));
+}
+
+#define prep_q4_k prep_k45
+#define prep_q5_k prep_k45
+
+/* Q4_K sub-block u: nibbles of qs[32(u/2)..], low for even u, high for odd: widened
+ * from memory 8 bytes at a time, then masked or shifted. */
+AVX void unit_q4_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    __m256 d1 = _mm256_set1_ps(p->s[u]), m1 = _mm256_set1_ps(p->m[u]);
+    const uint8_t *qs = b + 16 + 32 * (u >> 1);
+    UNROLL(4) for (int i = 0; i < 4; i++) {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * i)));
+        v = u & 1 ? _mm256_srli_epi32(v, 4) : _mm256_and_si256(v, _mm256_set1_epi32(0xF));
+        w[i] = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(v), m1);
+    }
+}
+
+/* Q5_K: as Q4_K, with the fifth bit (bit u of qh[l]) merged at byte level first. */
+AVX void unit_q5_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    __m256 d1 = _mm256_set1_ps(p->s[u]), m1 = _mm256_set1_ps(p->m[u]);
+    __m256i v = _mm256_loadu_si256((const __m256i *)(b + 48 + 32 * (u >> 1)));
+    v = _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(4 * (u & 1))), _mm256_set1_epi8(0xF));
+    __m256i bit = _mm256_set1_epi8((char)(1 << u));
+    __m256i h = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)(b + 16)), bit), bit);
+    v = _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(16)));
+    __m128i a = _mm256_castsi256_si128(v), c = _mm256_extracti128_si256(v, 1);
+    w[0] = _mm256_fmadd_ps(d1, cvt_u8(a), m1);
+    w[1] = _mm256_fmadd_ps(d1, cvt_u8(_mm_srli_si128(a, 8)), m1);
+    w[2] = _mm256_fmadd_ps(d1, cvt_u8(c), m1);
+    w[3] = _mm256_fmadd_ps(d1, cvt_u8(_mm_srli_si128(c, 8)), m1);
+}
+
+AVX void prep_q6_k(const uint8_t *b, bscale *p)
+{
+    __m256 d = _mm256_set1_ps(h2f(b + 208));
+    __m128i sc = _mm_loadu_si128((const __m128i *)(b + 192));
+    _mm256_storeu_ps(p->s, _mm256_mul_ps(d, cvt_i8(sc)));
+    _mm256_storeu_ps(p->s + 8, _mm256_mul_ps(d, cvt_i8(_mm_srli_si128(sc, 8))));
+}
+
+/* Q6_K unit u = 4h + quarter: elements 32 quarter.. of half h; low 4 bits from
+ * ql[64h + 32 (quarter & 1) + l] (high nibble for quarter >= 2), 2 high bits at bit
+ * 2 quarter of qh[32h + l]; scales 8h + 2 quarter and the next; w = (d*sc) * (q - 32). */
+AVX void unit_q6_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    int h = u >> 2, qt = u & 3;
+    __m256 s0 = _mm256_set1_ps(p->s[2 * u]), s1 = _mm256_set1_ps(p->s[2 * u + 1]);
+    __m256i lo = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (qt & 1)));
+    lo = _mm256_and_si256(_mm256_srl_epi16(lo, _mm_cvtsi32_si128(4 * (qt >> 1))), _mm256_set1_epi8(0xF));
+    __m256i hb = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+    hb = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * qt)), _mm256_set1_epi8(3));
+    __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hb, 4)), _mm256_set1_epi8(32));
+    __m128i a = _mm256_castsi256_si128(q), c = _mm256_extracti128_si256(q, 1);
+    w[0] = _mm256_mul_ps(s0, cvt_i8(a));
+    w[1] = _mm256_mul_ps(s0, cvt_i8(_mm_srli_si128(a, 8)));
+    w[2] = _mm256_mul_ps(s1, cvt_i8(c));
+    w[3] = _mm256_mul_ps(s1, cvt_i8(_mm_srli_si128(c, 8)));
+}
+
+AVX float hsum(__m256 a)
+{
+    float l[8];
+    _mm256_storeu_ps(l, a);
+    return reduce8(l);
+}
+
+/* The three kernel shapes for one type T with BS weights / BB bytes per block: one row;
+ * QDOT_ROWS rows sharing x (their FMA chains interleave); QDOT_TOKENS tokens sharing each
+ * dequantized weight. */
+#define GEN(T, BS, BB)                                                                          \
+    __attribute__((target("avx2,fma,f16c"))) static float dot_##T(const void *row, const float *x, int n) \
+    {                                                                                           \
+        const uint8_t *b = row;                                                                 \
+        __m256 acc = _mm256_setzero_ps(), w[4];                                                 \
+        bscale p;                                                                               \
+        for (int k0 = 0; k0 < n; k0 += BS, b += BB) {                                           \
+            prep_##T(b, &p);                                                                    \
+            for (int u = 0; u < BS / 32; u++) {                                                 \
+                unit_##T(b, u, &p, w);                                                          \
+                UNROLL(4) for (int i = 0; i < 4; i++)                                           \
+                    acc = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(x + k0 + 32 * u + 8 * i), acc); \
+            }                                                                                   \
+        }                                                                                       \
+        return hsum(acc);                                                                       \
+    }                                                                                           \
+    __attribute__((target("avx2,fma,f16c"))) static void rows_##T(const void *row, size_t rb, int nr, \
+                                                                 const float *x, int n, float *out) \
+    {                                                                                           \
+        if (nr < QDOT_ROWS) {                                                                   \
+            for (int r = 0; r < nr; r++) out[r] = dot_##T((const uint8_t *)row + r * rb, x, n); \
+            return;                                                                             \
+        }                                                                                       \
+        const uint8_t *b = row;                                                                 \
+        __m256 acc[QDOT_ROWS], w[4];                                                            \
+        bscale p[QDOT_ROWS];                                                                    \
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) acc[r] = _mm256_setzero_ps();             \
+        for (int k0 = 0; k0 < n; k0 += BS, b += BB) {                                           \
+            UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) prep_##T(b + r * rb, &p[r]);          \
+            for (int u = 0; u < BS / 32; u++) {                                                 \
+                const float *xk = x + k0 + 32 * u;                                              \
+                UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) {                                 \
+                    unit_##T(b + r * rb, u, &p[r], w);                                          \
+                    UNROLL(4) for (int i = 0; i < 4; i++)                                       \
+                        acc[r] = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(xk + 8 * i), acc[r]);    \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) out[r] = hsum(acc[r]);                    \
+    }                                                                                           \
+    __attribute__((target("avx2,fma,f16c"))) static void toks_##T(const void *row, const float *x, \
+                                                                 size_t ldx, int nt, int n, float *out) \
+    {                                                                                           \
+        if (nt < QDOT_TOKENS) {                                                                 \
+            for (int t = 0; t < nt; t++) out[t] = dot_##T(row, x + t * ldx, n);                 \
+            return;                                                                             \
+        }                                                                                       \
+        const uint8_t *b = row;                                                                 \
+        __m256 acc[QDOT_TOKENS], w[4];                                                          \
+        bscale p;                                                                               \
+        UNROLL(8) for (int t = 0; t < QDOT_TOKENS; t++) acc[t] = _mm256_setzero_ps();           \
+        for (int k0 = 0; k0 < n; k0 += BS, b += BB) {                                           \
+            prep_##T(b, &p);                                                                    \
+            for (int u = 0; u < BS / 32; u++) {                                                 \
+                unit_##T(b, u, &p, w);                                                          \
+                UNROLL(4) for (int i = 0; i < 4; i++)                                           \
+                    UNROLL(8) for (int t = 0; t < QDOT_TOKENS; t++)                             \
+                        acc[t] = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(x + t * ldx + k0 + 32 * u + 8 * i), acc[t]); \
+            }                                                                                   \
+        }                                                                                       \
+        UNROLL(8) for (int t = 0; t < QDOT_TOKENS; t++) out[t] = hsum(acc[t]);                  \
+    }
+
+GEN(q8_0, QK8_0, Q8_0_BYTES)
+GEN(q4_0, QK4_0, Q4_0_BYTES)
+GEN(q4_k, QK_K, Q4_K_BYTES)
+GEN(q5_k, QK_K, Q5_K_BYTES)
+GEN(q6_k, QK_K, Q6_K_BYTES)
+
+/* ---- dispatch ---- */
+
+typedef float (*dot_t)(const void *, const float *, int);
+typedef void (*rows_t)(const void *, size_t, int, const float *, int, float *);
+typedef void (*toks_t)(const void *, const float *, size_t, int, int, float *);
+static const struct { dot_t dot; rows_t rows; toks_t toks; } kern[ST_NDTYPE] = {
+    [ST_Q8_0] = {dot_q8_0, rows_q8_0, toks_q8_0}, [ST_Q4_0] = {dot_q4_0, rows_q4_0, toks_q4_0},
+    [ST_Q4_K] = {dot_q4_k, rows_q4_k, toks_q4_k}, [ST_Q5_K] = {dot_q5_k, rows_q5_k, toks_q5_k},
+    [ST_Q6_K] = {dot_q6_k, rows_q6_k, toks_q6_k},
+};
+
+float qdot(st_dtype d, const void *row, const float *x, int n)
+{
+    if (qdot_avx() && d < ST_NDTYPE && kern[d].dot) return kern[d].dot(row, x, n);
+    return qdot_portable(d, row, x, n);
+}
+
+void qdot_rows(st_dtype d, const void *row, size_t row_bytes, int nrows, const float *x, int n,
+               float *out)
+{
+    if (qdot_avx() && d < ST_NDTYPE && kern[d].rows) {
+        kern[d].rows(row, row_bytes, nrows, x, n, out);
+        return;
+    }
+    for (int r = 0; r < nrows; r++) out[r] = qdot_portable(d, (const uint8_t *)row + r * row_bytes, x, n);
+}
+
+void qdot_tokens(st_dtype d, const void *row, const float *x, size_t ldx, int ntok, int n, float *out)
+{
+    if (qdot_avx() && d < ST_NDTYPE && kern[d].toks) {
+        kern[d].toks(row, x, ldx, ntok, n, out);
+        return;
+    }
+    for (int t = 0; t < ntok; t++) out[t] = qdot_portable(d, row, x + t * ldx, n);
+}

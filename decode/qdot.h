@@ -1,0 +1,36 @@
+/* qdot.h: CPU dot products of one quantized weight row (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K;
+ * embed/quant.h) with float32 activations, in the CPU backend's canonical order:
+ *   acc[0..8) = 0; for k = 0, 8, .. (k + 8 <= n): acc[j] = fmaf(w[k+j], x[k+j], acc[j]);
+ *   r = ((acc0+acc1)+(acc2+acc3))+((acc4+acc5)+(acc6+acc7)); tail: r = fmaf(w[k], x[k], r)
+ * where w is the row dequantized exactly (quant_dequant_row). So every variant here
+ * (AVX2/FMA or portable, one row, several rows, several tokens) returns the bits the
+ * same dot gives on the weights dequantized to float32. n must be a multiple of the
+ * block size (so there is never a tail). */
+#ifndef PHI3_QDOT_H
+#define PHI3_QDOT_H
+#include "embed/model.h"
+#include <stddef.h>
+
+#define QDOT_ROWS 8             /* rows of qdot_rows (at most) */
+#define QDOT_TOKENS 4           /* tokens of qdot_tokens (at most) */
+
+/* 1 if d has kernels here (the block types). */
+int qdot_supported(st_dtype d);
+/* 1 when the AVX2/FMA/F16C kernels are used (CPU has them and PHI3_NO_AVX is unset). */
+int qdot_avx(void);
+
+/* row . x over n elements. */
+float qdot(st_dtype d, const void *row, const float *x, int n);
+/* out[r] = (row + r * row_bytes) . x for r < nrows (1..QDOT_ROWS): the rows share the
+ * loads of x and interleave their FMA chains (the decode path). */
+void qdot_rows(st_dtype d, const void *row, size_t row_bytes, int nrows, const float *x, int n,
+               float *out);
+/* out[t] = row . (x + t * ldx) for t < ntok (1..QDOT_TOKENS): each weight is dequantized
+ * once for all the tokens (the prefill path). */
+void qdot_tokens(st_dtype d, const void *row, const float *x, size_t ldx, int ntok, int n, float *out);
+
+/* The portable path (plain C with fmaf), whatever the CPU: the reference the tests
+ * compare the AVX kernels with. */
+float qdot_portable(st_dtype d, const void *row, const float *x, int n);
+
+#endif
