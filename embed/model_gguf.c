@@ -3,6 +3,7 @@
  * weight bound under llama.cpp's tensor names with the shape the forward pass expects. */
 #include "embed/gguf.h"
 #include "embed/model.h"
+#include "embed/quant.h"
 #include "shared/util.h"
 #include <math.h>
 #include <stdarg.h>
@@ -29,22 +30,20 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
 int model_gguf_dtype(uint32_t ggml_type, st_dtype *d)
 {
     switch (ggml_type) {
-    case GGML_F32: *d = ST_F32; return 0;
-    case GGML_F16: *d = ST_F16; return 0;
-    case GGML_BF16: *d = ST_BF16; return 0;
+    case GGML_F32: case GGML_F16: case GGML_BF16:
+    case GGML_Q8_0: case GGML_Q4_0: case GGML_Q4_K: case GGML_Q5_K: case GGML_Q6_K:
+        *d = quant_from_ggml(ggml_type);
+        return *d == ST_NDTYPE ? -1 : 0;
     default: return -1;
     }
 }
 
 int model_weight_row_f32(const phi3_weight *w, int64_t r, float *dst)
 {
-    switch (w->dtype) {
-    case ST_F32: case ST_F16: case ST_BF16:
-        model_to_f32(w->dtype, (const uint8_t *)w->data + (size_t)r * (size_t)w->cols * st_dtype_size(w->dtype), dst,
-                     (size_t)w->cols);
-        return 0;
-    default: return -1;
-    }
+    size_t rb = quant_row_bytes(w->dtype, w->cols);
+    if (!rb) return -1;
+    quant_dequant_row(w->dtype, (const uint8_t *)w->data + (size_t)r * rb, dst, 0, w->cols);
+    return 0;
 }
 
 /* Integer metadata key (phi3.NAME) in [lo, hi]; absent: def, or an error if def < lo. */

@@ -277,24 +277,8 @@ static void write_tensor(FILE *f, const job *j, float *row, uint8_t *out)
     for (int64_t r = 0; r < rows; r++) {
         if (j->w) weight_row(j->w, r, row);
         else memcpy(row, j->f, (size_t)cols * sizeof *row);
-        switch (j->type) {
-        case GGML_F32: memcpy(out, row, (size_t)cols * 4); break;
-        case GGML_F16:
-            for (int64_t c = 0; c < cols; c++) {
-                uint16_t h = quant_f32_to_f16(row[c]);
-                memcpy(out + 2 * c, &h, 2);
-            }
-            break;
-        case GGML_BF16:
-            for (int64_t c = 0; c < cols; c++) {
-                uint16_t h = quant_f32_to_bf16(row[c]);
-                memcpy(out + 2 * c, &h, 2);
-            }
-            break;
-        default:
-            if (quantize_mix_row(j->type, row, out, cols)) phi3_die("%s: cannot write type %s", j->name,
-                                                                   gguf_type_name(j->type));
-        }
+        if (quantize_mix_row(j->type, row, out, cols))
+            phi3_die("%s: cannot write type %s", j->name, gguf_type_name(j->type));
         if (fwrite(out, 1, rb, f) != rb) phi3_die("%s: %s", tmp_path, strerror(errno));
     }
 }
@@ -407,7 +391,9 @@ int main(int argc, char **argv)
     uint64_t total = 0, maxcols = 0;
     for (int i = 0; i < nj; i++) {
         job *j = &jobs[i];
-        j->type = j->ndim == 1 ? GGML_F32 : quantize_mix_type(&mix, j->name, nl, j->ne[0]);
+        int is_output = !strcmp(j->name, "output.weight") ||
+                        (cf->tie_embeddings && !strcmp(j->name, "token_embd.weight"));
+        j->type = j->ndim == 1 ? GGML_F32 : quantize_mix_type(&mix, j->name, is_output, nl, j->ne[0]);
         j->bytes = gguf_w_tensor(w, j->name, j->type, j->ndim, j->ne);
         if (!j->bytes) phi3_die("%s: %llu columns do not fit type %s", j->name, (unsigned long long)j->ne[0],
                                 gguf_type_name(j->type));

@@ -11,6 +11,15 @@ setup_file() {
     "$PHI3_BIN/phi3-quantize" -q -t "$t" "$LONGROPE" "$d/lr-$t.gguf" || return 1
     "$PHI3_BIN/phi3-quantize" -q -t "$t" "$GQA" "$d/gqa-$t.gguf" 2> /dev/null || return 1
   done
+  # k256: a random model (the benchmarks' generator) whose rows are whole 256-blocks, so
+  # the K types of Q4_K_M are used as llama.cpp uses them on Phi-3-mini; 8 layers for
+  # use_more_bits' pattern
+  cc -O2 -o "$d/gen_model" "$ROOT/tests/bench/gen_model.c" -ljansson || return 1
+  echo '{"architectures": ["Phi3ForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
+    "max_position_embeddings": 4096, "num_attention_heads": 4, "num_hidden_layers": 8,
+    "num_key_value_heads": 2, "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 10000.0,
+    "sliding_window": 2047, "tie_word_embeddings": false, "vocab_size": 512}' > "$d/k256.json"
+  "$d/gen_model" "$d/k256.json" "$d/k256" > /dev/null || return 1
 }
 
 setup() {
@@ -257,4 +266,66 @@ open("miss.gguf", "wb").write(b)' "$ok"
     done
   done
   [ "$stopped" -gt 0 ] || fail "no run was interrupted"
+}
+
+# quantized M T: phi3-quantize -t T of M into q.gguf, then that file re-typed F32 (every
+# weight dequantized exactly) into deq.gguf: the reference of the quantized one.
+quantized() { "$PHI3_BIN/phi3-quantize" -q -t "$2" "$1" q.gguf 2> /dev/null && "$PHI3_BIN/phi3-quantize" -q -t F32 q.gguf deq.gguf; }
+
+@test "gguf: Q8_0, Q4_0, Q4_K_M files give the logits of the same weights dequantized to f32 (1e-5); error vs bf16 reported" {
+  tokens_frame 1 5 9 200 3 77 300 12 45 6 7 8 9 10 400 23 > k.in
+  tokens_frame $(ids "$LONGROPE/reference.safetensors" short.ids) > lr.in
+  all_logits "$G/k256" k.in k.dir
+  all_logits "$LONGROPE" lr.in lr.dir
+  for t in Q8_0 Q4_0 Q4_K_M; do
+    for m in k256 lr; do
+      if [ $m = k256 ]; then src="$G/k256" in=k.in; else src="$LONGROPE" in=lr.in; fi
+      quantized "$src" "$t"
+      all_logits q.gguf "$in" q.out
+      all_logits deq.gguf "$in" d.out
+      CMP q.out d.out --tol 1e-5 || fail "$m $t vs its dequantized weights"
+      echo "# $m $t vs bf16: $(CMP q.out ${in%.in}.dir --tol 100)" >&3
+    done
+  done
+  # the check can fail: another quantization is not the reference
+  quantized "$G/k256" Q4_0
+  all_logits deq.gguf k.in d.out
+  quantized "$G/k256" Q8_0
+  all_logits q.gguf k.in q.out
+  ! CMP q.out d.out --tol 1e-5
+}
+
+@test "gguf: the Q4_K_M mix is llama.cpp's (qkv Q5_K, output and use_more_bits ffn_down Q6_K, rest Q4_K, norms F32)" {
+  "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M "$G/k256" q.gguf
+  "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M "$LONGROPE" lr.gguf
+  "$PHI3_BIN/phi3-quantize" -q -t Q4_0 "$G/k256" q40.gguf
+  "$PY" "$ROOT/tests/lib/gguf_info.py" q.gguf > q.json
+  "$PY" "$ROOT/tests/lib/gguf_info.py" lr.gguf > lr.json
+  "$PY" "$ROOT/tests/lib/gguf_info.py" q40.gguf > q40.json
+  "$PY" - <<'EOF'
+import json
+F32, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K = 0, 2, 8, 12, 13, 14
+q = json.load(open("q.json"))
+assert q["kv"]["general.file_type"] == ["u32", 15], q["kv"]["general.file_type"]
+n = 8
+more = [i for i in range(n) if i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2]
+assert more == [0, 3, 6, 7]
+for name, (t, ne, off) in q["tensors"].items():
+    if len(ne) == 1: want = F32
+    elif name == "output.weight": want = Q6_K
+    elif "attn_qkv" in name: want = Q5_K
+    elif "ffn_down" in name and int(name.split(".")[1]) in more: want = Q6_K
+    else: want = Q4_K
+    assert t == want, (name, t, want)
+# tiny-longrope: 192 columns are no whole 256-block: Q8_0 where llama.cpp takes
+# Q5_0/Q5_1/Q8_0; its ffn_down rows (256 columns) keep the K types (2 layers: use_more_bits
+# picks layer 1 only)
+lr = json.load(open("lr.json"))["tensors"]
+assert lr["blk.0.attn_qkv.weight"][0] == Q8_0 and lr["output.weight"][0] == Q8_0
+assert lr["blk.0.ffn_down.weight"][0] == Q4_K and lr["blk.1.ffn_down.weight"][0] == Q6_K
+q40 = json.load(open("q40.json"))
+assert q40["kv"]["general.file_type"] == ["u32", 2]
+assert all(t == (F32 if len(ne) == 1 else Q6_K if name == "output.weight" else Q4_0)
+           for name, (t, ne, off) in q40["tensors"].items())
+EOF
 }

@@ -3,6 +3,7 @@
  * read back, the SentencePiece merge order, the f16/bf16 rounding, the phi3 config. */
 #include "embed/gguf.h"
 #include "embed/model.h"
+#include "embed/quant.h"
 #include "embed/quantize_mix.h"
 #include "shared/util.h"
 #include "tok/tok_gguf.h"
