@@ -14,7 +14,7 @@
 static const char usage[] =
     "usage: phi3-detok [-m DIR] [--frames] [--skip-special] < tokens-frames > text\n"
     "  Decode `tokens` frames to UTF-8 text as they arrive, never half a character.\n"
-    "  -m, --model DIR   model directory (default $PHI3_MODEL)\n"
+    "  -m, --model DIR   model directory or GGUF file (default $PHI3_MODEL)\n"
     "  --frames          write `text` frames (special=false) instead of plain text, one\n"
     "                    per input frame that completes some text; `end` frames are\n"
     "                    forwarded after the text they close\n"

@@ -15,7 +15,7 @@
 static const char usage[] =
     "usage: phi3-tok [-m DIR] [--special] [--raw] < text-frames > tokens-frames\n"
     "  Tokenize each `text` frame into one `tokens` frame with DIR's tokenizer.json.\n"
-    "  -m, --model DIR  model directory (default $PHI3_MODEL)\n"
+    "  -m, --model DIR  model directory or GGUF file (default $PHI3_MODEL)\n"
     "  --special        parse control-token strings (<|end|>, <|user|>, ...) in every\n"
     "                   frame, also those with special=false: reproduces transformers'\n"
     "                   apply_chat_template exactly, including its prompt-injection hole\n"
