@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@ static const char usage[] =
 "                    (llama.cpp's mix: see docs/GGUF.md). Norms and the LongRoPE factors\n"
 "                    stay F32. From a GGUF file, -t F32 writes every weight dequantized.\n"
 "  -q, --quiet       no progress on stderr\n"
+"      --threads N   convert with N threads (default: every core)\n"
 "  -h, --help, --version\n"
 "\n"
 "The file is written as OUT.tmp.XXXXXX next to OUT and renamed when complete; an error\n"
@@ -264,22 +266,54 @@ typedef struct job {
     uint64_t bytes;
 } job;
 
-/* Row r of w as float32. */
-static void weight_row(const phi3_weight *w, int64_t r, float *dst)
+/* A slice of rows [r0, r1) of a tensor, converted by one thread into out. */
+typedef struct slice {
+    const job *j;
+    int64_t r0, r1;
+    uint8_t *out;                /* (r1 - r0) rows of the target type */
+    float *row;                  /* cols floats of scratch */
+    int bad;
+} slice;
+
+static void *convert_rows(void *arg)
 {
-    if (model_weight_row_f32(w, r, dst)) phi3_die("weight of type %s cannot be read back", st_dtype_name(w->dtype));
+    slice *s = arg;
+    const job *j = s->j;
+    int64_t cols = (int64_t)j->ne[0];
+    uint64_t rb = gguf_row_bytes(j->type, (uint64_t)cols);
+    for (int64_t r = s->r0; r < s->r1 && !s->bad; r++) {
+        if (!j->w) memcpy(s->row, j->f, (size_t)cols * sizeof *s->row);
+        else if (model_weight_row_f32(j->w, r, s->row)) s->bad = 1;
+        if (!s->bad && quantize_mix_row(j->type, s->row, s->out + (size_t)(r - s->r0) * rb, cols)) s->bad = 2;
+    }
+    return NULL;
 }
 
-static void write_tensor(FILE *f, const job *j, float *row, uint8_t *out)
+/* Convert and write one tensor, CHUNK rows at a time split over nt threads. */
+#define CHUNK_ROWS 64
+static void write_tensor(FILE *f, const job *j, int nt, slice *sl, uint8_t *buf)
 {
-    int64_t rows = j->ndim == 2 ? (int64_t)j->ne[1] : 1, cols = (int64_t)j->ne[0];
-    uint64_t rb = gguf_row_bytes(j->type, (uint64_t)cols);
-    for (int64_t r = 0; r < rows; r++) {
-        if (j->w) weight_row(j->w, r, row);
-        else memcpy(row, j->f, (size_t)cols * sizeof *row);
-        if (quantize_mix_row(j->type, row, out, cols))
-            phi3_die("%s: cannot write type %s", j->name, gguf_type_name(j->type));
-        if (fwrite(out, 1, rb, f) != rb) phi3_die("%s: %s", tmp_path, strerror(errno));
+    int64_t rows = j->ndim == 2 ? (int64_t)j->ne[1] : 1;
+    uint64_t rb = gguf_row_bytes(j->type, j->ne[0]);
+    for (int64_t c0 = 0; c0 < rows; c0 += (int64_t)nt * CHUNK_ROWS) {
+        int64_t c1 = c0 + (int64_t)nt * CHUNK_ROWS < rows ? c0 + (int64_t)nt * CHUNK_ROWS : rows;
+        pthread_t th[64];
+        int started = 0;
+        for (int t = 0; t < nt; t++) {
+            int64_t a = c0 + (c1 - c0) * t / nt, b = c0 + (c1 - c0) * (t + 1) / nt;
+            sl[t].j = j, sl[t].r0 = a, sl[t].r1 = b, sl[t].bad = 0;
+            sl[t].out = buf + (size_t)(a - c0) * rb;
+            if (t + 1 < nt && b > a && !pthread_create(&th[t], NULL, convert_rows, &sl[t])) started |= 1 << t;
+            else if (b > a) convert_rows(&sl[t]);
+        }
+        for (int t = 0; t < nt; t++)
+            if (started & (1 << t)) pthread_join(th[t], NULL);
+        for (int t = 0; t < nt; t++)
+            if (sl[t].bad)
+                phi3_die("%s: cannot %s type %s", j->name, sl[t].bad == 1 ? "read back the source of" : "write",
+                         gguf_type_name(sl[t].bad == 1 ? GGML_F32 : j->type));
+        size_t n = (size_t)(c1 - c0) * rb;
+        if (fwrite(buf, 1, n, f) != n) phi3_die("%s: %s", tmp_path, strerror(errno));
     }
 }
 
@@ -288,7 +322,9 @@ int main(int argc, char **argv)
     phi3_init("phi3-quantize");
     const char *tname = "BF16";
     int quiet = 0;
+    long nt = sysconf(_SC_NPROCESSORS_ONLN);
     static const struct option opts[] = {{"type", required_argument, 0, 't'}, {"quiet", no_argument, 0, 'q'},
+                                         {"threads", required_argument, 0, 'T'},
                                          {"help", no_argument, 0, 'h'}, {"version", no_argument, 0, 'V'},
                                          {0, 0, 0, 0}};
     int c;
@@ -296,6 +332,9 @@ int main(int argc, char **argv)
         switch (c) {
         case 't': tname = optarg; break;
         case 'q': quiet = 1; break;
+        case 'T':
+            if (parse_long(optarg, &nt) || nt < 1 || nt > 64) phi3_usage_die("--threads wants 1 to 64, got '%s'", optarg);
+            break;
         case 'h': fputs(usage, stdout); return 0;
         case 'V': printf("phi3-quantize %s\n", PHI3_VERSION); return 0;
         default: fputs(usage, stderr); return 2;
@@ -429,13 +468,16 @@ int main(int argc, char **argv)
     setvbuf(f, fbuf, _IOFBF, sizeof fbuf);
     if (gguf_w_header(w, f)) phi3_die("%s: %s", tmp_path, strerror(errno));
 
-    float *row = xmalloc(maxcols * sizeof *row);
-    uint8_t *obuf = xmalloc(maxcols * 4 + 64);
+    if (nt < 1) nt = 1;
+    if (nt > 64) nt = 64;
+    slice *sl = xcalloc((size_t)nt, sizeof *sl);
+    for (long t = 0; t < nt; t++) sl[t].row = xmalloc(maxcols * sizeof(float));
+    uint8_t *obuf = xmalloc((size_t)nt * CHUNK_ROWS * (maxcols * 4 + 64));
     int tty = isatty(2), last_tenth = -1;
     uint64_t done = 0;
     for (int i = 0; i < nj; i++) {
         job *j = &jobs[i];
-        write_tensor(f, j, row, obuf);
+        write_tensor(f, j, (int)nt, sl, obuf);
         if (gguf_w_pad(w, f)) phi3_die("%s: %s", tmp_path, strerror(errno));
         done += j->bytes;
         int pct = total ? (int)(done * 100 / total) : 100;
@@ -459,7 +501,8 @@ int main(int argc, char **argv)
     sigprocmask(SIG_SETMASK, &old, NULL);
     if (!quiet)
         phi3_err("wrote %s: %d tensors, %.1f MiB, weights %s", out, nj, (double)gguf_w_total(w) / 1048576.0, tname);
-    free(row);
+    for (long t = 0; t < nt; t++) free(sl[t].row);
+    free(sl);
     free(obuf);
     free(jobs);
     gguf_writer_free(w);

@@ -299,6 +299,10 @@ quantized() { "$PHI3_BIN/phi3-quantize" -q -t "$2" "$1" q.gguf 2> /dev/null && "
   "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M "$G/k256" q.gguf
   "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M "$LONGROPE" lr.gguf
   "$PHI3_BIN/phi3-quantize" -q -t Q4_0 "$G/k256" q40.gguf
+  # the threads split rows only: the same bytes with 1 and 3 of them
+  "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M --threads 1 "$G/k256" q1.gguf
+  "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M --threads 3 "$G/k256" q3.gguf
+  cmp q.gguf q1.gguf && cmp q1.gguf q3.gguf
   "$PY" "$ROOT/tests/lib/gguf_info.py" q.gguf > q.json
   "$PY" "$ROOT/tests/lib/gguf_info.py" lr.gguf > lr.json
   "$PY" "$ROOT/tests/lib/gguf_info.py" q40.gguf > q40.json

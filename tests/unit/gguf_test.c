@@ -348,6 +348,35 @@ static void config_tests(void)
         tok_free(t);
     }
     gguf_close(&g);
+
+    /* one defect at a time in a copy of the seed: the config names it */
+    size_t len;
+    char *orig = read_file(seed, 1 << 20, &len);
+    static const struct { const char *from, *to, *want; } defects[] = {
+        {"phi3\x0c", "phi2\x0c", "unsupported architecture phi2 (need phi3)"},
+        {"phi3.block_count", "phi3.block_cnunt", "metadata phi3.block_count: missing"},
+        {"rope_factors_short", "rope_factors_shxrt", "tensor rope_factors_short.weight: missing"},
+        {"phi3.rope.dimension_count", "phi3.rope.dimension_cnunt", NULL},   /* optional key */
+        {"token_embd.weight", "token_embx.weight", "tensor token_embd.weight: missing"},
+    };
+    for (size_t i = 0; orig && i < sizeof defects / sizeof *defects; i++) {
+        char *b = xmalloc(len);
+        memcpy(b, orig, len);
+        char *at = memmem(b, len, defects[i].from, strlen(defects[i].from));
+        if (at) memcpy(at, defects[i].to, strlen(defects[i].to));
+        int prc = gguf_parse((const uint8_t *)b, len, &g, err, sizeof err);
+        err[0] = 0;
+        int crc = prc ? -2 : model_gguf_config(&g, &c, err, sizeof err);
+        if (!prc) {
+            model_config_free(&c);
+            gguf_close(&g);
+        }
+        if (defects[i].want)
+            ok(at && crc == -1 && strstr(err, defects[i].want), "config: %s (%s)", defects[i].want, err);
+        else ok(at && crc == 0, "config: %s is optional", defects[i].from);
+        free(b);
+    }
+    free(orig);
 }
 
 int main(void)
