@@ -395,9 +395,12 @@ out:
 bool gguf_is_path(const char *path)
 {
     struct stat st;
-    if (!path || stat(path, &st) || !S_ISREG(st.st_mode)) return false;
+    if (!path) return false;
     size_t n = strlen(path);
-    if (n >= 5 && !strcmp(path + n - 5, ".gguf")) return true;
+    bool named = n >= 5 && !strcmp(path + n - 5, ".gguf");
+    if (stat(path, &st)) return named;          /* a missing X.gguf: say so as a file */
+    if (!S_ISREG(st.st_mode)) return false;
+    if (named) return true;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return false;
     char m[4];

@@ -79,8 +79,9 @@ int gguf_parse(const uint8_t *buf, size_t size, gguf_file *g, char *err, size_t 
 int gguf_open(const char *path, gguf_file *g, char *err, size_t errlen);
 void gguf_close(gguf_file *g);
 
-/* A regular file whose name ends in .gguf or that starts with the GGUF magic: what
- * -m takes as a GGUF model instead of a directory. */
+/* A regular file whose name ends in .gguf or that starts with the GGUF magic (or a
+ * missing path ending in .gguf, so that the error names the file): what -m takes as a
+ * GGUF model instead of a directory. */
 bool gguf_is_path(const char *path);
 
 const gguf_kv *gguf_get(const gguf_file *g, const char *key);

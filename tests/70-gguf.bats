@@ -226,7 +226,7 @@ open("miss.gguf", "wb").write(b)' "$ok"
   assert_err "phi3-run: miss.gguf: " "tensor output_norm.weight: missing"
   run --separate-stderr "$RUN" -m nothere.gguf < /dev/null
   assert_status 1
-  assert_err "phi3-run: " "nothere.gguf"
+  assert_err "phi3-run: nothere.gguf: " "No such file"
 }
 
 @test "phi3-quantize: usage errors exit 2, bad input exit 1, and nothing is left behind" {
