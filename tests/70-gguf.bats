@@ -236,6 +236,11 @@ open("miss.gguf", "wb").write(b)' "$ok"
   run --separate-stderr "$RUN" -m miss.gguf < /dev/null
   assert_status 1
   assert_err "phi3-run: miss.gguf: " "tensor output_norm.weight: missing"
+  # the CUDA backend does not read block types yet: a clear refusal, before any device use
+  "$PHI3_BIN/phi3-quantize" -q -t Q8_0 "$LONGROPE" q8.gguf
+  run --separate-stderr "$RUN" --backend cuda -m q8.gguf < /dev/null
+  assert_status 1
+  assert_err "phi3-run: cuda backend: " "quantized weights are not supported by the CUDA backend"
   run --separate-stderr "$RUN" -m nothere.gguf < /dev/null
   assert_status 1
   assert_err "phi3-run: nothere.gguf: " "No such file"
