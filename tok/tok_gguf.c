@@ -72,8 +72,9 @@ long tok_spm_merges(size_t n, const char *const *piece, const size_t *len, const
         size_t h = hash(piece[i], len[i]) & m.mask;
         for (; m.slot[h]; h = (h + 1) & m.mask)
             if (len[m.slot[h] - 1] == len[i] && !memcmp(piece[m.slot[h] - 1], piece[i], len[i])) {
+                uint32_t first = m.slot[h] - 1;
                 free(m.slot);
-                return fail(err, errlen, "tokens %u and %zu are the same piece", m.slot[h] - 1, i);
+                return fail(err, errlen, "tokens %u and %zu are the same piece", first, i);
             }
         m.slot[h] = (uint32_t)i + 1;
     }
