@@ -8,6 +8,7 @@
  * block size (so there is never a tail). */
 #ifndef PHI3_QDOT_H
 #define PHI3_QDOT_H
+#include "decode/gemm.h"
 #include "embed/model.h"
 #include <stddef.h>
 
@@ -18,6 +19,11 @@
 int qdot_supported(st_dtype d);
 /* 1 when the AVX2/FMA/F16C kernels are used (CPU has them and PHI3_NO_AVX is unset). */
 int qdot_avx(void);
+/* The kernels in use: 0 portable, 1 AVX2/FMA, 2 AVX2 plus AVX-512 for qdot_rows (CPU has
+ * AVX-512 F/BW/VL/DQ, PHI3_NO_AVX512 unset). qdot_set_level lowers it (tests, benchmarks:
+ * every level gives the same bits) or raises it back to what the CPU has; returns it. */
+int qdot_level(void);
+int qdot_set_level(int level);
 
 /* row . x over n elements. */
 float qdot(st_dtype d, const void *row, const float *x, int n);
@@ -28,6 +34,11 @@ void qdot_rows(st_dtype d, const void *row, size_t row_bytes, int nrows, const f
 /* out[t] = row . (x + t * ldx) for t < ntok (1..QDOT_TOKENS): each weight is dequantized
  * once for all the tokens (the prefill path). */
 void qdot_tokens(st_dtype d, const void *row, const float *x, size_t ldx, int ntok, int n, float *out);
+
+/* Kernels of a block type for decode/gemm.h's blocked many-token path (cvt dequantizes
+ * block-aligned panels exactly), at min(qdot_level(), gemm_vec_level()); NULL if d is not
+ * a block type. */
+const gemm_ops *qdot_gemm_ops(st_dtype d);
 
 /* The portable path (plain C with fmaf), whatever the CPU: the reference the tests
  * compare the AVX kernels with. */

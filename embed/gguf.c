@@ -2,6 +2,7 @@
  * tensor infos with a bounds-checked cursor, checks every size against the file before
  * any allocation, and points tensors into the read-only mapping. */
 #include "embed/gguf.h"
+#include "embed/model.h"
 #include "shared/util.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -412,7 +413,9 @@ bool gguf_is_path(const char *path)
 int gguf_open(const char *path, gguf_file *g, char *err, size_t errlen)
 {
     memset(g, 0, sizeof *g);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO named as a model must not block the open; fstat then refuses
+     * anything but a regular file. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return fail(err, errlen, "%s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
@@ -429,13 +432,16 @@ int gguf_open(const char *path, gguf_file *g, char *err, size_t errlen)
     int e = errno;
     close(fd);
     if (map == MAP_FAILED) return fail(err, errlen, "%s: mmap: %s", path, strerror(e));
+    mapguard_add(map, size, path);     /* a file cut short under us: a message, not SIGBUS */
     char why[512];
     if (gguf_parse(map, size, g, why, sizeof why)) {
+        mapguard_remove(map);
         munmap(map, size);
         return fail(err, errlen, "%s: %s", path, why);
     }
     g->path = xstrdup(path);
     g->mapped = true;
+    g->id = st;
     return 0;
 }
 
@@ -443,7 +449,10 @@ void gguf_close(gguf_file *g)
 {
     if (!g) return;
     free_parts(g);
-    if (g->mapped && g->map) munmap((void *)g->map, g->size);
+    if (g->mapped && g->map) {
+        mapguard_remove(g->map);
+        munmap((void *)g->map, g->size);
+    }
     free(g->path);
     memset(g, 0, sizeof *g);
 }

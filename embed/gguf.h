@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/stat.h>
 
 /* Metadata value types (the file's numbering). */
 enum gguf_vtype {
@@ -70,6 +71,7 @@ typedef struct gguf_file {
     size_t *by_name;           /* indexes of t sorted by name */
     uint64_t alignment;
     uint64_t data_off;         /* start of the data section in the file */
+    struct stat id;            /* gguf_open's fstat: the file's identity (fingerprint cache) */
 } gguf_file;
 
 /* Parse and validate a whole file held in memory. 0 ok (g refers into buf, which must

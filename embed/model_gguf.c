@@ -250,6 +250,14 @@ phi3_model *model_load_gguf(const char *path, char *err, size_t errlen)
         gloader L = {.m = m, .g = m->gguf, .err = why, .errlen = sizeof why};
         if (gbind_all(&L)) rc = fail(err, errlen, "%s: %s", path, why);
     }
+    if (!rc) {
+        /* Every byte of the file, as the directory path hashes its shards (cached by the
+         * file's identity: fingerprint.c). */
+        st_file whole = {.path = m->gguf->path, .map = (void *)m->gguf->map, .size = m->gguf->size,
+                         .id = m->gguf->id};
+        uint64_t h = st_file_hash(&whole, NULL);
+        m->fingerprint = fnv(m->fingerprint, &h, sizeof h);
+    }
     if (rc) {
         model_free(m);
         return NULL;

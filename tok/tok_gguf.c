@@ -367,3 +367,16 @@ int tok_gguf_n_ids(const char *path, int32_t *n, char *err, size_t errlen)
     gguf_close(&g);
     return rc;
 }
+
+int tok_gguf_model_vocab(const char *path, int *n, char *err, size_t errlen)
+{
+    gguf_file g;
+    if (gguf_open(path, &g, err, errlen)) return -1;
+    const gguf_tensor *t = gguf_find(&g, "token_embd.weight");
+    const gguf_kv *tk = gguf_get(&g, "tokenizer.ggml.tokens");
+    uint64_t v = t && t->ndim == 2 ? t->ne[1] : tk && tk->type == GGUF_ARR ? tk->n : 0;
+    gguf_close(&g);
+    if (v == 0 || v > TOKS_MAX) return fail(err, errlen, "%s: no token_embd.weight rows or tokens to size the vocabulary", path);
+    *n = (int)v;
+    return 0;
+}

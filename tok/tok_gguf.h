@@ -30,6 +30,8 @@ long tok_spm_merges(size_t n, const char *const *piece, const size_t *len, const
  * user-defined token whose text llama.cpp treats as an end of generation ("<|end|>",
  * "<|endoftext|>", ...). 0 ok; -1 err. */
 int tok_gguf_stop_ids(const char *path, int32_t **ids, size_t *n, char *err, size_t errlen);
+/* The model's vocabulary size: rows of token_embd.weight, else the number of tokens. */
+int tok_gguf_model_vocab(const char *path, int *n, char *err, size_t errlen);
 /* 1 + the largest id the tokenizer knows (unused padding tokens excluded). */
 int tok_gguf_n_ids(const char *path, int32_t *n, char *err, size_t errlen);
 

@@ -338,13 +338,14 @@ static void random_row(st_dtype d, uint8_t *row, int n, int extreme)
     }
 }
 
-static void kernels(void)
+static void kernels(int lv)
 {
     const int n = 3072;
     enum { NR = QDOT_ROWS + 1 };
     uint8_t *rows = malloc(NR * quant_row_bytes(ST_Q8_0, n));
     float *x = malloc(4 * n * sizeof *x), *w = malloc(n * sizeof *w);
-    printf("# qdot: %s kernels\n", qdot_avx() ? "AVX2/FMA" : "portable (no AVX2/FMA/F16C or PHI3_NO_AVX)");
+    static const char *const names[] = {"portable", "AVX2/FMA", "AVX-512"};
+    const char *L = names[lv];
     for (int t = 0; t < NT; t++) {
         st_dtype d = types[t];
         size_t rb = quant_row_bytes(d, n);
@@ -371,11 +372,11 @@ static void kernels(void)
                 for (int k = 0; k < nt; k++) bad_tok += !same_bits(out[k], canon_dot(w, x + (size_t)k * n, n));
             }
         }
-        ok(!bad_ref, "%s qdot = canonical fmaf dot of the dequantized row, bit for bit (%d differ)",
-           st_dtype_name(d), bad_ref);
-        ok(!bad_port, "%s portable path = the reference, bit for bit (%d differ)", st_dtype_name(d), bad_port);
-        ok(!bad_rows, "%s qdot_rows (1..QDOT_ROWS rows) = the reference (%d differ)", st_dtype_name(d), bad_rows);
-        ok(!bad_tok, "%s qdot_tokens (1..QDOT_TOKENS tokens) = the reference (%d differ)", st_dtype_name(d), bad_tok);
+        ok(!bad_ref, "%s %s qdot = canonical fmaf dot of the dequantized row, bit for bit (%d differ)",
+           L, st_dtype_name(d), bad_ref);
+        ok(!bad_port, "%s %s portable path = the reference, bit for bit (%d differ)", L, st_dtype_name(d), bad_port);
+        ok(!bad_rows, "%s %s qdot_rows (1..QDOT_ROWS rows) = the reference (%d differ)", L, st_dtype_name(d), bad_rows);
+        ok(!bad_tok, "%s %s qdot_tokens (1..QDOT_TOKENS tokens) = the reference (%d differ)", L, st_dtype_name(d), bad_tok);
     }
     free(rows);
     free(x);
@@ -462,15 +463,17 @@ static void synth_free(synth *s)
     for (int i = 0; i < s->nbufs; i++) free(s->bufs[i]);
 }
 
-/* Prefill 9 tokens (all logits) then 3 single-token steps; logits into out. */
-static int run_model(const phi3_model *m, int threads, float *out)
+/* Prefill 9 tokens (all logits: the blocked GEMM path) then 3 single-token steps (the
+ * decode rows path), or (whole) all 12 in one forward; logits into out. */
+static int run_model(const phi3_model *m, int threads, float *out, int whole)
 {
     char err[256];
     backend *b = backend_cpu_new(m, 64, threads, NULL, err, sizeof err);
     if (!b) return -1;
     int32_t ids[12] = {5, 17, 300, 2, 99, 150, 7, 7, 64, 1, 319, 42};
-    int rc = b->ops->forward(b, ids, 9, out, 1);
-    for (int k = 9; k < 12 && !rc; k++) rc = b->ops->forward(b, ids + k, 1, out + (size_t)k * m->cfg.vocab, 0);
+    int first = whole ? 12 : 9;
+    int rc = b->ops->forward(b, ids, first, out, 1);
+    for (int k = first; k < 12 && !rc; k++) rc = b->ops->forward(b, ids + k, 1, out + (size_t)k * m->cfg.vocab, 0);
     b->ops->destroy(b);
     return rc;
 }
@@ -487,19 +490,30 @@ static void model_equivalence(void)
         synth_build(&q, &f, mixes[i].ty, mixes[i].alt);
         size_t nl = 12 * (size_t)q.m.cfg.vocab;
         float *lq = malloc(nl * sizeof(float)), *lf = malloc(nl * sizeof(float)), *l1 = malloc(nl * sizeof(float));
-        int rc = run_model(&q.m, 2, lq) | run_model(&f.m, 2, lf) | run_model(&q.m, 1, l1);
+        int rc = run_model(&q.m, 2, lq, 0) | run_model(&f.m, 2, lf, 0);
         double num = 0, den = 0;
-        size_t same = 0, same_threads = 0;
+        size_t same = 0;
         for (size_t k = 0; k < nl; k++) {
             num += ((double)lq[k] - lf[k]) * ((double)lq[k] - lf[k]);
             den += (double)lf[k] * lf[k];
             same += same_bits(lq[k], lf[k]);
-            same_threads += same_bits(lq[k], l1[k]);
         }
         double rel = sqrt(num / den);
-        ok(rc == 0 && rel <= 1e-5, "%s model: logits vs the f32-dequantized model, relative L2 %.3g <= 1e-5 "
-           "(%zu of %zu bit-identical)", mixes[i].name, rel, same, nl);
-        ok(rc == 0 && same_threads == nl, "%s model: 1 thread = 2 threads, bit for bit", mixes[i].name);
+        ok(rc == 0 && rel <= 1e-5, "%s model: logits vs the f32-dequantized model, relative L2 %.3g <= 1e-5",
+           mixes[i].name, rel);
+        ok(rc == 0 && same == nl, "%s model: ... and bit-identical (%zu of %zu logits)", mixes[i].name, same, nl);
+        /* the same bits with 1 thread, in one frame, and at every kernel level */
+        int top = qdot_level();
+        for (int lv = -2; lv <= top; lv++) {
+            if (lv >= 0) qdot_set_level(lv);
+            rc = run_model(&q.m, lv == -2 ? 1 : 2, l1, lv == -1);
+            size_t s2 = 0;
+            for (size_t k = 0; k < nl; k++) s2 += same_bits(l1[k], lf[k]);
+            ok(rc == 0 && s2 == nl, "%s model, %s: bit-identical to the f32 model (%zu of %zu)", mixes[i].name,
+               lv == -2 ? "1 thread" : lv == -1 ? "12 tokens in one frame" : lv == 0 ? "portable kernels"
+               : lv == 1 ? "AVX2 kernels" : "AVX-512 kernels", s2, nl);
+        }
+        qdot_set_level(top);
         free(lq);
         free(lf);
         free(l1);
@@ -515,7 +529,14 @@ int main(void)
     half_rounding();
     known_blocks();
     roundtrip();
-    kernels();
+    /* every kernel level this CPU has (the portable one always) */
+    int top = qdot_level();
+    printf("# CPU kernel levels: 0..%d\n", top);
+    for (int lv = 0; lv <= top; lv++) {
+        qdot_set_level(lv);
+        kernels(lv);
+    }
+    qdot_set_level(top);
     model_equivalence();
     return tap_done();
 }
