@@ -421,38 +421,50 @@ rows512_q4_k(const void *row, size_t rb, const float *x, int n, float *out)
     }
 }
 
-/* Q6_K by hand, the same way: each row's 16 scales (d * sc) in one zmm register for the
- * block, two-source permutes pick unit u's pair of scales for rows A and B. */
+/* Q6_K by hand. Per half block (128 weights) a row pair loads its ql (2 x 32 bytes) and
+ * qh (32 bytes) once for the four quarters, x of the half is broadcast once for all pairs,
+ * and each row's 16 scales (d * sc) stay in a zmm register for the block (two-source
+ * permutes pick a unit's pair of scales for rows A and B). Pairs go one after another
+ * through a half: their FMA chains overlap in the out-of-order window. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
 rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
 {
     const uint8_t *b = row;
-    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS], xv[4];
+    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS], xv[16];
     UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
     const __m512i hi16 = _mm512_set_epi32(16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i m4 = _mm512_set1_epi8(0xF), m2 = _mm512_set1_epi8(0x30), c32 = _mm512_set1_epi8(32);
     for (int k0 = 0; k0 < n; k0 += QK_K, b += Q6_K_BYTES) {
         UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) {
             const uint8_t *br = b + r * rb;
             S[r] = _mm512_mul_ps(_mm512_set1_ps(h2f(br + 208)),
                                  _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(br + 192)))));
         }
-        for (int u = 0; u < 8; u++) {
-            int h = u >> 2, qt = u & 3, ol = 64 * h + 32 * (qt & 1), oh = 128 + 32 * h;
-            UNROLL(4) for (int i = 0; i < 4; i++)
-                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 32 * u + 8 * i));
-            __m512i i0 = _mm512_add_epi32(hi16, _mm512_set1_epi32(2 * u)), i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(1));
-            __m128i sl = _mm_cvtsi32_si128(4 * (qt >> 1)), sh = _mm_cvtsi32_si128(2 * qt);
+        for (int h = 0; h < 2; h++) {
+            UNROLL(16) for (int i = 0; i < 16; i++)
+                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 128 * h + 8 * i));
             UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
                 const uint8_t *a = b + 2 * r * rb, *c = a + rb;
-                __m512i lo = _mm512_and_si512(_mm512_srl_epi16(load2x32(a + ol, c + ol), sl), _mm512_set1_epi8(0xF));
-                __m512i hb = _mm512_and_si512(_mm512_srl_epi16(load2x32(a + oh, c + oh), sh), _mm512_set1_epi8(3));
-                __m512i q = _mm512_sub_epi8(_mm512_or_si512(lo, _mm512_slli_epi16(hb, 4)), _mm512_set1_epi8(32));
-                __m512 s0 = _mm512_permutex2var_ps(S[2 * r], i0, S[2 * r + 1]);
-                __m512 s1 = _mm512_permutex2var_ps(S[2 * r], i1, S[2 * r + 1]);
-                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(q, 0))), xv[0], acc[r]);
-                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(q, 1))), xv[1], acc[r]);
-                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(q, 2))), xv[2], acc[r]);
-                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(q, 3))), xv[3], acc[r]);
+                __m512i L0 = load2x32(a + 64 * h, c + 64 * h), L1 = load2x32(a + 64 * h + 32, c + 64 * h + 32);
+                __m512i H = load2x32(a + 128 + 32 * h, c + 128 + 32 * h);
+                /* q of quarter t: low nibble of L0/L1 (t = 0, 1) or high (2, 3); bits 2t of H as bits 4-5 */
+                __m512i q[4];
+                q[0] = _mm512_or_si512(_mm512_and_si512(L0, m4), _mm512_and_si512(_mm512_slli_epi16(H, 4), m2));
+                q[1] = _mm512_or_si512(_mm512_and_si512(L1, m4), _mm512_and_si512(_mm512_slli_epi16(H, 2), m2));
+                q[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L0, 4), m4), _mm512_and_si512(H, m2));
+                q[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(L1, 4), m4),
+                                       _mm512_and_si512(_mm512_srli_epi16(H, 2), m2));
+                UNROLL(4) for (int t = 0; t < 4; t++) {
+                    int u = 4 * h + t;
+                    __m512i qs = _mm512_sub_epi8(q[t], c32);
+                    __m512i i0 = _mm512_add_epi32(hi16, _mm512_set1_epi32(2 * u)), i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(1));
+                    __m512 s0 = _mm512_permutex2var_ps(S[2 * r], i0, S[2 * r + 1]);
+                    __m512 s1 = _mm512_permutex2var_ps(S[2 * r], i1, S[2 * r + 1]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(qs, 0))), xv[4 * t], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(qs, 1))), xv[4 * t + 1], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(qs, 2))), xv[4 * t + 2], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(qs, 3))), xv[4 * t + 3], acc[r]);
+                }
             }
         }
     }
@@ -462,16 +474,18 @@ rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
     }
 }
 
-/* Q5_K by hand, as Q4_K; the fifth bits: qh bytes widened once per group of 8 and
- * shifted to bit 4 (bit u of qh[l] is unit u's). */
+/* Q5_K by hand: as Q6_K, a row pair's qh (32 + 32 bytes) is loaded once per block and
+ * its qs once per pair of units; fifth bits and nibbles are merged at byte level, then
+ * each group of 8 is widened from the byte vector; the block's scales (d*sc, -(dmin*m))
+ * stay in registers as for Q4_K. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
 rows512_q5_k(const void *row, size_t rb, const float *x, int n, float *out)
 {
     const uint8_t *b = row;
-    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[8];
+    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[16];
     UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
     const __m512i hi8 = _mm512_set_epi32(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i m15 = _mm512_set1_epi32(0xF), b16 = _mm512_set1_epi32(16);
+    const __m512i m4 = _mm512_set1_epi8(0xF), one = _mm512_set1_epi8(1);
     for (int k0 = 0; k0 < n; k0 += QK_K, b += Q5_K_BYTES) {
         UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
             __m256 sa, ma, sb, mb;
@@ -480,26 +494,27 @@ rows512_q5_k(const void *row, size_t rb, const float *x, int n, float *out)
             S[r] = _mm512_insertf32x8(_mm512_castps256_ps512(sa), sb, 1);
             M[r] = _mm512_insertf32x8(_mm512_castps256_ps512(ma), mb, 1);
         }
-        for (int c = 0; c < 4; c++) {
-            UNROLL(8) for (int i = 0; i < 8; i++)
-                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 64 * c + 8 * i));
-            __m512i i1 = _mm512_add_epi32(hi8, _mm512_set1_epi32(2 * c)), i2 = _mm512_add_epi32(i1, _mm512_set1_epi32(1));
-            __m128i s1 = _mm_cvtsi32_si128(2 * c), s2 = _mm_cvtsi32_si128(2 * c + 1);
+        for (int h = 0; h < 2; h++) {              /* units 4h .. 4h+3 */
+            UNROLL(16) for (int i = 0; i < 16; i++)
+                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 128 * h + 8 * i));
             UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-                const uint8_t *qa = b + 2 * r * rb + 48 + 32 * c, *qb = qa + rb;
-                const uint8_t *ha = b + 2 * r * rb + 16, *hb = ha + rb;
-                __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
-                __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
-                __m512 w[8];
-                UNROLL(4) for (int i = 0; i < 4; i++) {
-                    __m512i v = _mm512_cvtepu8_epi32(pair_q(qa + 8 * i, qb + 8 * i));
-                    __m512i h = _mm512_slli_epi32(_mm512_cvtepu8_epi32(pair_q(ha + 8 * i, hb + 8 * i)), 4);
-                    __m512i lo = _mm512_or_si512(_mm512_and_si512(v, m15), _mm512_and_si512(_mm512_srl_epi32(h, s1), b16));
-                    __m512i hi = _mm512_or_si512(_mm512_srli_epi32(v, 4), _mm512_and_si512(_mm512_srl_epi32(h, s2), b16));
-                    w[i] = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(lo), m1);
-                    w[4 + i] = _mm512_fmadd_ps(d2, _mm512_cvtepi32_ps(hi), m2);
+                const uint8_t *a = b + 2 * r * rb, *c = a + rb;
+                __m512i H = load2x32(a + 16, c + 16);
+                UNROLL(2) for (int cc = 0; cc < 2; cc++) {
+                    int pc = 2 * h + cc;               /* the pair of units 2pc, 2pc+1 */
+                    __m512i Q = load2x32(a + 48 + 32 * pc, c + 48 + 32 * pc);
+                    __m512i q0 = _mm512_or_si512(_mm512_and_si512(Q, m4),
+                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srl_epi16(H, _mm_cvtsi32_si128(2 * pc)), one), 4));
+                    __m512i q1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(Q, 4), m4),
+                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srl_epi16(H, _mm_cvtsi32_si128(2 * pc + 1)), one), 4));
+                    __m512i i1 = _mm512_add_epi32(hi8, _mm512_set1_epi32(2 * pc)), i2 = _mm512_add_epi32(i1, _mm512_set1_epi32(1));
+                    __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
+                    __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
+                    UNROLL(4) for (int i = 0; i < 4; i++)
+                        acc[r] = _mm512_fmadd_ps(_mm512_fmadd_ps(d1, cvt16_u8(pair_half(q0, i)), m1), xv[8 * cc + i], acc[r]);
+                    UNROLL(4) for (int i = 0; i < 4; i++)
+                        acc[r] = _mm512_fmadd_ps(_mm512_fmadd_ps(d2, cvt16_u8(pair_half(q1, i)), m2), xv[8 * cc + 4 + i], acc[r]);
                 }
-                UNROLL(8) for (int i = 0; i < 8; i++) acc[r] = _mm512_fmadd_ps(w[i], xv[i], acc[r]);
             }
         }
     }

@@ -224,9 +224,13 @@ int64_t quant_bad_blocks(st_dtype d, const void *row, int64_t cols)
 
 /* ---- quantizers (our own) ---- */
 
-static int clampi(int v, int lo, int hi)
+/* v clamped to [lo, hi] and truncated to int, NaN giving z: the one float-to-int
+ * conversion of the quantizers, defined for every input (a NaN or inf weight makes a
+ * valid block, not undefined behaviour). */
+static int fclampi(float v, int lo, int hi, int z)
 {
-    return v < lo ? lo : v > hi ? hi : v;
+    if (v != v) return z;
+    return v <= (float)lo ? lo : v >= (float)hi ? hi : (int)v;
 }
 
 static void quant_q8_0(const float *x, uint8_t *b)
@@ -235,7 +239,7 @@ static void quant_q8_0(const float *x, uint8_t *b)
     for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
     float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
     put_half(b, scale_half(d));
-    for (int i = 0; i < 32; i++) b[2 + i] = (uint8_t)(int8_t)clampi((int)roundf(x[i] * id), -127, 127);
+    for (int i = 0; i < 32; i++) b[2 + i] = (uint8_t)(int8_t)fclampi(roundf(x[i] * id), -127, 127, 0);
 }
 
 /* The value of largest magnitude maps to -8 (the end of the range with more room). */
@@ -250,18 +254,15 @@ static void quant_q4_0(const float *x, uint8_t *b)
     float d = vmax / -8.0f, id = d != 0 ? 1.0f / d : 0.0f;
     put_half(b, scale_half(d));
     for (int i = 0; i < 16; i++) {
-        int lo = clampi((int)(x[i] * id + 8.5f), 0, 15), hi = clampi((int)(x[i + 16] * id + 8.5f), 0, 15);
+        int lo = fclampi(x[i] * id + 8.5f, 0, 15, 8), hi = fclampi(x[i + 16] * id + 8.5f, 0, 15, 8);
         b[2 + i] = (uint8_t)(lo | hi << 4);
     }
 }
 
-/* Nearest integer of v clamped to [0, hi] (round half up). */
+/* Nearest integer of v clamped to [0, hi] (round half up; NaN: 0). */
 static inline int qround(float v, float hi)
 {
-    v += 0.5f;
-    v = v < 0.0f ? 0.0f : v;
-    v = v > hi + 0.25f ? hi + 0.25f : v;
-    return (int)v;
+    return fclampi(v + 0.5f, 0, (int)hi, 0);
 }
 
 /* Over q_i = qround((x_i - off) * is, hi), i < n (a multiple of 4): the sums of q, q^2
@@ -341,8 +342,8 @@ static void quant_k45(const float *x, uint8_t *b, int nmax, uint8_t *qh, uint8_t
     float d = f16_to_f32(dh), dmin = f16_to_f32(mh);
     uint8_t sc[8], m[8];
     for (int j = 0; j < 8; j++) {
-        sc[j] = (uint8_t)(d > 0 ? clampi((int)lrintf(s[j] / d), 0, 63) : 0);
-        m[j] = (uint8_t)(dmin > 0 ? clampi((int)lrintf(mn[j] / dmin), 0, 63) : 0);
+        sc[j] = (uint8_t)(d > 0 ? fclampi(rintf(s[j] / d), 0, 63, 0) : 0);
+        m[j] = (uint8_t)(dmin > 0 ? fclampi(rintf(mn[j] / dmin), 0, 63, 0) : 0);
     }
     k_pack_scales(b + 4, sc, m);
     if (qh) memset(qh, 0, 32);
@@ -395,7 +396,7 @@ static void quant_q6_k(const float *x, uint8_t *b)
     put_half(b + 208, dh);
     float d = f16_to_f32(dh);
     int8_t *scs = (int8_t *)(b + 192);
-    for (int j = 0; j < 16; j++) scs[j] = (int8_t)(d > 0 ? clampi((int)lrintf(s[j] / d), -127, 127) : 0);
+    for (int j = 0; j < 16; j++) scs[j] = (int8_t)(d > 0 ? fclampi(rintf(s[j] / d), -127, 127, 0) : 0);
     for (int e = 0; e < 256; e++) {
         float ds = d * (float)scs[e / 16];
         int q = ds != 0 ? qround(x[e] / ds + 32.0f, 63.0f) : 32;

@@ -45,9 +45,9 @@ void quant_dequant_row(st_dtype d, const void *row, float *dst, int64_t k0, int6
 /* Quantize cols floats (a multiple of the block size) into dst (quant_row_bytes(d, cols)
  * bytes). Q8_0 and Q4_0: round-to-nearest with the max-abs scale (ggml's reference
  * scheme); K types: a scale/min search per sub-block, then 6- or 8-bit sub-scales.
- * Also F32, F16 (round to nearest even) and BF16 (round to nearest even). Non-finite
- * inputs are not supported (the result is unspecified but a valid block). 0 ok, -1 if d
- * cannot be written. */
+ * Also F32, F16 (round to nearest even) and BF16 (round to nearest even). For block
+ * types, non-finite inputs give valid blocks of finite values (which ones is
+ * unspecified). 0 ok, -1 if d cannot be written. */
 int quant_quantize_row(st_dtype d, const float *src, void *dst, int64_t cols);
 
 /* Count the blocks of a row whose f16 scales are not finite (ggml rejects such data). */
