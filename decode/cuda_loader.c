@@ -4,6 +4,7 @@
 #include "decode/backend.h"
 #include "decode/rope.h"
 #include "embed/model.h"
+#include "embed/quant.h"
 #include <dlfcn.h>
 #include <limits.h>
 #include <stdio.h>
@@ -75,8 +76,26 @@ int backend_cuda_available(void)
     return p_available && p_available();
 }
 
+/* The CUDA backend uploads BF16/F16/F32 weights only: a quantized GGUF model (block
+ * types) is refused here with a clear line instead of being read as F16. */
+static int quantized_weight(const phi3_model *m)
+{
+    if (quant_is_block(m->embed.dtype) || quant_is_block(m->lm_head.dtype)) return 1;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const phi3_layer *y = &m->layers[l];
+        if (quant_is_block(y->qkv.dtype) || quant_is_block(y->o.dtype) || quant_is_block(y->gate_up.dtype) ||
+            quant_is_block(y->down.dtype))
+            return 1;
+    }
+    return 0;
+}
+
 backend *backend_cuda_new(const struct phi3_model *m, int max_ctx, char *err, size_t errlen)
 {
+    if (quantized_weight(m)) {
+        snprintf(err, errlen, "quantized weights are not supported by the CUDA backend yet (use --backend cpu)");
+        return NULL;
+    }
     load();
     if (!p_new) {
         snprintf(err, errlen, "%s", why);

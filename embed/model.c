@@ -1,6 +1,7 @@
 /* model.c: load a Hugging Face Phi-3 directory: config.json, the safetensors shard(s),
  * every weight bound with the dtype and shape the forward pass expects, a fingerprint. */
 #include "embed/model.h"
+#include "embed/gguf.h"
 #include "embed/jscan.h"
 #include "shared/util.h"
 #include <errno.h>
@@ -537,6 +538,7 @@ static int open_shards(loader *L)
 
 phi3_model *model_load(const char *dir, char *err, size_t errlen)
 {
+    if (gguf_is_path(dir)) return model_load_gguf(dir, err, errlen);
     phi3_model *m = xcalloc(1, sizeof *m);
     m->dir = xstrdup(dir);
     loader L = {.m = m, .err = err, .errlen = errlen};
@@ -591,6 +593,8 @@ void model_free(phi3_model *m)
     if (!m) return;
     for (int i = 0; i < m->n_shards; i++) st_close(&m->shards[i]);
     free(m->shards);
+    if (m->gguf) gguf_close(m->gguf);
+    free(m->gguf);
     free(m->layers);
     model_config_free(&m->cfg);
     free(m->dir);

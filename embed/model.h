@@ -151,7 +151,8 @@ typedef struct phi3_model {
     size_t file_bytes;         /* total size of the shard files */
     uint64_t fingerprint;      /* config + tensor layout + a full hash of every shard */
     char fingerprint_hex[17];  /* the same as 16 hex digits */
-    char *dir;
+    char *dir;                 /* the directory, or the GGUF file's path */
+    struct gguf_file *gguf;    /* the GGUF file (embed/gguf.h), NULL for a directory */
 } phi3_model;
 
 /* Load DIR: parse config.json (architectures must hold Phi3ForCausalLM), open and validate
@@ -160,6 +161,13 @@ typedef struct phi3_model {
  * architecture ...") on any problem; nothing is left mapped. */
 phi3_model *model_load(const char *dir, char *err, size_t errlen);
 void model_free(phi3_model *m);
+/* The same from one GGUF file (embed/model_gguf.c): model_load takes this path when DIR
+ * is a GGUF file (gguf_is_path). */
+phi3_model *model_load_gguf(const char *path, char *err, size_t errlen);
+/* Row r of a weight as float32 (every dtype a weight can have). 0 ok, -1 unknown dtype. */
+int model_weight_row_f32(const phi3_weight *w, int64_t r, float *dst);
+/* st_dtype of a GGUF tensor type this loader binds; -1 for others. */
+int model_gguf_dtype(uint32_t ggml_type, st_dtype *d);
 
 /* Config only (no tensors): parse a config.json text. 0 ok; -1 with err. The factor
  * arrays are malloc'ed (free with model_config_free). */

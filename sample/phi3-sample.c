@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "embed/gguf.h"
 #include "sample/sampler.h"
 #include "shared/stream.h"
 #include "shared/util.h"
@@ -32,7 +33,8 @@ static const char usage[] =
 "previous steps kept. --greedy or -t 0: argmax after logit-bias and penalties.\n"
 "\n"
 "  -m, --model DIR          stop ids = eos_token_id of DIR/generation_config.json\n"
-"                           (default DIR: $PHI3_MODEL; none if the file is absent)\n"
+"                           (default DIR: $PHI3_MODEL; none if the file is absent);\n"
+"                           a GGUF file: its eos, eot and <|end|>-like ids\n"
 "      --stop-ids IDS       more stop ids, comma separated (e.g. 32007,32000)\n"
 "      --ignore-eos         do not stop on the model's eos ids (--stop-ids still apply)\n"
 "      --stop STR           stop when the text generated in this turn (decoded with\n"
@@ -166,7 +168,7 @@ int main(int argc, char **argv)
     model = phi3_model_dir(model);
     struct stat mst;
     if (model && stat(model, &mst) != 0) phi3_die("%s: %s", model, strerror(errno));
-    if (model && !S_ISDIR(mst.st_mode)) phi3_die("%s: not a directory", model);
+    if (model && !S_ISDIR(mst.st_mode) && !gguf_is_path(model)) phi3_die("%s: not a directory", model);
     if (model && !ignore_eos) {
         int found;
         if (sample_model_stop_ids(model, &stop, &n_stop, &found, err, sizeof err))

@@ -8,6 +8,7 @@
 
 #include "sample/sampler.h"
 #include "shared/util.h"
+#include "tok/tok_gguf.h"
 
 static void push_id(int32_t **ids, size_t *n, int32_t v)
 {
@@ -61,6 +62,10 @@ int sample_model_stop_ids(const char *dir, int32_t **ids, size_t *n, int *found,
 {
     char path[4096];
     *found = 0;
+    if (gguf_is_path(dir)) {            /* -m FILE.gguf: the file's eos/eot ids */
+        *found = 1;
+        return tok_gguf_stop_ids(dir, ids, n, err, errlen);
+    }
     if (snprintf(path, sizeof path, "%s/generation_config.json", dir) >= (int)sizeof path) {
         snprintf(err, errlen, "model path too long");
         return -1;
@@ -118,6 +123,7 @@ int sample_stop_ids_json(const char *text, size_t len, const char *path, int32_t
 
 int sample_model_tokenizer_ids(const char *dir, int32_t *n, char *err, size_t errlen)
 {
+    if (gguf_is_path(dir)) return tok_gguf_n_ids(dir, n, err, errlen);
     char path[4096];
     if (snprintf(path, sizeof path, "%s/tokenizer.json", dir) >= (int)sizeof path) {
         snprintf(err, errlen, "model path too long");

@@ -11,7 +11,8 @@ import msgpack
 
 BIN = os.environ["PHI3_BIN"]
 FIX = os.environ["FIX"]
-M = os.path.join(FIX, "tiny-longrope")
+# TOK_MODEL: another model for the same checks (a GGUF file made from tiny-longrope).
+M = os.environ.get("TOK_MODEL") or os.path.join(FIX, "tiny-longrope")
 CONTROL = ("<|", "<s>", "</s>", "<unk>")
 
 

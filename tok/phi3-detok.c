@@ -10,13 +10,14 @@
 #include "shared/stream.h"
 #include "shared/util.h"
 #include "tok/stopstr.h"
+#include "tok/tok_gguf.h"
 #include "tok/tokenizer.h"
 
 static const char usage[] =
     "usage: phi3-detok [-m DIR] [options] [FILE] < tokens-frames > text\n"
     "  Decode `tokens` frames (from FILE, or stdin when none or -) to UTF-8 text as they\n"
     "  arrive, never half a character, as Hugging Face tokenizers' decode does.\n"
-    "  -m, --model DIR   model directory (default $PHI3_MODEL)\n"
+    "  -m, --model DIR   model directory or GGUF file (default $PHI3_MODEL)\n"
     "  --frames          write `text` frames (special=false) instead of plain text, one\n"
     "                    per input frame that completes some text; `end` frames are\n"
     "                    forwarded after the text they close\n"
@@ -56,6 +57,11 @@ static void out_text(frame_writer *w, bool frames, tok_buf *b)
 static int model_vocab_size(const char *dir, int fallback)
 {
     char path[4096];
+    if (gguf_is_path(dir)) {            /* -m FILE.gguf: the rows of its token_embd */
+        int n;
+        if (tok_gguf_model_vocab(dir, &n, path, sizeof path)) phi3_die("%s", path);
+        return n < fallback ? fallback : n;
+    }
     snprintf(path, sizeof path, "%s/config.json", dir);
     json_t *root = tok_json_file(path, true);
     if (!root) return fallback;

@@ -10,6 +10,7 @@
 
 #include "shared/stream.h"
 #include "shared/util.h"
+#include "embed/gguf.h"
 #include "tok/tokenizer.h"
 
 #define JSON_MAX ((size_t)256 << 20)
@@ -20,7 +21,8 @@ static const char usage[] =
     "  Render a chat with Phi-3's template:\n"
     "    <|system|>\\n{content}<|end|>\\n  <|user|>\\n...  <|assistant|>\\n...  then\n"
     "    <|assistant|>\\n (the generation prompt) or, with --no-generation-prompt, the\n"
-    "    eos_token (<|endoftext|>; from DIR/tokenizer_config.json when -m or $PHI3_MODEL).\n"
+    "    eos_token (<|endoftext|>; from DIR/tokenizer_config.json, or a GGUF file's eos id,\n"
+"    when -m or $PHI3_MODEL).\n"
     "  Input: `message` frames {role, content}, or with --json one JSON array of\n"
     "  {\"role\": ..., \"content\": ...} objects (the transformers format).\n"
     "  Output: `text` frames; template parts have special=true, message content\n"
@@ -82,6 +84,14 @@ static char *read_stdin(size_t *len)
 static char *config_eos(const char *dir)
 {
     char path[4096];
+    if (gguf_is_path(dir)) {            /* -m FILE.gguf: the text of its eos id */
+        tok *t = tok_load(dir, path, sizeof path);
+        if (!t) phi3_die("%s", path);
+        if (!tok_eos_token(t)) phi3_die("%s: no tokenizer.ggml.eos_token_id", dir);
+        char *s = xstrdup(tok_eos_token(t));
+        tok_free(t);
+        return s;
+    }
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     json_t *root = tok_json_file(path, false);
     json_t *v = json_object_get(root, "eos_token");

@@ -17,7 +17,7 @@ static const char usage[] =
     "  Tokenize each `text` frame (from FILE, or stdin when none or -) into one `tokens`\n"
     "  frame with DIR's tokenizer.json (several, all but the last partial, when the ids\n"
     "  would not fit the frame cap).\n"
-    "  -m, --model DIR  model directory (default $PHI3_MODEL)\n"
+    "  -m, --model DIR  model directory or GGUF file (default $PHI3_MODEL)\n"
     "  --special        parse control-token strings (<|end|>, <|user|>, ...) in every\n"
     "                   frame, also those with special=false: reproduces transformers'\n"
     "                   apply_chat_template exactly, including its prompt-injection hole\n"

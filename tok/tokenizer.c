@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "shared/util.h"
+#include "tok/tok_gguf.h"
 
 /* ------------------------------------------------------------------ data structures */
 
@@ -643,6 +644,7 @@ out:
 
 tok *tok_load(const char *dir, char *err, size_t errlen)
 {
+    if (gguf_is_path(dir)) return tok_load_gguf(dir, err, errlen);   /* -m FILE.gguf */
     char path[4096];
     size_t n = 0, cn = 0;
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
