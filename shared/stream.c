@@ -20,6 +20,7 @@ struct frame_reader {
     unsigned char *buf;
     size_t cap, len;     /* allocated, buffered */
     size_t start;        /* first byte of the next frame */
+    size_t last;         /* bytes of the frame returned last (at buf[start - last]) */
     int eof;
     long count;
     char err[256];
@@ -221,12 +222,14 @@ static int decode(frame_reader *r, size_t len, frame *out)
     out->index = no;
     r->count = no;
     r->start += len;
+    r->last = len;
     return 1;
 }
 
 int fr_next(frame_reader *r, frame *out)
 {
     memset(out, 0, sizeof *out);
+    r->last = 0;
     for (;;) {
         size_t have = r->len - r->start;
         if (have > 0) {
@@ -265,12 +268,19 @@ int fr_next(frame_reader *r, frame *out)
         ssize_t n = read(r->fd, r->buf + r->len, r->cap - r->len);
         if (n < 0) {
             if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 2;   /* non-blocking fd */
             snprintf(r->err, sizeof r->err, "frame %ld: read error: %s", r->count + 1, strerror(errno));
             return -1;
         }
         if (n == 0) r->eof = 1;
         r->len += (size_t)n;
     }
+}
+
+void fr_raw(const frame_reader *r, const void **p, size_t *len)
+{
+    *p = r->buf + r->start - r->last;
+    *len = r->last;
 }
 
 void frame_free(frame *f)
