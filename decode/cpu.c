@@ -551,3 +551,160 @@ size_t backend_cpu_kv_bytes(const backend *b)
     const cpu *c = (const cpu *)b;
     return c->own_kv ? (size_t)c->kv.capacity * c->stride * sizeof(float) : 0;
 }
+
+/* ---- many contexts in one forward (phi3-run --serve) ----
+ * The token rows of every context are stacked so that each matmul reads the weights once
+ * for all of them; RoPE, the KV rows and attention stay per context (its positions, its
+ * LongRoPE mode, its cache). Every output element is still computed by one thread in the
+ * fixed order of forward_chunk (the matmul's per-row order does not depend on the other
+ * rows), so each context gets the bits its own forward would give. */
+
+struct cpu_batch {
+    float *x, *xb, *qkv, *att, *hb, *cs, *lx, *lg;
+    int rows_cap, lrows_cap;
+};
+
+void backend_cpu_batch_free(cpu_batch *w)
+{
+    if (!w) return;
+    free(w->x);
+    free(w->xb);
+    free(w->qkv);
+    free(w->att);
+    free(w->hb);
+    free(w->cs);
+    free(w->lx);
+    free(w->lg);
+    free(w);
+}
+
+static int batch_reserve(cpu_batch *w, const phi3_config *cf, int qkvdim, int rows, int lrows)
+{
+    if (rows > w->rows_cap) {
+        size_t r = (size_t)rows, H = (size_t)cf->hidden;
+        float *p[6] = {realloc(w->x, r * H * sizeof(float)), NULL, NULL, NULL, NULL, NULL};
+        if (p[0]) w->x = p[0];
+        p[1] = realloc(w->xb, r * H * sizeof(float));
+        if (p[1]) w->xb = p[1];
+        p[2] = realloc(w->qkv, r * (size_t)qkvdim * sizeof(float));
+        if (p[2]) w->qkv = p[2];
+        p[3] = realloc(w->att, r * (size_t)cf->n_heads * cf->head_dim * sizeof(float));
+        if (p[3]) w->att = p[3];
+        p[4] = realloc(w->hb, r * 2 * (size_t)cf->intermediate * sizeof(float));
+        if (p[4]) w->hb = p[4];
+        p[5] = realloc(w->cs, r * (size_t)cf->head_dim * sizeof(float));
+        if (p[5]) w->cs = p[5];
+        for (int i = 0; i < 6; i++)
+            if (!p[i]) return -1;
+        w->rows_cap = rows;
+    }
+    if (lrows > w->lrows_cap) {
+        float *a = realloc(w->lx, (size_t)lrows * cf->hidden * sizeof(float));
+        if (a) w->lx = a;
+        float *b = realloc(w->lg, (size_t)lrows * cf->vocab * sizeof(float));
+        if (b) w->lg = b;
+        if (!a || !b) return -1;
+        w->lrows_cap = lrows;
+    }
+    return 0;
+}
+
+int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids, const int *n, float **logits,
+                              const int *all, int k)
+{
+    if (k <= 0) return 0;
+    cpu *c0 = (cpu *)bs[0];
+    const phi3_model *m = c0->b.m;
+    const phi3_config *cf = &m->cfg;
+    int H = cf->hidden, hd = cf->head_dim, nh = cf->n_heads, nkv = cf->n_kv_heads, I = cf->intermediate;
+    int kvdim = c0->kvdim, qkvdim = c0->qkvdim;
+    int rows = 0, lrows = 0;
+    for (int i = 0; i < k; i++) {
+        cpu *c = (cpu *)bs[i];
+        backend *b = bs[i];
+        b->err[0] = 0;
+        if (b->m != m || b->ops != &cpu_ops) return berr(c0, "batched forward over different models or backends");
+        if (n[i] < 0 || n[i] > CHUNK) return berr(c, "batched forward of %d tokens (1..%d per context)", n[i], CHUNK);
+        for (int t = 0; t < n[i]; t++)
+            if (ids[i][t] < 0 || ids[i][t] >= cf->vocab)
+                return berr(c, "token id %d out of range [0, %d)", ids[i][t], cf->vocab);
+        if ((long)b->n_ctx + n[i] > b->max_ctx)
+            return berr(c, "context of %ld tokens exceeds the limit of %d", (long)b->n_ctx + n[i], b->max_ctx);
+        if (ensure_capacity(c, b->n_ctx + n[i]) || ensure_scores(c, b->n_ctx + n[i])) return -1;
+        set_rope_mode(c, rope_use_long(cf, (long)b->n_ctx + n[i]));
+        rows += n[i];
+        if (logits[i]) lrows += all[i] ? n[i] : 1;
+    }
+    if (!*ws) *ws = xcalloc(1, sizeof **ws);
+    cpu_batch *w = *ws;
+    if (batch_reserve(w, cf, qkvdim, rows, lrows)) return berr(c0, "out of memory for a batch of %d rows", rows);
+
+    size_t es = st_dtype_size(m->embed.dtype);
+    for (int i = 0, r = 0; i < k; r += n[i], i++) {
+        cpu *c = (cpu *)bs[i];
+        int pos0 = c->b.n_ctx;
+        memmove(c->ids + pos0, ids[i], (size_t)n[i] * sizeof *ids[i]);
+        const float *inv = c->inv_freq[c->b.rope_long];
+        for (int t = 0; t < n[i]; t++) {
+            model_to_f32(m->embed.dtype, (const uint8_t *)m->embed.data + (size_t)ids[i][t] * H * es,
+                         w->x + (size_t)(r + t) * H, (size_t)H);
+            float *cs = w->cs + (size_t)(r + t) * hd;
+            rope_cos_sin(cf, inv, pos0 + t, cs, cs + hd / 2);
+        }
+    }
+    for (int l = 0; l < cf->n_layers; l++) {
+        const phi3_layer *L = &m->layers[l];
+        for (int t = 0; t < rows; t++) rmsnorm(w->xb + (size_t)t * H, w->x + (size_t)t * H, &L->ln1, H, cf->rms_eps);
+        matmul(c0, &L->qkv, 0, qkvdim, w->xb, H, rows, w->qkv, qkvdim);
+        for (int i = 0, r = 0; i < k; r += n[i], i++) {
+            cpu *c = (cpu *)bs[i];
+            int pos0 = c->b.n_ctx;
+            for (int t = 0; t < n[i]; t++) {
+                float *q = w->qkv + (size_t)(r + t) * qkvdim, *kk = q + nh * hd, *v = kk + kvdim;
+                float *row = kv_row(c, pos0 + t, l);
+                const float *cs = w->cs + (size_t)(r + t) * hd;
+                memcpy(row + 2 * kvdim, kk, (size_t)kvdim * sizeof(float));   /* raw K */
+                for (int h = 0; h < nh; h++) rope_apply(q + h * hd, cs, cs + hd / 2, hd);
+                for (int h = 0; h < nkv; h++) rope_apply(kk + h * hd, cs, cs + hd / 2, hd);
+                memcpy(row, kk, (size_t)kvdim * sizeof(float));
+                memcpy(row + kvdim, v, (size_t)kvdim * sizeof(float));
+            }
+            /* attention of this context over its own cache: its rows of the stacked
+             * buffers stand in for its scratch */
+            float *sq = c->qkv, *sa = c->att;
+            c->qkv = w->qkv + (size_t)r * qkvdim;
+            c->att = w->att + (size_t)r * nh * hd;
+            att_job aj = {c, l, pos0, n[i]};
+            pool_run(c->pool, att_heads, &aj, n[i] * nh);
+            c->qkv = sq;
+            c->att = sa;
+        }
+        matmul(c0, &L->o, 0, H, w->att, nh * hd, rows, w->xb, H);
+        for (size_t e = 0; e < (size_t)rows * H; e++) w->x[e] += w->xb[e];
+        for (int t = 0; t < rows; t++) rmsnorm(w->xb + (size_t)t * H, w->x + (size_t)t * H, &L->ln2, H, cf->rms_eps);
+        matmul(c0, &L->gate_up, 0, 2 * I, w->xb, H, rows, w->hb, 2 * I);
+        for (int t = 0; t < rows; t++) {
+            float *g = w->hb + (size_t)t * 2 * I, *u = g + I;
+            for (int e = 0; e < I; e++) g[e] = u[e] * (g[e] / (1.0f + expf(-g[e])));
+        }
+        matmul(c0, &L->down, 0, H, w->hb, 2 * I, rows, w->xb, H);
+        for (size_t e = 0; e < (size_t)rows * H; e++) w->x[e] += w->xb[e];
+    }
+    /* final norm of the rows whose logits are wanted, stacked, then one lm_head */
+    int lr = 0;
+    for (int i = 0, r = 0; i < k; r += n[i], i++) {
+        bs[i]->n_ctx += n[i];
+        if (!logits[i]) continue;
+        for (int t = all[i] ? 0 : n[i] - 1; t < n[i]; t++, lr++)
+            rmsnorm(w->lx + (size_t)lr * H, w->x + (size_t)(r + t) * H, &m->norm, H, cf->rms_eps);
+    }
+    if (lr) matmul(c0, &m->lm_head, 0, cf->vocab, w->lx, H, lr, w->lg, cf->vocab);
+    lr = 0;
+    for (int i = 0; i < k; i++) {
+        if (!logits[i]) continue;
+        int cnt = all[i] ? n[i] : 1;
+        memcpy(logits[i], w->lg + (size_t)lr * cf->vocab, (size_t)cnt * cf->vocab * sizeof(float));
+        lr += cnt;
+    }
+    return 0;
+}

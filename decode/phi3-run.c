@@ -48,6 +48,8 @@ static const char usage[] =
 "      --kv-budget BYTES  --serve: KV cache reserved by all streams, each stream's --ctx\n"
 "                         (or the server's) times the bytes per position (K/M/G suffix)\n"
 "      --chunk N          --serve: prefill tokens per stream per step (default 64)\n"
+"      --no-batch         --serve: one forward per stream and step instead of one over all\n"
+"                         streams (CPU; the CUDA backend always runs one per stream)\n"
 "      --connect SOCKET   be this pipeline stage through a phi3-run --serve: stdin and\n"
 "                         stdout as without it; per stream: --all-logits, --ctx, --session\n"
 "  -h, --help, --version\n"
@@ -62,7 +64,7 @@ static const char usage[] =
 
 enum { OPT_BACKEND = 256, OPT_THREADS, OPT_ALL, OPT_CTX, OPT_VERSION, OPT_SESSION, OPT_NOWAIT,
        OPT_SLIST, OPT_SINFO, OPT_SRM, OPT_STATS, OPT_SERVE, OPT_CONNECT, OPT_MAXSTREAMS, OPT_KVBUDGET,
-       OPT_CHUNK };
+       OPT_CHUNK, OPT_NOBATCH };
 
 /* BYTES with an optional K, M or G suffix (powers of 1024). */
 static long long opt_bytes(const char *name, const char *s)
@@ -205,6 +207,7 @@ int main(int argc, char **argv)
     int nowait = 0, slist = 0, stats = 0;
     long threads = 0, ctx = 0, max_streams = 64, chunk = 64;
     long long kv_budget = 0;
+    int nobatch = 0;
     const char *serve = NULL, *conn = NULL;
     int all = 0, verbose = 0, quiet = 0, c;
     static const struct option opts[] = {
@@ -218,6 +221,7 @@ int main(int argc, char **argv)
         {"stats", no_argument, 0, OPT_STATS}, {"serve", required_argument, 0, OPT_SERVE},
         {"connect", required_argument, 0, OPT_CONNECT}, {"max-streams", required_argument, 0, OPT_MAXSTREAMS},
         {"kv-budget", required_argument, 0, OPT_KVBUDGET}, {"chunk", required_argument, 0, OPT_CHUNK},
+        {"no-batch", no_argument, 0, OPT_NOBATCH},
         {0, 0, 0, 0}};
     while ((c = getopt_long(argc, argv, "m:vqh", opts, NULL)) != -1) {
         switch (c) {
@@ -241,6 +245,7 @@ int main(int argc, char **argv)
         case OPT_MAXSTREAMS: max_streams = opt_long("--max-streams", optarg, 1, 4096); break;
         case OPT_KVBUDGET: kv_budget = opt_bytes("--kv-budget", optarg); break;
         case OPT_CHUNK: chunk = opt_long("--chunk", optarg, 1, 65536); break;
+        case OPT_NOBATCH: nobatch = 1; break;
         default: fputs(usage, stderr); return 2;
         }
     }
@@ -271,7 +276,7 @@ int main(int argc, char **argv)
     if (serve) {
         server_opts so = {.socket = serve, .model_dir = mdir, .backend = bname, .threads = (int)threads,
                           .ctx = (int)ctx, .max_streams = (int)max_streams, .kv_budget = kv_budget,
-                          .chunk = (int)chunk, .batch = 1, .stats = stats, .verbose = verbose, .quiet = quiet};
+                          .chunk = (int)chunk, .batch = !nobatch, .stats = stats, .verbose = verbose, .quiet = quiet};
         return server_main(&so);
     }
     run r = {.all_logits = all, .verbose = verbose};

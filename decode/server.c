@@ -142,7 +142,8 @@ typedef struct server {
     long served, refused, steps, batch_sum, batch_max, tokens;
     double busy_s, t0;
     long hist[6];                       /* steps with 1, 2, 3-4, 5-8, 9-16, >16 streams */
-    void *batch_ws;                     /* backend_cpu_forward_batch workspace */
+    cpu_batch *batch_ws;                /* backend_cpu_forward_batch workspace */
+    long batched_steps;
 } server;
 
 static volatile sig_atomic_t got_term, got_usr1;
@@ -579,12 +580,44 @@ static int runnable(const conn *c)
     return c->state == ST_OPEN && c->qn > c->qh && c->out_len - c->out_off < OUT_HIGH;
 }
 
-/* CPU: the pieces of the streams without a session in one forward (marked done: c NULL). */
+/* CPU: the pieces of the streams without a session (up to 64 tokens each) in one
+ * forward; those are marked done (c NULL). On failure (memory) nothing was computed and
+ * the pieces go one by one. */
 static void batch_forward(server *sv, piece *ps, int np)
 {
-    (void)sv;
-    (void)ps;
-    (void)np;
+    backend **bs = xmalloc((size_t)np * sizeof *bs);
+    const int32_t **ids = xmalloc((size_t)np * sizeof *ids);
+    int *ns = xmalloc((size_t)np * sizeof *ns), *all = xmalloc((size_t)np * sizeof *all);
+    float **lgs = xmalloc((size_t)np * sizeof *lgs);
+    int k = 0;
+    for (int i = 0; i < np; i++) {
+        if (ps[i].c->s || ps[i].n > 64) continue;
+        bs[k] = ps[i].c->b;
+        ids[k] = ps[i].ids;
+        ns[k] = ps[i].n;
+        lgs[k] = ps[i].lg;
+        all[k] = ps[i].all;
+        k++;
+    }
+    double t0 = now_sec();
+    if (k > 1 && backend_cpu_forward_batch(&sv->batch_ws, bs, ids, ns, lgs, all, k) == 0) {
+        double dt = now_sec() - t0;
+        for (int i = 0; i < np; i++) {
+            if (ps[i].c->s || ps[i].n > 64) continue;
+            session_stats *st = &ps[i].c->st;
+            st->computed += ps[i].n;
+            if (ps[i].n > 1) { st->prefill_s += dt; st->prefill_frames++; }
+            else { st->decode_s += dt; st->decode_tokens++; }
+            piece_done(sv, &ps[i]);
+            ps[i].c = NULL;
+        }
+        sv->batched_steps++;
+    }
+    free(bs);
+    free(ids);
+    free(ns);
+    free(all);
+    free(lgs);
 }
 
 static void step(server *sv)
@@ -643,8 +676,8 @@ static void print_stats(server *sv)
     phi3_err("server stats: %ld streams served (%d open, %ld refused), %ld tokens computed in %.3f s busy of %.1f s "
              "up (%.1f tok/s aggregate while busy)", sv->served, sv->nc, sv->refused, sv->tokens, sv->busy_s, up,
              sv->busy_s > 0 ? sv->tokens / sv->busy_s : 0.0);
-    phi3_err("server stats: %ld steps, %.2f streams per step on average, at most %ld; steps with 1: %ld, 2: %ld, "
-             "3-4: %ld, 5-8: %ld, 9-16: %ld, >16: %ld streams", sv->steps,
+    phi3_err("server stats: %ld steps (%ld batched), %.2f streams per step on average, at most %ld; steps with 1: %ld, "
+             "2: %ld, 3-4: %ld, 5-8: %ld, 9-16: %ld, >16: %ld streams", sv->steps, sv->batched_steps,
              sv->steps ? (double)sv->batch_sum / sv->steps : 0.0, sv->batch_max, sv->hist[0], sv->hist[1],
              sv->hist[2], sv->hist[3], sv->hist[4], sv->hist[5]);
     for (int i = 0; i < sv->nc; i++) stream_stats(sv, sv->c[i], "open");
@@ -852,6 +885,7 @@ int server_main(const server_opts *o)
     free(sv.c);
     unlisten(&sv);
     the_server = NULL;
+    backend_cpu_batch_free(sv.batch_ws);
     model_free(sv.m);
     return 0;
 }

@@ -28,7 +28,7 @@ teardown() {
 # server.err), SERVER = its pid; waits until the socket exists.
 serve() {
   local s=$1; shift
-  "$PHI3_BIN/phi3-run" -m "$LONGROPE" --backend cpu --serve "$s" "$@" 2>> server.err 3>&- &
+  "$PHI3_BIN/phi3-run" -m "${MODEL:-$LONGROPE}" --backend cpu --serve "$s" "$@" 2>> server.err 3>&- &
   SERVER=$!
   SERVERS+=("$SERVER")
   local i
@@ -73,12 +73,15 @@ RUN() { timeout 60 "$PHI3_BIN/phi3-run" "$@"; }
   [ "$(frames2json < served.bin | grep -c tokens)" = 40 ]
 }
 
-@test "server: 12 concurrent random streams, bytes dribbled in pieces, each equals its solo run" {
-  serve ./s.sock --stats
-  "$RAND" 7 12 .
-  for k in $(seq 12); do RUN -m "$LONGROPE" --backend cpu $(cat flags.$k) < in.$k > solo.$k; done
-  pids=()
-  for k in $(seq 12); do
+# concurrent MODEL VOCAB SEED N [SERVER FLAGS...]: N random streams at once through one
+# server (every other one dribbled in pieces), each compared with its solo run.
+concurrent() {
+  local m=$1 v=$2 seed=$3 n=$4 k; shift 4
+  MODEL=$m serve ./s.sock --stats "$@"
+  "$RAND" "$seed" "$n" . "$v"
+  for k in $(seq "$n"); do RUN -m "$m" --backend cpu $(cat flags.$k) < in.$k > solo.$k; done
+  local pids=()
+  for k in $(seq "$n"); do
     if [ $((k % 2)) = 0 ]; then
       ( set +e; "$DRIBBLE" $k in.$k | RUN --connect ./s.sock $(cat flags.$k) > via.$k 2> err.$k; echo $? > rc.$k ) &
     else
@@ -87,14 +90,29 @@ RUN() { timeout 60 "$PHI3_BIN/phi3-run" "$@"; }
     pids+=($!)
   done
   wait "${pids[@]}"
-  for k in $(seq 12); do
+  for k in $(seq "$n"); do
     [ "$(cat rc.$k)" = 0 ] || fail "stream $k exit $(cat rc.$k): $(cat err.$k)"
     cmp solo.$k via.$k || fail "stream $k ($(cat flags.$k)) differs from its solo run"
   done
   kill -TERM "$SERVER"
   wait "$SERVER"
-  grep -q 'server stats: 12 streams served' server.err || fail "$(cat server.err)"
-  grep -q 'streams per step' server.err
+  grep -q "server stats: $n streams served" server.err || fail "$(cat server.err)"
+}
+
+@test "server: 12 concurrent random streams in batched steps, dribbled in pieces, each equals its solo run (tiny-longrope)" {
+  concurrent "$LONGROPE" 32064 7 12
+  # the steps did run several streams in one forward
+  grep 'server stats:.*batched' server.err | grep -vq '(0 batched)' || fail "$(cat server.err)"
+}
+
+@test "server: 12 concurrent random streams, one forward per stream (--no-batch), each equals its solo run" {
+  concurrent "$LONGROPE" 32064 8 12 --no-batch
+  grep -q '(0 batched)' server.err
+}
+
+@test "server: 16 concurrent random streams in batched steps on tiny-gqa-window (GQA, sliding window 16)" {
+  concurrent "$GQA" 512 9 16 --chunk 16
+  grep 'server stats:.*batched' server.err | grep -vq '(0 batched)' || fail "$(cat server.err)"
 }
 
 @test "server: errors come back as phi3-run's line and exit 1; frames before them are answered" {
@@ -292,4 +310,31 @@ print(n > 128000)' "$D/s.sock" ok
   assert_err "phi3-run:" "per stream"
   run --separate-stderr "$PHI3_BIN/phi3-run" -m "$LONGROPE" --serve a --kv-budget 12X
   assert_status 2
+}
+
+@test "server: many prompts over two servers with GNU parallel (docs/SERVER.md) equal the runs without a server" {
+  command -v parallel > /dev/null || skip "GNU parallel is not installed (make deps)"
+  serve ./srv1 --stats
+  s1=$SERVER
+  serve ./srv2 --stats
+  s2=$SERVER
+  "$PY" -c '
+import json, random
+r = random.Random(4)
+for i in range(4):
+    print(json.dumps({"type": "tokens", "ids": [r.randrange(32064) for _ in range(r.randint(3, 40))]}))' > prompts.jsonl
+  # one generation loop per prompt; {%} is the job slot: slot 1 uses srv1, slot 2 srv2
+  cat > gen.sh <<'SH'
+set -eu
+d=$(mktemp -d); trap 'rm -rf "$d"' EXIT; mkfifo "$d/fb"
+{ "$PHI3_BIN/phi3-dump" -r; cat "$d/fb"; } | "$PHI3_BIN/phi3-run" "$@" \
+  | "$PHI3_BIN/phi3-sample" --greedy -n 4 | tee "$d/fb" | "$PHI3_BIN/phi3-dump"
+SH
+  timeout 120 parallel --will-cite --pipe -N1 -j2 -k bash gen.sh --connect ./srv{%} < prompts.jsonl > served
+  timeout 120 parallel --will-cite --pipe -N1 -j1 -k bash gen.sh -m "$LONGROPE" --backend cpu < prompts.jsonl > plain
+  [ "$(grep -c '"type":"end"' plain)" = 4 ]
+  cmp plain served
+  kill -TERM "$s1" "$s2"
+  wait "$s1" "$s2"
+  [ "$(grep -c 'server stats: [1-9][0-9]* streams served' server.err)" = 2 ] || fail "$(cat server.err)"
 }
