@@ -98,6 +98,23 @@ fs=list(msgpack.Unpacker(sys.stdin.buffer,raw=False)); sys.stdout.buffer.write(b
   cmp "$BATS_TEST_TMPDIR/a" "$BATS_TEST_TMPDIR/d"
 }
 
+@test "scalar, AVX2 and AVX-512 paths give byte-identical logits (canonical dot order)" {
+  # frames of 1, 3, 4 and 70 tokens exercise the one-token, few-token and blocked paths
+  local i=$(ids "$LONGROPE/reference.safetensors" cross.prompt) R="$LONGROPE/reference.safetensors"
+  local all=($i $(ids "$R" cross.greedy))
+  { tokens_frame "${all[@]:0:70}"; tokens_frame "${all[@]:70:4}"; tokens_frame "${all[@]:74:3}"; tokens_frames "${all[@]:77:3}"; } \
+    > "$BATS_TEST_TMPDIR/in"
+  RUN -m "$LONGROPE" --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/avx"
+  PHI3_NO_AVX512=1 RUN -m "$LONGROPE" --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/avx2"
+  PHI3_NO_AVX=1 RUN -m "$LONGROPE" --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/scalar"
+  [ -s "$BATS_TEST_TMPDIR/avx" ]
+  cmp "$BATS_TEST_TMPDIR/avx" "$BATS_TEST_TMPDIR/avx2"
+  cmp "$BATS_TEST_TMPDIR/avx" "$BATS_TEST_TMPDIR/scalar"
+  run CHECK "$GQA/reference.safetensors" all.logits < <(tokens_frame $(ids "$GQA/reference.safetensors" all.ids) \
+    | PHI3_NO_AVX=1 RUN -m "$GQA" --all-logits)
+  assert_status 0
+}
+
 @test "-v reports weights, context and memory on stderr; stdout stays frames" {
   run --separate-stderr bash -c "$(declare -f tokens_frame json2frames); tokens_frame 1 2 | $PHI3_BIN/phi3-run -m $GQA -v | $PHI3_BIN/phi3-dump | wc -l"
   assert_status 0

@@ -76,6 +76,17 @@ reused() { grep -o 'reused [0-9]*' stats | cut -d' ' -f2; }
   cmp fresh.out sess.out
 }
 
+@test "a session written with AVX and reused under PHI3_NO_AVX=1 (and back) changes no bit" {
+  frames 6 32064 40 -3 > p.bin
+  "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > /dev/null
+  PHI3_NO_AVX=1 "$RUN" -m "$LONGROPE" -q < p.bin > fresh.out
+  PHI3_NO_AVX=1 "$RUN" -m "$LONGROPE" -q --session "$S" --stats < p.bin > sess.out 2> stats
+  [ "$(reused)" -ge 39 ] || fail "$(cat stats)"
+  cmp fresh.out sess.out
+  "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > sess2.out
+  cmp fresh.out sess2.out
+}
+
 @test "--stats: reused N, computed, prefill and decode times on stderr" {
   frames 4 512 30 -3 > p.bin
   "$RUN" -m "$GQA" -q --session "$S" < p.bin > /dev/null
