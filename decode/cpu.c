@@ -340,10 +340,9 @@ static void hook(cpu *c, int stage, int pos0, int n, const float *x)
 }
 
 /* Layer l for n tokens at positions pos0.. of c's context: RoPE on their q and k rows
- * (qkv: n rows of q|k|v, cos/sin in cs), their K and V into c's cache, attention over it
- * into att (n rows of nh * hd). qkv/att/cs are c's scratch, or a context's rows of a
- * batch's stacked buffers (backend_cpu_forward_batch). */
-static void attend(cpu *c, int l, int pos0, int n, float *qkv, float *att, const float *cs_all)
+ * (qkv: n rows of q|k|v, cos/sin in cs), their K and V into c's cache. qkv/cs are c's
+ * scratch, or a context's rows of a batch's stacked buffers (backend_cpu_forward_batch). */
+static void kv_put(cpu *c, int l, int pos0, int n, float *qkv, const float *cs_all)
 {
     const phi3_config *cf = &c->b.m->cfg;
     int hd = cf->head_dim, nh = cf->n_heads, nkv = cf->n_kv_heads;
@@ -357,14 +356,9 @@ static void attend(cpu *c, int l, int pos0, int n, float *qkv, float *att, const
         memcpy(row, k, (size_t)c->kvdim * sizeof(float));
         memcpy(row + c->kvdim, v, (size_t)c->kvdim * sizeof(float));
     }
-    float *sq = c->qkv, *sa = c->att;   /* att_tiles reads c->qkv and writes c->att */
-    c->qkv = qkv;
-    c->att = att;
-    att_job aj = {c, l, pos0, n};
-    pool_run(c->pool, att_tiles, &aj, nh * ((n + ATT_TQ - 1) / ATT_TQ));
-    c->qkv = sq;
-    c->att = sa;
 }
+
+static int att_items(const cpu *c, int n) { return c->b.m->cfg.n_heads * ((n + ATT_TQ - 1) / ATT_TQ); }
 
 /* n <= CHUNK tokens at positions pos0.. (already room in kv). logits: NULL, or where the
  * logits of the last token (all = 0) or of every token go. */
@@ -387,7 +381,9 @@ static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int 
         const phi3_layer *L = &m->layers[l];
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &L->ln1, H, cf->rms_eps);
         matmul(c, &L->qkv, 0, c->qkvdim, c->xb, H, n, c->qkv, c->qkvdim);
-        attend(c, l, pos0, n, c->qkv, c->att, c->cs);
+        kv_put(c, l, pos0, n, c->qkv, c->cs);
+        att_job aj = {c, l, pos0, n};
+        pool_run(c->pool, att_tiles, &aj, att_items(c, n));
         matmul(c, &L->o, 0, H, c->att, nh * hd, n, c->xb, H);
         for (size_t i = 0; i < (size_t)n * H; i++) c->x[i] += c->xb[i];
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &L->ln2, H, cf->rms_eps);
@@ -564,7 +560,30 @@ size_t backend_cpu_kv_bytes(const backend *b)
 struct cpu_batch {
     float *x, *xb, *qkv, *att, *hb, *cs, *lx, *lg;
     int rows_cap, lrows_cap;
+    att_job *jobs;                      /* per context */
+    int *first;                         /* [k + 1]: first attention item of each context */
+    float **sq, **sa;                   /* each context's own scratch, put back after */
+    int k_cap;
 };
+
+/* The attention items of several contexts as one parallel loop: items [first[i],
+ * first[i + 1]) are context i's. The threads are those of the first context's pool;
+ * every context has as many (its per-thread scratch is indexed by tid). */
+typedef struct att_multi {
+    att_job *j;
+    int *first;
+    int k;
+} att_multi;
+
+static void att_multi_run(void *ctx, int begin, int end, int tid)
+{
+    att_multi *a = ctx;
+    for (int i = 0; i < a->k; i++) {
+        int b0 = a->first[i], e0 = a->first[i + 1];
+        int b = begin > b0 ? begin : b0, e = end < e0 ? end : e0;
+        if (b < e) att_tiles(&a->j[i], b - b0, e - b0, tid);
+    }
+}
 
 void backend_cpu_batch_free(cpu_batch *w)
 {
@@ -577,6 +596,10 @@ void backend_cpu_batch_free(cpu_batch *w)
     free(w->cs);
     free(w->lx);
     free(w->lg);
+    free(w->jobs);
+    free(w->first);
+    free(w->sq);
+    free(w->sa);
     free(w);
 }
 
@@ -640,6 +663,16 @@ int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids,
     if (!*ws) *ws = xcalloc(1, sizeof **ws);
     cpu_batch *w = *ws;
     if (batch_reserve(w, cf, qkvdim, rows, lrows)) return berr(c0, "out of memory for a batch of %d rows", rows);
+    if (k > w->k_cap) {
+        w->jobs = xrealloc(w->jobs, (size_t)k * sizeof *w->jobs);
+        w->first = xrealloc(w->first, (size_t)(k + 1) * sizeof *w->first);
+        w->sq = xrealloc(w->sq, (size_t)k * sizeof *w->sq);
+        w->sa = xrealloc(w->sa, (size_t)k * sizeof *w->sa);
+        w->k_cap = k;
+    }
+    w->first[0] = 0;
+    int same_threads = 1;
+    for (int i = 1; i < k; i++) same_threads &= pool_threads(((cpu *)bs[i])->pool) == pool_threads(c0->pool);
 
     size_t es = st_dtype_size(m->embed.dtype);
     for (int i = 0, r = 0; i < k; r += n[i], i++) {
@@ -658,9 +691,29 @@ int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids,
         const phi3_layer *L = &m->layers[l];
         for (int t = 0; t < rows; t++) rmsnorm(w->xb + (size_t)t * H, w->x + (size_t)t * H, &L->ln1, H, cf->rms_eps);
         matmul(c0, &L->qkv, 0, qkvdim, w->xb, H, rows, w->qkv, qkvdim);
-        for (int i = 0, r = 0; i < k; r += n[i], i++)
-            attend((cpu *)bs[i], l, bs[i]->n_ctx, n[i], w->qkv + (size_t)r * qkvdim, w->att + (size_t)r * nh * hd,
-                   w->cs + (size_t)r * hd);
+        /* RoPE and KV rows per context; then the attention of every context in one
+         * parallel loop, each over its own cache, with its rows of the stacked buffers
+         * standing in for its scratch (att_tiles reads c->qkv, writes c->att) */
+        for (int i = 0, r = 0; i < k; r += n[i], i++) {
+            cpu *c = (cpu *)bs[i];
+            kv_put(c, l, c->b.n_ctx, n[i], w->qkv + (size_t)r * qkvdim, w->cs + (size_t)r * hd);
+            w->jobs[i] = (att_job){c, l, c->b.n_ctx, n[i]};
+            w->first[i + 1] = w->first[i] + att_items(c, n[i]);
+            w->sq[i] = c->qkv;
+            w->sa[i] = c->att;
+            c->qkv = w->qkv + (size_t)r * qkvdim;
+            c->att = w->att + (size_t)r * nh * hd;
+        }
+        if (same_threads) {
+            att_multi am = {w->jobs, w->first, k};
+            pool_run(c0->pool, att_multi_run, &am, w->first[k]);
+        } else {
+            for (int i = 0; i < k; i++) pool_run(((cpu *)bs[i])->pool, att_tiles, &w->jobs[i], w->first[i + 1] - w->first[i]);
+        }
+        for (int i = 0; i < k; i++) {
+            ((cpu *)bs[i])->qkv = w->sq[i];
+            ((cpu *)bs[i])->att = w->sa[i];
+        }
         matmul(c0, &L->o, 0, H, w->att, nh * hd, rows, w->xb, H);
         for (size_t e = 0; e < (size_t)rows * H; e++) w->x[e] += w->xb[e];
         for (int t = 0; t < rows; t++) rmsnorm(w->xb + (size_t)t * H, w->x + (size_t)t * H, &L->ln2, H, cf->rms_eps);

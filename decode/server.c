@@ -531,6 +531,7 @@ static int next_piece(server *sv, conn *c, int chunk, piece *p)
         }
         ctx_note(c, n_ctx, c->ids, it->n);
     }
+    if (c->all_logits && chunk > 256) chunk = 256;   /* logits memory, as phi3-run's steps */
     size_t n = it->n, k = n - c->done < (size_t)chunk ? n - c->done : (size_t)chunk;
     /* The piece that crosses original_max reaches past it, so the LongRoPE mode is set
      * once for the frame (a solo phi3-run sets it from the frame's end). */
@@ -815,7 +816,11 @@ int server_main(const server_opts *o)
         if (got_term && !sv.draining) {
             sv.draining = 1;
             unlisten(&sv);
-            for (int i = 0; i < sv.nc; i++) sv.c[i]->in_eof = sv.c[i]->in_eof || sv.c[i]->state == ST_OPEN;
+            /* the frames that have arrived are answered; nothing later is read */
+            for (int i = 0; i < sv.nc; i++) {
+                conn_read(&sv, sv.c[i]);
+                sv.c[i]->in_eof = 1;
+            }
             if (o->verbose || o->stats) phi3_err("draining %d streams", sv.nc);
         }
         if (got_term > 1) phi3_die("second signal: stopping now with %d streams open", sv.nc);

@@ -40,6 +40,18 @@ serve() {
   fail "no socket $s after 10 s: $(cat server.err)"
 }
 
+# stop PID...: SIGTERM (the drain), then wait at most 30 s for each; 0 if all exited 0
+stop() {
+  local p i st=0
+  kill -TERM "$@"
+  for p in "$@"; do
+    for i in $(seq 300); do kill -0 "$p" 2> /dev/null || break; sleep 0.1; done
+    kill -0 "$p" 2> /dev/null && { kill -9 "$p"; fail "server $p did not drain within 30 s"; }
+    wait "$p" || st=$?
+  done
+  return "$st"
+}
+
 # frames JSON...: one frame per JSON argument
 frames() { printf '%s\n' "$@" | json2frames; }
 
@@ -94,8 +106,7 @@ concurrent() {
     [ "$(cat rc.$k)" = 0 ] || fail "stream $k exit $(cat rc.$k): $(cat err.$k)"
     cmp solo.$k via.$k || fail "stream $k ($(cat flags.$k)) differs from its solo run"
   done
-  kill -TERM "$SERVER"
-  wait "$SERVER"
+  stop "$SERVER"
   grep -q "server stats: $n streams served" server.err || fail "$(cat server.err)"
 }
 
@@ -157,18 +168,20 @@ concurrent() {
   cmp solo via
   # and the server goes on serving
   RUN --connect ./s.sock < in.1 | cmp - solo
-  kill -USR1 "$SERVER"
-  sleep 0.3
+  for i in $(seq 100); do
+    kill -USR1 "$SERVER"; sleep 0.1
+    grep -q 'server stats: 3 streams served (0 open' server.err && break
+  done
   grep -q 'server stats: 3 streams served (0 open' server.err || fail "$(cat server.err)"
 }
 
 @test "server: --max-streams and --kv-budget refuse a stream that does not fit with one clear line, no hang" {
   serve ./s.sock --max-streams 1
   mkfifo hold
-  ( RUN --connect ./s.sock < hold > /dev/null 2>&1 ) &
+  ( RUN --connect ./s.sock < hold > first 2>&1 ) &
   exec 4> hold
   frames '{"type":"tokens","ids":[1]}' >&4
-  sleep 0.3
+  for i in $(seq 200); do [ -s first ] && break; sleep 0.05; done   # it is being served
   run --separate-stderr RUN --connect ./s.sock < /dev/null
   assert_status 1
   assert_err "phi3-run: server: no room for this stream" "--max-streams 1"
@@ -227,26 +240,55 @@ concurrent() {
   [ "$(cat plain)" = data ]
 }
 
-@test "server: SIGTERM drains: frames in flight are answered, the stream is told, exit 0, socket removed" {
+# drain MODE: a raw client has one frame answered; the server is stopped (SIGSTOP), the
+# client sends the rest of its frames (and with MODE eof ends its input), the server gets
+# SIGTERM and SIGCONT: everything sent before the signal must be answered.
+drain() {
   serve ./s.sock
   "$RAND" 9 1 .
-  RUN -m "$LONGROPE" --backend cpu < in.1 > solo
-  RUN --connect ./s.sock < in.1 > /dev/null
+  frames '{"type":"tokens","ids":[1,2,3]}' > first
+  { cat first in.1; } > all
+  RUN -m "$LONGROPE" --backend cpu < all > solo
+  timeout 60 "$ROOT/tests/lib/rawclient.py" ./s.sock first in.1 via "$1" &
+  client=$!
+  for i in $(seq 200); do [ -e via.ready ] && break; sleep 0.05; done
+  kill -STOP "$SERVER"
+  touch via.go
+  for i in $(seq 200); do [ -e via.sent ] && break; sleep 0.05; done
+  [ -e via.sent ]
+  kill -TERM "$SERVER"
+  kill -CONT "$SERVER"
+  for i in $(seq 300); do kill -0 "$SERVER" 2> /dev/null || break; sleep 0.1; done
+  st=0; wait "$SERVER" || st=$?
+  [ "$st" = 0 ] || fail "server exit $st: $(cat server.err)"
+  wait "$client"
+  [ ! -e ./s.sock ]
+  cmp solo via
+}
+
+@test "server: SIGTERM drains: frames that arrived are answered, a stream whose input ended gets done, exit 0" {
+  drain eof
+  [ "$(cat via.last)" = "done " ]
+}
+
+@test "server: SIGTERM drains: a stream whose input goes on is answered, then told the server is shutting down" {
+  drain open
+  grep -q "^error server is shutting down" via.last || fail "$(cat via.last)"
+}
+
+@test "server: a client still sending when the server drains exits 1 with the server's line" {
+  serve ./s.sock
   mkfifo hold
   ( set +e; RUN --connect ./s.sock < hold > via 2> err; echo $? > rc ) &
   client=$!
   exec 4> hold
-  cat in.1 >&4
-  sleep 0.5
-  kill -TERM "$SERVER"
-  st=0; wait "$SERVER" || st=$?
-  [ "$st" = 0 ] || fail "server exit $st: $(cat server.err)"
+  frames '{"type":"tokens","ids":[1,2,3]}' >&4
+  for i in $(seq 200); do [ -s via ] && break; sleep 0.05; done
+  stop "$SERVER"
   wait "$client" || true
   exec 4>&-
-  [ ! -e ./s.sock ]
-  cmp solo via                        # every frame sent before the signal was answered
   [ "$(cat rc)" = 1 ]
-  grep -q "phi3-run: server is shutting down" err
+  [ "$(cat err)" = "phi3-run: server is shutting down (SIGTERM): later frames were not read" ]
 }
 
 @test "server: --connect without a server, and a server that dies mid-stream, are errors (exit 1)" {
@@ -255,11 +297,12 @@ concurrent() {
   assert_err "phi3-run: --connect: no server at" "none.sock"
   serve ./s.sock
   mkfifo hold
-  ( set +e; RUN --connect ./s.sock < hold > /dev/null 2> err; echo $? > rc ) &
+  ( set +e; RUN --connect ./s.sock < hold > via 2> err; echo $? > rc ) &
   client=$!
   exec 4> hold
-  frames '{"type":"tokens","ids":[1]}' >&4
-  sleep 0.3
+  frames '{"type":"tokens","ids":[1]}' > one
+  cat one >&4
+  for i in $(seq 200); do [ -s via ] && break; sleep 0.05; done
   kill -9 "$SERVER"
   wait "$client" || true
   exec 4>&-
@@ -334,7 +377,6 @@ SH
   timeout 120 parallel --will-cite --pipe -N1 -j1 -k bash gen.sh -m "$LONGROPE" --backend cpu < prompts.jsonl > plain
   [ "$(grep -c '"type":"end"' plain)" = 4 ]
   cmp plain served
-  kill -TERM "$s1" "$s2"
-  wait "$s1" "$s2"
+  stop "$s1" "$s2"
   [ "$(grep -c 'server stats: [1-9][0-9]* streams served' server.err)" = 2 ] || fail "$(cat server.err)"
 }
