@@ -380,3 +380,12 @@ SH
   stop "$s1" "$s2"
   [ "$(grep -c 'server stats: [1-9][0-9]* streams served' server.err)" = 2 ] || fail "$(cat server.err)"
 }
+
+@test "server: --backend cuda without a usable device fails at start with the backend's line (no socket left)" {
+  "$PHI3_BIN/phi3-run" --help | grep -q -- --serve
+  run --separate-stderr timeout 10 "$PHI3_BIN/phi3-run" -m "$LONGROPE" --serve ./c.sock --backend cuda
+  if [ "$status" = 124 ]; then skip "a CUDA device is present: the server ran"; fi
+  assert_status 1
+  assert_err "phi3-run: cuda backend:" ""
+  [ ! -e ./c.sock ]
+}
