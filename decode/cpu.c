@@ -41,6 +41,7 @@ typedef struct cpu {
     float **scores;             /* per thread [att_scratch_floats()] */
     float **gscratch;           /* per thread [gemm_scratch_floats()] */
     int kv_f16;                 /* K and V stored as IEEE half (--kv-type f16) */
+    int shared_pool;            /* pool belongs to another backend (backend_cpu_share_pool) */
     cpu_hidden_fn hook;
     void *hook_ctx;
 } cpu;
@@ -450,7 +451,7 @@ static void cpu_destroy(backend *b)
     free(c->scores);
     for (int t = 0; c->gscratch && t < pool_threads(c->pool); t++) free(c->gscratch[t]);
     free(c->gscratch);
-    pool_free(c->pool);
+    if (!c->shared_pool) pool_free(c->pool);
     if (c->own_kv) free(c->kv.base);
     free(c->ids);
     free(c->inv_freq[0]);
@@ -741,5 +742,17 @@ int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids,
         memcpy(logits[i], w->lg + (size_t)lr * cf->vocab, (size_t)cnt * cf->vocab * sizeof(float));
         lr += cnt;
     }
+    return 0;
+}
+
+int backend_cpu_share_pool(backend *b, const backend *from)
+{
+    cpu *c = (cpu *)b;
+    const cpu *f = (const cpu *)from;
+    if (b->ops != &cpu_ops || from->ops != &cpu_ops || pool_threads(c->pool) != pool_threads(f->pool)) return -1;
+    if (c->pool == f->pool) return 0;
+    if (!c->shared_pool) pool_free(c->pool);
+    c->pool = f->pool;
+    c->shared_pool = 1;
     return 0;
 }

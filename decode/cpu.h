@@ -24,4 +24,9 @@ int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids,
                               const int *all, int k);
 void backend_cpu_batch_free(cpu_batch *w);
 
+/* Let b run its parallel loops on the threads of from (same thread count; from must
+ * outlive b): one set of threads for many contexts that never compute at the same time
+ * (the server's streams). 0 ok; -1 (nothing changed) if the counts differ. */
+int backend_cpu_share_pool(backend *b, const backend *from);
+
 #endif

@@ -143,6 +143,7 @@ typedef struct server {
     double busy_s, t0;
     long hist[6];                       /* steps with 1, 2, 3-4, 5-8, 9-16, >16 streams */
     cpu_batch *batch_ws;                /* backend_cpu_forward_batch workspace */
+    backend *pool_owner;                /* CPU: holds the threads every stream's backend uses */
     long batched_steps;
 } server;
 
@@ -298,6 +299,11 @@ static int conn_setup(server *sv, conn *c)
     if (!c->b) {
         conn_fail(c, "%s backend: %s", sv->use_cuda ? "cuda" : "cpu", err);
         return -1;
+    }
+    if (!sv->use_cuda) {
+        /* one set of threads for every stream: they compute one after another */
+        if (!sv->pool_owner) sv->pool_owner = backend_cpu_new(sv->m, 1, sv->o->threads, NULL, err, sizeof err);
+        if (sv->pool_owner) backend_cpu_share_pool(c->b, sv->pool_owner);
     }
     if (c->s) session_attach(c->s, c->b, sv->o->threads);
     return 0;
@@ -891,6 +897,7 @@ int server_main(const server_opts *o)
     unlisten(&sv);
     the_server = NULL;
     backend_cpu_batch_free(sv.batch_ws);
+    if (sv.pool_owner) sv.pool_owner->ops->destroy(sv.pool_owner);
     model_free(sv.m);
     return 0;
 }

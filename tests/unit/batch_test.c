@@ -33,6 +33,10 @@ static void check_model(const char *dir, int steps)
         bb[i] = backend_cpu_new(m, 0, i == K - 1 ? 1 : 2, NULL, err, sizeof err);   /* one with 1 thread */
         solo[i] = backend_cpu_new(m, 0, 1, NULL, err, sizeof err);
     }
+    /* as the server does: the 2-thread contexts run on the threads of the first */
+    int shared = 0;
+    for (int i = 1; i < K; i++) shared += backend_cpu_share_pool(bb[i], bb[0]) == 0;
+    ok(shared == K - 2, "%d contexts share the first one's threads; the 1-thread one cannot", shared);
     cpu_batch *ws = NULL;
     float *lg[K], *ref = xmalloc((size_t)64 * V * sizeof(float));
     for (int i = 0; i < K; i++) lg[i] = xmalloc((size_t)64 * V * sizeof(float));
@@ -99,7 +103,7 @@ static void check_model(const char *dir, int steps)
     ok(backend_cpu_forward_batch(&ws, bb, bip, &one, nol, &zero, 1) == -1 && strstr(bb[0]->err, "out of range") &&
        bb[0]->n_ctx == before, "an id out of range is refused, the context unchanged");
     backend_cpu_batch_free(ws);
-    for (int i = 0; i < K; i++) {
+    for (int i = K - 1; i >= 0; i--) {      /* the threads' owner, bb[0], last */
         bb[i]->ops->destroy(bb[i]);
         solo[i]->ops->destroy(solo[i]);
         free(lg[i]);
