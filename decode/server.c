@@ -345,8 +345,9 @@ static void on_hello(server *sv, conn *c, const frame *f)
     const char *s;
     size_t sl;
     int rc = frame_int(f, "version", &v);
-    if (rc < 0 || (rc > 0 && v != 1)) {
-        conn_fail(c, "hello: protocol version %s not supported (this server speaks 1)", rc < 0 ? "(not an int)" : "");
+    if (rc < 0) { conn_fail(c, "hello: version is not an integer"); return; }
+    if (rc > 0 && v != 1) {
+        conn_fail(c, "hello: protocol version %lld not supported (this server speaks 1)", (long long)v);
         return;
     }
     if ((rc = frame_bool(f, "all_logits", &b)) < 0) { conn_fail(c, "hello: all_logits is not a boolean"); return; }

@@ -389,3 +389,27 @@ SH
   assert_err "phi3-run: cuda backend:" ""
   [ ! -e ./c.sock ]
 }
+
+@test "server: bad hello frames and a late hello are refused with a line, and the server goes on" {
+  serve ./s.sock
+  frames '{"type":"tokens","ids":[1,2]}' > ok
+  for h in '{"type":"hello","version":2}' '{"type":"hello","ctx":0}' '{"type":"hello","all_logits":1}' \
+           '{"type":"hello","session":"../x"}' '{"type":"hello","ctx":999999}'; do
+    frames "$h" | cat - ok > in
+    run --separate-stderr timeout 20 "$PY" -c '
+import socket, sys, msgpack
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(open(sys.argv[2], "rb").read())
+s.shutdown(socket.SHUT_WR); u = msgpack.Unpacker(raw=False)
+while True:
+    b = s.recv(1 << 20)
+    if not b: break
+    u.feed(b)
+for f in u: print(f["type"], f.get("message", ""))' ./s.sock in
+    [ "$status" = 0 ] && [[ "$output" == "error "* ]] && [ "$(echo "$output" | wc -l)" = 1 ] || fail "$h: $output"
+  done
+  # a hello that is not the first frame: frame 2 (counting without the first hello)
+  run --separate-stderr timeout 20 "$PHI3_BIN/phi3-run" --connect ./s.sock < <(cat ok; frames '{"type":"hello"}')
+  assert_status 1
+  assert_err "phi3-run: frame 2:" "hello frame must be the first"
+  RUN --connect ./s.sock < ok | cmp - <(RUN -m "$LONGROPE" --backend cpu < ok)
+}
