@@ -29,4 +29,9 @@ void backend_cpu_batch_free(cpu_batch *w);
  * (the server's streams). 0 ok; -1 (nothing changed) if the counts differ. */
 int backend_cpu_share_pool(backend *b, const backend *from);
 
+/* Which dot-product kernels compute, as a session records it. Since every path follows
+ * the canonical order of decode/gemm.h (AVX-512, AVX2 and the portable C give the same
+ * bits), this is one value; a session records it so a future path that differs can say so. */
+int backend_cpu_kernel(void);
+
 #endif

@@ -23,7 +23,9 @@ static const char usage[] =
 "these tokens (the position the logits predict), data = float32 x vocab. A tokens frame\n"
 "whose pos is behind the context rewinds it to pos first; one with partial=true (more of\n"
 "the same prompt follows, as phi3-template | phi3-tok mark it) gets no logits frame.\n"
-"end frames (a finished turn)\n"
+"An empty tokens frame (ids []) that is not partial gets the logits of the context as\n"
+"it stands (after its pos), pos = the context length; with an empty context it is an\n"
+"error. end frames (a finished turn)\n"
 "are consumed and not forwarded; other frame types are ignored. Runs until end of input.\n"
 "\n"
 "  -m, --model DIR        Hugging Face model directory (default $PHI3_MODEL)\n"
@@ -32,6 +34,9 @@ static const char usage[] =
 "      --threads N        CPU threads (default: every core)\n"
 "      --all-logits       one logits frame per input position (pos = position + 1)\n"
 "      --ctx N            context limit in positions (default max_position_embeddings)\n"
+"      --kv-type T        CPU backend: f32 (default; logits within 1e-5 of transformers)\n"
+"                         or f16 (half the KV memory and session size); a session\n"
+"                         keeps its type, and without --kv-type a run takes it\n"
 "  -v, --verbose          model, weights, context size and memory on stderr\n"
 "  -q, --quiet            no backend line from --backend auto\n"
 "      --session NAME     keep the context in the shared-memory session NAME and reuse\n"
@@ -64,7 +69,7 @@ static const char usage[] =
 
 enum { OPT_BACKEND = 256, OPT_THREADS, OPT_ALL, OPT_CTX, OPT_VERSION, OPT_SESSION, OPT_NOWAIT,
        OPT_SLIST, OPT_SINFO, OPT_SRM, OPT_STATS, OPT_SERVE, OPT_CONNECT, OPT_MAXSTREAMS, OPT_KVBUDGET,
-       OPT_CHUNK, OPT_NOBATCH };
+       OPT_CHUNK, OPT_NOBATCH, OPT_KVTYPE };
 
 /* BYTES with an optional K, M or G suffix (powers of 1024). */
 static long long opt_bytes(const char *name, const char *s)
@@ -88,6 +93,8 @@ typedef struct run {
     float *logits;              /* [cap_positions * vocab] */
     size_t logits_cap;          /* positions */
     long tokens;                /* ids consumed */
+    int32_t *ctx;               /* the context's ids (an empty frame recomputes the last) */
+    size_t ctx_cap;
     session *s;                 /* --session, or NULL */
     session_stats st;
 } run;
@@ -118,6 +125,43 @@ static void forward_or_die(run *r, const int32_t *ids, int n, float *logits, int
     if (session_forward(r->s, r->b, ids, n, logits, all, &r->st, err, sizeof err)) phi3_die("%s", err);
 }
 
+/* Rewind the context to pos (< its length). */
+static void rewind_or_die(run *r, int pos)
+{
+    char err[300];
+    if (r->s && session_rewind(r->s, pos, err, sizeof err)) phi3_die("%s", err);
+    if (!r->s && r->b->ops->truncate(r->b, pos)) phi3_die("%s", r->b->err);
+}
+
+/* Keep the context's ids: ids[0..n) now hold positions [pos0, pos0 + n). */
+static void ctx_note(run *r, int pos0, const int32_t *ids, size_t n)
+{
+    if ((size_t)pos0 + n > r->ctx_cap) {
+        r->ctx_cap = ((size_t)pos0 + n) * 2;
+        r->ctx = xrealloc(r->ctx, r->ctx_cap * sizeof *r->ctx);
+    }
+    memcpy(r->ctx + pos0, ids, n * sizeof *ids);
+}
+
+/* An empty tokens frame that is not partial asks for the logits of the context as it is
+ * (after its pos, if it rewinds): the last position is computed again. */
+static void on_empty(run *r, const frame *f, int n_ctx, bool partial)
+{
+    if (partial) {
+        fw_tokens(&r->w, NULL, 0, n_ctx);
+        return;
+    }
+    if (n_ctx == 0)
+        phi3_die("frame %ld: empty tokens frame with an empty context (no position to predict from)",
+                 f->index);
+    int32_t last = r->ctx[n_ctx - 1];
+    rewind_or_die(r, n_ctx - 1);
+    float *lg = logits_for(r, 1);
+    forward_or_die(r, &last, 1, lg, 0);
+    fw_tokens(&r->w, NULL, 0, n_ctx);
+    fw_logits(&r->w, n_ctx, lg, (size_t)r->m->cfg.vocab);
+}
+
 /* One tokens frame: validate, append, forward the frame, write the logits (none for a
  * frame with partial: true, unless --all-logits). */
 static void on_tokens(run *r, const frame *f)
@@ -137,9 +181,7 @@ static void on_tokens(run *r, const frame *f)
         if (pos < 0 || pos > n_ctx)
             phi3_die("frame %ld: tokens pos %lld is not within the context of %d positions", f->index,
                      (long long)pos, n_ctx);
-        char err[300];
-        if (pos < n_ctx && r->s && session_rewind(r->s, (int)pos, err, sizeof err)) phi3_die("%s", err);
-        if (pos < n_ctx && !r->s && r->b->ops->truncate(r->b, (int)pos)) phi3_die("%s", r->b->err);
+        if (pos < n_ctx) rewind_or_die(r, (int)pos);
         n_ctx = (int)pos;
     }
     if ((long long)n_ctx + (long long)n > r->b->max_ctx)
@@ -154,9 +196,11 @@ static void on_tokens(run *r, const frame *f)
     free(v);
     if (n == 0) {
         free(ids);
+        on_empty(r, f, n_ctx, partial);
         return;
     }
     int pos0 = n_ctx, V = cf->vocab;
+    ctx_note(r, pos0, ids, n);
     if (partial && !r->all_logits) {
         /* more of the same prompt follows (partial: true): append, forward, no logits */
         forward_or_die(r, ids, (int)n, NULL, 0);
@@ -204,7 +248,7 @@ int main(int argc, char **argv)
 {
     phi3_init("phi3-run");
     const char *mdir = NULL, *bname = "auto", *sname = NULL, *sinfo = NULL, *srm = NULL;
-    int nowait = 0, slist = 0, stats = 0;
+    int nowait = 0, slist = 0, stats = 0, kvt = -1;
     long threads = 0, ctx = 0, max_streams = 64, chunk = 64;
     long long kv_budget = 0;
     int nobatch = 0;
@@ -221,9 +265,9 @@ int main(int argc, char **argv)
         {"stats", no_argument, 0, OPT_STATS}, {"serve", required_argument, 0, OPT_SERVE},
         {"connect", required_argument, 0, OPT_CONNECT}, {"max-streams", required_argument, 0, OPT_MAXSTREAMS},
         {"kv-budget", required_argument, 0, OPT_KVBUDGET}, {"chunk", required_argument, 0, OPT_CHUNK},
-        {"no-batch", no_argument, 0, OPT_NOBATCH},
+        {"no-batch", no_argument, 0, OPT_NOBATCH}, {"kv-type", required_argument, 0, OPT_KVTYPE},
         {0, 0, 0, 0}};
-    while ((c = getopt_long(argc, argv, "m:vqh", opts, NULL)) != -1) {
+    while ((opterr = 0, c = getopt_long(argc, argv, ":m:vqh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': mdir = optarg; break;
         case OPT_BACKEND: bname = optarg; break;
@@ -246,12 +290,19 @@ int main(int argc, char **argv)
         case OPT_KVBUDGET: kv_budget = opt_bytes("--kv-budget", optarg); break;
         case OPT_CHUNK: chunk = opt_long("--chunk", optarg, 1, 65536); break;
         case OPT_NOBATCH: nobatch = 1; break;
-        default: fputs(usage, stderr); return 2;
+        case OPT_KVTYPE:
+            if (!strcmp(optarg, "f32")) kvt = KV_F32;
+            else if (!strcmp(optarg, "f16")) kvt = KV_F16;
+            else phi3_usage_die("--kv-type: expected f32 or f16, got '%s'", optarg);
+            break;
+        default: phi3_bad_option(argv, c);
         }
     }
     if (optind < argc) phi3_usage_die("unexpected operand '%s' (see --help)", argv[optind]);
     if (strcmp(bname, "auto") && strcmp(bname, "cpu") && strcmp(bname, "cuda"))
         phi3_usage_die("--backend: expected auto, cpu or cuda, got '%s'", bname);
+    if (kvt == KV_F16 && !strcmp(bname, "cuda"))
+        phi3_usage_die("--kv-type f16 applies to the CPU backend (the CUDA backend keeps its own fp16 cache)");
     if (slist + !!sinfo + !!srm > 1 || ((slist || sinfo || srm) && sname))
         phi3_usage_die("--session-list, --session-info, --session-rm and --session exclude each other");
     if (serve && conn) phi3_usage_die("--serve and --connect exclude each other");
@@ -276,7 +327,7 @@ int main(int argc, char **argv)
     if (serve) {
         server_opts so = {.socket = serve, .model_dir = mdir, .backend = bname, .threads = (int)threads,
                           .ctx = (int)ctx, .max_streams = (int)max_streams, .kv_budget = kv_budget,
-                          .chunk = (int)chunk, .batch = !nobatch, .stats = stats, .verbose = verbose, .quiet = quiet};
+                          .chunk = (int)chunk, .batch = !nobatch, .kv_type = kvt, .stats = stats, .verbose = verbose, .quiet = quiet};
         return server_main(&so);
     }
     run r = {.all_logits = all, .verbose = verbose};
@@ -287,13 +338,14 @@ int main(int argc, char **argv)
     const phi3_config *cf = &r.m->cfg;
     if (ctx > cf->max_pos)
         phi3_die("--ctx %ld exceeds max_position_embeddings %d of %s", ctx, cf->max_pos, mdir);
-    int use_cuda = !strcmp(bname, "cuda") || (!strcmp(bname, "auto") && backend_cuda_available());
-    if (sname && !(r.s = session_open(sname, r.m, (int)ctx, nowait, err, sizeof err))) phi3_die("%s", err);
+    int use_cuda = !strcmp(bname, "cuda") || (!strcmp(bname, "auto") && kvt != KV_F16 && backend_cuda_available());
+    if (sname && !(r.s = session_open_kv(sname, r.m, (int)ctx, nowait, kvt, err, sizeof err))) phi3_die("%s", err);
     kv_store kv;
     if (r.s) kv = session_kv(r.s);     /* CPU: the KV cache lives in the session's memory */
     if (use_cuda) r.b = backend_cuda_new(r.m, (int)ctx, err, sizeof err);
     else r.b = backend_cpu_new(r.m, (int)ctx, (int)threads, r.s ? &kv : NULL, err, sizeof err);
     if (!r.b) phi3_die("%s backend: %s", use_cuda ? "cuda" : "cpu", err);
+    if (!use_cuda && !r.s && kvt == KV_F16 && backend_cpu_set_kv_type(r.b, KV_F16)) phi3_die("%s", r.b->err);
     if (r.s) session_attach(r.s, r.b, (int)threads);
     if (!strcmp(bname, "auto") && !quiet)
         phi3_err("backend %s%s", r.b->ops->name, use_cuda ? "" : " (no CUDA device)");
@@ -303,8 +355,9 @@ int main(int argc, char **argv)
                  mdir, cf->n_layers, cf->hidden, cf->n_heads, cf->n_kv_heads, cf->vocab,
                  cf->rope_longrope ? "longrope" : "rope", r.m->weight_bytes / 1048576.0, r.m->n_shards,
                  r.m->fingerprint_hex, now_sec() - t0);
-        phi3_err("context limit %d positions (KV %.1f KiB per position)", r.b->max_ctx,
-                 kv_pos_floats(r.m) * 4 / 1024.0);
+        kv_type t = r.s ? session_kv(r.s).type : kvt == KV_F16 ? KV_F16 : KV_F32;
+        phi3_err("context limit %d positions (KV %s, %.1f KiB per position)", r.b->max_ctx, kv_type_name(t),
+                 kv_pos_floats(r.m) * kv_type_size(t) / 1024.0);
     }
 
     if (stats) {
@@ -332,6 +385,7 @@ int main(int argc, char **argv)
     r.b->ops->destroy(r.b);
     session_close(r.s);
     free(r.logits);
+    free(r.ctx);
     model_free(r.m);
     return 0;
 }

@@ -280,7 +280,7 @@ static int conn_setup(server *sv, conn *c)
     }
     int ctx = c->ctx ? c->ctx : sv->o->ctx ? sv->o->ctx : cf->max_pos;
     if (sv->o->kv_budget > 0) {
-        size_t need = (size_t)ctx * kv_pos_floats(sv->m) * sizeof(float);
+        size_t need = (size_t)ctx * kv_pos_floats(sv->m) * kv_type_size(sv->o->kv_type == KV_F16 ? KV_F16 : KV_F32);
         if (sv->reserved + need > (size_t)sv->o->kv_budget) {
             sv->refused++;
             conn_fail(c, "server: no room for this stream: its context of %d positions needs %.1f MiB of KV cache, "
@@ -298,6 +298,10 @@ static int conn_setup(server *sv, conn *c)
     else c->b = backend_cpu_new(sv->m, ctx, sv->o->threads, c->s ? &kv : NULL, err, sizeof err);
     if (!c->b) {
         conn_fail(c, "%s backend: %s", sv->use_cuda ? "cuda" : "cpu", err);
+        return -1;
+    }
+    if (!sv->use_cuda && !c->s && sv->o->kv_type == KV_F16 && backend_cpu_set_kv_type(c->b, KV_F16)) {
+        conn_fail(c, "%s", c->b->err);
         return -1;
     }
     if (!sv->use_cuda) {
@@ -367,7 +371,7 @@ static void on_hello(server *sv, conn *c, const frame *f)
         int ctx = c->ctx ? c->ctx : sv->o->ctx;
         if (ctx > sv->m->cfg.max_pos) ctx = sv->m->cfg.max_pos;
         /* Never wait for another writer: that would stall every stream. */
-        c->s = session_open(name, sv->m, ctx, 1, err, sizeof err);
+        c->s = session_open_kv(name, sv->m, ctx, 1, sv->o->kv_type, err, sizeof err);
         if (!c->s) { conn_fail(c, "%s", err); return; }
     }
     conn_setup(sv, c);
@@ -790,7 +794,8 @@ int server_main(const server_opts *o)
     const phi3_config *cf = &sv.m->cfg;
     if (o->ctx > cf->max_pos)
         phi3_die("--ctx %d exceeds max_position_embeddings %d of %s", o->ctx, cf->max_pos, o->model_dir);
-    sv.use_cuda = !strcmp(o->backend, "cuda") || (!strcmp(o->backend, "auto") && backend_cuda_available());
+    sv.use_cuda = !strcmp(o->backend, "cuda") || (!strcmp(o->backend, "auto") && o->kv_type != KV_F16 &&
+                                                   backend_cuda_available());
     if (sv.use_cuda) {
         /* fail now rather than at the first stream */
         backend *b = backend_cuda_new(sv.m, o->ctx, err, sizeof err);

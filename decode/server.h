@@ -15,6 +15,7 @@ typedef struct server_opts {
     long long kv_budget;                /* bytes of KV reserved by all streams (0: none) */
     int chunk;                          /* prefill tokens per stream per step */
     int batch;                          /* CPU: one forward over every stream per step */
+    int kv_type;                        /* --kv-type: KV_F32, KV_F16, or -1 (f32; a session's own) */
     int stats, verbose, quiet;
 } server_opts;
 

@@ -1,17 +1,23 @@
 /* model.c: load a Hugging Face Phi-3 directory: config.json, the safetensors shard(s),
  * every weight bound with the dtype and shape the forward pass expects, a fingerprint. */
 #include "embed/model.h"
+#include "embed/jscan.h"
 #include "shared/util.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define CONFIG_MAX (16u << 20)
+/* model.safetensors.index.json: Phi-3-mini's is 30 KB (one line per tensor); 16 MiB
+ * holds ~200,000 tensor names, far beyond any checkpoint we load. */
+#define INDEX_MAX (16u << 20)
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -20,6 +26,46 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
     return -1;
+}
+
+/* Read a small file of the model directory whole: opened O_NONBLOCK (a FIFO named
+ * config.json must not hang the load), regular files only, at most max bytes. NULL with
+ * "PATH: cause" in err. */
+static char *read_regular(const char *path, size_t max, size_t *len, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        fail(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    char *buf = NULL;
+    if (fstat(fd, &st)) fail(err, errlen, "%s: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode)) fail(err, errlen, "%s: not a regular file", path);
+    else if ((uint64_t)st.st_size > max)
+        fail(err, errlen, "%s: %lld bytes is more than the %zu MiB this loader reads", path, (long long)st.st_size,
+             max >> 20);
+    else {
+        size_t n = (size_t)st.st_size, got = 0;
+        ssize_t r = 1;
+        buf = xmalloc(n + 1);
+        while (got < n && r != 0) {
+            r = read(fd, buf + got, n - got);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) break;
+            got += (size_t)r;
+        }
+        if (got != n) {
+            fail(err, errlen, "%s: %s", path, r < 0 ? strerror(errno) : "shorter than its size (changed while read)");
+            free(buf);
+            buf = NULL;
+        } else {
+            buf[n] = 0;
+            *len = n;
+        }
+    }
+    close(fd);
+    return buf;
 }
 
 /* ---- config.json ---- */
@@ -40,18 +86,28 @@ static int cfg_int(json_t *o, const char *key, long lo, long hi, long def, int *
     return 0;
 }
 
-static int cfg_num(json_t *o, const char *key, double def, double *out, char *err, size_t errlen)
+/* A number in the open interval (lo, hi), also after rounding to float32 (the forward
+ * pass keeps eps, factors and the attention factor as float32: 1e300 would be inf there,
+ * 1e-50 zero); absent: def. */
+static int cfg_num(json_t *o, const char *key, double def, double lo, double hi, double *out, char *err,
+                   size_t errlen)
 {
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) {
         *out = def;
         return 0;
     }
-    if (!json_is_number(v) || !isfinite(json_number_value(v)) || json_number_value(v) <= 0)
-        return fail(err, errlen, "config.json: %s must be a positive number", key);
-    *out = json_number_value(v);
+    double x = json_is_number(v) ? json_number_value(v) : NAN;
+    float f = (float)x;
+    if (!(x > lo && x < hi) || !isfinite(f) || !((double)f > lo && (double)f < hi))
+        return fail(err, errlen, "config.json: %s must be a number in (%g, %g) (as float32), got %.6g", key, lo, hi,
+                    x);
+    *out = x;
     return 0;
 }
+
+/* LongRoPE factors: float32 in transformers too. */
+#define FACTOR_MAX 1e6
 
 static int cfg_factors(json_t *rs, const char *key, int n, float **out, char *err, size_t errlen)
 {
@@ -63,9 +119,11 @@ static int cfg_factors(json_t *rs, const char *key, int n, float **out, char *er
     for (int i = 0; i < n; i++) {
         json_t *e = json_array_get(a, (size_t)i);
         double x = json_is_number(e) ? json_number_value(e) : -1;
-        if (!(x > 0) || !isfinite(x))
-            return fail(err, errlen, "config.json: rope_scaling.%s[%d] must be a positive number", key, i);
-        (*out)[i] = (float)x;   /* transformers holds the factors as float32 */
+        float f = (float)x;   /* transformers holds the factors as float32 */
+        if (!(x > 0 && x < FACTOR_MAX) || !(f > 0))
+            return fail(err, errlen, "config.json: rope_scaling.%s[%d] must be a number in (0, %g) (as float32)",
+                        key, i, FACTOR_MAX);
+        (*out)[i] = f;
     }
     return 0;
 }
@@ -112,8 +170,8 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
         return fail(err, errlen, "config.json: num_attention_heads %d is not a multiple of num_key_value_heads %d",
                     c->n_heads, c->n_kv_heads);
     double eps, prf;
-    if (cfg_num(o, "rms_norm_eps", 1e-5, &eps, err, errlen) ||
-        cfg_num(o, "partial_rotary_factor", 1.0, &prf, err, errlen))
+    if (cfg_num(o, "rms_norm_eps", 1e-5, 0, 1, &eps, err, errlen) ||
+        cfg_num(o, "partial_rotary_factor", 1.0, 0, 2, &prf, err, errlen))
         return -1;
     c->rms_eps = (float)eps;
     if (prf != 1.0) return fail(err, errlen, "config.json: partial_rotary_factor %g is not supported", prf);
@@ -127,9 +185,9 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
     if (!rs || json_is_null(rs)) rs = json_object_get(o, "rope_parameters");
     if (rs && !json_is_null(rs) && !json_is_object(rs))
         return fail(err, errlen, "config.json: rope_scaling must be an object or null");
-    if (cfg_num(o, "rope_theta", 10000.0, &c->rope_theta, err, errlen) ||
+    if (cfg_num(o, "rope_theta", 10000.0, 0, 1e30, &c->rope_theta, err, errlen) ||
         (rs && json_object_get(rs, "rope_theta") &&
-         cfg_num(rs, "rope_theta", 10000.0, &c->rope_theta, err, errlen)))
+         cfg_num(rs, "rope_theta", 10000.0, 0, 1e30, &c->rope_theta, err, errlen)))
         return -1;
     const char *type = NULL;
     if (rs && !json_is_null(rs)) {
@@ -154,11 +212,16 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
             cfg_int(rs, "original_max_position_embeddings", 1, 1 << 24, c->original_max_pos,
                     &c->original_max_pos, err, errlen))
             return -1;
+        if (c->original_max_pos > c->max_pos)
+            return fail(err, errlen,
+                        "config.json: original_max_position_embeddings %d exceeds max_position_embeddings %d",
+                        c->original_max_pos, c->max_pos);
         /* transformers' longrope default: scale = max/original_max, factor 1 when scale <= 1. */
         double scale = (double)c->max_pos / c->original_max_pos;
         if (scale > 1.0 && c->original_max_pos > 1)
             c->attn_factor = sqrt(1.0 + log(scale) / log((double)c->original_max_pos));
-        if (cfg_num(rs, "attention_factor", c->attn_factor, &c->attn_factor, err, errlen)) return -1;
+        /* cos and sin are scaled by it: past ~100 the attention is saturated nonsense. */
+        if (cfg_num(rs, "attention_factor", c->attn_factor, 0, 100, &c->attn_factor, err, errlen)) return -1;
     }
     return 0;
 }
@@ -213,12 +276,29 @@ void model_to_f32(st_dtype d, const void *src, float *dst, size_t n)
 
 /* ---- the directory ---- */
 
+/* The index's weight_map: tensor name -> shard, sorted by name (parsed with jscan: no
+ * JSON tree, so a 16 MiB index costs about its own size, not 17x). */
+typedef struct wentry {
+    const char *name;
+    int shard;           /* into m->shards */
+} wentry;
+
+typedef struct wmap {
+    wentry *e;           /* the names follow the entries in the same allocation */
+    size_t n;
+} wmap;
+
 typedef struct loader {
     phi3_model *m;
-    json_t *wmap;        /* index weight_map, or NULL for a single file */
+    wmap *wmap;          /* index weight_map, or NULL for a single file */
     char *err;
     size_t errlen;
 } loader;
+
+static int cmp_wentry(const void *a, const void *b)
+{
+    return strcmp(((const wentry *)a)->name, ((const wentry *)b)->name);
+}
 
 static char *path_join(const char *dir, const char *name)
 {
@@ -228,25 +308,20 @@ static char *path_join(const char *dir, const char *name)
     return p;
 }
 
-static const st_tensor *find_tensor(const phi3_model *m, json_t *wmap, const char *name,
+static const st_tensor *find_tensor(const phi3_model *m, const wmap *wm, const char *name,
                                     char *err, size_t errlen)
 {
-    if (wmap) {
-        json_t *f = json_object_get(wmap, name);
-        if (!json_is_string(f)) {
+    if (wm) {
+        wentry key = {.name = name};
+        const wentry *w = wm->n ? bsearch(&key, wm->e, wm->n, sizeof key, cmp_wentry) : NULL;
+        if (!w) {
             fail(err, errlen, "tensor %s: missing (not in model.safetensors.index.json)", name);
             return NULL;
         }
-        for (int i = 0; i < m->n_shards; i++) {
-            const char *base = strrchr(m->shards[i].path, '/') + 1;
-            if (!strcmp(base, json_string_value(f))) {
-                const st_tensor *t = st_find(&m->shards[i], name);
-                if (!t) fail(err, errlen, "tensor %s: missing from %s", name, base);
-                return t;
-            }
-        }
-        fail(err, errlen, "tensor %s: missing", name);
-        return NULL;
+        const st_file *f = &m->shards[w->shard];
+        const st_tensor *t = st_find(f, name);
+        if (!t) fail(err, errlen, "tensor %s: missing from %s", name, strrchr(f->path, '/') + 1);
+        return t;
     }
     for (int i = 0; i < m->n_shards; i++) {
         const st_tensor *t = st_find(&m->shards[i], name);
@@ -288,15 +363,20 @@ static int bind(loader *L, phi3_weight *w, const char *name, int64_t rows, int64
     w->rows = rows ? rows : 1;
     w->cols = cols;
     L->m->weight_bytes += t->nbytes;
-    /* Fingerprint: name, dtype, shape, and a sample of the bytes (start and end), so two
-     * checkpoints of one architecture differ. */
+    /* Fingerprint: name, dtype, shape and the shard it comes from; the bytes of every
+     * shard are hashed whole after binding (hash_shards). */
     uint64_t h = L->m->fingerprint;
     h = fnv(h, name, strlen(name) + 1);
     h = fnv(h, &t->dtype, sizeof t->dtype);
     h = fnv(h, shape, sizeof shape);
-    size_t s = t->nbytes < 64 ? t->nbytes : 64;
-    h = fnv(h, t->data, s);
-    h = fnv(h, (const uint8_t *)t->data + t->nbytes - s, s);
+    for (int i = 0; i < L->m->n_shards; i++) {
+        const st_file *f = &L->m->shards[i];
+        if ((const uint8_t *)t->data >= (const uint8_t *)f->map &&
+            (const uint8_t *)t->data < (const uint8_t *)f->map + f->size) {
+            h = fnv(h, &i, sizeof i);
+            h = fnv(h, &t->offset, sizeof t->offset);
+        }
+    }
     L->m->fingerprint = h;
     return 0;
 }
@@ -329,6 +409,105 @@ static int bind_all(loader *L)
     return 0;
 }
 
+/* Open one shard of the index (each once); its index in m->shards, or -1. */
+static int shard_of(loader *L, const char *ip, const char *f, const char *key)
+{
+    phi3_model *m = L->m;
+    if (!*f || strchr(f, '/') || f[0] == '.') {
+        fail(L->err, L->errlen, "%s: bad shard name for %s", ip, key);
+        return -1;
+    }
+    for (int i = m->n_shards - 1; i >= 0; i--)
+        if (!strcmp(strrchr(m->shards[i].path, '/') + 1, f)) return i;
+    if (m->n_shards >= 4096) {
+        fail(L->err, L->errlen, "%s: too many shards", ip);
+        return -1;
+    }
+    m->shards = xrealloc(m->shards, (size_t)(m->n_shards + 1) * sizeof *m->shards);
+    char *sp = path_join(m->dir, f);
+    int rc = st_open(sp, &m->shards[m->n_shards], L->err, L->errlen);
+    free(sp);
+    if (rc) return -1;
+    m->file_bytes += m->shards[m->n_shards].size;
+    return m->n_shards++;
+}
+
+/* Parse the index text: {"weight_map": {name: shard file, ...}, other members skipped}.
+ * Two passes: the first checks the syntax and sizes the table. */
+static int parse_index(loader *L, const char *ip, const char *text, size_t len)
+{
+    jscan j;
+    size_t members = 0, key_bytes = 0;
+    int found = 0, r;
+    js_init(&j, text, len);
+    if (js_lit(&j, '{')) goto syntax;
+    for (r = js_peek(&j) == '}' ? (j.p++, 0) : 1; r == 1; r = js_next(&j, '}')) {
+        char key[16] = "";
+        size_t raw;
+        jscan probe = j;
+        if (js_string(&probe, NULL, NULL, &raw)) { j = probe; goto syntax; }
+        if (raw < sizeof key) js_string(&j, key, NULL, NULL);
+        else j = probe;
+        if (js_lit(&j, ':')) goto syntax;
+        if (strcmp(key, "weight_map") || js_peek(&j) != '{') {
+            if (js_skip(&j)) goto syntax;
+            continue;
+        }
+        if (found++) return fail(L->err, L->errlen, "%s: invalid JSON: duplicate key weight_map", ip);
+        j.p++;
+        for (int q = js_peek(&j) == '}' ? (j.p++, 0) : 1; q == 1; q = js_next(&j, '}')) {
+            if (js_string(&j, NULL, NULL, &raw) || js_lit(&j, ':') || js_skip(&j)) goto syntax;
+            members++;
+            key_bytes += raw + 1;
+        }
+        if (j.why[0]) goto syntax;
+    }
+    if (r < 0 || js_end(&j)) goto syntax;
+    if (!found) return fail(L->err, L->errlen, "%s: no weight_map object", ip);
+
+    wmap *w = xcalloc(1, sizeof *w);
+    w->e = xmalloc(members * sizeof *w->e + key_bytes + 1);
+    L->wmap = w;
+    char *names = (char *)(w->e + members), val[256];
+    js_init(&j, text, len);
+    js_lit(&j, '{');
+    for (r = js_peek(&j) == '}' ? (j.p++, 0) : 1; r == 1; r = js_next(&j, '}')) {
+        char key[16] = "";
+        size_t raw;
+        jscan probe = j;
+        js_string(&probe, NULL, NULL, &raw);
+        if (raw < sizeof key) js_string(&j, key, NULL, NULL);
+        else j = probe;
+        js_lit(&j, ':');
+        if (strcmp(key, "weight_map") || js_peek(&j) != '{') {
+            js_skip(&j);
+            continue;
+        }
+        j.p++;
+        for (int q = js_peek(&j) == '}' ? (j.p++, 0) : 1; q == 1; q = js_next(&j, '}')) {
+            size_t nl;
+            js_string(&j, names, &nl, NULL);
+            js_lit(&j, ':');
+            const char *name = names;
+            names += nl + 1;
+            probe = j;
+            if (js_peek(&j) != '"' || (js_string(&probe, NULL, NULL, &raw), raw >= sizeof val))
+                return fail(L->err, L->errlen, "%s: bad shard name for %s", ip, name);
+            js_string(&j, val, NULL, NULL);
+            int sh = shard_of(L, ip, val, name);
+            if (sh < 0) return -1;
+            w->e[w->n++] = (wentry){name, sh};
+        }
+    }
+    qsort(w->e, w->n, sizeof *w->e, cmp_wentry);
+    for (size_t i = 1; i < w->n; i++)
+        if (!strcmp(w->e[i].name, w->e[i - 1].name))
+            return fail(L->err, L->errlen, "%s: invalid JSON: duplicate key %s", ip, w->e[i].name);
+    return 0;
+syntax:
+    return fail(L->err, L->errlen, "%s: invalid JSON: %s (offset %zu)", ip, j.why, js_offset(&j));
+}
+
 /* Open the shards named by the index (each once), or model.safetensors. */
 static int open_shards(loader *L)
 {
@@ -336,36 +515,10 @@ static int open_shards(loader *L)
     char *ip = path_join(m->dir, "model.safetensors.index.json");
     int rc = 0;
     if (access(ip, F_OK) == 0) {
-        json_error_t je;
-        json_t *idx = json_load_file(ip, JSON_REJECT_DUPLICATES, &je);
-        json_t *wm = idx ? json_object_get(idx, "weight_map") : NULL;
-        if (!idx) rc = fail(L->err, L->errlen, "%s: invalid JSON: %s (line %d)", ip, je.text, je.line);
-        else if (!json_is_object(wm)) rc = fail(L->err, L->errlen, "%s: no weight_map object", ip);
-        const char *key;
-        json_t *v;
-        if (!rc) json_object_foreach(wm, key, v) {
-            const char *f = json_is_string(v) ? json_string_value(v) : NULL;
-            if (!f || !*f || strchr(f, '/') || f[0] == '.') {
-                rc = fail(L->err, L->errlen, "%s: bad shard name for %s", ip, key);
-                break;
-            }
-            int seen = 0;
-            for (int i = 0; i < m->n_shards && !seen; i++)
-                seen = !strcmp(strrchr(m->shards[i].path, '/') + 1, f);
-            if (seen) continue;
-            if (m->n_shards >= 4096) {
-                rc = fail(L->err, L->errlen, "%s: too many shards", ip);
-                break;
-            }
-            m->shards = xrealloc(m->shards, (size_t)(m->n_shards + 1) * sizeof *m->shards);
-            char *sp = path_join(m->dir, f);
-            rc = st_open(sp, &m->shards[m->n_shards], L->err, L->errlen);
-            free(sp);
-            if (rc) break;
-            m->file_bytes += m->shards[m->n_shards++].size;
-        }
-        if (!rc) L->wmap = json_incref(wm);
-        json_decref(idx);
+        size_t len;
+        char *text = read_regular(ip, INDEX_MAX, &len, L->err, L->errlen);
+        rc = text ? parse_index(L, ip, text, len) : -1;
+        free(text);
     } else {
         char *sp = path_join(m->dir, "model.safetensors");
         m->shards = xcalloc(1, sizeof *m->shards);
@@ -387,9 +540,9 @@ phi3_model *model_load(const char *dir, char *err, size_t errlen)
     loader L = {.m = m, .err = err, .errlen = errlen};
     char *cp = path_join(dir, "config.json");
     size_t len;
-    char *text = read_file(cp, CONFIG_MAX, &len);
+    char *text = read_regular(cp, CONFIG_MAX, &len, err, errlen);
     int rc;
-    if (!text) rc = fail(err, errlen, "%s: %s", cp, strerror(errno));
+    if (!text) rc = -1;
     else {
         char why[256];
         rc = model_config_parse(text, len, &m->cfg, why, sizeof why);
@@ -414,7 +567,15 @@ phi3_model *model_load(const char *dir, char *err, size_t errlen)
         rc = open_shards(&L);
     }
     if (!rc) rc = bind_all(&L);
-    json_decref(L.wmap);
+    if (!rc) {
+        /* Every byte of every shard (cached by file identity: fingerprint.c). */
+        for (int i = 0; i < m->n_shards; i++) {
+            uint64_t h = st_file_hash(&m->shards[i], NULL);
+            m->fingerprint = fnv(m->fingerprint, &h, sizeof h);
+        }
+    }
+    if (L.wmap) free(L.wmap->e);
+    free(L.wmap);
     if (rc) {
         model_free(m);
         return NULL;

@@ -1,24 +1,31 @@
 /* phi3-sample: logits frames in, one token id per logits frame out (tokens frames), then
  * an end frame when a stop id or the token limit is reached. */
 #include <errno.h>
+#include <float.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "sample/sampler.h"
 #include "shared/stream.h"
 #include "shared/util.h"
+#include "tok/stopstr.h"
+#include "tok/tokenizer.h"
 
 static const char usage[] =
-"usage: phi3-sample [-m DIR] [options] < logits-stream > tokens-stream\n"
+"usage: phi3-sample [-m DIR] [options] [FILE] < logits-stream > tokens-stream\n"
+"\n"
+"FILE (or stdin when none or -) is the input stream.\n"
 "\n"
 "Reads logits frames (and the context tokens frames phi3-run forwards before them) and\n"
-"writes one tokens frame with one id per logits frame. On a stop id or after -n tokens\n"
-"it writes that token, then an end frame (reason \"stop\" or \"length\"), and exits 0.\n"
+"writes one tokens frame with one id per logits frame. On a stop id (that tokens frame\n"
+"then says stop: true), a stop string, or after -n tokens it writes that token, then an\n"
+"end frame (reason \"stop\" or \"length\"), and exits 0.\n"
 "\n"
 "The chain, applied in this order (llama.cpp's order):\n"
 "  logit-bias -> penalties -> top-k -> typical-p -> top-p -> min-p -> temperature -> draw\n"
@@ -27,8 +34,10 @@ static const char usage[] =
 "\n"
 "  -m, --model DIR          stop ids = eos_token_id of DIR/generation_config.json\n"
 "                           (default DIR: $PHI3_MODEL; none if the file is absent)\n"
-"      --stop IDS           more stop ids, comma separated (e.g. 32007,32000)\n"
-"      --ignore-eos         do not stop on the model's eos ids (--stop still applies)\n"
+"      --stop-ids IDS       more stop ids, comma separated (e.g. 32007,32000)\n"
+"      --ignore-eos         do not stop on the model's eos ids (--stop-ids still apply)\n"
+"      --stop STR           stop when the text generated in this turn (decoded with\n"
+"                           DIR's tokenizer) contains STR; needs -m (repeatable)\n"
 "  -n, --max-tokens N       stop after N tokens, end reason \"length\" (0: no limit; 0)\n"
 "      --greedy             argmax (same as -t 0)\n"
 "  -t, --temperature T      T >= 0 (1.0)\n"
@@ -54,51 +63,8 @@ static const char usage[] =
 enum {
     OPT_GREEDY = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_TYPICAL, OPT_REPEAT, OPT_PRESENCE,
     OPT_FREQUENCY, OPT_LASTN, OPT_BIAS, OPT_SEED, OPT_STOP, OPT_IGNORE_EOS, OPT_VERSION,
-    OPT_TOKIDS
+    OPT_TOKIDS, OPT_STOPSTR
 };
-
-static double opt_double(const char *name, const char *s)
-{
-    double v;
-    if (parse_double(s, &v)) phi3_die("%s: '%s' is not a number", name, s);
-    return v;
-}
-
-static long opt_long(const char *name, const char *s)
-{
-    long v;
-    if (parse_long(s, &v) || v < INT32_MIN || v > INT32_MAX)
-        phi3_die("%s: '%s' is not an integer", name, s);
-    return v;
-}
-
-static uint64_t opt_seed(const char *s)
-{
-    char *end;
-    errno = 0;
-    if (!(*s >= '0' && *s <= '9')) phi3_die("--seed: '%s' is not a number in 0..2^64-1", s);
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end) phi3_die("--seed: '%s' is not a number in 0..2^64-1", s);
-    return (uint64_t)v;
-}
-
-/* ID=V, V a number or -inf. */
-static void opt_bias(const char *s, int32_t *id, double *val)
-{
-    const char *eq = strchr(s, '=');
-    char idbuf[32];
-    long v;
-    if (!eq || eq == s || (size_t)(eq - s) >= sizeof idbuf)
-        phi3_die("--logit-bias: '%s' is not ID=VALUE", s);
-    memcpy(idbuf, s, (size_t)(eq - s));
-    idbuf[eq - s] = 0;
-    if (parse_long(idbuf, &v) || v < 0 || v > INT32_MAX)
-        phi3_die("--logit-bias: '%s': bad id '%s'", s, idbuf);
-    *id = (int32_t)v;
-    if (!strcmp(eq + 1, "-inf") || !strcmp(eq + 1, "-infinity")) *val = -HUGE_VAL;
-    else if (parse_double(eq + 1, val))
-        phi3_die("--logit-bias: '%s': value must be a finite number or -inf", s);
-}
 
 static uint64_t random_seed(void)
 {
@@ -127,12 +93,13 @@ int main(int argc, char **argv)
     sample_params p;
     sample_params_default(&p);
     const char *model = NULL;
-    int32_t *stop = NULL, *extra = NULL, *bias_ids = NULL;
-    double *bias_vals = NULL;
-    size_t n_stop = 0, n_extra = 0, n_bias = 0;
+    int32_t *stop = NULL, *extra = NULL;
+    size_t n_stop = 0, n_extra = 0;
     long max_tokens = 0;
-    int ignore_eos = 0, verbose = 0, have_seed = 0, tok_ids = 0;
+    int ignore_eos = 0, verbose = 0, have_seed = 0, want_tok_ids = 0;
     char err[512];
+    static stop_filter stops;          /* static: reachable when phi3_die exits */
+    static tok *tk;
 
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"max-tokens", required_argument, 0, 'n'},
@@ -145,75 +112,74 @@ int main(int argc, char **argv)
         {"frequency-penalty", required_argument, 0, OPT_FREQUENCY},
         {"repeat-last-n", required_argument, 0, OPT_LASTN},
         {"logit-bias", required_argument, 0, OPT_BIAS}, {"seed", required_argument, 0, OPT_SEED},
-        {"stop", required_argument, 0, OPT_STOP},
+        {"stop-ids", required_argument, 0, OPT_STOP}, {"stop", required_argument, 0, OPT_STOPSTR},
         {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
         {"tokenizer-ids", no_argument, 0, OPT_TOKIDS},
         {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, OPT_VERSION}, {0, 0, 0, 0}};
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, ":m:n:t:vh", opts, NULL)) != -1) {
+    int li = 0;
+    while ((c = getopt_long(argc, argv, ":m:n:t:vh", opts, &li)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
-        case 'n':
-            max_tokens = opt_long("--max-tokens", optarg);
+        case 'n': {
+            if (sample_parse_long("--max-tokens", optarg, &max_tokens, err, sizeof err))
+                phi3_die("%s", err);
             if (max_tokens < 0) phi3_die("--max-tokens: must be >= 0, got %ld", max_tokens);
             break;
-        case 't': p.temperature = opt_double("--temperature", optarg); break;
-        case OPT_GREEDY: p.greedy = 1; break;
-        case OPT_TOPK: p.top_k = (int)opt_long("--top-k", optarg); break;
-        case OPT_TOPP: p.top_p = opt_double("--top-p", optarg); break;
-        case OPT_MINP: p.min_p = opt_double("--min-p", optarg); break;
-        case OPT_TYPICAL: p.typical_p = opt_double("--typical-p", optarg); break;
-        case OPT_REPEAT: p.repeat_penalty = opt_double("--repeat-penalty", optarg); break;
-        case OPT_PRESENCE: p.presence_penalty = opt_double("--presence-penalty", optarg); break;
-        case OPT_FREQUENCY:
-            p.frequency_penalty = opt_double("--frequency-penalty", optarg);
+        }
+        case 't': case OPT_GREEDY: case OPT_TOPK: case OPT_TOPP: case OPT_MINP: case OPT_TYPICAL:
+        case OPT_REPEAT: case OPT_PRESENCE: case OPT_FREQUENCY: case OPT_LASTN: case OPT_BIAS:
+        case OPT_SEED: {
+            const char *name = c == 't' ? "temperature" : opts[li].name;
+            if (sample_set_option(&p, name, optarg, err, sizeof err)) phi3_die("%s", err);
+            if (c == OPT_SEED) have_seed = 1;
             break;
-        case OPT_LASTN: p.repeat_last_n = (int)opt_long("--repeat-last-n", optarg); break;
-        case OPT_BIAS:
-            bias_ids = xrealloc(bias_ids, sizeof(int32_t) * (n_bias + 1));
-            bias_vals = xrealloc(bias_vals, sizeof(double) * (n_bias + 1));
-            opt_bias(optarg, &bias_ids[n_bias], &bias_vals[n_bias]);
-            n_bias++;
-            break;
-        case OPT_SEED: p.seed = opt_seed(optarg); have_seed = 1; break;
+        }
         case OPT_STOP: {
             int32_t *ids;
             size_t n;
             if (sample_parse_ids(optarg, &ids, &n, err, sizeof err))
-                phi3_die("--stop: %s", err);
+                phi3_die("--stop-ids: %s", err);
             extra = xrealloc(extra, sizeof(int32_t) * (n_extra + n));
             memcpy(extra + n_extra, ids, sizeof(int32_t) * n);
             n_extra += n;
             free(ids);
             break;
         }
+        case OPT_STOPSTR:
+            if (stop_add(&stops, optarg)) phi3_die("--stop: '%s' is empty or not UTF-8", optarg);
+            break;
         case OPT_IGNORE_EOS: ignore_eos = 1; break;
-        case OPT_TOKIDS: tok_ids = 1; break;
+        case OPT_TOKIDS: want_tok_ids = 1; break;
         case 'v': verbose = 1; break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("phi3-sample %s\n", PHI3_VERSION); return 0;
-        case ':': phi3_usage_die("option '%s' needs an argument (see --help)", argv[optind - 1]);
-        default: phi3_usage_die("unknown option '%s' (see --help)", argv[optind - 1]);
+        default: phi3_bad_option(argv, c);
         }
     }
-    if (optind < argc) phi3_usage_die("unexpected argument '%s' (see --help)", argv[optind]);
-    p.bias_ids = bias_ids;
-    p.bias_vals = bias_vals;
-    p.n_bias = n_bias;
+    phi3_input_operand(argc, argv, optind);
     const char *bad = sample_params_check(&p);
     if (bad) phi3_die("%s", bad);
     if (!have_seed) p.seed = random_seed();
 
     model = phi3_model_dir(model);
+    struct stat mst;
+    if (model && stat(model, &mst) != 0) phi3_die("%s: %s", model, strerror(errno));
+    if (model && !S_ISDIR(mst.st_mode)) phi3_die("%s: not a directory", model);
     if (model && !ignore_eos) {
         int found;
         if (sample_model_stop_ids(model, &stop, &n_stop, &found, err, sizeof err))
             phi3_die("%s", err);
         if (!found && verbose) phi3_err("%s has no generation_config.json: no eos stop ids", model);
     }
-    if (tok_ids) {
+    if (stops.n) {
+        if (!model) phi3_die("--stop needs -m DIR (or $PHI3_MODEL) to decode the text");
+        tk = tok_load(model, err, sizeof err);
+        if (!tk) phi3_die("%s", err);
+    }
+    if (want_tok_ids) {
         if (!model) phi3_die("--tokenizer-ids needs -m DIR (or $PHI3_MODEL)");
         if (sample_model_tokenizer_ids(model, &p.id_limit, err, sizeof err)) phi3_die("%s", err);
     }
@@ -237,37 +203,49 @@ int main(int argc, char **argv)
     size_t n_early = 0;
     float *logits = NULL;
     long generated = 0;
+    tok_dec dec;                       /* the text of this turn, for --stop */
+    static tok_buf piece, scratch;
+    if (tk) tok_dec_init(&dec, tk, 0);
     double t_sample = 0, t0 = now_sec();
     frame f;
     int rc;
     while ((rc = fr_next(fr, &f)) > 0) {
         if (!strcmp(f.type, "tokens")) {
-            int64_t *ids, pos;
+            int64_t pos, id;
             size_t n, badi;
-            int r = frame_ints(&f, "ids", &ids, &n, &badi);
+            frame_int_iter it;
+            int r = frame_ints_iter(&f, "ids", &it, &n, &badi);
             if (r == 0) phi3_die("frame %ld: tokens frame without ids", f.index);
             if (r < 0) phi3_die("frame %ld: tokens ids[%zu] is not an integer", f.index, badi);
-            int32_t *v = xmalloc(sizeof(int32_t) * (n + 1));
-            for (size_t i = 0; i < n; i++) {
-                if (ids[i] < INT32_MIN || ids[i] > INT32_MAX)
-                    phi3_die("frame %ld: tokens ids[%zu] out of range", f.index, i);
-                v[i] = (int32_t)ids[i];
-            }
-            free(ids);
             r = frame_int(&f, "pos", &pos);
             if (r < 0) phi3_die("frame %ld: tokens pos is not an integer", f.index);
-            if (s) {
-                /* A pos behind the context means the model rewound: forget the rest. */
-                if (r > 0 && pos >= 0 && (uint64_t)pos < sample_context_len(s))
-                    sample_truncate(s, (size_t)pos);
-                sample_accept(s, v, n);
-            } else {
-                if (r > 0 && pos >= 0 && (uint64_t)pos < n_early) n_early = (size_t)pos;
-                early = xrealloc(early, sizeof(int32_t) * (n_early + n + 1));
-                memcpy(early + n_early, v, sizeof(int32_t) * n);
-                n_early += n;
+            /* A pos behind the context means the model rewound: forget the rest. */
+            if (s && r > 0 && pos >= 0 && (uint64_t)pos < sample_context_len(s))
+                sample_truncate(s, (size_t)pos);
+            if (!s && r > 0 && pos >= 0 && (uint64_t)pos < n_early) n_early = (size_t)pos;
+            if (!s) early = xrealloc(early, sizeof(int32_t) * (n_early + n + 1));
+            /* In pieces: a frame of millions of ids never needs a copy of them all. */
+            static int32_t v[65536];
+            size_t k = 0;
+            for (size_t i = 0; frame_int_next(&it, &id); i++) {
+                if (id < INT32_MIN || id > INT32_MAX)
+                    phi3_die("frame %ld: tokens ids[%zu] out of range", f.index, i);
+                v[k++] = (int32_t)id;
+                if (k == sizeof v / sizeof *v || i + 1 == n) {
+                    if (s) sample_accept(s, v, k);
+                    else {
+                        memcpy(early + n_early, v, sizeof(int32_t) * k);
+                        n_early += k;
+                    }
+                    k = 0;
+                }
             }
-            free(v);
+        } else if (!strcmp(f.type, "end")) {
+            if (tk) {                          /* a new turn: its own text */
+                tok_dec_end(&dec, &piece);
+                stop_end(&stops, &scratch);
+                piece.n = scratch.n = 0;
+            }
         } else if (!strcmp(f.type, "logits")) {
             const void *data;
             size_t len;
@@ -293,19 +271,33 @@ int main(int argc, char **argv)
                          f.index, n, n_vocab);
             }
             load_f32le(logits, data, n);
-            for (size_t i = 0; i < n; i++)
-                if (!isfinite(logits[i]))
-                    phi3_die("frame %ld: logits[%zu] is %s", f.index, i,
-                             isnan(logits[i]) ? "NaN" : "infinite");
+            for (size_t i = 0; i < n; i++)   /* +-inf are meaningful (ban, certainty) */
+                if (isnan(logits[i])) phi3_die("frame %ld: logits[%zu] is NaN", f.index, i);
             double ts = now_sec();
             int32_t id = sample_next(s, logits);
             t_sample += now_sec() - ts;
-            if (id < 0) phi3_die("frame %ld: every id is banned by --logit-bias", f.index);
-            fw_tokens(&w, &id, 1, pos);
+            if (id < 0)
+                phi3_die("frame %ld: every id is banned (logit -inf, from the frame or --logit-bias)",
+                         f.index);
             generated++;
             const char *reason = NULL;
             for (size_t i = 0; i < n_stop; i++)
                 if (stop[i] == id) reason = "stop";
+            if (reason) {                      /* mark the stop id (phi3-detok hides it) */
+                fw_begin(&w, "tokens", pos >= 0 ? 3 : 2);
+                fw_ints(&w, "ids", &id, 1);
+                if (pos >= 0) fw_int(&w, "pos", pos);
+                fw_bool(&w, "stop", true);
+                fw_end_or_exit(&w);
+            } else {
+                fw_tokens(&w, &id, 1, pos);
+            }
+            if (tk && !reason) {               /* padding ids have no text: -1, ignored */
+                piece.n = 0;
+                (void)tok_dec_push(&dec, id, &piece);
+                scratch.n = 0;
+                if (stop_feed(&stops, piece.p, piece.n, &scratch)) reason = "stop";
+            }
             if (!reason && max_tokens > 0 && generated >= max_tokens) reason = "length";
             if (reason) {
                 fw_end_frame(&w, reason);
@@ -322,12 +314,16 @@ int main(int argc, char **argv)
         phi3_err("%ld tokens in %.3f s (%.1f tok/s), sampling %.1f us/token", generated, dt,
                  generated / dt, 1e6 * t_sample / generated);
     }
+    if (tk) tok_dec_end(&dec, &piece);
+    tok_buf_free(&piece);
+    tok_buf_free(&scratch);
+    stop_free(&stops);
+    tok_free(tk);
     sample_free(s);
     free(logits);
     free(early);
     free(stop);
-    free(bias_ids);
-    free(bias_vals);
+    sample_params_free(&p);
     fw_destroy(&w);
     fr_close(fr);
     return 0;

@@ -115,6 +115,36 @@ fs=list(msgpack.Unpacker(sys.stdin.buffer,raw=False)); sys.stdout.buffer.write(b
   assert_status 0
 }
 
+@test "--kv-type f16: within 3e-3 of transformers (f32), bit-identical across splits and threads" {
+  local R="$LONGROPE/reference.safetensors"
+  tokens_frame $(ids "$R" long.ids) > "$BATS_TEST_TMPDIR/in"
+  RUN -m "$LONGROPE" --kv-type f16 --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/out"
+  run CHECK "$R" long.logits --tol 3e-3 --pos "$(ids "$R" long.pos | tr ' ' ,)" < "$BATS_TEST_TMPDIR/out"
+  assert_status 0
+  tokens_frame $(ids "$GQA/reference.safetensors" all.ids) | RUN -m "$GQA" --kv-type f16 --all-logits \
+    > "$BATS_TEST_TMPDIR/gqa"
+  run CHECK "$GQA/reference.safetensors" all.logits --tol 3e-3 < "$BATS_TEST_TMPDIR/gqa"
+  assert_status 0
+  # the f16 cache is not the f32 one (the option does something)
+  tokens_frame $(ids "$GQA/reference.safetensors" all.ids) | RUN -m "$GQA" --all-logits > "$BATS_TEST_TMPDIR/f32"
+  ! cmp -s "$BATS_TEST_TMPDIR/gqa" "$BATS_TEST_TMPDIR/f32"
+  local all=($(ids "$R" cross.prompt) $(ids "$R" cross.greedy))
+  tokens_frame "${all[@]:0:70}" | RUN -m "$LONGROPE" --kv-type f16 --threads 2 | frames2json | tail -1 > "$BATS_TEST_TMPDIR/a"
+  { tokens_frame "${all[@]:0:30}"; tokens_frame "${all[@]:30:33}"; tokens_frames "${all[@]:63:7}"; } \
+    | PHI3_NO_AVX=1 RUN -m "$LONGROPE" --kv-type f16 --threads 1 | frames2json | tail -1 > "$BATS_TEST_TMPDIR/b"
+  grep -q '"pos":70' "$BATS_TEST_TMPDIR/a"
+  cmp "$BATS_TEST_TMPDIR/a" "$BATS_TEST_TMPDIR/b"
+}
+
+@test "--kv-type: a bad value or f16 with --backend cuda is a usage error (exit 2)" {
+  run --separate-stderr RUN -m "$GQA" --kv-type bf16 < /dev/null
+  assert_status 2
+  assert_err "phi3-run: --kv-type: expected f32 or f16, got 'bf16'"
+  run --separate-stderr "$PHI3_BIN/phi3-run" -m "$GQA" --backend cuda --kv-type f16 < /dev/null
+  assert_status 2
+  assert_err "phi3-run: --kv-type f16 applies to the CPU backend"
+}
+
 @test "-v reports weights, context and memory on stderr; stdout stays frames" {
   run --separate-stderr bash -c "$(declare -f tokens_frame json2frames); tokens_frame 1 2 | $PHI3_BIN/phi3-run -m $GQA -v | $PHI3_BIN/phi3-dump | wc -l"
   assert_status 0
@@ -175,4 +205,70 @@ sys.exit(0 if e < 1e-5 else 1)
 PYEOF
   echo "$output"
   assert_status 0
+}
+
+# logits_of: the logits frames of a stream as JSON lines (tokens frames dropped)
+logits_of() { frames2json | grep '"type":"logits"'; }
+
+@test "an empty tokens frame gets the logits of the context as it stands (after its pos)" {
+  local d="$BATS_TEST_TMPDIR"
+  tokens_frame 5 6 7 | RUN -m "$GQA" | logits_of > "$d/want3"
+  tokens_frame 5 6 7 8 9 | RUN -m "$GQA" | logits_of > "$d/want5"
+  # a partial prompt, then an empty frame: answered with the logits after 5 6 7
+  { echo '{"type":"tokens","ids":[5,6,7],"partial":true}'; echo '{"type":"tokens","ids":[]}'; } | json2frames \
+    | RUN -m "$GQA" | frames2json | cut -c1-40 > "$d/out"
+  run cat "$d/out"
+  [ "${lines[0]}" = '{"type":"tokens","ids":[5,6,7],"pos":0}' ] || fail "$output"
+  [ "${lines[1]}" = '{"type":"tokens","ids":[],"pos":3}' ] || fail "$output"
+  [[ "${lines[2]}" == '{"type":"logits","pos":3,"data":['* ]] || fail "$output"
+  [ "${#lines[@]}" -eq 3 ]
+  { echo '{"type":"tokens","ids":[5,6,7],"partial":true}'; echo '{"type":"tokens","ids":[]}'; } | json2frames \
+    | RUN -m "$GQA" | logits_of > "$d/got3"
+  cmp "$d/want3" "$d/got3"
+  # after 5 tokens, an empty frame with pos 3 rewinds and answers for the first 3; another
+  # empty frame then answers the same again; the context then goes on from 3
+  { echo '{"type":"tokens","ids":[5,6,7,8,9]}'; echo '{"type":"tokens","ids":[],"pos":3}';
+    echo '{"type":"tokens","ids":[]}'; echo '{"type":"tokens","ids":[8,9]}'; } | json2frames | RUN -m "$GQA" \
+    | logits_of > "$d/got"
+  [ "$(wc -l < "$d/got")" = 4 ]
+  sed -n 1p "$d/got" | cmp - "$d/want5"
+  sed -n 2p "$d/got" | cmp - "$d/want3"
+  sed -n 3p "$d/got" | cmp - "$d/want3"
+  sed -n 4p "$d/got" | cmp - "$d/want5"
+  # a partial empty frame is forwarded and gets nothing
+  { echo '{"type":"tokens","ids":[5,6,7]}'; echo '{"type":"tokens","ids":[],"partial":true}'; } | json2frames | RUN -m "$GQA" \
+    | frames2json | cut -c1-40 > "$d/out"
+  [ "$(sed -n 3p "$d/out")" = '{"type":"tokens","ids":[],"pos":3}' ] && [ "$(wc -l < "$d/out")" = 3 ]
+}
+
+@test "an empty tokens frame across the LongRoPE switch (65 -> recompute at 64 -> 65) equals a fresh run" {
+  local d="$BATS_TEST_TMPDIR" all
+  all=$(seq 100 164 | tr '\n' ' ')       # 65 ids: the context is long
+  tokens_frame $all | RUN -m "$LONGROPE" | logits_of > "$d/want"
+  { tokens_frame $all; echo '{"type":"tokens","ids":[]}' | json2frames; } | RUN -m "$LONGROPE" | logits_of > "$d/got"
+  [ "$(wc -l < "$d/got")" = 2 ]
+  sed -n 2p "$d/got" | cmp - "$d/want"
+}
+
+@test "an empty tokens frame with an empty context: exit 1, and the FIFO loop ends instead of hanging" {
+  cd "$BATS_TEST_TMPDIR"
+  echo '{"type":"tokens","ids":[]}' | json2frames > empty.bin
+  run --separate-stderr RUN -m "$GQA" < empty.bin
+  assert_status 1
+  assert_err "phi3-run: frame 1:" "empty tokens frame with an empty context"
+  [ -z "$output" ]
+  mkfifo fb
+  run timeout 30 bash -c '{ cat empty.bin; cat fb; } | "$1" --backend cpu -m "$2" 2> err |
+                            "$3" --greedy -n 5 | tee fb > out.bin; echo "${PIPESTATUS[*]}"' x \
+    "$PHI3_BIN/phi3-run" "$GQA" "$PHI3_BIN/phi3-sample"
+  assert_status 0
+  [ "$output" = "0 1 0 0" ] || fail "statuses: $output"
+  grep -q "empty tokens frame" err
+  # the loop with a prompt sent partial and an empty frame to close it generates
+  { echo '{"type":"tokens","ids":[5,6,7],"partial":true}'; echo '{"type":"tokens","ids":[]}'; } | json2frames > p.bin
+  run timeout 30 bash -c '{ cat p.bin; cat fb; } | "$1" --backend cpu -m "$2" |
+                            "$3" --greedy -n 5 | tee fb | "$4" | grep -c "\"ids\":\[[0-9]*\]"' x \
+    "$PHI3_BIN/phi3-run" "$GQA" "$PHI3_BIN/phi3-sample" "$PHI3_BIN/phi3-dump"
+  assert_status 0
+  [ "$output" = 5 ] || fail "$output"
 }

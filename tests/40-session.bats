@@ -27,10 +27,11 @@ for a in sys.argv[3:]:
 ' "$@"
 }
 
-# same MODEL FILE: a session run over FILE writes exactly the bytes of a fresh run.
+# same MODEL FILE: a session run over FILE writes exactly the bytes of a fresh run
+# (both with the options in $KV, e.g. KV="--kv-type f16").
 same() {
-  "$RUN" -m "$1" -q < "$2" > fresh.out || fail "fresh run failed"
-  "$RUN" -m "$1" -q --session "$S" --stats < "$2" > sess.out 2> stats || fail "session run: $(cat stats)"
+  "$RUN" -m "$1" -q ${KV:-} < "$2" > fresh.out || fail "fresh run failed"
+  "$RUN" -m "$1" -q ${KV:-} --session "$S" --stats < "$2" > sess.out 2> stats || fail "session run: $(cat stats)"
   cmp fresh.out sess.out || fail "logits differ with the session ($2)"
   [ -s fresh.out ] || fail "no output"
 }
@@ -66,6 +67,81 @@ reused() { grep -o 'reused [0-9]*' stats | cut -d' ' -f2; }
   frames 2 512 40 > a.bin; frames 5 512 30 > b.bin; cat a.bin b.bin > ab.bin
   same "$GQA" ab.bin
   [ "$(reused)" = 39 ] || fail "$(cat stats)"
+}
+
+@test "a rewind below original_max into a stored long context (matching ids) equals a fresh run" {
+  frames 1 32064 100 > p100.bin
+  "$RUN" -m "$LONGROPE" -q --session "$S" < p100.bin > /dev/null      # stored: 100, long
+  "$PY" -c '
+import msgpack, random, sys
+r = random.Random(1); ids = [r.randrange(32064) for _ in range(100)]; out = sys.stdout.buffer
+out.write(msgpack.packb({"type": "tokens", "ids": ids[:70]}))
+out.write(msgpack.packb({"type": "tokens", "ids": ids[30:40], "pos": 30}))
+out.write(msgpack.packb({"type": "tokens", "ids": ids[40:45]}))' > rw.bin
+  same "$LONGROPE" rw.bin
+}
+
+@test "differential: random streams (rewinds, partial and empty frames, --all-logits, --ctx) equal with one long-lived session" {
+  # tests/lib/sessdiff.py: each stream fresh and with the session $S that every earlier
+  # stream of the run left behind; stdout bytes and exit status must be equal. Seed 1 hit
+  # "scratch context out of step" (a rewind below original_max into a stored long context).
+  local seed=$((RANDOM))
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$LONGROPE" 32064 64 "$S" 300 1 40
+  [ "$status" = 0 ] || fail "$output"
+  echo "$output"
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$LONGROPE" 32064 64 "$S" 100 "$seed" 15
+  [ "$status" = 0 ] || fail "seed $seed: $output"
+  "$RUN" --session-rm "$S"
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$GQA" 512 20 "$S" 200 "$seed" 15
+  [ "$status" = 0 ] || fail "seed $seed: $output"
+}
+
+@test "--kv-type f16: logits bit-identical with a session (splits, the switch at 64, a window)" {
+  KV="--kv-type f16"
+  frames 1 32064 100 > p100.bin
+  same "$LONGROPE" p100.bin
+  same "$LONGROPE" p100.bin
+  [ "$(reused)" = 99 ] || fail "$(cat stats)"
+  for split in "64" "65" "63 1 1 1" "10 20 30 -10" "100 -5"; do
+    frames 1 32064 $split > p.bin
+    same "$LONGROPE" p.bin
+  done
+  "$RUN" --session-rm "$S"
+  for split in "80" "17" "40 40 -5"; do
+    frames 2 512 $split > p.bin
+    same "$GQA" p.bin
+  done
+}
+
+@test "--kv-type: the session records it; a run without it takes the session's; a mismatch is refused" {
+  frames 8 512 30 -2 > p.bin
+  "$RUN" -m "$GQA" -q --kv-type f16 --session "$S" < p.bin > /dev/null
+  "$RUN" --session-info "$S" | grep -q '"dtype": *"f16"'
+  # no --kv-type: the f16 session is reused, bytes as a fresh f16 run
+  "$RUN" -m "$GQA" -q --kv-type f16 < p.bin > fresh.out
+  "$RUN" -m "$GQA" -q --session "$S" --stats < p.bin > sess.out 2> stats
+  cmp fresh.out sess.out
+  [ "$(reused)" -ge 29 ] || fail "$(cat stats)"
+  cp "/dev/shm/phi3.$S" before
+  run --separate-stderr "$RUN" -m "$GQA" -q --kv-type f32 --session "$S" < p.bin
+  assert_status 1
+  assert_err "phi3-run: session $S holds a f16 KV cache, this run asks for --kv-type f32"
+  cmp before "/dev/shm/phi3.$S"
+  # half the bytes per position of an f32 session of the same capacity
+  local S2="$S-f32" b16 b32
+  "$RUN" -m "$GQA" -q --kv-type f32 --session "$S2" < p.bin > /dev/null
+  b16=$("$RUN" --session-info "$S" | "$PY" -c 'import json,sys; o=json.load(sys.stdin); print(o["bytes"], o["capacity"])')
+  b32=$("$RUN" --session-info "$S2" | "$PY" -c 'import json,sys; o=json.load(sys.stdin); print(o["bytes"], o["capacity"])')
+  "$RUN" --session-rm "$S2"
+  "$PY" - "$b16" "$b32" "$GQA/config.json" <<'PYEOF'
+import json, sys
+(b16, c16), (b32, c32) = [map(int, a.split()) for a in sys.argv[1:3]]
+c = json.load(open(sys.argv[3]))
+elems = c["num_hidden_layers"] * 2 * c["num_key_value_heads"] * (c["hidden_size"] // c["num_attention_heads"])
+assert c16 == c32 > 0, (c16, c32)
+# the same header and ids; rows of K and V: 4 bytes per element against 2
+assert b32 - b16 == c32 * elems * 2, (b16, b32, c32, elems)
+PYEOF
 }
 
 @test "--all-logits through a session is bit-identical too" {
@@ -130,8 +206,9 @@ print(" ".join(str(i) for l in sys.stdin for o in [json.loads(l)] if o["type"] =
   "$RUN" -m "$LONGROPE" -q < p.bin > fresh.out
   ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   partial=0
-  # kill at 10%, 30%, 50%, 70% of a fresh run's time and at one random moment
-  for pct in 10 30 50 70 $((RANDOM % 90 + 5)); do
+  # kill at 10%, 20%, ... 90% of a fresh run's time and at one random moment (several,
+  # so that one lands mid-prefill even when other jobs stretch the timings)
+  for pct in 10 20 30 40 50 60 70 80 90 $((RANDOM % 90 + 5)); do
     "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > /dev/null &
     pid=$!
     sleep "$(awk -v m="$ms" -v p="$pct" 'BEGIN { printf "%.3f", m * p / 100000 }')"
@@ -219,7 +296,10 @@ poke() { printf "$2" | dd of="$OBJ" bs=1 seek="$1" conv=notrunc status=none; }
   "$RUN" --session-rm "$S"
   damaged "corrupt token ids" poke 4096 '\x01\x02'
   "$RUN" --session-rm "$S"
-  damaged "layout version 2" poke 8 '\x02'
+  damaged "made by a newer version of phi3-run (layout version 3" poke 8 '\x03'
+  "$RUN" --session-rm "$S"
+  # layout 1 (rows of K, V and an unused K before RoPE) is refused by its version
+  damaged "made by an older version of phi3-run (layout version 1, this one reads 2)" poke 8 '\x01'
   "$RUN" --session-rm "$S"
   damaged "not a phi3 session" poke 0 'X'
 }
@@ -262,4 +342,90 @@ poke() { printf "$2" | dd of="$OBJ" bs=1 seek="$1" conv=notrunc status=none; }
     "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin
   [ "$status" -eq 1 ] || fail "status $status: $output"
   [[ "$output" == *"no space left in /dev/shm"* ]] || fail "$output"
+}
+
+@test "a FIFO or a symlink squatting /dev/shm/phi3.NAME hangs nothing; --session-rm removes it" {
+  mkfifo "/dev/shm/phi3.$S"
+  frames 7 512 3 > p.bin
+  run --separate-stderr timeout 10 "$RUN" --session-info "$S"
+  assert_status 1
+  assert_err "phi3-run: session $S: " "not a regular object"
+  run --separate-stderr timeout 10 "$RUN" --session-list
+  assert_status 0
+  [[ "$stderr" == *"session $S: not a regular object"* ]] || fail "$stderr"
+  run --separate-stderr timeout 10 "$RUN" -m "$GQA" -q --session "$S" < p.bin
+  assert_status 1
+  assert_err "phi3-run: session $S: " "not a regular object"
+  run --separate-stderr timeout 10 "$RUN" --session-rm "$S"
+  assert_status 0
+  [ ! -e "/dev/shm/phi3.$S" ] && [ ! -L "/dev/shm/phi3.$S" ]
+  # a symlink: refused by every reader and writer (O_NOFOLLOW); rm removes the link only
+  echo keep > target
+  ln -s "$PWD/target" "/dev/shm/phi3.$S"
+  run --separate-stderr timeout 10 "$RUN" --session-info "$S"
+  assert_status 1
+  run --separate-stderr timeout 10 "$RUN" -m "$GQA" -q --session "$S" < p.bin
+  assert_status 1
+  run --separate-stderr timeout 10 "$RUN" --session-rm "$S"
+  assert_status 0
+  [ ! -L "/dev/shm/phi3.$S" ] && [ "$(cat target)" = keep ]
+}
+
+@test "one byte changed in the middle of a tensor: another fingerprint, the session is not reused" {
+  export XDG_CACHE_HOME="$BATS_TEST_TMPDIR/cache"
+  cp -r "$GQA" m
+  frames 7 512 20 > p.bin
+  "$RUN" -m m -q --session "$S" < p.bin > /dev/null
+  fp0=$("$RUN" -m m -q -v < /dev/null 2>&1 | grep -o 'fingerprint [0-9a-f]*')
+  # the middle of the file is the middle of some tensor's data (the header is 2 KB);
+  # mtime kept, so only the ctime and the content tell
+  size=$(stat -c %s m/model.safetensors)
+  "$PY" -c 'import sys; f = open(sys.argv[1], "r+b"); f.seek(int(sys.argv[2])); b = f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0x10]))' \
+    m/model.safetensors $((size / 2 + 3))
+  touch -r "$GQA/model.safetensors" m/model.safetensors
+  fp1=$("$RUN" -m m -q -v < /dev/null 2>&1 | grep -o 'fingerprint [0-9a-f]*')
+  [ -n "$fp0" ] && [ "$fp0" != "$fp1" ] || fail "fingerprint unchanged: $fp0 / $fp1"
+  run --separate-stderr "$RUN" -m m -q --session "$S" < p.bin
+  assert_status 1
+  assert_err "phi3-run: session $S: " "made by another model"
+  "$RUN" --session-rm "$S"
+  "$RUN" -m m -q < p.bin > fresh.out
+  "$RUN" -m m -q --session "$S" < p.bin > sess.out
+  cmp fresh.out sess.out
+}
+
+@test "the fingerprint cache: keyed by file identity, 0600, a damaged or foreign cache is ignored" {
+  export XDG_CACHE_HOME="$BATS_TEST_TMPDIR/cache"
+  fp() { "$RUN" -m "$LONGROPE" -q -v < /dev/null 2>&1 | grep -o 'fingerprint [0-9a-f]*'; }
+  want=$(PHI3_FP_CACHE=off fp)
+  [ ! -e cache ]
+  [ "$(fp)" = "$want" ]
+  C=cache/phi3/fingerprints
+  [ "$(stat -c %a cache/phi3)" = 700 ] && [ "$(stat -c %a $C)" = 600 ]
+  [ "$(head -1 $C)" = "phi3-fingerprints 1" ] && [ "$(wc -l < $C)" = 3 ]    # two shards
+  [ "$(fp)" = "$want" ]
+  # a changed hash (its check value no longer matches): the cache is ignored, then rewritten
+  "$PY" -c 'import sys
+p = sys.argv[1]; l = open(p).read().split("\n"); f = l[1].split(" ")
+f[5] = "%016x" % (int(f[5], 16) ^ 1); l[1] = " ".join(f); open(p, "w").write("\n".join(l))' $C
+  [ "$(fp)" = "$want" ]
+  [ "$(fp)" = "$want" ]
+  # writable by others: ignored
+  chmod 0666 $C
+  [ "$(fp)" = "$want" ]
+  # a FIFO in its place hangs nothing
+  rm -f $C; mkfifo $C
+  [ "$(timeout 10 bash -c "$(declare -f fp); RUN=$RUN LONGROPE=$LONGROPE fp")" = "$want" ]
+}
+
+@test "a /dev/shm too full to create the object: a clear error and no 0-byte object left behind" {
+  [ "$(id -u)" = 0 ] || skip "needs root for a private tmpfs"
+  unshare -m true 2> /dev/null || skip "no mount namespaces here"
+  frames 7 32064 10 > p.bin
+  # header + ids of tiny-longrope need 12 KiB; the tmpfs holds 8 KiB
+  run unshare -m sh -c 'mount -t tmpfs -o size=8k tmpfs /dev/shm && "$@"; echo "exit $?"; ls -A /dev/shm' x \
+    "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin
+  [[ "$output" == *"session $S: cannot allocate"*"no space left"* ]] || fail "$output"
+  [[ "$output" == *"exit 1"* ]] || fail "$output"
+  [[ "$output" != *"phi3.$S"* ]] || fail "object left: $output"
 }

@@ -91,7 +91,7 @@ concurrent() {
   local m=$1 v=$2 seed=$3 n=$4 k; shift 4
   MODEL=$m serve ./s.sock --stats "$@"
   "$RAND" "$seed" "$n" . "$v"
-  for k in $(seq "$n"); do RUN -m "$m" --backend cpu $(cat flags.$k) < in.$k > solo.$k; done
+  for k in $(seq "$n"); do RUN -m "$m" --backend cpu ${SOLO_FLAGS:-} $(cat flags.$k) < in.$k > solo.$k; done
   local pids=()
   for k in $(seq "$n"); do
     if [ $((k % 2)) = 0 ]; then
@@ -119,6 +119,11 @@ concurrent() {
 @test "server: 12 concurrent random streams, one forward per stream (--no-batch), each equals its solo run" {
   concurrent "$LONGROPE" 32064 8 12 --no-batch
   grep -q '(0 batched)' server.err
+}
+
+@test "server: --kv-type f16: 10 concurrent random streams in batched steps equal solo runs with --kv-type f16" {
+  SOLO_FLAGS="--kv-type f16" concurrent "$LONGROPE" 32064 10 10 --kv-type f16
+  grep 'server stats:.*batched' server.err | grep -vq '(0 batched)' || fail "$(cat server.err)"
 }
 
 @test "server: 16 concurrent random streams in batched steps on tiny-gqa-window (GQA, sliding window 16)" {

@@ -2,7 +2,7 @@
  * the bits its own forward gives: random contexts on both fixture models, steps mixing
  * decode tokens and prompt chunks of 1..64 tokens, logits of the last token or of all,
  * none, rewinds between steps, contexts crossing tiny-longrope's LongRoPE switch, and
- * backends with different thread counts. The reference is a solo backend per context fed
+ * backends with different thread counts, float32 and half KV caches. The reference is a solo backend per context fed
  * the same pieces through backend->forward. */
 #include "decode/backend.h"
 #include "decode/cpu.h"
@@ -32,6 +32,10 @@ static void check_model(const char *dir, int steps)
     for (int i = 0; i < K; i++) {
         bb[i] = backend_cpu_new(m, 0, i == K - 1 ? 1 : 2, NULL, err, sizeof err);   /* one with 1 thread */
         solo[i] = backend_cpu_new(m, 0, 1, NULL, err, sizeof err);
+        if (i % 2) {                            /* half of them keep K and V in half */
+            backend_cpu_set_kv_type(bb[i], KV_F16);
+            backend_cpu_set_kv_type(solo[i], KV_F16);
+        }
     }
     /* as the server does: the 2-thread contexts run on the threads of the first */
     int shared = 0;

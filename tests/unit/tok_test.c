@@ -52,6 +52,17 @@ static int dec_is(const int32_t *ids, size_t n, unsigned flags, const char *want
 #define DEC(want, flags, ...) dec_is((const int32_t[]){__VA_ARGS__}, \
     sizeof((const int32_t[]){__VA_ARGS__}) / sizeof(int32_t), flags, want)
 
+static size_t *flush_calls;
+
+static void flush_into(tok_ids *ids, void *ctx)
+{
+    tok_ids *dst = ctx;
+    dst->v = realloc(dst->v, (dst->n + ids->n + 1) * sizeof *dst->v);
+    memcpy(dst->v + dst->n, ids->v, ids->n * sizeof *ids->v);
+    dst->n += ids->n;
+    (*flush_calls)++;
+}
+
 static int load_fails(const char *json, const char *needle)
 {
     char err[256];
@@ -134,16 +145,56 @@ int main(void)
             tok_buf o = {0};
             tok_dec_init(&d, T, 0);
             tok_dec_push(&d, 11 + 0xf0, &o); tok_dec_push(&d, 11 + 0x9f, &o); tok_dec_push(&d, 11 + 0x99, &o);
-            int held = o.n == 0;
             tok_dec_push(&d, 11 + 0x82, &o);
-            ok(held && o.n == 4 && memcmp(o.p, "\xf0\x9f\x99\x82", 4) == 0, "stream: 🙂 held until its 4th byte");
+            int held = o.n == 0;
+            tok_dec_push(&d, 2, &o);
+            ok(held && o.n == 5 && memcmp(o.p, "\xf0\x9f\x99\x82" "a", 5) == 0,
+               "stream: 🙂 held until the byte run ends (HF decodes a run whole)");
             tok_dec_end(&d, &o);
+            o.n = 0;
+            tok_dec_init(&d, T, TOK_LENIENT_BYTES);
+            tok_dec_push(&d, 11 + 0xf0, &o); tok_dec_push(&d, 11 + 0x9f, &o); tok_dec_push(&d, 11 + 0x99, &o);
+            held = o.n == 0;
+            tok_dec_push(&d, 11 + 0x82, &o);
+            ok(held && o.n == 4 && memcmp(o.p, "\xf0\x9f\x99\x82", 4) == 0, "stream, lenient: 🙂 out with its 4th byte");
+            tok_dec_end(&d, &o);
+            ok(DEC("\xef\xbf\xbd\xef\xbf\xbd", 0, 11 + 0x31, 11 + 0xfe), "HF: <0x31><0xFE> -> U+FFFD for both bytes");
+            ok(DEC("1\xef\xbf\xbd", TOK_LENIENT_BYTES, 11 + 0x31, 11 + 0xfe), "lenient: <0x31><0xFE> -> 1 U+FFFD");
+            ok(DEC("\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd ab", 0, 11 + 0xfe, 11 + 0x31, 11 + 0x31, 6),
+               "HF: a run known bad stays U+FFFD per byte up to the next token");
+            ok(DEC("\xc3\xa9", TOK_SKIP_SPECIAL, 11 + 0xc3, 9, 11 + 0xa9), "HF: a skipped special token does not end a run");
+            ok(DEC("\xef\xbf\xbd<X>\xef\xbf\xbd", 0, 11 + 0xc3, 9, 11 + 0xa9), "HF: a kept one does");
+            o.n = 0;
             tok_dec_push(&d, 1, &o); tok_dec_push(&d, 6, &o);
-            ok(o.n == 7 && memcmp(o.p + 4, " ab", 3) == 0, "stream: after end, a new sequence strips again");
+            ok(o.n == 3 && memcmp(o.p, " ab", 3) == 0, "stream: after end, a new sequence strips again");
             tok_buf_free(&o);
             tok_free(T);
         }
         free(j);
+    }
+
+    {   /* a flushing tok_ids gives the same ids, in pieces of >= TOK_FLUSH_IDS */
+        T = tok_load_mem(tiny, strlen(tiny), NULL, 0, err, sizeof err);
+        size_t n = 300000 * 4;
+        char *txt = malloc(n + 1);
+        for (size_t i = 0; i < n; i += 4) memcpy(txt + i, i % 12 ? "ab c" : "<X>a", 4);
+        txt[n] = 0;
+        tok_ids whole = {0}, piece = {0}, got = {0};
+        long badoff;
+        size_t calls = 0;
+        tok_encode(T, txt, n, TOK_SPECIAL, NULL, &whole, &badoff);
+        piece.ctx = &got;
+        piece.flush = flush_into;
+        flush_calls = &calls;
+        tok_encode(T, txt, n, TOK_SPECIAL, NULL, &piece, &badoff);
+        flush_into(&piece, &got);
+        calls--;
+        ok(whole.n > 2 * TOK_FLUSH_IDS && calls >= 2 && got.n == whole.n &&
+           memcmp(got.v, whole.v, whole.n * sizeof *whole.v) == 0,
+           "flushing encode: same %zu ids in %zu flushes", whole.n, calls);
+        tok_ids_free(&whole); tok_ids_free(&piece); tok_ids_free(&got);
+        free(txt);
+        tok_free(T);
     }
 
     ok(load_fails("{", "line 1"), "bad JSON");
