@@ -95,6 +95,7 @@ enum { ST_OPEN, ST_CLOSING, ST_DEAD };
 
 typedef struct conn {
     int fd, id;
+    int admitted;                       /* counts against --max-streams */
     int state;                          /* ST_CLOSING: last frame queued; close when sent */
     frame_reader *fr;
     int in_eof;                         /* no more frames (EOF, an error queued, the drain) */
@@ -136,6 +137,7 @@ typedef struct server {
     ino_t ino;
     conn **c;
     int nc, ccap, next_id;
+    int admitted;                       /* streams counted against --max-streams */
     size_t reserved;
     int draining;
     /* stats */
@@ -258,6 +260,7 @@ static void conn_free(server *sv, conn *c)
     if (c->b) c->b->ops->destroy(c->b);
     session_close(c->s);
     sv->reserved -= c->reserved;
+    sv->admitted -= c->admitted;
     fr_close(c->fr);
     fw_destroy(&c->w);
     close(c->fd);
@@ -723,11 +726,15 @@ static void server_accept(server *sv)
             sv->c = xrealloc(sv->c, (size_t)sv->ccap * sizeof *sv->c);
         }
         sv->c[sv->nc++] = c;
-        if (sv->nc > sv->o->max_streams) {
+        if (sv->admitted >= sv->o->max_streams) {
             sv->refused++;
             conn_fail(c, "server: no room for this stream: %d streams are open (--max-streams %d); retry later",
-                      sv->nc - 1, sv->o->max_streams);
-        } else sv->served++;
+                      sv->admitted, sv->o->max_streams);
+        } else {
+            sv->served++;
+            sv->admitted++;
+            c->admitted = 1;
+        }
         if (sv->draining) conn_fail(c, "server is shutting down");
     }
 }

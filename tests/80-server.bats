@@ -418,3 +418,22 @@ for f in u: print(f["type"], f.get("message", ""))' ./s.sock in
   assert_err "phi3-run: frame 2:" "hello frame must be the first"
   RUN --connect ./s.sock < ok | cmp - <(RUN -m "$LONGROPE" --backend cpu < ok)
 }
+
+@test "server: a refused stream does not count against --max-streams while it closes" {
+  serve ./s.sock --max-streams 1
+  frames '{"type":"tokens","ids":[1]}' > one
+  for i in 1 2 3; do RUN --connect ./s.sock < one > /dev/null; done   # one after another: each fits
+  mkfifo hold
+  ( RUN --connect ./s.sock < hold > first 2>&1 ) &
+  holder=$!
+  exec 4> hold
+  cat one >&4
+  for i in $(seq 200); do [ -s first ] && break; sleep 0.05; done
+  for i in 1 2 3; do
+    run --separate-stderr RUN --connect ./s.sock < one
+    assert_err "phi3-run: server: no room for this stream" "1 streams are open"
+  done
+  exec 4>&-
+  wait "$holder"
+  RUN --connect ./s.sock < one > /dev/null
+}
