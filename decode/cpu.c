@@ -44,6 +44,7 @@ typedef struct cpu {
     int ids_cap;
     float **scores;             /* per thread [att_scratch_floats()] */
     float **gscratch;           /* per thread [gemm_scratch_floats()] */
+    int shared_pool;            /* pool belongs to another backend (backend_cpu_share_pool) */
     cpu_hidden_fn hook;
     void *hook_ctx;
 } cpu;
@@ -436,13 +437,33 @@ static void hook(cpu *c, int stage, int pos0, int n, const float *x)
     if (c->hook) c->hook(c->hook_ctx, stage, pos0, n, x);
 }
 
+/* Layer l for n tokens at positions pos0.. of c's context: RoPE on their q and k rows
+ * (qkv: n rows of q|k|v, cos/sin in cs), their K and V into c's cache. qkv/cs are c's
+ * scratch, or a context's rows of a batch's stacked buffers (backend_cpu_forward_batch). */
+static void kv_put(cpu *c, int l, int pos0, int n, float *qkv, const float *cs_all)
+{
+    const phi3_config *cf = &c->b.m->cfg;
+    int hd = cf->head_dim, nh = cf->n_heads, nkv = cf->n_kv_heads;
+    for (int t = 0; t < n; t++) {
+        float *q = qkv + (size_t)t * c->qkvdim, *k = q + nh * hd;   /* V follows K */
+        uint8_t *row = kv_row(c, pos0 + t, l);
+        const float *cs = cs_all + (size_t)t * hd;
+        for (int h = 0; h < nh; h++) rope_apply(q + h * hd, cs, cs + hd / 2, hd);
+        for (int h = 0; h < nkv; h++) rope_apply(k + h * hd, cs, cs + hd / 2, hd);
+        if (c->kv.type == KV_F16) gemm_f32_to_f16(k, (uint16_t *)row, 2 * c->kvdim);   /* K, V adjacent */
+        else memcpy(row, k, 2 * (size_t)c->kvdim * sizeof(float));
+    }
+}
+
+static int att_items(const cpu *c, int n) { return c->b.m->cfg.n_heads * ((n + ATT_TQ - 1) / ATT_TQ); }
+
 /* n <= CHUNK tokens at positions pos0.. (already room in kv). logits: NULL, or where the
  * logits of the last token (all = 0) or of every token go. */
 static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int all)
 {
     const phi3_model *m = c->b.m;
     const phi3_config *cf = &m->cfg;
-    int H = cf->hidden, hd = cf->head_dim, nh = cf->n_heads, nkv = cf->n_kv_heads, I = cf->intermediate;
+    int H = cf->hidden, hd = cf->head_dim, nh = cf->n_heads, I = cf->intermediate;
     int pos0 = c->b.n_ctx;
     memmove(c->ids + pos0, ids, (size_t)n * sizeof *ids);   /* ids may already be there */
     size_t erow = quant_row_bytes(m->embed.dtype, H);    /* rows may be quantized blocks */
@@ -457,17 +478,9 @@ static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int 
         const phi3_layer *L = &m->layers[l];
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &L->ln1, H, cf->rms_eps);
         matmul(c, &L->qkv, 0, c->qkvdim, c->xb, H, n, c->qkv, c->qkvdim);
-        for (int t = 0; t < n; t++) {
-            float *q = c->qkv + (size_t)t * c->qkvdim, *k = q + nh * hd;   /* V follows K */
-            uint8_t *row = kv_row(c, pos0 + t, l);
-            const float *cs = c->cs + (size_t)t * hd;
-            for (int h = 0; h < nh; h++) rope_apply(q + h * hd, cs, cs + hd / 2, hd);
-            for (int h = 0; h < nkv; h++) rope_apply(k + h * hd, cs, cs + hd / 2, hd);
-            if (c->kv.type == KV_F16) gemm_f32_to_f16(k, (uint16_t *)row, 2 * c->kvdim);   /* K, V adjacent */
-            else memcpy(row, k, 2 * (size_t)c->kvdim * sizeof(float));
-        }
+        kv_put(c, l, pos0, n, c->qkv, c->cs);
         att_job aj = {c, l, pos0, n};
-        pool_run(c->pool, att_tiles, &aj, nh * ((n + ATT_TQ - 1) / ATT_TQ));
+        pool_run(c->pool, att_tiles, &aj, att_items(c, n));
         matmul(c, &L->o, 0, H, c->att, nh * hd, n, c->xb, H);
         for (size_t i = 0; i < (size_t)n * H; i++) c->x[i] += c->xb[i];
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &L->ln2, H, cf->rms_eps);
@@ -534,7 +547,7 @@ static void cpu_destroy(backend *b)
     free(c->scores);
     for (int t = 0; c->gscratch && t < pool_threads(c->pool); t++) free(c->gscratch[t]);
     free(c->gscratch);
-    pool_free(c->pool);
+    if (!c->shared_pool) pool_free(c->pool);
     if (c->own_kv) free(c->kv.base);
     free(c->ids);
     free(c->inv_freq[0]);
@@ -649,6 +662,212 @@ size_t backend_cpu_kv_bytes(const backend *b)
 {
     const cpu *c = (const cpu *)b;
     return c->own_kv ? (size_t)c->kv.capacity * c->stride * c->es : 0;
+}
+
+/* ---- many contexts in one forward (phi3-run --serve) ----
+ * The token rows of every context are stacked so that each matmul reads the weights once
+ * for all of them; RoPE, the KV rows and attention stay per context (its positions, its
+ * LongRoPE mode, its cache). Every output element is still computed by one thread in the
+ * fixed order of forward_chunk (the matmul's per-row order does not depend on the other
+ * rows), so each context gets the bits its own forward would give. */
+
+struct cpu_batch {
+    float *x, *xb, *qkv, *att, *hb, *cs, *lx, *lg;
+    int rows_cap, lrows_cap;
+    att_job *jobs;                      /* per context */
+    int *first;                         /* [k + 1]: first attention item of each context */
+    float **sq, **sa;                   /* each context's own scratch, put back after */
+    int k_cap;
+};
+
+/* The attention items of several contexts as one parallel loop: items [first[i],
+ * first[i + 1]) are context i's. The threads are those of the first context's pool;
+ * every context has as many (its per-thread scratch is indexed by tid). */
+typedef struct att_multi {
+    att_job *j;
+    int *first;
+    int k;
+} att_multi;
+
+static void att_multi_run(void *ctx, int begin, int end, int tid)
+{
+    att_multi *a = ctx;
+    for (int i = 0; i < a->k; i++) {
+        int b0 = a->first[i], e0 = a->first[i + 1];
+        int b = begin > b0 ? begin : b0, e = end < e0 ? end : e0;
+        if (b < e) att_tiles(&a->j[i], b - b0, e - b0, tid);
+    }
+}
+
+void backend_cpu_batch_free(cpu_batch *w)
+{
+    if (!w) return;
+    free(w->x);
+    free(w->xb);
+    free(w->qkv);
+    free(w->att);
+    free(w->hb);
+    free(w->cs);
+    free(w->lx);
+    free(w->lg);
+    free(w->jobs);
+    free(w->first);
+    free(w->sq);
+    free(w->sa);
+    free(w);
+}
+
+static int batch_reserve(cpu_batch *w, const phi3_config *cf, int qkvdim, int rows, int lrows)
+{
+    if (rows > w->rows_cap) {
+        size_t r = (size_t)rows, H = (size_t)cf->hidden;
+        float *p[6] = {realloc(w->x, r * H * sizeof(float)), NULL, NULL, NULL, NULL, NULL};
+        if (p[0]) w->x = p[0];
+        p[1] = realloc(w->xb, r * H * sizeof(float));
+        if (p[1]) w->xb = p[1];
+        p[2] = realloc(w->qkv, r * (size_t)qkvdim * sizeof(float));
+        if (p[2]) w->qkv = p[2];
+        p[3] = realloc(w->att, r * (size_t)cf->n_heads * cf->head_dim * sizeof(float));
+        if (p[3]) w->att = p[3];
+        p[4] = realloc(w->hb, r * 2 * (size_t)cf->intermediate * sizeof(float));
+        if (p[4]) w->hb = p[4];
+        p[5] = realloc(w->cs, r * (size_t)cf->head_dim * sizeof(float));
+        if (p[5]) w->cs = p[5];
+        for (int i = 0; i < 6; i++)
+            if (!p[i]) return -1;
+        w->rows_cap = rows;
+    }
+    if (lrows > w->lrows_cap) {
+        float *a = realloc(w->lx, (size_t)lrows * cf->hidden * sizeof(float));
+        if (a) w->lx = a;
+        float *b = realloc(w->lg, (size_t)lrows * cf->vocab * sizeof(float));
+        if (b) w->lg = b;
+        if (!a || !b) return -1;
+        w->lrows_cap = lrows;
+    }
+    return 0;
+}
+
+int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids, const int *n, float **logits,
+                              const int *all, int k)
+{
+    if (k <= 0) return 0;
+    cpu *c0 = (cpu *)bs[0];
+    const phi3_model *m = c0->b.m;
+    const phi3_config *cf = &m->cfg;
+    int H = cf->hidden, hd = cf->head_dim, nh = cf->n_heads, I = cf->intermediate;
+    int qkvdim = c0->qkvdim;
+    int rows = 0, lrows = 0;
+    for (int i = 0; i < k; i++) {
+        cpu *c = (cpu *)bs[i];
+        backend *b = bs[i];
+        b->err[0] = 0;
+        if (b->m != m || b->ops != &cpu_ops) return berr(c0, "batched forward over different models or backends");
+        if (n[i] < 0 || n[i] > CHUNK) return berr(c, "batched forward of %d tokens (1..%d per context)", n[i], CHUNK);
+        for (int t = 0; t < n[i]; t++)
+            if (ids[i][t] < 0 || ids[i][t] >= cf->vocab)
+                return berr(c, "token id %d out of range [0, %d)", ids[i][t], cf->vocab);
+        if ((long)b->n_ctx + n[i] > b->max_ctx)
+            return berr(c, "context of %ld tokens exceeds the limit of %d", (long)b->n_ctx + n[i], b->max_ctx);
+        if (ensure_capacity(c, b->n_ctx + n[i])) return -1;
+        set_rope_mode(c, rope_use_long(cf, (long)b->n_ctx + n[i]));
+        rows += n[i];
+        if (logits[i]) lrows += all[i] ? n[i] : 1;
+    }
+    if (!*ws) *ws = xcalloc(1, sizeof **ws);
+    cpu_batch *w = *ws;
+    if (batch_reserve(w, cf, qkvdim, rows, lrows)) return berr(c0, "out of memory for a batch of %d rows", rows);
+    if (k > w->k_cap) {
+        w->jobs = xrealloc(w->jobs, (size_t)k * sizeof *w->jobs);
+        w->first = xrealloc(w->first, (size_t)(k + 1) * sizeof *w->first);
+        w->sq = xrealloc(w->sq, (size_t)k * sizeof *w->sq);
+        w->sa = xrealloc(w->sa, (size_t)k * sizeof *w->sa);
+        w->k_cap = k;
+    }
+    w->first[0] = 0;
+    int same_threads = 1;
+    for (int i = 1; i < k; i++) same_threads &= pool_threads(((cpu *)bs[i])->pool) == pool_threads(c0->pool);
+
+    size_t es = st_dtype_size(m->embed.dtype);
+    for (int i = 0, r = 0; i < k; r += n[i], i++) {
+        cpu *c = (cpu *)bs[i];
+        int pos0 = c->b.n_ctx;
+        memmove(c->ids + pos0, ids[i], (size_t)n[i] * sizeof *ids[i]);
+        const float *inv = c->inv_freq[c->b.rope_long];
+        for (int t = 0; t < n[i]; t++) {
+            model_to_f32(m->embed.dtype, (const uint8_t *)m->embed.data + (size_t)ids[i][t] * H * es,
+                         w->x + (size_t)(r + t) * H, (size_t)H);
+            float *cs = w->cs + (size_t)(r + t) * hd;
+            rope_cos_sin(cf, inv, pos0 + t, cs, cs + hd / 2);
+        }
+    }
+    for (int l = 0; l < cf->n_layers; l++) {
+        const phi3_layer *L = &m->layers[l];
+        for (int t = 0; t < rows; t++) rmsnorm(w->xb + (size_t)t * H, w->x + (size_t)t * H, &L->ln1, H, cf->rms_eps);
+        matmul(c0, &L->qkv, 0, qkvdim, w->xb, H, rows, w->qkv, qkvdim);
+        /* RoPE and KV rows per context; then the attention of every context in one
+         * parallel loop, each over its own cache, with its rows of the stacked buffers
+         * standing in for its scratch (att_tiles reads c->qkv, writes c->att) */
+        for (int i = 0, r = 0; i < k; r += n[i], i++) {
+            cpu *c = (cpu *)bs[i];
+            kv_put(c, l, c->b.n_ctx, n[i], w->qkv + (size_t)r * qkvdim, w->cs + (size_t)r * hd);
+            w->jobs[i] = (att_job){c, l, c->b.n_ctx, n[i]};
+            w->first[i + 1] = w->first[i] + att_items(c, n[i]);
+            w->sq[i] = c->qkv;
+            w->sa[i] = c->att;
+            c->qkv = w->qkv + (size_t)r * qkvdim;
+            c->att = w->att + (size_t)r * nh * hd;
+        }
+        if (same_threads) {
+            att_multi am = {w->jobs, w->first, k};
+            pool_run(c0->pool, att_multi_run, &am, w->first[k]);
+        } else {
+            for (int i = 0; i < k; i++) pool_run(((cpu *)bs[i])->pool, att_tiles, &w->jobs[i], w->first[i + 1] - w->first[i]);
+        }
+        for (int i = 0; i < k; i++) {
+            ((cpu *)bs[i])->qkv = w->sq[i];
+            ((cpu *)bs[i])->att = w->sa[i];
+        }
+        matmul(c0, &L->o, 0, H, w->att, nh * hd, rows, w->xb, H);
+        for (size_t e = 0; e < (size_t)rows * H; e++) w->x[e] += w->xb[e];
+        for (int t = 0; t < rows; t++) rmsnorm(w->xb + (size_t)t * H, w->x + (size_t)t * H, &L->ln2, H, cf->rms_eps);
+        matmul(c0, &L->gate_up, 0, 2 * I, w->xb, H, rows, w->hb, 2 * I);
+        for (int t = 0; t < rows; t++) {
+            float *g = w->hb + (size_t)t * 2 * I, *u = g + I;
+            for (int e = 0; e < I; e++) g[e] = u[e] * (g[e] / (1.0f + expf(-g[e])));
+        }
+        matmul(c0, &L->down, 0, H, w->hb, 2 * I, rows, w->xb, H);
+        for (size_t e = 0; e < (size_t)rows * H; e++) w->x[e] += w->xb[e];
+    }
+    /* final norm of the rows whose logits are wanted, stacked, then one lm_head */
+    int lr = 0;
+    for (int i = 0, r = 0; i < k; r += n[i], i++) {
+        bs[i]->n_ctx += n[i];
+        if (!logits[i]) continue;
+        for (int t = all[i] ? 0 : n[i] - 1; t < n[i]; t++, lr++)
+            rmsnorm(w->lx + (size_t)lr * H, w->x + (size_t)(r + t) * H, &m->norm, H, cf->rms_eps);
+    }
+    if (lr) matmul(c0, &m->lm_head, 0, cf->vocab, w->lx, H, lr, w->lg, cf->vocab);
+    lr = 0;
+    for (int i = 0; i < k; i++) {
+        if (!logits[i]) continue;
+        int cnt = all[i] ? n[i] : 1;
+        memcpy(logits[i], w->lg + (size_t)lr * cf->vocab, (size_t)cnt * cf->vocab * sizeof(float));
+        lr += cnt;
+    }
+    return 0;
+}
+
+int backend_cpu_share_pool(backend *b, const backend *from)
+{
+    cpu *c = (cpu *)b;
+    const cpu *f = (const cpu *)from;
+    if (b->ops != &cpu_ops || from->ops != &cpu_ops || pool_threads(c->pool) != pool_threads(f->pool)) return -1;
+    if (c->pool == f->pool) return 0;
+    if (!c->shared_pool) pool_free(c->pool);
+    c->pool = f->pool;
+    c->shared_pool = 1;
+    return 0;
 }
 
 /* Every kernel path (AVX-512, AVX2, scalar) gives the same bits: the canonical order of

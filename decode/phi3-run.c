@@ -8,6 +8,7 @@
 
 #include "decode/backend.h"
 #include "decode/cpu.h"
+#include "decode/server.h"
 #include "decode/session.h"
 #include "embed/model.h"
 #include "shared/stream.h"
@@ -46,7 +47,17 @@ static const char usage[] =
 "      --session-info NAME  one JSON object describing NAME; no model needed\n"
 "      --session-rm NAME  remove NAME (waits for its writer unless --no-wait)\n"
 "      --stats            at exit on stderr: tokens reused and computed, prefill and\n"
-"                         decode time\n"
+"                         decode time (--serve: streams, tok/s, batch sizes; also on SIGUSR1)\n"
+"      --serve SOCKET     load the model once and serve streams on a Unix socket: a path,\n"
+"                         or a NAME under $XDG_RUNTIME_DIR/phi3/ (docs/SERVER.md)\n"
+"      --max-streams N    --serve: streams open at once (default 64)\n"
+"      --kv-budget BYTES  --serve: KV cache reserved by all streams, each stream's --ctx\n"
+"                         (or the server's) times the bytes per position (K/M/G suffix)\n"
+"      --chunk N          --serve: prefill tokens per stream per step (default 64)\n"
+"      --no-batch         --serve: one forward per stream and step instead of one over all\n"
+"                         streams (CPU; the CUDA backend always runs one per stream)\n"
+"      --connect SOCKET   be this pipeline stage through a phi3-run --serve: stdin and\n"
+"                         stdout as without it; per stream: --all-logits, --ctx, --session\n"
 "  -h, --help, --version\n"
 "\n"
 "LongRoPE: while the context is <= original_max_position_embeddings the short factors\n"
@@ -58,7 +69,21 @@ static const char usage[] =
 "2 the command line cannot be understood.\n";
 
 enum { OPT_BACKEND = 256, OPT_THREADS, OPT_ALL, OPT_CTX, OPT_VERSION, OPT_SESSION, OPT_NOWAIT,
-       OPT_SLIST, OPT_SINFO, OPT_SRM, OPT_STATS, OPT_KVTYPE };
+       OPT_SLIST, OPT_SINFO, OPT_SRM, OPT_STATS, OPT_SERVE, OPT_CONNECT, OPT_MAXSTREAMS, OPT_KVBUDGET,
+       OPT_CHUNK, OPT_NOBATCH, OPT_KVTYPE };
+
+/* BYTES with an optional K, M or G suffix (powers of 1024). */
+static long long opt_bytes(const char *name, const char *s)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    int sh = *end == 'K' ? 10 : *end == 'M' ? 20 : *end == 'G' ? 30 : 0;
+    if (sh) end++;
+    if (errno || end == s || *end || v < 1 || v > (1LL << (62 - sh)))
+        phi3_usage_die("%s: expected a byte count (K, M or G suffix allowed), got '%s'", name, s);
+    return v << sh;
+}
 
 /* The state of one run: the model, its backend, the output stream. */
 typedef struct run {
@@ -225,7 +250,10 @@ int main(int argc, char **argv)
     phi3_init("phi3-run");
     const char *mdir = NULL, *bname = "auto", *sname = NULL, *sinfo = NULL, *srm = NULL;
     int nowait = 0, slist = 0, stats = 0, kvt = -1;
-    long threads = 0, ctx = 0;
+    long threads = 0, ctx = 0, max_streams = 64, chunk = 64;
+    long long kv_budget = 0;
+    int nobatch = 0;
+    const char *serve = NULL, *conn = NULL;
     int all = 0, verbose = 0, quiet = 0, c;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"backend", required_argument, 0, OPT_BACKEND},
@@ -235,7 +263,11 @@ int main(int argc, char **argv)
         {"version", no_argument, 0, OPT_VERSION}, {"session", required_argument, 0, OPT_SESSION},
         {"no-wait", no_argument, 0, OPT_NOWAIT}, {"session-list", no_argument, 0, OPT_SLIST},
         {"session-info", required_argument, 0, OPT_SINFO}, {"session-rm", required_argument, 0, OPT_SRM},
-        {"stats", no_argument, 0, OPT_STATS}, {"kv-type", required_argument, 0, OPT_KVTYPE}, {0, 0, 0, 0}};
+        {"stats", no_argument, 0, OPT_STATS}, {"serve", required_argument, 0, OPT_SERVE},
+        {"connect", required_argument, 0, OPT_CONNECT}, {"max-streams", required_argument, 0, OPT_MAXSTREAMS},
+        {"kv-budget", required_argument, 0, OPT_KVBUDGET}, {"chunk", required_argument, 0, OPT_CHUNK},
+        {"no-batch", no_argument, 0, OPT_NOBATCH}, {"kv-type", required_argument, 0, OPT_KVTYPE},
+        {0, 0, 0, 0}};
     while ((opterr = 0, c = getopt_long(argc, argv, ":m:vqh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': mdir = optarg; break;
@@ -253,6 +285,12 @@ int main(int argc, char **argv)
         case OPT_SINFO: sinfo = optarg; break;
         case OPT_SRM: srm = optarg; break;
         case OPT_STATS: stats = 1; break;
+        case OPT_SERVE: serve = optarg; break;
+        case OPT_CONNECT: conn = optarg; break;
+        case OPT_MAXSTREAMS: max_streams = opt_long("--max-streams", optarg, 1, 4096); break;
+        case OPT_KVBUDGET: kv_budget = opt_bytes("--kv-budget", optarg); break;
+        case OPT_CHUNK: chunk = opt_long("--chunk", optarg, 1, 65536); break;
+        case OPT_NOBATCH: nobatch = 1; break;
         case OPT_KVTYPE:
             if (!strcmp(optarg, "f32")) kvt = KV_F32;
             else if (!strcmp(optarg, "f16")) kvt = KV_F16;
@@ -268,6 +306,15 @@ int main(int argc, char **argv)
         phi3_usage_die("--kv-type f16 applies to the CPU backend (the CUDA backend keeps its own fp16 cache)");
     if (slist + !!sinfo + !!srm > 1 || ((slist || sinfo || srm) && sname))
         phi3_usage_die("--session-list, --session-info, --session-rm and --session exclude each other");
+    if (serve && conn) phi3_usage_die("--serve and --connect exclude each other");
+    if ((serve || conn) && (slist || sinfo || srm))
+        phi3_usage_die("--serve/--connect and the session management options exclude each other");
+    if (conn) {   /* the model and the backend are the server's; -m etc. are accepted and unused */
+        client_opts co = {.socket = conn, .session = sname, .all_logits = all, .ctx = (int)ctx};
+        return client_main(&co);
+    }
+    if (serve && (sname || all || nowait))
+        phi3_usage_die("--session, --no-wait and --all-logits are per stream: give them to --connect");
     if (slist || sinfo || srm) {   /* session management: no model */
         char err[512];
         int bad = slist ? session_list(stdout, err, sizeof err)
@@ -278,6 +325,12 @@ int main(int argc, char **argv)
     mdir = phi3_model_dir(mdir);
     if (!mdir) phi3_usage_die("no model directory: give -m DIR or set PHI3_MODEL");
 
+    if (serve) {
+        server_opts so = {.socket = serve, .model_dir = mdir, .backend = bname, .threads = (int)threads,
+                          .ctx = (int)ctx, .max_streams = (int)max_streams, .kv_budget = kv_budget,
+                          .chunk = (int)chunk, .batch = !nobatch, .kv_type = kvt, .stats = stats, .verbose = verbose, .quiet = quiet};
+        return server_main(&so);
+    }
     run r = {.all_logits = all, .verbose = verbose};
     char err[512];
     double t0 = now_sec();

@@ -20,6 +20,8 @@ struct frame_reader {
     unsigned char *buf;
     size_t cap, len;     /* allocated, buffered */
     size_t start;        /* first byte of the next frame */
+    const unsigned char *last_p;   /* the frame returned last: its bytes (owned by the frame) */
+    size_t last;
     int eof;
     long count;
     size_t scan_i;       /* resume point of the scan of a frame arriving in pieces: */
@@ -469,6 +471,8 @@ static int decode(frame_reader *r, size_t len, frame *out)
     out->type = ty;
     out->index = no;
     r->count = no;
+    r->last_p = bytes;
+    r->last = len;
     return 1;
 bad:
     msgpack_zone_free(z);
@@ -479,6 +483,7 @@ bad:
 int fr_next(frame_reader *r, frame *out)
 {
     memset(out, 0, sizeof *out);
+    r->last = 0;
     for (;;) {
         size_t have = r->len - r->start;
         if (have > 0) {
@@ -520,12 +525,19 @@ int fr_next(frame_reader *r, frame *out)
         ssize_t n = read(r->fd, r->buf + r->len, r->cap - r->len);
         if (n < 0) {
             if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 2;   /* non-blocking fd */
             snprintf(r->err, sizeof r->err, "frame %ld: read error: %s", r->count + 1, strerror(errno));
             return -1;
         }
         if (n == 0) r->eof = 1;
         r->len += (size_t)n;
     }
+}
+
+void fr_raw(const frame_reader *r, const void **p, size_t *len)
+{
+    *p = r->last ? r->last_p : (const void *)"";
+    *len = r->last;
 }
 
 void frame_free(frame *f)

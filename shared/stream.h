@@ -39,8 +39,12 @@ void fr_close(frame_reader *r);
 
 /* Next frame. Returns 1 with *out filled (free with frame_free), 0 at a clean end of
  * stream (EOF between frames), -1 on error: fr_error() says what, naming the frame
- * number ("frame 3: truncated frame (EOF after 10 bytes)"). */
+ * number ("frame 3: truncated frame (EOF after 10 bytes)"), 2 when fd is non-blocking
+ * and no complete frame is buffered yet (call again when it is readable). */
 int fr_next(frame_reader *r, frame *out);
+/* The bytes of the frame fr_next returned last, exactly as read (valid until that frame
+ * is freed); *len 0 if the last fr_next returned no frame. */
+void fr_raw(const frame_reader *r, const void **p, size_t *len);
 const char *fr_error(const frame_reader *r);
 long fr_count(const frame_reader *r);     /* frames returned so far */
 void frame_free(frame *f);
