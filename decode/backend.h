@@ -89,6 +89,13 @@ void backend_cpu_set_grow(backend *b, kv_grow_fn fn, void *ctx);
  * the executable, from ../lib/phi3/, or from $PHI3_CUDA_LIB. backend_cuda_available() is 0
  * without the plug-in, its libraries, or a device; backend_cuda_new says which. */
 int backend_cuda_available(void);
+/* Whether the CUDA backend can run model m (0 for quantized weights, which it does not
+ * read yet): --backend auto picks the CPU for such a model. */
+int backend_cuda_supports(const struct phi3_model *m);
+/* Sessions on the CUDA backend convert to and from session layout 2 (K, V per layer),
+ * which has not yet run on a GPU: they need PHI3_CUDA_SESSIONS=1 until a GPU check has
+ * passed with it (tests/gpu/check.sh sets it). */
+#define PHI3_CUDA_SESSIONS_ENV "PHI3_CUDA_SESSIONS"
 backend *backend_cuda_new(const struct phi3_model *m, int max_ctx, char *err, size_t errlen);
 
 #endif

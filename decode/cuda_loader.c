@@ -90,6 +90,8 @@ static int quantized_weight(const phi3_model *m)
     return 0;
 }
 
+int backend_cuda_supports(const struct phi3_model *m) { return !quantized_weight(m); }
+
 backend *backend_cuda_new(const struct phi3_model *m, int max_ctx, char *err, size_t errlen)
 {
     if (quantized_weight(m)) {

@@ -339,7 +339,13 @@ int main(int argc, char **argv)
     const phi3_config *cf = &r.m->cfg;
     if (ctx > cf->max_pos)
         phi3_die("--ctx %ld exceeds max_position_embeddings %d of %s", ctx, cf->max_pos, mdir);
-    int use_cuda = !strcmp(bname, "cuda") || (!strcmp(bname, "auto") && kvt != KV_F16 && backend_cuda_available());
+    int cuda_ok = backend_cuda_supports(r.m);
+    int cuda_sess = !sname || getenv(PHI3_CUDA_SESSIONS_ENV);
+    int use_cuda = !strcmp(bname, "cuda") ||
+                   (!strcmp(bname, "auto") && kvt != KV_F16 && cuda_ok && cuda_sess && backend_cuda_available());
+    if (use_cuda && !cuda_sess)
+        phi3_die("--session with the cuda backend: session layout 2 has not yet run on a GPU; set %s=1 to "
+                 "use it anyway, or --backend cpu", PHI3_CUDA_SESSIONS_ENV);
     if (sname && !(r.s = session_open_kv(sname, r.m, (int)ctx, nowait, kvt, err, sizeof err))) phi3_die("%s", err);
     kv_store kv;
     if (r.s) kv = session_kv(r.s);     /* CPU: the KV cache lives in the session's memory */

@@ -802,7 +802,7 @@ int server_main(const server_opts *o)
     if (o->ctx > cf->max_pos)
         phi3_die("--ctx %d exceeds max_position_embeddings %d of %s", o->ctx, cf->max_pos, o->model_dir);
     sv.use_cuda = !strcmp(o->backend, "cuda") || (!strcmp(o->backend, "auto") && o->kv_type != KV_F16 &&
-                                                   backend_cuda_available());
+                                                   backend_cuda_supports(sv.m) && backend_cuda_available());
     if (sv.use_cuda) {
         /* fail now rather than at the first stream */
         backend *b = backend_cuda_new(sv.m, o->ctx, err, sizeof err);

@@ -35,3 +35,20 @@ tokens_frame() { local IFS=,; echo "{\"type\":\"tokens\",\"ids\":[$*]}" | json2f
   run CHECK "$GQA/reference.safetensors" all.logits --tol 2e-2 < "$BATS_TEST_TMPDIR/out"
   assert_status 0
 }
+
+@test "--session with --backend cuda needs PHI3_CUDA_SESSIONS=1 (layout 2 not yet run on a GPU); nothing is created" {
+  S="phi3test-$$-cudasess"
+  run --separate-stderr env -u PHI3_CUDA_SESSIONS "$PHI3_BIN/phi3-run" -m "$LONGROPE" --backend cuda --session "$S" < /dev/null
+  assert_status 1
+  [[ "$stderr" == *"PHI3_CUDA_SESSIONS=1"* ]] || fail "unclear cause: $stderr"
+  [ ! -e "/dev/shm/phi3.$S" ] || { rm -f "/dev/shm/phi3.$S"; fail "a session object was created"; }
+}
+
+@test "--backend auto with a session and no opt-in runs on the CPU (logits as --backend cpu)" {
+  cd "$BATS_TEST_TMPDIR"; S="phi3test-$$-autosess"
+  echo '{"type":"tokens","ids":[1,2,3,4]}' | json2frames > p.bin
+  "$PHI3_BIN/phi3-run" -m "$LONGROPE" -q --backend cpu < p.bin > cpu.out
+  env -u PHI3_CUDA_SESSIONS "$PHI3_BIN/phi3-run" -m "$LONGROPE" -q --session "$S" < p.bin > auto.out
+  "$PHI3_BIN/phi3-run" --session-rm "$S"
+  cmp cpu.out auto.out
+}

@@ -19,6 +19,8 @@
 set -u
 cd "$(dirname "$0")/../.." || exit 2
 ROOT=$PWD
+# Sessions on the CUDA backend are opt-in until this check has passed with layout 2 (decode/backend.h).
+export PHI3_CUDA_SESSIONS=1
 RESULTS=${OUT:-/tmp/phi3-gpu-check}
 OUT=${CHECK_WORK:-/tmp/phi3-gpu-check}
 BIN=${PHI3_BIN:-$ROOT/bin}
