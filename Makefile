@@ -146,7 +146,7 @@ install: all
 
 # Every Debian package the project needs (build, tests, examples).
 DEB_PKGS = build-essential libmsgpack-dev libjansson-dev bats clang python3 python3-msgpack \
-           libclang-rt-14-dev
+           libclang-rt-14-dev tmux
 deps:
 	apt-get update && apt-get install -y --no-install-recommends $(DEB_PKGS)
 

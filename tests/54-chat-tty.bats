@@ -1,0 +1,160 @@
+#!/usr/bin/env bats
+# phi3 chat in a terminal (tmux: send-keys, capture-pane; every wait bounded): the prompt
+# on its own line, Ctrl-C stops a reply and the chat goes on, Ctrl-C twice or Ctrl-D
+# leaves, a 10 KB line arrives whole, history across runs, a pasted block.
+load helper
+
+setup() {
+  command -v tmux > /dev/null || skip "tmux is not installed (make deps)"
+  cd "$BATS_TEST_TMPDIR"
+  P="$ROOT/bin/phi3"
+  SOCK="phi3-bats-$$-$BATS_TEST_NUMBER"
+  export XDG_STATE_HOME="$BATS_TEST_TMPDIR/state"
+  mkdir -p tmp
+}
+
+teardown() {
+  tmux -L "$SOCK" kill-server 2> /dev/null || :
+}
+
+# tm_start ARGS...: phi3 chat ARGS in a 200x50 terminal; its exit status goes to exit.txt
+tm_start() {
+  local q="" a
+  for a in "$@"; do q+=" $(printf '%q' "$a")"; done
+  tmux -L "$SOCK" new-session -d -s t -x 200 -y 50 \
+    "cd $(printf '%q' "$BATS_TEST_TMPDIR"); export PHI3_BIN=$(printf '%q' "$PHI3_BIN") TMPDIR=$(printf '%q' "$BATS_TEST_TMPDIR/tmp") XDG_STATE_HOME=$(printf '%q' "$XDG_STATE_HOME") INPUTRC=/dev/null; $(printf '%q' "$P") chat -m $(printf '%q' "$LONGROPE")$q; echo EXIT=\$? > exit.txt; sleep 60"
+}
+keys() { tmux -L "$SOCK" send-keys -t t "$@"; }
+screen() { tmux -L "$SOCK" capture-pane -p -J -t t -S -1000 | sed 's/ *$//'; }
+# wait_for TEXT [SECONDS]: until the screen shows TEXT (a grep -F pattern)
+wait_for() {
+  local i
+  for i in $(seq $(( ${2:-20} * 10 ))); do screen | grep -qF -- "$1" && return 0; sleep 0.1; done
+  fail "timed out waiting for '$1'; screen:
+$(screen | grep -v '^$' | tail -20 | cut -c1-300)"
+}
+# prompts: the number of prompt lines ("> " and what was typed after it); ready: the last
+# line is a bare prompt (waiting for input)
+prompts() { screen | grep -c '^>\( \|$\)'; }
+wait_prompts() {
+  local i
+  for i in $(seq $(( ${2:-20} * 10 ))); do
+    [ "$(prompts)" -ge "$1" ] && [ "$(screen | grep -v '^$' | tail -n1)" = ">" ] && return 0
+    sleep 0.1
+  done
+  fail "timed out waiting for prompt $1; screen:
+$(screen | grep -v '^$' | tail -20 | cut -c1-300)"
+}
+wait_exit() {
+  local i
+  for i in $(seq 200); do [ -s exit.txt ] && return 0; sleep 0.1; done
+  fail "phi3 chat did not leave; screen:
+$(screen | grep -v '^$' | tail -20 | cut -c1-300)"
+}
+
+# a sampler that never ends a reply: one id every 0.2 s
+slow_sampler() {
+  cat > slow.py <<'P'
+import os, sys, time, msgpack
+u = msgpack.Unpacker(raw=False)
+while True:
+    b = os.read(0, 65536)
+    if not b: sys.exit(0)
+    u.feed(b)
+    for f in u:
+        if f.get("type") == "logits":
+            time.sleep(0.2)
+            sys.stdout.buffer.write(msgpack.packb({"type": "tokens", "ids": [450], "pos": f["pos"]})); sys.stdout.buffer.flush()
+P
+}
+
+@test "tty: a reply, then the prompt on a line of its own; Ctrl-D leaves with status 0" {
+  tm_start --greedy -n 6
+  wait_for "/help for help"
+  wait_prompts 1
+  keys "Hello" Enter
+  wait_prompts 2
+  # the reply line is not glued to the prompt, and the new prompt starts its own line
+  screen | grep -q '^> Hello$'
+  [ "$(screen | grep -v '^$' | tail -n1)" = ">" ]
+  keys C-d
+  wait_exit
+  [ "$(cat exit.txt)" = EXIT=0 ]
+}
+
+@test "tty: Ctrl-C stops a reply (kept in the conversation) and the chat goes on; Ctrl-C twice at the prompt leaves" {
+  slow_sampler
+  tm_start --sampler "$PY slow.py"
+  wait_prompts 1
+  keys "Go on forever" Enter
+  wait_for "The The The"
+  keys C-c
+  wait_prompts 2
+  # the next turn works (phi3-run restarted under it), and it can be stopped too
+  keys "Again" Enter
+  sleep 1
+  keys C-c
+  wait_prompts 3
+  keys "/save conv.json" Enter
+  wait_for "saved 4 messages"
+  $PY - <<'P'
+import json
+m = json.load(open("conv.json"))
+assert [x["role"] for x in m] == ["user", "assistant", "user", "assistant"], m
+assert m[0]["content"] == "Go on forever" and m[2]["content"] == "Again"
+assert m[1]["content"].startswith("The The The"), m[1]
+P
+  ! screen | grep -q Terminated          # no shell job noise
+  keys C-c
+  wait_for "Ctrl-C again or Ctrl-D to leave"
+  keys C-c
+  wait_exit
+  [ "$(cat exit.txt)" = EXIT=0 ]
+  [ -z "$(ls tmp)" ] || fail "left $(ls tmp)"
+}
+
+@test "tty: a 10 KB line arrives whole (no 4 KB terminal limit); history is kept across chats" {
+  tm_start --greedy -n 2
+  wait_prompts 1
+  long=$(printf 'everything %.0s' $(seq 910))     # 10010 characters, 911 tokens
+  keys -l "$long"
+  keys Enter
+  wait_prompts 2 60
+  keys "short line" Enter
+  wait_prompts 3
+  keys "/save conv.json" Enter
+  wait_for "saved 4 messages"
+  $PY - "${#long}" <<'P'
+import json, sys
+m = json.load(open("conv.json"))
+assert len(m[0]["content"]) == int(sys.argv[1]) and m[0]["content"].startswith("everything everything"), len(m[0]["content"])
+P
+  keys C-d
+  wait_exit
+  [ -s "$XDG_STATE_HOME/phi3/history" ]
+  # a new chat: Up recalls the previous chat's lines
+  tmux -L "$SOCK" kill-server; rm -f exit.txt
+  tm_start --greedy -n 2
+  wait_prompts 1
+  keys Up Up
+  wait_for "> short line"
+  keys C-u "/bye" Enter
+  wait_exit
+}
+
+@test "tty: a pasted \"\"\" block is one message; a pasted line is not cut" {
+  tm_start --greedy -n 2
+  wait_prompts 1
+  printf '"""first\nsecond\nthird"""\n' | tmux -L "$SOCK" load-buffer -
+  tmux -L "$SOCK" paste-buffer -p -t t
+  wait_prompts 2
+  keys "/save conv.json" Enter
+  wait_for "saved 2 messages"
+  $PY - <<'P'
+import json
+m = json.load(open("conv.json"))
+assert m[0] == {"role": "user", "content": "first\nsecond\nthird"}, m
+P
+  keys "/bye" Enter
+  wait_exit
+}
