@@ -158,3 +158,49 @@ P
   keys "/bye" Enter
   wait_exit
 }
+
+@test "tty: Ctrl-C with phi3-sample stops the reply between two frames: phi3-run is not restarted, its context is rewound" {
+  # a PHI3_BIN whose phi3-run logs each start
+  mkdir -p shim
+  for t in "$PHI3_BIN"/phi3-*; do ln -sf "$t" shim/; done
+  rm -f shim/phi3-run
+  printf '#!/bin/sh\necho "$*" >> %s/runs.log\nexec %s "$@"\n' "$BATS_TEST_TMPDIR" "$PHI3_BIN/phi3-run" > shim/phi3-run
+  chmod +x shim/phi3-run
+  S="bats-tty-$$"
+  PHI3_BIN="$BATS_TEST_TMPDIR/shim" tm_start --session "$S" --greedy --ignore-eos -n 0
+  wait_prompts 1
+  keys "Hello" Enter
+  sleep 2                                     # ~2000 tokens to the context limit: seconds
+  keys C-c
+  wait_prompts 2
+  keys "Again" Enter
+  sleep 2
+  keys C-c
+  wait_prompts 3
+  keys C-d
+  wait_exit
+  [ "$(cat exit.txt)" = EXIT=0 ]
+  # (the wrapper also asks phi3-run --session-info whether the session is busy)
+  [ "$(grep -vc -- --session-info runs.log)" -eq 1 ] || fail "phi3-run started: $(cat runs.log)"
+  # the context phi3-run kept: prompt 1, part of reply 1, <|end|>, prompt 2, part of reply 2
+  "$PHI3_BIN/phi3-run" --session-info "$S" > info.json
+  "$PHI3_BIN/phi3-run" --session-rm "$S"
+  tok() { printf '%s' "$1" | "$PHI3_BIN/phi3-tok" -m "$LONGROPE" --raw | "$PHI3_BIN/phi3-dump" | grep -o '"ids":\[[0-9,]*' | cut -c8- | tr , ' '; }
+  $PY - "$(tok Hello)" "$(tok Again)" <<'P'
+import json, sys
+ids = json.load(open("info.json"))["ids"]
+p1 = [32010] + [int(x) for x in sys.argv[1].split()] + [32007, 32001]
+p2 = [32007, 32010] + [int(x) for x in sys.argv[2].split()] + [32007, 32001]
+assert ids[:len(p1)] == p1, ids[:10]
+k = next(i for i in range(len(p1) + 1, len(ids)) if ids[i:i + len(p2)] == p2)
+r1, r2 = ids[len(p1):k], ids[k + len(p2):]
+assert 5 < len(r1) < 1900 and 5 < len(r2), (len(r1), len(r2))
+assert all(i < 32000 for i in r1 + r2), "a control id in a reply"
+P
+  # and the saved conversation has both partial replies
+  $PY - "$XDG_STATE_HOME/phi3/sessions/$S.json" <<'P'
+import json, sys
+m = json.load(open(sys.argv[1]))
+assert [x["role"] for x in m] == ["user", "assistant"] * 2 and m[1]["content"] and m[3]["content"], m
+P
+}
