@@ -332,3 +332,19 @@ assert m[:2] == [{"role": "system", "content": ""}, {"role": "user", "content": 
 assert m[2]["role"] == "assistant" and len(m) == 3
 P
 }
+
+@test "--server SOCKET: generate and chat through a phi3-run --serve give what a local phi3-run gives" {
+  "$PHI3_BIN/phi3-run" --help 2>&1 | grep -q -- --connect || skip "phi3-run has no --serve/--connect yet (server)"
+  sock="$BATS_TEST_TMPDIR/s.sock"
+  "$PHI3_BIN/phi3-run" -m "$LONGROPE" -q --backend cpu --serve "$sock" 2> serve.err & srv=$!
+  for i in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+  [ -S "$sock" ] || fail "no socket: $(cat serve.err)"
+  want=$("$P" generate -m "$LONGROPE" --greedy -n 8 "Hello world")
+  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --server "$sock" --greedy -n 8 "Hello world"
+  assert_status 0
+  [ "$output" = "$want" ] || fail "got '$output', want '$want'; $stderr"
+  printf 'Hi\nAnd?\n' | "$P" chat -m "$LONGROPE" --greedy -n 5 > want.txt
+  printf 'Hi\nAnd?\n' | PHI3_SERVER="$sock" timeout 60 "$P" chat -m "$LONGROPE" --greedy -n 5 > got.txt
+  cmp want.txt got.txt
+  kill -TERM $srv; wait $srv || :
+}

@@ -204,3 +204,21 @@ m = json.load(open(sys.argv[1]))
 assert [x["role"] for x in m] == ["user", "assistant"] * 2 and m[1]["content"] and m[3]["content"], m
 P
 }
+
+@test "tty: a long prompt shows its progress on stderr, in chunks that change nothing in the text" {
+  words=$(printf 'the tower %.0s' $(seq 300))
+  printf '%s' "$words" > prompt.txt
+  n=$("$ROOT/bin/phi3" count -m "$LONGROPE" -f prompt.txt)
+  [ "$n" -gt 500 ]
+  want=$("$ROOT/bin/phi3" generate -m "$LONGROPE" --greedy -n 8 -f prompt.txt 2> err)
+  [ ! -s err ]
+  tmux -L "$SOCK" new-session -d -s t -x 200 -y 50 \
+    "cd $(printf '%q' "$BATS_TEST_TMPDIR"); export PHI3_BIN=$(printf '%q' "$PHI3_BIN") PHI3_PROGRESS_MIN=100 PHI3_PROGRESS_CHUNK=128; while [ ! -e go ]; do sleep 0.1; done; $(printf '%q' "$ROOT/bin/phi3") generate -m $(printf '%q' "$LONGROPE") --greedy -n 8 -f prompt.txt > out.txt; echo EXIT=\$? > exit.txt; sleep 60"
+  tmux -L "$SOCK" pipe-pane -o -t t "cat >> $(printf '%q' "$BATS_TEST_TMPDIR/raw.txt")"
+  touch go
+  wait_exit
+  [ "$(cat exit.txt)" = EXIT=0 ]
+  [ "$(cat out.txt)" = "$want" ]
+  grep -q "phi3: prompt 128/$n tokens" raw.txt || fail "$(cat -v raw.txt | head -5)"
+  grep -q "phi3: prompt 512/$n tokens" raw.txt
+}
