@@ -77,6 +77,10 @@ P
   # the reply line is not glued to the prompt, and the new prompt starts its own line
   screen | grep -q '^> Hello$'
   [ "$(screen | grep -v '^$' | tail -n1)" = ">" ]
+  # a line that is not UTF-8 is not sent (the tool says why) and the chat goes on
+  keys "bad "; keys -H ff; keys Enter
+  wait_for "phi3: message not sent"
+  wait_prompts 3
   keys C-d
   wait_exit
   [ "$(cat exit.txt)" = EXIT=0 ]
