@@ -3,18 +3,20 @@
  * (backend.h) and the LongRoPE short->long switch.
  *
  * Determinism: every output element (a matmul row of one token, one attention head of
- * one token) is computed by exactly one thread with one fixed operation order, so the
- * result for a position never depends on the thread count or on how the tokens were
- * split into forward() calls (given the same RoPE mode). */
+ * one token) is computed by exactly one thread with one fixed operation order (the
+ * canonical dot order of decode/gemm.h; attention over key tiles aligned to absolute
+ * positions, see att_tiles), so the result for a position never depends on the thread
+ * count, on how the tokens were split into forward() calls (given the same RoPE mode),
+ * or on the instruction set (PHI3_NO_AVX=1 gives the same bits). */
 #include "decode/backend.h"
 #include "decode/cpu.h"
+#include "decode/gemm.h"
 #include "decode/pool.h"
 #include "decode/rope.h"
 #include "embed/model.h"
 #include "shared/util.h"
-#include <cpuid.h>
-#include <errno.h>
 #include <immintrin.h>
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -22,8 +24,6 @@
 #include <string.h>
 
 #define CHUNK 64                /* tokens per internal step of a long forward */
-
-typedef float (*dot_fn)(const void *w, const float *x, int n);
 
 typedef struct cpu {
     backend b;                  /* first: a backend* is a cpu* */
@@ -38,8 +38,9 @@ typedef struct cpu {
     float *x, *xb, *qkv, *att, *hb, *cs;   /* scratch for CHUNK tokens */
     int32_t *ids;               /* token ids of the context [kv.capacity] (re-prefill) */
     int ids_cap;
-    float **scores;             /* per thread [scores_cap] */
-    int scores_cap;
+    float **scores;             /* per thread [att_scratch_floats()] */
+    float **gscratch;           /* per thread [gemm_scratch_floats()] */
+    int kv_f16;                 /* K and V stored as IEEE half (--kv-type f16) */
     cpu_hidden_fn hook;
     void *hook_ctx;
 } cpu;
@@ -58,132 +59,19 @@ size_t kv_pos_floats(const struct phi3_model *m)
     return (size_t)m->cfg.n_layers * 3 * m->cfg.n_kv_heads * m->cfg.head_dim;
 }
 
-/* ---- dot products: w (one weight row, file dtype) . x (float32), n elements ----
- * 4 x 8 lanes of partial sums over blocks of 32, reduced in a fixed tree, then the
- * tail; the scalar versions use the same lanes, so either gives one fixed order. */
-
-static float reduce8(const float *l)
-{
-    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
-}
-
-#define SCALAR_DOT(NAME, LOAD)                                                     \
-    static float NAME(const void *wv, const float *x, int n)                       \
-    {                                                                              \
-        float acc[4][8] = {{0}};                                                   \
-        int i = 0;                                                                 \
-        for (; i + 32 <= n; i += 32)                                               \
-            for (int k = 0; k < 4; k++)                                            \
-                for (int j = 0; j < 8; j++)                                        \
-                    acc[k][j] += LOAD(wv, i + 8 * k + j) * x[i + 8 * k + j];       \
-        float s[8];                                                                \
-        for (int j = 0; j < 8; j++) s[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]); \
-        float r = reduce8(s);                                                      \
-        for (; i < n; i++) r += LOAD(wv, i) * x[i];                                \
-        return r;                                                                  \
-    }
-#define LD_BF16(w, i) bf16_to_f32(((const uint16_t *)(w))[i])
-#define LD_F16(w, i) f16_to_f32(((const uint16_t *)(w))[i])
-#define LD_F32(w, i) (((const float *)(w))[i])
-SCALAR_DOT(dot_bf16_c, LD_BF16)
-SCALAR_DOT(dot_f16_c, LD_F16)
-SCALAR_DOT(dot_f32_c, LD_F32)
-
-#define AVX_DOT(NAME, CVT8)                                                        \
-    __attribute__((target("avx2,fma,f16c"))) static float NAME(const void *wv, const float *x, int n) \
-    {                                                                              \
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                \
-        int i = 0;                                                                 \
-        for (; i + 32 <= n; i += 32) {                                             \
-            a0 = _mm256_fmadd_ps(CVT8(wv, i), _mm256_loadu_ps(x + i), a0);         \
-            a1 = _mm256_fmadd_ps(CVT8(wv, i + 8), _mm256_loadu_ps(x + i + 8), a1); \
-            a2 = _mm256_fmadd_ps(CVT8(wv, i + 16), _mm256_loadu_ps(x + i + 16), a2); \
-            a3 = _mm256_fmadd_ps(CVT8(wv, i + 24), _mm256_loadu_ps(x + i + 24), a3); \
-        }                                                                          \
-        float s[8];                                                                \
-        _mm256_storeu_ps(s, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))); \
-        float r = reduce8(s);                                                      \
-        for (; i < n; i++) r = fmaf(LOAD_##NAME(wv, i), x[i], r);                  \
-        return r;                                                                  \
-    }
-#define CVT_BF16(w, i) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32( \
-    _mm_loadu_si128((const __m128i *)((const uint16_t *)(w) + (i)))), 16))
-#define CVT_F16(w, i) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)(w) + (i))))
-#define CVT_F32(w, i) _mm256_loadu_ps((const float *)(w) + (i))
-#define LOAD_dot_bf16_avx LD_BF16
-#define LOAD_dot_f16_avx LD_F16
-#define LOAD_dot_f32_avx LD_F32
-AVX_DOT(dot_bf16_avx, CVT_BF16)
-AVX_DOT(dot_f16_avx, CVT_F16)
-AVX_DOT(dot_f32_avx, CVT_F32)
-
-/* Four tokens against one BF16 row: the weights are converted once per block, and
- * each token's partial sums follow exactly dot_bf16_avx's order (same lanes, same FMA
- * sequence, same reduction), so a prefill gives the bits a one-token step gives. */
-__attribute__((target("avx2,fma,f16c"))) static void dot4_bf16_avx(const void *wv, const float *x, size_t ldx,
-                                                                   int n, float *out)
-{
-    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
-    /* 16 named accumulators (aTK: token T, lane group K) so they stay in registers */
-    __m256 z = _mm256_setzero_ps();
-    __m256 a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
-    __m256 a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
-    int i = 0;
-#define STEP4(K)                                                             \
-    do {                                                                     \
-        __m256 w = CVT_BF16(wv, i + 8 * K);                                  \
-        a0##K = _mm256_fmadd_ps(w, _mm256_loadu_ps(x0 + i + 8 * K), a0##K);  \
-        a1##K = _mm256_fmadd_ps(w, _mm256_loadu_ps(x1 + i + 8 * K), a1##K);  \
-        a2##K = _mm256_fmadd_ps(w, _mm256_loadu_ps(x2 + i + 8 * K), a2##K);  \
-        a3##K = _mm256_fmadd_ps(w, _mm256_loadu_ps(x3 + i + 8 * K), a3##K);  \
-    } while (0)
-    for (; i + 32 <= n; i += 32) {
-        STEP4(0);
-        STEP4(1);
-        STEP4(2);
-        STEP4(3);
-    }
-#undef STEP4
-    __m256 a[4][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
-    for (int t = 0; t < 4; t++) {
-        const float *xt = x + (size_t)t * ldx;
-        float s[8];
-        _mm256_storeu_ps(s, _mm256_add_ps(_mm256_add_ps(a[t][0], a[t][1]), _mm256_add_ps(a[t][2], a[t][3])));
-        float r = reduce8(s);
-        for (int j = i; j < n; j++) r = fmaf(LD_BF16(wv, j), xt[j], r);
-        out[t] = r;
-    }
-}
-
-static int use_avx(void);
-
-static int use_avx(void)
-{
-    static int avx = -1;
-    if (avx < 0) {
-        unsigned ea, eb, ec, ed;
-        __builtin_cpu_init();
-        avx = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-              __get_cpuid(1, &ea, &eb, &ec, &ed) && (ec & bit_F16C) && !getenv("PHI3_NO_AVX");
-    }
-    return avx;
-}
-
-static dot_fn dot_for(st_dtype d)
-{
-    int avx = use_avx();
-    switch (d) {
-    case ST_BF16: return avx ? dot_bf16_avx : dot_bf16_c;
-    case ST_F16: return avx ? dot_f16_avx : dot_f16_c;
-    default: return avx ? dot_f32_avx : dot_f32_c;
-    }
-}
-
-/* ---- matmul: out[t * ldo + r] = W[row0 + r] . x[t * ldx], r < nrows, t < n ---- */
+/* ---- matmul: out[t * ldo + r] = W[row0 + r] . x[t * ldx], r < nrows, t < n ----
+ * Every product follows the canonical dot order of decode/gemm.h (8 fmaf lanes along k,
+ * a fixed reduction tree, then the tail in order), whether it is computed for one token
+ * or inside the blocked many-token kernel, with AVX2, AVX-512 or scalar code; the pool
+ * shares blocks of GEMM_MB rows. So a token's result is the same bits whatever the frame
+ * split, the thread count or PHI3_NO_AVX. */
 
 typedef struct mm_job {
-    const phi3_weight *w;
-    int row0;
+    cpu *c;
+    const gemm_ops *op;
+    const uint8_t *w;
+    size_t row_bytes;
+    int K, nrows;
     const float *x;
     int ldx, n;
     float *out;
@@ -193,28 +81,18 @@ typedef struct mm_job {
 static void mm_rows(void *ctx, int begin, int end, int tid)
 {
     const mm_job *j = ctx;
-    dot_fn dot = dot_for(j->w->dtype);
-    size_t es = st_dtype_size(j->w->dtype);
-    int cols = (int)j->w->cols;
-    int four = j->w->dtype == ST_BF16 && use_avx();
-    for (int r = begin; r < end; r++) {
-        const uint8_t *row = (const uint8_t *)j->w->data + (size_t)(j->row0 + r) * cols * es;
-        int t = 0;
-        for (; four && t + 4 <= j->n; t += 4) {
-            float o[4];
-            dot4_bf16_avx(row, j->x + (size_t)t * j->ldx, (size_t)j->ldx, cols, o);
-            for (int k = 0; k < 4; k++) j->out[(size_t)(t + k) * j->ldo + r] = o[k];
-        }
-        for (; t < j->n; t++)
-            j->out[(size_t)t * j->ldo + r] = dot(row, j->x + (size_t)t * j->ldx, cols);
-    }
+    int r1 = end * GEMM_MB < j->nrows ? end * GEMM_MB : j->nrows;
+    gemm_rows(j->op, j->w, j->row_bytes, j->K, begin * GEMM_MB, r1, j->x, (size_t)j->ldx, j->n, j->out,
+              (size_t)j->ldo, j->c->gscratch[tid]);
 }
 
 static void matmul(cpu *c, const phi3_weight *w, int row0, int nrows, const float *x, int ldx, int n,
                    float *out, int ldo)
 {
-    mm_job j = {w, row0, x, ldx, n, out, ldo};
-    pool_run(c->pool, mm_rows, &j, nrows);
+    size_t rb = (size_t)w->cols * st_dtype_size(w->dtype);
+    mm_job j = {c, gemm_ops_for(w->dtype), (const uint8_t *)w->data + (size_t)row0 * rb, rb, (int)w->cols, nrows,
+                x, ldx, n, out, ldo};
+    pool_run(c->pool, mm_rows, &j, (nrows + GEMM_MB - 1) / GEMM_MB);
 }
 
 /* ---- small ops (single-threaded, fixed order) ---- */
@@ -238,45 +116,161 @@ static float *kv_row(cpu *c, int pos, int layer)
     return c->kv.base + (size_t)pos * c->stride + (size_t)layer * 3 * c->kvdim;
 }
 
-/* ---- attention: one (token, head) per item ---- */
+/* ---- attention ----
+ * Blocked: an item is one head and a tile of up to ATT_TQ queries of the frame; keys and
+ * values come in tiles of ATT_BK positions ALIGNED to multiples of ATT_BK (absolute
+ * positions), the query tile x key tile scores are one small GEMM (each score a
+ * canonical-order dot of q and k, times 1/sqrt(hd)), and each query keeps an online
+ * softmax (running max m, sum l, output o) over the key tiles in ascending order:
+ *   per tile with keys in the query's window [s, p]: mt = max of their scores;
+ *   first tile: m = mt; later, if mt > m: a = expf(m - mt), l *= a, o[i] *= a, m = mt;
+ *   then for each key in order: e = expf(score - m), l += e, o[i] = fmaf(e, v[i], o[i]);
+ *   finally o[i] / l.
+ * Which keys form a tile depends only on absolute positions, never on how many queries
+ * share the item, so a query's result is the same bits in a one-token step and in any
+ * frame split (and in the scalar and AVX paths: the same fmaf per lane). */
+
+#define ATT_TQ 16
+#define ATT_BK 64
+
+static size_t att_scratch_floats(int hd) { return (size_t)ATT_TQ * ATT_BK + (size_t)ATT_TQ * hd; }
+
+/* o[i] = o[i] * a (a != 1 only at a new maximum) */
+static void vscale(float *o, float a, int n)
+{
+    for (int i = 0; i < n; i++) o[i] *= a;
+}
+
+/* o[i] = fmaf(e[k], v_k[i], o[i]) for keys k < nk in order, v_k = v + k * stride elements */
+#define AXPY_TILE(NAME, ATTR, T, LOADV)                                                \
+    ATTR static void NAME(float *o, const float *e, const void *vv, size_t stride, int nk, int n) \
+    {                                                                                  \
+        const T *v = vv;                                                               \
+        int i = 0;                                                                     \
+        AXPY_VEC_##T                                                                   \
+        for (; i < n; i++) {                                                           \
+            float acc = o[i];                                                          \
+            for (int k = 0; k < nk; k++) acc = fmaf(e[k], LOADV(v + k * stride + i), acc); \
+            o[i] = acc;                                                                \
+        }                                                                              \
+    }
+#define LDV_F32(p) (*(p))
+#define LDV_F16(p) f16_to_f32(*(p))
+#define AXPY_VEC_float
+#define AXPY_VEC_uint16_t
+AXPY_TILE(axpy_f32_c, , float, LDV_F32)
+AXPY_TILE(axpy_f16_c, , uint16_t, LDV_F16)
+#undef AXPY_VEC_float
+#undef AXPY_VEC_uint16_t
+/* AVX2: 32 output lanes in registers across the key tile, then 8, then the scalar tail */
+#define AXPY_VEC_float                                                                 \
+    for (; i + 32 <= n; i += 32) {                                                     \
+        __m256 a0 = _mm256_loadu_ps(o + i), a1 = _mm256_loadu_ps(o + i + 8);           \
+        __m256 a2 = _mm256_loadu_ps(o + i + 16), a3 = _mm256_loadu_ps(o + i + 24);     \
+        for (int k = 0; k < nk; k++) {                                                 \
+            __m256 ek = _mm256_set1_ps(e[k]);                                          \
+            const float *vk = v + k * stride + i;                                      \
+            a0 = _mm256_fmadd_ps(ek, _mm256_loadu_ps(vk), a0);                         \
+            a1 = _mm256_fmadd_ps(ek, _mm256_loadu_ps(vk + 8), a1);                     \
+            a2 = _mm256_fmadd_ps(ek, _mm256_loadu_ps(vk + 16), a2);                    \
+            a3 = _mm256_fmadd_ps(ek, _mm256_loadu_ps(vk + 24), a3);                    \
+        }                                                                              \
+        _mm256_storeu_ps(o + i, a0), _mm256_storeu_ps(o + i + 8, a1);                  \
+        _mm256_storeu_ps(o + i + 16, a2), _mm256_storeu_ps(o + i + 24, a3);            \
+    }                                                                                  \
+    for (; i + 8 <= n; i += 8) {                                                       \
+        __m256 a0 = _mm256_loadu_ps(o + i);                                            \
+        for (int k = 0; k < nk; k++)                                                   \
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(e[k]), _mm256_loadu_ps(v + k * stride + i), a0); \
+        _mm256_storeu_ps(o + i, a0);                                                   \
+    }
+#define H8(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define AXPY_VEC_uint16_t                                                              \
+    for (; i + 32 <= n; i += 32) {                                                     \
+        __m256 a0 = _mm256_loadu_ps(o + i), a1 = _mm256_loadu_ps(o + i + 8);           \
+        __m256 a2 = _mm256_loadu_ps(o + i + 16), a3 = _mm256_loadu_ps(o + i + 24);     \
+        for (int k = 0; k < nk; k++) {                                                 \
+            __m256 ek = _mm256_set1_ps(e[k]);                                          \
+            const uint16_t *vk = v + k * stride + i;                                   \
+            a0 = _mm256_fmadd_ps(ek, H8(vk), a0);                                      \
+            a1 = _mm256_fmadd_ps(ek, H8(vk + 8), a1);                                  \
+            a2 = _mm256_fmadd_ps(ek, H8(vk + 16), a2);                                 \
+            a3 = _mm256_fmadd_ps(ek, H8(vk + 24), a3);                                 \
+        }                                                                              \
+        _mm256_storeu_ps(o + i, a0), _mm256_storeu_ps(o + i + 8, a1);                  \
+        _mm256_storeu_ps(o + i + 16, a2), _mm256_storeu_ps(o + i + 24, a3);            \
+    }                                                                                  \
+    for (; i + 8 <= n; i += 8) {                                                       \
+        __m256 a0 = _mm256_loadu_ps(o + i);                                            \
+        for (int k = 0; k < nk; k++)                                                   \
+            a0 = _mm256_fmadd_ps(_mm256_set1_ps(e[k]), H8(v + k * stride + i), a0);    \
+        _mm256_storeu_ps(o + i, a0);                                                   \
+    }
+AXPY_TILE(axpy_f32_avx, __attribute__((target("avx2,fma,f16c"))), float, LDV_F32)
+AXPY_TILE(axpy_f16_avx, __attribute__((target("avx2,fma,f16c"))), uint16_t, LDV_F16)
 
 typedef struct att_job {
     cpu *c;
     int layer, pos0, n;
 } att_job;
 
-static void att_heads(void *ctx, int begin, int end, int tid)
+static void att_tiles(void *ctx, int begin, int end, int tid)
 {
     const att_job *j = ctx;
     cpu *c = j->c;
     const phi3_config *cf = &c->b.m->cfg;
-    int hd = cf->head_dim, nh = cf->n_heads, group = nh / cf->n_kv_heads;
+    int hd = cf->head_dim, nh = cf->n_heads, group = nh / cf->n_kv_heads, win = cf->sliding_window;
+    int qtiles = (j->n + ATT_TQ - 1) / ATT_TQ;
     float scale = 1.0f / sqrtf((float)hd);
-    float *sc = c->scores[tid];
+    float *sc = c->scores[tid], *obuf = sc + (size_t)ATT_TQ * ATT_BK;
+    const gemm_ops *kop = gemm_ops_for(c->kv_f16 ? ST_F16 : ST_F32);
+    int vec = gemm_vec_level() > 0;
+    void (*axpy)(float *, const float *, const void *, size_t, int, int) =
+        c->kv_f16 ? (vec ? axpy_f16_avx : axpy_f16_c) : (vec ? axpy_f32_avx : axpy_f32_c);
+    size_t es = c->kv_f16 ? 2 : 4, pstride = c->stride;      /* elements per position */
     for (int it = begin; it < end; it++) {
-        int t = it / nh, h = it % nh, kh = h / group, p = j->pos0 + t;
-        const float *q = c->qkv + (size_t)t * c->qkvdim + (size_t)h * hd;
-        int s = cf->sliding_window > 0 && p - cf->sliding_window + 1 > 0 ? p - cf->sliding_window + 1 : 0;
-        float mx = -INFINITY;
-        for (int k = s; k <= p; k++) {
-            const float *key = kv_row(c, k, j->layer) + (size_t)kh * hd;
-            float d = 0;
-            for (int i = 0; i < hd; i++) d += q[i] * key[i];
-            d *= scale;
-            sc[k - s] = d;
-            if (d > mx) mx = d;
+        int h = it / qtiles, t0 = (it % qtiles) * ATT_TQ, kh = h / group;
+        int nq = j->n - t0 < ATT_TQ ? j->n - t0 : ATT_TQ;
+        int pfirst = j->pos0 + t0, plast = pfirst + nq - 1;
+        float m[ATT_TQ], l[ATT_TQ];
+        for (int i = 0; i < nq; i++) m[i] = -INFINITY, l[i] = 0;
+        memset(obuf, 0, (size_t)nq * hd * sizeof(float));
+        const float *q0 = c->qkv + (size_t)t0 * c->qkvdim + (size_t)h * hd;
+        int s0 = win > 0 && pfirst - win + 1 > 0 ? pfirst - win + 1 : 0;
+        const uint8_t *k0 = (const uint8_t *)kv_row(c, 0, j->layer) + (size_t)kh * hd * es;
+        const uint8_t *v0 = k0 + (size_t)c->kvdim * es;
+        for (int kb = s0 / ATT_BK * ATT_BK; kb <= plast; kb += ATT_BK) {
+            int ke = kb + ATT_BK - 1 < plast ? kb + ATT_BK - 1 : plast;   /* last key of the tile */
+            /* scores[i][k - kb] for every query of the item and key of the tile */
+            gemm_rows(kop, k0 + (size_t)kb * pstride * es, pstride * es, hd, 0, ke - kb + 1, q0, (size_t)c->qkvdim,
+                      nq, sc, ATT_BK, c->gscratch[tid]);
+            for (int i = 0; i < nq; i++) {
+                int p = pfirst + i, s = win > 0 && p - win + 1 > 0 ? p - win + 1 : 0;
+                int a = (kb > s ? kb : s) - kb, e = (ke < p ? ke : p) - kb;      /* tile offsets */
+                if (a > e) continue;
+                float *si = sc + (size_t)i * ATT_BK, *oi = obuf + (size_t)i * hd;
+                float mt = -INFINITY;
+                for (int k = a; k <= e; k++) {
+                    si[k] *= scale;
+                    if (si[k] > mt) mt = si[k];
+                }
+                if (m[i] == -INFINITY) m[i] = mt;
+                else if (mt > m[i]) {
+                    float al = expf(m[i] - mt);
+                    l[i] *= al;
+                    vscale(oi, al, hd);
+                    m[i] = mt;
+                }
+                for (int k = a; k <= e; k++) {
+                    si[k] = expf(si[k] - m[i]);
+                    l[i] += si[k];
+                }
+                axpy(oi, si + a, v0 + (size_t)(kb + a) * pstride * es, pstride, e - a + 1, hd);
+            }
         }
-        float sum = 0;
-        for (int k = s; k <= p; k++) {
-            sc[k - s] = expf(sc[k - s] - mx);
-            sum += sc[k - s];
-        }
-        float *o = c->att + (size_t)t * nh * hd + (size_t)h * hd;
-        for (int i = 0; i < hd; i++) o[i] = 0;
-        for (int k = s; k <= p; k++) {
-            const float *v = kv_row(c, k, j->layer) + c->kvdim + (size_t)kh * hd;
-            float pk = sc[k - s] / sum;
-            for (int i = 0; i < hd; i++) o[i] += pk * v[i];
+        for (int i = 0; i < nq; i++) {
+            float *o = c->att + (size_t)(t0 + i) * nh * hd + (size_t)h * hd, *oi = obuf + (size_t)i * hd;
+            for (int d = 0; d < hd; d++) o[d] = oi[d] / l[i];
         }
     }
 }
@@ -338,20 +332,6 @@ static int ensure_capacity(cpu *c, int need)
     return 0;
 }
 
-static int ensure_scores(cpu *c, int need)
-{
-    if (need <= c->scores_cap) return 0;
-    int cap = c->scores_cap ? c->scores_cap : 64;
-    while (cap < need) cap = cap > (1 << 29) ? need : cap * 2;
-    for (int t = 0; t < pool_threads(c->pool); t++) {
-        float *p = realloc(c->scores[t], (size_t)cap * sizeof(float));
-        if (!p) return berr(c, "out of memory for attention scores");
-        c->scores[t] = p;
-    }
-    c->scores_cap = cap;
-    return 0;
-}
-
 /* ---- the forward pass ---- */
 
 static void hook(cpu *c, int stage, int pos0, int n, const float *x)
@@ -391,7 +371,7 @@ static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int 
             memcpy(row + c->kvdim, v, (size_t)c->kvdim * sizeof(float));
         }
         att_job aj = {c, l, pos0, n};
-        pool_run(c->pool, att_heads, &aj, n * nh);
+        pool_run(c->pool, att_tiles, &aj, nh * ((n + ATT_TQ - 1) / ATT_TQ));
         matmul(c, &L->o, 0, H, c->att, nh * hd, n, c->xb, H);
         for (size_t i = 0; i < (size_t)n * H; i++) c->x[i] += c->xb[i];
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &L->ln2, H, cf->rms_eps);
@@ -427,7 +407,7 @@ static int cpu_forward(backend *b, const int32_t *ids, int n, float *logits, int
             return berr(c, "token id %d out of range [0, %d)", ids[i], cf->vocab);
     if ((long)b->n_ctx + n > b->max_ctx)
         return berr(c, "context of %ld tokens exceeds the limit of %d", (long)b->n_ctx + n, b->max_ctx);
-    if (ensure_capacity(c, b->n_ctx + n) || ensure_scores(c, b->n_ctx + n)) return -1;
+    if (ensure_capacity(c, b->n_ctx + n)) return -1;
     /* LongRoPE: the factors follow the length of the whole sequence. */
     set_rope_mode(c, rope_use_long(cf, (long)b->n_ctx + n));
     for (int done = 0; done < n;) {
@@ -456,6 +436,8 @@ static void cpu_destroy(backend *b)
     if (!c) return;
     for (int t = 0; c->scores && t < pool_threads(c->pool); t++) free(c->scores[t]);
     free(c->scores);
+    for (int t = 0; c->gscratch && t < pool_threads(c->pool); t++) free(c->gscratch[t]);
+    free(c->gscratch);
     pool_free(c->pool);
     if (c->own_kv) free(c->kv.base);
     free(c->ids);
@@ -502,6 +484,10 @@ backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, c
     c->cs = xmalloc(CHUNK * (size_t)cf->head_dim * sizeof(float));
     c->pool = pool_new(threads);
     c->scores = xcalloc((size_t)pool_threads(c->pool), sizeof *c->scores);
+    for (int t = 0; t < pool_threads(c->pool); t++)
+        c->scores[t] = xmalloc(att_scratch_floats(cf->head_dim) * sizeof(float));
+    c->gscratch = xcalloc((size_t)pool_threads(c->pool), sizeof *c->gscratch);
+    for (int t = 0; t < pool_threads(c->pool); t++) c->gscratch[t] = xmalloc(gemm_scratch_floats() * sizeof(float));
     if (kv) c->kv = *kv;
     else c->own_kv = 1;
     return &c->b;
@@ -525,7 +511,7 @@ int backend_cpu_resume(backend *b, const int32_t *ids, int n_ctx, int rope_long)
     for (int i = 0; i < n_ctx; i++)
         if (ids[i] < 0 || ids[i] >= b->m->cfg.vocab)
             return berr(c, "token id %d out of range [0, %d)", ids[i], b->m->cfg.vocab);
-    if (ensure_ids(c, n_ctx) || ensure_scores(c, n_ctx)) return -1;
+    if (ensure_ids(c, n_ctx)) return -1;
     if (n_ctx > 0) memcpy(c->ids, ids, (size_t)n_ctx * sizeof *ids);
     b->n_ctx = n_ctx;
     b->rope_long = rope_long ? 1 : 0;
@@ -551,3 +537,7 @@ size_t backend_cpu_kv_bytes(const backend *b)
     const cpu *c = (const cpu *)b;
     return c->own_kv ? (size_t)c->kv.capacity * c->stride * sizeof(float) : 0;
 }
+
+/* Every kernel path (AVX-512, AVX2, scalar) gives the same bits: the canonical order of
+ * gemm.h. So a session need not tell them apart: one value for all. */
+int backend_cpu_kernel(void) { return 1; }

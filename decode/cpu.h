@@ -13,4 +13,9 @@ void backend_cpu_set_hidden_hook(backend *b, cpu_hidden_fn fn, void *ctx);
 /* Bytes of KV storage the backend allocated itself (0 with external kv). */
 size_t backend_cpu_kv_bytes(const backend *b);
 
+/* Which dot-product kernels compute, as a session records it. Since every path follows
+ * the canonical order of decode/gemm.h (AVX-512, AVX2 and the portable C give the same
+ * bits), this is one value; a session records it so a future path that differs can say so. */
+int backend_cpu_kernel(void);
+
 #endif

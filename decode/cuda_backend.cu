@@ -9,6 +9,7 @@ extern "C" {
 #include "embed/model.h"
 }
 #include "kernels/kernels.cuh"
+#include "kernels/fast.cuh"
 
 #include <cublas_v2.h>
 #include <math.h>
@@ -16,6 +17,7 @@ extern "C" {
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Tokens per pass through the layer stack (bounds the activation buffers; a longer
  * prompt runs as consecutive chunks that attend to the cache of the earlier ones). */
@@ -33,6 +35,30 @@ extern "C" {
 #define CU_SPLIT_MAX_DEFAULT 256
 /* Split-KV workspace: partial results for this many (query, head) x split slots. */
 #define CU_DECODE_SPLITS 1024
+
+/* $PHI3_CUDA_TIMING (off by default; for tests/gpu/bench.sh): 1 = CUDA events around
+ * every forward call, a line on stderr per prefill frame and a summary per run of decode
+ * steps (GPU time, time in forward, interval between consecutive steps = the whole cycle
+ * through the pipes); 2 = also a per-op timeline of each decode step (events between the
+ * ops; the fast path then runs without its graph). */
+enum { OP_EMBED, OP_NORM, OP_QKV, OP_ROPE, OP_ATTN, OP_SPLIT, OP_O, OP_RESID, OP_GATEUP,
+       OP_SWIGLU, OP_DOWN, OP_LOGITS, OP_COPY, N_OPS };
+static const char *const op_names[N_OPS] = {"embed", "rmsnorm", "qkv", "rope+kv", "attention",
+    "split", "o", "residual", "gate_up", "swiglu", "down", "logits", "copies"};
+#define TL_MAX_EV 1024
+
+typedef struct cu_timing {
+    int level;                          /* 0 off */
+    cudaEvent_t e0, e1;
+    double last_entry;                  /* host entry time of the previous decode step (0: none) */
+    int seg_n, seg_cap, seg_ctx0;       /* the current run of decode steps */
+    float *gpu, *host, *gap;            /* [seg_cap] ms per step; gap < 0: not measured */
+    float *op_ms;                       /* [seg_cap][N_OPS] timeline */
+    int tl_on;                          /* recording marks in this step */
+    cudaEvent_t ev[TL_MAX_EV];
+    unsigned char ev_op[TL_MAX_EV];
+    int n_ev, ev_made;
+} cu_timing;
 
 typedef struct cu_layer {
     float *ln1, *ln2;                   /* [hidden] */
@@ -77,6 +103,19 @@ typedef struct cuda_ctx {
     size_t work_floats;
     int32_t *ids;                       /* [chunk] */
     float *logits;                      /* [2 * CU_LOGIT_ROWS][vocab] */
+    int kv_gen;                         /* bumped whenever a kc/vc pointer changes */
+    /* $PHI3_CUDA_FAST=1 (opt-in, unverified on a GPU): kernels/fast.cuh for decode steps,
+     * captured as a CUDA graph; NaN-keeping RoPE/KV write and fk_attn_prefill in prefill */
+    int fast;
+    int nsplit;                         /* split-KV blocks per head of a fast decode step */
+    int32_t *h_step;                    /* pinned host {id, pos} of the step */
+    int32_t *d_step;                    /* device copy */
+    float *h_logits;                    /* pinned host [vocab] */
+    cudaGraph_t graph;
+    cudaGraphExec_t gexec;
+    int g_gen, g_long, graph_off;       /* the captured graph's kv_gen and rope mode */
+    int kv_async;                       /* KV cache in stream-ordered memory (cu_kv_grow_async) */
+    cu_timing tm;
 } cuda_ctx;
 
 typedef struct cuda_backend {
@@ -279,6 +318,83 @@ static size_t cu_kv_bytes_per_pos(const phi3_config *cf)
     return (size_t)cf->n_layers * 2 * (size_t)cf->n_kv_heads * cf->head_dim * sizeof(kvt);
 }
 
+/* The opt-in path's growth (kv_async): stream-ordered allocations (cudaMallocAsync), the
+ * held positions copied and the old buffers released (cudaFreeAsync) in stream order: no
+ * host synchronisation and no device-wide one (cudaFree), so a decode step that crosses
+ * the capacity does not stall the pipeline. A failed allocation frees the new buffers made
+ * so far; the cache then stays as it was. */
+static int cu_kv_grow_async(cuda_backend *cb, int need)
+{
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    const int L = cf->n_layers;
+    const size_t kvdim = (size_t)cf->n_kv_heads * cf->head_dim;
+    const size_t per_pos = cu_kv_bytes_per_pos(cf);
+    kvt **fresh = (kvt **)calloc((size_t)2 * L, sizeof(kvt *));
+    if (!fresh)
+        return cu_fail(b, "out of host memory");
+    for (int attempt = 0; attempt < 2; attempt++) {
+        long cap = attempt == 0 ? (long)c->kv_cap * 2 : need;
+        if (cap < need)
+            cap = need;
+        if (cap < 256)
+            cap = 256;
+        if (cap > b->max_ctx)
+            cap = b->max_ctx;
+        if (cap < need) {
+            free(fresh);
+            return cu_fail(b, "context of %d positions exceeds the limit of %d", need, b->max_ctx);
+        }
+        size_t fr = 0, tot = 0;
+        cudaError_t e = cudaMemGetInfo(&fr, &tot);
+        /* the new cache whole, the old one is released after the copies */
+        const size_t add = (size_t)cap * per_pos;
+        int ok = e == cudaSuccess && add <= fr;
+        for (int i = 0; i < 2 * L && ok; i++)
+            if (cudaMallocAsync((void **)&fresh[i], (size_t)cap * kvdim * sizeof(kvt), c->stream) !=
+                cudaSuccess) {
+                fresh[i] = NULL;
+                ok = 0;
+            }
+        if (!ok) {
+            cudaGetLastError();
+            for (int i = 0; i < 2 * L; i++) {
+                if (fresh[i])
+                    cudaFreeAsync(fresh[i], c->stream);
+                fresh[i] = NULL;
+            }
+            if (attempt == 0 && cap > need)
+                continue;
+            free(fresh);
+            return cu_fail(b, "out of device memory for a context of %d positions: the KV cache "
+                           "needs %zu bytes (%zu per position) but only %zu of %zu bytes are free "
+                           "(try a smaller --ctx)", need, (size_t)cap * per_pos, per_pos, fr, tot);
+        }
+        for (int i = 0; i < 2 * L; i++) {
+            kvt **slot = i < L ? &c->kc[i] : &c->vc[i - L];
+            if (*slot) {
+                if (b->n_ctx > 0 && cudaMemcpyAsync(fresh[i], *slot, (size_t)b->n_ctx * kvdim *
+                                                    sizeof(kvt), cudaMemcpyDeviceToDevice,
+                                                    c->stream) != cudaSuccess) {
+                    free(fresh);
+                    return cu_fail(b, "cuda: cudaMemcpyAsync(KV cache): %s (%s:%d)",
+                                   cudaGetErrorString(cudaGetLastError()), __FILE__, __LINE__);
+                }
+                cudaFreeAsync(*slot, c->stream);
+            }
+            *slot = fresh[i];
+            fresh[i] = NULL;
+        }
+        c->kv_gen++;
+        c->kv_cap = (int)cap;
+        free(fresh);
+        return 0;
+    }
+    free(fresh);
+    return cu_fail(b, "out of device memory for a context of %d positions", need);
+}
+
 /* Room for need positions: grow every layer's K and V (new allocation, copy the positions
  * held, free the old one). Grows geometrically up to max_ctx, falling back to exactly need. */
 static int cu_kv_reserve(cuda_backend *cb, int need)
@@ -288,6 +404,8 @@ static int cu_kv_reserve(cuda_backend *cb, int need)
     const phi3_config *cf = &b->m->cfg;
     if (need <= c->kv_cap)
         return 0;
+    if (c->kv_async)
+        return cu_kv_grow_async(cb, need);
     const size_t kvdim = (size_t)cf->n_kv_heads * cf->head_dim;
     const size_t per_pos = cu_kv_bytes_per_pos(cf);
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -323,13 +441,27 @@ static int cu_kv_reserve(cuda_backend *cb, int need)
                     break;
                 }
                 if (*slot) {
+                    cudaError_t e = cudaSuccess;
                     if (b->n_ctx > 0)
-                        CU_TRY(b, cudaMemcpyAsync(p, *slot, (size_t)b->n_ctx * kvdim * sizeof(kvt),
-                                                  cudaMemcpyDeviceToDevice, c->stream));
-                    CU_TRY(b, cudaStreamSynchronize(c->stream));
-                    CU_TRY(b, cudaFree(*slot));
+                        e = cudaMemcpyAsync(p, *slot, (size_t)b->n_ctx * kvdim * sizeof(kvt),
+                                            cudaMemcpyDeviceToDevice, c->stream);
+                    if (e == cudaSuccess)
+                        e = cudaStreamSynchronize(c->stream);
+                    if (e != cudaSuccess) {         /* the new buffer is not leaked */
+                        cudaFree(p);
+                        return cu_fail(b, "cuda: moving the KV cache of layer %d: %s (%s:%d)", l,
+                                       cudaGetErrorString(e), __FILE__, __LINE__);
+                    }
+                    e = cudaFree(*slot);
+                    *slot = p;
+                    c->kv_gen++;
+                    if (e != cudaSuccess)
+                        return cu_fail(b, "cuda: cudaFree(KV cache of layer %d): %s (%s:%d)", l,
+                                       cudaGetErrorString(e), __FILE__, __LINE__);
+                    continue;
                 }
                 *slot = p;
+                c->kv_gen++;
             }
         }
         if (!ok) {
@@ -363,6 +495,186 @@ static int cu_ids_reserve(cuda_backend *cb, int need)
     return 0;
 }
 
+/* ---- $PHI3_CUDA_TIMING: events around each forward, per-op timeline (off by default) ---- */
+
+static double cu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Quantile q of the n values of v with stride `stride` (v is not changed). */
+static float quantile(const float *v, int n, int stride, double q, float *tmp)
+{
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (v[(size_t)i * stride] >= 0.f)
+            tmp[k++] = v[(size_t)i * stride];
+    if (!k)
+        return -1.f;
+    qsort(tmp, (size_t)k, sizeof *tmp, cmp_float);
+    return tmp[(int)(q * (k - 1) + 0.5)];
+}
+
+/* Print and forget the current run of decode steps. */
+static void tm_flush(cuda_backend *cb)
+{
+    cu_timing *t = &cb->c.tm;
+    if (!t->level || t->seg_n == 0) {
+        t->seg_n = 0;
+        t->last_entry = 0;
+        return;
+    }
+    float *tmp = (float *)malloc((size_t)t->seg_n * sizeof(float));
+    if (tmp) {
+        const int n = t->seg_n;
+        fprintf(stderr, "phi3-run: cuda timing: decode ctx %d..%d steps %d path %s: "
+                "gpu ms median %.4f p10 %.4f p90 %.4f; forward ms median %.4f; "
+                "interval ms median %.4f p10 %.4f p90 %.4f\n",
+                t->seg_ctx0, t->seg_ctx0 + n - 1, n,
+                cb->c.fast ? (cb->c.gexec && t->level < 2 ? "fast-graph" : "fast") : "default",
+                quantile(t->gpu, n, 1, 0.5, tmp), quantile(t->gpu, n, 1, 0.1, tmp),
+                quantile(t->gpu, n, 1, 0.9, tmp), quantile(t->host, n, 1, 0.5, tmp),
+                quantile(t->gap, n, 1, 0.5, tmp), quantile(t->gap, n, 1, 0.1, tmp),
+                quantile(t->gap, n, 1, 0.9, tmp));
+        if (t->level >= 2 && t->op_ms) {
+            char line[1024];
+            int len = snprintf(line, sizeof line, "phi3-run: cuda timeline: decode ctx %d..%d, "
+                               "median ms per step:", t->seg_ctx0, t->seg_ctx0 + n - 1);
+            float sum = 0.f;
+            for (int op = 0; op < N_OPS && len < (int)sizeof line; op++) {
+                const float v = quantile(t->op_ms + op, n, N_OPS, 0.5, tmp);
+                if (v > 0.f) {
+                    len += snprintf(line + len, sizeof line - (size_t)len, " %s %.4f",
+                                    op_names[op], v);
+                    sum += v;
+                }
+            }
+            fprintf(stderr, "%s; sum %.4f\n", line, sum);
+        }
+        free(tmp);
+    }
+    t->seg_n = 0;
+    t->last_entry = 0;
+}
+
+/* Record a timeline mark: the GPU time since the previous mark is charged to op. */
+static void tm_mark(cuda_ctx *c, int op)
+{
+    cu_timing *t = &c->tm;
+    if (!t->tl_on || t->n_ev >= TL_MAX_EV)
+        return;
+    if (t->n_ev >= t->ev_made) {
+        if (cudaEventCreate(&t->ev[t->n_ev]) != cudaSuccess) {
+            cudaGetLastError();
+            t->tl_on = 0;
+            return;
+        }
+        t->ev_made++;
+    }
+    t->ev_op[t->n_ev] = (unsigned char)op;
+    cudaEventRecord(t->ev[t->n_ev++], c->stream);
+}
+#define TL(op) tm_mark(c, (op))
+
+/* Before a forward of n tokens at context ctx: returns the host entry time. */
+static double tm_begin(cuda_backend *cb, int n)
+{
+    cu_timing *t = &cb->c.tm;
+    const double now = cu_now();
+    if (!t->level)
+        return now;
+    if (n != 1)
+        tm_flush(cb);
+    cudaEventRecord(t->e0, cb->c.stream);
+    t->n_ev = 0;
+    t->tl_on = t->level >= 2 && n == 1;
+    tm_mark(&cb->c, OP_COPY);          /* the first mark: the step's start */
+    return now;
+}
+
+/* After a successful forward (its work finished: every forward ends with a sync). */
+static void tm_end(cuda_backend *cb, int n, int pos0, double entry)
+{
+    cu_timing *t = &cb->c.tm;
+    if (!t->level)
+        return;
+    float gpu = -1.f;
+    cudaEventRecord(t->e1, cb->c.stream);
+    if (cudaEventSynchronize(t->e1) == cudaSuccess)
+        cudaEventElapsedTime(&gpu, t->e0, t->e1);
+    cudaGetLastError();
+    const double now = cu_now();
+    if (n != 1) {
+        fprintf(stderr, "phi3-run: cuda timing: prefill n %d at pos %d path %s: gpu ms %.4f; "
+                "forward ms %.4f\n", n, pos0, cb->c.fast ? "fast" : "default", gpu,
+                (now - entry) * 1e3);
+        t->last_entry = 0;
+        t->tl_on = 0;
+        return;
+    }
+    if (t->seg_n == t->seg_cap) {
+        const int cap = t->seg_cap ? 2 * t->seg_cap : 256;
+        float *g = (float *)realloc(t->gpu, (size_t)cap * sizeof(float));
+        if (g)
+            t->gpu = g;
+        float *h = (float *)realloc(t->host, (size_t)cap * sizeof(float));
+        if (h)
+            t->host = h;
+        float *p = (float *)realloc(t->gap, (size_t)cap * sizeof(float));
+        if (p)
+            t->gap = p;
+        float *o = (float *)realloc(t->op_ms, (size_t)cap * N_OPS * sizeof(float));
+        if (o)
+            t->op_ms = o;
+        if (!g || !h || !p || !o) {
+            t->tl_on = 0;
+            return;                     /* timing is best effort */
+        }
+        t->seg_cap = cap;
+    }
+    const int k = t->seg_n++;
+    if (k == 0)
+        t->seg_ctx0 = pos0;
+    t->gpu[k] = gpu;
+    t->host[k] = (float)((now - entry) * 1e3);
+    t->gap[k] = t->last_entry > 0 ? (float)((entry - t->last_entry) * 1e3) : -1.f;
+    t->last_entry = entry;
+    for (int op = 0; op < N_OPS; op++)
+        t->op_ms[(size_t)k * N_OPS + op] = t->tl_on ? 0.f : -1.f;
+    for (int e = 1; t->tl_on && e < t->n_ev; e++) {
+        float ms = 0.f;
+        if (cudaEventElapsedTime(&ms, t->ev[e - 1], t->ev[e]) == cudaSuccess)
+            t->op_ms[(size_t)k * N_OPS + t->ev_op[e]] += ms;
+    }
+    cudaGetLastError();
+    t->tl_on = 0;
+}
+
+static void tm_free(cuda_backend *cb)
+{
+    cu_timing *t = &cb->c.tm;
+    if (!t->level)
+        return;
+    tm_flush(cb);
+    for (int e = 0; e < t->ev_made; e++)
+        cudaEventDestroy(t->ev[e]);
+    cudaEventDestroy(t->e0);
+    cudaEventDestroy(t->e1);
+    free(t->gpu);
+    free(t->host);
+    free(t->gap);
+    free(t->op_ms);
+    t->level = 0;
+}
+
 /* ---- forward ---- */
 
 /* Final norm + lm_head for rows [r0, r0 + nr) of the chunk's residual stream; logits of
@@ -378,13 +690,16 @@ static int cu_logits(cuda_backend *cb, int r0, int nr, float *host)
         const int split = k <= c->split_max;
         CU_TRY(b, kern_rmsnorm(c->stream, c->x + (size_t)(r0 + done) * H, c->norm, k, H,
                                cf->rms_eps, c->act, split ? c->act + (size_t)k * H : NULL));
+        TL(OP_NORM);
         if (cu_gemm(cb, c->lm_head, c->act, split ? 2 * k : k, H, V, c->logits))
             return -1;
         if (split)
             CU_TRY(b, kern_add(c->stream, c->logits, c->logits, c->logits + (size_t)k * V,
                                (size_t)k * V));
+        TL(OP_LOGITS);
         CU_TRY(b, cudaMemcpyAsync(host + (size_t)done * V, c->logits, (size_t)k * V * sizeof(float),
                                   cudaMemcpyDeviceToHost, c->stream));
+        TL(OP_COPY);
         CU_TRY(b, cudaStreamSynchronize(c->stream));
     }
     return 0;
@@ -405,40 +720,66 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
     cudaStream_t s = c->stream;
 
     CU_TRY(b, cudaMemcpyAsync(c->ids, ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+    TL(OP_COPY);
     CU_TRY(b, kern_embed(s, c->embed, c->ids, n, H, c->x));
+    TL(OP_EMBED);
     for (int l = 0; l < cf->n_layers; l++) {
         const cu_layer *L = &c->layers[l];
         /* attention block: x += o_proj(attn(rope(qkv_proj(ln1(x))))) */
         CU_TRY(b, kern_rmsnorm(s, c->x, L->ln1, n, H, cf->rms_eps, c->act,
                                split ? c->act + (size_t)n * H : NULL));
+        TL(OP_NORM);
         if (cu_gemm(cb, L->qkv, c->act, cols, H, qkvdim, c->y))
             return -1;
-        CU_TRY(b, kern_rope_qkv(s, c->y, split ? c->y + (size_t)n * qkvdim : NULL, n, pos0, nh, nkv,
-                                hd, c->inv_freq[use_long], c->attn_factor, flash ? NULL : c->qf,
-                                flash ? c->qb : NULL, c->kc[l], c->vc[l]));
-        if (flash)
+        TL(OP_QKV);
+        if (c->fast) {
+            /* opt-in: hi + lo halves summed first, then the NaN-keeping RoPE + KV write */
+            if (split)
+                CU_TRY(b, kern_add(s, c->y, c->y, c->y + (size_t)n * qkvdim, (size_t)n * qkvdim));
+            CU_TRY(b, fk_rope_qkv(s, c->y, n, NULL, pos0, nh, nkv, hd, c->inv_freq[use_long],
+                                  c->attn_factor, flash ? NULL : c->qf, flash ? c->qb : NULL,
+                                  c->kc[l], c->vc[l]));
+        } else {
+            CU_TRY(b, kern_rope_qkv(s, c->y, split ? c->y + (size_t)n * qkvdim : NULL, n, pos0, nh,
+                                    nkv, hd, c->inv_freq[use_long], c->attn_factor,
+                                    flash ? NULL : c->qf, flash ? c->qb : NULL, c->kc[l], c->vc[l]));
+        }
+        TL(OP_ROPE);
+        if (flash && c->fast)
+            CU_TRY(b, fk_attn_prefill(s, c->qb, c->kc[l], c->vc[l], n, pos0, nh, nkv, hd, window,
+                                      c->att));
+        else if (flash)
             CU_TRY(b, kern_attn_prefill(s, c->qb, c->kc[l], c->vc[l], n, pos0, nh, nkv, hd, window,
                                         c->att));
         else
             CU_TRY(b, kern_attn_decode(s, c->qf, c->kc[l], c->vc[l], n, pos0, nh, nkv, hd, window,
                                        c->work, c->work_floats, c->n_sm, c->att));
+        TL(OP_ATTN);
         CU_TRY(b, kern_split_bf16(s, c->att, c->act, split ? c->act + (size_t)n * qdim : NULL,
                                   (size_t)n * qdim));
+        TL(OP_SPLIT);
         if (cu_gemm(cb, L->o, c->act, cols, qdim, H, c->y))
             return -1;
+        TL(OP_O);
         CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
                                     (size_t)n * H));
+        TL(OP_RESID);
         /* MLP block: x += down(up * silu(gate)) of ln2(x) */
         CU_TRY(b, kern_rmsnorm(s, c->x, L->ln2, n, H, cf->rms_eps, c->act,
                                split ? c->act + (size_t)n * H : NULL));
+        TL(OP_NORM);
         if (cu_gemm(cb, L->gate_up, c->act, cols, H, 2 * I, c->y))
             return -1;
+        TL(OP_GATEUP);
         CU_TRY(b, kern_swiglu(s, c->y, split ? c->y + (size_t)n * 2 * I : NULL, n, I, c->act,
                               split ? c->act + (size_t)n * I : NULL));
+        TL(OP_SWIGLU);
         if (cu_gemm(cb, L->down, c->act, cols, I, H, c->y))
             return -1;
+        TL(OP_DOWN);
         CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
                                     (size_t)n * H));
+        TL(OP_RESID);
     }
     return 0;
 }
@@ -466,6 +807,115 @@ static int cu_set_rope_mode(cuda_backend *cb, int use_long)
     return 0;
 }
 
+/* ---- opt-in fast decode step ($PHI3_CUDA_FAST=1; kernels/fast.cuh) ---- */
+
+/* Enqueue one decode step reading {id, pos} from c->h_step (pinned): the id/pos upload,
+ * embedding, every layer, the logits into c->h_logits (pinned). No host sync, no cuBLAS,
+ * no allocation: the sequence can be captured as a graph. */
+static int cu_fast_enqueue(cuda_backend *cb, int use_long)
+{
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    const int H = cf->hidden, nh = cf->n_heads, nkv = cf->n_kv_heads, hd = cf->head_dim;
+    const int I = cf->intermediate, V = cf->vocab, qdim = nh * hd, qkvdim = (nh + 2 * nkv) * hd;
+    const int window = cf->sliding_window > 0 ? cf->sliding_window : 0;
+    const float eps = (float)cf->rms_eps;
+    cudaStream_t s = c->stream;
+    CU_TRY(b, cudaMemcpyAsync(c->d_step, c->h_step, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+    TL(OP_COPY);
+    CU_TRY(b, fk_embed1(s, c->embed, c->d_step, H, c->x));
+    TL(OP_EMBED);
+    for (int l = 0; l < cf->n_layers; l++) {
+        const cu_layer *L = &c->layers[l];
+        CU_TRY(b, fk_gemv(s, L->qkv, qkvdim, H, c->x, L->ln1, eps, FK_STORE, c->y));
+        TL(OP_QKV);
+        CU_TRY(b, fk_rope_qkv(s, c->y, 1, c->d_step + 1, 0, nh, nkv, hd, c->inv_freq[use_long],
+                              c->attn_factor, c->qf, NULL, c->kc[l], c->vc[l]));
+        TL(OP_ROPE);
+        CU_TRY(b, fk_attn_decode(s, c->qf, c->kc[l], c->vc[l], c->d_step + 1, nh, nkv, hd, window,
+                                 c->nsplit, c->work, c->work_floats, c->att));
+        TL(OP_ATTN);
+        CU_TRY(b, fk_gemv(s, L->o, H, qdim, c->att, NULL, 0.f, FK_ADD, c->x));
+        TL(OP_O);
+        CU_TRY(b, fk_gemv(s, L->gate_up, 2 * I, H, c->x, L->ln2, eps, FK_SWIGLU, c->y));
+        TL(OP_GATEUP);
+        CU_TRY(b, fk_gemv(s, L->down, H, I, c->y, NULL, 0.f, FK_ADD, c->x));
+        TL(OP_DOWN);
+    }
+    CU_TRY(b, fk_gemv(s, c->lm_head, V, H, c->x, c->norm, eps, FK_STORE, c->logits));
+    TL(OP_LOGITS);
+    CU_TRY(b, cudaMemcpyAsync(c->h_logits, c->logits, (size_t)V * sizeof(float),
+                              cudaMemcpyDeviceToHost, s));
+    TL(OP_COPY);
+    return 0;
+}
+
+static void cu_graph_drop(cuda_ctx *c)
+{
+    if (c->gexec)
+        cudaGraphExecDestroy(c->gexec);
+    if (c->graph)
+        cudaGraphDestroy(c->graph);
+    c->gexec = NULL;
+    c->graph = NULL;
+}
+
+/* Capture the step as a graph for the current cache buffers and rope mode. A failed
+ * capture leaves the step to direct launches (graph_off) instead of failing the run. */
+static int cu_graph_capture(cuda_backend *cb, int use_long)
+{
+    cuda_ctx *c = &cb->c;
+    cu_graph_drop(c);
+    CU_TRY(&cb->b, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+    const int rc = cu_fast_enqueue(cb, use_long);
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+    if (rc || e != cudaSuccess || !g) {
+        cudaGetLastError();
+        if (g)
+            cudaGraphDestroy(g);
+        c->graph_off = 1;
+        return 0;
+    }
+    c->graph = g;
+    if (cudaGraphInstantiateWithFlags(&c->gexec, g, 0) != cudaSuccess) {
+        cudaGetLastError();
+        cu_graph_drop(c);
+        c->graph_off = 1;
+        return 0;
+    }
+    c->g_gen = c->kv_gen;
+    c->g_long = use_long;
+    return 0;
+}
+
+/* One token at position b->n_ctx (the cache and ids already reserved, the rope mode set). */
+static int cu_fast_step(cuda_backend *cb, int32_t id, int use_long, float *logits)
+{
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    c->h_step[0] = id;
+    c->h_step[1] = b->n_ctx;
+    if (c->graph_off || c->tm.tl_on) {
+        if (cu_fast_enqueue(cb, use_long))
+            return -1;
+    } else {
+        if ((!c->gexec || c->g_gen != c->kv_gen || c->g_long != use_long) &&
+            cu_graph_capture(cb, use_long))
+            return -1;
+        if (c->graph_off) {
+            if (cu_fast_enqueue(cb, use_long))
+                return -1;
+        } else {
+            CU_TRY(b, cudaGraphLaunch(c->gexec, c->stream));
+        }
+    }
+    CU_TRY(b, cudaStreamSynchronize(c->stream));
+    memcpy(logits, c->h_logits, (size_t)b->m->cfg.vocab * sizeof(float));
+    return 0;
+}
+
 static int cu_forward(backend *b, const int32_t *ids, int n, float *logits, int all)
 {
     cuda_backend *cb = (cuda_backend *)b;
@@ -480,24 +930,31 @@ static int cu_forward(backend *b, const int32_t *ids, int n, float *logits, int 
     if ((long)b->n_ctx + n > b->max_ctx)
         return cu_fail(b, "context of %ld tokens exceeds the limit of %d", (long)b->n_ctx + n,
                        b->max_ctx);
+    const double t_entry = tm_begin(cb, n);
     if (cu_ids_reserve(cb, b->n_ctx + n) || cu_kv_reserve(cb, b->n_ctx + n))
         return -1;
     const int use_long = rope_use_long(cf, (long)b->n_ctx + n);
     if (cu_set_rope_mode(cb, use_long))
         return -1;
     memcpy(c->ctx_ids + b->n_ctx, ids, (size_t)n * sizeof *ids);
-    for (int done = 0; done < n;) {
-        const int k = n - done < c->chunk ? n - done : c->chunk;
-        if (cu_chunk(cb, ids + done, k, b->n_ctx + done, use_long))
+    if (c->fast && n == 1 && logits) {
+        if (cu_fast_step(cb, ids[0], use_long, logits))
             return -1;
-        if (logits && all && cu_logits(cb, 0, k, logits + (size_t)done * cf->vocab))
-            return -1;
-        if (logits && !all && done + k == n && cu_logits(cb, k - 1, 1, logits))
-            return -1;
-        done += k;
+    } else {
+        for (int done = 0; done < n;) {
+            const int k = n - done < c->chunk ? n - done : c->chunk;
+            if (cu_chunk(cb, ids + done, k, b->n_ctx + done, use_long))
+                return -1;
+            if (logits && all && cu_logits(cb, 0, k, logits + (size_t)done * cf->vocab))
+                return -1;
+            if (logits && !all && done + k == n && cu_logits(cb, k - 1, 1, logits))
+                return -1;
+            done += k;
+        }
+        if (!logits)
+            CU_TRY(b, cudaStreamSynchronize(c->stream));   /* report faults of this call here */
     }
-    if (!logits)
-        CU_TRY(b, cudaStreamSynchronize(c->stream));   /* report faults of this call here */
+    tm_end(cb, n, b->n_ctx, t_entry);
     b->n_ctx += n;
     return 0;
 }
@@ -508,6 +965,7 @@ static int cu_truncate(backend *b, int n)
     b->err[0] = 0;
     if (n < 0 || n > b->n_ctx)
         return cu_fail(b, "cannot truncate a context of %d to %d", b->n_ctx, n);
+    tm_flush(cb);
     b->n_ctx = n;
     return cu_set_rope_mode(cb, rope_use_long(&b->m->cfg, n));
 }
@@ -596,6 +1054,13 @@ static void cu_destroy(backend *b)
     const int nl = b->m ? b->m->cfg.n_layers : 0;
     if (c->stream)
         cudaStreamSynchronize(c->stream);
+    tm_free(cb);
+    cu_graph_drop(c);
+    if (c->h_step)
+        cudaFreeHost(c->h_step);
+    if (c->h_logits)
+        cudaFreeHost(c->h_logits);
+    cudaFree(c->d_step);
     if (c->layers) {
         for (int l = 0; l < nl; l++) {
             cu_layer *L = &c->layers[l];
@@ -613,11 +1078,20 @@ static void cu_destroy(backend *b)
     cudaFree(c->embed);
     cudaFree(c->norm);
     for (int l = 0; l < nl; l++) {
+        if (c->kv_async) {                              /* stream-ordered memory */
+            if (c->kc && c->kc[l])
+                cudaFreeAsync(c->kc[l], c->stream);
+            if (c->vc && c->vc[l])
+                cudaFreeAsync(c->vc[l], c->stream);
+            continue;
+        }
         if (c->kc)
             cudaFree(c->kc[l]);
         if (c->vc)
             cudaFree(c->vc[l]);
     }
+    if (c->kv_async && c->stream)
+        cudaStreamSynchronize(c->stream);
     free(c->kc);
     free(c->vc);
     free(c->ctx_ids);
@@ -680,6 +1154,12 @@ static int cu_init(cuda_backend *cb)
         c->split_max = CU_CHUNK / 2;
     const char *am = getenv("PHI3_CUDA_ATTN");     /* testing: force one attention kernel */
     c->attn_mode = am && !strcmp(am, "decode") ? 1 : am && !strcmp(am, "flash") ? 2 : 0;
+    c->fast = env_int("PHI3_CUDA_FAST", 0) == 1;   /* opt-in: kernels/fast.cuh */
+    c->tm.level = env_int("PHI3_CUDA_TIMING", 0);
+    if (c->tm.level) {
+        CU_TRY(b, cudaEventCreate(&c->tm.e0));
+        CU_TRY(b, cudaEventCreate(&c->tm.e1));
+    }
 
     /* Buffers first (a clear message when even they do not fit), then weights. */
     c->chunk = b->max_ctx < CU_CHUNK ? b->max_ctx : CU_CHUNK;
@@ -720,6 +1200,19 @@ static int cu_init(cuda_backend *cb)
     CU_MALLOC(b, c->work, c->work_floats * sizeof(float), "attention workspace");
     CU_MALLOC(b, c->ids, (size_t)c->chunk * sizeof(int32_t), "token ids");
     CU_MALLOC(b, c->logits, (size_t)2 * CU_LOGIT_ROWS * V * sizeof(float), "logits");
+    if (c->fast) {
+        c->nsplit = fk_decode_splits(c->n_sm, nh);
+        if ((size_t)nh * c->nsplit * (hd + 2) > c->work_floats)
+            c->nsplit = (int)(c->work_floats / ((size_t)nh * (hd + 2)));
+        CU_MALLOC(b, c->d_step, 2 * sizeof(int32_t), "decode step");
+        CU_TRY(b, cudaMallocHost((void **)&c->h_step, 2 * sizeof(int32_t)));
+        CU_TRY(b, cudaMallocHost((void **)&c->h_logits, (size_t)V * sizeof(float)));
+        CU_TRY(b, fk_gemv_prepare(imax(H, imax(qdim, I))));
+        int pools = 0;
+        if (cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev) != cudaSuccess)
+            cudaGetLastError();
+        c->kv_async = pools != 0;
+    }
 
     /* RoPE tables as the CPU backend computes them (decode/rope.c). */
     float *inv = (float *)malloc((size_t)hd / 2 * sizeof(float));

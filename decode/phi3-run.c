@@ -22,7 +22,9 @@ static const char usage[] =
 "these tokens (the position the logits predict), data = float32 x vocab. A tokens frame\n"
 "whose pos is behind the context rewinds it to pos first; one with partial=true (more of\n"
 "the same prompt follows, as phi3-template | phi3-tok mark it) gets no logits frame.\n"
-"end frames (a finished turn)\n"
+"An empty tokens frame (ids []) that is not partial gets the logits of the context as\n"
+"it stands (after its pos), pos = the context length; with an empty context it is an\n"
+"error. end frames (a finished turn)\n"
 "are consumed and not forwarded; other frame types are ignored. Runs until end of input.\n"
 "\n"
 "  -m, --model DIR        Hugging Face model directory (default $PHI3_MODEL)\n"
@@ -63,6 +65,8 @@ typedef struct run {
     float *logits;              /* [cap_positions * vocab] */
     size_t logits_cap;          /* positions */
     long tokens;                /* ids consumed */
+    int32_t *ctx;               /* the context's ids (an empty frame recomputes the last) */
+    size_t ctx_cap;
     session *s;                 /* --session, or NULL */
     session_stats st;
 } run;
@@ -93,6 +97,43 @@ static void forward_or_die(run *r, const int32_t *ids, int n, float *logits, int
     if (session_forward(r->s, r->b, ids, n, logits, all, &r->st, err, sizeof err)) phi3_die("%s", err);
 }
 
+/* Rewind the context to pos (< its length). */
+static void rewind_or_die(run *r, int pos)
+{
+    char err[300];
+    if (r->s && session_rewind(r->s, pos, err, sizeof err)) phi3_die("%s", err);
+    if (!r->s && r->b->ops->truncate(r->b, pos)) phi3_die("%s", r->b->err);
+}
+
+/* Keep the context's ids: ids[0..n) now hold positions [pos0, pos0 + n). */
+static void ctx_note(run *r, int pos0, const int32_t *ids, size_t n)
+{
+    if ((size_t)pos0 + n > r->ctx_cap) {
+        r->ctx_cap = ((size_t)pos0 + n) * 2;
+        r->ctx = xrealloc(r->ctx, r->ctx_cap * sizeof *r->ctx);
+    }
+    memcpy(r->ctx + pos0, ids, n * sizeof *ids);
+}
+
+/* An empty tokens frame that is not partial asks for the logits of the context as it is
+ * (after its pos, if it rewinds): the last position is computed again. */
+static void on_empty(run *r, const frame *f, int n_ctx, bool partial)
+{
+    if (partial) {
+        fw_tokens(&r->w, NULL, 0, n_ctx);
+        return;
+    }
+    if (n_ctx == 0)
+        phi3_die("frame %ld: empty tokens frame with an empty context (no position to predict from)",
+                 f->index);
+    int32_t last = r->ctx[n_ctx - 1];
+    rewind_or_die(r, n_ctx - 1);
+    float *lg = logits_for(r, 1);
+    forward_or_die(r, &last, 1, lg, 0);
+    fw_tokens(&r->w, NULL, 0, n_ctx);
+    fw_logits(&r->w, n_ctx, lg, (size_t)r->m->cfg.vocab);
+}
+
 /* One tokens frame: validate, append, forward the frame, write the logits (none for a
  * frame with partial: true, unless --all-logits). */
 static void on_tokens(run *r, const frame *f)
@@ -112,9 +153,7 @@ static void on_tokens(run *r, const frame *f)
         if (pos < 0 || pos > n_ctx)
             phi3_die("frame %ld: tokens pos %lld is not within the context of %d positions", f->index,
                      (long long)pos, n_ctx);
-        char err[300];
-        if (pos < n_ctx && r->s && session_rewind(r->s, (int)pos, err, sizeof err)) phi3_die("%s", err);
-        if (pos < n_ctx && !r->s && r->b->ops->truncate(r->b, (int)pos)) phi3_die("%s", r->b->err);
+        if (pos < n_ctx) rewind_or_die(r, (int)pos);
         n_ctx = (int)pos;
     }
     if ((long long)n_ctx + (long long)n > r->b->max_ctx)
@@ -129,9 +168,11 @@ static void on_tokens(run *r, const frame *f)
     free(v);
     if (n == 0) {
         free(ids);
+        on_empty(r, f, n_ctx, partial);
         return;
     }
     int pos0 = n_ctx, V = cf->vocab;
+    ctx_note(r, pos0, ids, n);
     if (partial && !r->all_logits) {
         /* more of the same prompt follows (partial: true): append, forward, no logits */
         forward_or_die(r, ids, (int)n, NULL, 0);
@@ -191,7 +232,7 @@ int main(int argc, char **argv)
         {"no-wait", no_argument, 0, OPT_NOWAIT}, {"session-list", no_argument, 0, OPT_SLIST},
         {"session-info", required_argument, 0, OPT_SINFO}, {"session-rm", required_argument, 0, OPT_SRM},
         {"stats", no_argument, 0, OPT_STATS}, {0, 0, 0, 0}};
-    while ((c = getopt_long(argc, argv, "m:vqh", opts, NULL)) != -1) {
+    while ((opterr = 0, c = getopt_long(argc, argv, ":m:vqh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': mdir = optarg; break;
         case OPT_BACKEND: bname = optarg; break;
@@ -208,7 +249,7 @@ int main(int argc, char **argv)
         case OPT_SINFO: sinfo = optarg; break;
         case OPT_SRM: srm = optarg; break;
         case OPT_STATS: stats = 1; break;
-        default: fputs(usage, stderr); return 2;
+        default: phi3_bad_option(argv, c);
         }
     }
     if (optind < argc) phi3_usage_die("unexpected operand '%s' (see --help)", argv[optind]);
@@ -279,6 +320,7 @@ int main(int argc, char **argv)
     r.b->ops->destroy(r.b);
     session_close(r.s);
     free(r.logits);
+    free(r.ctx);
     model_free(r.m);
     return 0;
 }

@@ -10,6 +10,7 @@
  * at any moment leaves either the old or the new state, both describing rows and ids
  * that were completely written. Rows/ids beyond the committed count are free space. */
 #include "decode/session.h"
+#include "decode/cpu.h"
 #include "decode/rope.h"
 #include "embed/model.h"
 #include "shared/util.h"
@@ -32,8 +33,17 @@
 #define SHM_DIR "/dev/shm"              /* where Linux keeps POSIX shm objects (listing only) */
 
 typedef struct sess_commit {
-    uint32_t count, rope_long, ids_crc, pad;
+    uint32_t count, rope_long, ids_crc;
+    uint32_t kernel;                    /* what computed the rows (KERNEL_*); 0 unknown */
 } sess_commit;
+
+/* The rows' kernel path: a session is reused only by the path that wrote it (the CPU's
+ * AVX2 and portable kernels round differently; a device is not bit-identical at all). */
+enum { KERNEL_UNKNOWN, KERNEL_CPU_AVX2, KERNEL_CPU_C, KERNEL_DEVICE };
+static const char *kernel_name(uint32_t k)
+{
+    return k == KERNEL_CPU_AVX2 ? "cpu-avx2" : k == KERNEL_CPU_C ? "cpu-c" : k == KERNEL_DEVICE ? "device" : "unknown";
+}
 
 typedef struct sess_hdr {
     char magic[8];
@@ -62,6 +72,8 @@ struct session {
     session_state st;                   /* shapes and offsets (validated) */
     int limit;                          /* growth bound: --ctx or max_pos */
     int count, rope_long;               /* committed state (mirrors the header) */
+    uint32_t kernel;                    /* the stored rows' kernel; mine: the run's */
+    uint32_t mine;
     uint32_t crc;                       /* CRC of ids[0, count) */
     backend *b;
     backend *scratch;                   /* short frames over a stored long context */
@@ -122,11 +134,20 @@ void session_expect_model(const struct phi3_model *m, session_expect *e)
 int session_validate(const void *buf, size_t size, const session_expect *exp, int check_ids,
                      session_state *st, char *err, size_t errlen)
 {
+    return session_validate_part(buf, size, size, exp, check_ids, st, err, errlen);
+}
+
+int session_validate_part(const void *buf, size_t avail, size_t size, const session_expect *exp,
+                          int check_ids, session_state *st, char *err, size_t errlen)
+{
     sess_hdr h;
+    if (avail > size) avail = size;
     if (size < sizeof h.magic) return seterr(err, errlen, "truncated object (%zu bytes)", size);
+    if (avail < sizeof h.magic) return seterr(err, errlen, "header not read (%zu bytes)", avail);
     if (memcmp(buf, MAGIC, sizeof h.magic))
         return seterr(err, errlen, "not a phi3 session (bad magic)");
     if (size < sizeof h) return seterr(err, errlen, "truncated object (%zu bytes, header is %zu)", size, sizeof h);
+    if (avail < sizeof h) return seterr(err, errlen, "header not read (%zu bytes)", avail);
     memcpy(&h, buf, sizeof h);
     if (h.version != SESSION_VERSION)
         return seterr(err, errlen, "layout version %u, this phi3 reads version %d", h.version, SESSION_VERSION);
@@ -162,6 +183,9 @@ int session_validate(const void *buf, size_t size, const session_expect *exp, in
     if (c->count > h.capacity || c->rope_long > 1)
         return seterr(err, errlen, "corrupt header (%u tokens in room for %u)", c->count, h.capacity);
     if (check_ids) {
+        if (h.ids_off + (uint64_t)c->count * 4 > avail)
+            return seterr(err, errlen, "token ids not read (%zu bytes of %llu)", avail,
+                          (unsigned long long)(h.ids_off + (uint64_t)c->count * 4));
         const int32_t *ids = (const int32_t *)((const uint8_t *)buf + h.ids_off);
         for (uint32_t i = 0; i < c->count; i++)
             if (ids[i] < 0 || (uint32_t)ids[i] >= h.vocab)
@@ -183,6 +207,7 @@ int session_validate(const void *buf, size_t size, const session_expect *exp, in
     st->count = (int)c->count;
     st->rope_long = (int)c->rope_long;
     st->ids_crc = c->ids_crc;
+    st->kernel = (int)c->kernel;
     st->writer_pid = h.writer_pid;
     return 0;
 }
@@ -239,6 +264,15 @@ static int32_t peek_pid(int fd)
 
 /* ---- the writer's session ---- */
 
+/* The writer's mapping, guarded: the object shrunk under it (truncate by its owner) is a
+ * message naming it, not a bare SIGBUS. */
+static void guard_map(session *s)
+{
+    char path[SESSION_NAME_MAX + 32];
+    snprintf(path, sizeof path, SHM_DIR "/" SESSION_PREFIX "%s", s->name);
+    mapguard_add(s->map, s->map_len, path);
+}
+
 static void set_pointers(session *s)
 {
     s->hdr = (sess_hdr *)s->map;
@@ -256,11 +290,13 @@ static void commit(session *s, int count, int rope_long, uint32_t crc)
     c->count = (uint32_t)count;
     c->rope_long = (uint32_t)rope_long;
     c->ids_crc = crc;
+    c->kernel = s->mine;                /* rows [0, count) are this run's (or none) */
     __atomic_store_n(&h->gen, g, __ATOMIC_RELEASE);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     s->count = count;
     s->rope_long = rope_long;
     s->crc = crc;
+    s->kernel = s->mine;
 }
 
 /* Fill a zero-length (or never finished: magic still zero) object we hold locked. The
@@ -279,6 +315,7 @@ static int init_object(session *s, const session_expect *e, char *err, size_t er
         return seterr(err, errlen, "session %s: mmap: %s", s->name, strerror(errno));
     }
     s->map_len = s->file_len = kv_off;
+    guard_map(s);
     sess_hdr *h = (sess_hdr *)s->map;
     memset(h, 0, sizeof *h);
     h->version = SESSION_VERSION;
@@ -324,7 +361,7 @@ session *session_open(const char *name, const struct phi3_model *m, int max_ctx,
             if (fchmod(s->fd, 0600)) { seterr(err, errlen, "session %s: %s", name, strerror(errno)); goto fail; }
             break;
         }
-        if (errno == EEXIST) s->fd = shm_open(path, O_RDWR, 0);
+        if (errno == EEXIST) s->fd = shm_open(path, O_RDWR | O_NONBLOCK, 0);   /* a FIFO: no wait */
         if (s->fd >= 0) break;
         if (errno == ENOENT && tries < 5) continue;     /* removed in between: create again */
         seterr(err, errlen, "session %s: cannot open: %s", name, strerror(errno));
@@ -348,7 +385,13 @@ session *session_open(const char *name, const struct phi3_model *m, int max_ctx,
     }
     static const char zero[8];
     if (sb.st_size == 0 || !memcmp(magic, zero, sizeof zero)) {
-        if (init_object(s, &e, err, errlen)) goto fail;
+        if (init_object(s, &e, err, errlen)) {
+            /* An object we could not initialise (a full /dev/shm) holds nothing: remove it
+             * rather than leave a 0-byte object that lists as invalid. We hold the lock, and
+             * its magic was never written, so no writer or reader can be using it. */
+            shm_unlink(path);
+            goto fail;
+        }
         s->st.pos_floats = (size_t)e.n_layers * 3 * e.n_kv_heads * e.head_dim;
         s->st.ids_off = SESSION_HDR_BYTES;
         s->st.kv_off = s->map_len;
@@ -363,6 +406,7 @@ session *session_open(const char *name, const struct phi3_model *m, int max_ctx,
             seterr(err, errlen, "session %s: mmap: %s", name, strerror(errno));
             goto fail;
         }
+        guard_map(s);
         char why[200];
         if (session_validate(s->map, s->map_len, &e, 1, &s->st, why, sizeof why)) {
             seterr(err, errlen, "session %s: %s (left as is; --session-rm %s removes it)", name, why, name);
@@ -373,12 +417,16 @@ session *session_open(const char *name, const struct phi3_model *m, int max_ctx,
     s->count = (int)s->hdr->slot[s->hdr->gen & 1].count;
     s->rope_long = (int)s->hdr->slot[s->hdr->gen & 1].rope_long;
     s->crc = s->hdr->slot[s->hdr->gen & 1].ids_crc;
+    s->kernel = s->hdr->slot[s->hdr->gen & 1].kernel;
     s->st.capacity = (int)s->hdr->capacity;
     s->hdr->writer_pid = (int32_t)getpid();
     s->matching = 1;
     return s;
 fail:
-    if (s->map) munmap(s->map, s->map_len);
+    if (s->map) {
+        mapguard_remove(s->map);
+        munmap(s->map, s->map_len);
+    }
     if (s->fd >= 0) close(s->fd);
     free(s);
     return NULL;
@@ -391,7 +439,10 @@ void session_close(session *s)
     if (!s->failed && s->matching && s->cur > 0 && s->cur < s->count)
         commit(s, s->cur, s->rope_long, crc32_update(0, s->ids, (size_t)s->cur * 4));
     if (s->scratch) s->scratch->ops->destroy(s->scratch);
-    if (s->map) munmap(s->map, s->map_len);
+    if (s->map) {
+        mapguard_remove(s->map);
+        munmap(s->map, s->map_len);
+    }
     if (s->fd >= 0) close(s->fd);               /* releases the lock */
     free(s);
 }
@@ -431,9 +482,11 @@ int session_reserve(session *s, int need, char *err, size_t errlen)
     if (len > s->map_len) {
         void *p = mremap(s->map, s->map_len, len, MREMAP_MAYMOVE);
         if (p == MAP_FAILED) return seterr(err, errlen, "session %s: mremap: %s", s->name, strerror(errno));
+        mapguard_remove(s->map);
         s->map = p;
         s->map_len = len;
         set_pointers(s);
+        guard_map(s);
     }
     s->hdr->capacity = (uint32_t)cap;
     s->st.capacity = (int)cap;
@@ -453,6 +506,10 @@ void session_attach(session *s, backend *b, int threads)
 {
     s->b = b;
     s->threads = threads;
+    s->mine = is_cpu(b) ? (backend_cpu_kernel() == 1 ? KERNEL_CPU_AVX2 : KERNEL_CPU_C) : KERNEL_DEVICE;
+    /* Rows of another kernel path are not what this run computes: reuse none of them
+     * (the first frame then replaces the stored context). */
+    if (s->kernel != s->mine) s->matching = 0;
     if (is_cpu(b)) backend_cpu_set_grow(b, grow_hook, s);
 }
 
@@ -465,9 +522,23 @@ static int scratch_step(session *s, backend *b, const int32_t *x, int n, float *
         s->scratch = backend_cpu_new(b->m, b->max_ctx, s->threads, NULL, err, errlen);
         if (!s->scratch) return -1;
     }
-    if (s->scratch->n_ctx != s->cur)
-        return seterr(err, errlen, "session %s: scratch context out of step (%d, %d)", s->name,
-                      s->scratch->n_ctx, s->cur);
+    /* The scratch starts empty (or behind, after a rewind into a stored long context
+     * from a long run): bring it to the run's context, whose ids [0, cur) are a prefix of
+     * the stored ones while matching. Rows depend only on the ids before them and the
+     * mode, so these are the rows a fresh run holds. */
+    backend *sc = s->scratch;
+    if (sc->n_ctx > s->cur && sc->ops->truncate(sc, s->cur)) {
+        s->failed = 1;
+        return seterr(err, errlen, "%s", sc->err);
+    }
+    if (sc->n_ctx < s->cur) {
+        int k = sc->n_ctx;
+        if (sc->ops->forward(sc, s->ids + k, s->cur - k, NULL, 0)) {
+            s->failed = 1;
+            return seterr(err, errlen, "%s", sc->err);
+        }
+        st->computed += s->cur - k;
+    }
     if (s->scratch->ops->forward(s->scratch, x, n, logits, all)) {
         s->failed = 1;
         return seterr(err, errlen, "%s", s->scratch->err);
@@ -574,7 +645,7 @@ int session_rewind(session *s, int pos, char *err, size_t errlen)
     /* The run's context [0, pos) is a prefix of the stored one (which holds at least the
      * run's context once diverged), so matching starts again from pos. */
     s->cur = pos;
-    s->matching = 1;
+    s->matching = s->kernel == s->mine;
     return 0;
 }
 
@@ -587,43 +658,100 @@ void session_stats_print(const session_stats *st)
 
 /* ---- management ---- */
 
-/* Open NAME read-only for inspection: owner/mode checked, shared lock tried (busy = a
- * writer holds it), mapped. 0 ok. */
-static int open_ro(const char *name, int *fd, void **map, size_t *len, int *busy, struct stat *sb,
-                   char *err, size_t errlen)
+/* Open the object NAME without blocking (O_NONBLOCK: a FIFO squatting the name must
+ * not hang the open) and refuse anything that is not a regular object of ours. */
+static int open_obj(const char *name, int flags, int *fd, struct stat *sb, char *err, size_t errlen)
 {
     char path[SESSION_NAME_MAX + 16];
     shm_path(path, sizeof path, name);
-    *fd = shm_open(path, O_RDONLY, 0);
+    *fd = shm_open(path, flags | O_NONBLOCK, 0);
     if (*fd < 0)
         return seterr(err, errlen, errno == ENOENT ? "no session %s" : "session %s: %s", name, strerror(errno));
-    if (check_owner(*fd, name, sb, err, errlen)) { close(*fd); return -1; }
-    *busy = lock_fd(*fd, LOCK_SH, 1) != 0;
-    *len = (size_t)sb->st_size;
-    *map = NULL;
-    if (*len) {
-        *map = mmap(NULL, *len, PROT_READ, MAP_SHARED, *fd, 0);
-        if (*map == MAP_FAILED) {
-            close(*fd);
-            return seterr(err, errlen, "session %s: mmap: %s", name, strerror(errno));
-        }
+    if (check_owner(*fd, name, sb, err, errlen)) {
+        close(*fd);
+        *fd = -1;
+        return -1;
     }
     return 0;
+}
+
+/* A reader's snapshot of an object: the header and (with ids) the committed token ids,
+ * copied with pread into private memory. A reader never maps the object, so a writer
+ * that truncates, grows or re-initialises it meanwhile gives a stale or invalid
+ * snapshot, never a fault. A busy object that reads as invalid is read again (a
+ * writer's re-initialisation is short). */
+typedef struct snapshot {
+    uint8_t *buf;
+    size_t avail, size;
+    int busy;
+} snapshot;
+
+static ssize_t pread_all(int fd, void *buf, size_t n, off_t off)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = pread(fd, (uint8_t *)buf + got, n - got, off + (off_t)got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return -1;
+        if (r == 0) break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+static int snap_read(int fd, int with_ids, int check_ids, snapshot *sn, session_state *st, char *why,
+                     size_t whylen)
+{
+    int rc = -1;
+    for (int attempt = 0; attempt < 5 && rc; attempt++) {
+        struct stat sb;
+        if (fstat(fd, &sb)) return seterr(why, whylen, "%s", strerror(errno));
+        sn->size = (size_t)sb.st_size;
+        size_t want = sn->size < SESSION_HDR_BYTES ? sn->size : SESSION_HDR_BYTES;
+        free(sn->buf);
+        sn->buf = xmalloc(SESSION_HDR_BYTES);
+        ssize_t r = pread_all(fd, sn->buf, want, 0);
+        if (r < 0) return seterr(why, whylen, "read: %s", strerror(errno));
+        sn->avail = (size_t)r;
+        rc = session_validate_part(sn->buf, sn->avail, sn->size, NULL, 0, st, why, whylen);
+        if (!rc && with_ids) {
+            size_t end = st->ids_off + (size_t)st->count * 4;
+            sn->buf = xrealloc(sn->buf, end > SESSION_HDR_BYTES ? end : SESSION_HDR_BYTES);
+            r = pread_all(fd, sn->buf + st->ids_off, end - st->ids_off, (off_t)st->ids_off);
+            if (r < 0) return seterr(why, whylen, "read: %s", strerror(errno));
+            sn->avail = st->ids_off + (size_t)r;
+            rc = session_validate_part(sn->buf, sn->avail, sn->size, NULL, check_ids, st, why, whylen);
+            if (!rc && sn->avail < end) rc = seterr(why, whylen, "truncated object (ids cut short)");
+        }
+        if (!sn->busy) break;
+    }
+    return rc;
 }
 
 int session_remove(const char *name, int nowait, char *err, size_t errlen)
 {
     if (session_name_check(name, err, errlen)) return -1;
-    char path[SESSION_NAME_MAX + 16];
+    char path[SESSION_NAME_MAX + 16], fspath[SESSION_NAME_MAX + 32];
     shm_path(path, sizeof path, name);
-    int fd = shm_open(path, O_RDONLY, 0);
-    if (fd < 0)
-        return seterr(err, errlen, errno == ENOENT ? "no session %s" : "session %s: %s", name, strerror(errno));
+    snprintf(fspath, sizeof fspath, SHM_DIR "/" SESSION_PREFIX "%s", name);
+    int fd = shm_open(path, O_RDONLY | O_NONBLOCK, 0);
     struct stat sb;
-    if (fstat(fd, &sb)) { close(fd); return seterr(err, errlen, "session %s: %s", name, strerror(errno)); }
+    if (fd < 0 && errno != ELOOP)
+        return seterr(err, errlen, errno == ENOENT ? "no session %s" : "session %s: %s", name, strerror(errno));
+    if (fd < 0 ? lstat(fspath, &sb) : fstat(fd, &sb)) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        return seterr(err, errlen, "session %s: %s", name, strerror(e));
+    }
     if (sb.st_uid != geteuid()) {
-        close(fd);
+        if (fd >= 0) close(fd);
         return seterr(err, errlen, "session %s: owned by uid %u, not by us", name, (unsigned)sb.st_uid);
+    }
+    /* Not a regular object (a FIFO or a symlink squatting the name): no writer can use
+     * it as a session; it is ours, so remove it. */
+    if (fd < 0 || !S_ISREG(sb.st_mode)) {
+        if (fd >= 0) close(fd);
+        return shm_unlink(path) ? seterr(err, errlen, "session %s: %s", name, strerror(errno)) : 0;
     }
     /* Wait for a writer to finish (it would keep computing into an unlinked object). */
     if (lock_fd(fd, LOCK_EX, nowait)) {
@@ -648,21 +776,20 @@ int session_list(FILE *out, char *err, size_t errlen)
         const char *name = de->d_name + pl;
         char why[300];
         if (session_name_check(name, why, sizeof why)) continue;
-        int fd, busy;
-        void *map;
-        size_t len;
+        int fd;
         struct stat sb;
-        if (open_ro(name, &fd, &map, &len, &busy, &sb, why, sizeof why)) {
+        if (open_obj(name, O_RDONLY, &fd, &sb, why, sizeof why)) {
             phi3_err("%s", why);
             continue;
         }
+        snapshot sn = {.busy = lock_fd(fd, LOCK_SH, 1) != 0};
         session_state st;
-        if (session_validate(map ? map : "", len, NULL, 0, &st, why, sizeof why))
-            fprintf(out, "%s\t-\t%zu\t-\tinvalid: %s\n", name, len, why);
+        if (snap_read(fd, 0, 0, &sn, &st, why, sizeof why))
+            fprintf(out, "%s\t-\t%zu\t-\tinvalid: %s\n", name, sn.size, why);
         else
-            fprintf(out, "%s\t%d\t%zu\t%016llx\t%s\n", name, st.count, len,
-                    (unsigned long long)st.fingerprint, busy ? "busy" : "ok");
-        if (map) munmap(map, len);
+            fprintf(out, "%s\t%d\t%zu\t%016llx\t%s\n", name, st.count, sn.size,
+                    (unsigned long long)st.fingerprint, sn.busy ? "busy" : "ok");
+        free(sn.buf);
         close(fd);
     }
     closedir(d);
@@ -672,21 +799,20 @@ int session_list(FILE *out, char *err, size_t errlen)
 int session_info(const char *name, FILE *out, char *err, size_t errlen)
 {
     if (session_name_check(name, err, errlen)) return -1;
-    int fd, busy;
-    void *map;
-    size_t len;
+    int fd;
     struct stat sb;
-    if (open_ro(name, &fd, &map, &len, &busy, &sb, err, errlen)) return -1;
+    if (open_obj(name, O_RDONLY, &fd, &sb, err, errlen)) return -1;
+    snapshot sn = {.busy = lock_fd(fd, LOCK_SH, 1) != 0};
     session_state st;
     char why[200];
     /* Under a writer the ids past a lowered count may be changing: skip their check. */
-    int rc = session_validate(map ? map : "", len, NULL, !busy, &st, why, sizeof why);
+    int rc = snap_read(fd, 1, !sn.busy, &sn, &st, why, sizeof why);
     if (rc) seterr(err, errlen, "session %s: %s", name, why);
     else {
         char fp[17];
         snprintf(fp, sizeof fp, "%016llx", (unsigned long long)st.fingerprint);
         json_t *o = json_object(), *ids = json_array();
-        const int32_t *p = (const int32_t *)((const uint8_t *)map + st.ids_off);
+        const int32_t *p = (const int32_t *)(sn.buf + st.ids_off);
         for (int i = 0; i < st.count; i++) json_array_append_new(ids, json_integer(p[i]));
         json_object_set_new(o, "name", json_string(name));
         json_object_set_new(o, "model", json_string(fp));
@@ -701,8 +827,9 @@ int session_info(const char *name, FILE *out, char *err, size_t errlen)
         json_object_set_new(o, "capacity", json_integer(st.capacity));
         json_object_set_new(o, "tokens", json_integer(st.count));
         json_object_set_new(o, "rope", json_string(st.rope_long ? "long" : "short"));
-        json_object_set_new(o, "bytes", json_integer((json_int_t)len));
-        json_object_set_new(o, "busy", json_boolean(busy));
+        json_object_set_new(o, "kernel", json_string(kernel_name((uint32_t)st.kernel)));
+        json_object_set_new(o, "bytes", json_integer((json_int_t)sn.size));
+        json_object_set_new(o, "busy", json_boolean(sn.busy));
         json_object_set_new(o, "ids", ids);
         char *txt = json_dumps(o, JSON_COMPACT);
         json_decref(o);
@@ -710,7 +837,7 @@ int session_info(const char *name, FILE *out, char *err, size_t errlen)
             rc = seterr(err, errlen, "write: %s", strerror(errno));
         free(txt);
     }
-    if (map) munmap(map, len);
+    free(sn.buf);
     close(fd);
     return rc;
 }

@@ -34,6 +34,7 @@ typedef struct session_state {
     int count;                          /* committed tokens */
     int rope_long;                      /* rows computed with the long LongRoPE factors */
     uint32_t ids_crc;
+    int kernel;                         /* the kernel path that computed the rows */
     int writer_pid;                     /* last process that took the writer lock */
 } session_state;
 
@@ -44,6 +45,11 @@ typedef struct session_state {
  * cause in err. This is the fuzzed entry point. */
 int session_validate(const void *buf, size_t size, const session_expect *exp, int check_ids,
                      session_state *st, char *err, size_t errlen);
+/* The same on the first avail bytes of an object of size bytes (a reader's private copy
+ * of the header and ids): never reads buf past avail; ids not all within avail are an
+ * error when check_ids. */
+int session_validate_part(const void *buf, size_t avail, size_t size, const session_expect *exp,
+                          int check_ids, session_state *st, char *err, size_t errlen);
 
 /* NAME: 1..SESSION_NAME_MAX of [A-Za-z0-9._-], not starting with '.', no "..". 0 ok. */
 int session_name_check(const char *name, char *err, size_t errlen);

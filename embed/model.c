@@ -3,15 +3,20 @@
 #include "embed/model.h"
 #include "shared/util.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define CONFIG_MAX (16u << 20)
+/* model.safetensors.index.json: Phi-3-mini's is 30 KB (one line per tensor); 16 MiB
+ * holds ~200,000 tensor names, far beyond any checkpoint we load. */
+#define INDEX_MAX (16u << 20)
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -20,6 +25,46 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
     return -1;
+}
+
+/* Read a small file of the model directory whole: opened O_NONBLOCK (a FIFO named
+ * config.json must not hang the load), regular files only, at most max bytes. NULL with
+ * "PATH: cause" in err. */
+static char *read_regular(const char *path, size_t max, size_t *len, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        fail(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    char *buf = NULL;
+    if (fstat(fd, &st)) fail(err, errlen, "%s: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode)) fail(err, errlen, "%s: not a regular file", path);
+    else if ((uint64_t)st.st_size > max)
+        fail(err, errlen, "%s: %lld bytes is more than the %zu MiB this loader reads", path, (long long)st.st_size,
+             max >> 20);
+    else {
+        size_t n = (size_t)st.st_size, got = 0;
+        ssize_t r = 1;
+        buf = xmalloc(n + 1);
+        while (got < n && r != 0) {
+            r = read(fd, buf + got, n - got);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) break;
+            got += (size_t)r;
+        }
+        if (got != n) {
+            fail(err, errlen, "%s: %s", path, r < 0 ? strerror(errno) : "shorter than its size (changed while read)");
+            free(buf);
+            buf = NULL;
+        } else {
+            buf[n] = 0;
+            *len = n;
+        }
+    }
+    close(fd);
+    return buf;
 }
 
 /* ---- config.json ---- */
@@ -40,18 +85,28 @@ static int cfg_int(json_t *o, const char *key, long lo, long hi, long def, int *
     return 0;
 }
 
-static int cfg_num(json_t *o, const char *key, double def, double *out, char *err, size_t errlen)
+/* A number in the open interval (lo, hi), also after rounding to float32 (the forward
+ * pass keeps eps, factors and the attention factor as float32: 1e300 would be inf there,
+ * 1e-50 zero); absent: def. */
+static int cfg_num(json_t *o, const char *key, double def, double lo, double hi, double *out, char *err,
+                   size_t errlen)
 {
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) {
         *out = def;
         return 0;
     }
-    if (!json_is_number(v) || !isfinite(json_number_value(v)) || json_number_value(v) <= 0)
-        return fail(err, errlen, "config.json: %s must be a positive number", key);
-    *out = json_number_value(v);
+    double x = json_is_number(v) ? json_number_value(v) : NAN;
+    float f = (float)x;
+    if (!(x > lo && x < hi) || !isfinite(f) || !((double)f > lo && (double)f < hi))
+        return fail(err, errlen, "config.json: %s must be a number in (%g, %g) (as float32), got %.6g", key, lo, hi,
+                    x);
+    *out = x;
     return 0;
 }
+
+/* LongRoPE factors: float32 in transformers too. */
+#define FACTOR_MAX 1e6
 
 static int cfg_factors(json_t *rs, const char *key, int n, float **out, char *err, size_t errlen)
 {
@@ -63,9 +118,11 @@ static int cfg_factors(json_t *rs, const char *key, int n, float **out, char *er
     for (int i = 0; i < n; i++) {
         json_t *e = json_array_get(a, (size_t)i);
         double x = json_is_number(e) ? json_number_value(e) : -1;
-        if (!(x > 0) || !isfinite(x))
-            return fail(err, errlen, "config.json: rope_scaling.%s[%d] must be a positive number", key, i);
-        (*out)[i] = (float)x;   /* transformers holds the factors as float32 */
+        float f = (float)x;   /* transformers holds the factors as float32 */
+        if (!(x > 0 && x < FACTOR_MAX) || !(f > 0))
+            return fail(err, errlen, "config.json: rope_scaling.%s[%d] must be a number in (0, %g) (as float32)",
+                        key, i, FACTOR_MAX);
+        (*out)[i] = f;
     }
     return 0;
 }
@@ -112,8 +169,8 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
         return fail(err, errlen, "config.json: num_attention_heads %d is not a multiple of num_key_value_heads %d",
                     c->n_heads, c->n_kv_heads);
     double eps, prf;
-    if (cfg_num(o, "rms_norm_eps", 1e-5, &eps, err, errlen) ||
-        cfg_num(o, "partial_rotary_factor", 1.0, &prf, err, errlen))
+    if (cfg_num(o, "rms_norm_eps", 1e-5, 0, 1, &eps, err, errlen) ||
+        cfg_num(o, "partial_rotary_factor", 1.0, 0, 2, &prf, err, errlen))
         return -1;
     c->rms_eps = (float)eps;
     if (prf != 1.0) return fail(err, errlen, "config.json: partial_rotary_factor %g is not supported", prf);
@@ -127,9 +184,9 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
     if (!rs || json_is_null(rs)) rs = json_object_get(o, "rope_parameters");
     if (rs && !json_is_null(rs) && !json_is_object(rs))
         return fail(err, errlen, "config.json: rope_scaling must be an object or null");
-    if (cfg_num(o, "rope_theta", 10000.0, &c->rope_theta, err, errlen) ||
+    if (cfg_num(o, "rope_theta", 10000.0, 0, 1e30, &c->rope_theta, err, errlen) ||
         (rs && json_object_get(rs, "rope_theta") &&
-         cfg_num(rs, "rope_theta", 10000.0, &c->rope_theta, err, errlen)))
+         cfg_num(rs, "rope_theta", 10000.0, 0, 1e30, &c->rope_theta, err, errlen)))
         return -1;
     const char *type = NULL;
     if (rs && !json_is_null(rs)) {
@@ -154,11 +211,16 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
             cfg_int(rs, "original_max_position_embeddings", 1, 1 << 24, c->original_max_pos,
                     &c->original_max_pos, err, errlen))
             return -1;
+        if (c->original_max_pos > c->max_pos)
+            return fail(err, errlen,
+                        "config.json: original_max_position_embeddings %d exceeds max_position_embeddings %d",
+                        c->original_max_pos, c->max_pos);
         /* transformers' longrope default: scale = max/original_max, factor 1 when scale <= 1. */
         double scale = (double)c->max_pos / c->original_max_pos;
         if (scale > 1.0 && c->original_max_pos > 1)
             c->attn_factor = sqrt(1.0 + log(scale) / log((double)c->original_max_pos));
-        if (cfg_num(rs, "attention_factor", c->attn_factor, &c->attn_factor, err, errlen)) return -1;
+        /* cos and sin are scaled by it: past ~100 the attention is saturated nonsense. */
+        if (cfg_num(rs, "attention_factor", c->attn_factor, 0, 100, &c->attn_factor, err, errlen)) return -1;
     }
     return 0;
 }
@@ -288,15 +350,20 @@ static int bind(loader *L, phi3_weight *w, const char *name, int64_t rows, int64
     w->rows = rows ? rows : 1;
     w->cols = cols;
     L->m->weight_bytes += t->nbytes;
-    /* Fingerprint: name, dtype, shape, and a sample of the bytes (start and end), so two
-     * checkpoints of one architecture differ. */
+    /* Fingerprint: name, dtype, shape and the shard it comes from; the bytes of every
+     * shard are hashed whole after binding (hash_shards). */
     uint64_t h = L->m->fingerprint;
     h = fnv(h, name, strlen(name) + 1);
     h = fnv(h, &t->dtype, sizeof t->dtype);
     h = fnv(h, shape, sizeof shape);
-    size_t s = t->nbytes < 64 ? t->nbytes : 64;
-    h = fnv(h, t->data, s);
-    h = fnv(h, (const uint8_t *)t->data + t->nbytes - s, s);
+    for (int i = 0; i < L->m->n_shards; i++) {
+        const st_file *f = &L->m->shards[i];
+        if ((const uint8_t *)t->data >= (const uint8_t *)f->map &&
+            (const uint8_t *)t->data < (const uint8_t *)f->map + f->size) {
+            h = fnv(h, &i, sizeof i);
+            h = fnv(h, &t->offset, sizeof t->offset);
+        }
+    }
     L->m->fingerprint = h;
     return 0;
 }
@@ -337,9 +404,13 @@ static int open_shards(loader *L)
     int rc = 0;
     if (access(ip, F_OK) == 0) {
         json_error_t je;
-        json_t *idx = json_load_file(ip, JSON_REJECT_DUPLICATES, &je);
+        size_t len;
+        char *text = read_regular(ip, INDEX_MAX, &len, L->err, L->errlen);
+        json_t *idx = text ? json_loadb(text, len, JSON_REJECT_DUPLICATES, &je) : NULL;
+        free(text);
         json_t *wm = idx ? json_object_get(idx, "weight_map") : NULL;
-        if (!idx) rc = fail(L->err, L->errlen, "%s: invalid JSON: %s (line %d)", ip, je.text, je.line);
+        if (!text) rc = -1;
+        else if (!idx) rc = fail(L->err, L->errlen, "%s: invalid JSON: %s (line %d)", ip, je.text, je.line);
         else if (!json_is_object(wm)) rc = fail(L->err, L->errlen, "%s: no weight_map object", ip);
         const char *key;
         json_t *v;
@@ -387,9 +458,9 @@ phi3_model *model_load(const char *dir, char *err, size_t errlen)
     loader L = {.m = m, .err = err, .errlen = errlen};
     char *cp = path_join(dir, "config.json");
     size_t len;
-    char *text = read_file(cp, CONFIG_MAX, &len);
+    char *text = read_regular(cp, CONFIG_MAX, &len, err, errlen);
     int rc;
-    if (!text) rc = fail(err, errlen, "%s: %s", cp, strerror(errno));
+    if (!text) rc = -1;
     else {
         char why[256];
         rc = model_config_parse(text, len, &m->cfg, why, sizeof why);
@@ -414,6 +485,13 @@ phi3_model *model_load(const char *dir, char *err, size_t errlen)
         rc = open_shards(&L);
     }
     if (!rc) rc = bind_all(&L);
+    if (!rc) {
+        /* Every byte of every shard (cached by file identity: fingerprint.c). */
+        for (int i = 0; i < m->n_shards; i++) {
+            uint64_t h = st_file_hash(&m->shards[i], NULL);
+            m->fingerprint = fnv(m->fingerprint, &h, sizeof h);
+        }
+    }
     json_decref(L.wmap);
     if (rc) {
         model_free(m);

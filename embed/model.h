@@ -35,10 +35,12 @@ typedef struct st_tensor {
     const void *data;                      /* into the file's mapping */
 } st_tensor;
 
+#include <sys/stat.h>
 typedef struct st_file {
     char *path;
     void *map;                             /* mmap of the whole file (read-only) */
     size_t size;
+    struct stat id;                        /* fstat at open: the file's identity */
     st_tensor *t;                          /* sorted by name */
     int n;
 } st_file;
@@ -65,6 +67,25 @@ const st_tensor *st_fetch(const st_file *f, const char *name, unsigned dtype_mas
 /* The same check on a tensor already looked up (t NULL: "tensor NAME: missing"). */
 const st_tensor *st_check(const st_tensor *t, const char *name, unsigned dtype_mask,
                           int ndim, const int64_t *shape, char *err, size_t errlen);
+
+/* ---- SIGBUS guard (embed/mapguard.c) ---- */
+
+/* A read fault (SIGBUS: the file shrank under the mapping) inside [addr, addr + len)
+ * prints "PROG: PATH changed under the mmap (truncated?)" and exits 1. st_open and the
+ * session objects register their mappings; remove before munmap (or after mremap, then
+ * add the new range). */
+void mapguard_add(const void *addr, size_t len, const char *path);
+void mapguard_remove(const void *addr);
+
+/* ---- full-content hash (embed/fingerprint.c) ---- */
+
+/* 64-bit hash of data (not cryptographic: a change of any one 8-byte word always changes
+ * it); the same for any threads >= 1. */
+uint64_t fp_hash(const void *data, size_t size, int threads);
+uint64_t fp_hash_block(const void *data, size_t n, uint64_t seed);
+/* fp_hash of a whole mapped file, cached by its identity (see fingerprint.c); *cached
+ * (may be NULL) says whether the cache answered. */
+uint64_t st_file_hash(const st_file *f, int *cached);
 
 /* ---- the model (embed/model.c) ---- */
 
@@ -120,7 +141,7 @@ typedef struct phi3_model {
     int n_shards;
     size_t weight_bytes;       /* bytes of the tensors the forward pass reads */
     size_t file_bytes;         /* total size of the shard files */
-    uint64_t fingerprint;      /* config + tensor layout + sampled tensor bytes */
+    uint64_t fingerprint;      /* config + tensor layout + a full hash of every shard */
     char fingerprint_hex[17];  /* the same as 16 hex digits */
     char *dir;
 } phi3_model;

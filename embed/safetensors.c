@@ -163,13 +163,19 @@ int st_parse(const uint8_t *buf, size_t size, st_tensor **out, int *n, char *err
 int st_open(const char *path, st_file *f, char *err, size_t errlen)
 {
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO (or a device) named as a shard must not block the open; fstat
+     * then refuses anything but a regular file. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return fail(err, errlen, "%s: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) < 0) {
         int e = errno;
         close(fd);
-        return fail(err, errlen, "%s: %s", path, S_ISREG(st.st_mode) ? strerror(e) : "not a regular file");
+        return fail(err, errlen, "%s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return fail(err, errlen, "%s: not a regular file", path);
     }
     size_t size = (size_t)st.st_size;
     if (size < 8) {
@@ -180,20 +186,26 @@ int st_open(const char *path, st_file *f, char *err, size_t errlen)
     int e = errno;
     close(fd);
     if (map == MAP_FAILED) return fail(err, errlen, "%s: mmap: %s", path, strerror(e));
+    mapguard_add(map, size, path);
     char why[256];
     if (st_parse(map, size, &f->t, &f->n, why, sizeof why)) {
+        mapguard_remove(map);
         munmap(map, size);
         return fail(err, errlen, "%s: %s", path, why);
     }
     f->path = strdup(path);
     f->map = map;
     f->size = size;
+    f->id = st;
     return 0;
 }
 
 void st_close(st_file *f)
 {
-    if (f->map) munmap(f->map, f->size);
+    if (f->map) {
+        mapguard_remove(f->map);
+        munmap(f->map, f->size);
+    }
     st_tensors_free(f->t, f->n);
     free(f->path);
     memset(f, 0, sizeof *f);

@@ -6,7 +6,7 @@ to show that the loop's sampler is replaceable without recompiling anything:
     ... | phi3-run -m M | examples/sampler.py -t 0 | tee fb | phi3-detok -m M
 
 Reads logits frames (the context tokens frames that phi3-run forwards are skipped),
-writes one tokens frame per logits frame; on a --stop id or after -n ids writes that id
+writes one tokens frame per logits frame; on a --stop-ids id or after -n ids writes that id
 and an end frame, then exits 0. -t 0 (or --greedy) is the argmax, lowest id on a tie.
 """
 import argparse, os, random, struct, sys
@@ -20,13 +20,13 @@ def parse_args():
     ap.add_argument("--greedy", action="store_true")
     ap.add_argument("--top-k", type=int, default=40)
     ap.add_argument("-n", "--max-tokens", type=int, default=0)
-    ap.add_argument("--stop", default="", help="comma separated stop ids")
+    ap.add_argument("--stop-ids", dest="stop", default="", help="comma separated stop ids")
     ap.add_argument("--seed", type=int, default=None)
     a = ap.parse_args()
     try:
         a.stop = {int(x) for x in a.stop.split(",")} if a.stop else set()
     except ValueError:
-        ap.error("--stop: expected ids like 32000,32007")
+        ap.error("--stop-ids: expected ids like 32000,32007")
     if a.temperature < 0:
         ap.error("--temperature must be >= 0")
     return a

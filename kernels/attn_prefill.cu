@@ -190,15 +190,21 @@ template <int D>
 static cudaError_t launch_prefill(cudaStream_t s, const kvt *q, const kvt *kc, const kvt *vc,
                                   int n, int pos0, int nh, int nkv, int window, float *out)
 {
-    static bool attr_set = false;              /* > 48 KB of dynamic shared memory: opt in */
+    /* > 48 KB of dynamic shared memory: opt in, once per device (a function attribute is
+     * per device); bit d for device d < 64, beyond that on every launch */
+    static unsigned long long attr_set;
     const size_t bytes = FaLayout<D>::BYTES;
-    if (!attr_set) {
-        cudaError_t e = cudaFuncSetAttribute(attn_prefill_kernel<D>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             (int)bytes);
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess)
+        return e;
+    if (dev >= 64 || !(attr_set >> dev & 1)) {
+        e = cudaFuncSetAttribute(attn_prefill_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)bytes);
         if (e != cudaSuccess)
             return e;
-        attr_set = true;
+        if (dev < 64)
+            attr_set |= 1ull << dev;
     }
     dim3 grid((unsigned)((n + FA_BM - 1) / FA_BM), (unsigned)nh);
     attn_prefill_kernel<D><<<grid, FA_THREADS, bytes, s>>>(q, kc, vc, n, pos0, nh, nkv, window,

@@ -1,24 +1,31 @@
 /* phi3-sample: logits frames in, one token id per logits frame out (tokens frames), then
  * an end frame when a stop id or the token limit is reached. */
 #include <errno.h>
+#include <float.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "sample/sampler.h"
 #include "shared/stream.h"
 #include "shared/util.h"
+#include "tok/stopstr.h"
+#include "tok/tokenizer.h"
 
 static const char usage[] =
-"usage: phi3-sample [-m DIR] [options] < logits-stream > tokens-stream\n"
+"usage: phi3-sample [-m DIR] [options] [FILE] < logits-stream > tokens-stream\n"
+"\n"
+"FILE (or stdin when none or -) is the input stream.\n"
 "\n"
 "Reads logits frames (and the context tokens frames phi3-run forwards before them) and\n"
-"writes one tokens frame with one id per logits frame. On a stop id or after -n tokens\n"
-"it writes that token, then an end frame (reason \"stop\" or \"length\"), and exits 0.\n"
+"writes one tokens frame with one id per logits frame. On a stop id (that tokens frame\n"
+"then says stop: true), a stop string, or after -n tokens it writes that token, then an\n"
+"end frame (reason \"stop\" or \"length\"), and exits 0.\n"
 "\n"
 "The chain, applied in this order (llama.cpp's order):\n"
 "  logit-bias -> penalties -> top-k -> typical-p -> top-p -> min-p -> temperature -> draw\n"
@@ -27,8 +34,10 @@ static const char usage[] =
 "\n"
 "  -m, --model DIR          stop ids = eos_token_id of DIR/generation_config.json\n"
 "                           (default DIR: $PHI3_MODEL; none if the file is absent)\n"
-"      --stop IDS           more stop ids, comma separated (e.g. 32007,32000)\n"
-"      --ignore-eos         do not stop on the model's eos ids (--stop still applies)\n"
+"      --stop-ids IDS       more stop ids, comma separated (e.g. 32007,32000)\n"
+"      --ignore-eos         do not stop on the model's eos ids (--stop-ids still apply)\n"
+"      --stop STR           stop when the text generated in this turn (decoded with\n"
+"                           DIR's tokenizer) contains STR; needs -m (repeatable)\n"
 "  -n, --max-tokens N       stop after N tokens, end reason \"length\" (0: no limit; 0)\n"
 "      --greedy             argmax (same as -t 0)\n"
 "  -t, --temperature T      T >= 0 (1.0)\n"
@@ -54,21 +63,37 @@ static const char usage[] =
 enum {
     OPT_GREEDY = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_TYPICAL, OPT_REPEAT, OPT_PRESENCE,
     OPT_FREQUENCY, OPT_LASTN, OPT_BIAS, OPT_SEED, OPT_STOP, OPT_IGNORE_EOS, OPT_VERSION,
-    OPT_TOKIDS
+    OPT_TOKIDS, OPT_STOPSTR
 };
 
+/* A whole number: "is not a number" for junk, "is out of range" for a value that does
+ * not fit a double (1e400) or only as a subnormal (1e-320). */
 static double opt_double(const char *name, const char *s)
 {
-    double v;
-    if (parse_double(s, &v)) phi3_die("%s: '%s' is not a number", name, s);
+    char *end;
+    errno = 0;
+    double v = *s ? strtod(s, &end) : 0;
+    if (!*s || *end || isnan(v)) phi3_die("%s: '%s' is not a number", name, s);
+    if (errno == ERANGE || !isfinite(v)) phi3_die("%s: '%s' is out of range", name, s);
+    return v;
+}
+
+/* A number the float32 logits can absorb: |v| <= FLT_MAX (3.4e38). */
+static double opt_f32(const char *name, const char *s)
+{
+    double v = opt_double(name, s);
+    if (fabs(v) > FLT_MAX) phi3_die("%s: '%s' is out of range (|value| <= 3.4e38)", name, s);
     return v;
 }
 
 static long opt_long(const char *name, const char *s)
 {
-    long v;
-    if (parse_long(s, &v) || v < INT32_MIN || v > INT32_MAX)
-        phi3_die("%s: '%s' is not an integer", name, s);
+    char *end;
+    errno = 0;
+    long v = *s ? strtol(s, &end, 10) : 0;
+    if (!*s || *end) phi3_die("%s: '%s' is not an integer", name, s);
+    if (errno == ERANGE || v < INT32_MIN || v > INT32_MAX)
+        phi3_die("%s: '%s' is out of range", name, s);
     return v;
 }
 
@@ -78,11 +103,12 @@ static uint64_t opt_seed(const char *s)
     errno = 0;
     if (!(*s >= '0' && *s <= '9')) phi3_die("--seed: '%s' is not a number in 0..2^64-1", s);
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end) phi3_die("--seed: '%s' is not a number in 0..2^64-1", s);
+    if (*end) phi3_die("--seed: '%s' is not a number in 0..2^64-1", s);
+    if (errno) phi3_die("--seed: '%s' is out of range (0..2^64-1)", s);
     return (uint64_t)v;
 }
 
-/* ID=V, V a number or -inf. */
+/* ID=V, V a number with |V| <= FLT_MAX, or -inf. */
 static void opt_bias(const char *s, int32_t *id, double *val)
 {
     const char *eq = strchr(s, '=');
@@ -95,9 +121,15 @@ static void opt_bias(const char *s, int32_t *id, double *val)
     if (parse_long(idbuf, &v) || v < 0 || v > INT32_MAX)
         phi3_die("--logit-bias: '%s': bad id '%s'", s, idbuf);
     *id = (int32_t)v;
-    if (!strcmp(eq + 1, "-inf") || !strcmp(eq + 1, "-infinity")) *val = -HUGE_VAL;
-    else if (parse_double(eq + 1, val))
+    if (!strcmp(eq + 1, "-inf") || !strcmp(eq + 1, "-infinity")) { *val = -HUGE_VAL; return; }
+    char *end;
+    errno = 0;
+    double d = eq[1] ? strtod(eq + 1, &end) : 0;
+    if (!eq[1] || *end || isnan(d) || d == HUGE_VAL)
         phi3_die("--logit-bias: '%s': value must be a finite number or -inf", s);
+    if (errno == ERANGE || !isfinite(d) || fabs(d) > FLT_MAX)
+        phi3_die("--logit-bias: '%s': value out of range (|V| <= 3.4e38, or -inf)", s);
+    *val = d;
 }
 
 static uint64_t random_seed(void)
@@ -131,8 +163,10 @@ int main(int argc, char **argv)
     double *bias_vals = NULL;
     size_t n_stop = 0, n_extra = 0, n_bias = 0;
     long max_tokens = 0;
-    int ignore_eos = 0, verbose = 0, have_seed = 0, tok_ids = 0;
+    int ignore_eos = 0, verbose = 0, have_seed = 0, want_tok_ids = 0;
     char err[512];
+    static stop_filter stops;          /* static: reachable when phi3_die exits */
+    static tok *tk;
 
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"max-tokens", required_argument, 0, 'n'},
@@ -145,7 +179,7 @@ int main(int argc, char **argv)
         {"frequency-penalty", required_argument, 0, OPT_FREQUENCY},
         {"repeat-last-n", required_argument, 0, OPT_LASTN},
         {"logit-bias", required_argument, 0, OPT_BIAS}, {"seed", required_argument, 0, OPT_SEED},
-        {"stop", required_argument, 0, OPT_STOP},
+        {"stop-ids", required_argument, 0, OPT_STOP}, {"stop", required_argument, 0, OPT_STOPSTR},
         {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
         {"tokenizer-ids", no_argument, 0, OPT_TOKIDS},
         {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'},
@@ -166,9 +200,9 @@ int main(int argc, char **argv)
         case OPT_MINP: p.min_p = opt_double("--min-p", optarg); break;
         case OPT_TYPICAL: p.typical_p = opt_double("--typical-p", optarg); break;
         case OPT_REPEAT: p.repeat_penalty = opt_double("--repeat-penalty", optarg); break;
-        case OPT_PRESENCE: p.presence_penalty = opt_double("--presence-penalty", optarg); break;
+        case OPT_PRESENCE: p.presence_penalty = opt_f32("--presence-penalty", optarg); break;
         case OPT_FREQUENCY:
-            p.frequency_penalty = opt_double("--frequency-penalty", optarg);
+            p.frequency_penalty = opt_f32("--frequency-penalty", optarg);
             break;
         case OPT_LASTN: p.repeat_last_n = (int)opt_long("--repeat-last-n", optarg); break;
         case OPT_BIAS:
@@ -182,23 +216,25 @@ int main(int argc, char **argv)
             int32_t *ids;
             size_t n;
             if (sample_parse_ids(optarg, &ids, &n, err, sizeof err))
-                phi3_die("--stop: %s", err);
+                phi3_die("--stop-ids: %s", err);
             extra = xrealloc(extra, sizeof(int32_t) * (n_extra + n));
             memcpy(extra + n_extra, ids, sizeof(int32_t) * n);
             n_extra += n;
             free(ids);
             break;
         }
+        case OPT_STOPSTR:
+            if (stop_add(&stops, optarg)) phi3_die("--stop: '%s' is empty or not UTF-8", optarg);
+            break;
         case OPT_IGNORE_EOS: ignore_eos = 1; break;
-        case OPT_TOKIDS: tok_ids = 1; break;
+        case OPT_TOKIDS: want_tok_ids = 1; break;
         case 'v': verbose = 1; break;
         case 'h': fputs(usage, stdout); return 0;
         case OPT_VERSION: printf("phi3-sample %s\n", PHI3_VERSION); return 0;
-        case ':': phi3_usage_die("option '%s' needs an argument (see --help)", argv[optind - 1]);
-        default: phi3_usage_die("unknown option '%s' (see --help)", argv[optind - 1]);
+        default: phi3_bad_option(argv, c);
         }
     }
-    if (optind < argc) phi3_usage_die("unexpected argument '%s' (see --help)", argv[optind]);
+    phi3_input_operand(argc, argv, optind);
     p.bias_ids = bias_ids;
     p.bias_vals = bias_vals;
     p.n_bias = n_bias;
@@ -207,13 +243,21 @@ int main(int argc, char **argv)
     if (!have_seed) p.seed = random_seed();
 
     model = phi3_model_dir(model);
+    struct stat mst;
+    if (model && stat(model, &mst) != 0) phi3_die("%s: %s", model, strerror(errno));
+    if (model && !S_ISDIR(mst.st_mode)) phi3_die("%s: not a directory", model);
     if (model && !ignore_eos) {
         int found;
         if (sample_model_stop_ids(model, &stop, &n_stop, &found, err, sizeof err))
             phi3_die("%s", err);
         if (!found && verbose) phi3_err("%s has no generation_config.json: no eos stop ids", model);
     }
-    if (tok_ids) {
+    if (stops.n) {
+        if (!model) phi3_die("--stop needs -m DIR (or $PHI3_MODEL) to decode the text");
+        tk = tok_load(model, err, sizeof err);
+        if (!tk) phi3_die("%s", err);
+    }
+    if (want_tok_ids) {
         if (!model) phi3_die("--tokenizer-ids needs -m DIR (or $PHI3_MODEL)");
         if (sample_model_tokenizer_ids(model, &p.id_limit, err, sizeof err)) phi3_die("%s", err);
     }
@@ -237,6 +281,9 @@ int main(int argc, char **argv)
     size_t n_early = 0;
     float *logits = NULL;
     long generated = 0;
+    tok_dec dec;                       /* the text of this turn, for --stop */
+    static tok_buf piece, scratch;
+    if (tk) tok_dec_init(&dec, tk, 0);
     double t_sample = 0, t0 = now_sec();
     frame f;
     int rc;
@@ -268,6 +315,12 @@ int main(int argc, char **argv)
                 n_early += n;
             }
             free(v);
+        } else if (!strcmp(f.type, "end")) {
+            if (tk) {                          /* a new turn: its own text */
+                tok_dec_end(&dec, &piece);
+                stop_end(&stops, &scratch);
+                piece.n = scratch.n = 0;
+            }
         } else if (!strcmp(f.type, "logits")) {
             const void *data;
             size_t len;
@@ -293,19 +346,33 @@ int main(int argc, char **argv)
                          f.index, n, n_vocab);
             }
             load_f32le(logits, data, n);
-            for (size_t i = 0; i < n; i++)
-                if (!isfinite(logits[i]))
-                    phi3_die("frame %ld: logits[%zu] is %s", f.index, i,
-                             isnan(logits[i]) ? "NaN" : "infinite");
+            for (size_t i = 0; i < n; i++)   /* +-inf are meaningful (ban, certainty) */
+                if (isnan(logits[i])) phi3_die("frame %ld: logits[%zu] is NaN", f.index, i);
             double ts = now_sec();
             int32_t id = sample_next(s, logits);
             t_sample += now_sec() - ts;
-            if (id < 0) phi3_die("frame %ld: every id is banned by --logit-bias", f.index);
-            fw_tokens(&w, &id, 1, pos);
+            if (id < 0)
+                phi3_die("frame %ld: every id is banned (logit -inf, from the frame or --logit-bias)",
+                         f.index);
             generated++;
             const char *reason = NULL;
             for (size_t i = 0; i < n_stop; i++)
                 if (stop[i] == id) reason = "stop";
+            if (reason) {                      /* mark the stop id (phi3-detok hides it) */
+                fw_begin(&w, "tokens", pos >= 0 ? 3 : 2);
+                fw_ints(&w, "ids", &id, 1);
+                if (pos >= 0) fw_int(&w, "pos", pos);
+                fw_bool(&w, "stop", true);
+                fw_end_or_exit(&w);
+            } else {
+                fw_tokens(&w, &id, 1, pos);
+            }
+            if (tk && !reason) {               /* padding ids have no text: -1, ignored */
+                piece.n = 0;
+                (void)tok_dec_push(&dec, id, &piece);
+                scratch.n = 0;
+                if (stop_feed(&stops, piece.p, piece.n, &scratch)) reason = "stop";
+            }
             if (!reason && max_tokens > 0 && generated >= max_tokens) reason = "length";
             if (reason) {
                 fw_end_frame(&w, reason);
@@ -322,6 +389,11 @@ int main(int argc, char **argv)
         phi3_err("%ld tokens in %.3f s (%.1f tok/s), sampling %.1f us/token", generated, dt,
                  generated / dt, 1e6 * t_sample / generated);
     }
+    if (tk) tok_dec_end(&dec, &piece);
+    tok_buf_free(&piece);
+    tok_buf_free(&scratch);
+    stop_free(&stops);
+    tok_free(tk);
     sample_free(s);
     free(logits);
     free(early);

@@ -2,6 +2,7 @@
  * instead of a sort), with a seeded xoshiro256** and our own exp/log for reproducibility. */
 #include "sample/sampler.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,16 +143,19 @@ const char *sample_params_check(const sample_params *p)
     if (!(p->top_p > 0 && p->top_p <= 1)) return "top-p must be in (0, 1]";
     if (!(p->typical_p > 0 && p->typical_p <= 1)) return "typical-p must be in (0, 1]";
     if (!(p->min_p >= 0 && p->min_p <= 1)) return "min-p must be in [0, 1]";
-    if (!(p->repeat_penalty > 0) || isinf(p->repeat_penalty))
-        return "repeat-penalty must be a finite number > 0";
-    if (!isfinite(p->presence_penalty)) return "presence-penalty must be finite";
-    if (!isfinite(p->frequency_penalty)) return "frequency-penalty must be finite";
+    /* R and 1/R must both be float32 numbers: l/R and l*R of a finite logit may still
+     * overflow to an infinite logit, which the chain handles (an infinite logit is a
+     * certainty), but the parameters themselves are never infinite. */
+    if (!(p->repeat_penalty >= FLT_MIN && p->repeat_penalty <= FLT_MAX))
+        return "repeat-penalty must be in [1.2e-38, 3.4e38]";
+    if (!(fabs(p->presence_penalty) <= FLT_MAX)) return "presence-penalty must be in [-3.4e38, 3.4e38]";
+    if (!(fabs(p->frequency_penalty) <= FLT_MAX)) return "frequency-penalty must be in [-3.4e38, 3.4e38]";
     if (p->repeat_last_n < -1) return "repeat-last-n must be >= -1";
     if (p->id_limit < 0) return "id limit must be >= 0";
     for (size_t i = 0; i < p->n_bias; i++) {
         if (p->bias_ids[i] < 0) return "logit-bias id must be >= 0";
-        if (p->bias_vals[i] != p->bias_vals[i] || p->bias_vals[i] == HUGE_VAL)
-            return "logit-bias value must be a number or -inf";
+        if (!(fabs(p->bias_vals[i]) <= FLT_MAX) && p->bias_vals[i] != -HUGE_VAL)
+            return "logit-bias value must be in [-3.4e38, 3.4e38] or -inf";
     }
     return NULL;
 }
@@ -243,9 +247,13 @@ void sample_prepare(sampler *s, const float *logits, float *out)
 {
     int nv = s->n_vocab;
     memcpy(out, logits, sizeof(float) * (size_t)nv);
+    /* A sum that overflows float32 becomes an infinite logit: +inf is a certainty, -inf
+     * a ban (see filter). -inf bans even a +inf logit (inf + -inf would be NaN). */
     for (size_t i = 0; i < s->p.n_bias; i++)
-        if (in_vocab(s, s->p.bias_ids[i]))
-            out[s->p.bias_ids[i]] = (float)(out[s->p.bias_ids[i]] + s->p.bias_vals[i]);
+        if (in_vocab(s, s->p.bias_ids[i])) {
+            float *l = &out[s->p.bias_ids[i]];
+            *l = s->p.bias_vals[i] == -HUGE_VAL ? -HUGE_VALF : (float)(*l + s->p.bias_vals[i]);
+        }
     for (int i = s->p.id_limit > 0 ? s->p.id_limit : nv; i < nv; i++) out[i] = -HUGE_VALF;
     if (!s->penalize) return;
     double rp = s->p.repeat_penalty, pp = s->p.presence_penalty, fp = s->p.frequency_penalty;
@@ -253,7 +261,7 @@ void sample_prepare(sampler *s, const float *logits, float *out)
         int c = s->count[i];
         if (c <= 0) continue;
         double l = out[i];
-        if (l == -HUGE_VAL) continue;         /* banned stays banned */
+        if (isinf(l)) continue;               /* banned stays banned, certain stays certain */
         l = l > 0 ? l / rp : l * rp;
         l -= c * fp + pp;
         out[i] = (float)l;
@@ -313,12 +321,15 @@ static size_t select_hist(sampler *s, cand *c, size_t n, double need)
         if (c[i].key > hi) hi = c[i].key;
     }
     double scale = (HIST_BUCKETS - 1) / (hi - lo);
-    if (!(hi > lo) || !isfinite(scale)) return select_prefix(c, n, need);
+    /* Infinite keys (never from filter, which settles infinite logits first) would make
+     * the bucket index NaN: the quickselect needs no buckets. */
+    if (!(hi > lo) || !isfinite(lo) || !isfinite(hi) || !isfinite(scale) || !(scale > 0))
+        return select_prefix(c, n, need);
     double *h = s->hw;
     memset(h, 0, sizeof(double) * HIST_BUCKETS);
     for (size_t i = 0; i < n; i++) {
-        int b = (int)((c[i].key - lo) * scale);
-        if (b > HIST_BUCKETS - 1) b = HIST_BUCKETS - 1;
+        double bd = (c[i].key - lo) * scale;
+        int b = bd >= HIST_BUCKETS - 1 ? HIST_BUCKETS - 1 : bd > 0 ? (int)bd : 0;
         s->bucket[i] = (uint16_t)b;
         h[b] += c[i].w;
     }
@@ -359,6 +370,17 @@ static size_t filter(sampler *s, const float *logits)
             s->c[n++] = (cand){.logit = s->work[i], .id = i};
     if (n == 0) return 0;
     cand *c = s->c;
+    /* +inf logits (in the frame, or from a bias or penalty that overflowed float32)
+     * take all the probability: the candidates are those ids, equally likely (the limit
+     * of softmax); top-k keeps the K lowest of them, the other filters keep them all. */
+    size_t ninf = 0;
+    for (size_t i = 0; i < n; i++)
+        if (c[i].logit == HUGE_VALF) c[ninf++] = c[i];
+    if (ninf > 0) {
+        if (s->p.top_k > 0 && (size_t)s->p.top_k < ninf) ninf = (size_t)s->p.top_k;
+        for (size_t i = 0; i < ninf; i++) c[i].logit = 0;
+        return ninf;
+    }
     double mx;
     if (s->p.top_k > 0 && (size_t)s->p.top_k < n) {
         for (size_t i = 0; i < n; i++) { c[i].key = -(double)c[i].logit; c[i].w = 1; }

@@ -50,7 +50,8 @@ size_t sample_context_len(const sampler *s);
 
 /* Logits after bias and penalties (the first two links of the chain) into out. */
 void sample_prepare(sampler *s, const float *logits, float *out);
-/* Next id from n_vocab finite logits; -1 if every id is banned (logit bias -inf). */
+/* Next id from n_vocab logits that are numbers (no NaN; +-inf allowed): -inf is a ban,
+ * +inf a certainty (the draw is among the +inf ids only). -1 if every id is banned. */
 int32_t sample_next(sampler *s, const float *logits);
 
 /* The candidate set that the filters (top-k, typical, top-p, min-p) keep for these

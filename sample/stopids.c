@@ -69,7 +69,7 @@ int sample_model_stop_ids(const char *dir, int32_t **ids, size_t *n, int *found,
     char *text = read_file(path, 1 << 20, &len);
     if (!text) {
         if (errno == ENOENT) return 0;
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        snprintf(err, errlen, "%s: %s", path, phi3_strerror(errno));
         return -1;
     }
     json_error_t je;
@@ -119,7 +119,7 @@ int sample_model_tokenizer_ids(const char *dir, int32_t *n, char *err, size_t er
     size_t len;
     char *text = read_file(path, 256u << 20, &len);
     if (!text) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        snprintf(err, errlen, "%s: %s", path, phi3_strerror(errno));
         return -1;
     }
     json_error_t je;

@@ -14,8 +14,9 @@
 #include <unistd.h>
 
 static const char USAGE[] =
-    "usage: phi3-dump [--top K [-m DIR]] [--max-frame BYTES] < stream > json-lines\n"
-    "       phi3-dump -r < json-lines > stream\n"
+    "usage: phi3-dump [--top K [-m DIR]] [--max-frame BYTES] [FILE] < stream > json-lines\n"
+    "       phi3-dump -r [FILE] < json-lines > stream\n"
+    "FILE (or stdin when none or -) is the input.\n"
     "Shows a phi3 msgpack stream as JSON lines (one object per frame), or with -r turns\n"
     "JSON lines back into frames. logits.data is shown as an array of numbers (null for\n"
     "NaN/Inf); other binary values as {\"$bin\": base64}. --top K replaces logits.data by\n"
@@ -209,12 +210,15 @@ static int dump(size_t max_frame, int top, const tok *tk)
         json_decref(j);
         size_t n = strlen(s);
         s[n] = '\n';
-        if (write_all(1, s, n + 1) != 0) {
-            if (errno == EPIPE) exit(0);
-            phi3_die("write error: %s", strerror(errno));
-        }
+        int wr = write_all(1, s, n + 1), e = errno;
         free(s);
         frame_free(&f);
+        if (wr != 0) {                    /* nothing left allocated (LeakSanitizer) */
+            fr_close(r);
+            tok_free((tok *)tk);
+            if (e == EPIPE) exit(0);
+            phi3_die("write error: %s", strerror(e));
+        }
     }
     if (rc < 0) phi3_die("%s", fr_error(r));
     fr_close(r);
@@ -297,7 +301,8 @@ static int undump(void)
         size_t sp = strspn(line, " \t");
         if (line[sp] == 0) continue;
         json_error_t je;
-        json_t *j = json_loadb(line, (size_t)n, JSON_DISABLE_EOF_CHECK * 0, &je);
+        /* A duplicate key makes an invalid frame for every reader: refuse to write one. */
+        json_t *j = json_loadb(line, (size_t)n, JSON_REJECT_DUPLICATES, &je);
         if (!j) phi3_die("line %ld: invalid JSON: %s (column %d)", lineno, je.text, je.column);
         json_t *t = json_object_get(j, "type");
         if (!json_is_object(j)) phi3_die("line %ld: not a JSON object", lineno);
@@ -321,7 +326,16 @@ static int undump(void)
             if (pack_json(&w.pk, e, data, err, sizeof err)) phi3_die("line %ld: %s", lineno, err);
         }
         json_decref(j);
-        fw_end_or_exit(&w);
+        if (w.buf.size > frame_cap())     /* every reader would refuse it */
+            phi3_die("line %ld: a frame of %zu bytes is over the frame cap of %zu bytes", lineno,
+                     w.buf.size, frame_cap());
+        if (fw_end(&w) != 0) {            /* nothing left allocated (LeakSanitizer) */
+            int we = errno;
+            free(line);
+            fw_destroy(&w);
+            if (we == EPIPE) exit(0);
+            phi3_die("write error: %s", strerror(we));
+        }
     }
     if (ferror(stdin)) phi3_die("read error: %s", strerror(errno));
     free(line);
@@ -339,7 +353,8 @@ int main(int argc, char **argv)
     int reverse = 0, c;
     long top = 0, maxf = 0;
     const char *model = NULL;
-    while ((c = getopt_long(argc, argv, "rk:m:F:hV", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":rk:m:F:hV", opts, NULL)) != -1) {
         switch (c) {
         case 'r': reverse = 1; break;
         case 'k': if (parse_long(optarg, &top) || top < 1 || top > 1000000) phi3_usage_die("--top wants a count from 1, got '%s'", optarg); break;
@@ -347,10 +362,10 @@ int main(int argc, char **argv)
         case 'F': if (parse_long(optarg, &maxf) || maxf < 64) phi3_usage_die("--max-frame wants bytes >= 64, got '%s'", optarg); break;
         case 'h': fputs(USAGE, stdout); return 0;
         case 'V': printf("phi3-dump %s\n", PHI3_VERSION); return 0;
-        default: fputs(USAGE, stderr); return 2;
+        default: phi3_bad_option(argv, c);
         }
     }
-    if (optind < argc) phi3_usage_die("unexpected argument '%s' (input is stdin)", argv[optind]);
+    phi3_input_operand(argc, argv, optind);
     if (reverse) return undump();
     tok *tk = NULL;
     const char *dir = phi3_model_dir(model);

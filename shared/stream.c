@@ -131,17 +131,20 @@ static void widen_pipe(int fd)
 #endif
 }
 
+size_t frame_cap(void)
+{
+    const char *e = getenv("PHI3_MAX_FRAME");
+    long v;
+    if (e && parse_long(e, &v) == 0 && v >= 64) return (size_t)v;
+    return FRAME_MAX_DEFAULT;
+}
+
 frame_reader *fr_open(int fd, size_t max_frame)
 {
     frame_reader *r = xcalloc(1, sizeof *r);
     widen_pipe(fd);
     r->fd = fd;
-    if (!max_frame) {
-        max_frame = FRAME_MAX_DEFAULT;
-        const char *e = getenv("PHI3_MAX_FRAME");
-        long v;
-        if (e && parse_long(e, &v) == 0 && v >= 64) max_frame = (size_t)v;
-    }
+    if (!max_frame) max_frame = frame_cap();
     r->max = max_frame;
     r->cap = 65536;
     r->buf = xmalloc(r->cap);
@@ -172,6 +175,44 @@ static const char *kind_name(msgpack_object_type t)
     case MSGPACK_OBJECT_EXT: return "ext";
     }
     return "?";
+}
+
+typedef struct keyref { const char *p; uint32_t n; } keyref;
+
+static int keyref_cmp(const void *a, const void *b)
+{
+    const keyref *x = a, *y = b;
+    uint32_t n = x->n < y->n ? x->n : y->n;
+    int c = memcmp(x->p, y->p, n);
+    return c ? c : (x->n > y->n) - (x->n < y->n);
+}
+
+/* The first string key that appears twice in a map anywhere inside o, or NULL. One rule
+ * for every reader: a frame with a duplicate key is invalid (msgpack leaves it open; we
+ * would otherwise have to pick the first or the last, and tools and dump could differ). */
+static const keyref *dup_key(const msgpack_object *o, keyref *found)
+{
+    if (o->type == MSGPACK_OBJECT_ARRAY) {
+        for (uint32_t i = 0; i < o->via.array.size; i++)
+            if (dup_key(&o->via.array.ptr[i], found)) return found;
+        return NULL;
+    }
+    if (o->type != MSGPACK_OBJECT_MAP) return NULL;
+    const msgpack_object_map *m = &o->via.map;
+    for (uint32_t i = 0; i < m->size; i++)
+        if (dup_key(&m->ptr[i].key, found) || dup_key(&m->ptr[i].val, found)) return found;
+    if (m->size < 2) return NULL;
+    keyref *k = xmalloc(sizeof *k * m->size);
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < m->size; i++)
+        if (m->ptr[i].key.type == MSGPACK_OBJECT_STR)
+            k[n++] = (keyref){m->ptr[i].key.via.str.ptr, m->ptr[i].key.via.str.size};
+    qsort(k, n, sizeof *k, keyref_cmp);
+    const keyref *hit = NULL;
+    for (uint32_t i = 1; i < n && !hit; i++)
+        if (keyref_cmp(&k[i - 1], &k[i]) == 0) { *found = k[i]; hit = found; }
+    free(k);
+    return hit;
 }
 
 /* Turn the complete frame at buf[start, start+len) into *out. */
@@ -208,6 +249,18 @@ static int decode(frame_reader *r, size_t len, frame *out)
     }
     if (t->type != MSGPACK_OBJECT_STR) {
         snprintf(r->err, sizeof r->err, "frame %ld: \"type\" is %s, not a string", no, kind_name(t->type));
+        msgpack_zone_free(z);
+        return -1;
+    }
+    if (!phi3_utf8_valid(t->via.str.ptr, t->via.str.size)) {
+        snprintf(r->err, sizeof r->err, "frame %ld: \"type\" is not valid UTF-8", no);
+        msgpack_zone_free(z);
+        return -1;
+    }
+    keyref dk;
+    if (dup_key(&obj, &dk)) {
+        snprintf(r->err, sizeof r->err, "frame %ld: duplicate key \"%.*s\"", no,
+                 (int)(dk.n > 40 ? 40 : dk.n), dk.p);
         msgpack_zone_free(z);
         return -1;
     }

@@ -14,6 +14,10 @@
  * positions (one frame each anyway). Override with $PHI3_MAX_FRAME (bytes). */
 #define FRAME_MAX_DEFAULT (64u << 20)
 
+/* The cap on one frame that readers enforce: $PHI3_MAX_FRAME (>= 64) or the default.
+ * Writers keep their frames within it (splitting or refusing what would not fit). */
+size_t frame_cap(void);
+
 typedef struct frame {
     msgpack_object root;     /* always a map with a string "type" */
     msgpack_zone *zone;      /* owns everything root points into */

@@ -2,6 +2,7 @@
  * shared by every phi3 tool. */
 #ifndef PHI3_UTIL_H
 #define PHI3_UTIL_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdnoreturn.h>
@@ -30,8 +31,26 @@ void phi3_init(const char *prog);
  * set; EPIPE means the reader went away, which every tool treats as a quiet exit 0. */
 int write_all(int fd, const void *buf, size_t n);
 
-/* Read a whole file into a NUL-terminated buffer (at most max bytes). NULL + errno on error. */
+/* Read a whole regular file into a NUL-terminated buffer (at most max bytes). NULL +
+ * errno on error: EISDIR for a directory, PHI3_ENOTREG for a FIFO, device or socket
+ * (never blocks opening one), EFBIG over max. Say why with phi3_strerror(errno). */
 char *read_file(const char *path, size_t max, size_t *len);
+#define PHI3_ENOTREG 0x7ff0       /* not an errno of the system: "not a regular file" */
+/* strerror that also knows PHI3_ENOTREG. */
+const char *phi3_strerror(int e);
+
+/* After getopt_long (opterr = 0, optstring starting with ':') returned '?' or ':': one
+ * line "prog: unknown option '--x' (see prog --help)" (or "option '-n' needs an
+ * argument ..."), exit 2. */
+noreturn void phi3_bad_option(char **argv, int c);
+
+/* The optional input operand of a filter (`tool [opts] [FILE]`): argv[first] (if any)
+ * becomes stdin; "-" means stdin. A second operand is a usage error (exit 2); a file that
+ * cannot be opened is an error (exit 1). */
+void phi3_input_operand(int argc, char **argv, int first);
+
+/* True if s[0..n) is valid UTF-8 (no overlongs, surrogates, > U+10FFFF, truncation). */
+bool phi3_utf8_valid(const char *s, size_t n);
 
 /* Model directory: -m DIR, else $PHI3_MODEL, else NULL. */
 const char *phi3_model_dir(const char *opt);

@@ -32,7 +32,7 @@ tokens() { for a in "$@"; do echo "{\"type\":\"tokens\",\"ids\":$a}"; done | jso
   [ "$out" = '{"type":"text","text":"Hello","special":false}{"type":"end","reason":"length"}' ] || fail "$out"
 }
 
-@test "detok: text is written as soon as a character completes (flushed, not at EOF)" {
+@test "detok: text is written as soon as it is final (flushed, not at EOF)" {
   "$PY" - "$DETOK" "$M" <<'PYEOF'
 import msgpack, os, select, subprocess, sys
 p = subprocess.Popen([sys.argv[1], "-m", sys.argv[2]], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -49,12 +49,65 @@ def nothing():
     r, _, _ = select.select([p.stdout], [], [], 0.3)
     if r: sys.exit("unexpected output %r" % os.read(p.stdout.fileno(), 100))
 feed(15043); got(b"Hello")
-# 🙂 = F0 9F 99 82 as byte-fallback ids 243, 162, 156, 133: nothing until the 4th
+# 🙂 = F0 9F 99 82 as byte-fallback ids 243, 162, 156, 133: a byte run is final only
+# when a non-byte token ends it (Hugging Face decodes the run as a whole)
+for i in (243, 162, 156, 133): feed(i); nothing()
+feed(15043); got("🙂 Hello".encode())
+# a run that can no longer be valid UTF-8 comes out at once: <0x31><0xFE> -> 2 x U+FFFD
+feed(52); nothing()
+feed(257); got("\ufffd\ufffd".encode())
+feed(52); got("\ufffd".encode())          # the run is still going: one U+FFFD per byte
+p.stdin.close(); p.wait()
+sys.exit(p.returncode)
+PYEOF
+}
+
+@test "detok --lenient-bytes: a character is written as soon as its last byte arrives" {
+  "$PY" - "$DETOK" "$M" <<'PYEOF'
+import msgpack, os, select, subprocess, sys
+p = subprocess.Popen([sys.argv[1], "-m", sys.argv[2], "--lenient-bytes"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def feed(i):
+    p.stdin.write(msgpack.packb({"type": "tokens", "ids": [i]})); p.stdin.flush()
+def got(want):
+    buf = b""
+    while len(buf) < len(want):
+        r, _, _ = select.select([p.stdout], [], [], 10)
+        if not r: sys.exit("timed out waiting for %r (have %r)" % (want, buf))
+        buf += os.read(p.stdout.fileno(), 100)
+    if buf != want: sys.exit("got %r, want %r" % (buf, want))
+def nothing():
+    r, _, _ = select.select([p.stdout], [], [], 0.3)
+    if r: sys.exit("unexpected output %r" % os.read(p.stdout.fileno(), 100))
 for i in (243, 162, 156): feed(i); nothing()
 feed(133); got("🙂".encode())
 p.stdin.close(); p.wait()
 sys.exit(p.returncode)
 PYEOF
+}
+
+@test "detok: an invalid byte run is U+FFFD for every byte, as Hugging Face's ByteFallback decoder" {
+  # Byte-fallback id of byte B is B + 3 (<0x00> is id 3). Expected strings derived by hand
+  # from HF's rule: a run of consecutive byte tokens is String::from_utf8 as a whole, and
+  # on failure one U+FFFD per byte token; a valid run is its text.
+  R=$'\xef\xbf\xbd'
+  check() {  # ids-json want [flags]
+    local out
+    out=$(tokens "$1" | "$DETOK" -m "$M" $3; printf x); out=${out%x}
+    [ "$out" = "$2" ] || fail "$1 $3: [$out] want [$2]"
+  }
+  check '[52, 257]' "$R$R"                    # <0x31><0xFE>: "1" is swallowed too
+  check '[52, 257]' "1$R" --lenient-bytes     # the older rule keeps "1"
+  check '[52, 55]' "14"                       # <0x31><0x34>: valid, "14"
+  check '[198, 172, 52]' "é1"                 # <0xC3><0xA9><0x31>
+  check '[15043, 243, 162, 156, 133, 3186]' "Hello🙂 world"
+  check '[243, 162, 156, 133, 243]' "$R$R$R$R$R"   # a valid emoji then a cut one: all five
+  check '[243, 162, 156, 133, 243]' "🙂$R" --lenient-bytes
+  check '[243, 162, 156, 133, 32007, 243]' "🙂<|end|>$R"    # a control token ends the run
+  check '[243, 162, 156, 133, 32007, 243]' "$R$R$R$R$R" --skip-special   # skipped: it does not
+  check '[243, 162, 32011, 156, 133]' "🙂"    # padding ids decode to nothing, run goes on
+  check '[15043, 131]' "Hello$R"              # a lone continuation byte
+  check '[229, 133, 175, 3186]' "€ world"     # <0xE2><0x82><0xAC>
+  check '[229, 133, 3186]' "$R$R world"       # a cut €
 }
 
 @test "detok: bytes that cannot form a character become U+FFFD, one per byte" {
@@ -102,8 +155,79 @@ PYEOF
   assert_err "phi3-detok: " "tokenizer.json"
   run --separate-stderr "$DETOK" < /dev/null
   assert_status 2
-  run --separate-stderr "$DETOK" -m "$M" extra
+  run --separate-stderr "$DETOK" -m "$M" "$BATS_TEST_TMPDIR/missing"
+  assert_status 1
+  assert_err "phi3-detok: " "missing: No such file or directory"
+  run --separate-stderr "$DETOK" -m "$M" a b
   assert_status 2
+  assert_err "phi3-detok: " "unexpected argument 'b'"
+}
+
+@test "detok: FILE operand (and -) instead of stdin" {
+  tokens '[15043, 3186]' > "$BATS_TEST_TMPDIR/t.bin"
+  run "$DETOK" -m "$M" "$BATS_TEST_TMPDIR/t.bin" < /dev/null
+  [ "$output" = "Hello world" ] || fail "[$output]"
+  run bash -c "'$DETOK' -m '$M' - < '$BATS_TEST_TMPDIR/t.bin'"
+  [ "$output" = "Hello world" ] || fail "[$output]"
+}
+
+@test "detok: the control token that ended a reply (stop: true from phi3-sample) is not printed" {
+  # 15043 ▁Hello, 3186 ▁world, 32007 <|end|>, 32000 <|endoftext|>
+  out=$(printf '%s\n' '{"type":"tokens","ids":[15043]}' '{"type":"tokens","ids":[3186]}' \
+        '{"type":"tokens","ids":[32007],"stop":true}' '{"type":"end","reason":"stop"}' | json2frames | "$DETOK" -m "$M")
+  [ "$out" = "Hello world" ] || fail "[$out]"
+  out=$(printf '%s\n' '{"type":"tokens","ids":[15043]}' '{"type":"tokens","ids":[32007],"stop":true}' \
+        '{"type":"end","reason":"stop"}' | json2frames | "$DETOK" -m "$M" --show-stop-token)
+  [ "$out" = "Hello<|end|>" ] || fail "[$out]"
+  # without the mark it is text, as in transformers' decode (skip_special_tokens=False)
+  out=$(tokens '[15043, 32007]' '[32000]' | "$DETOK" -m "$M")
+  [ "$out" = "Hello<|end|><|endoftext|>" ] || fail "[$out]"
+  # a stop id that is plain text (not a control token) is printed
+  out=$(printf '%s\n' '{"type":"tokens","ids":[15043]}' '{"type":"tokens","ids":[3186],"stop":true}' | json2frames | "$DETOK" -m "$M")
+  [ "$out" = "Hello world" ] || fail "[$out]"
+  run --separate-stderr bash -c "echo '{\"type\":\"tokens\",\"ids\":[1],\"stop\":1}' | '$PHI3_BIN/phi3-dump' -r | '$DETOK' -m '$M'"
+  assert_status 1
+  assert_err "phi3-detok: " '"stop" is not a boolean'
+}
+
+@test "detok --stop STR: never prints STR or what follows in the sequence; held text flushed at end" {
+  # ids, one per frame: ▁Hello ▁world ! (29991)  ▁Hello ▁world
+  seq_frames() { for i in "$@"; do echo "{\"type\":\"tokens\",\"ids\":[$i]}"; done; }
+  out=$(seq_frames 15043 3186 29991 15043 | json2frames | "$DETOK" -m "$M" --stop "o w")
+  [ "$out" = "Hell" ] || fail "[$out]"
+  # a stop string that spans tokens, another that never completes: held, then flushed
+  out=$({ seq_frames 15043 3186; echo '{"type":"end","reason":"length"}'; seq_frames 15043; } | json2frames | "$DETOK" -m "$M" --stop "world!" --stop "xyz")
+  [ "$out" = "Hello worldHello" ] || fail "[$out]"
+  # after end a new sequence prints again; --frames: text frames never contain the stop
+  out=$({ seq_frames 15043 3186 29991; echo '{"type":"end","reason":"stop"}'; seq_frames 15043 3186; } | json2frames \
+        | "$DETOK" -m "$M" --frames --stop "world" | frames2json | tr -d '\n')
+  [ "$out" = '{"type":"text","text":"Hello","special":false}{"type":"text","text":" ","special":false}{"type":"end","reason":"stop"}{"type":"text","text":"Hello","special":false}{"type":"text","text":" ","special":false}' ] || fail "$out"
+  # streamed: text that cannot start the stop string comes out at once, a possible start waits
+  "$PY" - "$DETOK" "$M" <<'PYEOF'
+import msgpack, os, select, subprocess, sys
+p = subprocess.Popen([sys.argv[1], "-m", sys.argv[2], "--stop", " wor"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def feed(i):
+    p.stdin.write(msgpack.packb({"type": "tokens", "ids": [i]})); p.stdin.flush()
+def got(want):
+    buf = b""
+    while len(buf) < len(want):
+        r, _, _ = select.select([p.stdout], [], [], 10)
+        if not r: sys.exit("timed out waiting for %r (have %r)" % (want, buf))
+        buf += os.read(p.stdout.fileno(), 100)
+    if buf != want: sys.exit("got %r, want %r" % (buf, want))
+def nothing():
+    r, _, _ = select.select([p.stdout], [], [], 0.3)
+    if r: sys.exit("unexpected output %r" % os.read(p.stdout.fileno(), 100))
+feed(15043); got(b"Hello")
+feed(29871); nothing()            # "▁": could start " wor"
+feed(15043); got(b"  Hello")       # it did not
+p.stdin.write(msgpack.packb({"type": "end", "reason": "stop"})); p.stdin.flush()
+p.stdin.close(); p.wait()
+sys.exit(p.returncode)
+PYEOF
+  run --separate-stderr "$DETOK" -m "$M" --stop ""
+  assert_status 1
+  assert_err "phi3-detok: " "--stop"
 }
 
 @test "detok: a closed reader is a quiet exit 0" {

@@ -98,6 +98,23 @@ fs=list(msgpack.Unpacker(sys.stdin.buffer,raw=False)); sys.stdout.buffer.write(b
   cmp "$BATS_TEST_TMPDIR/a" "$BATS_TEST_TMPDIR/d"
 }
 
+@test "scalar, AVX2 and AVX-512 paths give byte-identical logits (canonical dot order)" {
+  # frames of 1, 3, 4 and 70 tokens exercise the one-token, few-token and blocked paths
+  local i=$(ids "$LONGROPE/reference.safetensors" cross.prompt) R="$LONGROPE/reference.safetensors"
+  local all=($i $(ids "$R" cross.greedy))
+  { tokens_frame "${all[@]:0:70}"; tokens_frame "${all[@]:70:4}"; tokens_frame "${all[@]:74:3}"; tokens_frames "${all[@]:77:3}"; } \
+    > "$BATS_TEST_TMPDIR/in"
+  RUN -m "$LONGROPE" --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/avx"
+  PHI3_NO_AVX512=1 RUN -m "$LONGROPE" --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/avx2"
+  PHI3_NO_AVX=1 RUN -m "$LONGROPE" --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/scalar"
+  [ -s "$BATS_TEST_TMPDIR/avx" ]
+  cmp "$BATS_TEST_TMPDIR/avx" "$BATS_TEST_TMPDIR/avx2"
+  cmp "$BATS_TEST_TMPDIR/avx" "$BATS_TEST_TMPDIR/scalar"
+  run CHECK "$GQA/reference.safetensors" all.logits < <(tokens_frame $(ids "$GQA/reference.safetensors" all.ids) \
+    | PHI3_NO_AVX=1 RUN -m "$GQA" --all-logits)
+  assert_status 0
+}
+
 @test "-v reports weights, context and memory on stderr; stdout stays frames" {
   run --separate-stderr bash -c "$(declare -f tokens_frame json2frames); tokens_frame 1 2 | $PHI3_BIN/phi3-run -m $GQA -v | $PHI3_BIN/phi3-dump | wc -l"
   assert_status 0
@@ -158,4 +175,70 @@ sys.exit(0 if e < 1e-5 else 1)
 PYEOF
   echo "$output"
   assert_status 0
+}
+
+# logits_of: the logits frames of a stream as JSON lines (tokens frames dropped)
+logits_of() { frames2json | grep '"type":"logits"'; }
+
+@test "an empty tokens frame gets the logits of the context as it stands (after its pos)" {
+  local d="$BATS_TEST_TMPDIR"
+  tokens_frame 5 6 7 | RUN -m "$GQA" | logits_of > "$d/want3"
+  tokens_frame 5 6 7 8 9 | RUN -m "$GQA" | logits_of > "$d/want5"
+  # a partial prompt, then an empty frame: answered with the logits after 5 6 7
+  { echo '{"type":"tokens","ids":[5,6,7],"partial":true}'; echo '{"type":"tokens","ids":[]}'; } | json2frames \
+    | RUN -m "$GQA" | frames2json | cut -c1-40 > "$d/out"
+  run cat "$d/out"
+  [ "${lines[0]}" = '{"type":"tokens","ids":[5,6,7],"pos":0}' ] || fail "$output"
+  [ "${lines[1]}" = '{"type":"tokens","ids":[],"pos":3}' ] || fail "$output"
+  [[ "${lines[2]}" == '{"type":"logits","pos":3,"data":['* ]] || fail "$output"
+  [ "${#lines[@]}" -eq 3 ]
+  { echo '{"type":"tokens","ids":[5,6,7],"partial":true}'; echo '{"type":"tokens","ids":[]}'; } | json2frames \
+    | RUN -m "$GQA" | logits_of > "$d/got3"
+  cmp "$d/want3" "$d/got3"
+  # after 5 tokens, an empty frame with pos 3 rewinds and answers for the first 3; another
+  # empty frame then answers the same again; the context then goes on from 3
+  { echo '{"type":"tokens","ids":[5,6,7,8,9]}'; echo '{"type":"tokens","ids":[],"pos":3}';
+    echo '{"type":"tokens","ids":[]}'; echo '{"type":"tokens","ids":[8,9]}'; } | json2frames | RUN -m "$GQA" \
+    | logits_of > "$d/got"
+  [ "$(wc -l < "$d/got")" = 4 ]
+  sed -n 1p "$d/got" | cmp - "$d/want5"
+  sed -n 2p "$d/got" | cmp - "$d/want3"
+  sed -n 3p "$d/got" | cmp - "$d/want3"
+  sed -n 4p "$d/got" | cmp - "$d/want5"
+  # a partial empty frame is forwarded and gets nothing
+  { echo '{"type":"tokens","ids":[5,6,7]}'; echo '{"type":"tokens","ids":[],"partial":true}'; } | json2frames | RUN -m "$GQA" \
+    | frames2json | cut -c1-40 > "$d/out"
+  [ "$(sed -n 3p "$d/out")" = '{"type":"tokens","ids":[],"pos":3}' ] && [ "$(wc -l < "$d/out")" = 3 ]
+}
+
+@test "an empty tokens frame across the LongRoPE switch (65 -> recompute at 64 -> 65) equals a fresh run" {
+  local d="$BATS_TEST_TMPDIR" all
+  all=$(seq 100 164 | tr '\n' ' ')       # 65 ids: the context is long
+  tokens_frame $all | RUN -m "$LONGROPE" | logits_of > "$d/want"
+  { tokens_frame $all; echo '{"type":"tokens","ids":[]}' | json2frames; } | RUN -m "$LONGROPE" | logits_of > "$d/got"
+  [ "$(wc -l < "$d/got")" = 2 ]
+  sed -n 2p "$d/got" | cmp - "$d/want"
+}
+
+@test "an empty tokens frame with an empty context: exit 1, and the FIFO loop ends instead of hanging" {
+  cd "$BATS_TEST_TMPDIR"
+  echo '{"type":"tokens","ids":[]}' | json2frames > empty.bin
+  run --separate-stderr RUN -m "$GQA" < empty.bin
+  assert_status 1
+  assert_err "phi3-run: frame 1:" "empty tokens frame with an empty context"
+  [ -z "$output" ]
+  mkfifo fb
+  run timeout 30 bash -c '{ cat empty.bin; cat fb; } | "$1" --backend cpu -m "$2" 2> err |
+                            "$3" --greedy -n 5 | tee fb > out.bin; echo "${PIPESTATUS[*]}"' x \
+    "$PHI3_BIN/phi3-run" "$GQA" "$PHI3_BIN/phi3-sample"
+  assert_status 0
+  [ "$output" = "0 1 0 0" ] || fail "statuses: $output"
+  grep -q "empty tokens frame" err
+  # the loop with a prompt sent partial and an empty frame to close it generates
+  { echo '{"type":"tokens","ids":[5,6,7],"partial":true}'; echo '{"type":"tokens","ids":[]}'; } | json2frames > p.bin
+  run timeout 30 bash -c '{ cat p.bin; cat fb; } | "$1" --backend cpu -m "$2" |
+                            "$3" --greedy -n 5 | tee fb | "$4" | grep -c "\"ids\":\[[0-9]*\]"' x \
+    "$PHI3_BIN/phi3-run" "$GQA" "$PHI3_BIN/phi3-sample" "$PHI3_BIN/phi3-dump"
+  assert_status 0
+  [ "$output" = 5 ] || fail "$output"
 }

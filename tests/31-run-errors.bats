@@ -116,3 +116,91 @@ expect_model_error() {
   run --separate-stderr bash -c "$(declare -f tokens_frame json2frames); for i in \$(seq 50); do tokens_frame 3 4; done | $PHI3_BIN/phi3-run --backend cpu -m $GQA | head -c 10 > /dev/null; echo \${PIPESTATUS[2]}"
   [ "$output" = 0 ] && [ -z "$stderr" ]
 }
+
+@test "a shard truncated under a running phi3-run: the file is named, exit 1 (no bare SIGBUS)" {
+  cd "$BATS_TEST_TMPDIR"
+  cp -r "$GQA" m
+  mkfifo in
+  timeout 60 "$PHI3_BIN/phi3-run" --backend cpu -m "$PWD/m" < in > out 2> err &
+  local pid=$! st=0
+  exec 7> in                     # fd 7: bats owns 3
+  tokens_frame 1 2 >&7
+  for i in $(seq 200); do [ -s out ] && break; sleep 0.05; done
+  [ -s out ] || fail "no logits for the first frame"
+  truncate -s 4096 m/model.safetensors
+  tokens_frame 3 >&7
+  exec 7>&-
+  wait "$pid" || st=$?
+  [ "$st" = 1 ] || fail "exit $st: $(cat err)"
+  [ "$(cat err)" = "phi3-run: $PWD/m/model.safetensors changed under the mmap (truncated?)" ] || fail "$(cat err)"
+}
+
+@test "a FIFO as config.json, as the index or as a shard: refused at once, no hang" {
+  cd "$BATS_TEST_TMPDIR"
+  tokens_frame 1 2 > in
+  for f in config.json model.safetensors.index.json model-00002-of-00002.safetensors; do
+    rm -rf m; cp -r "$LONGROPE" m; rm "m/$f"; mkfifo "m/$f"
+    run --separate-stderr timeout 10 "$PHI3_BIN/phi3-run" --backend cpu -m "$PWD/m" < in
+    assert_status 1
+    assert_err "phi3-run: $PWD/m/$f" "not a regular file"
+  done
+  rm -rf m; cp -r "$LONGROPE" m; rm m/config.json; mkdir m/config.json
+  run --separate-stderr timeout 10 "$PHI3_BIN/phi3-run" --backend cpu -m "$PWD/m" < in
+  assert_status 1
+  assert_err "phi3-run: $PWD/m/config.json" "not a regular file"
+}
+
+@test "an index.json over 16 MiB is refused before it is parsed" {
+  cd "$BATS_TEST_TMPDIR"
+  cp -r "$LONGROPE" m
+  "$PY" -c 'import sys; sys.stdout.write("{\"weight_map\": {}, \"pad\": \"" + "x" * (17 << 20) + "\"}")' \
+    > m/model.safetensors.index.json
+  tokens_frame 1 2 > in
+  run --separate-stderr RUN -m "$PWD/m" < in
+  assert_status 1
+  assert_err "phi3-run: $PWD/m/model.safetensors.index.json" "more than the 16 MiB"
+}
+
+# with_config SRC KEY=JSON...: a copy of SRC in $BATS_TEST_TMPDIR/m with config.json keys set
+with_config() {
+  rm -rf "$BATS_TEST_TMPDIR/m"; cp -r "$1" "$BATS_TEST_TMPDIR/m"; shift
+  "$PY" -c 'import json, sys
+p = sys.argv[1]; c = json.load(open(p))
+for kv in sys.argv[2:]:
+    k, v = kv.split("=", 1); keys = k.split(".")
+    d = c
+    for x in keys[:-1]: d = d[x]
+    d[keys[-1]] = json.loads(v)
+json.dump(c, open(p, "w"))' "$BATS_TEST_TMPDIR/m/config.json" "$@"
+}
+
+@test "config numbers that are finite as double but not as float32, or out of range: refused at load" {
+  tokens_frame 1 2 > "$BATS_TEST_TMPDIR/in"
+  for kv in rms_norm_eps=1e300 rms_norm_eps=1e-50 rope_theta=1e39 rope_scaling.attention_factor=1e300 \
+            rope_scaling.short_factor.0=1e300 rope_scaling.long_factor.3=-1; do
+    k=${kv%%=*}; k=${k#rope_scaling.}; k=${k%%.*}
+    if [[ $kv == *factor.* ]]; then
+      # a list element: set the whole list with that element changed
+      "$PY" -c 'import json,sys; c=json.load(open(sys.argv[1])); print(json.dumps(c["rope_scaling"][sys.argv[2]]))' \
+        "$LONGROPE/config.json" "$k" > "$BATS_TEST_TMPDIR/list"
+      i=${kv#*factor.}; i=${i%%=*}; v=${kv#*=}
+      list=$("$PY" -c 'import json,sys; l=json.load(open(sys.argv[1])); l[int(sys.argv[2])]=json.loads(sys.argv[3]); print(json.dumps(l))' \
+        "$BATS_TEST_TMPDIR/list" "$i" "$v")
+      with_config "$LONGROPE" "rope_scaling.$k=$list"
+    else
+      with_config "$LONGROPE" "$kv"
+    fi
+    run --separate-stderr RUN -m "$BATS_TEST_TMPDIR/m" < "$BATS_TEST_TMPDIR/in"
+    assert_status 1
+    assert_err "phi3-run: $BATS_TEST_TMPDIR/m/config.json: " "$k"
+    [ -z "$output" ]
+  done
+}
+
+@test "original_max_position_embeddings beyond max_position_embeddings: refused at load" {
+  with_config "$LONGROPE" rope_scaling.original_max_position_embeddings=4096 original_max_position_embeddings=4096
+  tokens_frame 1 2 > "$BATS_TEST_TMPDIR/in"
+  run --separate-stderr RUN -m "$BATS_TEST_TMPDIR/m" < "$BATS_TEST_TMPDIR/in"
+  assert_status 1
+  assert_err "phi3-run: $BATS_TEST_TMPDIR/m/config.json: " "original_max_position_embeddings 4096 exceeds max_position_embeddings 2048"
+}

@@ -68,12 +68,50 @@ reused() { grep -o 'reused [0-9]*' stats | cut -d' ' -f2; }
   [ "$(reused)" = 39 ] || fail "$(cat stats)"
 }
 
+@test "a rewind below original_max into a stored long context (matching ids) equals a fresh run" {
+  frames 1 32064 100 > p100.bin
+  "$RUN" -m "$LONGROPE" -q --session "$S" < p100.bin > /dev/null      # stored: 100, long
+  "$PY" -c '
+import msgpack, random, sys
+r = random.Random(1); ids = [r.randrange(32064) for _ in range(100)]; out = sys.stdout.buffer
+out.write(msgpack.packb({"type": "tokens", "ids": ids[:70]}))
+out.write(msgpack.packb({"type": "tokens", "ids": ids[30:40], "pos": 30}))
+out.write(msgpack.packb({"type": "tokens", "ids": ids[40:45]}))' > rw.bin
+  same "$LONGROPE" rw.bin
+}
+
+@test "differential: random streams (rewinds, partial and empty frames, --all-logits, --ctx) equal with one long-lived session" {
+  # tests/lib/sessdiff.py: each stream fresh and with the session $S that every earlier
+  # stream of the run left behind; stdout bytes and exit status must be equal. Seed 1 hit
+  # "scratch context out of step" (a rewind below original_max into a stored long context).
+  local seed=$((RANDOM))
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$LONGROPE" 32064 64 "$S" 300 1 40
+  [ "$status" = 0 ] || fail "$output"
+  echo "$output"
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$LONGROPE" 32064 64 "$S" 100 "$seed" 15
+  [ "$status" = 0 ] || fail "seed $seed: $output"
+  "$RUN" --session-rm "$S"
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" "$GQA" 512 20 "$S" 200 "$seed" 15
+  [ "$status" = 0 ] || fail "seed $seed: $output"
+}
+
 @test "--all-logits through a session is bit-identical too" {
   frames 3 32064 90 > p.bin
   "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > /dev/null
   "$RUN" -m "$LONGROPE" -q --all-logits < p.bin > fresh.out
   "$RUN" -m "$LONGROPE" -q --all-logits --session "$S" < p.bin > sess.out
   cmp fresh.out sess.out
+}
+
+@test "a session written with AVX and reused under PHI3_NO_AVX=1 (and back) changes no bit" {
+  frames 6 32064 40 -3 > p.bin
+  "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > /dev/null
+  PHI3_NO_AVX=1 "$RUN" -m "$LONGROPE" -q < p.bin > fresh.out
+  PHI3_NO_AVX=1 "$RUN" -m "$LONGROPE" -q --session "$S" --stats < p.bin > sess.out 2> stats
+  [ "$(reused)" -ge 39 ] || fail "$(cat stats)"
+  cmp fresh.out sess.out
+  "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > sess2.out
+  cmp fresh.out sess2.out
 }
 
 @test "--stats: reused N, computed, prefill and decode times on stderr" {
@@ -251,4 +289,90 @@ poke() { printf "$2" | dd of="$OBJ" bs=1 seek="$1" conv=notrunc status=none; }
     "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin
   [ "$status" -eq 1 ] || fail "status $status: $output"
   [[ "$output" == *"no space left in /dev/shm"* ]] || fail "$output"
+}
+
+@test "a FIFO or a symlink squatting /dev/shm/phi3.NAME hangs nothing; --session-rm removes it" {
+  mkfifo "/dev/shm/phi3.$S"
+  frames 7 512 3 > p.bin
+  run --separate-stderr timeout 10 "$RUN" --session-info "$S"
+  assert_status 1
+  assert_err "phi3-run: session $S: " "not a regular object"
+  run --separate-stderr timeout 10 "$RUN" --session-list
+  assert_status 0
+  [[ "$stderr" == *"session $S: not a regular object"* ]] || fail "$stderr"
+  run --separate-stderr timeout 10 "$RUN" -m "$GQA" -q --session "$S" < p.bin
+  assert_status 1
+  assert_err "phi3-run: session $S: " "not a regular object"
+  run --separate-stderr timeout 10 "$RUN" --session-rm "$S"
+  assert_status 0
+  [ ! -e "/dev/shm/phi3.$S" ] && [ ! -L "/dev/shm/phi3.$S" ]
+  # a symlink: refused by every reader and writer (O_NOFOLLOW); rm removes the link only
+  echo keep > target
+  ln -s "$PWD/target" "/dev/shm/phi3.$S"
+  run --separate-stderr timeout 10 "$RUN" --session-info "$S"
+  assert_status 1
+  run --separate-stderr timeout 10 "$RUN" -m "$GQA" -q --session "$S" < p.bin
+  assert_status 1
+  run --separate-stderr timeout 10 "$RUN" --session-rm "$S"
+  assert_status 0
+  [ ! -L "/dev/shm/phi3.$S" ] && [ "$(cat target)" = keep ]
+}
+
+@test "one byte changed in the middle of a tensor: another fingerprint, the session is not reused" {
+  export XDG_CACHE_HOME="$BATS_TEST_TMPDIR/cache"
+  cp -r "$GQA" m
+  frames 7 512 20 > p.bin
+  "$RUN" -m m -q --session "$S" < p.bin > /dev/null
+  fp0=$("$RUN" -m m -q -v < /dev/null 2>&1 | grep -o 'fingerprint [0-9a-f]*')
+  # the middle of the file is the middle of some tensor's data (the header is 2 KB);
+  # mtime kept, so only the ctime and the content tell
+  size=$(stat -c %s m/model.safetensors)
+  "$PY" -c 'import sys; f = open(sys.argv[1], "r+b"); f.seek(int(sys.argv[2])); b = f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0x10]))' \
+    m/model.safetensors $((size / 2 + 3))
+  touch -r "$GQA/model.safetensors" m/model.safetensors
+  fp1=$("$RUN" -m m -q -v < /dev/null 2>&1 | grep -o 'fingerprint [0-9a-f]*')
+  [ -n "$fp0" ] && [ "$fp0" != "$fp1" ] || fail "fingerprint unchanged: $fp0 / $fp1"
+  run --separate-stderr "$RUN" -m m -q --session "$S" < p.bin
+  assert_status 1
+  assert_err "phi3-run: session $S: " "made by another model"
+  "$RUN" --session-rm "$S"
+  "$RUN" -m m -q < p.bin > fresh.out
+  "$RUN" -m m -q --session "$S" < p.bin > sess.out
+  cmp fresh.out sess.out
+}
+
+@test "the fingerprint cache: keyed by file identity, 0600, a damaged or foreign cache is ignored" {
+  export XDG_CACHE_HOME="$BATS_TEST_TMPDIR/cache"
+  fp() { "$RUN" -m "$LONGROPE" -q -v < /dev/null 2>&1 | grep -o 'fingerprint [0-9a-f]*'; }
+  want=$(PHI3_FP_CACHE=off fp)
+  [ ! -e cache ]
+  [ "$(fp)" = "$want" ]
+  C=cache/phi3/fingerprints
+  [ "$(stat -c %a cache/phi3)" = 700 ] && [ "$(stat -c %a $C)" = 600 ]
+  [ "$(head -1 $C)" = "phi3-fingerprints 1" ] && [ "$(wc -l < $C)" = 3 ]    # two shards
+  [ "$(fp)" = "$want" ]
+  # a changed hash (its check value no longer matches): the cache is ignored, then rewritten
+  "$PY" -c 'import sys
+p = sys.argv[1]; l = open(p).read().split("\n"); f = l[1].split(" ")
+f[5] = "%016x" % (int(f[5], 16) ^ 1); l[1] = " ".join(f); open(p, "w").write("\n".join(l))' $C
+  [ "$(fp)" = "$want" ]
+  [ "$(fp)" = "$want" ]
+  # writable by others: ignored
+  chmod 0666 $C
+  [ "$(fp)" = "$want" ]
+  # a FIFO in its place hangs nothing
+  rm -f $C; mkfifo $C
+  [ "$(timeout 10 bash -c "$(declare -f fp); RUN=$RUN LONGROPE=$LONGROPE fp")" = "$want" ]
+}
+
+@test "a /dev/shm too full to create the object: a clear error and no 0-byte object left behind" {
+  [ "$(id -u)" = 0 ] || skip "needs root for a private tmpfs"
+  unshare -m true 2> /dev/null || skip "no mount namespaces here"
+  frames 7 32064 10 > p.bin
+  # header + ids of tiny-longrope need 12 KiB; the tmpfs holds 8 KiB
+  run unshare -m sh -c 'mount -t tmpfs -o size=8k tmpfs /dev/shm && "$@"; echo "exit $?"; ls -A /dev/shm' x \
+    "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin
+  [[ "$output" == *"session $S: cannot allocate"*"no space left"* ]] || fail "$output"
+  [[ "$output" == *"exit 1"* ]] || fail "$output"
+  [[ "$output" != *"phi3.$S"* ]] || fail "object left: $output"
 }

@@ -61,7 +61,7 @@ want $want"
   want=$("$REF" "$LONGROPE/reference.safetensors" cross.greedy | cut -d' ' -f1-15)
   # the 15th greedy id is 32014; make it a stop id
   [ "${want##* }" = 32014 ]
-  run loop "$LONGROPE" prompt.bin "$PHI3_BIN/phi3-sample" --greedy --stop 32014
+  run loop "$LONGROPE" prompt.bin "$PHI3_BIN/phi3-sample" --greedy --stop-ids 32014
   assert_status 0
   [ "$(cat status)" = "0 0 0 0 0" ] || fail "stage statuses: $(cat status); $(cat err)"
   [ ! -s err ] || fail "stderr: $(cat err)"

@@ -15,7 +15,8 @@
 #define JSON_MAX ((size_t)256 << 20)
 
 static const char usage[] =
-    "usage: phi3-template [-m DIR] [--json] [--no-generation-prompt] < messages > text-frames\n"
+    "usage: phi3-template [-m DIR] [--json] [--no-generation-prompt] [FILE] < messages > text-frames\n"
+    "  FILE (or stdin when none or -) holds the messages.\n"
     "  Render a chat with Phi-3's template:\n"
     "    <|system|>\\n{content}<|end|>\\n  <|user|>\\n...  <|assistant|>\\n...  then\n"
     "    <|assistant|>\\n (the generation prompt) or, with --no-generation-prompt, the\n"
@@ -47,6 +48,11 @@ static void check_message(long k, const char *role, size_t rn, const char *conte
                  (int)(rn > 40 ? 40 : rn), role);
     long bad = tok_utf8_check(content, cn);
     if (bad >= 0) phi3_die("message %ld: content is not valid UTF-8 (byte %ld)", k, bad);
+    /* Its text frame must fit the frame cap every reader enforces (64 bytes cover the
+     * rest of the frame). Split in two frames, the content would tokenize differently. */
+    if (cn > frame_cap() - 64)
+        phi3_die("message %ld: content of %zu bytes does not fit in one frame (cap %zu bytes, "
+                 "$PHI3_MAX_FRAME)", k, cn, frame_cap());
     m->s = content;
     m->n = cn;
 }
@@ -77,9 +83,7 @@ static char *config_eos(const char *dir)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    json_error_t je;
-    json_t *root = json_load_file(path, 0, &je);
-    if (!root) phi3_die("%s: %s", path, je.text);
+    json_t *root = tok_json_file(path, false);
     json_t *v = json_object_get(root, "eos_token");
     if (json_is_object(v)) v = json_object_get(v, "content");
     if (!json_is_string(v)) phi3_die("%s: no eos_token string", path);
@@ -96,6 +100,9 @@ typedef struct pending { tok_buf text; bool special, has; } pending;
 static void emit(frame_writer *w, pending *p, bool partial)
 {
     if (!p->has) return;
+    if (p->text.n > frame_cap() - 64)
+        phi3_die("a template part of %zu bytes does not fit in one frame (cap %zu bytes)",
+                 p->text.n, frame_cap());
     fw_begin(w, "text", partial ? 3 : 2);
     fw_str(w, "text", p->text.p, p->text.n);
     fw_bool(w, "special", p->special);
@@ -147,17 +154,18 @@ int main(int argc, char **argv)
         {"no-generation-prompt", no_argument, 0, 'n'}, {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'}, {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "m:hV", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:hV", opts, NULL)) != -1) {
         switch (c) {
         case 'm': mdir = optarg; break;
         case 'j': json = true; break;
         case 'n': gen = false; break;
         case 'h': fputs(usage, stdout); return 0;
         case 'V': printf("phi3-template %s\n", PHI3_VERSION); return 0;
-        default: fputs(usage, stderr); return 2;
+        default: phi3_bad_option(argv, c);
         }
     }
-    if (optind < argc) phi3_usage_die("unexpected argument '%s' (input is stdin)", argv[optind]);
+    phi3_input_operand(argc, argv, optind);
     mdir = phi3_model_dir(mdir);
     /* Static: what is live when phi3_die exits stays reachable (no LeakSanitizer noise). */
     static char *eos;

@@ -1,4 +1,8 @@
 /* tok_cli.c: the tokenizer loading every text-side tool does (-m DIR or $PHI3_MODEL). */
+#include <errno.h>
+#include <stdlib.h>
+#include <jansson.h>
+
 #include "shared/util.h"
 #include "tok/tokenizer.h"
 
@@ -11,4 +15,20 @@ tok *tok_load_cli(const char *opt, const char **dir)
     if (!t) phi3_die("%s", err);
     if (dir) *dir = mdir;
     return t;
+}
+
+json_t *tok_json_file(const char *path, bool optional)
+{
+    size_t len;
+    char *text = read_file(path, (size_t)256 << 20, &len);
+    if (!text) {
+        if (optional && errno == ENOENT) return NULL;
+        phi3_die("%s: %s", path, phi3_strerror(errno));
+    }
+    json_error_t je;
+    json_t *root = json_loadb(text, len, 0, &je);
+    free(text);
+    if (!root) phi3_die("%s: invalid JSON: %s (line %d)", path, je.text, je.line);
+    if (!json_is_object(root)) phi3_die("%s: not a JSON object", path);
+    return root;
 }

@@ -638,9 +638,14 @@ tok *tok_load(const char *dir, char *err, size_t errlen)
     size_t n = 0, cn = 0;
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     char *json = read_file(path, TOK_MAX_JSON, &n);
-    if (!json) { snprintf(err, errlen, "%s: %s", path, strerror(errno)); return NULL; }
+    if (!json) { snprintf(err, errlen, "%s: %s", path, phi3_strerror(errno)); return NULL; }
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    char *cfg = read_file(path, TOK_MAX_JSON, &cn);   /* optional */
+    char *cfg = read_file(path, TOK_MAX_JSON, &cn);   /* optional, but not unreadable */
+    if (!cfg && errno != ENOENT) {
+        snprintf(err, errlen, "%s: %s", path, phi3_strerror(errno));
+        free(json);
+        return NULL;
+    }
     tok *t = tok_load_mem(json, n, cfg, cn, err, errlen);
     free(json);
     free(cfg);
@@ -1062,13 +1067,69 @@ static void byte_in(tok_dec *d, uint8_t b, tok_buf *out)
     } else emit(d, FFFD, 3, out);
 }
 
+/* HF rule: is run[run_ok..) still the start of a valid character? Advances run_ok over
+ * whole characters; false once the run cannot be valid UTF-8 whatever follows. */
+static bool run_prefix_ok(tok_dec *d)
+{
+    const uint8_t *p = (const uint8_t *)d->run.p;
+    size_t n = d->run.n;
+    while (d->run_ok < n) {
+        const uint8_t *q = p + d->run_ok;
+        size_t left = n - d->run_ok;
+        uint8_t c = q[0];
+        if (c < 0x80) { d->run_ok++; continue; }
+        if (c < 0xC2 || c > 0xF4) return false;
+        size_t need = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+        for (size_t k = 1; k < need && k < left; k++) {
+            uint8_t lo = 0x80, hi = 0xBF;
+            if (k == 1 && c == 0xE0) lo = 0xA0;
+            if (k == 1 && c == 0xED) hi = 0x9F;
+            if (k == 1 && c == 0xF0) lo = 0x90;
+            if (k == 1 && c == 0xF4) hi = 0x8F;
+            if (q[k] < lo || q[k] > hi) return false;
+        }
+        if (left < need) return true;         /* valid so far, incomplete */
+        d->run_ok += need;
+    }
+    return true;
+}
+
+/* HF rule: the run ends (a non-byte token or the end of the sequence). */
+static void run_flush(tok_dec *d, tok_buf *out)
+{
+    if (d->run.n) {
+        if (!d->run_bad && d->run_ok == d->run.n) emit(d, d->run.p, d->run.n, out);
+        else for (size_t k = 0; k < d->run.n; k++) emit(d, FFFD, 3, out);
+    }
+    d->run.n = 0;
+    d->run_ok = 0;
+    d->run_bad = false;
+}
+
+static void run_byte(tok_dec *d, uint8_t b, tok_buf *out)
+{
+    if (d->run_bad) { emit(d, FFFD, 3, out); return; }
+    buf_add(&d->run, &b, 1);
+    if (run_prefix_ok(d)) return;
+    for (size_t k = 0; k < d->run.n; k++) emit(d, FFFD, 3, out);
+    d->run.n = 0;
+    d->run_ok = 0;
+    d->run_bad = true;            /* later bytes of this run: U+FFFD each, at once */
+}
+
 int tok_dec_push(tok_dec *d, int32_t id, tok_buf *out)
 {
     const tok *t = d->t;
     if (id < 0 || id >= t->n_vocab || !(t->flags[id] & F_PRESENT)) return -1;
     if ((d->flags & TOK_SKIP_SPECIAL) && (t->flags[id] & F_SPECIAL)) return 0;
-    if (t->dec_byte[id] >= 0) { byte_in(d, (uint8_t)t->dec_byte[id], out); return 0; }
-    flush_pending(d, out);
+    bool lenient = d->flags & TOK_LENIENT_BYTES;
+    if (t->dec_byte[id] >= 0) {
+        if (lenient) byte_in(d, (uint8_t)t->dec_byte[id], out);
+        else run_byte(d, (uint8_t)t->dec_byte[id], out);
+        return 0;
+    }
+    if (lenient) flush_pending(d, out);
+    else run_flush(d, out);
     emit(d, P(t, t->dec_off[id]), t->dec_len[id], out);
     return 0;
 }
@@ -1076,6 +1137,8 @@ int tok_dec_push(tok_dec *d, int32_t id, tok_buf *out)
 void tok_dec_end(tok_dec *d, tok_buf *out)
 {
     flush_pending(d, out);
+    run_flush(d, out);
+    tok_buf_free(&d->run);
     d->strip_left = d->t->strip_start;
 }
 

@@ -25,6 +25,10 @@ void tok_free(tok *t);
 /* For the tools: the model directory of -m DIR (opt) or $PHI3_MODEL, else a usage error
  * (exit 2); its tokenizer, else phi3_die with the reason (exit 1). *dir gets the directory. */
 tok *tok_load_cli(const char *opt, const char **dir);
+/* For the tools: a JSON object file read through read_file (a FIFO or other non-regular
+ * file is refused, never waited on); phi3_die with the reason on any error, except a
+ * missing file when optional (NULL). */
+struct json_t *tok_json_file(const char *path, bool optional);
 
 /* Ids run 0 .. tok_n_vocab()-1 (model vocab and added tokens; 32011 for Phi-3). */
 int tok_n_vocab(const tok *t);
@@ -63,27 +67,38 @@ typedef struct tok_enc_state { bool skip_ws; } tok_enc_state;
 int tok_encode(const tok *t, const char *s, size_t n, unsigned flags, tok_enc_state *st,
                tok_ids *out, long *bad_off);
 
-/* Decoding. TOK_SKIP_SPECIAL drops special added tokens (skip_special_tokens=True). */
-enum { TOK_SKIP_SPECIAL = 1 };
+/* Decoding. TOK_SKIP_SPECIAL drops special added tokens (skip_special_tokens=True).
+ * TOK_LENIENT_BYTES: the older byte rule (see tok_dec) instead of Hugging Face's. */
+enum { TOK_SKIP_SPECIAL = 1, TOK_LENIENT_BYTES = 2 };
 
 /* Streaming decoder: push ids one at a time; each push appends exactly the text that is
- * complete so far. Byte-fallback tokens are assembled into UTF-8 and a character is
- * released only when whole; a byte that cannot continue (or start) a valid character
- * becomes U+FFFD, one per byte. The decoder's leading-space strip applies to the start
- * of a sequence only. Concatenating all pushes + tok_dec_end == tok_decode of the ids. */
+ * final so far, never half a character. Byte-fallback tokens follow Hugging Face's
+ * ByteFallback decoder: a run of consecutive byte tokens (skipped special tokens do not
+ * break it) is decoded as a whole; if its bytes are valid UTF-8 they are the text, else
+ * EVERY byte of the run becomes U+FFFD ("<0x31><0xFE>" -> two U+FFFD). So a run is held
+ * back until a non-byte token or the end of the sequence, or until it can no longer be
+ * valid UTF-8 (then its U+FFFDs, and one per later byte of the run, come out at once).
+ * With TOK_LENIENT_BYTES only the bytes that cannot form a character become U+FFFD
+ * ("1" + U+FFFD), characters being released as soon as they are whole. The decoder's
+ * leading-space strip applies to the start of a sequence only. Concatenating all pushes
+ * + tok_dec_end == tok_decode of the ids. */
 typedef struct tok_dec {
     const tok *t;
     unsigned flags;
     int strip_left;           /* leading strip characters still to remove */
-    int npend, need;          /* bytes of an incomplete character held back */
+    int npend, need;          /* lenient: bytes of an incomplete character held back */
     unsigned char pend[4];
+    tok_buf run;              /* HF rule: the byte run held back */
+    size_t run_ok;            /* bytes of run that form whole valid characters */
+    bool run_bad;             /* the run is already known invalid: U+FFFD per byte */
 } tok_dec;
 
 void tok_dec_init(tok_dec *d, const tok *t, unsigned flags);
 /* 0, or -1 if id is outside the vocabulary (nothing appended, state unchanged). */
 int tok_dec_push(tok_dec *d, int32_t id, tok_buf *out);
-/* End of a sequence: release held bytes (as U+FFFD) and start a new sequence, so the
- * next id gets the leading-space strip again. */
+/* End of a sequence: release held bytes (as U+FFFD unless they are whole characters) and
+ * start a new sequence, so the next id gets the leading-space strip again. Also frees
+ * the decoder's own storage (a decoder needs no other cleanup). */
 void tok_dec_end(tok_dec *d, tok_buf *out);
 
 /* One-shot decode into out. 0, or -1 with *bad_index set if an id is outside the vocab. */

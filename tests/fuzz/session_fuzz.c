@@ -19,6 +19,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     session_validate(buf, size, &e, 1, &st, err, sizeof err);
     session_validate(buf, size, NULL, 1, &st, err, sizeof err);
     session_validate(buf, size, NULL, 0, &st, err, sizeof err);
+    /* A reader's partial copy: the first avail bytes of an object of the stated size. */
+    if (size >= 2) {
+        size_t avail = buf[size - 1] * (size / 256 + 1) % size;
+        session_validate_part(buf, avail, size + buf[size - 2] * 4096u, NULL, 1, &st, err, sizeof err);
+    }
     free(buf);
     return 0;
 }

@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
-# check.sh: the whole GPU check of phi3-run's CUDA backend in one run (<= ~7.5 min):
-#   1 device line   2 fixtures with --backend cuda (compare.py)   3 compute-sanitizer
-#   memcheck + racecheck on the tiny models   4 full-size random Phi-3-mini vs transformers
-#   fp32   5 timings (decode, prefill, copy bandwidth, transformers peer)   then the table.
+# check.sh: the whole GPU check of phi3-run's CUDA backend in one run (<= ~9 min), for the
+# default path and the opt-in fast path (PHI3_CUDA_FAST=1) alike:
+#   1 device line   2 fixtures with --backend cuda (compare.py), 2b sessions, 2c NaN kept
+#   3 compute-sanitizer memcheck + racecheck on the tiny models   4 full-size random
+#   Phi-3-mini vs transformers fp32 (last logits of 300/5000-token prompts; 32 decode steps
+#   fed transformers' greedy ids)   5 tests/gpu/bench.sh (timings against the floors, the
+#   transformers peer)   then the table.
 # Uses the binaries already built in $PHI3_BIN (default bin/; build them where msgpack-dev
-# is, e.g. `make O=build BINDIR=bin`, and carry bin/ and build/). REBUILD=1 rebuilds here.
-# Logs, JSON and GPU-RESULTS.md go to $OUT (default /tmp/phi3-gpu-check). Every stage runs
+# is, e.g. `make O=build BINDIR=bin` and `tests/gpu/bench.sh --prepare`, and carry bin/ and
+# build/gpu). REBUILD=1 rebuilds here.
+# Every log goes to $CHECK_WORK (default /tmp/phi3-gpu-check); $OUT (default: the same)
+# receives at most 7 files: report.txt, GPU-RESULTS.md, bench.md, bench.json, full.json,
+# peer.json and logs.tar.gz (the device tool brings back 8 files at most). Every stage runs
 # under `timeout`; a failing stage does not stop the others; the table is printed last.
-# Exit 0 when every correctness line passed. SKIP_FULL=1 leaves out stages 4 and 5.
+# Exit 0 when every correctness line passed. SKIP_FULL=1 leaves out stage 4, SKIP_BENCH=1
+# stage 5, SKIP_FAST=1 the fast path's repeats of stages 2-4.
 set -u
 cd "$(dirname "$0")/../.." || exit 2
 ROOT=$PWD
-OUT=${OUT:-/tmp/phi3-gpu-check}
+RESULTS=${OUT:-/tmp/phi3-gpu-check}
+OUT=${CHECK_WORK:-/tmp/phi3-gpu-check}
 BIN=${PHI3_BIN:-$ROOT/bin}
-BUDGET_S=${BUDGET_S:-450}          # the whole script; the full-size stage gets what is left
+BUDGET_S=${BUDGET_S:-540}          # the whole script; the bench gets what is left
 MODEL_DIR=${PHI3_RAND_MODEL:-/tmp/phi3-mini-rand}
 # PHI3_GPU_LAYERS=N: a quick rehearsal on the real shapes with only N layers (not the
 # figures to report: the table then says so).
@@ -47,21 +55,43 @@ nvidia-smi > "$OUT/nvidia-smi.log" 2>&1
 stage device INFO "${DEV:-nvidia-smi failed}"
 [ -n "${PHI3_GPU_LAYERS:-}" ] && stage rehearsal INFO "full-size stages use only $PHI3_GPU_LAYERS layers: not the figures to report"
 
+# The paths: the verified default, then the opt-in fast kernels (kernels/fast.cuh).
+PATHS="default fast"
+[ "${SKIP_FAST:-0}" = 1 ] && PATHS=default
+path_env() { if [ "$1" = fast ]; then echo PHI3_CUDA_FAST=1; else echo PHI3_CUDA_FAST=0; fi; }
+sfx() { if [ "$1" = fast ]; then echo -fast; fi; }
+
+for P in $PATHS; do
 # 2. fixtures
 t=$(date +%s)
-timeout 180 "$PY" tests/gpu/compare.py --bin "$BIN" --fix tests/fixtures --backend cuda \
-    --json "$OUT/fixtures.json" --log "$OUT/phi3-run-fixtures.log" > "$OUT/fixtures.log" 2>&1
+env "$(path_env "$P")" timeout 180 "$PY" tests/gpu/compare.py --bin "$BIN" --fix tests/fixtures --backend cuda \
+    --json "$OUT/fixtures$(sfx "$P").json" --log "$OUT/phi3-run-fixtures$(sfx "$P").log" \
+    > "$OUT/fixtures$(sfx "$P").log" 2>&1
 rc=$?
 case $rc in
-0) stage fixtures PASS "$(tail -1 "$OUT/fixtures.log")" "$(( $(date +%s) - t )) s" ;;
-124) stage fixtures FAIL "timeout after 180 s" ;;
-*) stage fixtures FAIL "exit $rc: $(tail -1 "$OUT/fixtures.log" | cut -c1-120)" ;;
+0) stage "fixtures$(sfx "$P")" PASS "$(tail -1 "$OUT/fixtures$(sfx "$P").log")" "$(( $(date +%s) - t )) s" ;;
+124) stage "fixtures$(sfx "$P")" FAIL "timeout after 180 s" ;;
+*) stage "fixtures$(sfx "$P")" FAIL "exit $rc: $(tail -1 "$OUT/fixtures$(sfx "$P").log" | cut -c1-120)" ;;
 esac
 
 # 2b. sessions on the CUDA backend (prefix upload, row write-back, the LongRoPE switch)
-timeout 120 "$PY" tests/gpu/session_check.py --bin "$BIN" --fix tests/fixtures > "$OUT/session.log" 2>&1
-if [ $? = 0 ]; then stage session PASS "$(grep -c '^PASS' "$OUT/session.log") checks: $(grep 'reusing' "$OUT/session.log" | cut -c60-)"
-else stage session FAIL "$(grep -m1 '^FAIL' "$OUT/session.log" | cut -c1-140)"; cat "$OUT/session.log" >&2; fi
+env "$(path_env "$P")" timeout 120 "$PY" tests/gpu/session_check.py --bin "$BIN" --fix tests/fixtures \
+    > "$OUT/session$(sfx "$P").log" 2>&1
+if [ $? = 0 ]; then stage "session$(sfx "$P")" PASS "$(grep -c '^PASS' "$OUT/session$(sfx "$P").log") checks: $(grep 'reusing' "$OUT/session$(sfx "$P").log" | cut -c60-)"
+else stage "session$(sfx "$P")" FAIL "$(grep -m1 '^FAIL' "$OUT/session$(sfx "$P").log" | cut -c1-140)"; cat "$OUT/session$(sfx "$P").log" >&2; fi
+done
+
+# 2c. a NaN upstream of the KV cache stays NaN (CPU reference; default path: known saturation)
+timeout 120 "$PY" tests/gpu/nan_check.py --bin "$BIN" --fix tests/fixtures > "$OUT/nan.log" 2>&1
+rc=$?
+while IFS= read -r line; do
+    case $line in
+    "PASS nan: CUDA"*) stage "nan-${line#PASS nan: CUDA }" PASS "" ;;
+    "KNOWN nan:"*) stage nan-default INFO "${line#KNOWN nan: }" ;;
+    "FAIL nan:"*) stage nan FAIL "${line#FAIL nan: }" ;;
+    esac
+done < "$OUT/nan.log"
+[ $rc = 0 ] || grep -q "^FAIL" "$OUT/nan.log" || stage nan FAIL "exit $rc: $(tail -1 "$OUT/nan.log" | cut -c1-120)"
 
 # 3. compute-sanitizer (may be unsupported on some virtualised machines: SKIP, not FAIL)
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
@@ -84,13 +114,13 @@ with open(os.path.join(out, "san-gqa.bin"), "wb") as f:
     f.write(msgpack.packb({"type": "tokens", "ids": list(ids)}))
     f.write(msgpack.packb({"type": "tokens", "ids": [5]}))
 PYEOF
-san() {   # name tool model input
+san() {   # name tool model input [path]
     local name=$1 tool=$2 model=$3 input=$4 log=$OUT/sanitizer-$1.log
     if [ -z "$SAN" ]; then stage "$name" SKIP "compute-sanitizer not found"; return; fi
-    if [ "$(left)" -lt 300 ]; then stage "$name" SKIP "time budget"; return; fi
+    if [ "$(left)" -lt 330 ]; then stage "$name" SKIP "time budget"; return; fi
     # the sanitizer's report goes to --log-file (it writes to stdout otherwise)
-    timeout 60 "$SAN" --tool "$tool" --error-exitcode 9 --print-limit 20 --log-file "$log" \
-        "$BIN/phi3-run" -m "$model" --backend cuda -q < "$input" > /dev/null 2> "$log.stderr"
+    env "$(path_env "${5:-default}")" timeout 60 "$SAN" --tool "$tool" --error-exitcode 9 --print-limit 20 \
+        --log-file "$log" "$BIN/phi3-run" -m "$model" --backend cuda -q < "$input" > /dev/null 2> "$log.stderr"
     local rc=$?
     if grep -qiE "device not supported|not supported on this|unable to find injection|could not be initialized" "$log"; then
         stage "$name" SKIP "$(grep -iE 'not supported|unable|could not' "$log" | head -1 | cut -c1-100)"
@@ -103,16 +133,24 @@ san() {   # name tool model input
 }
 san memcheck memcheck tests/fixtures/tiny-longrope "$OUT/san-gen.bin"
 san racecheck racecheck tests/fixtures/tiny-gqa-window "$OUT/san-gqa.bin"
+if [ "${SKIP_FAST:-0}" != 1 ]; then
+    san memcheck-fast memcheck tests/fixtures/tiny-longrope "$OUT/san-gen.bin" fast
+    san racecheck-fast racecheck tests/fixtures/tiny-gqa-window "$OUT/san-gqa.bin" fast
+    san racecheck-fast-decode racecheck tests/fixtures/tiny-longrope "$OUT/san-gen.bin" fast
+fi
 
-# 4 + 5. full-size model: vs transformers fp32, then timings
+# 4. full-size model vs transformers fp32 (the timings are stage 5's)
 rest=$(left)
+FULL_PARTS=copy,gen,run,runfast,hf,dec32
+[ "${SKIP_FAST:-0}" = 1 ] && FULL_PARTS=copy,gen,run,hf,dec32
 if [ "${SKIP_FULL:-0}" = 1 ]; then
     stage full-size SKIP "SKIP_FULL=1"
 elif [ "$rest" -gt 90 ]; then
     t=$(date +%s)
-    timeout $(( rest - 10 )) "$PY" tests/gpu/full_model.py --bin "$BIN" \
-        --config "$CONFIG" --dir "$MODEL_DIR" --json "$OUT/full.json" \
-        --log "$OUT/phi3-run-full.log" --deadline $(( T0 + BUDGET_S - 15 )) > "$OUT/full.log" 2>&1
+    # leave the bench at least 150 s
+    timeout $(( rest > 300 ? rest - 160 : rest - 10 )) "$PY" tests/gpu/full_model.py --bin "$BIN" \
+        --config "$CONFIG" --dir "$MODEL_DIR" --json "$OUT/full.json" --parts "$FULL_PARTS" --timing 0 \
+        --log "$OUT/phi3-run-full.log" --deadline $(( T0 + BUDGET_S - 165 )) > "$OUT/full.log" 2>&1
     rc=$?
     if [ $rc = 0 ]; then stage full-size PASS "ran" "$(( $(date +%s) - t )) s"
     elif [ $rc = 124 ]; then stage full-size FAIL "timeout (partial results kept)" "$(( $(date +%s) - t )) s"
@@ -121,9 +159,29 @@ else
     stage full-size SKIP "only $rest s left"
 fi
 
+# 5. the benchmark (timings beside their floors, the transformers peer), in what is left
+rest=$(left)
+if [ "${SKIP_BENCH:-0}" = 1 ]; then
+    stage bench SKIP "SKIP_BENCH=1"
+elif [ "$rest" -gt 60 ]; then
+    OUT=$OUT/bench PHI3_RAND_MODEL=$MODEL_DIR BENCH_BUDGET_S=$(( rest - 10 )) PHI3_BIN=$BIN \
+        BENCH_PATHS=$(echo "$PATHS" | tr ' ' ,) timeout $(( rest - 5 )) tests/gpu/bench.sh > "$OUT/bench.log" 2>&1
+    stage bench INFO "exit $?, $(grep -c FAIL "$OUT/bench/bench-stages.tsv" 2>/dev/null) stage(s) failed (bench-stages.tsv)"
+else
+    stage bench SKIP "only $rest s left"
+fi
+
 # the table, last
 "$PY" tests/gpu/report.py "$OUT" > "$OUT/report.txt" 2>&1 || echo "report.py failed" >> "$OUT/report.txt"
 echo "total $(( $(date +%s) - T0 )) s, logs in $OUT" >> "$OUT/report.txt"
+# what comes back: a few files (the streams and the model stay behind)
+if [ "$RESULTS" != "$OUT" ]; then
+    mkdir -p "$RESULTS"
+    for f in report.txt GPU-RESULTS.md full.json bench/bench.md bench/bench.json bench/peer.json; do
+        [ -e "$OUT/$f" ] && cp "$OUT/$f" "$RESULTS/"
+    done
+    tar -C "$OUT" --exclude='*.bin' --exclude='loop-*' -czf "$RESULTS/logs.tar.gz" . 2>/dev/null
+fi
 cat "$OUT/report.txt"
 if grep -q "^| FAIL" "$OUT/report.txt"; then exit 1; fi
 exit 0

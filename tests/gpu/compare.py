@@ -198,9 +198,27 @@ def c_repeat():
     check("short logits, two runs identical", diff, "== 0", diff == 0.0)
 
 
+def c_repeat_decode():
+    """Decode steps (one token per frame: the fast path's kernels and graph) twice: every
+    step's logits identical (no float atomics, no order that depends on timing)."""
+    _, prompt = ref(GW, "gen.prompt")
+    _, greedy = ref(GW, "gen.greedy")
+    runs = []
+    for _ in range(2):
+        r = PhiRun(RUN, GW, a.backend, [], None, LOG)
+        got = [r.step(prompt)[0][1]]
+        for t in greedy[:-1]:
+            got.append(r.step([t])[0][1])
+        r.close()
+        runs.append(got)
+    diff = max(abs(x - y) for g, h in zip(*runs) for x, y in zip(g, h))
+    check("gen step logits, two runs identical", diff, "== 0", diff == 0.0)
+
+
 for name, fn in (("short", c_short), ("long", c_long), ("all", c_all), ("cross", c_cross),
                  ("gen", c_gen), ("split frames", c_split_frames),
-                 ("flash vs split-KV", c_flash_vs_decode), ("cpu", c_cpu), ("repeat", c_repeat)):
+                 ("flash vs split-KV", c_flash_vs_decode), ("cpu", c_cpu), ("repeat", c_repeat),
+                 ("repeat decode", c_repeat_decode)):
     guarded(name, fn)
 
 if a.json:

@@ -33,6 +33,8 @@ ap.add_argument("--deadline", type=float, default=0)
 ap.add_argument("--decode-tokens", type=int, default=256)
 ap.add_argument("--peer-tokens", type=int, default=64)
 ap.add_argument("--parts", default="copy,gen,run,hf,peer")
+ap.add_argument("--timing", type=int, default=1,
+                help="0: the run part only takes the logits (tests/gpu/bench.sh does the timings)")
 a = ap.parse_args()
 parts = a.parts.split(",")
 R = {"device": torch.cuda.get_device_name(0)}
@@ -78,7 +80,7 @@ def rand_ids(n, seed):
     return g.integers(3, 32000, size=n).tolist()
 
 
-IDS = {"p300": rand_ids(300, 1), "p5000": rand_ids(5000, 2), "p512": rand_ids(512, 3),
+IDS = {"p200": rand_ids(200, 6), "p300": rand_ids(300, 1), "p5000": rand_ids(5000, 2), "p512": rand_ids(512, 3),
        "p4096": rand_ids(4096, 4), "p32768": rand_ids(32768, 5)}
 
 
@@ -198,6 +200,9 @@ def p_run():
         OURS[key] = np.asarray(lg, dtype=np.float32)
         R["ours_%s_s" % key] = round(time.perf_counter() - t, 3)
     save()
+    if not a.timing:
+        R["ours_exit"] = run.close()
+        return
     med, mean, cnt = decode_timing(run, a.decode_tokens)
     R["ours_decode_ms_median"] = round(med * 1e3, 3)
     R["ours_decode_ms_mean"] = round(mean * 1e3, 3)
@@ -225,6 +230,19 @@ def p_run():
         med, _, _ = decode_timing(run, 64)
         R["ours_decode_nosplit_tok_s"] = round(1.0 / med, 1)
         R["ours_nosplit_exit"] = run.close()
+
+
+OURS_FAST = {}
+
+
+def p_runfast():
+    """The last-position logits of the two prompts on the opt-in fast path."""
+    run = PhiRun(os.path.join(a.bin, "phi3-run"), a.dir, "cuda", ["--ctx", "8192"],
+                 {"PHI3_CUDA_FAST": "1"}, LOG)
+    for key in ("p300", "p5000"):
+        pos, lg = run.step(IDS[key], pos=0)[0]
+        OURS_FAST[key] = np.asarray(lg, dtype=np.float32)
+    R["ours_fast_exit"] = run.close()
 
 
 # ---- transformers ----
@@ -294,6 +312,50 @@ def p_hf():
         R["cmp_%s_ref_gap_sd" % key] = round(float((ref.max() - ref[int(np.argmax(ours))]) / ref.std()), 4)
         top5 = set(np.argsort(-ref)[:5].tolist())
         R["cmp_%s_top5_overlap" % key] = len(top5 & set(np.argsort(-ours)[:5].tolist()))
+        if key in OURS_FAST:
+            f = OURS_FAST[key]
+            rel = float(np.linalg.norm(f - ref) / np.linalg.norm(ref))
+            R["cmpfast_%s_rel_l2" % key] = round(rel, 5) if np.isfinite(rel) else str(rel)
+            R["cmpfast_%s_top1" % key] = int(np.argmax(f)) == int(np.argmax(ref))
+        save()
+
+
+def p_dec32():
+    """Full-size decode check: a 200-token prompt, then 32 one-token frames fed
+    transformers' (float32) greedy ids; every step's logits compared (33 positions), for
+    the default and the fast path. Teacher-forced argmax agreement is reported with the
+    reference gap (in standard deviations) of each disagreement."""
+    m = HF["model"]
+    prompt = IDS["p200"]
+    with torch.no_grad():
+        out = m(input_ids=torch.tensor([prompt], device="cuda"), use_cache=True)
+        past = out.past_key_values
+        ref = [out.logits[0, -1].float().cpu().numpy()]
+        ids = []
+        for _ in range(32):
+            ids.append(int(np.argmax(ref[-1])))
+            out = m(input_ids=torch.tensor([[ids[-1]]], device="cuda"), past_key_values=past,
+                    use_cache=True)
+            past = out.past_key_values
+            ref.append(out.logits[0, -1].float().cpu().numpy())
+    for path, env in (("default", {}), ("fast", {"PHI3_CUDA_FAST": "1"})):
+        run = PhiRun(os.path.join(a.bin, "phi3-run"), a.dir, "cuda", ["--ctx", "512"], env, LOG)
+        got = [np.asarray(run.step(prompt, pos=0)[0][1], dtype=np.float32)]
+        for t in ids:
+            got.append(np.asarray(run.step([t])[0][1], dtype=np.float32))
+        R["dec32_%s_exit" % path] = run.close()
+        rels = [float(np.linalg.norm(g - r) / np.linalg.norm(r)) for g, r in zip(got, ref)]
+        R["dec32_%s_max_rel_l2" % path] = round(max(rels), 5) if all(np.isfinite(rels)) else "nan"
+        R["dec32_%s_mean_rel_l2" % path] = round(float(np.mean(rels)), 5)
+        agree, gaps = 0, []
+        for i, t in enumerate(ids):
+            am = int(np.argmax(got[i]))
+            if am == t:
+                agree += 1
+            else:
+                gaps.append(round(float((ref[i][t] - ref[i][am]) / ref[i].std()), 4))
+        R["dec32_%s_agree" % path] = round(agree / len(ids), 4)
+        R["dec32_%s_mismatch_gaps_sd" % path] = gaps
         save()
 
 
@@ -340,7 +402,9 @@ part("copy", p_copy)
 part("gen", p_gen)
 weight_bytes()
 part("run", p_run, need_s=40)
+part("runfast", p_runfast, need_s=30)
 part("hf", p_hf, need_s=40)
+part("dec32", p_dec32, need_s=30)
 part("peer", p_peer, need_s=30)
 if "copy_TBps" in R:
     floor = R["copy_TBps"] * 1e12 / weight_bytes()

@@ -24,6 +24,7 @@ try:
 except OSError:
     pass
 fx = load("fixtures.json", [])
+fx_fast = load("fixtures-fast.json", [])
 R = load("full.json", {})
 dev = R.get("device") or next((s[2] for s in stages if s[0] == "device"), "?")
 
@@ -34,10 +35,12 @@ def row(status, what, value, limit):
 for s in stages:
     if s[0] != "device":
         row(s[1], "stage: " + s[0], s[2] if len(s) > 2 else "", s[3] if len(s) > 3 else "")
-for r in fx:
-    v = r["value"]
-    v = "%.3g" % v if isinstance(v, float) else str(v)
-    row("PASS" if r["ok"] else "FAIL", r["check"], v + ((" (" + r["note"] + ")") if r.get("note") else ""), r["limit"])
+for prefix, rs in (("", fx), ("[fast] ", fx_fast)):
+    for r in rs:
+        v = r["value"]
+        v = "%.3g" % v if isinstance(v, float) else str(v)
+        row("PASS" if r["ok"] else "FAIL", prefix + r["check"],
+            v + ((" (" + r["note"] + ")") if r.get("note") else ""), r["limit"])
 
 def f(k, fmt="%s"):
     return fmt % R[k] if k in R else "n/a"
@@ -55,6 +58,34 @@ for key, n in (("p300", 300), ("p5000", 5000)):
             "different (reference gap %s sd)" % R.get("cmp_%s_ref_gap_sd" % key, "?"),
             R.get("cmp_%s_top5_overlap" % key, "?")),
         "rel L2 <= 5e-2 (top-1 reported)")
+
+for key, n in (("p300", 300), ("p5000", 5000)):
+    rel = R.get("cmpfast_%s_rel_l2" % key)
+    if rel is None:
+        if "runfast_error" in R or "runfast_skipped" in R:
+            row("n/a", "[fast] full-size %d-token prompt vs transformers fp32" % n,
+                str(R.get("runfast_error", R.get("runfast_skipped")))[:80], "rel L2 <= 5e-2")
+        continue
+    ok = isinstance(rel, float) and rel <= 5e-2
+    row("PASS" if ok else "FAIL", "[fast] full-size %d-token prompt vs transformers fp32" % n,
+        "rel L2 %s; top-1 %s" % (rel, "same" if R.get("cmpfast_%s_top1" % key) else "different"),
+        "rel L2 <= 5e-2 (top-1 reported)")
+for path in ("default", "fast"):
+    mx = R.get("dec32_%s_max_rel_l2" % path)
+    if mx is None:
+        if path == "default" and ("dec32_error" in R or "dec32_skipped" in R):
+            row("n/a", "full-size decode, 200 + 32 steps", str(R.get("dec32_error", R.get("dec32_skipped")))[:80], "")
+        continue
+    gaps = R.get("dec32_%s_mismatch_gaps_sd" % path, [])
+    # a disagreement counts against the check only where the reference is not a near-tie
+    real = [g for g in gaps if abs(g) > 0.05]
+    ok = isinstance(mx, float) and mx <= 5e-2 and not real and R.get("dec32_%s_exit" % path) == 0
+    row("PASS" if ok else "FAIL", "%sfull-size decode: 200-token prompt + 32 steps fed transformers' greedy ids"
+        % ("[fast] " if path == "fast" else ""),
+        "max rel L2 %s (mean %s); greedy agreement %s%s" % (mx, R.get("dec32_%s_mean_rel_l2" % path),
+                                                           R.get("dec32_%s_agree" % path),
+                                                           (", gaps of the disagreements (sd) %s" % gaps) if gaps else ""),
+        "rel L2 <= 5e-2 at every step; disagreements only at near-ties (<= 0.05 sd)")
 
 timing = []
 bw = R.get("copy_TBps")
@@ -81,11 +112,17 @@ errs = {k: v for k, v in R.items() if k.endswith("_error") or k.endswith("_skipp
 
 date = time.strftime("%Y-%m-%d")
 md = ["# GPU results", "", "%s, %s (tests/gpu/check.sh)" % (date, dev), "",
-      "| status | check | value | limit |", "|---|---|---|---|"] + lines + [
-      "", "| timing | value | fraction |", "|---|---|---|"] + timing
+      "| status | check | value | limit |", "|---|---|---|---|"] + lines
+if "ours_decode_tok_s" in R or "peer_decode_tok_s" in R:    # full_model.py's own timings (--timing 1)
+    md += ["", "| timing | value | fraction |", "|---|---|---|"] + timing
 if errs:
     md += ["", "Errors / skipped parts: " + "; ".join("%s: %s" % kv for kv in errs.items())]
 md += ["", "Raw numbers: full.json, fixtures.json; logs: *.log in the same directory.", ""]
+try:
+    with open(os.path.join(D, "bench", "bench.md")) as fh:
+        md += ["", "## tests/gpu/bench.sh", ""] + fh.read().splitlines()
+except OSError:
+    md += ["", "(no bench.md: the bench stage did not run or did not finish its table)"]
 text = "\n".join(md)
 with open(os.path.join(D, "GPU-RESULTS.md"), "w") as fh:
     fh.write(text)

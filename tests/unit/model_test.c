@@ -86,6 +86,41 @@ static void config_tests(void)
     model_config_free(&c);
     ok(cfg("[1]", &c, e) < 0 && cfg("{" BASE ",\"hidden_size\":64", &c, e) < 0 && strstr(e, "invalid JSON"),
        "not an object / bad JSON: %s", e);
+
+    /* Ranges: finite as float32 too (1e300 was accepted as a double, then inf/NaN logits). */
+    static const struct { const char *json, *want; } bad[] = {
+        {",\"rms_norm_eps\":1e300", "rms_norm_eps must be a number in (0, 1)"},
+        {",\"rms_norm_eps\":1e-50", "rms_norm_eps"},          /* 0 as float32 */
+        {",\"rms_norm_eps\":0", "rms_norm_eps"},
+        {",\"rms_norm_eps\":1", "rms_norm_eps"},
+        {",\"rms_norm_eps\":-1e-5", "rms_norm_eps"},
+        {",\"rms_norm_eps\":\"1e-5\"", "rms_norm_eps"},
+        {",\"rope_theta\":1e39", "rope_theta"},                /* inf as float32 */
+        {",\"rope_theta\":0", "rope_theta"},
+        {",\"rope_theta\":-10000", "rope_theta"},
+        {",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":" F8 ",\"long_factor\":" F8
+         ",\"original_max_position_embeddings\":256,\"attention_factor\":1e300}", "attention_factor"},
+        {",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":" F8 ",\"long_factor\":" F8
+         ",\"original_max_position_embeddings\":256,\"attention_factor\":0}", "attention_factor"},
+        {",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1,1,1,1e300],\"long_factor\":" F8
+         ",\"original_max_position_embeddings\":256}", "short_factor[7] must be a number in (0, 1e+06)"},
+        {",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":" F8 ",\"long_factor\":[1e-50,1,1,1,1,1,1,1]"
+         ",\"original_max_position_embeddings\":256}", "long_factor[0]"},
+        {",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":" F8 ",\"long_factor\":" F8
+         ",\"original_max_position_embeddings\":2048}", "original_max_position_embeddings 2048 exceeds max_position_embeddings 1024"},
+        {",\"num_key_value_heads\":0", "num_key_value_heads"},
+        {",\"sliding_window\":-1", "sliding_window"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char text[1024];
+        snprintf(text, sizeof text, "{" BASE "%s}", bad[i].json);
+        int rc = cfg(text, &c, e);
+        ok(rc < 0 && strstr(e, bad[i].want), "refused: %s -> %s", bad[i].json, rc < 0 ? e : "accepted");
+        if (!rc) model_config_free(&c);
+    }
+    e[0] = 0;
+    ok(cfg("{" BASE ",\"rms_norm_eps\":1e-40,\"rope_theta\":1e29}", &c, e) == 0, "tiny eps (a float32 subnormal), big theta: %s", e);
+    model_config_free(&c);
 }
 
 /* A safetensors image from a header string and n data bytes (header padded to 8). */
@@ -191,9 +226,35 @@ static void model_tests(void)
     model_free(b);
 }
 
+/* The content hash behind the fingerprint: any single changed byte (at block edges, in
+ * the tail, in the middle) changes it; thread count does not; length matters. */
+static void hash_tests(void)
+{
+    size_t n = ((size_t)64 << 20) + 12293;     /* a full 64 MiB block and a short one */
+    uint8_t *b = xmalloc(n + 8);
+    for (size_t i = 0; i < n + 8; i++) b[i] = (uint8_t)(i * 2654435761u >> 13);
+    uint64_t h = fp_hash(b, n, 1);
+    ok(fp_hash(b, n, 4) == h && fp_hash(b, n, 2) == h, "hash independent of threads");
+    size_t at[] = {0, 7, 8, 31, 32, (64u << 20) - 1, 64u << 20, n / 2 + 3, n - 9, n - 1};
+    int all = 1;
+    for (size_t k = 0; k < sizeof at / sizeof *at; k++)
+        for (int bit = 0; bit < 8; bit += 7) {
+            b[at[k]] ^= (uint8_t)(1 << bit);
+            all &= fp_hash(b, n, 2) != h;
+            b[at[k]] ^= (uint8_t)(1 << bit);
+        }
+    ok(all, "a flipped bit anywhere changes the hash");
+    ok(fp_hash(b, n + 1, 2) != h && fp_hash(b, n - 1, 2) != h, "the length is hashed");
+    uint8_t z[64] = {0};
+    ok(fp_hash_block(z, 8, 0) != fp_hash_block(z, 16, 0) && fp_hash_block(z, 64, 0) != fp_hash_block(z, 64, 1),
+       "zero words of other lengths or seeds differ");
+    free(b);
+}
+
 int main(void)
 {
     phi3_init("model_test");
+    hash_tests();
     config_tests();
     safetensors_tests();
     conversion_tests();

@@ -11,6 +11,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 static char name[64], path[128];
@@ -236,10 +238,55 @@ static void ids_tests(void)
     model_free(m);
 }
 
+/* Readers (--session-info, --session-list) while another process truncates, refills and
+ * re-initialises the object as fast as it can: they may report it invalid, never fault
+ * (a reader that mapped the object died of SIGBUS when it shrank under the mapping). */
+static void reader_stress(void)
+{
+    char err[300];
+    fresh_name("stress");
+    phi3_model m = fake(0x5151);
+    session *s = session_open(name, &m, 0, 0, err, sizeof err);
+    if (!s) { ok(0, "create: %s", err); return; }
+    session_reserve(s, 200, err, sizeof err);
+    session_close(s);
+    size_t len = file_size();
+    uint8_t *bytes = xmalloc(len);
+    FILE *f = fopen(path, "rb");
+    ok(f && fread(bytes, 1, len, f) == len, "object of %zu bytes read", len);
+    if (f) fclose(f);
+    pid_t child = fork();
+    if (child == 0) {
+        int fd = open(path, O_RDWR);
+        double t0 = now_sec();
+        for (int i = 0; fd >= 0 && now_sec() - t0 < 1.5; i++) {
+            if (ftruncate(fd, 0)) break;
+            if (i % 2 && ftruncate(fd, (off_t)len)) break;
+            if (pwrite(fd, bytes, len, 0) != (ssize_t)len) break;
+        }
+        _exit(0);
+    }
+    FILE *null = fopen("/dev/null", "w");
+    long calls = 0, valid = 0;
+    double t0 = now_sec();
+    while (now_sec() - t0 < 1.5 && null) {
+        valid += session_info(name, null, err, sizeof err) == 0;
+        session_list(null, err, sizeof err);
+        calls++;
+    }
+    int wst = 0;
+    waitpid(child, &wst, 0);
+    ok(calls > 0 && WIFEXITED(wst), "%ld reads under a re-initialising writer, %ld valid, none faulted", calls, valid);
+    if (null) fclose(null);
+    free(bytes);
+    shm_unlink(path + strlen("/dev/shm"));
+}
+
 int main(void)
 {
     phi3_init("session_test");
     object_tests();
+    reader_stress();
     ids_tests();
     equivalence("tests/fixtures/tiny-longrope");
     equivalence("tests/fixtures/tiny-gqa-window");

@@ -134,12 +134,28 @@ int main(void)
             tok_buf o = {0};
             tok_dec_init(&d, T, 0);
             tok_dec_push(&d, 11 + 0xf0, &o); tok_dec_push(&d, 11 + 0x9f, &o); tok_dec_push(&d, 11 + 0x99, &o);
-            int held = o.n == 0;
             tok_dec_push(&d, 11 + 0x82, &o);
-            ok(held && o.n == 4 && memcmp(o.p, "\xf0\x9f\x99\x82", 4) == 0, "stream: 🙂 held until its 4th byte");
+            int held = o.n == 0;
+            tok_dec_push(&d, 2, &o);
+            ok(held && o.n == 5 && memcmp(o.p, "\xf0\x9f\x99\x82" "a", 5) == 0,
+               "stream: 🙂 held until the byte run ends (HF decodes a run whole)");
             tok_dec_end(&d, &o);
+            o.n = 0;
+            tok_dec_init(&d, T, TOK_LENIENT_BYTES);
+            tok_dec_push(&d, 11 + 0xf0, &o); tok_dec_push(&d, 11 + 0x9f, &o); tok_dec_push(&d, 11 + 0x99, &o);
+            held = o.n == 0;
+            tok_dec_push(&d, 11 + 0x82, &o);
+            ok(held && o.n == 4 && memcmp(o.p, "\xf0\x9f\x99\x82", 4) == 0, "stream, lenient: 🙂 out with its 4th byte");
+            tok_dec_end(&d, &o);
+            ok(DEC("\xef\xbf\xbd\xef\xbf\xbd", 0, 11 + 0x31, 11 + 0xfe), "HF: <0x31><0xFE> -> U+FFFD for both bytes");
+            ok(DEC("1\xef\xbf\xbd", TOK_LENIENT_BYTES, 11 + 0x31, 11 + 0xfe), "lenient: <0x31><0xFE> -> 1 U+FFFD");
+            ok(DEC("\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd ab", 0, 11 + 0xfe, 11 + 0x31, 11 + 0x31, 6),
+               "HF: a run known bad stays U+FFFD per byte up to the next token");
+            ok(DEC("\xc3\xa9", TOK_SKIP_SPECIAL, 11 + 0xc3, 9, 11 + 0xa9), "HF: a skipped special token does not end a run");
+            ok(DEC("\xef\xbf\xbd<X>\xef\xbf\xbd", 0, 11 + 0xc3, 9, 11 + 0xa9), "HF: a kept one does");
+            o.n = 0;
             tok_dec_push(&d, 1, &o); tok_dec_push(&d, 6, &o);
-            ok(o.n == 7 && memcmp(o.p + 4, " ab", 3) == 0, "stream: after end, a new sequence strips again");
+            ok(o.n == 3 && memcmp(o.p, " ab", 3) == 0, "stream: after end, a new sequence strips again");
             tok_buf_free(&o);
             tok_free(T);
         }

@@ -1,0 +1,54 @@
+/* gemm.h: weight-row . activation products of the CPU backend, in ONE canonical order
+ * shared by every path (one token or many, AVX2, AVX-512 or scalar), so that a prompt's
+ * results never depend on how it is split into frames, on the thread count, or on the
+ * instruction set used:
+ *
+ *   acc[j] = 0 for the 8 lanes j = 0..7;
+ *   for k = 0, 8, 16, ... while k + 8 <= n:  acc[j] = fmaf(w[k + j], x[k + j], acc[j]);
+ *   r = ((acc0 + acc1) + (acc2 + acc3)) + ((acc4 + acc5) + (acc6 + acc7));
+ *   for the tail k = n & ~7 .. n - 1 in ascending order:  r = fmaf(w[k], x[k], r).
+ *
+ * w[k] is the weight as float32 (bf16/f16 convert exactly; quantized formats dequantize
+ * each element to float32 first). One 8-lane accumulator per output: the one-token path
+ * hides the FMA latency by doing 4 rows at once, the many-token path (gemm_rows) by a
+ * register tile of several rows x several tokens over weight panels converted to float32
+ * once per tile. */
+#ifndef PHI3_GEMM_H
+#define PHI3_GEMM_H
+#include "embed/model.h"
+#include <stddef.h>
+#include <stdint.h>
+
+#define GEMM_MB 16              /* rows per block: the unit of work the thread pool shares */
+#define GEMM_NB 64              /* tokens per pass over a row block */
+#define GEMM_KC 256             /* columns per packed panel (a multiple of 256: quant blocks) */
+
+typedef struct gemm_ops {
+    /* one row . one token, canonical order */
+    float (*dot)(const void *w, const float *x, int n);
+    /* four rows (w, w + row_bytes, ...) . one token -> out[0..4), canonical order each */
+    void (*dot4)(const void *w, size_t row_bytes, const float *x, int n, float *out);
+    /* dst[i] = w[k0 + i] as float32 for i < n (k0 a multiple of GEMM_KC) */
+    void (*cvt)(const void *w, int k0, int n, float *dst);
+    int vec;                    /* 0 scalar, 1 AVX2 (ymm), 2 AVX-512 (zmm pairs of 8 lanes) */
+} gemm_ops;
+
+/* Kernels for weights of dtype d on this CPU (PHI3_NO_AVX=1: scalar; PHI3_NO_AVX512=1:
+ * AVX2 at most). NULL for a dtype without kernels. */
+const gemm_ops *gemm_ops_for(st_dtype d);
+int gemm_vec_level(void);       /* 0, 1, 2 as above */
+/* The kernels of a given level (capped at what the CPU has), for tests. */
+const gemm_ops *gemm_ops_level(st_dtype d, int level);
+
+/* Floats of scratch one thread needs for gemm_rows. */
+size_t gemm_scratch_floats(void);
+
+/* out[t * ldo + r] = W[r] . x[t * ldx] for rows r in [r0, r1) and tokens t < n, where row
+ * r has K columns at w + r * row_bytes. Single-threaded; the caller splits rows. */
+void gemm_rows(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, int r0, int r1,
+               const float *x, size_t ldx, int n, float *out, size_t ldo, float *scratch);
+
+/* Canonical-order dot of two float32 vectors (attention scores). */
+float gemm_dot_f32(const float *a, const float *b, int n);
+
+#endif

@@ -1,0 +1,79 @@
+/* mapguard.c: a file truncated (or otherwise shrunk) under a process that has it mmapped
+ * makes the next read of a page past the new end a SIGBUS. The tools map the model's
+ * shards and the session objects; instead of dying with a bare "Bus error", a fault
+ * inside one of these mappings says which file changed:
+ *   "phi3-run: PATH changed under the mmap (truncated?)", exit 1.
+ * The handler is async-signal-safe: it walks a list of nodes whose message was formatted
+ * when the mapping was added, writes it with write(2) and calls _exit(1). Nodes are never
+ * freed (a removed one is marked empty and reused), so the handler never reads freed
+ * memory; adding and removing happen in the thread that maps (the tools map from main). */
+#include "embed/model.h"
+#include "shared/util.h"
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct guard {
+    struct guard *next;
+    uintptr_t lo, hi;               /* [lo, hi); lo 0: an unused node */
+    size_t msg_len;
+    char msg[];
+} guard;
+
+static guard *head;                 /* only ever pushed at the front */
+static struct sigaction old_bus;
+static int installed;
+
+static void on_bus(int sig, siginfo_t *si, void *uc)
+{
+    uintptr_t a = (uintptr_t)si->si_addr;
+    for (guard *g = __atomic_load_n(&head, __ATOMIC_ACQUIRE); g; g = g->next) {
+        uintptr_t lo = __atomic_load_n(&g->lo, __ATOMIC_ACQUIRE);
+        if (lo && a >= lo && a < g->hi) {
+            ssize_t w = write(2, g->msg, g->msg_len);
+            (void)w;
+            _exit(1);
+        }
+    }
+    /* Not ours: the action that was there before (the default one dumps core). */
+    sigaction(SIGBUS, &old_bus, NULL);
+    if (!(old_bus.sa_flags & SA_SIGINFO) && old_bus.sa_handler == SIG_IGN) signal(SIGBUS, SIG_DFL);
+    (void)sig;
+    (void)uc;
+}
+
+void mapguard_add(const void *addr, size_t len, const char *path)
+{
+    if (!addr || !len) return;
+    if (!installed) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_bus;
+        sa.sa_flags = SA_SIGINFO;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGBUS, &sa, &old_bus) == 0) installed = 1;
+    }
+    char msg[1024];
+    int n = snprintf(msg, sizeof msg, "%s: %.900s changed under the mmap (truncated?)\n", phi3_prog, path);
+    size_t ml = n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1;
+    guard *g;
+    for (g = head; g; g = g->next)
+        if (!g->lo) break;
+    if (!g) {
+        g = xcalloc(1, sizeof *g + sizeof msg);
+        g->next = head;
+        __atomic_store_n(&head, g, __ATOMIC_RELEASE);
+    }
+    memcpy(g->msg, msg, ml);
+    g->msg_len = ml;
+    g->hi = (uintptr_t)addr + len;
+    __atomic_store_n(&g->lo, (uintptr_t)addr, __ATOMIC_RELEASE);
+}
+
+void mapguard_remove(const void *addr)
+{
+    for (guard *g = head; g && addr; g = g->next)
+        if (g->lo == (uintptr_t)addr) __atomic_store_n(&g->lo, (uintptr_t)0, __ATOMIC_RELEASE);
+}

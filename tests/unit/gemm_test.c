@@ -1,0 +1,125 @@
+/* gemm_test.c: every matmul path (one token, blocked many-token; scalar, AVX2, AVX-512)
+ * gives the bits of the canonical dot order of decode/gemm.h, written out here directly
+ * with fmaf, for bf16, f16 and f32 weights, shapes with row/column/token tails; and that
+ * order is a dot product (checked against double precision). */
+#include "decode/gemm.h"
+#include "tests/unit/tap.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint32_t rng = 12345;
+static uint32_t rnd(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 17;
+    rng ^= rng << 5;
+    return rng;
+}
+static float frand(void) { return (float)((double)rnd() / 4294967296.0 * 2 - 1); }
+
+static float wval(st_dtype d, const void *w, size_t i)
+{
+    if (d == ST_BF16) return bf16_to_f32(((const uint16_t *)w)[i]);
+    if (d == ST_F16) return f16_to_f32(((const uint16_t *)w)[i]);
+    return ((const float *)w)[i];
+}
+
+/* The canonical order, written plainly. */
+static float canon(st_dtype d, const void *w, const float *x, int n)
+{
+    float a[8] = {0};
+    int k = 0;
+    for (; k + 8 <= n; k += 8)
+        for (int j = 0; j < 8; j++) a[j] = fmaf(wval(d, w, k + j), x[k + j], a[j]);
+    float r = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    for (; k < n; k++) r = fmaf(wval(d, w, k), x[k], r);
+    return r;
+}
+
+static void fill_w(st_dtype d, void *w, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float f = frand();
+        if (d == ST_F32) ((float *)w)[i] = f;
+        else if (d == ST_BF16) {
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            ((uint16_t *)w)[i] = (uint16_t)(u >> 16);
+        } else {
+            /* f16 in [-1, 1): sign, exponent 1..14, any mantissa */
+            ((uint16_t *)w)[i] = (uint16_t)((rnd() & 0x8000) | ((1 + rnd() % 14) << 10) | (rnd() & 0x3ff));
+        }
+    }
+}
+
+int main(void)
+{
+    const st_dtype types[3] = {ST_BF16, ST_F16, ST_F32};
+    const char *tn[3] = {"bf16", "f16", "f32"};
+    const int shapes[][3] = {/* rows, K, tokens */
+                             {1, 1, 1},    {5, 7, 4},     {16, 8, 6},    {37, 3072 + 5, 9},
+                             {20, 300, 64}, {33, 520, 70}, {9, 96, 2},   {64, 256, 13},
+                             {17, 1000, 5}};
+    float *scratch = malloc(gemm_scratch_floats() * sizeof(float));
+    int levels = gemm_vec_level() + 1;
+    printf("# vector level of this CPU: %d\n", levels - 1);
+    for (int ti = 0; ti < 3; ti++)
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            int R = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
+            size_t es = st_dtype_size(types[ti]);
+            void *w = malloc((size_t)R * K * es);
+            float *x = malloc((size_t)N * K * sizeof(float)), *ref = malloc((size_t)N * R * sizeof(float));
+            float *out = malloc((size_t)N * (R + 3) * sizeof(float));
+            fill_w(types[ti], w, (size_t)R * K);
+            for (size_t i = 0; i < (size_t)N * K; i++) x[i] = frand();
+            double maxerr = 0;
+            for (int t = 0; t < N; t++)
+                for (int r = 0; r < R; r++) {
+                    const void *row = (const uint8_t *)w + (size_t)r * K * es;
+                    ref[t * R + r] = canon(types[ti], row, x + (size_t)t * K, K);
+                    double d = 0, S = 0;
+                    for (int k = 0; k < K; k++) {
+                        double p = (double)wval(types[ti], row, k) * x[(size_t)t * K + k];
+                        d += p, S += fabs(p);
+                    }
+                    /* error of a sum of K/8 + 3 + 7 rounded steps, relative to sum |w x| */
+                    double e = fabs(d - ref[t * R + r]) / ((K / 8 + 10) * 0x1p-24 * S + 1e-30);
+                    if (e > maxerr) maxerr = e;
+                }
+             ok(maxerr <= 1, "%s %dx%d: canonical order within the rounding bound of double (%.2f of it)", tn[ti], R, K, maxerr);
+            for (int lv = 0; lv < levels; lv++) {
+                const gemm_ops *op = gemm_ops_level(types[ti], lv);
+                /* all tokens at once (blocked when >= 4), rows split at an odd place, ldo > R */
+                int ldo = R + 3, split = R / 3;
+                memset(out, 0xff, (size_t)N * ldo * sizeof(float));
+                gemm_rows(op, w, (size_t)K * es, K, 0, split, x, (size_t)K, N, out, (size_t)ldo, scratch);
+                gemm_rows(op, w, (size_t)K * es, K, split, R, x, (size_t)K, N, out, (size_t)ldo, scratch);
+                int same = 1;
+                for (int t = 0; t < N; t++)
+                    for (int r = 0; r < R; r++)
+                        if (memcmp(&out[t * ldo + r], &ref[t * R + r], 4)) same = 0;
+                ok(same, "%s %dx%d, %d tokens in one call, level %d: canonical bits", tn[ti], R, K, N, lv);
+                /* one token at a time */
+                same = 1;
+                for (int t = 0; t < N; t++) {
+                    gemm_rows(op, w, (size_t)K * es, K, 0, R, x + (size_t)t * K, (size_t)K, 1, out, (size_t)ldo,
+                              scratch);
+                    for (int r = 0; r < R; r++)
+                        if (memcmp(&out[r], &ref[t * R + r], 4)) same = 0;
+                }
+                ok(same, "%s %dx%d one token at a time, level %d: canonical bits", tn[ti], R, K, lv);
+            }
+            free(w);
+            free(x);
+            free(ref);
+            free(out);
+        }
+    /* gemm_dot_f32 (attention scores) */
+    float a[100], b[100];
+    for (int i = 0; i < 100; i++) a[i] = frand(), b[i] = frand();
+    float r = gemm_dot_f32(a, b, 100), c = canon(ST_F32, a, b, 100);
+    ok(!memcmp(&r, &c, 4), "gemm_dot_f32 follows the canonical order");
+    free(scratch);
+    return tap_done();
+}
