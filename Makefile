@@ -150,7 +150,7 @@ install: all
 
 # Every Debian package the project needs (build, tests, examples).
 DEB_PKGS = build-essential libmsgpack-dev libjansson-dev bats clang python3 python3-msgpack \
-           libclang-rt-14-dev tmux help2man groff-base
+           libclang-rt-14-dev tmux help2man groff-base shellcheck
 deps:
 	apt-get update && apt-get install -y --no-install-recommends $(DEB_PKGS)
 

@@ -205,3 +205,11 @@ P
   assert_status 1
   [[ "$stderr" == *"phi3-sample: temperature"* ]]
 }
+
+@test "wrapper: shellcheck finds no warning in the wrapper, its completion and scripts" {
+  command -v shellcheck > /dev/null || skip "shellcheck is not installed (make deps)"
+  run shellcheck -S warning "$ROOT/bin/phi3" "$ROOT/man/build.sh" "$ROOT/tests/bench/chat.sh"
+  assert_status 0
+  run shellcheck -S warning -s bash "$ROOT/completion/phi3.bash"
+  assert_status 0
+}
