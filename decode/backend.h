@@ -8,22 +8,29 @@
 struct phi3_model;                      /* embed/model.h: config + mmapped tensors */
 
 /* KV storage of the CPU backend, position-major so that a context can grow by appending
- * and a prefix of n positions is ONE contiguous block (n * pos_stride floats), which is
+ * and a prefix of n positions is ONE contiguous block (n * pos_stride elements), which is
  * what a session (shared memory) or the CUDA upload copies:
  *
- *   row(p, l) = base + (size_t)p * pos_stride + (size_t)l * 3 * kvdim
+ *   row(p, l) = base + (size_t)p * pos_stride + (size_t)l * 2 * kvdim   (in elements)
  *   row[0      .. kvdim)   K after RoPE (rotated with the factors of rope_long)
  *   row[kvdim  .. 2kvdim)  V
- *   row[2kvdim .. 3kvdim)  K before RoPE (written, but not enough for the LongRoPE switch:
- *                          that recomputes the context from its ids, see forward).
- *   kvdim = n_kv_heads * head_dim, pos_stride = n_layers * 3 * kvdim, float32.
+ *   kvdim = n_kv_heads * head_dim, pos_stride = n_layers * 2 * kvdim; elements are
+ *   float32 (KV_F32, the default) or IEEE half (KV_F16, phi3-run --kv-type f16: K and V
+ *   rounded to nearest even when written, widened exactly when read).
+ * (Session layout version 1 also stored K before RoPE as a third part: never read, since
+ * the LongRoPE switch recomputes the context from its ids, see forward.)
  */
+typedef enum kv_type { KV_F32 = 0, KV_F16 = 1 } kv_type;
+
 typedef struct kv_store {
-    float *base;
+    void *base;
     int capacity;                       /* positions that fit in base */
+    kv_type type;
 } kv_store;
 
-size_t kv_pos_floats(const struct phi3_model *m);      /* pos_stride above */
+size_t kv_pos_floats(const struct phi3_model *m);      /* pos_stride above, in elements */
+size_t kv_type_size(kv_type t);                        /* bytes per element: 4 or 2 */
+const char *kv_type_name(kv_type t);                   /* "f32", "f16" */
 
 typedef struct backend backend;
 
@@ -47,8 +54,8 @@ typedef struct backend_ops {
      * layout above (f32, rotated as rope_long says) whose token ids are ids (needed to
      * recompute the context at a LongRoPE switch); kv_save writes positions [from, to)
      * of the device cache back in that layout, at rows + p * pos_stride (rows is the
-     * base of the whole store, position 0, not the row of from) (K raw may be recovered by the inverse
-     * rotation, to the device's precision). 0 ok; -1 error in b->err. */
+     * base of the whole store, position 0, not the row of from). Rows are KV_F32. 0 ok;
+     * -1 error in b->err. */
     int (*kv_load)(backend *b, const int32_t *ids, const float *rows, int n, int rope_long);
     int (*kv_save)(backend *b, int from, int to, float *rows);
 } backend_ops;
@@ -63,12 +70,14 @@ struct backend {
 };
 
 /* CPU backend. kv: external storage (a session's shared memory) or NULL to allocate its
- * own, growing as needed up to max_ctx. With external kv the caller grows it via
+ * own (float32; backend_cpu_set_kv_type before the first forward picks half), growing as
+ * needed up to max_ctx. With external kv (of kv->type) the caller grows it via
  * backend_cpu_set_kv (and may resume a context of n_ctx positions already stored there,
  * rotated as rope_long says, whose token ids are ids). threads <= 0: every core. */
 backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads,
                          const kv_store *kv, char *err, size_t errlen);
 int backend_cpu_set_kv(backend *b, const kv_store *kv);
+int backend_cpu_set_kv_type(backend *b, kv_type t);    /* own store, empty context; 0 ok */
 int backend_cpu_resume(backend *b, const int32_t *ids, int n_ctx, int rope_long);
 /* Called by the CPU backend when external kv is too small for need positions; set by the
  * session code. Returns 0 after calling backend_cpu_set_kv with a larger store. */

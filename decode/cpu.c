@@ -23,7 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CHUNK 64                /* tokens per internal step of a long forward */
+#define CHUNK 256               /* tokens per internal step of a long forward (weights are
+                                   read from memory once per step) */
 
 typedef struct cpu {
     backend b;                  /* first: a backend* is a cpu* */
@@ -33,14 +34,14 @@ typedef struct cpu {
     kv_grow_fn grow;
     void *grow_ctx;
     int kvdim, qkvdim;          /* n_kv_heads * head_dim; (nh + 2 nkv) * head_dim */
-    size_t stride;              /* floats per position in kv (kv_pos_floats) */
+    size_t stride;              /* elements per position in kv (kv_pos_floats) */
+    size_t es;                  /* bytes per element: 4 (f32) or 2 (f16) */
     float *inv_freq[2];         /* [hd/2] short (or plain), long */
     float *x, *xb, *qkv, *att, *hb, *cs;   /* scratch for CHUNK tokens */
     int32_t *ids;               /* token ids of the context [kv.capacity] (re-prefill) */
     int ids_cap;
     float **scores;             /* per thread [att_scratch_floats()] */
     float **gscratch;           /* per thread [gemm_scratch_floats()] */
-    int kv_f16;                 /* K and V stored as IEEE half (--kv-type f16) */
     cpu_hidden_fn hook;
     void *hook_ctx;
 } cpu;
@@ -56,8 +57,11 @@ static int berr(cpu *c, const char *fmt, ...)
 
 size_t kv_pos_floats(const struct phi3_model *m)
 {
-    return (size_t)m->cfg.n_layers * 3 * m->cfg.n_kv_heads * m->cfg.head_dim;
+    return (size_t)m->cfg.n_layers * 2 * m->cfg.n_kv_heads * m->cfg.head_dim;
 }
+
+size_t kv_type_size(kv_type t) { return t == KV_F16 ? 2 : 4; }
+const char *kv_type_name(kv_type t) { return t == KV_F16 ? "f16" : "f32"; }
 
 /* ---- matmul: out[t * ldo + r] = W[row0 + r] . x[t * ldx], r < nrows, t < n ----
  * Every product follows the canonical dot order of decode/gemm.h (8 fmaf lanes along k,
@@ -111,9 +115,10 @@ static void rmsnorm(float *out, const float *x, const phi3_weight *w, int n, flo
     }
 }
 
-static float *kv_row(cpu *c, int pos, int layer)
+/* the bytes of row(pos, layer) of backend.h */
+static uint8_t *kv_row(cpu *c, int pos, int layer)
 {
-    return c->kv.base + (size_t)pos * c->stride + (size_t)layer * 3 * c->kvdim;
+    return (uint8_t *)c->kv.base + ((size_t)pos * c->stride + (size_t)layer * 2 * c->kvdim) * c->es;
 }
 
 /* ---- attention ----
@@ -130,7 +135,7 @@ static float *kv_row(cpu *c, int pos, int layer)
  * share the item, so a query's result is the same bits in a one-token step and in any
  * frame split (and in the scalar and AVX paths: the same fmaf per lane). */
 
-#define ATT_TQ 16
+#define ATT_TQ 64
 #define ATT_BK 64
 
 static size_t att_scratch_floats(int hd) { return (size_t)ATT_TQ * ATT_BK + (size_t)ATT_TQ * hd; }
@@ -209,6 +214,56 @@ AXPY_TILE(axpy_f16_c, , uint16_t, LDV_F16)
 AXPY_TILE(axpy_f32_avx, __attribute__((target("avx2,fma,f16c"))), float, LDV_F32)
 AXPY_TILE(axpy_f16_avx, __attribute__((target("avx2,fma,f16c"))), uint16_t, LDV_F16)
 
+/* Four queries with the same keys at once (AVX-512): o_q[i] = fmaf(e_q[k], v_k[i], o_q[i])
+ * for q < 4 (o_q = o + q * hd, e_q = e + q * ATT_BK), keys k < nk in order: per lane the
+ * same fmaf sequence as axpy_*, with each V row loaded once for the four. */
+#define AXPY4(NAME, T, LOAD16, LOADV)                                                  \
+    __attribute__((target("avx2,fma,f16c,avx512f"))) static void NAME(float *o, const float *e, const void *vv, \
+                                                                    size_t stride, int nk, int hd) \
+    {                                                                                  \
+        const T *v = vv;                                                               \
+        int i = 0;                                                                     \
+        for (; i + 32 <= hd; i += 32) {                                                \
+            __m512 a[4][2];                                                            \
+            for (int q = 0; q < 4; q++)                                                \
+                a[q][0] = _mm512_loadu_ps(o + q * hd + i), a[q][1] = _mm512_loadu_ps(o + q * hd + i + 16); \
+            for (int k = 0; k < nk; k++) {                                             \
+                const T *vk = v + k * stride + i;                                      \
+                __m512 v0 = LOAD16(vk), v1 = LOAD16(vk + 16);                          \
+                for (int q = 0; q < 4; q++) {                                          \
+                    __m512 ek = _mm512_set1_ps(e[q * ATT_BK + k]);                     \
+                    a[q][0] = _mm512_fmadd_ps(ek, v0, a[q][0]);                        \
+                    a[q][1] = _mm512_fmadd_ps(ek, v1, a[q][1]);                        \
+                }                                                                      \
+            }                                                                          \
+            for (int q = 0; q < 4; q++)                                                \
+                _mm512_storeu_ps(o + q * hd + i, a[q][0]), _mm512_storeu_ps(o + q * hd + i + 16, a[q][1]); \
+        }                                                                              \
+        for (; i + 16 <= hd; i += 16) {                                                \
+            __m512 a0 = _mm512_loadu_ps(o + i), a1 = _mm512_loadu_ps(o + hd + i);      \
+            __m512 a2 = _mm512_loadu_ps(o + 2 * hd + i), a3 = _mm512_loadu_ps(o + 3 * hd + i); \
+            for (int k = 0; k < nk; k++) {                                             \
+                __m512 vk = LOAD16(v + k * stride + i);                                \
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(e[k]), vk, a0);                    \
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(e[ATT_BK + k]), vk, a1);           \
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(e[2 * ATT_BK + k]), vk, a2);       \
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(e[3 * ATT_BK + k]), vk, a3);       \
+            }                                                                          \
+            _mm512_storeu_ps(o + i, a0), _mm512_storeu_ps(o + hd + i, a1);             \
+            _mm512_storeu_ps(o + 2 * hd + i, a2), _mm512_storeu_ps(o + 3 * hd + i, a3); \
+        }                                                                              \
+        for (int q = 0; q < 4; q++)                                                    \
+            for (int j = i; j < hd; j++) {                                             \
+                float acc = o[q * hd + j];                                             \
+                for (int k = 0; k < nk; k++) acc = fmaf(e[q * ATT_BK + k], LOADV(v + k * stride + j), acc); \
+                o[q * hd + j] = acc;                                                   \
+            }                                                                          \
+    }
+#define L16_F32(p) _mm512_loadu_ps(p)
+#define L16_F16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+AXPY4(axpy4_f32_z, float, L16_F32, LDV_F32)
+AXPY4(axpy4_f16_z, uint16_t, L16_F16, LDV_F16)
+
 typedef struct att_job {
     cpu *c;
     int layer, pos0, n;
@@ -223,11 +278,15 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
     int qtiles = (j->n + ATT_TQ - 1) / ATT_TQ;
     float scale = 1.0f / sqrtf((float)hd);
     float *sc = c->scores[tid], *obuf = sc + (size_t)ATT_TQ * ATT_BK;
-    const gemm_ops *kop = gemm_ops_for(c->kv_f16 ? ST_F16 : ST_F32);
+    int f16 = c->kv.type == KV_F16;
+    const gemm_ops *kop = gemm_ops_for(f16 ? ST_F16 : ST_F32);
     int vec = gemm_vec_level() > 0;
     void (*axpy)(float *, const float *, const void *, size_t, int, int) =
-        c->kv_f16 ? (vec ? axpy_f16_avx : axpy_f16_c) : (vec ? axpy_f32_avx : axpy_f32_c);
-    size_t es = c->kv_f16 ? 2 : 4, pstride = c->stride;      /* elements per position */
+        f16 ? (vec ? axpy_f16_avx : axpy_f16_c) : (vec ? axpy_f32_avx : axpy_f32_c);
+    void (*axpy4)(float *, const float *, const void *, size_t, int, int) =
+        gemm_vec_level() < 2 ? NULL : f16 ? axpy4_f16_z : axpy4_f32_z;
+    int ra[ATT_TQ], re[ATT_TQ];
+    size_t es = c->es, pstride = c->stride;      /* bytes per element, elements per position */
     for (int it = begin; it < end; it++) {
         int h = it / qtiles, t0 = (it % qtiles) * ATT_TQ, kh = h / group;
         int nq = j->n - t0 < ATT_TQ ? j->n - t0 : ATT_TQ;
@@ -237,7 +296,7 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
         memset(obuf, 0, (size_t)nq * hd * sizeof(float));
         const float *q0 = c->qkv + (size_t)t0 * c->qkvdim + (size_t)h * hd;
         int s0 = win > 0 && pfirst - win + 1 > 0 ? pfirst - win + 1 : 0;
-        const uint8_t *k0 = (const uint8_t *)kv_row(c, 0, j->layer) + (size_t)kh * hd * es;
+        const uint8_t *k0 = kv_row(c, 0, j->layer) + (size_t)kh * hd * es;
         const uint8_t *v0 = k0 + (size_t)c->kvdim * es;
         for (int kb = s0 / ATT_BK * ATT_BK; kb <= plast; kb += ATT_BK) {
             int ke = kb + ATT_BK - 1 < plast ? kb + ATT_BK - 1 : plast;   /* last key of the tile */
@@ -247,6 +306,7 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
             for (int i = 0; i < nq; i++) {
                 int p = pfirst + i, s = win > 0 && p - win + 1 > 0 ? p - win + 1 : 0;
                 int a = (kb > s ? kb : s) - kb, e = (ke < p ? ke : p) - kb;      /* tile offsets */
+                ra[i] = a, re[i] = e;
                 if (a > e) continue;
                 float *si = sc + (size_t)i * ATT_BK, *oi = obuf + (size_t)i * hd;
                 float mt = -INFINITY;
@@ -265,7 +325,20 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
                     si[k] = expf(si[k] - m[i]);
                     l[i] += si[k];
                 }
-                axpy(oi, si + a, v0 + (size_t)(kb + a) * pstride * es, pstride, e - a + 1, hd);
+            }
+            /* o += P V: four queries at once where they see the same keys of the tile */
+            for (int i = 0; i < nq;) {
+                int a = ra[i], e = re[i];
+                if (a > e) { i++; continue; }
+                const uint8_t *va = v0 + (size_t)(kb + a) * pstride * es;
+                if (axpy4 && i + 4 <= nq && ra[i + 3] == a && re[i + 3] == e && ra[i + 1] == a && re[i + 1] == e &&
+                    ra[i + 2] == a && re[i + 2] == e) {
+                    axpy4(obuf + (size_t)i * hd, sc + (size_t)i * ATT_BK + a, va, pstride, e - a + 1, hd);
+                    i += 4;
+                } else {
+                    axpy(obuf + (size_t)i * hd, sc + (size_t)i * ATT_BK + a, va, pstride, e - a + 1, hd);
+                    i++;
+                }
             }
         }
         for (int i = 0; i < nq; i++) {
@@ -323,9 +396,9 @@ static int ensure_capacity(cpu *c, int need)
     while (cap < need) cap *= 2;
     if (cap > c->b.max_ctx) cap = c->b.max_ctx;
     size_t bytes;
-    if (__builtin_mul_overflow((size_t)cap, c->stride * sizeof(float), &bytes))
+    if (__builtin_mul_overflow((size_t)cap, c->stride * c->es, &bytes))
         return berr(c, "KV cache of %ld positions is too large", cap);
-    float *p = realloc(c->kv.base, bytes);
+    void *p = realloc(c->kv.base, bytes);
     if (!p) return berr(c, "out of memory for a KV cache of %ld positions (%zu bytes)", cap, bytes);
     c->kv.base = p;
     c->kv.capacity = (int)cap;
@@ -361,14 +434,13 @@ static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int 
         for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &L->ln1, H, cf->rms_eps);
         matmul(c, &L->qkv, 0, c->qkvdim, c->xb, H, n, c->qkv, c->qkvdim);
         for (int t = 0; t < n; t++) {
-            float *q = c->qkv + (size_t)t * c->qkvdim, *k = q + nh * hd, *v = k + c->kvdim;
-            float *row = kv_row(c, pos0 + t, l);
+            float *q = c->qkv + (size_t)t * c->qkvdim, *k = q + nh * hd;   /* V follows K */
+            uint8_t *row = kv_row(c, pos0 + t, l);
             const float *cs = c->cs + (size_t)t * hd;
-            memcpy(row + 2 * c->kvdim, k, (size_t)c->kvdim * sizeof(float));   /* raw K */
             for (int h = 0; h < nh; h++) rope_apply(q + h * hd, cs, cs + hd / 2, hd);
             for (int h = 0; h < nkv; h++) rope_apply(k + h * hd, cs, cs + hd / 2, hd);
-            memcpy(row, k, (size_t)c->kvdim * sizeof(float));
-            memcpy(row + c->kvdim, v, (size_t)c->kvdim * sizeof(float));
+            if (c->kv.type == KV_F16) gemm_f32_to_f16(k, (uint16_t *)row, 2 * c->kvdim);   /* K, V adjacent */
+            else memcpy(row, k, 2 * (size_t)c->kvdim * sizeof(float));
         }
         att_job aj = {c, l, pos0, n};
         pool_run(c->pool, att_tiles, &aj, nh * ((n + ATT_TQ - 1) / ATT_TQ));
@@ -471,6 +543,7 @@ backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, c
     c->kvdim = cf->n_kv_heads * cf->head_dim;
     c->qkvdim = (cf->n_heads + 2 * cf->n_kv_heads) * cf->head_dim;
     c->stride = kv_pos_floats(m);
+    c->es = 4;
     for (int i = 0; i < 2; i++) {
         c->inv_freq[i] = xmalloc((size_t)cf->head_dim / 2 * sizeof(float));
         rope_inv_freq(cf, i, c->inv_freq[i]);
@@ -488,8 +561,10 @@ backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, c
         c->scores[t] = xmalloc(att_scratch_floats(cf->head_dim) * sizeof(float));
     c->gscratch = xcalloc((size_t)pool_threads(c->pool), sizeof *c->gscratch);
     for (int t = 0; t < pool_threads(c->pool); t++) c->gscratch[t] = xmalloc(gemm_scratch_floats() * sizeof(float));
-    if (kv) c->kv = *kv;
-    else c->own_kv = 1;
+    if (kv) {
+        c->kv = *kv;
+        c->es = kv_type_size(kv->type);
+    } else c->own_kv = 1;
     return &c->b;
 }
 
@@ -499,6 +574,20 @@ int backend_cpu_set_kv(backend *b, const kv_store *kv)
     if (c->own_kv) free(c->kv.base);
     c->own_kv = 0;
     c->kv = *kv;
+    c->es = kv_type_size(kv->type);
+    return 0;
+}
+
+int backend_cpu_set_kv_type(backend *b, kv_type t)
+{
+    cpu *c = (cpu *)b;
+    if (t == c->kv.type) return 0;
+    if (!c->own_kv || b->n_ctx > 0) return berr(c, "the KV type of a used or external store cannot change");
+    free(c->kv.base);
+    c->kv.base = NULL;
+    c->kv.capacity = 0;
+    c->kv.type = t;
+    c->es = kv_type_size(t);
     return 0;
 }
 
@@ -535,7 +624,7 @@ void backend_cpu_set_hidden_hook(backend *b, cpu_hidden_fn fn, void *ctx)
 size_t backend_cpu_kv_bytes(const backend *b)
 {
     const cpu *c = (const cpu *)b;
-    return c->own_kv ? (size_t)c->kv.capacity * c->stride * sizeof(float) : 0;
+    return c->own_kv ? (size_t)c->kv.capacity * c->stride * c->es : 0;
 }
 
 /* Every kernel path (AVX-512, AVX2, scalar) gives the same bits: the canonical order of

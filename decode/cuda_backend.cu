@@ -115,6 +115,7 @@ typedef struct cuda_ctx {
     cudaGraphExec_t gexec;
     int g_gen, g_long, graph_off;       /* the captured graph's kv_gen and rope mode */
     int kv_async;                       /* KV cache in stream-ordered memory (cu_kv_grow_async) */
+    int pdl;                            /* PHI3_CUDA_FAST=2 on sm_90+: programmatic dependent launch */
     cu_timing tm;
 } cuda_ctx;
 
@@ -169,10 +170,10 @@ static int cu_malloc(backend *b, void **p, size_t bytes, const char *what, const
 
 /* Y[ncols][N] (float32) = X[ncols][K] (bf16) * W[N][K]^T (bf16), float32 accumulation.
  * Row-major Y^T = W X^T is column-major C = A^T B with A = W (K x N, lda K), B = X. */
-static int cu_gemm(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncols, int K, int N,
-                   float *Y)
+static int cu_gemm_beta(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncols, int K, int N,
+                        float *Y, float beta)
 {
-    const float alpha = 1.0f, beta = 0.0f;
+    const float alpha = 1.0f;
     cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
     if (!cb->c.sgemm_ex)
         st = cublasGemmEx(cb->c.blas, CUBLAS_OP_T, CUBLAS_OP_N, N, ncols, K, &alpha, W,
@@ -189,6 +190,12 @@ static int cu_gemm(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncols, in
                        cb->c.sgemm_ex ? "cublasSgemmEx" : "cublasGemmEx", N, ncols, K,
                        cublasGetStatusString(st), __FILE__, __LINE__);
     return 0;
+}
+
+static int cu_gemm(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncols, int K, int N,
+                   float *Y)
+{
+    return cu_gemm_beta(cb, W, X, ncols, K, N, Y, 0.0f);
 }
 
 static int cu_blas_init(cuda_backend *cb)
@@ -539,7 +546,8 @@ static void tm_flush(cuda_backend *cb)
                 "gpu ms median %.4f p10 %.4f p90 %.4f; forward ms median %.4f; "
                 "interval ms median %.4f p10 %.4f p90 %.4f\n",
                 t->seg_ctx0, t->seg_ctx0 + n - 1, n,
-                cb->c.fast ? (cb->c.gexec && t->level < 2 ? "fast-graph" : "fast") : "default",
+                !cb->c.fast ? "default" : cb->c.gexec && t->level < 2
+                    ? (cb->c.pdl ? "pdl-graph" : "fast-graph") : (cb->c.pdl ? "pdl" : "fast"),
                 quantile(t->gpu, n, 1, 0.5, tmp), quantile(t->gpu, n, 1, 0.1, tmp),
                 quantile(t->gpu, n, 1, 0.9, tmp), quantile(t->host, n, 1, 0.5, tmp),
                 quantile(t->gap, n, 1, 0.5, tmp), quantile(t->gap, n, 1, 0.1, tmp),
@@ -738,7 +746,7 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
                 CU_TRY(b, kern_add(s, c->y, c->y, c->y + (size_t)n * qkvdim, (size_t)n * qkvdim));
             CU_TRY(b, fk_rope_qkv(s, c->y, n, NULL, pos0, nh, nkv, hd, c->inv_freq[use_long],
                                   c->attn_factor, flash ? NULL : c->qf, flash ? c->qb : NULL,
-                                  c->kc[l], c->vc[l]));
+                                  c->kc[l], c->vc[l], 0));
         } else {
             CU_TRY(b, kern_rope_qkv(s, c->y, split ? c->y + (size_t)n * qkvdim : NULL, n, pos0, nh,
                                     nkv, hd, c->inv_freq[use_long], c->attn_factor,
@@ -758,12 +766,19 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         CU_TRY(b, kern_split_bf16(s, c->att, c->act, split ? c->act + (size_t)n * qdim : NULL,
                                   (size_t)n * qdim));
         TL(OP_SPLIT);
-        if (cu_gemm(cb, L->o, c->act, cols, qdim, H, c->y))
-            return -1;
-        TL(OP_O);
-        CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
-                                    (size_t)n * H));
-        TL(OP_RESID);
+        if (c->fast && !split) {
+            /* opt-in: the residual add as the product's epilogue (beta = 1 into x) */
+            if (cu_gemm_beta(cb, L->o, c->act, cols, qdim, H, c->x, 1.0f))
+                return -1;
+            TL(OP_O);
+        } else {
+            if (cu_gemm(cb, L->o, c->act, cols, qdim, H, c->y))
+                return -1;
+            TL(OP_O);
+            CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
+                                        (size_t)n * H));
+            TL(OP_RESID);
+        }
         /* MLP block: x += down(up * silu(gate)) of ln2(x) */
         CU_TRY(b, kern_rmsnorm(s, c->x, L->ln2, n, H, cf->rms_eps, c->act,
                                split ? c->act + (size_t)n * H : NULL));
@@ -774,12 +789,18 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         CU_TRY(b, kern_swiglu(s, c->y, split ? c->y + (size_t)n * 2 * I : NULL, n, I, c->act,
                               split ? c->act + (size_t)n * I : NULL));
         TL(OP_SWIGLU);
-        if (cu_gemm(cb, L->down, c->act, cols, I, H, c->y))
-            return -1;
-        TL(OP_DOWN);
-        CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
-                                    (size_t)n * H));
-        TL(OP_RESID);
+        if (c->fast && !split) {
+            if (cu_gemm_beta(cb, L->down, c->act, cols, I, H, c->x, 1.0f))
+                return -1;
+            TL(OP_DOWN);
+        } else {
+            if (cu_gemm(cb, L->down, c->act, cols, I, H, c->y))
+                return -1;
+            TL(OP_DOWN);
+            CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
+                                        (size_t)n * H));
+            TL(OP_RESID);
+        }
     }
     return 0;
 }
@@ -824,26 +845,27 @@ static int cu_fast_enqueue(cuda_backend *cb, int use_long)
     cudaStream_t s = c->stream;
     CU_TRY(b, cudaMemcpyAsync(c->d_step, c->h_step, 2 * sizeof(int32_t), cudaMemcpyHostToDevice, s));
     TL(OP_COPY);
-    CU_TRY(b, fk_embed1(s, c->embed, c->d_step, H, c->x));
+    const int pdl = c->pdl;
+    CU_TRY(b, fk_embed1(s, c->embed, c->d_step, H, c->x, pdl));
     TL(OP_EMBED);
     for (int l = 0; l < cf->n_layers; l++) {
         const cu_layer *L = &c->layers[l];
-        CU_TRY(b, fk_gemv(s, L->qkv, qkvdim, H, c->x, L->ln1, eps, FK_STORE, c->y));
+        CU_TRY(b, fk_gemv(s, L->qkv, qkvdim, H, c->x, L->ln1, eps, FK_STORE, c->y, pdl));
         TL(OP_QKV);
         CU_TRY(b, fk_rope_qkv(s, c->y, 1, c->d_step + 1, 0, nh, nkv, hd, c->inv_freq[use_long],
-                              c->attn_factor, c->qf, NULL, c->kc[l], c->vc[l]));
+                              c->attn_factor, c->qf, NULL, c->kc[l], c->vc[l], pdl));
         TL(OP_ROPE);
         CU_TRY(b, fk_attn_decode(s, c->qf, c->kc[l], c->vc[l], c->d_step + 1, nh, nkv, hd, window,
-                                 c->nsplit, c->work, c->work_floats, c->att));
+                                 c->nsplit, c->work, c->work_floats, c->att, pdl));
         TL(OP_ATTN);
-        CU_TRY(b, fk_gemv(s, L->o, H, qdim, c->att, NULL, 0.f, FK_ADD, c->x));
+        CU_TRY(b, fk_gemv(s, L->o, H, qdim, c->att, NULL, 0.f, FK_ADD, c->x, pdl));
         TL(OP_O);
-        CU_TRY(b, fk_gemv(s, L->gate_up, 2 * I, H, c->x, L->ln2, eps, FK_SWIGLU, c->y));
+        CU_TRY(b, fk_gemv(s, L->gate_up, 2 * I, H, c->x, L->ln2, eps, FK_SWIGLU, c->y, pdl));
         TL(OP_GATEUP);
-        CU_TRY(b, fk_gemv(s, L->down, H, I, c->y, NULL, 0.f, FK_ADD, c->x));
+        CU_TRY(b, fk_gemv(s, L->down, H, I, c->y, NULL, 0.f, FK_ADD, c->x, pdl));
         TL(OP_DOWN);
     }
-    CU_TRY(b, fk_gemv(s, c->lm_head, V, H, c->x, c->norm, eps, FK_STORE, c->logits));
+    CU_TRY(b, fk_gemv(s, c->lm_head, V, H, c->x, c->norm, eps, FK_STORE, c->logits, pdl));
     TL(OP_LOGITS);
     CU_TRY(b, cudaMemcpyAsync(c->h_logits, c->logits, (size_t)V * sizeof(float),
                               cudaMemcpyDeviceToHost, s));
@@ -971,11 +993,11 @@ static int cu_truncate(backend *b, int n)
 }
 /* ---- sessions: rows in the CPU layout (backend.h) ---- */
 
-/* Positions per host <-> device pass: rows of 3 kvdim floats staged in the y buffer. */
+/* Positions per host <-> device pass: rows of 2 kvdim floats staged in the y buffer. */
 static int cu_kv_stage_rows(const cuda_backend *cb)
 {
     const phi3_config *cf = &cb->b.m->cfg;
-    size_t per = (size_t)3 * cf->n_kv_heads * cf->head_dim;
+    size_t per = (size_t)2 * cf->n_kv_heads * cf->head_dim;
     size_t r = (size_t)cb->c.rows * (size_t)cb->c.y_cols / per;
     return r > (size_t)CU_CHUNK ? CU_CHUNK : (int)r;
 }
@@ -1000,9 +1022,9 @@ static int cu_kv_load(backend *b, const int32_t *ids, const float *rows, int n, 
     for (int p0 = 0; p0 < n; p0 += step) {
         const int k = n - p0 < step ? n - p0 : step;
         for (int l = 0; l < cf->n_layers; l++) {
-            CU_TRY(b, cudaMemcpy2DAsync(c->y, 3 * kvdim * sizeof(float),
-                                        rows + (size_t)p0 * pos_floats + (size_t)l * 3 * kvdim,
-                                        pos_floats * sizeof(float), 3 * kvdim * sizeof(float),
+            CU_TRY(b, cudaMemcpy2DAsync(c->y, 2 * kvdim * sizeof(float),
+                                        rows + (size_t)p0 * pos_floats + (size_t)l * 2 * kvdim,
+                                        pos_floats * sizeof(float), 2 * kvdim * sizeof(float),
                                         (size_t)k, cudaMemcpyHostToDevice, c->stream));
             CU_TRY(b, kern_kv_import(c->stream, c->y, p0, k, (int)kvdim, c->kc[l], c->vc[l]));
         }
@@ -1032,9 +1054,9 @@ static int cu_kv_save(backend *b, int from, int to, float *rows)
         for (int l = 0; l < cf->n_layers; l++) {
             CU_TRY(b, kern_kv_export(c->stream, c->kc[l], c->vc[l], p0, k, cf->n_kv_heads,
                                      cf->head_dim, c->inv_freq[b->rope_long], c->attn_factor, c->y));
-            CU_TRY(b, cudaMemcpy2DAsync(rows + (size_t)p0 * pos_floats + (size_t)l * 3 * kvdim,
-                                        pos_floats * sizeof(float), c->y, 3 * kvdim * sizeof(float),
-                                        3 * kvdim * sizeof(float), (size_t)k,
+            CU_TRY(b, cudaMemcpy2DAsync(rows + (size_t)p0 * pos_floats + (size_t)l * 2 * kvdim,
+                                        pos_floats * sizeof(float), c->y, 2 * kvdim * sizeof(float),
+                                        2 * kvdim * sizeof(float), (size_t)k,
                                         cudaMemcpyDeviceToHost, c->stream));
             /* the staging buffer is reused by the next layer */
             CU_TRY(b, cudaStreamSynchronize(c->stream));
@@ -1154,7 +1176,9 @@ static int cu_init(cuda_backend *cb)
         c->split_max = CU_CHUNK / 2;
     const char *am = getenv("PHI3_CUDA_ATTN");     /* testing: force one attention kernel */
     c->attn_mode = am && !strcmp(am, "decode") ? 1 : am && !strcmp(am, "flash") ? 2 : 0;
-    c->fast = env_int("PHI3_CUDA_FAST", 0) == 1;   /* opt-in: kernels/fast.cuh */
+    /* opt-in: kernels/fast.cuh (1), and programmatic dependent launch in its decode step (2) */
+    const int fast_level = env_int("PHI3_CUDA_FAST", 0);
+    c->fast = fast_level == 1 || fast_level == 2;
     c->tm.level = env_int("PHI3_CUDA_TIMING", 0);
     if (c->tm.level) {
         CU_TRY(b, cudaEventCreate(&c->tm.e0));
@@ -1212,6 +1236,9 @@ static int cu_init(cuda_backend *cb)
         if (cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev) != cudaSuccess)
             cudaGetLastError();
         c->kv_async = pools != 0;
+        int major = 0;
+        CU_TRY(b, cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+        c->pdl = fast_level == 2 && major >= 9;
     }
 
     /* RoPE tables as the CPU backend computes them (decode/rope.c). */

@@ -151,23 +151,29 @@ float gemm_dot_f32(const float *a, const float *b, int n)
 
 /* ---- the blocked path ----
  * scratch: panel [GEMM_MB / 4 groups][GEMM_KC / 8 steps][4 rows][8], then the 8-lane
- * partial sums acc[GEMM_MB rows][GEMM_NB tokens][8], then one row's tail. */
+ * partial sums of GEMM_MB rows x n <= GEMM_NB tokens (see ACC), then one row's tail. */
 
 #define PANEL_FLOATS ((size_t)GEMM_MB * GEMM_KC)
 #define ACC_FLOATS ((size_t)GEMM_MB * GEMM_NB * 8)
-#define ACC_RS (GEMM_NB * 8)             /* acc floats per row */
 
 size_t gemm_scratch_floats(void) { return PANEL_FLOATS + ACC_FLOATS + GEMM_KC + 8; }
 
+_Static_assert(GEMM_MB % 8 == 0 && GEMM_KC % 8 == 0, "row blocks of whole 8-row tiles");
+
+/* The partial sums of row r, token t: 8 floats at ACC(acc, ps, r, t). Rows are paired
+ * (r, r + 1 side by side, 16 floats per token) so that an AVX-512 accumulator (two rows'
+ * 8 lanes) loads and stores whole; ps = 16 n floats per row pair. */
+#define ACC(acc, ps, r, t) ((acc) + (size_t)((r) >> 1) * (ps) + (size_t)(t) * 16 + ((r) & 1) * 8)
+
 /* 4 rows (one panel group) x T tokens, AVX2: 4T ymm accumulators. */
 AVX2 static inline __attribute__((always_inline)) void tile_y(const float *p, int ks, const float *x,
-                                                               size_t ldx, float *acc, const int T)
+                                                               size_t ldx, float *acc, size_t ps, const int T)
 {
     __m256 c[4][3];
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++)
 #pragma GCC unroll 3
-        for (int t = 0; t < T; t++) c[r][t] = _mm256_loadu_ps(acc + r * ACC_RS + t * 8);
+        for (int t = 0; t < T; t++) c[r][t] = _mm256_loadu_ps(ACC(acc, ps, r, t));
     for (int s = 0; s < ks; s++) {
         __m256 xv[3];
 #pragma GCC unroll 3
@@ -182,35 +188,32 @@ AVX2 static inline __attribute__((always_inline)) void tile_y(const float *p, in
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++)
 #pragma GCC unroll 3
-        for (int t = 0; t < T; t++) _mm256_storeu_ps(acc + r * ACC_RS + t * 8, c[r][t]);
+        for (int t = 0; t < T; t++) _mm256_storeu_ps(ACC(acc, ps, r, t), c[r][t]);
 }
 
-AVX2 static void tiles_y(const float *panel, int groups, int ks, const float *x, size_t ldx, int n, float *acc)
+AVX2 static void tiles_y(const float *panel, int groups, int ks, const float *x, size_t ldx, int n, float *acc,
+                         size_t ps)
 {
     for (int g = 0; g < groups; g++) {
         const float *p = panel + (size_t)g * GEMM_KC * 4;
-        float *a = acc + (size_t)g * 4 * ACC_RS;
+        float *a = acc + (size_t)2 * g * ps;      /* rows 4g.. = pairs 2g, 2g + 1 */
         int t = 0;
-        for (; t + 3 <= n; t += 3) tile_y(p, ks, x + t * ldx, ldx, a + t * 8, 3);
-        if (n - t == 2) tile_y(p, ks, x + t * ldx, ldx, a + t * 8, 2);
-        else if (n - t == 1) tile_y(p, ks, x + t * ldx, ldx, a + t * 8, 1);
+        for (; t + 3 <= n; t += 3) tile_y(p, ks, x + t * ldx, ldx, a + t * 16, ps, 3);
+        if (n - t == 2) tile_y(p, ks, x + t * ldx, ldx, a + t * 16, ps, 2);
+        else if (n - t == 1) tile_y(p, ks, x + t * ldx, ldx, a + t * 16, ps, 1);
     }
 }
 
 /* 8 rows (two panel groups) x T tokens, AVX-512: row pairs in zmm halves, 4T accumulators. */
 AVX512 static inline __attribute__((always_inline)) void tile_z(const float *p0, const float *p1, int ks,
                                                                  const float *x, size_t ldx, float *acc,
-                                                                 const int T)
+                                                                 size_t ps, const int T)
 {
     __m512 c[4][6];
 #pragma GCC unroll 4
     for (int q = 0; q < 4; q++)
 #pragma GCC unroll 6
-        for (int t = 0; t < T; t++) {
-            const float *a = acc + 2 * q * ACC_RS + t * 8;
-            c[q][t] = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(a)),
-                                         _mm256_loadu_ps(a + ACC_RS), 1);
-        }
+        for (int t = 0; t < T; t++) c[q][t] = _mm512_loadu_ps(acc + q * ps + t * 16);
     for (int s = 0; s < ks; s++) {
         __m512 w[4];
         w[0] = _mm512_loadu_ps(p0 + s * 32);
@@ -227,14 +230,11 @@ AVX512 static inline __attribute__((always_inline)) void tile_z(const float *p0,
 #pragma GCC unroll 4
     for (int q = 0; q < 4; q++)
 #pragma GCC unroll 6
-        for (int t = 0; t < T; t++) {
-            float *a = acc + 2 * q * ACC_RS + t * 8;
-            _mm256_storeu_ps(a, _mm512_castps512_ps256(c[q][t]));
-            _mm256_storeu_ps(a + ACC_RS, _mm512_extractf32x8_ps(c[q][t], 1));
-        }
+        for (int t = 0; t < T; t++) _mm512_storeu_ps(acc + q * ps + t * 16, c[q][t]);
 }
 
-AVX512 static void tiles_z(const float *panel, int groups, int ks, const float *x, size_t ldx, int n, float *acc)
+AVX512 static void tiles_z(const float *panel, int groups, int ks, const float *x, size_t ldx, int n, float *acc,
+                           size_t ps)
 {
     /* tokens outer, row groups inner: a tile's 6 activation rows stay in L1 while the
      * row block's panel (also in L1) passes under them */
@@ -244,27 +244,28 @@ AVX512 static void tiles_z(const float *panel, int groups, int ks, const float *
         for (int g = 0; g < g2; g += 2) {
             const float *p0 = panel + (size_t)g * GEMM_KC * 4, *p1 = p0 + (size_t)GEMM_KC * 4;
             const float *xt = x + t * ldx;
-            float *a = acc + (size_t)g * 4 * ACC_RS + t * 8;
+            float *a = acc + (size_t)2 * g * ps + t * 16;    /* pairs 2g .. 2g + 3 */
             switch (nt) {
-            case 6: tile_z(p0, p1, ks, xt, ldx, a, 6); break;
-            case 5: tile_z(p0, p1, ks, xt, ldx, a, 5); break;
-            case 4: tile_z(p0, p1, ks, xt, ldx, a, 4); break;
-            case 3: tile_z(p0, p1, ks, xt, ldx, a, 3); break;
-            case 2: tile_z(p0, p1, ks, xt, ldx, a, 2); break;
-            default: tile_z(p0, p1, ks, xt, ldx, a, 1); break;
+            case 6: tile_z(p0, p1, ks, xt, ldx, a, ps, 6); break;
+            case 5: tile_z(p0, p1, ks, xt, ldx, a, ps, 5); break;
+            case 4: tile_z(p0, p1, ks, xt, ldx, a, ps, 4); break;
+            case 3: tile_z(p0, p1, ks, xt, ldx, a, ps, 3); break;
+            case 2: tile_z(p0, p1, ks, xt, ldx, a, ps, 2); break;
+            default: tile_z(p0, p1, ks, xt, ldx, a, ps, 1); break;
             }
         }
     }
-    if (g2 < groups) tiles_y(panel + (size_t)g2 * GEMM_KC * 4, groups - g2, ks, x, ldx, n, acc + (size_t)g2 * 4 * ACC_RS);
+    if (g2 < groups) tiles_y(panel + (size_t)g2 * GEMM_KC * 4, groups - g2, ks, x, ldx, n, acc + (size_t)2 * g2 * ps, ps);
 }
 
 /* Scalar tile: the same per-lane fmaf sequence as dot_*_c. */
-static void tiles_c(const float *panel, int groups, int ks, const float *x, size_t ldx, int n, float *acc)
+static void tiles_c(const float *panel, int groups, int ks, const float *x, size_t ldx, int n, float *acc,
+                    size_t ps)
 {
     for (int g = 0; g < groups; g++)
         for (int r = 0; r < 4; r++)
             for (int t = 0; t < n; t++) {
-                float *a = acc + (size_t)(g * 4 + r) * ACC_RS + t * 8;
+                float *a = ACC(acc, ps, g * 4 + r, t);
                 const float *xt = x + t * ldx;
                 for (int s = 0; s < ks; s++) {
                     const float *w = panel + (size_t)g * GEMM_KC * 4 + s * 32 + r * 8;
@@ -273,12 +274,52 @@ static void tiles_c(const float *panel, int groups, int ks, const float *x, size
             }
 }
 
+/* out[t * ldo + r] = the canonical reduction of the 8 lanes of acc row r, token t, for
+ * r < rows, t < n; 8 rows at a time: an 8x8 transpose puts lane j of 8 outputs in one
+ * register, then the same tree ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) runs
+ * across outputs, stored as 8 consecutive floats of token t. acc has room (zeros) for
+ * rows rounded up to 8. */
+AVX2 static void reduce_avx(const float *acc, size_t ps, int rows, int n, float *out, size_t ldo)
+{
+    for (int r = 0; r < rows; r += 8)
+        for (int t = 0; t < n; t++) {
+            const float *a = ACC(acc, ps, r, t);      /* rows r, r + 1 at a, a + 8; next pair + ps */
+            __m256 r0 = _mm256_loadu_ps(a), r1 = _mm256_loadu_ps(a + 8), r2 = _mm256_loadu_ps(a + ps);
+            __m256 r3 = _mm256_loadu_ps(a + ps + 8), r4 = _mm256_loadu_ps(a + 2 * ps);
+            __m256 r5 = _mm256_loadu_ps(a + 2 * ps + 8), r6 = _mm256_loadu_ps(a + 3 * ps);
+            __m256 r7 = _mm256_loadu_ps(a + 3 * ps + 8);
+            __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1);
+            __m256 u2 = _mm256_unpacklo_ps(r2, r3), u3 = _mm256_unpackhi_ps(r2, r3);
+            __m256 u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5);
+            __m256 u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
+            __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xee);
+            __m256 v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xee);
+            __m256 v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xee);
+            __m256 v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xee);
+            /* lane j of rows r..r+7: lanes 0-3 from the low halves, 4-7 from the high */
+            __m256 l0 = _mm256_permute2f128_ps(v0, v4, 0x20), l1 = _mm256_permute2f128_ps(v1, v5, 0x20);
+            __m256 l2 = _mm256_permute2f128_ps(v2, v6, 0x20), l3 = _mm256_permute2f128_ps(v3, v7, 0x20);
+            __m256 l4 = _mm256_permute2f128_ps(v0, v4, 0x31), l5 = _mm256_permute2f128_ps(v1, v5, 0x31);
+            __m256 l6 = _mm256_permute2f128_ps(v2, v6, 0x31), l7 = _mm256_permute2f128_ps(v3, v7, 0x31);
+            __m256 sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(l0, l1), _mm256_add_ps(l2, l3)),
+                                       _mm256_add_ps(_mm256_add_ps(l4, l5), _mm256_add_ps(l6, l7)));
+            float *o = out + (size_t)t * ldo + r;
+            if (rows - r >= 8) _mm256_storeu_ps(o, sum);
+            else {
+                float tmp[8];
+                _mm256_storeu_ps(tmp, sum);
+                memcpy(o, tmp, (size_t)(rows - r) * sizeof(float));
+            }
+        }
+}
+
 static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, int rows,
                        const float *x, size_t ldx, int n, float *out, size_t ldo, float *scratch)
 {
     float *panel = scratch, *acc = scratch + PANEL_FLOATS, *tail = acc + ACC_FLOATS;
     int K8 = K & ~7, groups = (rows + 3) / 4;
-    memset(acc, 0, (size_t)groups * 4 * ACC_RS * sizeof(float));   /* padded rows too */
+    size_t ps = (size_t)n * 16;                  /* acc floats per row pair */
+    memset(acc, 0, (size_t)((rows + 7) & ~7) / 2 * ps * sizeof(float));   /* padded rows too */
     for (int kb = 0; kb < K8; kb += GEMM_KC) {
         int kc = K8 - kb < GEMM_KC ? K8 - kb : GEMM_KC, ks = kc / 8;
         for (int r = 0; r < groups * 4; r++) {
@@ -291,14 +332,18 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
             for (int s = 0; s < ks; s++) memcpy(dst + s * 32, tail + s * 8, 8 * sizeof(float));
         }
         const float *xb = x + kb;
-        if (op->vec == 2) tiles_z(panel, groups, ks, xb, ldx, n, acc);
-        else if (op->vec == 1) tiles_y(panel, groups, ks, xb, ldx, n, acc);
-        else tiles_c(panel, groups, ks, xb, ldx, n, acc);
+        if (op->vec == 2) tiles_z(panel, groups, ks, xb, ldx, n, acc, ps);
+        else if (op->vec == 1) tiles_y(panel, groups, ks, xb, ldx, n, acc, ps);
+        else tiles_c(panel, groups, ks, xb, ldx, n, acc, ps);
     }
-    for (int r = 0; r < rows; r++) {
-        if (K8 < K) op->cvt(w + (size_t)r * row_bytes, K8, K - K8, tail);
+    if (op->vec) reduce_avx(acc, ps, rows, n, out, ldo);
+    else
+        for (int t = 0; t < n; t++)
+            for (int r = 0; r < rows; r++) out[(size_t)t * ldo + r] = reduce8(ACC(acc, ps, r, t));
+    for (int r = 0; r < rows && K8 < K; r++) {
+        op->cvt(w + (size_t)r * row_bytes, K8, K - K8, tail);
         for (int t = 0; t < n; t++) {
-            float v = reduce8(acc + (size_t)r * ACC_RS + t * 8);
+            float v = out[(size_t)t * ldo + r];
             const float *xt = x + t * ldx;
             for (int k = K8; k < K; k++) v = fmaf(tail[k - K8], xt[k], v);
             out[(size_t)t * ldo + r] = v;
@@ -328,4 +373,46 @@ void gemm_rows(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, in
                        out + (size_t)t * ldo + rb, ldo, scratch);
         }
     }
+}
+
+/* ---- float32 -> IEEE half (the f16 KV cache) ---- */
+
+static uint16_t f32_to_f16_c(float v)
+{
+    uint32_t f;
+    memcpy(&f, &v, sizeof f);
+    uint32_t sign = (f >> 16) & 0x8000u;
+    f &= 0x7fffffffu;
+    uint16_t o;
+    if (f > 0x7f800000u) o = (uint16_t)(0x7e00u | ((f >> 13) & 0x3ffu));      /* NaN: quiet */
+    else if (f >= 0x47800000u) o = 0x7c00;                                    /* >= 65536: inf */
+    else if (f < 0x38800000u) {
+        /* below 2^-14: a half subnormal; adding 0.5 aligns the bits and rounds (RNE) */
+        float x, magic = 0.5f;
+        memcpy(&x, &f, sizeof x);
+        x += magic;
+        uint32_t r;
+        memcpy(&r, &x, sizeof r);
+        o = (uint16_t)(r - 0x3f000000u);
+    } else {
+        uint32_t odd = (f >> 13) & 1u;
+        f += 0xc8000fffu + odd;           /* rebias the exponent (-112 << 23), round to even */
+        o = (uint16_t)(f >> 13);
+    }
+    return (uint16_t)(o | sign);
+}
+
+AVX2 static void f32_to_f16_avx(const float *src, uint16_t *dst, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = f32_to_f16_c(src[i]);
+}
+
+void gemm_f32_to_f16(const float *src, uint16_t *dst, int n)
+{
+    if (gemm_vec_level()) f32_to_f16_avx(src, dst, n);
+    else
+        for (int i = 0; i < n; i++) dst[i] = f32_to_f16_c(src[i]);
 }

@@ -20,8 +20,8 @@
 #include <stdint.h>
 
 #define GEMM_MB 16              /* rows per block: the unit of work the thread pool shares */
-#define GEMM_NB 64              /* tokens per pass over a row block */
-#define GEMM_KC 256             /* columns per packed panel (a multiple of 256: quant blocks) */
+#define GEMM_NB 128             /* tokens per pass over a row block */
+#define GEMM_KC 512             /* columns per packed panel (a multiple of 256: quant blocks) */
 
 typedef struct gemm_ops {
     /* one row . one token, canonical order */
@@ -47,6 +47,10 @@ size_t gemm_scratch_floats(void);
  * r has K columns at w + r * row_bytes. Single-threaded; the caller splits rows. */
 void gemm_rows(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, int r0, int r1,
                const float *x, size_t ldx, int n, float *out, size_t ldo, float *scratch);
+
+/* dst[i] = src[i] as IEEE half, round to nearest even (F16C or the same in C; NaN stays
+ * a quiet NaN with the top of its payload, as F16C does). */
+void gemm_f32_to_f16(const float *src, uint16_t *dst, int n);
 
 /* Canonical-order dot of two float32 vectors (attention scores). */
 float gemm_dot_f32(const float *a, const float *b, int n);

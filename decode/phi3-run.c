@@ -33,6 +33,9 @@ static const char usage[] =
 "      --threads N        CPU threads (default: every core)\n"
 "      --all-logits       one logits frame per input position (pos = position + 1)\n"
 "      --ctx N            context limit in positions (default max_position_embeddings)\n"
+"      --kv-type T        CPU backend: f32 (default; logits within 1e-5 of transformers)\n"
+"                         or f16 (half the KV memory and session size); a session\n"
+"                         keeps its type, and without --kv-type a run takes it\n"
 "  -v, --verbose          model, weights, context size and memory on stderr\n"
 "  -q, --quiet            no backend line from --backend auto\n"
 "      --session NAME     keep the context in the shared-memory session NAME and reuse\n"
@@ -54,7 +57,7 @@ static const char usage[] =
 "2 the command line cannot be understood.\n";
 
 enum { OPT_BACKEND = 256, OPT_THREADS, OPT_ALL, OPT_CTX, OPT_VERSION, OPT_SESSION, OPT_NOWAIT,
-       OPT_SLIST, OPT_SINFO, OPT_SRM, OPT_STATS };
+       OPT_SLIST, OPT_SINFO, OPT_SRM, OPT_STATS, OPT_KVTYPE };
 
 /* The state of one run: the model, its backend, the output stream. */
 typedef struct run {
@@ -220,7 +223,7 @@ int main(int argc, char **argv)
 {
     phi3_init("phi3-run");
     const char *mdir = NULL, *bname = "auto", *sname = NULL, *sinfo = NULL, *srm = NULL;
-    int nowait = 0, slist = 0, stats = 0;
+    int nowait = 0, slist = 0, stats = 0, kvt = -1;
     long threads = 0, ctx = 0;
     int all = 0, verbose = 0, quiet = 0, c;
     static const struct option opts[] = {
@@ -231,7 +234,7 @@ int main(int argc, char **argv)
         {"version", no_argument, 0, OPT_VERSION}, {"session", required_argument, 0, OPT_SESSION},
         {"no-wait", no_argument, 0, OPT_NOWAIT}, {"session-list", no_argument, 0, OPT_SLIST},
         {"session-info", required_argument, 0, OPT_SINFO}, {"session-rm", required_argument, 0, OPT_SRM},
-        {"stats", no_argument, 0, OPT_STATS}, {0, 0, 0, 0}};
+        {"stats", no_argument, 0, OPT_STATS}, {"kv-type", required_argument, 0, OPT_KVTYPE}, {0, 0, 0, 0}};
     while ((opterr = 0, c = getopt_long(argc, argv, ":m:vqh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': mdir = optarg; break;
@@ -249,12 +252,19 @@ int main(int argc, char **argv)
         case OPT_SINFO: sinfo = optarg; break;
         case OPT_SRM: srm = optarg; break;
         case OPT_STATS: stats = 1; break;
+        case OPT_KVTYPE:
+            if (!strcmp(optarg, "f32")) kvt = KV_F32;
+            else if (!strcmp(optarg, "f16")) kvt = KV_F16;
+            else phi3_usage_die("--kv-type: expected f32 or f16, got '%s'", optarg);
+            break;
         default: phi3_bad_option(argv, c);
         }
     }
     if (optind < argc) phi3_usage_die("unexpected operand '%s' (see --help)", argv[optind]);
     if (strcmp(bname, "auto") && strcmp(bname, "cpu") && strcmp(bname, "cuda"))
         phi3_usage_die("--backend: expected auto, cpu or cuda, got '%s'", bname);
+    if (kvt == KV_F16 && !strcmp(bname, "cuda"))
+        phi3_usage_die("--kv-type f16 applies to the CPU backend (the CUDA backend keeps its own fp16 cache)");
     if (slist + !!sinfo + !!srm > 1 || ((slist || sinfo || srm) && sname))
         phi3_usage_die("--session-list, --session-info, --session-rm and --session exclude each other");
     if (slist || sinfo || srm) {   /* session management: no model */
@@ -275,13 +285,14 @@ int main(int argc, char **argv)
     const phi3_config *cf = &r.m->cfg;
     if (ctx > cf->max_pos)
         phi3_die("--ctx %ld exceeds max_position_embeddings %d of %s", ctx, cf->max_pos, mdir);
-    int use_cuda = !strcmp(bname, "cuda") || (!strcmp(bname, "auto") && backend_cuda_available());
-    if (sname && !(r.s = session_open(sname, r.m, (int)ctx, nowait, err, sizeof err))) phi3_die("%s", err);
+    int use_cuda = !strcmp(bname, "cuda") || (!strcmp(bname, "auto") && kvt != KV_F16 && backend_cuda_available());
+    if (sname && !(r.s = session_open_kv(sname, r.m, (int)ctx, nowait, kvt, err, sizeof err))) phi3_die("%s", err);
     kv_store kv;
     if (r.s) kv = session_kv(r.s);     /* CPU: the KV cache lives in the session's memory */
     if (use_cuda) r.b = backend_cuda_new(r.m, (int)ctx, err, sizeof err);
     else r.b = backend_cpu_new(r.m, (int)ctx, (int)threads, r.s ? &kv : NULL, err, sizeof err);
     if (!r.b) phi3_die("%s backend: %s", use_cuda ? "cuda" : "cpu", err);
+    if (!use_cuda && !r.s && kvt == KV_F16 && backend_cpu_set_kv_type(r.b, KV_F16)) phi3_die("%s", r.b->err);
     if (r.s) session_attach(r.s, r.b, (int)threads);
     if (!strcmp(bname, "auto") && !quiet)
         phi3_err("backend %s%s", r.b->ops->name, use_cuda ? "" : " (no CUDA device)");
@@ -291,8 +302,9 @@ int main(int argc, char **argv)
                  mdir, cf->n_layers, cf->hidden, cf->n_heads, cf->n_kv_heads, cf->vocab,
                  cf->rope_longrope ? "longrope" : "rope", r.m->weight_bytes / 1048576.0, r.m->n_shards,
                  r.m->fingerprint_hex, now_sec() - t0);
-        phi3_err("context limit %d positions (KV %.1f KiB per position)", r.b->max_ctx,
-                 kv_pos_floats(r.m) * 4 / 1024.0);
+        kv_type t = r.s ? session_kv(r.s).type : kvt == KV_F16 ? KV_F16 : KV_F32;
+        phi3_err("context limit %d positions (KV %s, %.1f KiB per position)", r.b->max_ctx, kv_type_name(t),
+                 kv_pos_floats(r.m) * kv_type_size(t) / 1024.0);
     }
 
     if (stats) {

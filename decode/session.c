@@ -29,7 +29,8 @@
 #include <unistd.h>
 
 #define MAGIC "PHI3SESS"
-#define DTYPE_F32 1
+#define DTYPE_F32 1                     /* header dtype: the KV element type */
+#define DTYPE_F16 2
 #define SHM_DIR "/dev/shm"              /* where Linux keeps POSIX shm objects (listing only) */
 
 typedef struct sess_commit {
@@ -37,12 +38,14 @@ typedef struct sess_commit {
     uint32_t kernel;                    /* what computed the rows (KERNEL_*); 0 unknown */
 } sess_commit;
 
-/* The rows' kernel path: a session is reused only by the path that wrote it (the CPU's
- * AVX2 and portable kernels round differently; a device is not bit-identical at all). */
+/* The rows' kernel path: a session is reused only by the path that wrote it. Every CPU
+ * path gives the same bits (decode/gemm.h's canonical order), so all record KERNEL_CPU_AVX2,
+ * named "cpu"; KERNEL_CPU_C is kept for objects written before the paths agreed. A device
+ * is not bit-identical to the CPU at all. */
 enum { KERNEL_UNKNOWN, KERNEL_CPU_AVX2, KERNEL_CPU_C, KERNEL_DEVICE };
 static const char *kernel_name(uint32_t k)
 {
-    return k == KERNEL_CPU_AVX2 ? "cpu-avx2" : k == KERNEL_CPU_C ? "cpu-c" : k == KERNEL_DEVICE ? "device" : "unknown";
+    return k == KERNEL_CPU_AVX2 ? "cpu" : k == KERNEL_CPU_C ? "cpu-c" : k == KERNEL_DEVICE ? "device" : "unknown";
 }
 
 typedef struct sess_hdr {
@@ -68,7 +71,7 @@ struct session {
     size_t map_len, file_len;
     sess_hdr *hdr;
     int32_t *ids;
-    float *rows;
+    void *rows;
     session_state st;                   /* shapes and offsets (validated) */
     int limit;                          /* growth bound: --ctx or max_pos */
     int count, rope_long;               /* committed state (mirrors the header) */
@@ -149,18 +152,23 @@ int session_validate_part(const void *buf, size_t avail, size_t size, const sess
     if (size < sizeof h) return seterr(err, errlen, "truncated object (%zu bytes, header is %zu)", size, sizeof h);
     if (avail < sizeof h) return seterr(err, errlen, "header not read (%zu bytes)", avail);
     memcpy(&h, buf, sizeof h);
+    if (h.version < SESSION_VERSION)
+        return seterr(err, errlen, "made by an older version of phi3-run (layout version %u, this one reads %d)",
+                      h.version, SESSION_VERSION);
     if (h.version != SESSION_VERSION)
-        return seterr(err, errlen, "layout version %u, this phi3 reads version %d", h.version, SESSION_VERSION);
+        return seterr(err, errlen, "made by a newer version of phi3-run (layout version %u, this one reads %d)",
+                      h.version, SESSION_VERSION);
     if (crc32_update(0, &h, offsetof(sess_hdr, static_crc)) != h.static_crc)
         return seterr(err, errlen, "corrupt header (checksum mismatch)");
-    if (h.hdr_bytes != SESSION_HDR_BYTES || h.dtype != DTYPE_F32)
+    if (h.hdr_bytes != SESSION_HDR_BYTES || (h.dtype != DTYPE_F32 && h.dtype != DTYPE_F16))
         return seterr(err, errlen, "corrupt header (header size %u, dtype %u)", h.hdr_bytes, h.dtype);
     /* Shapes in sane ranges before any size arithmetic (all products stay < 2^63). */
     if (h.n_layers < 1 || h.n_layers > 4096 || h.n_kv_heads < 1 || h.n_kv_heads > 4096 ||
         h.head_dim < 1 || h.head_dim > 4096 || h.vocab < 1 || h.vocab > (1u << 28) ||
         h.max_pos < 1 || h.max_pos > (1u << 24) || h.orig_max < 1 || h.orig_max > h.max_pos)
         return seterr(err, errlen, "corrupt header (shape out of range)");
-    uint64_t pf = (uint64_t)h.n_layers * 3 * h.n_kv_heads * h.head_dim;
+    uint64_t pf = (uint64_t)h.n_layers * 2 * h.n_kv_heads * h.head_dim;
+    uint64_t es = h.dtype == DTYPE_F16 ? 2 : 4;
     if (h.pos_floats != pf || h.ids_off != SESSION_HDR_BYTES ||
         h.kv_off != SESSION_HDR_BYTES + ids_bytes_for(h.max_pos))
         return seterr(err, errlen, "corrupt header (layout does not follow from the shapes)");
@@ -175,7 +183,7 @@ int session_validate_part(const void *buf, size_t avail, size_t size, const sess
     }
     if (h.capacity > h.max_pos)
         return seterr(err, errlen, "corrupt header (capacity %u > %u positions)", h.capacity, h.max_pos);
-    uint64_t need = h.kv_off + (uint64_t)h.capacity * pf * sizeof(float);
+    uint64_t need = h.kv_off + (uint64_t)h.capacity * pf * es;
     if (need > size)
         return seterr(err, errlen, "truncated object (%zu bytes, its %u positions need %llu)", size,
                       h.capacity, (unsigned long long)need);
@@ -201,6 +209,7 @@ int session_validate_part(const void *buf, size_t avail, size_t size, const sess
     st->max_pos = (int)h.max_pos;
     st->orig_max = (int)h.orig_max;
     st->pos_floats = (size_t)pf;
+    st->kv_type = h.dtype == DTYPE_F16 ? KV_F16 : KV_F32;
     st->ids_off = (size_t)h.ids_off;
     st->kv_off = (size_t)h.kv_off;
     st->capacity = (int)h.capacity;
@@ -277,7 +286,7 @@ static void set_pointers(session *s)
 {
     s->hdr = (sess_hdr *)s->map;
     s->ids = (int32_t *)(s->map + s->st.ids_off);
-    s->rows = (float *)(s->map + s->st.kv_off);
+    s->rows = s->map + s->st.kv_off;
 }
 
 /* Store the committed state: rows and ids are written before (release order); a lowered
@@ -321,14 +330,14 @@ static int init_object(session *s, const session_expect *e, char *err, size_t er
     h->version = SESSION_VERSION;
     h->hdr_bytes = SESSION_HDR_BYTES;
     h->fingerprint = e->fingerprint;
-    h->dtype = DTYPE_F32;
+    h->dtype = s->st.kv_type == KV_F16 ? DTYPE_F16 : DTYPE_F32;
     h->n_layers = (uint32_t)e->n_layers;
     h->n_kv_heads = (uint32_t)e->n_kv_heads;
     h->head_dim = (uint32_t)e->head_dim;
     h->vocab = (uint32_t)e->vocab;
     h->max_pos = (uint32_t)e->max_pos;
     h->orig_max = (uint32_t)e->orig_max;
-    h->pos_floats = (uint64_t)e->n_layers * 3 * e->n_kv_heads * e->head_dim;
+    h->pos_floats = (uint64_t)e->n_layers * 2 * e->n_kv_heads * e->head_dim;
     h->ids_off = SESSION_HDR_BYTES;
     h->kv_off = kv_off;
     memcpy(h->magic, MAGIC, sizeof h->magic);       /* in the checksum; published below */
@@ -342,6 +351,12 @@ static int init_object(session *s, const session_expect *e, char *err, size_t er
 session *session_open(const char *name, const struct phi3_model *m, int max_ctx, int nowait,
                       char *err, size_t errlen)
 {
+    return session_open_kv(name, m, max_ctx, nowait, -1, err, errlen);
+}
+
+session *session_open_kv(const char *name, const struct phi3_model *m, int max_ctx, int nowait, int kv,
+                         char *err, size_t errlen)
+{
     if (session_name_check(name, err, errlen)) return NULL;
     session_expect e;
     session_expect_model(m, &e);
@@ -352,6 +367,7 @@ session *session_open(const char *name, const struct phi3_model *m, int max_ctx,
     session *s = xcalloc(1, sizeof *s);
     snprintf(s->name, sizeof s->name, "%s", name);
     s->fd = -1;
+    s->st.kv_type = kv == KV_F16 ? KV_F16 : KV_F32;       /* of a new object */
     s->limit = max_ctx > 0 && max_ctx < e.max_pos ? max_ctx : e.max_pos;
     char path[SESSION_NAME_MAX + 16];
     shm_path(path, sizeof path, name);
@@ -392,7 +408,7 @@ session *session_open(const char *name, const struct phi3_model *m, int max_ctx,
             shm_unlink(path);
             goto fail;
         }
-        s->st.pos_floats = (size_t)e.n_layers * 3 * e.n_kv_heads * e.head_dim;
+        s->st.pos_floats = (size_t)e.n_layers * 2 * e.n_kv_heads * e.head_dim;
         s->st.ids_off = SESSION_HDR_BYTES;
         s->st.kv_off = s->map_len;
         s->st.max_pos = e.max_pos;
@@ -410,6 +426,12 @@ session *session_open(const char *name, const struct phi3_model *m, int max_ctx,
         char why[200];
         if (session_validate(s->map, s->map_len, &e, 1, &s->st, why, sizeof why)) {
             seterr(err, errlen, "session %s: %s (left as is; --session-rm %s removes it)", name, why, name);
+            goto fail;
+        }
+        if (kv >= 0 && (int)s->st.kv_type != kv) {
+            seterr(err, errlen, "session %s holds a %s KV cache, this run asks for --kv-type %s (left as is; "
+                   "use --kv-type %s, or --session-rm %s)", name, kv_type_name(s->st.kv_type),
+                   kv_type_name((kv_type)kv), kv_type_name(s->st.kv_type), name);
             goto fail;
         }
     }
@@ -453,7 +475,7 @@ int session_rope_long(const session *s) { return s->rope_long; }
 
 kv_store session_kv(const session *s)
 {
-    kv_store kv = {s->rows, s->st.capacity};
+    kv_store kv = {s->rows, s->st.capacity, s->st.kv_type};
     return kv;
 }
 
@@ -467,7 +489,7 @@ int session_reserve(session *s, int need, char *err, size_t errlen)
     if (cap < need) cap = need;
     cap = (cap + 63) / 64 * 64;
     if (cap > s->limit) cap = s->limit;
-    size_t pos_bytes = s->st.pos_floats * sizeof(float), len;
+    size_t pos_bytes = s->st.pos_floats * kv_type_size(s->st.kv_type), len;
     if (__builtin_mul_overflow((size_t)cap, pos_bytes, &len) || __builtin_add_overflow(len, s->st.kv_off, &len))
         return seterr(err, errlen, "session %s: %ld positions are too large", s->name, cap);
     if (len > s->file_len) {
@@ -521,6 +543,7 @@ static int scratch_step(session *s, backend *b, const int32_t *x, int n, float *
     if (!s->scratch) {
         s->scratch = backend_cpu_new(b->m, b->max_ctx, s->threads, NULL, err, errlen);
         if (!s->scratch) return -1;
+        if (backend_cpu_set_kv_type(s->scratch, s->st.kv_type)) return seterr(err, errlen, "%s", s->scratch->err);
     }
     /* The scratch starts empty (or behind, after a rewind into a stored long context
      * from a long run): bring it to the run's context, whose ids [0, cur) are a prefix of
@@ -584,6 +607,10 @@ static int sess_step(session *s, backend *b, const int32_t *x, int n, float *log
     int dev = !is_cpu(b);
     if (dev && (!b->ops->kv_load || !b->ops->kv_save))
         return seterr(err, errlen, "the %s backend cannot use sessions (no kv_load/kv_save)", b->ops->name);
+    if (dev && s->st.kv_type != KV_F32)
+        return seterr(err, errlen, "session %s holds a %s KV cache (--kv-type %s on the CPU backend); the %s "
+                      "backend reads f32 sessions", s->name, kv_type_name(s->st.kv_type),
+                      kv_type_name(s->st.kv_type), b->ops->name);
     int rerun = !keep && r > 0 && lf != LC;     /* the forward recomputes rows [0, r) */
     if (!keep) {
         if (rerun) commit(s, 0, lf, 0);
@@ -817,7 +844,7 @@ int session_info(const char *name, FILE *out, char *err, size_t errlen)
         json_object_set_new(o, "name", json_string(name));
         json_object_set_new(o, "model", json_string(fp));
         json_object_set_new(o, "version", json_integer(SESSION_VERSION));
-        json_object_set_new(o, "dtype", json_string("f32"));
+        json_object_set_new(o, "dtype", json_string(kv_type_name(st.kv_type)));
         json_object_set_new(o, "layers", json_integer(st.n_layers));
         json_object_set_new(o, "kv_heads", json_integer(st.n_kv_heads));
         json_object_set_new(o, "head_dim", json_integer(st.head_dim));

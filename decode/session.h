@@ -11,7 +11,7 @@
 
 struct phi3_model;
 
-#define SESSION_VERSION 1
+#define SESSION_VERSION 2                /* 2: rows of K rotated + V (1 also held K raw) */
 #define SESSION_HDR_BYTES 4096          /* header page; token ids follow, then the KV rows */
 #define SESSION_PREFIX "phi3."          /* NAME is the object "/phi3.NAME" (/dev/shm/phi3.NAME) */
 #define SESSION_NAME_MAX 200
@@ -28,7 +28,8 @@ void session_expect_model(const struct phi3_model *m, session_expect *e);
 typedef struct session_state {
     uint64_t fingerprint;
     int n_layers, n_kv_heads, head_dim, vocab, max_pos, orig_max;
-    size_t pos_floats;                  /* floats per position (backend.h row layout) */
+    size_t pos_floats;                  /* elements per position (backend.h row layout) */
+    kv_type kv_type;                    /* element type of the rows */
     size_t ids_off, kv_off;             /* byte offsets of the id array and the KV rows */
     int capacity;                       /* positions the object has room for */
     int count;                          /* committed tokens */
@@ -61,6 +62,11 @@ typedef struct session session;
  * (<= max_pos) bounds growth. NULL with one line in err; a bad object is left as is. */
 session *session_open(const char *name, const struct phi3_model *m, int max_ctx, int nowait,
                       char *err, size_t errlen);
+/* The same with a KV element type: kv (a kv_type) is the type of a new object and must
+ * match an existing one's (else an error naming both); kv < 0 takes an existing object's
+ * type (f32 for a new one). session_kv(s).type tells which. */
+session *session_open_kv(const char *name, const struct phi3_model *m, int max_ctx, int nowait, int kv,
+                         char *err, size_t errlen);
 /* End of the run: a run that is still a prefix of the stored context (and got at least
  * one token) truncates it to what it saw; then unmap and release the lock. */
 void session_close(session *s);

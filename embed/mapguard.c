@@ -55,8 +55,16 @@ void mapguard_add(const void *addr, size_t len, const char *path)
         sigemptyset(&sa.sa_mask);
         if (sigaction(SIGBUS, &sa, &old_bus) == 0) installed = 1;
     }
+    /* The path as the line quotes it: control characters escaped (\xNN), so a crafted
+     * name cannot forge a second line or drive the terminal. */
+    char q[720];
+    size_t o = 0;
+    for (const unsigned char *c = (const unsigned char *)path; *c && o + 5 < sizeof q; c++)
+        if (*c < 0x20 || *c == 0x7f) o += (size_t)snprintf(q + o, sizeof q - o, "\\x%02x", *c);
+        else q[o++] = (char)*c;
+    q[o] = 0;
     char msg[1024];
-    int n = snprintf(msg, sizeof msg, "%s: %.900s changed under the mmap (truncated?)\n", phi3_prog, path);
+    int n = snprintf(msg, sizeof msg, "%s: %s changed under the mmap (truncated?)\n", phi3_prog, q);
     size_t ml = n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1;
     guard *g;
     for (g = head; g; g = g->next)

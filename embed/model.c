@@ -1,6 +1,7 @@
 /* model.c: load a Hugging Face Phi-3 directory: config.json, the safetensors shard(s),
  * every weight bound with the dtype and shape the forward pass expects, a fingerprint. */
 #include "embed/model.h"
+#include "embed/jscan.h"
 #include "shared/util.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -275,12 +276,29 @@ void model_to_f32(st_dtype d, const void *src, float *dst, size_t n)
 
 /* ---- the directory ---- */
 
+/* The index's weight_map: tensor name -> shard, sorted by name (parsed with jscan: no
+ * JSON tree, so a 16 MiB index costs about its own size, not 17x). */
+typedef struct wentry {
+    const char *name;
+    int shard;           /* into m->shards */
+} wentry;
+
+typedef struct wmap {
+    wentry *e;           /* the names follow the entries in the same allocation */
+    size_t n;
+} wmap;
+
 typedef struct loader {
     phi3_model *m;
-    json_t *wmap;        /* index weight_map, or NULL for a single file */
+    wmap *wmap;          /* index weight_map, or NULL for a single file */
     char *err;
     size_t errlen;
 } loader;
+
+static int cmp_wentry(const void *a, const void *b)
+{
+    return strcmp(((const wentry *)a)->name, ((const wentry *)b)->name);
+}
 
 static char *path_join(const char *dir, const char *name)
 {
@@ -290,25 +308,20 @@ static char *path_join(const char *dir, const char *name)
     return p;
 }
 
-static const st_tensor *find_tensor(const phi3_model *m, json_t *wmap, const char *name,
+static const st_tensor *find_tensor(const phi3_model *m, const wmap *wm, const char *name,
                                     char *err, size_t errlen)
 {
-    if (wmap) {
-        json_t *f = json_object_get(wmap, name);
-        if (!json_is_string(f)) {
+    if (wm) {
+        wentry key = {.name = name};
+        const wentry *w = wm->n ? bsearch(&key, wm->e, wm->n, sizeof key, cmp_wentry) : NULL;
+        if (!w) {
             fail(err, errlen, "tensor %s: missing (not in model.safetensors.index.json)", name);
             return NULL;
         }
-        for (int i = 0; i < m->n_shards; i++) {
-            const char *base = strrchr(m->shards[i].path, '/') + 1;
-            if (!strcmp(base, json_string_value(f))) {
-                const st_tensor *t = st_find(&m->shards[i], name);
-                if (!t) fail(err, errlen, "tensor %s: missing from %s", name, base);
-                return t;
-            }
-        }
-        fail(err, errlen, "tensor %s: missing", name);
-        return NULL;
+        const st_file *f = &m->shards[w->shard];
+        const st_tensor *t = st_find(f, name);
+        if (!t) fail(err, errlen, "tensor %s: missing from %s", name, strrchr(f->path, '/') + 1);
+        return t;
     }
     for (int i = 0; i < m->n_shards; i++) {
         const st_tensor *t = st_find(&m->shards[i], name);
@@ -396,6 +409,105 @@ static int bind_all(loader *L)
     return 0;
 }
 
+/* Open one shard of the index (each once); its index in m->shards, or -1. */
+static int shard_of(loader *L, const char *ip, const char *f, const char *key)
+{
+    phi3_model *m = L->m;
+    if (!*f || strchr(f, '/') || f[0] == '.') {
+        fail(L->err, L->errlen, "%s: bad shard name for %s", ip, key);
+        return -1;
+    }
+    for (int i = m->n_shards - 1; i >= 0; i--)
+        if (!strcmp(strrchr(m->shards[i].path, '/') + 1, f)) return i;
+    if (m->n_shards >= 4096) {
+        fail(L->err, L->errlen, "%s: too many shards", ip);
+        return -1;
+    }
+    m->shards = xrealloc(m->shards, (size_t)(m->n_shards + 1) * sizeof *m->shards);
+    char *sp = path_join(m->dir, f);
+    int rc = st_open(sp, &m->shards[m->n_shards], L->err, L->errlen);
+    free(sp);
+    if (rc) return -1;
+    m->file_bytes += m->shards[m->n_shards].size;
+    return m->n_shards++;
+}
+
+/* Parse the index text: {"weight_map": {name: shard file, ...}, other members skipped}.
+ * Two passes: the first checks the syntax and sizes the table. */
+static int parse_index(loader *L, const char *ip, const char *text, size_t len)
+{
+    jscan j;
+    size_t members = 0, key_bytes = 0;
+    int found = 0, r;
+    js_init(&j, text, len);
+    if (js_lit(&j, '{')) goto syntax;
+    for (r = js_peek(&j) == '}' ? (j.p++, 0) : 1; r == 1; r = js_next(&j, '}')) {
+        char key[16] = "";
+        size_t raw;
+        jscan probe = j;
+        if (js_string(&probe, NULL, NULL, &raw)) { j = probe; goto syntax; }
+        if (raw < sizeof key) js_string(&j, key, NULL, NULL);
+        else j = probe;
+        if (js_lit(&j, ':')) goto syntax;
+        if (strcmp(key, "weight_map") || js_peek(&j) != '{') {
+            if (js_skip(&j)) goto syntax;
+            continue;
+        }
+        if (found++) return fail(L->err, L->errlen, "%s: invalid JSON: duplicate key weight_map", ip);
+        j.p++;
+        for (int q = js_peek(&j) == '}' ? (j.p++, 0) : 1; q == 1; q = js_next(&j, '}')) {
+            if (js_string(&j, NULL, NULL, &raw) || js_lit(&j, ':') || js_skip(&j)) goto syntax;
+            members++;
+            key_bytes += raw + 1;
+        }
+        if (j.why[0]) goto syntax;
+    }
+    if (r < 0 || js_end(&j)) goto syntax;
+    if (!found) return fail(L->err, L->errlen, "%s: no weight_map object", ip);
+
+    wmap *w = xcalloc(1, sizeof *w);
+    w->e = xmalloc(members * sizeof *w->e + key_bytes + 1);
+    L->wmap = w;
+    char *names = (char *)(w->e + members), val[256];
+    js_init(&j, text, len);
+    js_lit(&j, '{');
+    for (r = js_peek(&j) == '}' ? (j.p++, 0) : 1; r == 1; r = js_next(&j, '}')) {
+        char key[16] = "";
+        size_t raw;
+        jscan probe = j;
+        js_string(&probe, NULL, NULL, &raw);
+        if (raw < sizeof key) js_string(&j, key, NULL, NULL);
+        else j = probe;
+        js_lit(&j, ':');
+        if (strcmp(key, "weight_map") || js_peek(&j) != '{') {
+            js_skip(&j);
+            continue;
+        }
+        j.p++;
+        for (int q = js_peek(&j) == '}' ? (j.p++, 0) : 1; q == 1; q = js_next(&j, '}')) {
+            size_t nl;
+            js_string(&j, names, &nl, NULL);
+            js_lit(&j, ':');
+            const char *name = names;
+            names += nl + 1;
+            probe = j;
+            if (js_peek(&j) != '"' || (js_string(&probe, NULL, NULL, &raw), raw >= sizeof val))
+                return fail(L->err, L->errlen, "%s: bad shard name for %s", ip, name);
+            js_string(&j, val, NULL, NULL);
+            int sh = shard_of(L, ip, val, name);
+            if (sh < 0) return -1;
+            w->e[w->n++] = (wentry){name, sh};
+        }
+    }
+    qsort(w->e, w->n, sizeof *w->e, cmp_wentry);
+    for (size_t i = 1; i < w->n; i++)
+        if (!strcmp(w->e[i].name, w->e[i - 1].name))
+            return fail(L->err, L->errlen, "%s: invalid JSON: duplicate key %s", ip, w->e[i].name);
+    return 0;
+syntax:
+    return fail(L->err, L->errlen, "%s: invalid JSON: %s (offset %zu)", ip, j.why, js_offset(&j));
+}
+
 /* Open the shards named by the index (each once), or model.safetensors. */
 static int open_shards(loader *L)
 {
@@ -403,40 +515,10 @@ static int open_shards(loader *L)
     char *ip = path_join(m->dir, "model.safetensors.index.json");
     int rc = 0;
     if (access(ip, F_OK) == 0) {
-        json_error_t je;
         size_t len;
         char *text = read_regular(ip, INDEX_MAX, &len, L->err, L->errlen);
-        json_t *idx = text ? json_loadb(text, len, JSON_REJECT_DUPLICATES, &je) : NULL;
+        rc = text ? parse_index(L, ip, text, len) : -1;
         free(text);
-        json_t *wm = idx ? json_object_get(idx, "weight_map") : NULL;
-        if (!text) rc = -1;
-        else if (!idx) rc = fail(L->err, L->errlen, "%s: invalid JSON: %s (line %d)", ip, je.text, je.line);
-        else if (!json_is_object(wm)) rc = fail(L->err, L->errlen, "%s: no weight_map object", ip);
-        const char *key;
-        json_t *v;
-        if (!rc) json_object_foreach(wm, key, v) {
-            const char *f = json_is_string(v) ? json_string_value(v) : NULL;
-            if (!f || !*f || strchr(f, '/') || f[0] == '.') {
-                rc = fail(L->err, L->errlen, "%s: bad shard name for %s", ip, key);
-                break;
-            }
-            int seen = 0;
-            for (int i = 0; i < m->n_shards && !seen; i++)
-                seen = !strcmp(strrchr(m->shards[i].path, '/') + 1, f);
-            if (seen) continue;
-            if (m->n_shards >= 4096) {
-                rc = fail(L->err, L->errlen, "%s: too many shards", ip);
-                break;
-            }
-            m->shards = xrealloc(m->shards, (size_t)(m->n_shards + 1) * sizeof *m->shards);
-            char *sp = path_join(m->dir, f);
-            rc = st_open(sp, &m->shards[m->n_shards], L->err, L->errlen);
-            free(sp);
-            if (rc) break;
-            m->file_bytes += m->shards[m->n_shards++].size;
-        }
-        if (!rc) L->wmap = json_incref(wm);
-        json_decref(idx);
     } else {
         char *sp = path_join(m->dir, "model.safetensors");
         m->shards = xcalloc(1, sizeof *m->shards);
@@ -492,7 +574,8 @@ phi3_model *model_load(const char *dir, char *err, size_t errlen)
             m->fingerprint = fnv(m->fingerprint, &h, sizeof h);
         }
     }
-    json_decref(L.wmap);
+    if (L.wmap) free(L.wmap->e);
+    free(L.wmap);
     if (rc) {
         model_free(m);
         return NULL;

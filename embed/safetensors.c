@@ -2,9 +2,9 @@
  * little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then
  * the data section. Files are mmapped read-only; tensors point into the mapping. */
 #include "embed/model.h"
+#include "embed/jscan.h"
 #include <errno.h>
 #include <fcntl.h>
-#include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,8 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* The format's own limit on the header (safetensors rejects larger ones). */
-#define ST_HEADER_MAX (100u << 20)
+/* The format's own limit on the header: the safetensors library refuses headers over
+ * 100,000,000 bytes (its MAX_HEADER_SIZE). Parsed without a tree (jscan), a header of that
+ * size costs its mapping plus ~2.5x in tensor structs and names. */
+#define ST_HEADER_MAX 100000000u
 
 static const struct { const char *name; size_t size; } dtypes[ST_NDTYPE] = {
     [ST_F32] = {"F32", 4},   [ST_F16] = {"F16", 2},   [ST_BF16] = {"BF16", 2},
@@ -36,9 +38,10 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
     return -1;
 }
 
+/* The tensors and their names are one allocation (names after the array). */
 void st_tensors_free(st_tensor *t, int n)
 {
-    for (int i = 0; t && i < n; i++) free(t[i].name);
+    (void)n;
     free(t);
 }
 
@@ -54,43 +57,101 @@ static int cmp_name(const void *a, const void *b)
     return strcmp(((const st_tensor *)a)->name, ((const st_tensor *)b)->name);
 }
 
-/* One header entry -> t (name already set). data: start of the data section. */
-static int parse_entry(json_t *v, st_tensor *t, size_t hdr_end, size_t data_len,
-                       const uint8_t *data, char *err, size_t errlen)
+/* One header entry {"dtype": ..., "shape": [...], "data_offsets": [b, e]} (other keys
+ * skipped) -> t (name already set). data: start of the data section. */
+static int parse_entry(jscan *j, st_tensor *t, size_t hdr_end, size_t data_len, const uint8_t *data, char *err,
+                       size_t errlen)
 {
-    if (!json_is_object(v)) return fail(err, errlen, "tensor %s: entry is not an object", t->name);
-    json_t *dt = json_object_get(v, "dtype"), *sh = json_object_get(v, "shape"),
-           *of = json_object_get(v, "data_offsets");
-    if (!json_is_string(dt) || !json_is_array(sh) || !json_is_array(of))
-        return fail(err, errlen, "tensor %s: needs string dtype, array shape and array data_offsets",
-                    t->name);
-    int d;
+    if (js_peek(j) != '{') return fail(err, errlen, "tensor %s: entry is not an object", t->name);
+    j->p++;
+    int have_dt = 0, have_sh = 0, have_of = 0, d = ST_NDTYPE;
+    int64_t off[2] = {0, 0};
+    int bad_sh = -1, bad_of = 0, nd = 0, n_of = 0;
+    char dts[16] = "";
+    if (js_peek(j) == '}') j->p++;
+    else
+        for (int r = 1; r == 1;) {
+            char key[16];
+            size_t raw, len;
+            if (js_peek(j) != '"') return js_lit(j, '"');
+            /* A key longer than ours: skip it (after checking it) as unknown. */
+            jscan probe = *j;
+            if (js_string(&probe, NULL, NULL, &raw)) { *j = probe; return -1; }
+            if (raw < sizeof key) js_string(j, key, &len, NULL);
+            else { *j = probe; key[0] = 0; }
+            if (js_lit(j, ':')) return -1;
+            int *have = !strcmp(key, "dtype") ? &have_dt : !strcmp(key, "shape") ? &have_sh
+                      : !strcmp(key, "data_offsets") ? &have_of : NULL;
+            if (have && *have) return fail(err, errlen, "header is not valid JSON: duplicate key %s in tensor %s", key, t->name);
+            if (have) *have = 1;
+            if (have == &have_dt) {
+                if (js_peek(j) != '"') { have_dt = 2; if (js_skip(j)) return -1; }
+                else {
+                    size_t dl;
+                    probe = *j;
+                    if (js_string(&probe, NULL, &dl, &raw)) { *j = probe; return -1; }
+                    if (raw < sizeof dts) js_string(j, dts, &dl, NULL);
+                    else { *j = probe; snprintf(dts, sizeof dts, "%.12s...", j->p - raw - 1); }
+                }
+            } else if (have == &have_sh) {
+                if (js_peek(j) != '[') { have_sh = 2; if (js_skip(j)) return -1; }
+                else {
+                    j->p++;
+                    if (js_peek(j) == ']') j->p++;
+                    else
+                        for (int q = 1; q == 1;) {
+                            int64_t v = -1;
+                            int is_int = 0;
+                            int c = js_peek(j);
+                            if (c == '-' || (c >= '0' && c <= '9')) { if (js_number(j, &v, &is_int)) return -1; }
+                            else if (js_skip(j)) return -1;
+                            if ((!is_int || v < 0) && bad_sh < 0) bad_sh = nd;
+                            if (nd < ST_MAX_DIMS) t->shape[nd] = v;
+                            nd++;
+                            if ((q = js_next(j, ']')) < 0) return -1;
+                        }
+                }
+            } else if (have == &have_of) {
+                if (js_peek(j) != '[') { have_of = 2; if (js_skip(j)) return -1; }
+                else {
+                    j->p++;
+                    if (js_peek(j) == ']') j->p++;
+                    else
+                        for (int q = 1; q == 1;) {
+                            int64_t v = -1;
+                            int is_int = 0;
+                            int c = js_peek(j);
+                            if (c == '-' || (c >= '0' && c <= '9')) { if (js_number(j, &v, &is_int)) return -1; }
+                            else if (js_skip(j)) return -1;
+                            if (!is_int) bad_of = 1;
+                            if (n_of < 2) off[n_of] = v;
+                            n_of++;
+                            if ((q = js_next(j, ']')) < 0) return -1;
+                        }
+                }
+            } else if (js_skip(j))
+                return -1;
+            if ((r = js_next(j, '}')) < 0) return -1;
+        }
+    if (have_dt != 1 || have_sh != 1 || have_of != 1)
+        return fail(err, errlen, "tensor %s: needs string dtype, array shape and array data_offsets", t->name);
     for (d = 0; d < ST_NDTYPE; d++)
-        if (!strcmp(json_string_value(dt), dtypes[d].name)) break;
-    if (d == ST_NDTYPE)
-        return fail(err, errlen, "tensor %s: unknown dtype %.32s", t->name, json_string_value(dt));
+        if (!strcmp(dts, dtypes[d].name)) break;
+    if (d == ST_NDTYPE) return fail(err, errlen, "tensor %s: unknown dtype %.32s", t->name, dts);
     t->dtype = (st_dtype)d;
-    size_t nd = json_array_size(sh);
-    if (nd > ST_MAX_DIMS) return fail(err, errlen, "tensor %s: %zu dimensions (max %d)", t->name, nd, ST_MAX_DIMS);
-    t->ndim = (int)nd;
+    if (nd > ST_MAX_DIMS) return fail(err, errlen, "tensor %s: %d dimensions (max %d)", t->name, nd, ST_MAX_DIMS);
+    t->ndim = nd;
+    if (bad_sh >= 0) return fail(err, errlen, "tensor %s: shape[%d] is not a non-negative integer", t->name, bad_sh);
     size_t count = 1;
-    for (size_t i = 0; i < nd; i++) {
-        json_t *e = json_array_get(sh, i);
-        if (!json_is_integer(e) || json_integer_value(e) < 0)
-            return fail(err, errlen, "tensor %s: shape[%zu] is not a non-negative integer", t->name, i);
-        t->shape[i] = json_integer_value(e);
+    for (int i = 0; i < nd; i++)
         if (__builtin_mul_overflow(count, (size_t)t->shape[i], &count))
             return fail(err, errlen, "tensor %s: shape too large", t->name);
-    }
     size_t bytes;
     if (__builtin_mul_overflow(count, dtypes[d].size, &bytes))
         return fail(err, errlen, "tensor %s: shape too large", t->name);
-    json_t *b0 = json_array_get(of, 0), *b1 = json_array_get(of, 1);
-    if (json_array_size(of) != 2 || !json_is_integer(b0) || !json_is_integer(b1) ||
-        json_integer_value(b0) < 0 || json_integer_value(b1) < json_integer_value(b0))
-        return fail(err, errlen, "tensor %s: data_offsets must be [begin, end] with 0 <= begin <= end",
-                    t->name);
-    uint64_t beg = (uint64_t)json_integer_value(b0), end = (uint64_t)json_integer_value(b1);
+    if (n_of != 2 || bad_of || off[0] < 0 || off[1] < off[0])
+        return fail(err, errlen, "tensor %s: data_offsets must be [begin, end] with 0 <= begin <= end", t->name);
+    uint64_t beg = (uint64_t)off[0], end = (uint64_t)off[1];
     if (end > data_len)
         return fail(err, errlen, "tensor %s: data_offsets [%llu, %llu] beyond the data section (%zu bytes)",
                     t->name, (unsigned long long)beg, (unsigned long long)end, data_len);
@@ -107,6 +168,31 @@ static int parse_entry(json_t *v, st_tensor *t, size_t hdr_end, size_t data_len,
     return 0;
 }
 
+/* First pass: the header is one JSON object and nothing else; count its members and
+ * the raw bytes of their keys (the decoded names are never longer). */
+static int count_members(const char *h, size_t len, size_t *members, size_t *key_bytes, char *err, size_t errlen)
+{
+    jscan j;
+    js_init(&j, h, len);
+    *members = *key_bytes = 0;
+    if (js_peek(&j) != '{') {
+        if (js_skip(&j) == 0 && js_end(&j) == 0) return fail(err, errlen, "header is not a JSON object");
+        return fail(err, errlen, "header is not valid JSON: %s (offset %zu)", j.why, js_offset(&j));
+    }
+    j.p++;
+    int r = js_peek(&j) == '}' ? (j.p++, 0) : 1;
+    while (r == 1) {
+        size_t raw;
+        if (js_string(&j, NULL, NULL, &raw) || js_lit(&j, ':') || js_skip(&j)) break;
+        (*members)++;
+        *key_bytes += raw + 1;
+        r = js_next(&j, '}');
+    }
+    if (r != 0 || js_end(&j))
+        return fail(err, errlen, "header is not valid JSON: %s (offset %zu)", j.why, js_offset(&j));
+    return 0;
+}
+
 int st_parse(const uint8_t *buf, size_t size, st_tensor **out, int *n, char *err, size_t errlen)
 {
     *out = NULL;
@@ -117,31 +203,35 @@ int st_parse(const uint8_t *buf, size_t size, st_tensor **out, int *n, char *err
     if (hlen < 2 || hlen > ST_HEADER_MAX || hlen > size - 8)
         return fail(err, errlen, "bad header length %llu (file has %zu bytes)",
                     (unsigned long long)hlen, size);
-    json_error_t je;
-    json_t *root = json_loadb((const char *)buf + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
-    if (!root) return fail(err, errlen, "header is not valid JSON: %s (offset %d)", je.text, je.position);
-    if (!json_is_object(root)) {
-        json_decref(root);
-        return fail(err, errlen, "header is not a JSON object");
-    }
+    const char *h = (const char *)buf + 8;
+    size_t members, key_bytes;
+    if (count_members(h, (size_t)hlen, &members, &key_bytes, err, errlen)) return -1;
+    if (members > INT32_MAX) return fail(err, errlen, "header has too many entries");
     size_t hdr_end = 8 + (size_t)hlen, data_len = size - hdr_end;
-    size_t cap = json_object_size(root);
-    st_tensor *t = calloc(cap ? cap : 1, sizeof *t);
-    if (!t) {
-        json_decref(root);
-        return fail(err, errlen, "out of memory");
+    st_tensor *t = calloc(1, members * sizeof *t + key_bytes + 1);
+    if (!t) return fail(err, errlen, "out of memory");
+    char *names = (char *)(t + members);
+    int k = 0, rc = 0, meta = 0;
+    jscan j;
+    js_init(&j, h, (size_t)hlen);
+    js_lit(&j, '{');
+    for (int r = js_peek(&j) == '"'; r == 1 && !rc;) {
+        size_t len;
+        js_string(&j, names, &len, NULL);
+        js_lit(&j, ':');
+        if (!strcmp(names, "__metadata__")) {
+            if (meta++) rc = fail(err, errlen, "header is not valid JSON: duplicate key __metadata__");
+            js_skip(&j);
+        } else {
+            t[k].name = names;
+            names += len + 1;
+            k++;
+            rc = parse_entry(&j, &t[k - 1], hdr_end, data_len, buf + hdr_end, err, errlen);
+            if (rc && j.why[0])
+                fail(err, errlen, "header is not valid JSON: %s (offset %zu)", j.why, js_offset(&j));
+        }
+        if (!rc) r = js_next(&j, '}');
     }
-    int k = 0, rc = 0;
-    const char *key;
-    json_t *v;
-    json_object_foreach(root, key, v) {
-        if (!strcmp(key, "__metadata__")) continue;
-        t[k].name = strdup(key);
-        if (!t[k].name) { rc = fail(err, errlen, "out of memory"); break; }
-        k++;
-        if ((rc = parse_entry(v, &t[k - 1], hdr_end, data_len, buf + hdr_end, err, errlen))) break;
-    }
-    json_decref(root);
     if (!rc && k > 1) {
         qsort(t, (size_t)k, sizeof *t, cmp_offset);
         for (int i = 1; i < k; i++)
@@ -150,11 +240,18 @@ int st_parse(const uint8_t *buf, size_t size, st_tensor **out, int *n, char *err
                 break;
             }
     }
+    if (!rc && k > 1) {
+        qsort(t, (size_t)k, sizeof *t, cmp_name);
+        for (int i = 1; i < k; i++)
+            if (!strcmp(t[i].name, t[i - 1].name)) {
+                rc = fail(err, errlen, "header is not valid JSON: duplicate key %s", t[i].name);
+                break;
+            }
+    }
     if (rc) {
         st_tensors_free(t, k);
         return -1;
     }
-    qsort(t, (size_t)k, sizeof *t, cmp_name);
     *out = t;
     *n = k;
     return 0;

@@ -19,6 +19,12 @@ static __device__ __forceinline__ kvt kv_cvt_nan(float f)
     return f != f ? __float2half_rn(f) : __float2half_rn(fminf(fmaxf(f, -65504.f), 65504.f));
 }
 
+/* pdl (the last argument of the decode launchers): launch with programmatic dependent
+ * launch (sm_90; PHI3_CUDA_FAST=2): the kernel may start while the previous one finishes,
+ * and the matrix-vector product moves its weight rows towards L2 before it waits for the
+ * previous kernel's results. Every kernel here waits (griddepcontrol.wait) before it reads
+ * anything a previous kernel wrote, so with pdl = 0 they behave as plain launches. */
+
 /* Epilogues of fk_gemv. */
 enum { FK_STORE = 0, FK_ADD = 1, FK_SWIGLU = 2 };
 
@@ -32,12 +38,12 @@ enum { FK_STORE = 0, FK_ADD = 1, FK_SWIGLU = 2 };
  * float32 accumulation, warp shuffles in a fixed order. Dynamic shared memory: 4 K bytes
  * (fk_gemv_prepare(K) once for K > 12288). */
 cudaError_t fk_gemv(cudaStream_t s, const bf16 *W, int N, int K, const float *x,
-                    const float *norm_w, float eps, int epi, float *y);
+                    const float *norm_w, float eps, int epi, float *y, int pdl);
 cudaError_t fk_gemv_prepare(int max_k);
 
 /* x[0..hidden) = float(table[*d_id]) (one token; the id read from device memory). */
 cudaError_t fk_embed1(cudaStream_t s, const bf16 *table, const int32_t *d_id, int hidden,
-                      float *x);
+                      float *x, int pdl);
 
 /* RoPE + KV write for n tokens at positions p0 .. p0+n-1 where p0 = *d_pos when d_pos !=
  * NULL (a graph-captured decode step), else pos0. qkv [n][(nh + 2 nkv) hd] float32. Q
@@ -46,7 +52,7 @@ cudaError_t fk_embed1(cudaStream_t s, const bf16 *table, const int32_t *d_id, in
  * (token, head, pair). NaN stays NaN in the cache. */
 cudaError_t fk_rope_qkv(cudaStream_t s, const float *qkv, int n, const int32_t *d_pos, int pos0,
                         int nh, int nkv, int hd, const float *inv_freq, float attn_factor,
-                        float *q_f32, kvt *q_h, kvt *kc, kvt *vc);
+                        float *q_f32, kvt *q_h, kvt *kc, kvt *vc, int pdl);
 
 /* Decode attention of one query at position *d_pos (keys 0 .. *d_pos, or the window), split
  * over nsplit blocks per head (fixed: the grid does not depend on the position), merged by
@@ -55,7 +61,7 @@ cudaError_t fk_rope_qkv(cudaStream_t s, const float *qkv, int n, const int32_t *
 int fk_decode_splits(int n_sm, int nh);
 cudaError_t fk_attn_decode(cudaStream_t s, const float *q, const kvt *kc, const kvt *vc,
                            const int32_t *d_pos, int nh, int nkv, int hd, int window,
-                           int nsplit, float *work, size_t work_floats, float *out);
+                           int nsplit, float *work, size_t work_floats, float *out, int pdl);
 
 /* Prefill attention, FlashAttention-2 scheme on mma.sync m16n8k16 (fp16 in, float32
  * accumulate): S, P and O in registers, K/V tiles double-buffered with cp.async. The

@@ -3,6 +3,42 @@
 #include "kernels/fast.cuh"
 #include <math.h>
 
+/* Programmatic dependent launch (sm_90): a kernel launched with pdl may start while the
+ * previous one finishes; it lets its own dependents launch at once (pdl_trigger) and waits
+ * for the previous kernel's results (pdl_wait) before it reads anything that kernel wrote.
+ * Without the launch attribute (pdl = 0) both are no-ops in effect. */
+static __device__ __forceinline__ void pdl_trigger()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+static __device__ __forceinline__ void pdl_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* Launch k<<<grid, block, smem, s>>>(args...), with the PDL attribute when pdl. */
+template <typename... KArgs, typename... Args>
+static cudaError_t fk_launch(int pdl, void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                             cudaStream_t s, Args... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, k, ((KArgs)args)...);
+    return e != cudaSuccess ? e : cudaGetLastError();
+}
+
 /* ---- matrix-vector product ---- */
 
 #define GV_WARPS 8               /* warps per block; each computes two rows */
@@ -33,6 +69,27 @@ gemv_kernel(const bf16 *__restrict__ W, int N, int K, const float *__restrict__ 
     __shared__ float red[GV_WARPS];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int K4 = K / 4;
+    const int NL = EPI == FK_SWIGLU ? N / 2 : (N + 1) / 2;
+    const int lr = blockIdx.x * GV_WARPS + warp;
+    int r0 = 0, r1 = 0;
+    if (EPI == FK_SWIGLU) {
+        r0 = lr;
+        r1 = lr + N / 2;
+    } else {
+        r0 = 2 * lr;
+        r1 = min(2 * lr + 1, N - 1);        /* odd N: the last warp computes its row twice */
+    }
+    pdl_trigger();
+    if (lr < NL) {
+        /* the weights do not depend on the previous kernel: start them towards L2 while it
+         * finishes (with PDL), 128-byte lines, lane l taking lines l, l + 32, ... */
+        const char *p0 = (const char *)(W + (size_t)r0 * K), *p1 = (const char *)(W + (size_t)r1 * K);
+        for (int off = lane * 128; off < K * 2; off += 32 * 128) {
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(p0 + off));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(p1 + off));
+        }
+    }
+    pdl_wait();
     const float4 *x4 = (const float4 *)x;
     float ss = 0.f;
     for (int i = tid; i < K4; i += GV_WARPS * 32) {
@@ -65,18 +122,8 @@ gemv_kernel(const bf16 *__restrict__ W, int N, int K, const float *__restrict__ 
     }
     __syncthreads();
 
-    const int NL = EPI == FK_SWIGLU ? N / 2 : (N + 1) / 2;
-    const int lr = blockIdx.x * GV_WARPS + warp;
     if (lr >= NL)
         return;
-    int r0, r1;
-    if (EPI == FK_SWIGLU) {
-        r0 = lr;
-        r1 = lr + N / 2;
-    } else {
-        r0 = 2 * lr;
-        r1 = min(2 * lr + 1, N - 1);        /* odd N: the last warp computes its row twice */
-    }
     const uint4 *w0 = (const uint4 *)(W + (size_t)r0 * K);
     const uint4 *w1 = (const uint4 *)(W + (size_t)r1 * K);
     const int K8 = K / 8;
@@ -125,7 +172,7 @@ cudaError_t fk_gemv_prepare(int max_k)
 }
 
 cudaError_t fk_gemv(cudaStream_t s, const bf16 *W, int N, int K, const float *x,
-                    const float *norm_w, float eps, int epi, float *y)
+                    const float *norm_w, float eps, int epi, float *y, int pdl)
 {
     if (N <= 0 || K <= 0 || K % 8 || (epi == FK_SWIGLU && N % 2) || epi < 0 || epi > 2 ||
         ((uintptr_t)W | (uintptr_t)x | (uintptr_t)norm_w) % 16)
@@ -135,33 +182,35 @@ cudaError_t fk_gemv(cudaStream_t s, const bf16 *W, int N, int K, const float *x,
     const size_t smem = (size_t)K * 4;
     switch (epi) {
     case FK_STORE:
-        gemv_kernel<FK_STORE><<<blocks, GV_WARPS * 32, smem, s>>>(W, N, K, x, norm_w, eps, y);
-        break;
+        return fk_launch(pdl, gemv_kernel<FK_STORE>, blocks, GV_WARPS * 32, smem, s, W, N, K, x,
+                         norm_w, eps, y);
     case FK_ADD:
-        gemv_kernel<FK_ADD><<<blocks, GV_WARPS * 32, smem, s>>>(W, N, K, x, norm_w, eps, y);
-        break;
+        return fk_launch(pdl, gemv_kernel<FK_ADD>, blocks, GV_WARPS * 32, smem, s, W, N, K, x,
+                         norm_w, eps, y);
     default:
-        gemv_kernel<FK_SWIGLU><<<blocks, GV_WARPS * 32, smem, s>>>(W, N, K, x, norm_w, eps, y);
-        break;
+        return fk_launch(pdl, gemv_kernel<FK_SWIGLU>, blocks, GV_WARPS * 32, smem, s, W, N, K, x,
+                         norm_w, eps, y);
     }
-    return cudaGetLastError();
 }
 
 /* ---- embedding of one token ---- */
 
 static __global__ void embed1_kernel(const bf16 *table, const int32_t *d_id, int hidden, float *x)
 {
+    pdl_trigger();
+    pdl_wait();
     const bf16 *row = table + (size_t)*d_id * hidden;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < hidden; i += gridDim.x * blockDim.x)
         x[i] = __bfloat162float(row[i]);
 }
 
-cudaError_t fk_embed1(cudaStream_t s, const bf16 *table, const int32_t *d_id, int hidden, float *x)
+cudaError_t fk_embed1(cudaStream_t s, const bf16 *table, const int32_t *d_id, int hidden, float *x,
+                      int pdl)
 {
     if (hidden <= 0)
         return cudaErrorInvalidValue;
-    embed1_kernel<<<(hidden + 255) / 256, 256, 0, s>>>(table, d_id, hidden, x);
-    return cudaGetLastError();
+    return fk_launch(pdl, embed1_kernel, dim3((hidden + 255) / 256), dim3(256), 0, s, table, d_id,
+                     hidden, x);
 }
 
 /* ---- RoPE + KV write ---- */
@@ -183,6 +232,8 @@ static __global__ void rope_fast_kernel(const float *qkv, int n, const int32_t *
 {
     const int half = hd / 2, heads = nh + 2 * nkv;
     const long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    pdl_trigger();
+    pdl_wait();
     if (idx >= (long)n * heads * half)
         return;
     const int t = (int)(idx / ((long)heads * half));
@@ -223,16 +274,15 @@ static __global__ void rope_fast_kernel(const float *qkv, int n, const int32_t *
 
 cudaError_t fk_rope_qkv(cudaStream_t s, const float *qkv, int n, const int32_t *d_pos, int pos0,
                         int nh, int nkv, int hd, const float *inv_freq, float attn_factor,
-                        float *q_f32, kvt *q_h, kvt *kc, kvt *vc)
+                        float *q_f32, kvt *q_h, kvt *kc, kvt *vc, int pdl)
 {
     if (n <= 0 || pos0 < 0 || nh <= 0 || nkv <= 0 || hd <= 0 || hd % 2)
         return cudaErrorInvalidValue;
     const long threads = (long)n * (nh + 2 * nkv) * (hd / 2);
     if ((threads + 255) / 256 > 0x7fffffffL)
         return cudaErrorInvalidValue;
-    rope_fast_kernel<<<(unsigned)((threads + 255) / 256), 256, 0, s>>>(
-        qkv, n, d_pos, pos0, nh, nkv, hd, inv_freq, attn_factor, q_f32, q_h, kc, vc);
-    return cudaGetLastError();
+    return fk_launch(pdl, rope_fast_kernel, dim3((unsigned)((threads + 255) / 256)), dim3(256), 0, s,
+                     qkv, n, d_pos, pos0, nh, nkv, hd, inv_freq, attn_factor, q_f32, q_h, kc, vc);
 }
 
 /* ---- split-KV decode attention ---- */
@@ -271,6 +321,8 @@ attn_fast_kernel(const float *q, const kvt *kc, const kvt *vc, const int32_t *d_
     const int g = lane >> 2, sub = lane & 3;
     const int kvh = h / (nh / nkv);
     const size_t kvdim = (size_t)nkv * D;
+    pdl_trigger();
+    pdl_wait();
     const int qpos = *d_pos;
     const int first = window > 0 ? max(0, qpos - window + 1) : 0;
     const int len = qpos + 1 - first;
@@ -290,7 +342,9 @@ attn_fast_kernel(const float *q, const kvt *kc, const kvt *vc, const int32_t *d_
         }
     }
     float m = -INFINITY, l = 0.f;
-    /* the trip count is the same for every lane of the warp (shuffles below) */
+    /* the trip count is the same for every lane of the warp (shuffles below); unrolled
+     * so that the next keys' loads are in flight during this one's softmax */
+#pragma unroll 2
     for (int jb = k0 + warp * AD_KEYS_WARP; jb < k1; jb += AD_KEYS_BLOCK) {
         const int j = jb + g;
         const bool ok = j < k1;
@@ -391,6 +445,8 @@ attn_fast_kernel(const float *q, const kvt *kc, const kvt *vc, const int32_t *d_
 static __global__ void attn_fast_merge(const float *work, int nsplit, int D, float *out)
 {
     const int h = blockIdx.x;
+    pdl_trigger();
+    pdl_wait();
     const float *w = work + (size_t)h * nsplit * (D + 2);
     float M = -INFINITY;
     for (int s = 0; s < nsplit; s++)
@@ -421,30 +477,34 @@ int fk_decode_splits(int n_sm, int nh)
 
 cudaError_t fk_attn_decode(cudaStream_t s, const float *q, const kvt *kc, const kvt *vc,
                            const int32_t *d_pos, int nh, int nkv, int hd, int window,
-                           int nsplit, float *work, size_t work_floats, float *out)
+                           int nsplit, float *work, size_t work_floats, float *out, int pdl)
 {
     if (!d_pos || nh <= 0 || nkv <= 0 || nh % nkv || nsplit <= 0 || nsplit > 65535 ||
         !kern_attn_head_dim_ok(hd) || work_floats < (size_t)nh * nsplit * (hd + 2))
         return cudaErrorInvalidValue;
     const float scale = 1.0f / sqrtf((float)hd);
     const dim3 grid((unsigned)nsplit, (unsigned)nh);
+    cudaError_t e;
     switch (hd) {
     case 32:
-        attn_fast_kernel<32><<<grid, AD_THREADS, 0, s>>>(q, kc, vc, d_pos, nh, nkv, window, scale, work);
+        e = fk_launch(pdl, attn_fast_kernel<32>, grid, dim3(AD_THREADS), 0, s, q, kc, vc, d_pos, nh,
+                      nkv, window, scale, work);
         break;
     case 64:
-        attn_fast_kernel<64><<<grid, AD_THREADS, 0, s>>>(q, kc, vc, d_pos, nh, nkv, window, scale, work);
+        e = fk_launch(pdl, attn_fast_kernel<64>, grid, dim3(AD_THREADS), 0, s, q, kc, vc, d_pos, nh,
+                      nkv, window, scale, work);
         break;
     case 96:
-        attn_fast_kernel<96><<<grid, AD_THREADS, 0, s>>>(q, kc, vc, d_pos, nh, nkv, window, scale, work);
+        e = fk_launch(pdl, attn_fast_kernel<96>, grid, dim3(AD_THREADS), 0, s, q, kc, vc, d_pos, nh,
+                      nkv, window, scale, work);
         break;
     default:
-        attn_fast_kernel<128><<<grid, AD_THREADS, 0, s>>>(q, kc, vc, d_pos, nh, nkv, window, scale, work);
+        e = fk_launch(pdl, attn_fast_kernel<128>, grid, dim3(AD_THREADS), 0, s, q, kc, vc, d_pos, nh,
+                      nkv, window, scale, work);
         break;
     }
-    cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess)
         return e;
-    attn_fast_merge<<<(unsigned)nh, 128, 0, s>>>(work, nsplit, hd, out);
-    return cudaGetLastError();
+    return fk_launch(pdl, attn_fast_merge, dim3((unsigned)nh), dim3(128), 0, s, (const float *)work,
+                     nsplit, hd, out);
 }

@@ -49,12 +49,12 @@ cudaError_t kern_rope_qkv(cudaStream_t s, const float *qkv, const float *qkv_lo,
                           int pos0, int nh, int nkv, int hd, const float *inv_freq,
                           float attn_factor, float *q_f32, kvt *q_h, kvt *kc, kvt *vc);
 /* Export cache rows [pos0, pos0+n) of one layer to float32 in the CPU backend's row layout:
- * out[t] = [K rotated (kvdim)][V (kvdim)][K before RoPE (kvdim)], the last recovered by
- * the inverse rotation. */
+ * out[t] = [K rotated (kvdim)][V (kvdim)] (inv_freq and attn_factor are no longer used:
+ * session layout 2 dropped the K before RoPE that the inverse rotation recovered). */
 cudaError_t kern_kv_export(cudaStream_t s, const kvt *kc, const kvt *vc, int pos0, int n,
                            int nkv, int hd, const float *inv_freq, float attn_factor,
                            float *out);
-/* Import: in[t] = [K rotated][V][K raw] float32 -> cache rows pos0+t (K rotated, V). */
+/* Import: in[t] = [K rotated][V] float32 -> cache rows pos0+t. */
 cudaError_t kern_kv_import(cudaStream_t s, const float *in, int pos0, int n, int kvdim,
                            kvt *kc, kvt *vc);
 

@@ -83,21 +83,15 @@ static __global__ void kv_export_kernel(const kvt *kc, const kvt *vc, int pos0, 
         return;
     const int t = idx / half, i = idx % half;
     const int pos = pos0 + t;
-    float c, s;
-    angle_cos_sin(inv_freq[i], pos, &c, &s);
     const size_t kvdim = (size_t)nkv * hd;
     const kvt *krow = kc + (size_t)pos * kvdim, *vrow = vc + (size_t)pos * kvdim;
-    float *o = out + (size_t)t * 3 * kvdim;
+    float *o = out + (size_t)t * 2 * kvdim;
     for (int h = 0; h < nkv; h++) {
         const int e = h * hd + i;
-        float a = kv_f(krow[e]), b = kv_f(krow[e + half]);
-        o[e] = a;
-        o[e + half] = b;
+        o[e] = kv_f(krow[e]);
+        o[e + half] = kv_f(krow[e + half]);
         o[kvdim + e] = kv_f(vrow[e]);
         o[kvdim + e + half] = kv_f(vrow[e + half]);
-        /* inverse rotation, then undo the attention factor */
-        o[2 * kvdim + e] = (a * c + b * s) / af;
-        o[2 * kvdim + e + half] = (b * c - a * s) / af;
     }
 }
 
@@ -108,7 +102,7 @@ static __global__ void kv_import_kernel(const float *in, int pos0, int n, int kv
     for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < total;
          k += (size_t)gridDim.x * blockDim.x) {
         const size_t t = k / kvdim, e = k % kvdim;
-        const float *r = in + t * 3 * kvdim;
+        const float *r = in + t * 2 * kvdim;
         kc[(size_t)(pos0 + t) * kvdim + e] = kv_cvt(r[e]);
         vc[(size_t)(pos0 + t) * kvdim + e] = kv_cvt(r[kvdim + e]);
     }

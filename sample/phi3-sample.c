@@ -66,72 +66,6 @@ enum {
     OPT_TOKIDS, OPT_STOPSTR
 };
 
-/* A whole number: "is not a number" for junk, "is out of range" for a value that does
- * not fit a double (1e400) or only as a subnormal (1e-320). */
-static double opt_double(const char *name, const char *s)
-{
-    char *end;
-    errno = 0;
-    double v = *s ? strtod(s, &end) : 0;
-    if (!*s || *end || isnan(v)) phi3_die("%s: '%s' is not a number", name, s);
-    if (errno == ERANGE || !isfinite(v)) phi3_die("%s: '%s' is out of range", name, s);
-    return v;
-}
-
-/* A number the float32 logits can absorb: |v| <= FLT_MAX (3.4e38). */
-static double opt_f32(const char *name, const char *s)
-{
-    double v = opt_double(name, s);
-    if (fabs(v) > FLT_MAX) phi3_die("%s: '%s' is out of range (|value| <= 3.4e38)", name, s);
-    return v;
-}
-
-static long opt_long(const char *name, const char *s)
-{
-    char *end;
-    errno = 0;
-    long v = *s ? strtol(s, &end, 10) : 0;
-    if (!*s || *end) phi3_die("%s: '%s' is not an integer", name, s);
-    if (errno == ERANGE || v < INT32_MIN || v > INT32_MAX)
-        phi3_die("%s: '%s' is out of range", name, s);
-    return v;
-}
-
-static uint64_t opt_seed(const char *s)
-{
-    char *end;
-    errno = 0;
-    if (!(*s >= '0' && *s <= '9')) phi3_die("--seed: '%s' is not a number in 0..2^64-1", s);
-    unsigned long long v = strtoull(s, &end, 10);
-    if (*end) phi3_die("--seed: '%s' is not a number in 0..2^64-1", s);
-    if (errno) phi3_die("--seed: '%s' is out of range (0..2^64-1)", s);
-    return (uint64_t)v;
-}
-
-/* ID=V, V a number with |V| <= FLT_MAX, or -inf. */
-static void opt_bias(const char *s, int32_t *id, double *val)
-{
-    const char *eq = strchr(s, '=');
-    char idbuf[32];
-    long v;
-    if (!eq || eq == s || (size_t)(eq - s) >= sizeof idbuf)
-        phi3_die("--logit-bias: '%s' is not ID=VALUE", s);
-    memcpy(idbuf, s, (size_t)(eq - s));
-    idbuf[eq - s] = 0;
-    if (parse_long(idbuf, &v) || v < 0 || v > INT32_MAX)
-        phi3_die("--logit-bias: '%s': bad id '%s'", s, idbuf);
-    *id = (int32_t)v;
-    if (!strcmp(eq + 1, "-inf") || !strcmp(eq + 1, "-infinity")) { *val = -HUGE_VAL; return; }
-    char *end;
-    errno = 0;
-    double d = eq[1] ? strtod(eq + 1, &end) : 0;
-    if (!eq[1] || *end || isnan(d) || d == HUGE_VAL)
-        phi3_die("--logit-bias: '%s': value must be a finite number or -inf", s);
-    if (errno == ERANGE || !isfinite(d) || fabs(d) > FLT_MAX)
-        phi3_die("--logit-bias: '%s': value out of range (|V| <= 3.4e38, or -inf)", s);
-    *val = d;
-}
-
 static uint64_t random_seed(void)
 {
     uint64_t s;
@@ -159,9 +93,8 @@ int main(int argc, char **argv)
     sample_params p;
     sample_params_default(&p);
     const char *model = NULL;
-    int32_t *stop = NULL, *extra = NULL, *bias_ids = NULL;
-    double *bias_vals = NULL;
-    size_t n_stop = 0, n_extra = 0, n_bias = 0;
+    int32_t *stop = NULL, *extra = NULL;
+    size_t n_stop = 0, n_extra = 0;
     long max_tokens = 0;
     int ignore_eos = 0, verbose = 0, have_seed = 0, want_tok_ids = 0;
     char err[512];
@@ -186,32 +119,24 @@ int main(int argc, char **argv)
         {"version", no_argument, 0, OPT_VERSION}, {0, 0, 0, 0}};
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, ":m:n:t:vh", opts, NULL)) != -1) {
+    int li = 0;
+    while ((c = getopt_long(argc, argv, ":m:n:t:vh", opts, &li)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
-        case 'n':
-            max_tokens = opt_long("--max-tokens", optarg);
+        case 'n': {
+            if (sample_parse_long("--max-tokens", optarg, &max_tokens, err, sizeof err))
+                phi3_die("%s", err);
             if (max_tokens < 0) phi3_die("--max-tokens: must be >= 0, got %ld", max_tokens);
             break;
-        case 't': p.temperature = opt_double("--temperature", optarg); break;
-        case OPT_GREEDY: p.greedy = 1; break;
-        case OPT_TOPK: p.top_k = (int)opt_long("--top-k", optarg); break;
-        case OPT_TOPP: p.top_p = opt_double("--top-p", optarg); break;
-        case OPT_MINP: p.min_p = opt_double("--min-p", optarg); break;
-        case OPT_TYPICAL: p.typical_p = opt_double("--typical-p", optarg); break;
-        case OPT_REPEAT: p.repeat_penalty = opt_double("--repeat-penalty", optarg); break;
-        case OPT_PRESENCE: p.presence_penalty = opt_f32("--presence-penalty", optarg); break;
-        case OPT_FREQUENCY:
-            p.frequency_penalty = opt_f32("--frequency-penalty", optarg);
+        }
+        case 't': case OPT_GREEDY: case OPT_TOPK: case OPT_TOPP: case OPT_MINP: case OPT_TYPICAL:
+        case OPT_REPEAT: case OPT_PRESENCE: case OPT_FREQUENCY: case OPT_LASTN: case OPT_BIAS:
+        case OPT_SEED: {
+            const char *name = c == 't' ? "temperature" : opts[li].name;
+            if (sample_set_option(&p, name, optarg, err, sizeof err)) phi3_die("%s", err);
+            if (c == OPT_SEED) have_seed = 1;
             break;
-        case OPT_LASTN: p.repeat_last_n = (int)opt_long("--repeat-last-n", optarg); break;
-        case OPT_BIAS:
-            bias_ids = xrealloc(bias_ids, sizeof(int32_t) * (n_bias + 1));
-            bias_vals = xrealloc(bias_vals, sizeof(double) * (n_bias + 1));
-            opt_bias(optarg, &bias_ids[n_bias], &bias_vals[n_bias]);
-            n_bias++;
-            break;
-        case OPT_SEED: p.seed = opt_seed(optarg); have_seed = 1; break;
+        }
         case OPT_STOP: {
             int32_t *ids;
             size_t n;
@@ -235,9 +160,6 @@ int main(int argc, char **argv)
         }
     }
     phi3_input_operand(argc, argv, optind);
-    p.bias_ids = bias_ids;
-    p.bias_vals = bias_vals;
-    p.n_bias = n_bias;
     const char *bad = sample_params_check(&p);
     if (bad) phi3_die("%s", bad);
     if (!have_seed) p.seed = random_seed();
@@ -289,32 +211,35 @@ int main(int argc, char **argv)
     int rc;
     while ((rc = fr_next(fr, &f)) > 0) {
         if (!strcmp(f.type, "tokens")) {
-            int64_t *ids, pos;
+            int64_t pos, id;
             size_t n, badi;
-            int r = frame_ints(&f, "ids", &ids, &n, &badi);
+            frame_int_iter it;
+            int r = frame_ints_iter(&f, "ids", &it, &n, &badi);
             if (r == 0) phi3_die("frame %ld: tokens frame without ids", f.index);
             if (r < 0) phi3_die("frame %ld: tokens ids[%zu] is not an integer", f.index, badi);
-            int32_t *v = xmalloc(sizeof(int32_t) * (n + 1));
-            for (size_t i = 0; i < n; i++) {
-                if (ids[i] < INT32_MIN || ids[i] > INT32_MAX)
-                    phi3_die("frame %ld: tokens ids[%zu] out of range", f.index, i);
-                v[i] = (int32_t)ids[i];
-            }
-            free(ids);
             r = frame_int(&f, "pos", &pos);
             if (r < 0) phi3_die("frame %ld: tokens pos is not an integer", f.index);
-            if (s) {
-                /* A pos behind the context means the model rewound: forget the rest. */
-                if (r > 0 && pos >= 0 && (uint64_t)pos < sample_context_len(s))
-                    sample_truncate(s, (size_t)pos);
-                sample_accept(s, v, n);
-            } else {
-                if (r > 0 && pos >= 0 && (uint64_t)pos < n_early) n_early = (size_t)pos;
-                early = xrealloc(early, sizeof(int32_t) * (n_early + n + 1));
-                memcpy(early + n_early, v, sizeof(int32_t) * n);
-                n_early += n;
+            /* A pos behind the context means the model rewound: forget the rest. */
+            if (s && r > 0 && pos >= 0 && (uint64_t)pos < sample_context_len(s))
+                sample_truncate(s, (size_t)pos);
+            if (!s && r > 0 && pos >= 0 && (uint64_t)pos < n_early) n_early = (size_t)pos;
+            if (!s) early = xrealloc(early, sizeof(int32_t) * (n_early + n + 1));
+            /* In pieces: a frame of millions of ids never needs a copy of them all. */
+            static int32_t v[65536];
+            size_t k = 0;
+            for (size_t i = 0; frame_int_next(&it, &id); i++) {
+                if (id < INT32_MIN || id > INT32_MAX)
+                    phi3_die("frame %ld: tokens ids[%zu] out of range", f.index, i);
+                v[k++] = (int32_t)id;
+                if (k == sizeof v / sizeof *v || i + 1 == n) {
+                    if (s) sample_accept(s, v, k);
+                    else {
+                        memcpy(early + n_early, v, sizeof(int32_t) * k);
+                        n_early += k;
+                    }
+                    k = 0;
+                }
             }
-            free(v);
         } else if (!strcmp(f.type, "end")) {
             if (tk) {                          /* a new turn: its own text */
                 tok_dec_end(&dec, &piece);
@@ -398,8 +323,7 @@ int main(int argc, char **argv)
     free(logits);
     free(early);
     free(stop);
-    free(bias_ids);
-    free(bias_vals);
+    sample_params_free(&p);
     fw_destroy(&w);
     fr_close(fr);
     return 0;

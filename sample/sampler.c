@@ -219,7 +219,7 @@ void sample_free(sampler *s)
 void sample_accept(sampler *s, const int32_t *ids, size_t n)
 {
     if (s->n_hist + n > s->cap_hist) {
-        s->cap_hist = (s->n_hist + n) * 2 + 64;
+        s->cap_hist = (s->n_hist + n) + (s->n_hist + n) / 2 + 64;
         s->hist = xrealloc(s->hist, sizeof(int32_t) * s->cap_hist);
     }
     for (size_t i = 0; i < n; i++) {

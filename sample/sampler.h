@@ -35,6 +35,19 @@ void sample_params_default(sample_params *p);
 /* NULL if the parameters are valid, else a static message naming the bad one. */
 const char *sample_params_check(const sample_params *p);
 
+/* A chain option by its long name (temperature, top-k, top-p, min-p, typical-p,
+ * repeat-penalty, presence-penalty, frequency-penalty, repeat-last-n, logit-bias, seed;
+ * greedy takes no value) into p. --logit-bias appends to p's bias arrays, which are then
+ * malloc'ed and freed by sample_params_free. 0 ok; -1 with "--NAME: why" in err; 1 if
+ * NAME is not a chain option. Ranges between options are sample_params_check's. */
+int sample_set_option(sample_params *p, const char *name, const char *value, char *err,
+                      size_t errlen);
+void sample_params_free(sample_params *p);
+/* Whole-string numbers for option NAME: "is not a number" / "is out of range" (over- or
+ * underflow; an integer outside int32) in err. 0 ok, -1 bad. */
+int sample_parse_double(const char *name, const char *s, double *out, char *err, size_t errlen);
+int sample_parse_long(const char *name, const char *s, long *out, char *err, size_t errlen);
+
 typedef struct sampler sampler;
 
 /* n_vocab > 0. The parameters (bias arrays included) are copied. */
@@ -77,6 +90,11 @@ int sample_parse_ids(const char *list, int32_t **ids, size_t *n, char *err, size
  * 0 ok (also when the file does not exist: *found = 0), -1 bad file (message in err). */
 int sample_model_stop_ids(const char *dir, int32_t **ids, size_t *n, int *found,
                           char *err, size_t errlen);
+
+/* The same from the text of a generation_config.json (path only names it in err);
+ * appends to *ids (on error some may have been appended: the caller frees *ids). */
+int sample_stop_ids_json(const char *text, size_t len, const char *path, int32_t **ids,
+                         size_t *n, char *err, size_t errlen);
 
 /* Number of ids DIR/tokenizer.json can decode: 1 + the largest id of model.vocab and
  * added_tokens (Phi-3: 32011, while the embedding has 32064 rows). 0 ok, -1 (err). */

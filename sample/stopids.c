@@ -72,9 +72,17 @@ int sample_model_stop_ids(const char *dir, int32_t **ids, size_t *n, int *found,
         snprintf(err, errlen, "%s: %s", path, phi3_strerror(errno));
         return -1;
     }
+    int rc = sample_stop_ids_json(text, len, path, ids, n, err, errlen);
+    free(text);
+    if (rc == 0) *found = 1;
+    return rc;
+}
+
+int sample_stop_ids_json(const char *text, size_t len, const char *path, int32_t **ids,
+                         size_t *n, char *err, size_t errlen)
+{
     json_error_t je;
     json_t *root = json_loadb(text, len, 0, &je);
-    free(text);
     if (!root) {
         snprintf(err, errlen, "%s:%d: %s", path, je.line, je.text);
         return -1;
@@ -105,7 +113,6 @@ int sample_model_stop_ids(const char *dir, int32_t **ids, size_t *n, int *found,
         rc = -1;
     }
     json_decref(root);
-    if (rc == 0) *found = 1;
     return rc;
 }
 

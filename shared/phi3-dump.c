@@ -60,9 +60,97 @@ static long b64_decode(const char *s, size_t n, unsigned char *out)
     return (long)o;
 }
 
-/* ---- msgpack -> JSON ---- */
+/* ---- msgpack -> JSON ----
+ * Written straight to stdout in pieces (never a JSON tree: a tokens frame of 17M ids
+ * would take gigabytes as jansson values), after a check pass over the frame so that a
+ * frame that cannot be shown gives an error before any of its line is written. The
+ * format is jansson's compact dump: strings escaped as \" \\ \b \f \n \r \t and \u00XX
+ * (upper-case hex) for other controls, UTF-8 as is; reals printed with 9 significant
+ * digits, with ".0" when that looks like an integer, and the exponent without "+" or
+ * leading zeros. */
 
-static json_t *to_json(const msgpack_object *o, int logits_data, char *err, size_t errlen);
+typedef struct jout { char *p; size_t n, cap; } jout;
+
+static void jflush(jout *o)
+{
+    if (o->n && write_all(1, o->p, o->n) != 0) {
+        int e = errno;
+        free(o->p);
+        if (e == EPIPE) exit(0);
+        phi3_die("write error: %s", strerror(e));
+    }
+    o->n = 0;
+}
+
+static void jraw(jout *o, const char *s, size_t n)
+{
+    if (o->n + n > o->cap) {
+        if (o->n >= (1 << 20)) jflush(o);
+        if (o->n + n > o->cap) {
+            o->cap = o->n + n > (1 << 20) ? o->n + n : 1 << 20;
+            o->p = xrealloc(o->p, o->cap);
+        }
+    }
+    memcpy(o->p + o->n, s, n);
+    o->n += n;
+}
+
+static void jstr(jout *o, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    jraw(o, "\"", 1);
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        const char *esc = NULL;
+        char u[7];
+        if (c == '"') esc = "\\\"";
+        else if (c == '\\') esc = "\\\\";
+        else if (c == '\b') esc = "\\b";
+        else if (c == '\f') esc = "\\f";
+        else if (c == '\n') esc = "\\n";
+        else if (c == '\r') esc = "\\r";
+        else if (c == '\t') esc = "\\t";
+        else if (c < 0x20) {
+            memcpy(u, "\\u00", 4);
+            u[4] = hex[c >> 4];
+            u[5] = hex[c & 15];
+            u[6] = 0;
+            esc = u;
+        }
+        if (!esc) continue;
+        jraw(o, s + run, i - run);
+        jraw(o, esc, strlen(esc));
+        run = i + 1;
+    }
+    jraw(o, s + run, n - run);
+    jraw(o, "\"", 1);
+}
+
+static void jreal(jout *o, double v)
+{
+    if (!isfinite(v)) { jraw(o, "null", 4); return; }
+    char b[48];
+    int n = snprintf(b, sizeof b, "%.9g", v);
+    if (!strchr(b, '.') && !strchr(b, 'e')) { memcpy(b + n, ".0", 3); n += 2; }
+    char *e = strchr(b, 'e');
+    if (e) {                         /* e+30 -> e30, e-05 -> e-5 */
+        char *d = e + 1, *q = d;
+        if (*q == '+') q++;
+        else if (*q == '-') { d++; q++; }
+        while (*q == '0' && q[1]) q++;
+        memmove(d, q, strlen(q) + 1);
+        n = (int)strlen(b);
+    }
+    jraw(o, b, (size_t)n);
+}
+
+static void jint(jout *o, int64_t v)
+{
+    char b[32];
+    int n = snprintf(b, sizeof b, "%lld", (long long)v);
+    jraw(o, b, (size_t)n);
+}
 
 /* The shortest decimal that reads back as the same float32, as a double: printed with 9
  * significant digits it shows as that short decimal (0.1, not 0.100000001). */
@@ -76,81 +164,116 @@ static double short_float(float f)
     return (double)f;
 }
 
-static json_t *floats_json(const void *p, size_t len)
-{
-    json_t *a = json_array();
-    for (size_t i = 0; i + 4 <= len; i += 4) {
-        float f;
-        memcpy(&f, (const char *)p + i, 4);
-        json_array_append_new(a, isfinite(f) ? json_real(short_float(f)) : json_null());
-    }
-    return a;
-}
-
-static json_t *to_json(const msgpack_object *o, int logits_data, char *err, size_t errlen)
+/* Check pass: 0 if o can be shown, else -1 with the reason in err. */
+static int check(const msgpack_object *o, int logits_data, char *err, size_t errlen)
 {
     switch (o->type) {
-    case MSGPACK_OBJECT_NIL: return json_null();
-    case MSGPACK_OBJECT_BOOLEAN: return json_boolean(o->via.boolean);
-    case MSGPACK_OBJECT_POSITIVE_INTEGER:
-        if (o->via.u64 > INT64_MAX) return json_real((double)o->via.u64);
-        return json_integer((json_int_t)o->via.u64);
-    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return json_integer(o->via.i64);
-    case MSGPACK_OBJECT_FLOAT32: case MSGPACK_OBJECT_FLOAT64:
-        return isfinite(o->via.f64) ? json_real(o->via.f64) : json_null();
-    case MSGPACK_OBJECT_STR: {
-        json_t *s = json_stringn(o->via.str.ptr, o->via.str.size);
-        if (!s) snprintf(err, errlen, "a string is not valid UTF-8");
-        return s;
-    }
-    case MSGPACK_OBJECT_BIN: {
-        if (logits_data) {
-            if (o->via.bin.size % 4) { snprintf(err, errlen, "logits data is %u bytes, not a multiple of 4", o->via.bin.size); return NULL; }
-            return floats_json(o->via.bin.ptr, o->via.bin.size);
+    case MSGPACK_OBJECT_STR:
+        if (!phi3_utf8_valid(o->via.str.ptr, o->via.str.size)) {
+            snprintf(err, errlen, "a string is not valid UTF-8");
+            return -1;
         }
-        char *b = b64_encode((const unsigned char *)o->via.bin.ptr, o->via.bin.size);
-        json_t *j = json_pack("{s:s}", "$bin", b);
-        free(b);
-        return j;
-    }
+        return 0;
+    case MSGPACK_OBJECT_BIN:
+        if (logits_data && o->via.bin.size % 4) {
+            snprintf(err, errlen, "logits data is %u bytes, not a multiple of 4", o->via.bin.size);
+            return -1;
+        }
+        return 0;
     case MSGPACK_OBJECT_EXT:
         snprintf(err, errlen, "msgpack ext values are not part of the protocol");
-        return NULL;
-    case MSGPACK_OBJECT_ARRAY: {
-        json_t *a = json_array();
-        for (uint32_t i = 0; i < o->via.array.size; i++) {
-            json_t *e = to_json(&o->via.array.ptr[i], 0, err, errlen);
-            if (!e) { json_decref(a); return NULL; }
-            json_array_append_new(a, e);
-        }
-        return a;
-    }
-    case MSGPACK_OBJECT_MAP: {
-        json_t *m = json_object();
+        return -1;
+    case MSGPACK_OBJECT_ARRAY:
+        for (uint32_t i = 0; i < o->via.array.size; i++)
+            if (check(&o->via.array.ptr[i], 0, err, errlen)) return -1;
+        return 0;
+    case MSGPACK_OBJECT_MAP:
         for (uint32_t i = 0; i < o->via.map.size; i++) {
             const msgpack_object_kv *kv = &o->via.map.ptr[i];
-            if (kv->key.type != MSGPACK_OBJECT_STR) { snprintf(err, errlen, "a map key is not a string"); json_decref(m); return NULL; }
-            char *k = strndup(kv->key.via.str.ptr, kv->key.via.str.size);
-            json_t *v = to_json(&kv->val, 0, err, errlen);
-            if (!v || json_object_set_new(m, k, v) != 0) {
-                if (v) snprintf(err, errlen, "a map key is not valid UTF-8");
-                free(k);
-                json_decref(m);
-                return NULL;
+            if (kv->key.type != MSGPACK_OBJECT_STR) {
+                snprintf(err, errlen, "a map key is not a string");
+                return -1;
             }
-            free(k);
+            if (!phi3_utf8_valid(kv->key.via.str.ptr, kv->key.via.str.size)) {
+                snprintf(err, errlen, "a map key is not valid UTF-8");
+                return -1;
+            }
+            if (check(&kv->val, 0, err, errlen)) return -1;
         }
-        return m;
+        return 0;
+    default:
+        return 0;
     }
+}
+
+static void show(jout *jo, const msgpack_object *o, int logits_data)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL: jraw(jo, "null", 4); return;
+    case MSGPACK_OBJECT_BOOLEAN: if (o->via.boolean) jraw(jo, "true", 4); else jraw(jo, "false", 5); return;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        if (o->via.u64 > INT64_MAX) jreal(jo, (double)o->via.u64);
+        else jint(jo, (int64_t)o->via.u64);
+        return;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: jint(jo, o->via.i64); return;
+    case MSGPACK_OBJECT_FLOAT32: case MSGPACK_OBJECT_FLOAT64: jreal(jo, o->via.f64); return;
+    case MSGPACK_OBJECT_STR: jstr(jo, o->via.str.ptr, o->via.str.size); return;
+    case MSGPACK_OBJECT_BIN:
+        if (logits_data) {
+            jraw(jo, "[", 1);
+            for (uint32_t i = 0; i + 4 <= o->via.bin.size; i += 4) {
+                float f;
+                memcpy(&f, o->via.bin.ptr + i, 4);
+                if (i) jraw(jo, ",", 1);
+                jreal(jo, isfinite(f) ? short_float(f) : NAN);
+            }
+            jraw(jo, "]", 1);
+        } else {
+            char *b = b64_encode((const unsigned char *)o->via.bin.ptr, o->via.bin.size);
+            jraw(jo, "{\"$bin\":\"", 9);
+            jraw(jo, b, strlen(b));
+            jraw(jo, "\"}", 2);
+            free(b);
+        }
+        return;
+    case MSGPACK_OBJECT_ARRAY:
+        jraw(jo, "[", 1);
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+            if (i) jraw(jo, ",", 1);
+            show(jo, &o->via.array.ptr[i], 0);
+        }
+        jraw(jo, "]", 1);
+        return;
+    case MSGPACK_OBJECT_MAP:
+        jraw(jo, "{", 1);
+        for (uint32_t i = 0; i < o->via.map.size; i++) {
+            if (i) jraw(jo, ",", 1);
+            jstr(jo, o->via.map.ptr[i].key.via.str.ptr, o->via.map.ptr[i].key.via.str.size);
+            jraw(jo, ":", 1);
+            show(jo, &o->via.map.ptr[i].val, 0);
+        }
+        jraw(jo, "}", 1);
+        return;
+    case MSGPACK_OBJECT_EXT:
+        return;                      /* refused by check */
     }
-    snprintf(err, errlen, "unknown msgpack type");
-    return NULL;
+    if (o->type == FRAME_OBJECT_INTS) {
+        frame_int_iter it;
+        int64_t v;
+        obj_ints_iter(o, &it);
+        jraw(jo, "[", 1);
+        for (size_t i = 0; frame_int_next(&it, &v); i++) {
+            if (i) jraw(jo, ",", 1);
+            jint(jo, v);
+        }
+        jraw(jo, "]", 1);
+    }
 }
 
 typedef struct { int id; float v; } scored;
 
 /* The K largest logits, best first (K small: insertion into a sorted array). */
-static json_t *top_json(const void *p, size_t len, int k, const tok *tk)
+static void show_top(jout *jo, const void *p, size_t len, int k, const tok *tk)
 {
     size_t n = len / 4;
     scored *best = xmalloc((size_t)k * sizeof *best);
@@ -164,64 +287,67 @@ static json_t *top_json(const void *p, size_t len, int k, const tok *tk)
         while (j > 0 && best[j - 1].v < f) { best[j] = best[j - 1]; j--; }
         best[j] = (scored){(int)i, f};
     }
-    json_t *a = json_array();
+    jraw(jo, "[", 1);
     for (int i = 0; i < have; i++) {
-        json_t *e = json_pack("{s:i,s:f}", "id", best[i].id, "logit", short_float(best[i].v));
+        if (i) jraw(jo, ",", 1);
+        jraw(jo, "{\"id\":", 6);
+        jint(jo, best[i].id);
+        jraw(jo, ",\"logit\":", 9);
+        jreal(jo, isfinite(best[i].v) ? short_float(best[i].v) : NAN);
         size_t plen = 0;
         const char *piece = tk ? tok_piece(tk, best[i].id, &plen) : NULL;
-        if (piece) json_object_set_new(e, "piece", json_stringn(piece, plen));
-        json_array_append_new(a, e);
+        if (piece) {
+            jraw(jo, ",\"piece\":", 9);
+            jstr(jo, piece, plen);
+        }
+        jraw(jo, "}", 1);
     }
+    jraw(jo, "]", 1);
     free(best);
-    return a;
 }
 
 static int dump(size_t max_frame, int top, const tok *tk)
 {
-    frame_reader *r = fr_open(0, max_frame);
-    frame f;
+    static frame_reader *r;
+    static frame f;
+    static jout jo;
+    r = fr_open(0, max_frame);
     int rc;
     while ((rc = fr_next(r, &f)) == 1) {
         char err[160] = "";
         int is_logits = strcmp(f.type, "logits") == 0;
-        json_t *j = json_object();
-        json_object_set_new(j, "type", json_string(f.type));
         const msgpack_object_map *m = &f.root.via.map;
-        for (uint32_t i = 0; i < m->size && j; i++) {
+        if (check(&f.root, 0, err, sizeof err))
+            phi3_die("frame %ld: cannot show as JSON: %s", f.index, err);
+        for (uint32_t i = 0; i < m->size; i++) {
+            const msgpack_object_kv *kv = &m->ptr[i];
+            if (is_logits && obj_str_eq(&kv->key, "data") && kv->val.type == MSGPACK_OBJECT_BIN &&
+                !(top > 0) && check(&kv->val, 1, err, sizeof err))
+                phi3_die("frame %ld: cannot show as JSON: %s", f.index, err);
+        }
+        jraw(&jo, "{\"type\":", 8);
+        jstr(&jo, f.type, strlen(f.type));
+        for (uint32_t i = 0; i < m->size; i++) {
             const msgpack_object_kv *kv = &m->ptr[i];
             if (obj_str_eq(&kv->key, "type")) continue;
-            int data = is_logits && obj_str_eq(&kv->key, "data");
-            json_t *v;
-            if (data && top > 0 && kv->val.type == MSGPACK_OBJECT_BIN)
-                v = top_json(kv->val.via.bin.ptr, kv->val.via.bin.size, top, tk);
-            else
-                v = to_json(&kv->val, data && kv->val.type == MSGPACK_OBJECT_BIN, err, sizeof err);
-            if (kv->key.type != MSGPACK_OBJECT_STR) { snprintf(err, sizeof err, "a map key is not a string"); json_decref(v); v = NULL; }
-            if (v) {
-                char *k = strndup(kv->key.via.str.ptr, kv->key.via.str.size);
-                const char *name = data && top > 0 ? "top" : k;
-                if (json_object_set_new(j, name, v) != 0) { snprintf(err, sizeof err, "a map key is not valid UTF-8"); v = NULL; }
-                free(k);
+            int data = is_logits && obj_str_eq(&kv->key, "data") && kv->val.type == MSGPACK_OBJECT_BIN;
+            jraw(&jo, ",", 1);
+            if (data && top > 0) {
+                jraw(&jo, "\"top\":", 6);
+                show_top(&jo, kv->val.via.bin.ptr, kv->val.via.bin.size, top, tk);
+            } else {
+                jstr(&jo, kv->key.via.str.ptr, kv->key.via.str.size);
+                jraw(&jo, ":", 1);
+                show(&jo, &kv->val, data);
             }
-            if (!v) { json_decref(j); j = NULL; }
         }
-        if (!j) phi3_die("frame %ld: cannot show as JSON: %s", f.index, err);
-        char *s = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII * 0 | JSON_REAL_PRECISION(9) | JSON_PRESERVE_ORDER);
-        json_decref(j);
-        size_t n = strlen(s);
-        s[n] = '\n';
-        int wr = write_all(1, s, n + 1), e = errno;
-        free(s);
+        jraw(&jo, "}\n", 2);
+        jflush(&jo);
         frame_free(&f);
-        if (wr != 0) {                    /* nothing left allocated (LeakSanitizer) */
-            fr_close(r);
-            tok_free((tok *)tk);
-            if (e == EPIPE) exit(0);
-            phi3_die("write error: %s", strerror(e));
-        }
     }
     if (rc < 0) phi3_die("%s", fr_error(r));
     fr_close(r);
+    free(jo.p);
     return 0;
 }
 

@@ -174,6 +174,7 @@ static const char *kind_name(msgpack_object_type t)
     case MSGPACK_OBJECT_BIN: return "bin";
     case MSGPACK_OBJECT_EXT: return "ext";
     }
+    if (t == FRAME_OBJECT_INTS) return "array";
     return "?";
 }
 
@@ -215,27 +216,218 @@ static const keyref *dup_key(const msgpack_object *o, keyref *found)
     return hit;
 }
 
+/* ---- parsing a complete frame (already checked by scan) into msgpack objects ---- */
+
+enum { MAX_DEPTH = 64, PACK_MIN = 16 };
+
+typedef struct parser {
+    const unsigned char *p, *end;
+    msgpack_zone *z;
+    const char *err;
+} parser;
+
+static void *zalloc(parser *ps, size_t n)
+{
+    void *q = msgpack_zone_malloc(ps->z, n ? n : 1);
+    if (!q) phi3_die("out of memory");
+    return q;
+}
+
+static uint64_t rd(parser *ps, int n)
+{
+    uint64_t v = be(ps->p, n);
+    ps->p += n;
+    return v;
+}
+
+/* Length in bytes of the integer at q (a msgpack int of any width), 0 if q is not an
+ * int representable as int64. */
+static size_t int_len(const unsigned char *q, const unsigned char *end)
+{
+    unsigned b = q[0];
+    size_t n = b <= 0x7f || b >= 0xe0 ? 1 : b == 0xcc || b == 0xd0 ? 2 : b == 0xcd || b == 0xd1 ? 3 :
+               b == 0xce || b == 0xd2 ? 5 : b == 0xcf || b == 0xd3 ? 9 : 0;
+    if (n == 0 || (size_t)(end - q) < n) return 0;
+    if (b == 0xcf && q[1] >= 0x80) return 0;         /* > INT64_MAX */
+    return n;
+}
+
+static int64_t int_at(const unsigned char *q)
+{
+    unsigned b = q[0];
+    if (b <= 0x7f) return b;
+    if (b >= 0xe0) return (int8_t)b;
+    switch (b) {
+    case 0xcc: return q[1];
+    case 0xcd: return (int64_t)be(q + 1, 2);
+    case 0xce: return (int64_t)be(q + 1, 4);
+    case 0xcf: return (int64_t)be(q + 1, 8);
+    case 0xd0: return (int8_t)q[1];
+    case 0xd1: return (int16_t)be(q + 1, 2);
+    case 0xd2: return (int32_t)be(q + 1, 4);
+    default: return (int64_t)be(q + 1, 8);
+    }
+}
+
+static int parse_obj(parser *ps, msgpack_object *o, int depth);
+
+static int parse_array(parser *ps, msgpack_object *o, uint32_t n, int depth)
+{
+    /* An array of integers only (a tokens frame's ids) stays packed: a msgpack_object
+     * per element would cost 24 bytes for an id that takes 1 to 5. */
+    if (n >= PACK_MIN) {
+        const unsigned char *q = ps->p;
+        uint32_t i = 0;
+        for (size_t k; i < n && (k = int_len(q, ps->end)) > 0; i++) q += k;
+        if (i == n) {
+            o->type = FRAME_OBJECT_INTS;
+            o->via.bin.size = n;
+            o->via.bin.ptr = (const char *)ps->p;
+            ps->p = q;
+            return 0;
+        }
+    }
+    o->type = MSGPACK_OBJECT_ARRAY;
+    o->via.array.size = n;
+    o->via.array.ptr = n ? zalloc(ps, sizeof(msgpack_object) * n) : NULL;
+    for (uint32_t i = 0; i < n; i++)
+        if (parse_obj(ps, &o->via.array.ptr[i], depth + 1)) return -1;
+    return 0;
+}
+
+static int parse_map(parser *ps, msgpack_object *o, uint32_t n, int depth)
+{
+    o->type = MSGPACK_OBJECT_MAP;
+    o->via.map.size = n;
+    o->via.map.ptr = n ? zalloc(ps, sizeof(msgpack_object_kv) * n) : NULL;
+    for (uint32_t i = 0; i < n; i++)
+        if (parse_obj(ps, &o->via.map.ptr[i].key, depth + 1) ||
+            parse_obj(ps, &o->via.map.ptr[i].val, depth + 1))
+            return -1;
+    return 0;
+}
+
+static void raw(parser *ps, msgpack_object *o, msgpack_object_type t, size_t n)
+{
+    o->type = t;
+    o->via.str.size = (uint32_t)n;           /* str and bin share the layout */
+    o->via.str.ptr = (const char *)ps->p;
+    ps->p += n;
+}
+
+static int parse_obj(parser *ps, msgpack_object *o, int depth)
+{
+    if (depth > MAX_DEPTH) { ps->err = "nesting too deep"; return -1; }
+    if (ps->p >= ps->end) { ps->err = "malformed"; return -1; }
+    unsigned b = *ps->p++;
+    float f;
+    double d;
+    uint32_t u;
+    uint64_t v;
+    if (b <= 0x7f) { o->type = MSGPACK_OBJECT_POSITIVE_INTEGER; o->via.u64 = b; return 0; }
+    if (b >= 0xe0) { o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER; o->via.i64 = (int8_t)b; return 0; }
+    if (b <= 0x8f) return parse_map(ps, o, b & 0x0f, depth);
+    if (b <= 0x9f) return parse_array(ps, o, b & 0x0f, depth);
+    if (b <= 0xbf) { raw(ps, o, MSGPACK_OBJECT_STR, b & 0x1f); return 0; }
+    switch (b) {
+    case 0xc0: o->type = MSGPACK_OBJECT_NIL; return 0;
+    case 0xc2: case 0xc3: o->type = MSGPACK_OBJECT_BOOLEAN; o->via.boolean = b == 0xc3; return 0;
+    case 0xc4: case 0xc5: case 0xc6:
+        raw(ps, o, MSGPACK_OBJECT_BIN, (size_t)rd(ps, b == 0xc4 ? 1 : b == 0xc5 ? 2 : 4));
+        return 0;
+    case 0xd9: case 0xda: case 0xdb:
+        raw(ps, o, MSGPACK_OBJECT_STR, (size_t)rd(ps, b == 0xd9 ? 1 : b == 0xda ? 2 : 4));
+        return 0;
+    case 0xc7: case 0xc8: case 0xc9: {
+        size_t n = (size_t)rd(ps, b == 0xc7 ? 1 : b == 0xc8 ? 2 : 4);
+        o->type = MSGPACK_OBJECT_EXT;
+        o->via.ext.type = (int8_t)*ps->p++;
+        o->via.ext.size = (uint32_t)n;
+        o->via.ext.ptr = (const char *)ps->p;
+        ps->p += n;
+        return 0;
+    }
+    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: {
+        size_t n = (size_t)1 << (b - 0xd4);
+        o->type = MSGPACK_OBJECT_EXT;
+        o->via.ext.type = (int8_t)*ps->p++;
+        o->via.ext.size = (uint32_t)n;
+        o->via.ext.ptr = (const char *)ps->p;
+        ps->p += n;
+        return 0;
+    }
+    case 0xca:
+        u = (uint32_t)rd(ps, 4);
+        memcpy(&f, &u, 4);
+        o->type = MSGPACK_OBJECT_FLOAT32;
+        o->via.f64 = f;
+        return 0;
+    case 0xcb:
+        v = rd(ps, 8);
+        memcpy(&d, &v, 8);
+        o->type = MSGPACK_OBJECT_FLOAT64;
+        o->via.f64 = d;
+        return 0;
+    case 0xcc: case 0xcd: case 0xce: case 0xcf:
+        o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+        o->via.u64 = rd(ps, b == 0xcc ? 1 : b == 0xcd ? 2 : b == 0xce ? 4 : 8);
+        return 0;
+    case 0xd0: case 0xd1: case 0xd2: case 0xd3: {
+        int n = b == 0xd0 ? 1 : b == 0xd1 ? 2 : b == 0xd2 ? 4 : 8;
+        const unsigned char *q = ps->p - 1;
+        ps->p += n;
+        int64_t x = int_at(q);
+        if (x >= 0) { o->type = MSGPACK_OBJECT_POSITIVE_INTEGER; o->via.u64 = (uint64_t)x; }
+        else { o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER; o->via.i64 = x; }
+        return 0;
+    }
+    case 0xdc: case 0xdd: return parse_array(ps, o, (uint32_t)rd(ps, b == 0xdc ? 2 : 4), depth);
+    case 0xde: case 0xdf: return parse_map(ps, o, (uint32_t)rd(ps, b == 0xde ? 2 : 4), depth);
+    }
+    ps->err = "malformed";
+    return -1;
+}
+
+/* Frames at least this big take the reader's buffer with them instead of a copy. */
+enum { OWN_MIN = 1 << 20 };
+
 /* Turn the complete frame at buf[start, start+len) into *out. */
 static int decode(frame_reader *r, size_t len, frame *out)
 {
     long no = r->count + 1;
-    msgpack_zone *z = msgpack_zone_new(len + 256);
+    msgpack_zone *z = msgpack_zone_new(len < 65536 ? len + 256 : 65536);
     if (!z) phi3_die("out of memory");
-    char *copy = msgpack_zone_malloc(z, len);
-    if (!copy) phi3_die("out of memory");
-    memcpy(copy, r->buf + r->start, len);
-    size_t off = 0;
+    unsigned char *bytes, *own = NULL;
+    if (len >= OWN_MIN) {
+        /* The frame keeps the buffer (no second copy of a big frame); what follows it
+         * moves to a fresh buffer. */
+        size_t rest = r->len - r->start - len;
+        size_t ncap = rest > 65536 ? rest : 65536;
+        unsigned char *nb = xmalloc(ncap);
+        memcpy(nb, r->buf + r->start + len, rest);
+        if (r->start > 0) memmove(r->buf, r->buf + r->start, len);
+        own = xrealloc(r->buf, len);
+        bytes = own;
+        r->buf = nb;
+        r->cap = ncap;
+        r->len = rest;
+        r->start = 0;
+    } else {
+        bytes = msgpack_zone_malloc(z, len);
+        if (!bytes) phi3_die("out of memory");
+        memcpy(bytes, r->buf + r->start, len);
+        r->start += len;
+    }
+    parser ps = {bytes, bytes + len, z, NULL};
     msgpack_object obj;
-    msgpack_unpack_return ret = msgpack_unpack(copy, len, &off, z, &obj);
-    if (ret != MSGPACK_UNPACK_SUCCESS || off != len) {
-        snprintf(r->err, sizeof r->err, "frame %ld: invalid msgpack (nesting too deep or malformed)", no);
-        msgpack_zone_free(z);
-        return -1;
+    if (parse_obj(&ps, &obj, 0) || ps.p != ps.end) {
+        snprintf(r->err, sizeof r->err, "frame %ld: invalid msgpack (%s)", no,
+                 ps.err ? ps.err : "malformed");
+        goto bad;
     }
     if (obj.type != MSGPACK_OBJECT_MAP) {
         snprintf(r->err, sizeof r->err, "frame %ld: top-level value is %s, not a map", no, kind_name(obj.type));
-        msgpack_zone_free(z);
-        return -1;
+        goto bad;
     }
     const msgpack_object *t = NULL;
     for (uint32_t i = 0; i < obj.via.map.size; i++) {
@@ -244,25 +436,21 @@ static int decode(frame_reader *r, size_t len, frame *out)
     }
     if (!t) {
         snprintf(r->err, sizeof r->err, "frame %ld: map has no \"type\" key", no);
-        msgpack_zone_free(z);
-        return -1;
+        goto bad;
     }
     if (t->type != MSGPACK_OBJECT_STR) {
         snprintf(r->err, sizeof r->err, "frame %ld: \"type\" is %s, not a string", no, kind_name(t->type));
-        msgpack_zone_free(z);
-        return -1;
+        goto bad;
     }
     if (!phi3_utf8_valid(t->via.str.ptr, t->via.str.size)) {
         snprintf(r->err, sizeof r->err, "frame %ld: \"type\" is not valid UTF-8", no);
-        msgpack_zone_free(z);
-        return -1;
+        goto bad;
     }
     keyref dk;
     if (dup_key(&obj, &dk)) {
         snprintf(r->err, sizeof r->err, "frame %ld: duplicate key \"%.*s\"", no,
                  (int)(dk.n > 40 ? 40 : dk.n), dk.p);
-        msgpack_zone_free(z);
-        return -1;
+        goto bad;
     }
     char *ty = msgpack_zone_malloc(z, t->via.str.size + 1);
     if (!ty) phi3_die("out of memory");
@@ -270,11 +458,15 @@ static int decode(frame_reader *r, size_t len, frame *out)
     ty[t->via.str.size] = 0;
     out->root = obj;
     out->zone = z;
+    out->own = own;
     out->type = ty;
     out->index = no;
     r->count = no;
-    r->start += len;
     return 1;
+bad:
+    msgpack_zone_free(z);
+    free(own);
+    return -1;
 }
 
 int fr_next(frame_reader *r, frame *out)
@@ -329,6 +521,7 @@ int fr_next(frame_reader *r, frame *out)
 void frame_free(frame *f)
 {
     if (f && f->zone) msgpack_zone_free(f->zone);
+    if (f) free(f->own);
     if (f) memset(f, 0, sizeof *f);
 }
 
@@ -384,23 +577,62 @@ int frame_bin(const frame *f, const char *key, const void **p, size_t *len)
     return 1;
 }
 
-int frame_ints(const frame *f, const char *key, int64_t **out, size_t *n, size_t *bad_index)
+void obj_ints_iter(const msgpack_object *o, frame_int_iter *it)
+{
+    memset(it, 0, sizeof *it);
+    it->raw = (const unsigned char *)o->via.bin.ptr;
+    it->n = o->via.bin.size;
+}
+
+int frame_ints_iter(const frame *f, const char *key, frame_int_iter *it, size_t *n,
+                    size_t *bad_index)
 {
     const msgpack_object *o = frame_get(f, key);
-    *out = NULL;
+    memset(it, 0, sizeof *it);
     *n = 0;
     if (!o) return 0;
-    if (o->type != MSGPACK_OBJECT_ARRAY) { if (bad_index) *bad_index = (size_t)-1; return -1; }
-    size_t cnt = o->via.array.size;
-    int64_t *v = xmalloc(cnt * sizeof *v);
-    for (size_t i = 0; i < cnt; i++) {
-        const msgpack_object *e = &o->via.array.ptr[i];
-        if (e->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) v[i] = e->via.i64;
-        else if (e->type == MSGPACK_OBJECT_POSITIVE_INTEGER && e->via.u64 <= INT64_MAX) v[i] = (int64_t)e->via.u64;
-        else { free(v); if (bad_index) *bad_index = i; return -1; }
+    if (o->type == FRAME_OBJECT_INTS) {
+        obj_ints_iter(o, it);
+        *n = it->n;
+        return 1;
     }
+    if (o->type != MSGPACK_OBJECT_ARRAY) { if (bad_index) *bad_index = (size_t)-1; return -1; }
+    for (uint32_t i = 0; i < o->via.array.size; i++) {
+        const msgpack_object *e = &o->via.array.ptr[i];
+        if (!(e->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ||
+              (e->type == MSGPACK_OBJECT_POSITIVE_INTEGER && e->via.u64 <= INT64_MAX))) {
+            if (bad_index) *bad_index = i;
+            return -1;
+        }
+    }
+    it->arr = o->via.array.ptr;
+    it->n = *n = o->via.array.size;
+    return 1;
+}
+
+bool frame_int_next(frame_int_iter *it, int64_t *v)
+{
+    if (it->i >= it->n) return false;
+    if (it->raw) {
+        *v = int_at(it->raw);
+        it->raw += int_len(it->raw, it->raw + 9);
+    } else {
+        const msgpack_object *e = &it->arr[it->i];
+        *v = e->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? e->via.i64 : (int64_t)e->via.u64;
+    }
+    it->i++;
+    return true;
+}
+
+int frame_ints(const frame *f, const char *key, int64_t **out, size_t *n, size_t *bad_index)
+{
+    frame_int_iter it;
+    *out = NULL;
+    int r = frame_ints_iter(f, key, &it, n, bad_index);
+    if (r <= 0) { *n = 0; return r; }
+    int64_t *v = xmalloc(*n * sizeof *v);
+    for (size_t i = 0; frame_int_next(&it, &v[i]); i++) {}
     *out = v;
-    *n = cnt;
     return 1;
 }
 

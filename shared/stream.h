@@ -18,9 +18,15 @@
  * Writers keep their frames within it (splitting or refusing what would not fit). */
 size_t frame_cap(void);
 
+/* An array of integers only (of at least 16) is not unpacked into one msgpack_object
+ * per element: it has this type, via.bin.size = the element count and via.bin.ptr = the
+ * packed elements. Read it with frame_ints / frame_ints_iter. */
+#define FRAME_OBJECT_INTS ((msgpack_object_type)0x7f)
+
 typedef struct frame {
     msgpack_object root;     /* always a map with a string "type" */
-    msgpack_zone *zone;      /* owns everything root points into */
+    msgpack_zone *zone;      /* owns the objects (and the bytes of a small frame) */
+    void *own;               /* the bytes of a big frame, NULL for a small one */
     const char *type;        /* NUL-terminated copy of the type string */
     long index;              /* 1-based frame number in the stream */
 } frame;
@@ -49,6 +55,18 @@ int frame_bin(const frame *f, const char *key, const void **p, size_t *len);
 /* Array of integers: *out is malloc'ed (caller frees); an element that is not an integer
  * gives -1 with *bad_index set. */
 int frame_ints(const frame *f, const char *key, int64_t **out, size_t *n, size_t *bad_index);
+/* The same one element at a time, without an array of them all: 1 with *n elements
+ * (all integers) to read with frame_int_next, 0 absent, -1 as frame_ints. */
+typedef struct frame_int_iter {
+    const unsigned char *raw;        /* packed elements, or NULL */
+    const msgpack_object *arr;       /* else the unpacked ones */
+    size_t i, n;
+} frame_int_iter;
+int frame_ints_iter(const frame *f, const char *key, frame_int_iter *it, size_t *n,
+                    size_t *bad_index);
+bool frame_int_next(frame_int_iter *it, int64_t *v);
+/* An iterator over the elements of a FRAME_OBJECT_INTS object. */
+void obj_ints_iter(const msgpack_object *o, frame_int_iter *it);
 /* True if the key names a str equal to s. */
 bool obj_str_eq(const msgpack_object *o, const char *s);
 

@@ -75,6 +75,12 @@ fifo_model() {
   run --separate-stderr "$PHI3_BIN/phi3-sample" --seed 'é日本' < /dev/null
   assert_status 1
   assert_err "phi3-sample: " "'é日本'"
+  run --separate-stderr "$PHI3_BIN/phi3-sample" -m "$M" --stop $'\xff\n\e[1m' < /dev/null
+  assert_status 1
+  assert_err "phi3-sample: " "--stop: '\xff\n\x1b[1m'"
+  run --separate-stderr "$PHI3_BIN/phi3-run" --session-info $'x\nphi3-run: forged\e[2J' < /dev/null
+  assert_status 1
+  assert_err "phi3-run: " "'x\nphi3-run: forged\x1b[2J'"
   run --separate-stderr "$PHI3_BIN/phi3-dump" $'--bad\nline' < /dev/null
   assert_status 2
   assert_err "phi3-dump: " "'--bad\\nline'"
@@ -217,4 +223,49 @@ P
   assert_status 1
   assert_err "phi3-dump: " "line 1: a frame of"
   [ -z "$output" ]
+}
+
+@test "hardening: a ~16 MB frame costs each text tool at most 4x its size (peak RSS over the tool's baseline)" {
+  "$PY" - <<'P'
+import msgpack, struct
+N = 16 << 20
+t = ("hello world " * (N // 12 + 1))[:N]
+e = ("\U0001F642 \u65e5\u672c " * (N // 12 + 1))[: N // 3]
+open("text.bin", "wb").write(msgpack.packb({"type": "text", "text": t}))
+open("emoji.bin", "wb").write(msgpack.packb({"type": "text", "text": e}))
+open("msg.bin", "wb").write(msgpack.packb({"type": "message", "role": "user", "content": t}))
+open("tokens.bin", "wb").write(msgpack.packb({"type": "tokens", "ids": [15043] * (N // 3)}))
+n = N // 4
+open("logits.bin", "wb").write(msgpack.packb({"type": "tokens", "ids": [1, 2, 3]}) +
+    msgpack.packb({"type": "logits", "pos": 3, "data": struct.pack("<%df" % n, *([0.5] * n))}, use_bin_type=True))
+# context ids for the penalties: kept as int32 (4 bytes per id; Phi-3's ids pack in 3)
+open("ctx.bin", "wb").write(msgpack.packb({"type": "tokens", "ids": [15043, 300] * (N // 6)}) +
+    msgpack.packb({"type": "logits", "pos": 0, "data": struct.pack("<4f", 1, 2, 3, 4)}, use_bin_type=True))
+P
+  "$PY" - "$PHI3_BIN" "$M" <<'P'
+import os, resource, subprocess, sys
+bin, m = sys.argv[1], sys.argv[2]
+def peak(cmd, inp):
+    # ru_maxrss of the one child this python starts (KiB): run each in a fresh python
+    out = subprocess.run([sys.executable, "-c",
+        "import resource,subprocess,sys; subprocess.run(sys.argv[2:], stdin=open(sys.argv[1],'rb'), stdout=subprocess.DEVNULL, check=True);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)", inp] + cmd,
+        capture_output=True, text=True, check=True)
+    return int(out.stdout) * 1024
+open("empty.bin", "wb").close()
+bad = []
+for cmd, inp in [([bin + "/phi3-dump"], "tokens.bin"), ([bin + "/phi3-dump"], "text.bin"),
+                 ([bin + "/phi3-dump", "--top", "3"], "logits.bin"),
+                 ([bin + "/phi3-tok", "-m", m], "text.bin"), ([bin + "/phi3-tok", "-m", m], "emoji.bin"),
+                 ([bin + "/phi3-tok", "-m", m, "--count"], "text.bin"),
+                 ([bin + "/phi3-template"], "msg.bin"),
+                 ([bin + "/phi3-detok", "-m", m], "tokens.bin"), ([bin + "/phi3-detok", "-m", m, "--frames"], "tokens.bin"),
+                 ([bin + "/phi3-sample", "--greedy"], "logits.bin"), ([bin + "/phi3-sample", "--greedy", "--repeat-penalty", "1.1"], "ctx.bin")]:
+    size = os.path.getsize(inp)
+    base, got = peak(cmd, "empty.bin"), peak(cmd, inp)
+    if got - base > 4 * size:
+        bad.append("%s < %s: %.1f MB over a %.1f MB baseline for %.1f MB (%.1fx)" % (
+            " ".join(os.path.basename(c) for c in cmd), inp, (got - base) / 1e6, base / 1e6, size / 1e6, (got - base) / size))
+sys.exit("\n".join(bad) if bad else 0)
+P
 }

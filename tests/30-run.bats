@@ -115,6 +115,36 @@ fs=list(msgpack.Unpacker(sys.stdin.buffer,raw=False)); sys.stdout.buffer.write(b
   assert_status 0
 }
 
+@test "--kv-type f16: within 3e-3 of transformers (f32), bit-identical across splits and threads" {
+  local R="$LONGROPE/reference.safetensors"
+  tokens_frame $(ids "$R" long.ids) > "$BATS_TEST_TMPDIR/in"
+  RUN -m "$LONGROPE" --kv-type f16 --all-logits < "$BATS_TEST_TMPDIR/in" > "$BATS_TEST_TMPDIR/out"
+  run CHECK "$R" long.logits --tol 3e-3 --pos "$(ids "$R" long.pos | tr ' ' ,)" < "$BATS_TEST_TMPDIR/out"
+  assert_status 0
+  tokens_frame $(ids "$GQA/reference.safetensors" all.ids) | RUN -m "$GQA" --kv-type f16 --all-logits \
+    > "$BATS_TEST_TMPDIR/gqa"
+  run CHECK "$GQA/reference.safetensors" all.logits --tol 3e-3 < "$BATS_TEST_TMPDIR/gqa"
+  assert_status 0
+  # the f16 cache is not the f32 one (the option does something)
+  tokens_frame $(ids "$GQA/reference.safetensors" all.ids) | RUN -m "$GQA" --all-logits > "$BATS_TEST_TMPDIR/f32"
+  ! cmp -s "$BATS_TEST_TMPDIR/gqa" "$BATS_TEST_TMPDIR/f32"
+  local all=($(ids "$R" cross.prompt) $(ids "$R" cross.greedy))
+  tokens_frame "${all[@]:0:70}" | RUN -m "$LONGROPE" --kv-type f16 --threads 2 | frames2json | tail -1 > "$BATS_TEST_TMPDIR/a"
+  { tokens_frame "${all[@]:0:30}"; tokens_frame "${all[@]:30:33}"; tokens_frames "${all[@]:63:7}"; } \
+    | PHI3_NO_AVX=1 RUN -m "$LONGROPE" --kv-type f16 --threads 1 | frames2json | tail -1 > "$BATS_TEST_TMPDIR/b"
+  grep -q '"pos":70' "$BATS_TEST_TMPDIR/a"
+  cmp "$BATS_TEST_TMPDIR/a" "$BATS_TEST_TMPDIR/b"
+}
+
+@test "--kv-type: a bad value or f16 with --backend cuda is a usage error (exit 2)" {
+  run --separate-stderr RUN -m "$GQA" --kv-type bf16 < /dev/null
+  assert_status 2
+  assert_err "phi3-run: --kv-type: expected f32 or f16, got 'bf16'"
+  run --separate-stderr "$PHI3_BIN/phi3-run" -m "$GQA" --backend cuda --kv-type f16 < /dev/null
+  assert_status 2
+  assert_err "phi3-run: --kv-type f16 applies to the CPU backend"
+}
+
 @test "-v reports weights, context and memory on stderr; stdout stays frames" {
   run --separate-stderr bash -c "$(declare -f tokens_frame json2frames); tokens_frame 1 2 | $PHI3_BIN/phi3-run -m $GQA -v | $PHI3_BIN/phi3-dump | wc -l"
   assert_status 0

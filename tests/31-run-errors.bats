@@ -204,3 +204,38 @@ json.dump(c, open(p, "w"))' "$BATS_TEST_TMPDIR/m/config.json" "$@"
   assert_status 1
   assert_err "phi3-run: $BATS_TEST_TMPDIR/m/config.json: " "original_max_position_embeddings 4096 exceeds max_position_embeddings 2048"
 }
+
+@test "a 20 MB safetensors header and a 12 MB index cost at most 4x / 3x their size in peak RSS" {
+  cd "$BATS_TEST_TMPDIR"
+  mkdir big; cp "$GQA/config.json" big/
+  "$PY" - <<'PY'
+import struct
+out, total, i = [], 0, 0
+while total < 20_000_000:
+    e = '"t%07d":{"dtype":"U8","shape":[1],"data_offsets":[%d,%d]},' % (i, i, i + 1)
+    out.append(e); total += len(e); i += 1
+h = "{" + "".join(out)[:-1] + "}"
+h += " " * ((8 - len(h) % 8) % 8)
+with open("big/model.safetensors", "wb") as f:
+    f.write(struct.pack("<Q", len(h))); f.write(h.encode()); f.write(b"\0" * i)
+PY
+  run --separate-stderr /usr/bin/time -f %M -o rss "$PHI3_BIN/phi3-run" --backend cpu -m "$PWD/big" < /dev/null
+  assert_status 1
+  [[ "$stderr" == *"tensor model.embed_tokens.weight: missing"* ]] || fail "$stderr"
+  kb=$(tail -1 rss); echo "header: peak RSS $kb KiB"
+  [ "$kb" -lt $(( 4 * 20000 + 8000 )) ] || fail "peak RSS $kb KiB for a 20 MB header"
+  cp -r "$LONGROPE" idx
+  "$PY" - <<'PY'
+import json
+wm = json.load(open("idx/model.safetensors.index.json"))["weight_map"]
+out, total, i = ['"%s":"%s"' % kv for kv in wm.items()], 0, 0
+while total < 12_000_000:
+    e = '"x.%07d":"model-00001-of-00002.safetensors"' % i
+    out.append(e); total += len(e) + 1; i += 1
+open("idx/model.safetensors.index.json", "w").write('{"metadata":{},"weight_map":{' + ",".join(out) + "}}")
+PY
+  run --separate-stderr /usr/bin/time -f %M -o rss "$PHI3_BIN/phi3-run" --backend cpu -m "$PWD/idx" < /dev/null
+  assert_status 0
+  kb=$(tail -1 rss); echo "index: peak RSS $kb KiB"
+  [ "$kb" -lt $(( 3 * 12000 + 8000 )) ] || fail "peak RSS $kb KiB for a 12 MB index"
+}

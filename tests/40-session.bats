@@ -27,10 +27,11 @@ for a in sys.argv[3:]:
 ' "$@"
 }
 
-# same MODEL FILE: a session run over FILE writes exactly the bytes of a fresh run.
+# same MODEL FILE: a session run over FILE writes exactly the bytes of a fresh run
+# (both with the options in $KV, e.g. KV="--kv-type f16").
 same() {
-  "$RUN" -m "$1" -q < "$2" > fresh.out || fail "fresh run failed"
-  "$RUN" -m "$1" -q --session "$S" --stats < "$2" > sess.out 2> stats || fail "session run: $(cat stats)"
+  "$RUN" -m "$1" -q ${KV:-} < "$2" > fresh.out || fail "fresh run failed"
+  "$RUN" -m "$1" -q ${KV:-} --session "$S" --stats < "$2" > sess.out 2> stats || fail "session run: $(cat stats)"
   cmp fresh.out sess.out || fail "logits differ with the session ($2)"
   [ -s fresh.out ] || fail "no output"
 }
@@ -95,6 +96,54 @@ out.write(msgpack.packb({"type": "tokens", "ids": ids[40:45]}))' > rw.bin
   [ "$status" = 0 ] || fail "seed $seed: $output"
 }
 
+@test "--kv-type f16: logits bit-identical with a session (splits, the switch at 64, a window)" {
+  KV="--kv-type f16"
+  frames 1 32064 100 > p100.bin
+  same "$LONGROPE" p100.bin
+  same "$LONGROPE" p100.bin
+  [ "$(reused)" = 99 ] || fail "$(cat stats)"
+  for split in "64" "65" "63 1 1 1" "10 20 30 -10" "100 -5"; do
+    frames 1 32064 $split > p.bin
+    same "$LONGROPE" p.bin
+  done
+  "$RUN" --session-rm "$S"
+  for split in "80" "17" "40 40 -5"; do
+    frames 2 512 $split > p.bin
+    same "$GQA" p.bin
+  done
+}
+
+@test "--kv-type: the session records it; a run without it takes the session's; a mismatch is refused" {
+  frames 8 512 30 -2 > p.bin
+  "$RUN" -m "$GQA" -q --kv-type f16 --session "$S" < p.bin > /dev/null
+  "$RUN" --session-info "$S" | grep -q '"dtype": *"f16"'
+  # no --kv-type: the f16 session is reused, bytes as a fresh f16 run
+  "$RUN" -m "$GQA" -q --kv-type f16 < p.bin > fresh.out
+  "$RUN" -m "$GQA" -q --session "$S" --stats < p.bin > sess.out 2> stats
+  cmp fresh.out sess.out
+  [ "$(reused)" -ge 29 ] || fail "$(cat stats)"
+  cp "/dev/shm/phi3.$S" before
+  run --separate-stderr "$RUN" -m "$GQA" -q --kv-type f32 --session "$S" < p.bin
+  assert_status 1
+  assert_err "phi3-run: session $S holds a f16 KV cache, this run asks for --kv-type f32"
+  cmp before "/dev/shm/phi3.$S"
+  # half the bytes per position of an f32 session of the same capacity
+  local S2="$S-f32" b16 b32
+  "$RUN" -m "$GQA" -q --kv-type f32 --session "$S2" < p.bin > /dev/null
+  b16=$("$RUN" --session-info "$S" | "$PY" -c 'import json,sys; o=json.load(sys.stdin); print(o["bytes"], o["capacity"])')
+  b32=$("$RUN" --session-info "$S2" | "$PY" -c 'import json,sys; o=json.load(sys.stdin); print(o["bytes"], o["capacity"])')
+  "$RUN" --session-rm "$S2"
+  "$PY" - "$b16" "$b32" "$GQA/config.json" <<'PYEOF'
+import json, sys
+(b16, c16), (b32, c32) = [map(int, a.split()) for a in sys.argv[1:3]]
+c = json.load(open(sys.argv[3]))
+elems = c["num_hidden_layers"] * 2 * c["num_key_value_heads"] * (c["hidden_size"] // c["num_attention_heads"])
+assert c16 == c32 > 0, (c16, c32)
+# the same header and ids; rows of K and V: 4 bytes per element against 2
+assert b32 - b16 == c32 * elems * 2, (b16, b32, c32, elems)
+PYEOF
+}
+
 @test "--all-logits through a session is bit-identical too" {
   frames 3 32064 90 > p.bin
   "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > /dev/null
@@ -157,8 +206,9 @@ print(" ".join(str(i) for l in sys.stdin for o in [json.loads(l)] if o["type"] =
   "$RUN" -m "$LONGROPE" -q < p.bin > fresh.out
   ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   partial=0
-  # kill at 10%, 30%, 50%, 70% of a fresh run's time and at one random moment
-  for pct in 10 30 50 70 $((RANDOM % 90 + 5)); do
+  # kill at 10%, 20%, ... 90% of a fresh run's time and at one random moment (several,
+  # so that one lands mid-prefill even when other jobs stretch the timings)
+  for pct in 10 20 30 40 50 60 70 80 90 $((RANDOM % 90 + 5)); do
     "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > /dev/null &
     pid=$!
     sleep "$(awk -v m="$ms" -v p="$pct" 'BEGIN { printf "%.3f", m * p / 100000 }')"
@@ -246,7 +296,10 @@ poke() { printf "$2" | dd of="$OBJ" bs=1 seek="$1" conv=notrunc status=none; }
   "$RUN" --session-rm "$S"
   damaged "corrupt token ids" poke 4096 '\x01\x02'
   "$RUN" --session-rm "$S"
-  damaged "layout version 2" poke 8 '\x02'
+  damaged "made by a newer version of phi3-run (layout version 3" poke 8 '\x03'
+  "$RUN" --session-rm "$S"
+  # layout 1 (rows of K, V and an unused K before RoPE) is refused by its version
+  damaged "made by an older version of phi3-run (layout version 1, this one reads 2)" poke 8 '\x01'
   "$RUN" --session-rm "$S"
   damaged "not a phi3 session" poke 0 'X'
 }

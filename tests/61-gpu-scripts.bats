@@ -140,5 +140,5 @@ assert (p["n"], p["path"], p["gpu_ms"], p["forward_ms"]) == (4096, "fast", 123.2
 @test "kernel_model.py: the fast kernels' lane arithmetic (CPU model) matches naive attention" {
   run "$PY" "$ROOT/tests/gpu/kernel_model.py" --quick
   assert_status 0
-  [ "$(printf '%s\n' "$output" | grep -c '^PASS')" -eq 11 ] || fail "$output"
+  [ "$(printf '%s\n' "$output" | grep -c '^PASS')" -eq 15 ] || fail "$output"
 }

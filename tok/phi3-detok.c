@@ -104,7 +104,6 @@ int main(int argc, char **argv)
     static frame_reader *r;
     static frame f;
     static tok_buf text, shown;
-    static int64_t *ids;
     t = tok_load_cli(mdir, &mdir);
     /* The model's embedding may have more rows than the tokenizer has pieces (Phi-3:
      * 32064 against 32011, the rest padding). Those ids have no text: like Hugging Face's
@@ -120,27 +119,31 @@ int main(int argc, char **argv)
     while ((rc = fr_next(r, &f)) == 1) {
         if (strcmp(f.type, "tokens") == 0) {
             size_t n, badi;
-            int k = frame_ints(&f, "ids", &ids, &n, &badi);
+            frame_int_iter it;
+            int k = frame_ints_iter(&f, "ids", &it, &n, &badi);
             if (k == 0) phi3_die("frame %ld: tokens frame without \"ids\"", f.index);
             if (k < 0) phi3_die("frame %ld: \"ids\" is not an array of integers", f.index);
             bool stop_frame = false;
             if (frame_bool(&f, "stop", &stop_frame) < 0)
                 phi3_die("frame %ld: \"stop\" is not a boolean", f.index);
-            for (size_t i = 0; i < n; i++) {
-                if (ids[i] >= n_tok && ids[i] < n_model) continue;   /* padding row: no text */
+            int64_t id;
+            for (size_t i = 0; frame_int_next(&it, &id); i++) {
+                if (id >= n_tok && id < n_model) continue;   /* padding row: no text */
                 /* The control token that ended a reply is not part of the reply's text. */
-                if (stop_frame && !show_stop && ids[i] >= 0 && ids[i] < n_tok &&
-                    tok_is_special(t, (int32_t)ids[i]))
+                if (stop_frame && !show_stop && id >= 0 && id < n_tok && tok_is_special(t, (int32_t)id))
                     continue;
-                if (ids[i] < 0 || ids[i] >= n_tok || tok_dec_push(&d, (int32_t)ids[i], &text) < 0) {
+                if (id < 0 || id >= n_tok || tok_dec_push(&d, (int32_t)id, &text) < 0) {
                     stop_feed(&stops, text.p, text.n, &shown);
                     out_text(&w, frames, &shown);   /* what came before stays written */
                     phi3_die("frame %ld: token id %lld is outside the vocabulary (0..%d)",
-                             f.index, (long long)ids[i], n_model - 1);
+                             f.index, (long long)id, n_model - 1);
+                }
+                if (text.n >= (1 << 20)) {    /* a huge frame: out in pieces, memory flat */
+                    stop_feed(&stops, text.p, text.n, &shown);
+                    text.n = 0;
+                    out_text(&w, frames, &shown);
                 }
             }
-            free(ids);
-            ids = NULL;
             stop_feed(&stops, text.p, text.n, &shown);
             text.n = 0;
             out_text(&w, frames, &shown);

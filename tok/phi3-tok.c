@@ -81,6 +81,16 @@ static void write_ids(frame_writer *w, const tok_ids *ids, bool partial)
     } while (i < ids->n);
 }
 
+/* tok_encode's flush: the ids so far, as partial frames (more of the text follows). */
+typedef struct flush_ctx { frame_writer *w; bool count; size_t total; } flush_ctx;
+
+static void flush_ids(tok_ids *ids, void *ctx)
+{
+    flush_ctx *c = ctx;
+    c->total += ids->n;
+    if (!c->count) write_ids(c->w, ids, true);
+}
+
 int main(int argc, char **argv)
 {
     phi3_init("phi3-tok");
@@ -120,7 +130,11 @@ int main(int argc, char **argv)
     frame_writer w;
     fw_init(&w, 1);
     long bad;
-    size_t total = 0;
+    static flush_ctx fc;
+    fc.w = &w;
+    fc.count = count;
+    ids.flush = flush_ids;
+    ids.ctx = &fc;
     if (raw) {
         size_t n;
         s = read_stdin(&n);
@@ -129,7 +143,7 @@ int main(int argc, char **argv)
             phi3_die("stdin: invalid UTF-8 at byte %ld", bad);
         free(s);
         s = NULL;
-        total += ids.n;
+        fc.total += ids.n;
         if (!count) write_ids(&w, &ids, false);
     } else {
         r = fr_open(0, 0);
@@ -155,7 +169,7 @@ int main(int argc, char **argv)
                 if (at_start && bos >= 0) push_id(&ids, bos);
                 if (tok_encode(t, txt, n, (special || sp) ? TOK_SPECIAL : 0, &st, &ids, &bad) < 0)
                     phi3_die("frame %ld: invalid UTF-8 at byte %ld of the text", f.index, bad);
-                total += ids.n;
+                fc.total += ids.n;
                 if (!count) write_ids(&w, &ids, partial);
                 at_start = false;
             }
@@ -166,7 +180,7 @@ int main(int argc, char **argv)
     }
     if (count) {
         char line[32];
-        int k = snprintf(line, sizeof line, "%zu\n", total);
+        int k = snprintf(line, sizeof line, "%zu\n", fc.total);
         if (write_all(1, line, (size_t)k) < 0 && errno != EPIPE) phi3_die("stdout: %s", strerror(errno));
     }
     tok_ids_free(&ids);

@@ -45,6 +45,7 @@ bool stop_feed(stop_filter *f, const char *text, size_t n, tok_buf *out)
     if (f->stopped) return true;
     if (f->n == 0) { add(out, text, n); return false; }
     add(&f->held, text, n);
+    if (f->held.n == 0) return false;
     const char *p = f->held.p;
     size_t len = f->held.n, first = len;
     for (size_t i = 0; i < f->n; i++) {
@@ -61,7 +62,7 @@ bool stop_feed(stop_filter *f, const char *text, size_t n, tok_buf *out)
     }
     size_t k = partial_tail(f, p, len);
     add(out, p, len - k);
-    memmove(f->held.p, p + len - k, k);
+    if (k) memmove(f->held.p, p + len - k, k);
     f->held.n = k;
     return false;
 }

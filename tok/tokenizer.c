@@ -80,10 +80,19 @@ void tok_buf_free(tok_buf *b) { free(b->p); b->p = NULL; b->n = b->cap = 0; }
 static void ids_push(tok_ids *a, int32_t id)
 {
     if (a->n == a->cap) {
-        a->cap = a->cap ? a->cap * 2 : 64;
+        a->cap = a->cap ? a->cap + a->cap / 2 : 64;
         a->v = xrealloc(a->v, a->cap * sizeof *a->v);
     }
     a->v[a->n++] = id;
+}
+
+/* Between chunks: hand a long output to its flush callback (tokenizer.h). */
+static void maybe_flush(tok_ids *a)
+{
+    if (a->flush && a->n >= TOK_FLUSH_IDS) {
+        a->flush(a, a->ctx);
+        a->n = 0;
+    }
 }
 
 static void buf_add(tok_buf *b, const void *p, size_t n)
@@ -891,6 +900,7 @@ static void bpe_word(const tok *t, const char *s, size_t n, scratch *sc, tok_ids
             if (i + ml <= n && memcmp(p, mk, ml) == 0) { ce = i; break; }
             i++;
         }
+        maybe_flush(out);
         bpe_chunk_cached(t, s + cs, ce - cs, sc, out);
         cs = ce;
     }
@@ -906,6 +916,21 @@ static void encode_segment(const tok *t, const char *s, size_t n, scratch *sc, t
         const norm_op *op = &t->norm[k];
         tok_buf *b = &sc->norm[w];
         b->n = 0;
+        /* Exact size up front: a long text's normalized copy without doubling slack. */
+        size_t need = cn + 1;
+        if (op->kind == N_PREPEND) need += op->a_len;
+        else if (op->b_len > op->a_len && op->a_len > 0) {
+            const char *a = P(t, op->a_off);
+            for (size_t i = 0; i + op->a_len <= cn; i++)
+                if (cur[i] == a[0] && memcmp(cur + i, a, op->a_len) == 0) {
+                    need += op->b_len - op->a_len;
+                    i += op->a_len - 1;
+                }
+        }
+        if (b->cap < need) {
+            b->p = xrealloc(b->p, need);
+            b->cap = need;
+        }
         if (op->kind == N_PREPEND) {
             if (cn) buf_add(b, P(t, op->a_off), op->a_len);
             buf_add(b, cur, cn);
@@ -923,6 +948,8 @@ static void encode_segment(const tok *t, const char *s, size_t n, scratch *sc, t
         }
         cur = b->p ? b->p : ""; cn = b->n;
         w ^= 1;
+        /* The buffer the op read from is free now: for a long text, really free it. */
+        if (k > 0 && sc->norm[w].cap > (1u << 20)) tok_buf_free(&sc->norm[w]);
     }
     bpe_word(t, cur, cn, sc, out);
 }
@@ -999,6 +1026,7 @@ int tok_encode(const tok *t, const char *s, size_t n, unsigned flags, tok_enc_st
         if (a->lstrip) start = ws_back(s, seg, start);
         if (a->rstrip) stop = skip_ws(s, n, stop);
         encode_segment(t, s + seg, start - seg, &sc, out);
+        maybe_flush(out);
         ids_push(out, a->id);
         seg = i = stop;
         tail_strip = a->rstrip && stop == n;

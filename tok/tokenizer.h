@@ -10,7 +10,15 @@
 typedef struct tok tok;
 
 /* Growable arrays the encoder and decoder append to (free with tok_ids_free/tok_buf_free). */
-typedef struct tok_ids { int32_t *v; size_t n, cap; } tok_ids;
+typedef struct tok_ids {
+    int32_t *v; size_t n, cap;
+    /* Optional: when set, tok_encode hands the ids found so far to flush (between BPE
+     * chunks, once there are TOK_FLUSH_IDS or more: a long text never holds all its ids)
+     * and then empties the array. Ids after a flush always follow (the last chunk's). */
+    void (*flush)(struct tok_ids *ids, void *ctx);
+    void *ctx;
+} tok_ids;
+#define TOK_FLUSH_IDS 65536
 typedef struct tok_buf { char *p; size_t n, cap; } tok_buf;
 void tok_ids_free(tok_ids *a);
 void tok_buf_free(tok_buf *b);

@@ -34,7 +34,7 @@ ap.add_argument("--model")
 ap.add_argument("--backend", default="cuda")
 ap.add_argument("--out", default="/tmp/phi3-bench")
 ap.add_argument("--json", help="results (default OUT/bench.json)")
-ap.add_argument("--paths", default="default,fast")
+ap.add_argument("--paths", default="default,fast", help="of default, fast, pdl")
 ap.add_argument("--contexts", default="512,4096,32768")
 ap.add_argument("--decode-tokens", type=int, default=64)
 ap.add_argument("--loop-tokens", type=int, default=128)
@@ -51,7 +51,8 @@ os.makedirs(a.out, exist_ok=True)
 JSON = a.json or os.path.join(a.out, "bench.json")
 PATHS = [p for p in a.paths.split(",") if p]
 CONTEXTS = [int(c) for c in a.contexts.split(",") if c]
-PATH_ENV = {"default": {}, "fast": {"PHI3_CUDA_FAST": "1"}}
+PATH_ENV = {"default": {}, "fast": {"PHI3_CUDA_FAST": "1"},
+            "pdl": {"PHI3_CUDA_FAST": "2"}}          # fast + programmatic dependent launch
 
 
 def log(*x):
@@ -309,7 +310,8 @@ def part_loop(F):
         env.update(timing_env(1))
         t = time.perf_counter()
         try:
-            p = subprocess.run(["bash", "-c", cmd], env=env, timeout=max(5, time_left() - 5))
+            p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], env=env,
+                               timeout=max(5, time_left() - 5))
             rc = p.returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
@@ -377,7 +379,9 @@ def part_loop(F):
 
 def part_long(F):
     n = a.long
-    for path in PATHS:
+    for path in sorted(PATHS, key=lambda p: p == "default"):   # the opt-in path first
+        if path == "pdl":
+            continue                     # its prefill is the fast path's
         key = "long_%s_%d" % (path, n)
         # estimate from the 32K prefill: attention grows with n^2
         ref = R.get("run_%s_%d" % (path, max(CONTEXTS)), {})
@@ -431,6 +435,9 @@ def part_table(F):
         comp_ms = PEER.get("compiled_decode_%d_ms" % ctx)
         for path in PATHS:
             r = R.get("run_%s_%d" % (path, ctx), {})
+            if not r:
+                row("decode ctx %d" % ctx, path, "not run", "", "", "", "")
+                continue
             if "skipped" in r or ("exit" in r and r["exit"] != 0):
                 row("decode ctx %d" % ctx, path, r.get("skipped") or "exit %s: %s" % (
                     r.get("exit"), r.get("error", "")), "", "", "", "")
@@ -519,3 +526,9 @@ elif a.part == "long":
     part_long(F)
 else:
     part_table(F)
+# a phi3-run that failed makes the part fail (the figures measured stay in the JSON)
+failed = [k for k, v in R.items() if k.startswith(a.part + "_") and isinstance(v, dict) and
+          ((v.get("exit") not in (None, 0)) or (v.get("alone_exit") not in (None, 0)))]
+if failed and a.part in ("run", "loop", "long"):
+    log("failed:", ", ".join(sorted(failed)))
+    sys.exit(1)

@@ -5,7 +5,7 @@
 #   1 ceilings   tests/gpu/gpu_bench.cu: read bandwidth, copy bandwidth, bf16 GEMM rate (cuBLAS)
 #   2 model      full-size random-weight Phi-3-mini-128k in $PHI3_RAND_MODEL (reused when
 #                check.sh made it; else tests/bench/gen_model.c, else full_model.py --parts gen)
-#   3 run        per path (default, fast = PHI3_CUDA_FAST=1) and context 512 / 4K / 32K:
+#   3 run        per path (default; fast = PHI3_CUDA_FAST=1; pdl = 2) and context 512 / 4K / 32K:
 #                prefill (GPU time) and decode (GPU time per step, phi3-run's wall per token)
 #                from prepared streams, PHI3_CUDA_TIMING=1; a per-op timeline (=2)
 #   4 loop       the FIFO loop with phi3-sample vs phi3-run alone: the pipeline overhead
@@ -20,7 +20,7 @@
 #        tests/gpu/bench.sh --dry-run  CPU backend on the tiny fixture, nominal ceilings: the
 #                                      drivers, streams, parsing and table (tests/61-gpu-scripts.bats)
 # Environment: OUT (default /tmp/phi3-bench), BENCH_BUDGET_S (default 330: the whole script),
-# PHI3_RAND_MODEL (default /tmp/phi3-mini-rand), BENCH_PATHS (default "default,fast"),
+# PHI3_RAND_MODEL (default /tmp/phi3-mini-rand), BENCH_PATHS (default "default,fast,pdl"),
 # BENCH_LONG=0 to leave out the 131,072-token prefill, PYTHON (default python3).
 set -u
 cd "$(dirname "$0")/../.." || exit 2
@@ -43,13 +43,18 @@ if [ "$MODE" = prepare ]; then
     NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
     "$NVCC" -O2 -std=c++17 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80 \
         -Xcompiler -Wall,-Werror -Werror all-warnings tests/gpu/gpu_bench.cu -lcublas \
-        -o "$GB/gpu_bench" || exit 1
-    cc -O2 -Wall -Werror -o "$GB/gen_model" tests/bench/gen_model.c -Wl,-Bstatic -ljansson \
+        -Xlinker -rpath="$(dirname "$(dirname "$NVCC")")/lib64" -o "$GB/gpu_bench" || exit 1
+    cc -O2 -o "$GB/gen_model" tests/bench/gen_model.c -Wl,-Bstatic -ljansson \
         -Wl,-Bdynamic || exit 1
     echo "bench.sh: built $GB/gpu_bench and $GB/gen_model"
     exit 0
 fi
 
+# the GPU run generates a 7.6 GB model: never where there is no GPU
+if [ "$MODE" = gpu ] && ! timeout 20 nvidia-smi -L > /dev/null 2>&1; then
+    echo "bench.sh: no GPU here (nvidia-smi -L failed); --dry-run runs the drivers on the CPU" >&2
+    exit 1
+fi
 T0=$(date +%s)
 BUDGET_S=${BENCH_BUDGET_S:-330}
 DEADLINE=$(( T0 + BUDGET_S ))
@@ -71,7 +76,7 @@ else
     BACKEND=cuda
     MODEL=${PHI3_RAND_MODEL:-/tmp/phi3-mini-rand}
     ARGS=(--contexts "512,4096,32768" --decode-tokens 64 --loop-tokens 128 --loop-context 512 --long 131072)
-    PATHS=${BENCH_PATHS:-default,fast}
+    PATHS=${BENCH_PATHS:-default,fast,pdl}
 fi
 # bench.py PART with the common arguments (a command, so that `timeout` can run it)
 B=("$PY" tests/gpu/bench.py --bin "$BIN" --model "$MODEL" --backend "$BACKEND" --out "$OUT"
@@ -87,7 +92,8 @@ else
     GPUB=$GB/gpu_bench
     if [ ! -x "$GPUB" ]; then
         GPUB=/tmp/phi3-gpu_bench
-        timeout "$(tmo 120)" nvcc -O2 -std=c++17 -arch=sm_90 tests/gpu/gpu_bench.cu -lcublas -o "$GPUB" \
+        timeout "$(tmo 120)" nvcc -O2 -std=c++17 -arch=sm_90 tests/gpu/gpu_bench.cu -lcublas \
+            -Xlinker -rpath=/usr/local/cuda/lib64 -o "$GPUB" \
             > "$OUT/gpu_bench-build.log" 2>&1 || GPUB=
     fi
     if [ -n "$GPUB" ] && timeout "$(tmo 90)" "$GPUB" 4 > "$OUT/ceilings.json" 2> "$OUT/gpu_bench.log"; then

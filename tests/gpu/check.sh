@@ -86,7 +86,7 @@ timeout 120 "$PY" tests/gpu/nan_check.py --bin "$BIN" --fix tests/fixtures > "$O
 rc=$?
 while IFS= read -r line; do
     case $line in
-    "PASS nan: CUDA"*) stage "nan-${line#PASS nan: CUDA }" PASS "" ;;
+    "PASS nan: CUDA"*) p=${line#PASS nan: CUDA }; stage "nan-${p%% *}" PASS "${p#* }" ;;
     "KNOWN nan:"*) stage nan-default INFO "${line#KNOWN nan: }" ;;
     "FAIL nan:"*) stage nan FAIL "${line#FAIL nan: }" ;;
     esac
@@ -165,7 +165,7 @@ if [ "${SKIP_BENCH:-0}" = 1 ]; then
     stage bench SKIP "SKIP_BENCH=1"
 elif [ "$rest" -gt 60 ]; then
     OUT=$OUT/bench PHI3_RAND_MODEL=$MODEL_DIR BENCH_BUDGET_S=$(( rest - 10 )) PHI3_BIN=$BIN \
-        BENCH_PATHS=$(echo "$PATHS" | tr ' ' ,) timeout $(( rest - 5 )) tests/gpu/bench.sh > "$OUT/bench.log" 2>&1
+        BENCH_PATHS=$(echo "$PATHS" | sed 's/fast/fast pdl/' | tr ' ' ,) timeout $(( rest - 5 )) tests/gpu/bench.sh > "$OUT/bench.log" 2>&1
     stage bench INFO "exit $?, $(grep -c FAIL "$OUT/bench/bench-stages.tsv" 2>/dev/null) stage(s) failed (bench-stages.tsv)"
 else
     stage bench SKIP "only $rest s left"

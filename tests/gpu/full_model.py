@@ -323,7 +323,7 @@ def p_hf():
 def p_dec32():
     """Full-size decode check: a 200-token prompt, then 32 one-token frames fed
     transformers' (float32) greedy ids; every step's logits compared (33 positions), for
-    the default and the fast path. Teacher-forced argmax agreement is reported with the
+    the default, the fast and the fast + PDL path. Teacher-forced argmax agreement is reported with the
     reference gap (in standard deviations) of each disagreement."""
     m = HF["model"]
     prompt = IDS["p200"]
@@ -338,7 +338,8 @@ def p_dec32():
                     use_cache=True)
             past = out.past_key_values
             ref.append(out.logits[0, -1].float().cpu().numpy())
-    for path, env in (("default", {}), ("fast", {"PHI3_CUDA_FAST": "1"})):
+    for path, env in (("default", {}), ("fast", {"PHI3_CUDA_FAST": "1"}),
+                      ("pdl", {"PHI3_CUDA_FAST": "2"})):
         run = PhiRun(os.path.join(a.bin, "phi3-run"), a.dir, "cuda", ["--ctx", "512"], env, LOG)
         got = [np.asarray(run.step(prompt, pos=0)[0][1], dtype=np.float32)]
         for t in ids:

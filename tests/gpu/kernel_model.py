@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """kernel_model.py: a CPU model of the opt-in kernels' lane arithmetic (kernels/fa2_prefill.cu,
-kernels/fast_decode.cu), run where no GPU is, against naive float64 attention.
+kernels/fast_decode.cu), run where no GPU is, against naive float64 references (attention,
+the matrix-vector product with its norm and epilogues).
 
 It is NOT the CUDA code: it transcribes each kernel's per-lane index formulas (ldmatrix
 addresses, fragment registers, shuffles, masks, the online softmax) statement by statement
@@ -283,6 +284,84 @@ def check_decode(D, qpos, window, nsplit, seed):
     return rel(decode_attn(D, q, K, V, qpos, window, nsplit), naive(q, K, V, qpos, window, D))
 
 
+# ---- gemv_kernel<EPI> (fast_decode.cu), transcribed: bf16 bit unpacking, row pairs, epilogues ----
+
+def u32_float(u):
+    return struct.unpack("<f", struct.pack("<I", u & 0xffffffff))[0]
+
+
+def bf16_bits(x):
+    return struct.unpack("<I", struct.pack("<f", x))[0] >> 16          # truncation is fine here
+
+
+def dot8(u, a, b):
+    """u: 4 uint32 words of 8 bf16 (element 0 in the low half of u[0]); a, b: 4 floats each"""
+    return (u32_float(u[0] << 16) * a[0] + u32_float(u[0] & 0xffff0000) * a[1] +
+            u32_float(u[1] << 16) * a[2] + u32_float(u[1] & 0xffff0000) * a[3] +
+            u32_float(u[2] << 16) * b[0] + u32_float(u[2] & 0xffff0000) * b[1] +
+            u32_float(u[3] << 16) * b[2] + u32_float(u[3] & 0xffff0000) * b[3])
+
+
+def gemv_model(Wb, N, K, x, nw, eps, epi, y):
+    """Wb[r][k]: bf16 bit patterns; y is updated as the kernel would (STORE/ADD/SWIGLU)"""
+    sx = list(x)
+    if nw is not None:
+        r = 1.0 / math.sqrt(sum(v * v for v in x) / K + eps)
+        sx = [nw[i] * (sx[i] * r) for i in range(K)]
+    NL = N // 2 if epi == "swiglu" else (N + 1) // 2
+    for lr in range(NL):
+        r0, r1 = (lr, lr + N // 2) if epi == "swiglu" else (2 * lr, min(2 * lr + 1, N - 1))
+        lanes0, lanes1 = [0.0] * 32, [0.0] * 32
+        for lane in range(32):
+            for j in range(lane, K // 8, 32):
+                w0 = [Wb[r0][8 * j + 2 * k] | Wb[r0][8 * j + 2 * k + 1] << 16 for k in range(4)]
+                w1 = [Wb[r1][8 * j + 2 * k] | Wb[r1][8 * j + 2 * k + 1] << 16 for k in range(4)]
+                xa, xb = sx[8 * j:8 * j + 4], sx[8 * j + 4:8 * j + 8]
+                lanes0[lane] += dot8(w0, xa, xb)
+                lanes1[lane] += dot8(w1, xa, xb)
+        for off in (16, 8, 4, 2, 1):
+            lanes0 = [lanes0[l] + lanes0[l ^ off] for l in range(32)]
+            lanes1 = [lanes1[l] + lanes1[l ^ off] for l in range(32)]
+        a0, a1 = lanes0[0], lanes1[0]
+        if epi == "swiglu":
+            y[lr] = a1 * (a0 / (1.0 + math.exp(-a0)))
+        elif epi == "add":
+            y[r0] += a0
+            if r1 != r0:
+                y[r1] += a1
+        else:
+            y[r0] = a0
+            if r1 != r0:
+                y[r1] = a1
+
+
+def check_gemv(N, K, epi, use_norm, seed):
+    g = random.Random(seed)
+    Wf = [[g.gauss(0, 0.05) for _ in range(K)] for _ in range(N)]
+    Wb = [[bf16_bits(v) for v in row] for row in Wf]
+    W = [[u32_float(b << 16) for b in row] for row in Wb]        # the bf16 values themselves
+    x = [g.gauss(0, 1) for _ in range(K)]
+    nw = [1.0 + 0.1 * g.gauss(0, 1) for _ in range(K)] if use_norm else None
+    y0 = [g.gauss(0, 1) for _ in range(N)]
+    got = list(y0)
+    gemv_model(Wb, N, K, x, nw, 1e-5, epi, got)
+    inp = x
+    if use_norm:
+        r = 1.0 / math.sqrt(sum(v * v for v in x) / K + 1e-5)
+        inp = [nw[i] * x[i] * r for i in range(K)]
+    dots = [sum(W[i][k] * inp[k] for k in range(K)) for i in range(N)]
+    if epi == "swiglu":
+        want = list(y0)
+        for j in range(N // 2):
+            gg, u = dots[j], dots[N // 2 + j]
+            want[j] = u * gg / (1.0 + math.exp(-gg))
+    elif epi == "add":
+        want = [y0[i] + dots[i] for i in range(N)]
+    else:
+        want = dots
+    return rel(got, want)
+
+
 def main():
     quick = "--quick" in sys.argv
     bad = 0
@@ -301,6 +380,12 @@ def main():
         ok = w < 1e-9                       # float32-exact algorithm in float64 here
         bad += not ok
         print("%s decode D=%d pos=%d window=%d nsplit=%d: rel %.2e" % ("PASS" if ok else "FAIL", D, qpos, window, nsplit, w))
+    for N, K, epi, norm in ((37, 264, "store", True), (24, 256, "add", False), (20, 520, "swiglu", True),
+                            (9, 8, "store", False)):
+        w = check_gemv(N, K, epi, norm, seed=N * K)
+        ok = w < 1e-12
+        bad += not ok
+        print("%s gemv N=%d K=%d %s%s: rel %.2e" % ("PASS" if ok else "FAIL", N, K, epi, " +norm" if norm else "", w))
     sys.exit(1 if bad else 0)
 
 

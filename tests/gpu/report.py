@@ -70,7 +70,7 @@ for key, n in (("p300", 300), ("p5000", 5000)):
     row("PASS" if ok else "FAIL", "[fast] full-size %d-token prompt vs transformers fp32" % n,
         "rel L2 %s; top-1 %s" % (rel, "same" if R.get("cmpfast_%s_top1" % key) else "different"),
         "rel L2 <= 5e-2 (top-1 reported)")
-for path in ("default", "fast"):
+for path in ("default", "fast", "pdl"):
     mx = R.get("dec32_%s_max_rel_l2" % path)
     if mx is None:
         if path == "default" and ("dec32_error" in R or "dec32_skipped" in R):
@@ -81,7 +81,7 @@ for path in ("default", "fast"):
     real = [g for g in gaps if abs(g) > 0.05]
     ok = isinstance(mx, float) and mx <= 5e-2 and not real and R.get("dec32_%s_exit" % path) == 0
     row("PASS" if ok else "FAIL", "%sfull-size decode: 200-token prompt + 32 steps fed transformers' greedy ids"
-        % ("[fast] " if path == "fast" else ""),
+        % ("" if path == "default" else "[%s] " % path),
         "max rel L2 %s (mean %s); greedy agreement %s%s" % (mx, R.get("dec32_%s_mean_rel_l2" % path),
                                                            R.get("dec32_%s_agree" % path),
                                                            (", gaps of the disagreements (sd) %s" % gaps) if gaps else ""),

@@ -199,7 +199,7 @@ static void object_tests(void)
     ok(!session_reserve(s, 100, err, sizeof err) && session_kv(s).capacity >= 100, "grows to 100 positions");
     ok(session_reserve(s, 257, err, sizeof err) && strstr(err, "exceeds"), "cannot grow past max_pos: %s", err);
     session_close(s);
-    size_t pos_bytes = 2 * 3 * 2 * 8 * 4;
+    size_t pos_bytes = 2 * 2 * 2 * 8 * 4;       /* layers x (K, V) x kv heads x head_dim x f32 */
     ok(file_size() >= 4096 + 1024 + 100 * pos_bytes, "object holds the grown rows (%zu bytes)", file_size());
 
     s = session_open(name, &other, 0, 0, err, sizeof err);

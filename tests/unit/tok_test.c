@@ -52,6 +52,17 @@ static int dec_is(const int32_t *ids, size_t n, unsigned flags, const char *want
 #define DEC(want, flags, ...) dec_is((const int32_t[]){__VA_ARGS__}, \
     sizeof((const int32_t[]){__VA_ARGS__}) / sizeof(int32_t), flags, want)
 
+static size_t *flush_calls;
+
+static void flush_into(tok_ids *ids, void *ctx)
+{
+    tok_ids *dst = ctx;
+    dst->v = realloc(dst->v, (dst->n + ids->n + 1) * sizeof *dst->v);
+    memcpy(dst->v + dst->n, ids->v, ids->n * sizeof *ids->v);
+    dst->n += ids->n;
+    (*flush_calls)++;
+}
+
 static int load_fails(const char *json, const char *needle)
 {
     char err[256];
@@ -160,6 +171,30 @@ int main(void)
             tok_free(T);
         }
         free(j);
+    }
+
+    {   /* a flushing tok_ids gives the same ids, in pieces of >= TOK_FLUSH_IDS */
+        T = tok_load_mem(tiny, strlen(tiny), NULL, 0, err, sizeof err);
+        size_t n = 300000 * 4;
+        char *txt = malloc(n + 1);
+        for (size_t i = 0; i < n; i += 4) memcpy(txt + i, i % 12 ? "ab c" : "<X>a", 4);
+        txt[n] = 0;
+        tok_ids whole = {0}, piece = {0}, got = {0};
+        long badoff;
+        size_t calls = 0;
+        tok_encode(T, txt, n, TOK_SPECIAL, NULL, &whole, &badoff);
+        piece.ctx = &got;
+        piece.flush = flush_into;
+        flush_calls = &calls;
+        tok_encode(T, txt, n, TOK_SPECIAL, NULL, &piece, &badoff);
+        flush_into(&piece, &got);
+        calls--;
+        ok(whole.n > 2 * TOK_FLUSH_IDS && calls >= 2 && got.n == whole.n &&
+           memcmp(got.v, whole.v, whole.n * sizeof *whole.v) == 0,
+           "flushing encode: same %zu ids in %zu flushes", whole.n, calls);
+        tok_ids_free(&whole); tok_ids_free(&piece); tok_ids_free(&got);
+        free(txt);
+        tok_free(T);
     }
 
     ok(load_fails("{", "line 1"), "bad JSON");
