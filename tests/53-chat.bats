@@ -50,6 +50,7 @@ shim() {
   [ "$computed" -ge "$fed" ] && [ "$computed" -le $((fed + 70)) ] || fail "fed $fed, computed $computed"
   # the per-turn stats line
   [ "$(printf '%s\n' "$stderr" | grep -c '^phi3: prompt [0-9]* tokens, first token after .* generated 6 tokens in .*; seed ')" -eq 11 ]
+  [ "$(printf '%s\n' "$stderr" | grep -c '^phi3: model loaded in [0-9.]* s$')" -eq 1 ]
 }
 
 @test "chat --session NAME: messages kept next to the session; a later chat resumes and reuses the context" {
@@ -269,6 +270,7 @@ for line in sys.stdin:
 @test "--stats: prompt and generated tokens, speeds, the seed; that seed reproduces the text" {
   run --separate-stderr "$P" generate -m "$LONGROPE" --stats -n 12 --ignore-eos "Once upon a time"
   assert_status 0
+  printf '%s\n' "$stderr" | grep -q '^phi3: model loaded in [0-9.]* s$' || fail "$stderr"
   line=$(printf '%s\n' "$stderr" | grep '^phi3: prompt')
   [[ "$line" == "phi3: prompt 4 tokens, first token after "*" tokens/s); generated 12 tokens in "*" tokens/s after the first; seed "* ]] || fail "$stderr"
   # 4 prompt ids and the 12 generated ones fed back (the last one too: tee forwards it)
