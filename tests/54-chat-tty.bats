@@ -169,6 +169,8 @@ assert m[0] == {"role": "user", "content": "first\nsecond\nthird"}, m
 P
   keys "/bye" Enter
   wait_exit
+  # the history holds the lines as typed, one entry each
+  [ "$(head -n3 "$XDG_STATE_HOME/phi3/history")" = "$(printf '"""first\nsecond\nthird"""')" ]
 }
 
 @test "tty: Ctrl-C with phi3-sample stops the reply between two frames: phi3-run is not restarted, its context is rewound" {
