@@ -36,11 +36,11 @@ shim() {
   shim
   for i in $(seq 11); do echo "Tell me about the tower number $i"; done > turns
   PHI3_BIN="$BATS_TEST_TMPDIR/shim" run --separate-stderr timeout 120 "$P" chat -m "$LONGROPE" --greedy --ignore-eos -n 6 \
-    --stats --show-tokens --ctx 1024 --threads 1 --backend cpu < turns
+    --stats --show-tokens --ctx 1024 --threads 1 --backend cpu --kv-type f16 < turns
   assert_status 0
   [ "$(wc -l < runs.log)" -eq 1 ] || fail "phi3-run started $(wc -l < runs.log) times"
   # --ctx, --threads, --backend and --stats reach phi3-run
-  for f in "--ctx 1024" "--threads 1" "--backend cpu" "--stats"; do grep -q -- "$f" runs.log || fail "no $f: $(cat runs.log)"; done
+  for f in "--ctx 1024" "--threads 1" "--backend cpu" "--kv-type f16" "--stats"; do grep -q -- "$f" runs.log || fail "no $f: $(cat runs.log)"; done
   [ "$(printf '%s\n' "$output" | grep -c '"type":"end"')" -eq 11 ]
   # phi3-run's own count: every id fed in (prompts, fed-back ids) computed once, plus one
   # recompute of the context when it passes original_max (64) and LongRoPE switches
