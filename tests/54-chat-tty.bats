@@ -15,6 +15,7 @@ setup() {
 
 teardown() {
   tmux -L "$SOCK" kill-server 2> /dev/null || :
+  "$PHI3_BIN/phi3-run" --session-rm "bats-tty-$$" 2> /dev/null || :
 }
 
 # tm_start ARGS...: phi3 chat ARGS in a 200x50 terminal; its exit status goes to exit.txt
