@@ -143,10 +143,14 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 755 $(TOOLS) bin/phi3 $(DESTDIR)$(PREFIX)/bin/
 	$(if $(CUDA_SO),install -d $(DESTDIR)$(PREFIX)/lib/phi3 && install -m 755 $(CUDA_SO) $(DESTDIR)$(PREFIX)/lib/phi3/)
+	man/build.sh $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+	install -m 644 completion/phi3.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/phi3
+	for t in $(notdir $(TOOLS)); do ln -sf phi3 $(DESTDIR)$(PREFIX)/share/bash-completion/completions/$$t; done
 
 # Every Debian package the project needs (build, tests, examples).
 DEB_PKGS = build-essential libmsgpack-dev libjansson-dev bats clang python3 python3-msgpack \
-           libclang-rt-14-dev parallel
+           libclang-rt-14-dev parallel tmux help2man groff-base shellcheck
 deps:
 	apt-get update && apt-get install -y --no-install-recommends $(DEB_PKGS)
 

@@ -37,6 +37,8 @@ static const char usage[] =
 "                           a GGUF file: its eos, eot and <|end|>-like ids\n"
 "      --stop-ids IDS       more stop ids, comma separated (e.g. 32007,32000)\n"
 "      --ignore-eos         do not stop on the model's eos ids (--stop-ids still apply)\n"
+"      --print-stop-ids     print the stop ids in force (eos ids, then --stop-ids), comma\n"
+"                           separated on one line, and exit\n"
 "      --stop STR           stop when the text generated in this turn (decoded with\n"
 "                           DIR's tokenizer) contains STR; needs -m (repeatable)\n"
 "  -n, --max-tokens N       stop after N tokens, end reason \"length\" (0: no limit; 0)\n"
@@ -63,7 +65,7 @@ static const char usage[] =
 
 enum {
     OPT_GREEDY = 256, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_TYPICAL, OPT_REPEAT, OPT_PRESENCE,
-    OPT_FREQUENCY, OPT_LASTN, OPT_BIAS, OPT_SEED, OPT_STOP, OPT_IGNORE_EOS, OPT_VERSION,
+    OPT_FREQUENCY, OPT_LASTN, OPT_BIAS, OPT_SEED, OPT_STOP, OPT_IGNORE_EOS, OPT_VERSION, OPT_PRINT_STOP,
     OPT_TOKIDS, OPT_STOPSTR
 };
 
@@ -97,7 +99,7 @@ int main(int argc, char **argv)
     int32_t *stop = NULL, *extra = NULL;
     size_t n_stop = 0, n_extra = 0;
     long max_tokens = 0;
-    int ignore_eos = 0, verbose = 0, have_seed = 0, want_tok_ids = 0;
+    int ignore_eos = 0, verbose = 0, have_seed = 0, want_tok_ids = 0, print_stop = 0;
     char err[512];
     static stop_filter stops;          /* static: reachable when phi3_die exits */
     static tok *tk;
@@ -116,6 +118,7 @@ int main(int argc, char **argv)
         {"stop-ids", required_argument, 0, OPT_STOP}, {"stop", required_argument, 0, OPT_STOPSTR},
         {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
         {"tokenizer-ids", no_argument, 0, OPT_TOKIDS},
+        {"print-stop-ids", no_argument, 0, OPT_PRINT_STOP},
         {"verbose", no_argument, 0, 'v'}, {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, OPT_VERSION}, {0, 0, 0, 0}};
     opterr = 0;
@@ -153,6 +156,7 @@ int main(int argc, char **argv)
             if (stop_add(&stops, optarg)) phi3_die("--stop: '%s' is empty or not UTF-8", optarg);
             break;
         case OPT_IGNORE_EOS: ignore_eos = 1; break;
+        case OPT_PRINT_STOP: print_stop = 1; break;
         case OPT_TOKIDS: want_tok_ids = 1; break;
         case 'v': verbose = 1; break;
         case 'h': fputs(usage, stdout); return 0;
@@ -188,6 +192,14 @@ int main(int argc, char **argv)
     if (n_extra) memcpy(stop + n_stop, extra, sizeof(int32_t) * n_extra);
     n_stop += n_extra;
     free(extra);
+    if (print_stop) {
+        /* the stop ids this sampler would use (the model's eos ids, then --stop-ids), one
+         * comma-separated line on stdout, for scripts (the phi3 wrapper) */
+        for (size_t i = 0; i < n_stop; i++) printf("%s%d", i ? "," : "", stop[i]);
+        printf("\n");
+        free(stop);
+        return fflush(stdout) ? 1 : 0;
+    }
     if (verbose) {
         fprintf(stderr, "phi3-sample: seed %llu, %s, stop ids:", (unsigned long long)p.seed,
                 p.greedy || p.temperature == 0 ? "greedy" : "sampling");

@@ -66,43 +66,61 @@ P
   n=0
   for f in case*.json; do
     "$P" chat -m "$LONGROPE" --messages "$f" --greedy -n 1 --show-tokens < /dev/null 2>/dev/null > out
-    [ "$(ids_lines < out | head -n1)" = "$(cat "${f%.json}.ids")" ] || fail "$f: $(head -n1 out)"
+    # the prompt: the tokens frames up to the first one without partial
+    got=$(awk '/"type":"tokens"/ { print; if ($0 !~ /"partial":true/) exit }' out | ids_lines | tr '\n' ' ')
+    [ "$got" = "$(cat "${f%.json}.ids") " ] || fail "$f: $got"
     n=$((n + 1))
   done
   [ "$n" -eq 5 ]
 }
 
+# context_at_prompts: JSON lines of the frames entering phi3-run -> phi3-run's context
+# (pos rewinds applied) at the end of each prompt (a frame without partial that follows
+# a partial one, or the first frame), one line of ids each
+context_at_prompts() {
+  $PY -c '
+import json, sys
+ctx, prev_partial = [], True
+for line in sys.stdin:
+    f = json.loads(line)
+    if f["type"] != "tokens": continue
+    if "pos" in f: del ctx[f["pos"]:]
+    ctx += f["ids"]
+    partial = f.get("partial", False)
+    if not partial and prev_partial: print(" ".join(map(str, ctx)))
+    prev_partial = partial'
+}
+conv_ids() { "$PHI3_BIN/phi3-template" --json < "$1" | "$PHI3_BIN/phi3-tok" -m "$LONGROPE" | "$PHI3_BIN/phi3-dump" | ids_lines | tr '\n' ' ' | sed 's/ $//'; }
+
 @test "wrapper: chat accumulates the conversation; content is escaped; it stops at <|end|>" {
   # turn 1: <|end|> forced first (logit bias): empty reply, end reason stop
-  # turn 2: a line with quotes, backslash, tab; the reply of 3 ids becomes the assistant content
+  # turn 2: a line with quotes, backslash, tab
   printf 'Hello!\nHe said "hi" \\ back\tslash\n' > turns
   "$P" chat -m "$LONGROPE" --greedy -n 3 --show-tokens --logit-bias 32007=30 < turns > out 2> text
-  ids_lines < out > ids
   [ "$(grep -c '"type":"end","reason":"stop"' out)" -eq 2 ]
-  [ "$(sed -n 2p ids)" = 32007 ]
-  # the second prompt equals the template of the conversation built here with a real
-  # JSON library (the first reply is empty: <|end|> was dropped by --skip-special)
+  [ "$(ids_lines < out | sed -n 4p)" = 32007 ]
+  # phi3-run's context at the second prompt is the template of the conversation built
+  # here with a real JSON library (the first reply is empty: <|end|> is not text)
   $PY - <<'P' > conv.json
 import json
 print(json.dumps([{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": ""},
                   {"role": "user", "content": 'He said "hi" \\ back\tslash'}]))
 P
-  want=$("$PHI3_BIN/phi3-template" --json < conv.json | "$PHI3_BIN/phi3-tok" -m "$LONGROPE" | "$PHI3_BIN/phi3-dump" | ids_lines | tr '\n' ' ')
-  [ "$(sed -n 3p ids) " = "$want" ] || fail "got $(sed -n 3p ids), want $want"
+  context_at_prompts < out > ctx
+  [ "$(wc -l < ctx)" -eq 2 ]
+  [ "$(sed -n 2p ctx)" = "$(conv_ids conv.json)" ] || fail "got $(sed -n 2p ctx), want $(conv_ids conv.json)"
 }
 
-@test "wrapper: chat: a generated reply goes back into the next prompt as assistant content" {
+@test "wrapper: chat: the next turn continues the context: the reply's ids, <|end|>, the new turn" {
   printf 'Hello!\nAnd?\n' | "$P" chat -m "$LONGROPE" --greedy -n 4 --show-tokens > out 2>/dev/null
-  ids_lines < out > ids
-  reply_ids=$(sed -n 2,5p ids | tr '\n' ' ')
-  reply=$(frame_of $reply_ids | "$PHI3_BIN/phi3-detok" -m "$LONGROPE" --skip-special)
-  $PY - "$reply" <<'P' > conv.json
-import json, sys
-print(json.dumps([{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": sys.argv[1]},
-                  {"role": "user", "content": "And?"}]))
-P
-  want=$("$PHI3_BIN/phi3-template" --json < conv.json | "$PHI3_BIN/phi3-tok" -m "$LONGROPE" | "$PHI3_BIN/phi3-dump" | ids_lines | tr '\n' ' ')
-  [ "$(sed -n 6p ids) " = "$want" ] || fail "got $(sed -n 6p ids), want $want"
+  context_at_prompts < out > ctx
+  echo '[{"role":"user","content":"Hello!"}]' > c1.json
+  echo '[{"role":"user","content":"And?"}]' > c2.json
+  [ "$(sed -n 1p ctx)" = "$(conv_ids c1.json)" ]
+  # the 4 sampled ids (the reply ended by -n: no <|end|> yet), then <|end|>, then the
+  # template of the new user message alone
+  reply=$(grep '"pos"' out | grep -v partial | head -n4 | ids_lines | tr '\n' ' ')
+  [ "$(sed -n 2p ctx)" = "$(conv_ids c1.json) ${reply}32007 $(conv_ids c2.json)" ] || fail "$(sed -n 2p ctx)"
 }
 
 @test "wrapper: --sampler examples/sampler.py -t 0 prints what --greedy prints" {
@@ -129,6 +147,7 @@ P
   run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --sampler "$PY dies.py" "Hello"
   [ "$status" -eq 1 ] || fail "status $status"
   [[ "$stderr" == *"phi3: sampler '$PY dies.py' failed mid-loop (exit status 9)"* ]] || fail "stderr: $stderr"
+  [ "$(printf '%s\n' "$stderr" | grep -c .)" -eq 1 ] || fail "stderr: $stderr"
   [ -z "$(ls "$TMPDIR")" ]
 }
 
@@ -185,4 +204,12 @@ P
   run --separate-stderr "$P" generate -m "$LONGROPE" -t -1 hi
   assert_status 1
   [[ "$stderr" == *"phi3-sample: temperature"* ]]
+}
+
+@test "wrapper: shellcheck finds no warning in the wrapper, its completion and scripts" {
+  command -v shellcheck > /dev/null || skip "shellcheck is not installed (make deps)"
+  run shellcheck -S warning "$ROOT/bin/phi3" "$ROOT/man/build.sh" "$ROOT/tests/bench/chat.sh"
+  assert_status 0
+  run shellcheck -S warning -s bash "$ROOT/completion/phi3.bash"
+  assert_status 0
 }
