@@ -191,6 +191,11 @@ sys.stdout.buffer.write(msgpack.packb({"type": "logits", "pos": 1, "data": struc
   a=$(timeout 120 "$ROOT/bin/phi3" generate -m "$LONGROPE" --greedy -n 12 "The capital of France")
   b=$(timeout 120 "$ROOT/bin/phi3" generate -m "$m" --greedy -n 12 "The capital of France")
   [ -n "$a" ] && [ "$a" = "$b" ] || fail "dir: '$a' gguf: '$b'"
+  # chat: the wrapper takes the GGUF file's stop ids (phi3-sample --print-stop-ids)
+  [ "$("$PHI3_BIN/phi3-sample" -m "$m" --print-stop-ids)" = "32000,32007" ]
+  a=$(printf 'Hello\nAgain\n' | timeout 120 "$ROOT/bin/phi3" chat -m "$LONGROPE" --greedy -n 12 2> /dev/null)
+  b=$(printf 'Hello\nAgain\n' | timeout 120 "$ROOT/bin/phi3" chat -m "$m" --greedy -n 12 2> /dev/null)
+  [ -n "$a" ] && [ "$a" = "$b" ] || fail "chat dir: '$a' gguf: '$b'"
 }
 
 @test "gguf: sessions: bit-identical with a GGUF model; a session of the directory model is refused" {
