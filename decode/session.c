@@ -595,7 +595,9 @@ static int sess_step(session *s, backend *b, const int32_t *x, int n, float *log
         int lcp = cur;
         while (lcp < C && lcp < e && s->ids[lcp] == x[lcp - cur]) lcp++;
         int ru = lf == LC ? lcp : cur;
-        int from = all ? cur : e - 1;   /* positions whose logits we must produce */
+        /* positions whose logits we must produce: none for a frame without logits (a
+         * partial prompt frame), whose stored rows are all reusable */
+        int from = !logits ? e : all ? cur : e - 1;
         r = ru < from ? ru : from;
         if (r < cur) r = cur;
         /* Every position of the frame is stored: recompute the ones that give logits,
@@ -626,7 +628,7 @@ static int sess_step(session *s, backend *b, const int32_t *x, int n, float *log
         int rc = dev ? b->ops->kv_load(b, s->ids, s->rows, r, LC) : backend_cpu_resume(b, s->ids, r, LC);
         if (rc) return seterr(err, errlen, "%s", b->err);
     }
-    if (b->ops->forward(b, x + (r - cur), e - r, logits, all)) {
+    if (e > r && b->ops->forward(b, x + (r - cur), e - r, logits, all)) {
         s->failed = 1;
         return seterr(err, errlen, "%s", b->err);
     }

@@ -447,3 +447,14 @@ f[5] = "%016x" % (int(f[5], 16) ^ 1); l[1] = " ".join(f); open(p, "w").write("\n
   [ "$(reused)" = 0 ] || fail "$(cat stats)"
   "$RUN" --session-info "$S" | grep -q '"kernel":"cpu"'
 }
+
+@test "a prompt in partial frames (the chat template's) is reused whole: only the position giving logits is recomputed" {
+  echo '[{"role":"user","content":"Hello there"},{"role":"assistant","content":"Hi, how can I help?"},{"role":"user","content":"Tell me more"}]' |
+    "$PHI3_BIN/phi3-template" --json | "$PHI3_BIN/phi3-tok" -m "$LONGROPE" > p.bin
+  n=$("$PHI3_BIN/phi3-dump" < p.bin | grep -o '"ids":\[[0-9,]*\]' | grep -o '[0-9][0-9]*' | wc -l)
+  frames=$("$PHI3_BIN/phi3-dump" < p.bin | wc -l)
+  [ "$frames" -gt 3 ] || fail "expected several frames, got $frames"
+  same "$LONGROPE" p.bin
+  same "$LONGROPE" p.bin
+  [ "$(reused)" = $((n - 1)) ] || fail "of $n ids: $(cat stats)"
+}
