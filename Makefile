@@ -125,13 +125,22 @@ $(O)/bench/%: $(O)/tests/bench/%.o $(LIBA)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
 
-# libFuzzer targets (clang), each run briefly. FUZZ_SECONDS to change.
+# libFuzzer targets (clang), each run briefly. FUZZ_SECONDS to change. The library is
+# compiled once with the sanitizers and fuzzer coverage (fuzzer-no-link), then each target
+# is linked against it.
 FUZZ_SECONDS ?= 20
-FUZZ_CFLAGS = -g -O1 -std=c11 -D_GNU_SOURCE -pthread -I. -fsanitize=fuzzer,address,undefined
-fuzz:
+FUZZ_CFLAGS = -g -O1 -std=c11 -D_GNU_SOURCE -pthread -I. -fsanitize=address,undefined
+FUZZ_LIB_O  = $(LIB_C:%.c=$(O)/fuzz/lib/%.o)
+FUZZ_LIBA   = $(O)/fuzz/libphi3-fuzz.a
+$(O)/fuzz/lib/%.o: %.c
+	@mkdir -p $(@D)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+$(FUZZ_LIBA): $(FUZZ_LIB_O)
+	rm -f $@ && ar rcs $@ $^
+fuzz: $(FUZZ_LIBA)
 	@mkdir -p $(O)/fuzz
 	@set -e; for f in $(FUZZ_C); do n=$$(basename $$f .c); \
-	  clang $(FUZZ_CFLAGS) $$f $(LIB_C) \
+	  clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $$f $(FUZZ_LIBA) \
 	    -o $(O)/fuzz/$$n $(LIBS); \
 	  mkdir -p $(O)/fuzz/$$n.corpus; \
 	  seeds=tests/fuzz/$$n.seeds; [ -d $$seeds ] || seeds=; \
