@@ -1,8 +1,10 @@
 /* gemm.c: the CPU backend's weight-row . activation products in the canonical order of
- * gemm.h, for one token (4 rows at a time, weights converted on the fly) and for frames
- * of many tokens (blocked: a row block's weights converted to float32 panels once per
- * GEMM_KC columns, then register tiles of rows x tokens; 8-lane partial sums kept per
- * output across panels, so the order along k is exactly the one-token order).
+ * gemm.h, for one token (4 rows at a time, weights converted on the fly), for a few
+ * tokens (2 .. 64: register tiles of rows x tokens, weights converted in registers, 8-lane
+ * accumulators held across the whole row) and for frames of many tokens (blocked: a row
+ * block's weights converted to float32 panels once per GEMM_KC columns, then register
+ * tiles of rows x tokens; 8-lane partial sums kept per output across panels, so the order
+ * along k is exactly the one-token order).
  *
  * The AVX-512 tile computes two outputs per zmm register (lanes 0-7 one row, 8-15 the
  * next): each half is the same 8-lane accumulator with the same FMA sequence as the AVX2
@@ -307,49 +309,256 @@ static void tiles_c(const float *panel, int groups, int ks, const float *x, size
             }
 }
 
+/* Lane i of the result = the canonical reduction ((l0 + l1) + (l2 + l3)) + ((l4 + l5) +
+ * (l6 + l7)) of the 8 lanes of r_i: an 8x8 transpose puts lane j of the 8 inputs in one
+ * register, then the same tree runs across them. */
+AVX2 static inline __attribute__((always_inline)) __m256 sum8x8(__m256 r0, __m256 r1, __m256 r2, __m256 r3,
+                                                                 __m256 r4, __m256 r5, __m256 r6, __m256 r7)
+{
+    __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 u2 = _mm256_unpacklo_ps(r2, r3), u3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xee);
+    __m256 v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xee);
+    __m256 v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xee);
+    __m256 v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xee);
+    /* lane j of rows 0..7: lanes 0-3 from the low halves, 4-7 from the high */
+    __m256 l0 = _mm256_permute2f128_ps(v0, v4, 0x20), l1 = _mm256_permute2f128_ps(v1, v5, 0x20);
+    __m256 l2 = _mm256_permute2f128_ps(v2, v6, 0x20), l3 = _mm256_permute2f128_ps(v3, v7, 0x20);
+    __m256 l4 = _mm256_permute2f128_ps(v0, v4, 0x31), l5 = _mm256_permute2f128_ps(v1, v5, 0x31);
+    __m256 l6 = _mm256_permute2f128_ps(v2, v6, 0x31), l7 = _mm256_permute2f128_ps(v3, v7, 0x31);
+    return _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(l0, l1), _mm256_add_ps(l2, l3)),
+                         _mm256_add_ps(_mm256_add_ps(l4, l5), _mm256_add_ps(l6, l7)));
+}
+
+/* o[i] = lane i of v for i < n (n <= 8) */
+AVX2 static inline void store_n(float *o, __m256 v, int n)
+{
+    if (n >= 8) _mm256_storeu_ps(o, v);
+    else {
+        float tmp[8];
+        _mm256_storeu_ps(tmp, v);
+        memcpy(o, tmp, (size_t)n * sizeof(float));
+    }
+}
+
 /* out[t * ldo + r] = the canonical reduction of the 8 lanes of acc row r, token t, for
- * r < rows, t < n; 8 rows at a time: an 8x8 transpose puts lane j of 8 outputs in one
- * register, then the same tree ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) runs
- * across outputs, stored as 8 consecutive floats of token t. acc has room (zeros) for
- * rows rounded up to 8. */
+ * r < rows, t < n; 8 rows at a time (sum8x8), stored as 8 consecutive floats of token t.
+ * acc has room (zeros) for rows rounded up to 8. */
 AVX2 static void reduce_avx(const float *acc, size_t ps, int rows, int n, float *out, size_t ldo)
 {
     for (int r = 0; r < rows; r += 8)
         for (int t = 0; t < n; t++) {
             const float *a = ACC(acc, ps, r, t);      /* rows r, r + 1 at a, a + 8; next pair + ps */
-            __m256 r0 = _mm256_loadu_ps(a), r1 = _mm256_loadu_ps(a + 8), r2 = _mm256_loadu_ps(a + ps);
-            __m256 r3 = _mm256_loadu_ps(a + ps + 8), r4 = _mm256_loadu_ps(a + 2 * ps);
-            __m256 r5 = _mm256_loadu_ps(a + 2 * ps + 8), r6 = _mm256_loadu_ps(a + 3 * ps);
-            __m256 r7 = _mm256_loadu_ps(a + 3 * ps + 8);
-            __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1);
-            __m256 u2 = _mm256_unpacklo_ps(r2, r3), u3 = _mm256_unpackhi_ps(r2, r3);
-            __m256 u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5);
-            __m256 u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
-            __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xee);
-            __m256 v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xee);
-            __m256 v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xee);
-            __m256 v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xee);
-            /* lane j of rows r..r+7: lanes 0-3 from the low halves, 4-7 from the high */
-            __m256 l0 = _mm256_permute2f128_ps(v0, v4, 0x20), l1 = _mm256_permute2f128_ps(v1, v5, 0x20);
-            __m256 l2 = _mm256_permute2f128_ps(v2, v6, 0x20), l3 = _mm256_permute2f128_ps(v3, v7, 0x20);
-            __m256 l4 = _mm256_permute2f128_ps(v0, v4, 0x31), l5 = _mm256_permute2f128_ps(v1, v5, 0x31);
-            __m256 l6 = _mm256_permute2f128_ps(v2, v6, 0x31), l7 = _mm256_permute2f128_ps(v3, v7, 0x31);
-            __m256 sum = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(l0, l1), _mm256_add_ps(l2, l3)),
-                                       _mm256_add_ps(_mm256_add_ps(l4, l5), _mm256_add_ps(l6, l7)));
-            float *o = out + (size_t)t * ldo + r;
-            if (rows - r >= 8) _mm256_storeu_ps(o, sum);
-            else {
-                float tmp[8];
-                _mm256_storeu_ps(tmp, sum);
-                memcpy(o, tmp, (size_t)(rows - r) * sizeof(float));
-            }
+            __m256 sum = sum8x8(_mm256_loadu_ps(a), _mm256_loadu_ps(a + 8), _mm256_loadu_ps(a + ps),
+                                _mm256_loadu_ps(a + ps + 8), _mm256_loadu_ps(a + 2 * ps),
+                                _mm256_loadu_ps(a + 2 * ps + 8), _mm256_loadu_ps(a + 3 * ps),
+                                _mm256_loadu_ps(a + 3 * ps + 8));
+            store_n(out + (size_t)t * ldo + r, sum, rows - r);
         }
+}
+
+/* ---- the few-token path: 2 .. small_max tokens (a server step of several decode
+ * streams, a short frame) ----
+ * No panel: a register tile of rows x tokens holds its 8-lane accumulators across the
+ * whole K while the weights are converted in registers, then the canonical reduction and
+ * the tail. A block of rows (8 x K weights: L1/L2) is passed over by each token tile in
+ * turn (tiles of balanced widths), so the weights come from memory once. Tiles: AVX-512
+ * 8 rows (row pairs in zmm halves) x up to 6 tokens, AVX2 4 rows x up to 3, scalar 4 rows
+ * x up to 4.
+ * The threshold, measured (tests/bench/gemm_bench.c and an in-cache single-thread run,
+ * AVX-512, K = 1024 and 2816): this path is faster than the blocked one up to about 96
+ * tokens (from 2.9x at 8 tokens on the DRAM-bound mid-size model to ~1.0x at 96) and
+ * even at 128; 64 keeps a margin. */
+
+#define SMALL_MAX 64            /* the default most tokens of the few-token path */
+static int small_max = SMALL_MAX;
+
+void gemm_set_small_max(int n) { small_max = n < 0 ? SMALL_MAX : n; }
+
+/* the tail k = K8 .. K - 1 of rows w_r (r < rows) for tokens t < T, in order */
+#define SMALL_TAIL(LOAD)                                                               \
+    for (int r = 0; r < rows && K8 < K; r++)                                           \
+        for (int t = 0; t < T; t++) {                                                  \
+            const uint8_t *wt = w + (size_t)r * rb;                                    \
+            const float *xt = x + (size_t)t * ldx;                                     \
+            float v = out[(size_t)t * ldo + r];                                        \
+            for (int k = K8; k < K; k++) v = fmaf(LOAD(wt, k), xt[k], v);              \
+            out[(size_t)t * ldo + r] = v;                                              \
+        }
+
+/* rows a (lanes 0-7) and b (lanes 8-15), columns k .. k + 7, as float32 */
+#define CVTZ_bf16(a, b, k) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_inserti128_si256( \
+    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)((const uint16_t *)(a) + (k)))),            \
+    _mm_loadu_si128((const __m128i *)((const uint16_t *)(b) + (k))), 1)), 16))
+#define CVTZ_f16(a, b, k) _mm512_cvtph_ps(_mm256_inserti128_si256(                                     \
+    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)((const uint16_t *)(a) + (k)))),            \
+    _mm_loadu_si128((const __m128i *)((const uint16_t *)(b) + (k))), 1))
+#define CVTZ_f32(a, b, k) _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps((const float *)(a) + (k))), \
+                                             _mm256_loadu_ps((const float *)(b) + (k)), 1)
+
+/* rows (<= 8: the missing ones repeat the last, not stored) x T tokens */
+#define SMALL_Z(T_, LOAD)                                                              \
+    AVX512 static inline __attribute__((always_inline)) void small_z_##T_##_t(          \
+        const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, float *out, size_t ldo, \
+        const int T)                                                                   \
+    {                                                                                  \
+        const uint8_t *wr[8];                                                          \
+        for (int r = 0; r < 8; r++) wr[r] = w + (size_t)(r < rows ? r : rows - 1) * rb; \
+        int K8 = K & ~7;                                                               \
+        __m512 c[4][6];                                                                \
+        _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)                             \
+            _Pragma("GCC unroll 6") for (int t = 0; t < T; t++) c[q][t] = _mm512_setzero_ps(); \
+        for (int k = 0; k < K8; k += 8) {                                              \
+            __m512 wv[4];                                                              \
+            _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) wv[q] = CVTZ_##T_(wr[2 * q], wr[2 * q + 1], k); \
+            _Pragma("GCC unroll 6") for (int t = 0; t < T; t++) {                       \
+                __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + k));  \
+                _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) c[q][t] = _mm512_fmadd_ps(wv[q], xv, c[q][t]); \
+            }                                                                          \
+        }                                                                              \
+        _Pragma("GCC unroll 6") for (int t = 0; t < T; t++) {                           \
+            __m256 s = sum8x8(_mm512_castps512_ps256(c[0][t]), _mm512_extractf32x8_ps(c[0][t], 1), \
+                              _mm512_castps512_ps256(c[1][t]), _mm512_extractf32x8_ps(c[1][t], 1), \
+                              _mm512_castps512_ps256(c[2][t]), _mm512_extractf32x8_ps(c[2][t], 1), \
+                              _mm512_castps512_ps256(c[3][t]), _mm512_extractf32x8_ps(c[3][t], 1)); \
+            store_n(out + (size_t)t * ldo, s, rows);                                   \
+        }                                                                              \
+        SMALL_TAIL(LOAD)                                                               \
+    }                                                                                  \
+    AVX512 static void small_z_##T_(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, \
+                                     float *out, size_t ldo, int T)                    \
+    {                                                                                  \
+        switch (T) {                                                                   \
+        case 6: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 6); break;          \
+        case 5: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 5); break;          \
+        case 4: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 4); break;          \
+        case 3: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 3); break;          \
+        case 2: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 2); break;          \
+        default: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 1); break;         \
+        }                                                                              \
+    }
+SMALL_Z(bf16, ld_bf16)
+SMALL_Z(f16, ld_f16)
+SMALL_Z(f32, ld_f32)
+
+#define SMALL_Y(T_, LOAD)                                                              \
+    AVX2 static inline __attribute__((always_inline)) void small_y_##T_##_t(            \
+        const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, float *out, size_t ldo, \
+        const int T)                                                                   \
+    {                                                                                  \
+        const uint8_t *wr[4];                                                          \
+        for (int r = 0; r < 4; r++) wr[r] = w + (size_t)(r < rows ? r : rows - 1) * rb; \
+        int K8 = K & ~7;                                                               \
+        __m256 c[4][3];                                                                \
+        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)                             \
+            _Pragma("GCC unroll 3") for (int t = 0; t < T; t++) c[r][t] = _mm256_setzero_ps(); \
+        for (int k = 0; k < K8; k += 8) {                                              \
+            __m256 xv[3];                                                              \
+            _Pragma("GCC unroll 3") for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(x + t * ldx + k); \
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {                       \
+                __m256 wv = CVT_##T_(wr[r], k);                                        \
+                _Pragma("GCC unroll 3") for (int t = 0; t < T; t++) c[r][t] = _mm256_fmadd_ps(wv, xv[t], c[r][t]); \
+            }                                                                          \
+        }                                                                              \
+        for (int t = 0; t < T; t++)                                                    \
+            for (int r = 0; r < rows; r++) out[(size_t)t * ldo + r] = hsum8(c[r][t]);  \
+        SMALL_TAIL(LOAD)                                                               \
+    }                                                                                  \
+    AVX2 static void small_y_##T_(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, \
+                                  float *out, size_t ldo, int T)                       \
+    {                                                                                  \
+        switch (T) {                                                                   \
+        case 3: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 3); break;          \
+        case 2: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 2); break;          \
+        default: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 1); break;         \
+        }                                                                              \
+    }
+SMALL_Y(bf16, ld_bf16)
+SMALL_Y(f16, ld_f16)
+SMALL_Y(f32, ld_f32)
+
+#define SMALL_C(T_, LOAD)                                                              \
+    static void small_c_##T_(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, \
+                             float *out, size_t ldo, int T)                            \
+    {                                                                                  \
+        float a[4][4][8] = {{{0}}};                                                    \
+        int K8 = K & ~7;                                                               \
+        for (int k = 0; k < K8; k += 8)                                                \
+            for (int r = 0; r < rows; r++)                                             \
+                for (int t = 0; t < T; t++)                                            \
+                    for (int j = 0; j < 8; j++)                                        \
+                        a[r][t][j] = fmaf(LOAD(w + (size_t)r * rb, k + j), x[(size_t)t * ldx + k + j], a[r][t][j]); \
+        for (int t = 0; t < T; t++)                                                    \
+            for (int r = 0; r < rows; r++) out[(size_t)t * ldo + r] = reduce8(a[r][t]); \
+        SMALL_TAIL(LOAD)                                                               \
+    }
+SMALL_C(bf16, ld_bf16)
+SMALL_C(f16, ld_f16)
+SMALL_C(f32, ld_f32)
+
+/* A panel row (gemm_block): dst[s * 32 + j] = w[k0 + 8 s + j] as float32 for s < ks,
+ * j < 8, converted straight into the panel's layout. */
+#define PANEL_KERNELS(T_, LOAD)                                                        \
+    static void panel_##T_##_c(const void *w, int k0, int ks, float *dst)              \
+    {                                                                                  \
+        for (int s = 0; s < ks; s++)                                                   \
+            for (int j = 0; j < 8; j++) dst[s * 32 + j] = LOAD(w, (size_t)k0 + 8 * s + j); \
+    }                                                                                  \
+    AVX2 static void panel_##T_##_avx(const void *w, int k0, int ks, float *dst)       \
+    {                                                                                  \
+        for (int s = 0; s < ks; s++) _mm256_storeu_ps(dst + s * 32, CVT_##T_(w, (size_t)k0 + 8 * s)); \
+    }
+PANEL_KERNELS(bf16, ld_bf16)
+PANEL_KERNELS(f16, ld_f16)
+PANEL_KERNELS(f32, ld_f32)
+
+typedef void (*small_fn)(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, float *out,
+                         size_t ldo, int T);
+typedef struct small_kernel {
+    const gemm_ops *op;
+    small_fn fn;
+    int rows, tokens;           /* the register tile */
+    void (*panel)(const void *w, int k0, int ks, float *dst);
+} small_kernel;
+static const small_kernel smalls[] = {
+    {&ops_avx512[0], small_z_bf16, 8, 6, panel_bf16_avx}, {&ops_avx512[1], small_z_f16, 8, 6, panel_f16_avx},
+    {&ops_avx512[2], small_z_f32, 8, 6, panel_f32_avx},   {&ops_avx[0], small_y_bf16, 4, 3, panel_bf16_avx},
+    {&ops_avx[1], small_y_f16, 4, 3, panel_f16_avx},      {&ops_avx[2], small_y_f32, 4, 3, panel_f32_avx},
+    {&ops_c[0], small_c_bf16, 4, 4, panel_bf16_c},        {&ops_c[1], small_c_f16, 4, 4, panel_f16_c},
+    {&ops_c[2], small_c_f32, 4, 4, panel_f32_c},
+};
+
+/* The few-token kernel and panel converter of op (gemm.c's own dtypes; NULL for others:
+ * quantized weights take the blocked path with their own conversion, op->cvt). */
+static const small_kernel *small_for(const gemm_ops *op)
+{
+    for (size_t i = 0; i < sizeof smalls / sizeof *smalls; i++)
+        if (smalls[i].op == op) return &smalls[i];
+    return NULL;
+}
+
+/* rows [r0, r1) x n tokens: token tiles of balanced sizes pass over each row block */
+static void gemm_small(const small_kernel *sk, const uint8_t *w, size_t rb, int K, int r0, int r1,
+                       const float *x, size_t ldx, int n, float *out, size_t ldo)
+{
+    int tiles = (n + sk->tokens - 1) / sk->tokens;
+    for (int r = r0; r < r1; r += sk->rows) {
+        int rows = r1 - r < sk->rows ? r1 - r : sk->rows;
+        for (int i = 0, t = 0; i < tiles; i++) {
+            int T = n / tiles + (i < n % tiles);
+            sk->fn(w + (size_t)r * rb, rb, rows, K, x + (size_t)t * ldx, ldx, out + (size_t)t * ldo + r, ldo, T);
+            t += T;
+        }
+    }
 }
 
 static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, int rows,
                        const float *x, size_t ldx, int n, float *out, size_t ldo, float *scratch)
 {
     float *panel = scratch, *acc = scratch + PANEL_FLOATS, *tail = acc + ACC_FLOATS;
+    const small_kernel *sk = small_for(op);
     int K8 = K & ~7, groups = (rows + 3) / 4;
     size_t ps = (size_t)n * 16;                  /* acc floats per row pair */
     memset(acc, 0, (size_t)((rows + 7) & ~7) / 2 * ps * sizeof(float));   /* padded rows too */
@@ -361,8 +570,11 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
                 for (int s = 0; s < ks; s++) memset(dst + s * 32, 0, 8 * sizeof(float));
                 continue;
             }
-            op->cvt(w + (size_t)r * row_bytes, kb, kc, tail);
-            for (int s = 0; s < ks; s++) memcpy(dst + s * 32, tail + s * 8, 8 * sizeof(float));
+            if (sk) sk->panel(w + (size_t)r * row_bytes, kb, ks, dst);
+            else {
+                op->cvt(w + (size_t)r * row_bytes, kb, kc, tail);
+                for (int s = 0; s < ks; s++) memcpy(dst + s * 32, tail + s * 8, 8 * sizeof(float));
+            }
         }
         const float *xb = x + kb;
         if (op->vec == 2) tiles_z(panel, groups, ks, xb, ldx, n, acc, ps);
@@ -387,8 +599,13 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
 void gemm_rows(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, int r0, int r1,
                const float *x, size_t ldx, int n, float *out, size_t ldo, float *scratch)
 {
+    const small_kernel *sk;
+    if (n >= 2 && n <= small_max && (sk = small_for(op))) {
+        gemm_small(sk, w, row_bytes, K, r0, r1, x, ldx, n, out, ldo);
+        return;
+    }
     if (n < 4) {
-        /* one to three tokens: no reuse worth a panel; 4 rows per pass over the weights */
+        /* one token (or quantized weights, few tokens): 4 rows per pass over the weights */
         for (int t = 0; t < n; t++) {
             const float *xt = x + (size_t)t * ldx;
             float *o = out + (size_t)t * ldo;

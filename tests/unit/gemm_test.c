@@ -115,6 +115,49 @@ int main(void)
             free(ref);
             free(out);
         }
+    /* the few-token path: every token count 1..20 (register tiles of every width, one
+     * to four token tiles), K with and without a tail of 1..7, 13 rows split at 5 (row
+     * tiles cut short at both ends), at every level, against the canonical order; and
+     * the same with the few-token path off (the blocked and one-token paths) */
+    {
+        const int Ks[] = {1, 7, 8, 13, 72, 267, 1029};
+        enum { R = 13, NMAX = 20 };
+        for (int pass = 0; pass < 2; pass++) {
+            gemm_set_small_max(pass ? 0 : -1);
+            for (int ti = 0; ti < 3; ti++) {
+                size_t es = st_dtype_size(types[ti]);
+                int bad = 0, checks = 0;
+                for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++) {
+                    int K = Ks[ki];
+                    void *w = malloc((size_t)R * K * es);
+                    float *x = malloc((size_t)NMAX * (K + 1) * sizeof(float)), *out = malloc((size_t)NMAX * (R + 2) * sizeof(float));
+                    fill_w(types[ti], w, (size_t)R * K);
+                    for (size_t i = 0; i < (size_t)NMAX * (K + 1); i++) x[i] = frand();
+                    for (int lv = 0; lv < levels; lv++) {
+                        const gemm_ops *op = gemm_ops_level(types[ti], lv);
+                        for (int N = 1; N <= NMAX; N++) {
+                            int ldo = R + 2;    /* ldx = K + 1, ldo = R + 2: strides are not widths */
+                            memset(out, 0xff, (size_t)N * ldo * sizeof(float));
+                            gemm_rows(op, w, (size_t)K * es, K, 0, 5, x, (size_t)K + 1, N, out, (size_t)ldo, scratch);
+                            gemm_rows(op, w, (size_t)K * es, K, 5, R, x, (size_t)K + 1, N, out, (size_t)ldo, scratch);
+                            for (int t = 0; t < N; t++)
+                                for (int r = 0; r < R; r++) {
+                                    float c = canon(types[ti], (const uint8_t *)w + (size_t)r * K * es, x + (size_t)t * (K + 1), K);
+                                    checks++;
+                                    if (memcmp(&out[t * ldo + r], &c, 4)) bad++;
+                                }
+                        }
+                    }
+                    free(w);
+                    free(x);
+                    free(out);
+                }
+                ok(!bad, "%s, 1..%d tokens x %d rows, K = 1..1029 with tails, every level%s: canonical bits (%d of %d differ)",
+                   tn[ti], NMAX, R, pass ? ", few-token path off" : "", bad, checks);
+            }
+        }
+        gemm_set_small_max(-1);
+    }
     /* gemm_dot_f32 (attention scores) */
     float a[100], b[100];
     for (int i = 0; i < 100; i++) a[i] = frand(), b[i] = frand();
