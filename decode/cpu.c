@@ -194,50 +194,31 @@ AXPY_TILE(axpy_f32_c, , float, LDV_F32)
 AXPY_TILE(axpy_f16_c, , uint16_t, LDV_F16)
 #undef AXPY_VEC_float
 #undef AXPY_VEC_uint16_t
-/* AVX2: 32 output lanes in registers across the key tile, then 8, then the scalar tail */
-#define AXPY_VEC_float                                                                 \
+/* AVX2: 32 output lanes in registers across the key tile, then 8, then the scalar tail;
+ * L8(p): 8 values of V at p as float32 */
+#define AXPY_VEC(L8)                                                                   \
     for (; i + 32 <= n; i += 32) {                                                     \
         __m256 a0 = _mm256_loadu_ps(o + i), a1 = _mm256_loadu_ps(o + i + 8);           \
         __m256 a2 = _mm256_loadu_ps(o + i + 16), a3 = _mm256_loadu_ps(o + i + 24);     \
         for (int k = 0; k < nk; k++) {                                                 \
             __m256 ek = _mm256_set1_ps(e[k]);                                          \
-            const float *vk = v + k * stride + i;                                      \
-            a0 = _mm256_fmadd_ps(ek, _mm256_loadu_ps(vk), a0);                         \
-            a1 = _mm256_fmadd_ps(ek, _mm256_loadu_ps(vk + 8), a1);                     \
-            a2 = _mm256_fmadd_ps(ek, _mm256_loadu_ps(vk + 16), a2);                    \
-            a3 = _mm256_fmadd_ps(ek, _mm256_loadu_ps(vk + 24), a3);                    \
+            __typeof__(v) vk = v + k * stride + i;                                     \
+            a0 = _mm256_fmadd_ps(ek, L8(vk), a0);                                      \
+            a1 = _mm256_fmadd_ps(ek, L8(vk + 8), a1);                                  \
+            a2 = _mm256_fmadd_ps(ek, L8(vk + 16), a2);                                 \
+            a3 = _mm256_fmadd_ps(ek, L8(vk + 24), a3);                                 \
         }                                                                              \
         _mm256_storeu_ps(o + i, a0), _mm256_storeu_ps(o + i + 8, a1);                  \
         _mm256_storeu_ps(o + i + 16, a2), _mm256_storeu_ps(o + i + 24, a3);            \
     }                                                                                  \
     for (; i + 8 <= n; i += 8) {                                                       \
         __m256 a0 = _mm256_loadu_ps(o + i);                                            \
-        for (int k = 0; k < nk; k++)                                                   \
-            a0 = _mm256_fmadd_ps(_mm256_set1_ps(e[k]), _mm256_loadu_ps(v + k * stride + i), a0); \
+        for (int k = 0; k < nk; k++) a0 = _mm256_fmadd_ps(_mm256_set1_ps(e[k]), L8(v + k * stride + i), a0); \
         _mm256_storeu_ps(o + i, a0);                                                   \
     }
 #define H8(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
-#define AXPY_VEC_uint16_t                                                              \
-    for (; i + 32 <= n; i += 32) {                                                     \
-        __m256 a0 = _mm256_loadu_ps(o + i), a1 = _mm256_loadu_ps(o + i + 8);           \
-        __m256 a2 = _mm256_loadu_ps(o + i + 16), a3 = _mm256_loadu_ps(o + i + 24);     \
-        for (int k = 0; k < nk; k++) {                                                 \
-            __m256 ek = _mm256_set1_ps(e[k]);                                          \
-            const uint16_t *vk = v + k * stride + i;                                   \
-            a0 = _mm256_fmadd_ps(ek, H8(vk), a0);                                      \
-            a1 = _mm256_fmadd_ps(ek, H8(vk + 8), a1);                                  \
-            a2 = _mm256_fmadd_ps(ek, H8(vk + 16), a2);                                 \
-            a3 = _mm256_fmadd_ps(ek, H8(vk + 24), a3);                                 \
-        }                                                                              \
-        _mm256_storeu_ps(o + i, a0), _mm256_storeu_ps(o + i + 8, a1);                  \
-        _mm256_storeu_ps(o + i + 16, a2), _mm256_storeu_ps(o + i + 24, a3);            \
-    }                                                                                  \
-    for (; i + 8 <= n; i += 8) {                                                       \
-        __m256 a0 = _mm256_loadu_ps(o + i);                                            \
-        for (int k = 0; k < nk; k++)                                                   \
-            a0 = _mm256_fmadd_ps(_mm256_set1_ps(e[k]), H8(v + k * stride + i), a0);    \
-        _mm256_storeu_ps(o + i, a0);                                                   \
-    }
+#define AXPY_VEC_float AXPY_VEC(_mm256_loadu_ps)
+#define AXPY_VEC_uint16_t AXPY_VEC(H8)
 AXPY_TILE(axpy_f32_avx, __attribute__((target("avx2,fma,f16c"))), float, LDV_F32)
 AXPY_TILE(axpy_f16_avx, __attribute__((target("avx2,fma,f16c"))), uint16_t, LDV_F16)
 
