@@ -147,6 +147,7 @@ typedef struct server {
     cpu_batch *batch_ws;                /* backend_cpu_forward_batch workspace */
     backend *pool_owner;                /* CPU: holds the threads every stream's backend uses */
     long batched_steps;
+    int single;                         /* server_serve_fd: one stream, no listening socket */
 } server;
 
 static volatile sig_atomic_t got_term, got_usr1;
@@ -698,6 +699,32 @@ static void print_stats(server *sv)
     for (int i = 0; i < sv->nc; i++) stream_stats(sv, sv->c[i], "open");
 }
 
+/* A new stream on the connected socket fd (non-blocking). */
+static void conn_add(server *sv, int fd)
+{
+    conn *c = xcalloc(1, sizeof *c);
+    c->fd = fd;
+    c->id = ++sv->next_id;
+    c->fr = fr_open(fd, 0);
+    fw_init(&c->w, -1);
+    c->t_open = now_sec();
+    if (sv->nc == sv->ccap) {
+        sv->ccap = sv->ccap ? 2 * sv->ccap : 16;
+        sv->c = xrealloc(sv->c, (size_t)sv->ccap * sizeof *sv->c);
+    }
+    sv->c[sv->nc++] = c;
+    if (sv->admitted >= sv->o->max_streams) {
+        sv->refused++;
+        conn_fail(c, "server: no room for this stream: %d streams are open (--max-streams %d); retry later",
+                  sv->admitted, sv->o->max_streams);
+    } else {
+        sv->served++;
+        sv->admitted++;
+        c->admitted = 1;
+    }
+    if (sv->draining) conn_fail(c, "server is shutting down");
+}
+
 static void server_accept(server *sv)
 {
     for (;;) {
@@ -715,27 +742,7 @@ static void server_accept(server *sv)
             close(fd);
             continue;
         }
-        conn *c = xcalloc(1, sizeof *c);
-        c->fd = fd;
-        c->id = ++sv->next_id;
-        c->fr = fr_open(fd, 0);
-        fw_init(&c->w, -1);
-        c->t_open = now_sec();
-        if (sv->nc == sv->ccap) {
-            sv->ccap = sv->ccap ? 2 * sv->ccap : 16;
-            sv->c = xrealloc(sv->c, (size_t)sv->ccap * sizeof *sv->c);
-        }
-        sv->c[sv->nc++] = c;
-        if (sv->admitted >= sv->o->max_streams) {
-            sv->refused++;
-            conn_fail(c, "server: no room for this stream: %d streams are open (--max-streams %d); retry later",
-                      sv->admitted, sv->o->max_streams);
-        } else {
-            sv->served++;
-            sv->admitted++;
-            c->admitted = 1;
-        }
-        if (sv->draining) conn_fail(c, "server is shutting down");
+        conn_add(sv, fd);
     }
 }
 
@@ -791,6 +798,87 @@ static void unlisten_at_exit(void)
     if (the_server) unlisten(the_server);
 }
 
+/* The event loop: until drained (SIGTERM), or a single-stream server's stream is over. */
+static void serve(server *sv)
+{
+    struct pollfd *pf = NULL;
+    int pcap = 0;
+    for (;;) {
+        if (got_term && !sv->draining) {
+            sv->draining = 1;
+            unlisten(sv);
+            /* the frames that have arrived are answered; nothing later is read */
+            for (int i = 0; i < sv->nc; i++) {
+                conn_read(sv, sv->c[i]);
+                sv->c[i]->in_eof = 1;
+            }
+            if (sv->o->verbose || sv->o->stats) phi3_err("draining %d streams", sv->nc);
+        }
+        if (got_term > 1) phi3_die("second signal: stopping now with %d streams open", sv->nc);
+        if (got_usr1) {
+            got_usr1 = 0;
+            print_stats(sv);
+        }
+        /* retire the streams that are over */
+        int work = 0;
+        for (int i = 0; i < sv->nc; i++) {
+            conn *c = sv->c[i];
+            if (c->state == ST_OPEN && c->in_eof && c->qn == c->qh)
+                /* a stream cut by the drain is told so; one whose input ended gets done */
+                conn_finish(c, c->eof_seen ? NULL : "server is shutting down (SIGTERM): later frames were not read");
+            if (c->state == ST_DEAD || (c->state == ST_CLOSING && c->out_off == c->out_len)) {
+                conn_free(sv, c);
+                sv->c[i--] = sv->c[--sv->nc];
+                continue;
+            }
+            if (runnable(c)) work = 1;
+        }
+        if ((sv->draining || sv->single) && sv->nc == 0) break;
+        int need = sv->nc + 2;
+        if (need > pcap) {
+            pcap = need * 2;
+            pf = xrealloc(pf, (size_t)pcap * sizeof *pf);
+        }
+        int np = 0;
+        pf[np++] = (struct pollfd){.fd = sv->sigr, .events = POLLIN};
+        if (sv->lfd >= 0) pf[np++] = (struct pollfd){.fd = sv->lfd, .events = POLLIN};
+        int base = np;
+        for (int i = 0; i < sv->nc; i++) {
+            conn *c = sv->c[i];
+            short ev = 0;
+            if (c->state == ST_OPEN && !c->in_eof && c->qn - c->qh < QUEUE_HIGH) ev |= POLLIN;
+            if (c->out_off < c->out_len) ev |= POLLOUT;
+            pf[np++] = (struct pollfd){.fd = c->fd, .events = ev};
+        }
+        int pr = poll(pf, (nfds_t)np, work ? 0 : -1);
+        if (pr < 0 && errno != EINTR) phi3_die("poll: %s", strerror(errno));
+        if (pr > 0) {
+            if (pf[0].revents) {
+                char buf[64];
+                while (read(sv->sigr, buf, sizeof buf) > 0) {}
+            }
+            if (sv->lfd >= 0 && pf[1].revents) server_accept(sv);
+            for (int i = 0; i < np - base && i < sv->nc; i++) {
+                conn *c = sv->c[i];
+                short re = pf[base + i].revents;
+                if (c->fd != pf[base + i].fd) continue;
+                if (re & (POLLHUP | POLLERR | POLLNVAL)) {
+                    /* the client closed both directions (or died): nobody to answer */
+                    c->state = ST_DEAD;
+                    continue;
+                }
+                if (re & POLLOUT) conn_write(c);
+            }
+        }
+        /* every stream, readable or not: frames may wait in its reader's buffer */
+        for (int i = 0; i < sv->nc; i++) conn_read(sv, sv->c[i]);
+        step(sv);
+        for (int i = 0; i < sv->nc; i++)
+            if (sv->c[i]->out_off < sv->c[i]->out_len) conn_write(sv->c[i]);
+    }
+    free(pf);
+}
+
 int server_main(const server_opts *o)
 {
     server sv = {.o = o, .lfd = -1};
@@ -829,88 +917,27 @@ int server_main(const server_opts *o)
                  sv.m->fingerprint_hex, now_sec() - t0, sv.path, o->max_streams,
                  o->kv_budget > 0 ? "set" : "none", o->batch && !sv.use_cuda ? "batched" : "one forward per stream");
     sv.t0 = now_sec();
-    struct pollfd *pf = NULL;
-    int pcap = 0;
-    for (;;) {
-        if (got_term && !sv.draining) {
-            sv.draining = 1;
-            unlisten(&sv);
-            /* the frames that have arrived are answered; nothing later is read */
-            for (int i = 0; i < sv.nc; i++) {
-                conn_read(&sv, sv.c[i]);
-                sv.c[i]->in_eof = 1;
-            }
-            if (o->verbose || o->stats) phi3_err("draining %d streams", sv.nc);
-        }
-        if (got_term > 1) phi3_die("second signal: stopping now with %d streams open", sv.nc);
-        if (got_usr1) {
-            got_usr1 = 0;
-            print_stats(&sv);
-        }
-        /* retire the streams that are over */
-        int work = 0;
-        for (int i = 0; i < sv.nc; i++) {
-            conn *c = sv.c[i];
-            if (c->state == ST_OPEN && c->in_eof && c->qn == c->qh)
-                /* a stream cut by the drain is told so; one whose input ended gets done */
-                conn_finish(c, c->eof_seen ? NULL : "server is shutting down (SIGTERM): later frames were not read");
-            if (c->state == ST_DEAD || (c->state == ST_CLOSING && c->out_off == c->out_len)) {
-                conn_free(&sv, c);
-                sv.c[i--] = sv.c[--sv.nc];
-                continue;
-            }
-            if (runnable(c)) work = 1;
-        }
-        if (sv.draining && sv.nc == 0) break;
-        int need = sv.nc + 2;
-        if (need > pcap) {
-            pcap = need * 2;
-            pf = xrealloc(pf, (size_t)pcap * sizeof *pf);
-        }
-        int np = 0;
-        pf[np++] = (struct pollfd){.fd = sv.sigr, .events = POLLIN};
-        if (sv.lfd >= 0) pf[np++] = (struct pollfd){.fd = sv.lfd, .events = POLLIN};
-        int base = np;
-        for (int i = 0; i < sv.nc; i++) {
-            conn *c = sv.c[i];
-            short ev = 0;
-            if (c->state == ST_OPEN && !c->in_eof && c->qn - c->qh < QUEUE_HIGH) ev |= POLLIN;
-            if (c->out_off < c->out_len) ev |= POLLOUT;
-            pf[np++] = (struct pollfd){.fd = c->fd, .events = ev};
-        }
-        int pr = poll(pf, (nfds_t)np, work ? 0 : -1);
-        if (pr < 0 && errno != EINTR) phi3_die("poll: %s", strerror(errno));
-        if (pr > 0) {
-            if (pf[0].revents) {
-                char buf[64];
-                while (read(sv.sigr, buf, sizeof buf) > 0) {}
-            }
-            if (sv.lfd >= 0 && pf[1].revents) server_accept(&sv);
-            for (int i = 0; i < np - base && i < sv.nc; i++) {
-                conn *c = sv.c[i];
-                short re = pf[base + i].revents;
-                if (c->fd != pf[base + i].fd) continue;
-                if (re & (POLLHUP | POLLERR | POLLNVAL)) {
-                    /* the client closed both directions (or died): nobody to answer */
-                    c->state = ST_DEAD;
-                    continue;
-                }
-                if (re & POLLOUT) conn_write(c);
-            }
-        }
-        /* every stream, readable or not: frames may wait in its reader's buffer */
-        for (int i = 0; i < sv.nc; i++) conn_read(&sv, sv.c[i]);
-        step(&sv);
-        for (int i = 0; i < sv.nc; i++)
-            if (sv.c[i]->out_off < sv.c[i]->out_len) conn_write(sv.c[i]);
-    }
+    serve(&sv);
     if (o->stats) print_stats(&sv);
-    free(pf);
     free(sv.c);
     unlisten(&sv);
     the_server = NULL;
     backend_cpu_batch_free(sv.batch_ws);
     if (sv.pool_owner) sv.pool_owner->ops->destroy(sv.pool_owner);
     model_free(sv.m);
+    return 0;
+}
+
+int server_serve_fd(struct phi3_model *m, const server_opts *o, int fd)
+{
+    server sv = {.o = o, .m = m, .lfd = -1, .sigr = -1, .sigw = -1, .single = 1};
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK)) return -1;
+    sv.t0 = now_sec();
+    conn_add(&sv, fd);
+    serve(&sv);
+    free(sv.c);
+    backend_cpu_batch_free(sv.batch_ws);
+    if (sv.pool_owner) sv.pool_owner->ops->destroy(sv.pool_owner);
     return 0;
 }

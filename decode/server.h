@@ -30,6 +30,13 @@ typedef struct client_opts {
 int server_main(const server_opts *o);
 int client_main(const client_opts *o);
 
+/* One stream without a listening socket (tests, fuzzing): serve the client at the other
+ * end of the connected socket fd on model m with options o (model_dir, socket, backend
+ * unused: CPU), exactly as server_main serves a connection, until the stream is over
+ * (fd is closed then). 0; -1 if fd cannot be made non-blocking (fd left open). */
+struct phi3_model;
+int server_serve_fd(struct phi3_model *m, const server_opts *o, int fd);
+
 /* The socket path for a --serve/--connect argument: one with a '/' is a path as given;
  * a bare NAME (or "" for "default") is $XDG_RUNTIME_DIR/phi3/NAME, or /tmp/phi3-UID/NAME
  * without XDG_RUNTIME_DIR. mkdir: create that private directory (0700) if missing. The
