@@ -1,7 +1,7 @@
 /* gemm.c: the CPU backend's weight-row . activation products in the canonical order of
- * gemm.h, for one token (4 rows at a time, weights converted on the fly), for a few
- * tokens (2 .. 64: register tiles of rows x tokens, weights converted in registers, 8-lane
- * accumulators held across the whole row) and for frames of many tokens (blocked: a row
+ * gemm.h, for one to 64 tokens (register tiles of rows x tokens, weights converted in
+ * registers, 8-lane accumulators held across the whole row; dot4, 4 rows of one token,
+ * for attention and other dtypes) and for frames of many tokens (blocked: a row
  * block's weights converted to float32 panels once per GEMM_KC columns, then register
  * tiles of rows x tokens; 8-lane partial sums kept per output across panels, so the order
  * along k is exactly the one-token order).
@@ -359,23 +359,24 @@ AVX2 static void reduce_avx(const float *acc, size_t ps, int rows, int n, float 
         }
 }
 
-/* ---- the few-token path: 2 .. small_max tokens (a server step of several decode
- * streams, a short frame) ----
+/* ---- the few-token path: 1 .. small_max tokens (a decode step, a server step of
+ * several decode streams, a short frame) ----
  * No panel: a register tile of rows x tokens holds its 8-lane accumulators across the
  * whole K while the weights are converted in registers, then the canonical reduction and
  * the tail. A block of rows (8 x K weights: L1/L2) is passed over by each token tile in
- * turn (tiles of balanced widths), so the weights come from memory once. Tiles: AVX-512
- * 8 rows (row pairs in zmm halves) x up to 6 tokens, AVX2 4 rows x up to 3, scalar 4 rows
- * x up to 4.
- * The threshold, measured (tests/bench/gemm_bench.c and an in-cache single-thread run,
- * AVX-512, K = 1024 and 2816): this path is faster than the blocked one up to about 96
- * tokens (from 2.9x at 8 tokens on the DRAM-bound mid-size model to ~1.0x at 96) and
- * even at 128; 64 keeps a margin. */
+ * turn (tiles of balanced widths), so the weights come from memory once; the last tile
+ * prefetches the next block. Tiles: AVX-512 8 rows (row pairs in zmm halves) x up to 6
+ * tokens, AVX2 4 rows x up to 3, scalar 4 rows x up to 4.
+ * Measured (tests/bench/gemm_bench.c, the mid-size model's weights from DRAM, 2 threads;
+ * an in-cache single-thread run, AVX-512, K = 1024 and 2816): one token 0.64-0.79x the time
+ * of dot4 (AVX-512 and AVX2: the next-block prefetch keeps memory busy), and faster than
+ * the blocked path up to about 96 tokens (~1.0x at 96, still at 128); 64 keeps a margin. */
 
 #define SMALL_MAX 64            /* the default most tokens of the few-token path */
 static int small_max = SMALL_MAX;
 
 void gemm_set_small_max(int n) { small_max = n < 0 ? SMALL_MAX : n; }
+int gemm_get_small_max(void) { return small_max; }
 
 /* the tail k = K8 .. K - 1 of rows w_r (r < rows) for tokens t < T, in order */
 #define SMALL_TAIL(LOAD)                                                               \
@@ -402,15 +403,18 @@ void gemm_set_small_max(int n) { small_max = n < 0 ? SMALL_MAX : n; }
 #define SMALL_Z(T_, LOAD)                                                              \
     AVX512 static inline __attribute__((always_inline)) void small_z_##T_##_t(          \
         const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, float *out, size_t ldo, \
-        const int T)                                                                   \
+        const uint8_t *pf, size_t pfn, const int T)                                    \
     {                                                                                  \
         const uint8_t *wr[8];                                                          \
+        const char *pp = (const char *)pf, *pe = pp + pfn;                             \
+        size_t per = K >= 8 ? (pfn / 64 + (size_t)(K / 8) - 1) / (size_t)(K / 8) : 0;   \
         for (int r = 0; r < 8; r++) wr[r] = w + (size_t)(r < rows ? r : rows - 1) * rb; \
         int K8 = K & ~7;                                                               \
         __m512 c[4][6];                                                                \
         _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)                             \
             _Pragma("GCC unroll 6") for (int t = 0; t < T; t++) c[q][t] = _mm512_setzero_ps(); \
         for (int k = 0; k < K8; k += 8) {                                              \
+            for (size_t j = 0; j < per && pp < pe; j++, pp += 64) _mm_prefetch(pp, _MM_HINT_T0); \
             __m512 wv[4];                                                              \
             _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) wv[q] = CVTZ_##T_(wr[2 * q], wr[2 * q + 1], k); \
             _Pragma("GCC unroll 6") for (int t = 0; t < T; t++) {                       \
@@ -428,15 +432,15 @@ void gemm_set_small_max(int n) { small_max = n < 0 ? SMALL_MAX : n; }
         SMALL_TAIL(LOAD)                                                               \
     }                                                                                  \
     AVX512 static void small_z_##T_(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, \
-                                     float *out, size_t ldo, int T)                    \
+                                     float *out, size_t ldo, const uint8_t *pf, size_t pfn, int T) \
     {                                                                                  \
         switch (T) {                                                                   \
-        case 6: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 6); break;          \
-        case 5: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 5); break;          \
-        case 4: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 4); break;          \
-        case 3: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 3); break;          \
-        case 2: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 2); break;          \
-        default: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 1); break;         \
+        case 6: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 6); break;          \
+        case 5: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 5); break;          \
+        case 4: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 4); break;          \
+        case 3: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 3); break;          \
+        case 2: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 2); break;          \
+        default: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 1); break;         \
         }                                                                              \
     }
 SMALL_Z(bf16, ld_bf16)
@@ -446,15 +450,18 @@ SMALL_Z(f32, ld_f32)
 #define SMALL_Y(T_, LOAD)                                                              \
     AVX2 static inline __attribute__((always_inline)) void small_y_##T_##_t(            \
         const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, float *out, size_t ldo, \
-        const int T)                                                                   \
+        const uint8_t *pf, size_t pfn, const int T)                                    \
     {                                                                                  \
         const uint8_t *wr[4];                                                          \
         for (int r = 0; r < 4; r++) wr[r] = w + (size_t)(r < rows ? r : rows - 1) * rb; \
         int K8 = K & ~7;                                                               \
+        const char *pp = (const char *)pf, *pe = pp + pfn;                             \
+        size_t per = K >= 8 ? (pfn / 64 + (size_t)(K / 8) - 1) / (size_t)(K / 8) : 0;   \
         __m256 c[4][3];                                                                \
         _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)                             \
             _Pragma("GCC unroll 3") for (int t = 0; t < T; t++) c[r][t] = _mm256_setzero_ps(); \
         for (int k = 0; k < K8; k += 8) {                                              \
+            for (size_t j = 0; j < per && pp < pe; j++, pp += 64) _mm_prefetch(pp, _MM_HINT_T0); \
             __m256 xv[3];                                                              \
             _Pragma("GCC unroll 3") for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(x + t * ldx + k); \
             _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {                       \
@@ -467,12 +474,12 @@ SMALL_Z(f32, ld_f32)
         SMALL_TAIL(LOAD)                                                               \
     }                                                                                  \
     AVX2 static void small_y_##T_(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, \
-                                  float *out, size_t ldo, int T)                       \
+                                  float *out, size_t ldo, const uint8_t *pf, size_t pfn, int T) \
     {                                                                                  \
         switch (T) {                                                                   \
-        case 3: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 3); break;          \
-        case 2: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 2); break;          \
-        default: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, 1); break;         \
+        case 3: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 3); break;          \
+        case 2: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 2); break;          \
+        default: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 1); break;         \
         }                                                                              \
     }
 SMALL_Y(bf16, ld_bf16)
@@ -481,7 +488,7 @@ SMALL_Y(f32, ld_f32)
 
 #define SMALL_C(T_, LOAD)                                                              \
     static void small_c_##T_(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, \
-                             float *out, size_t ldo, int T)                            \
+                             float *out, size_t ldo, const uint8_t *pf, size_t pfn, int T) \
     {                                                                                  \
         float a[4][4][8] = {{{0}}};                                                    \
         int K8 = K & ~7;                                                               \
@@ -515,7 +522,7 @@ PANEL_KERNELS(f16, ld_f16)
 PANEL_KERNELS(f32, ld_f32)
 
 typedef void (*small_fn)(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, float *out,
-                         size_t ldo, int T);
+                         size_t ldo, const uint8_t *pf, size_t pfn, int T);
 typedef struct small_kernel {
     const gemm_ops *op;
     small_fn fn;
@@ -548,7 +555,12 @@ static void gemm_small(const small_kernel *sk, const uint8_t *w, size_t rb, int 
         int rows = r1 - r < sk->rows ? r1 - r : sk->rows;
         for (int i = 0, t = 0; i < tiles; i++) {
             int T = n / tiles + (i < n % tiles);
-            sk->fn(w + (size_t)r * rb, rb, rows, K, x + (size_t)t * ldx, ldx, out + (size_t)t * ldo + r, ldo, T);
+            /* the last tile over a block prefetches the next block of rows, spread over its
+             * k steps: while the last tile computes from cache, memory is kept busy */
+            int nr = r1 - (r + sk->rows) < sk->rows ? r1 - (r + sk->rows) : sk->rows;
+            const uint8_t *pf = i == tiles - 1 && nr > 0 ? w + (size_t)(r + sk->rows) * rb : NULL;
+            sk->fn(w + (size_t)r * rb, rb, rows, K, x + (size_t)t * ldx, ldx, out + (size_t)t * ldo + r, ldo, pf,
+                   pf ? (size_t)nr * rb : 0, T);
             t += T;
         }
     }
@@ -600,12 +612,12 @@ void gemm_rows(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, in
                const float *x, size_t ldx, int n, float *out, size_t ldo, float *scratch)
 {
     const small_kernel *sk;
-    if (n >= 2 && n <= small_max && (sk = small_for(op))) {
+    if (n <= small_max && (sk = small_for(op))) {
         gemm_small(sk, w, row_bytes, K, r0, r1, x, ldx, n, out, ldo);
         return;
     }
     if (n < 4) {
-        /* one token (or quantized weights, few tokens): 4 rows per pass over the weights */
+        /* other dtypes (quantized: decode/qdot.c's ops), few tokens: 4 rows per pass */
         for (int t = 0; t < n; t++) {
             const float *xt = x + (size_t)t * ldx;
             float *o = out + (size_t)t * ldo;

@@ -9,11 +9,11 @@
  *   for the tail k = n & ~7 .. n - 1 in ascending order:  r = fmaf(w[k], x[k], r).
  *
  * w[k] is the weight as float32 (bf16/f16 convert exactly; quantized formats dequantize
- * each element to float32 first). One 8-lane accumulator per output: the one-token path
- * hides the FMA latency by doing 4 rows at once, the few-token path (gemm_rows, 2 ..
- * 64 tokens) by a register tile of several rows x several tokens whose weights are
- * converted in registers, the many-token path by such tiles over weight panels converted
- * to float32 once per row block. */
+ * each element to float32 first). One 8-lane accumulator per output: dot4 hides the
+ * FMA latency by doing 4 rows at once, the few-token path (gemm_rows, 1 .. 64 tokens) by
+ * a register tile of several rows x several tokens whose weights are converted in
+ * registers, the many-token path by such tiles over weight panels converted to float32
+ * once per row block. */
 #ifndef PHI3_GEMM_H
 #define PHI3_GEMM_H
 #include "embed/model.h"
@@ -50,9 +50,10 @@ void gemm_rows(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, in
                const float *x, size_t ldx, int n, float *out, size_t ldo, float *scratch);
 
 /* The most tokens gemm_rows gives the few-token path (registers only, no panel); more
- * take the blocked path. n < 0: the default (64); 0 or 1: never (benchmarks and tests;
- * every path gives the same bits). Not thread-safe: set it before any gemm_rows call. */
+ * take the blocked path. n < 0: the default (64); 0: never (one token: dot4 per 4 rows;
+ * benchmarks and tests: every path gives the same bits). Not thread-safe: set it before any gemm_rows call. */
 void gemm_set_small_max(int n);
+int gemm_get_small_max(void);
 
 /* dst[i] = src[i] as IEEE half, round to nearest even (F16C or the same in C; NaN stays
  * a quiet NaN with the top of its payload, as F16C does). */

@@ -14,6 +14,7 @@
 #include "decode/server.h"
 #include "decode/backend.h"
 #include "decode/cpu.h"
+#include "decode/gemm.h"
 #include "decode/session.h"
 #include "embed/model.h"
 #include "shared/stream.h"
@@ -147,6 +148,7 @@ typedef struct server {
     cpu_batch *batch_ws;                /* backend_cpu_forward_batch workspace */
     backend *pool_owner;                /* CPU: holds the threads every stream's backend uses */
     long batched_steps;
+    long batch_rows_hist[3];            /* batched steps with 2..few, more token rows; total rows */
     int single;                         /* server_serve_fd: one stream, no listening socket */
 } server;
 
@@ -628,6 +630,10 @@ static void batch_forward(server *sv, piece *ps, int np)
             ps[i].c = NULL;
         }
         sv->batched_steps++;
+        long rows = 0;
+        for (int i = 0; i < k; i++) rows += ns[i];
+        sv->batch_rows_hist[rows <= gemm_get_small_max() ? 0 : 1]++;
+        sv->batch_rows_hist[2] += rows;
     }
     free(bs);
     free(ids);
@@ -696,6 +702,11 @@ static void print_stats(server *sv)
              "2: %ld, 3-4: %ld, 5-8: %ld, 9-16: %ld, >16: %ld streams", sv->steps, sv->batched_steps,
              sv->steps ? (double)sv->batch_sum / sv->steps : 0.0, sv->batch_max, sv->hist[0], sv->hist[1],
              sv->hist[2], sv->hist[3], sv->hist[4], sv->hist[5]);
+    if (sv->batched_steps)
+        phi3_err("server stats: batched steps: %.1f token rows on average; %ld with 2..%d rows (few-token matmul: "
+                 "weights converted in registers), %ld with more (blocked matmul: weight panels)",
+                 (double)sv->batch_rows_hist[2] / sv->batched_steps, sv->batch_rows_hist[0], gemm_get_small_max(),
+                 sv->batch_rows_hist[1]);
     for (int i = 0; i < sv->nc; i++) stream_stats(sv, sv->c[i], "open");
 }
 
