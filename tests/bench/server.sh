@@ -111,4 +111,4 @@ print("greedy FIFO loop, batch 1, per token: direct %.2f ms, --connect %.2f ms: 
       % (ld / 32 / 1e6, lc / 32 / 1e6, 100 * (lc - ld) / ld))
 PY
 echo "  load average before/after: $load0 / $load1 on $(nproc) cores"
-grep 'server stats' "$B/server.err" | tail -2 | sed 's/^/  /'
+grep 'server stats' "$B/server.err" | tail -3 | sed 's/^/  /'
