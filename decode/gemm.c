@@ -390,6 +390,27 @@ int gemm_get_small_max(void) { return small_max; }
             out[(size_t)t * ldo + r] = v;                                              \
         }
 
+/* The prefetch of the next row block by the last token tile over a block: the first ub
+ * bytes (K elements) of rows pf, pf + rb, ... (rows of them), spread evenly over steps k
+ * steps (rows may be strided: attention's keys). */
+typedef struct pfq {
+    const char *p;
+    size_t rb;
+    int lines, line, row, rows, per;
+} pfq;
+static inline void pfq_init(pfq *q, const uint8_t *pf, size_t rb, size_t rows, size_t ub, int steps)
+{
+    *q = (pfq){(const char *)pf, rb, (int)((ub + 63) / 64), 0, 0, pf ? (int)rows : 0, 0};
+    if (steps > 0) q->per = (q->rows * q->lines + steps - 1) / steps;
+}
+static inline __attribute__((always_inline)) void pfq_step(pfq *q)
+{
+    for (int j = 0; j < q->per && q->row < q->rows; j++) {
+        _mm_prefetch(q->p + (size_t)q->row * q->rb + (size_t)q->line * 64, _MM_HINT_T0);
+        if (++q->line == q->lines) q->line = 0, q->row++;
+    }
+}
+
 /* rows a (lanes 0-7) and b (lanes 8-15), columns k .. k + 7, as float32 */
 #define CVTZ_bf16(a, b, k) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_inserti128_si256( \
     _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)((const uint16_t *)(a) + (k)))),            \
@@ -404,18 +425,18 @@ int gemm_get_small_max(void) { return small_max; }
 #define SMALL_Z(T_, LOAD)                                                              \
     AVX512 static inline __attribute__((always_inline)) void small_z_##T_##_t(          \
         const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, float *out, size_t ldo, \
-        const uint8_t *pf, size_t pfn, const int T)                                    \
+        const uint8_t *pf, size_t pfr, const int T)                                    \
     {                                                                                  \
         const uint8_t *wr[8];                                                          \
-        const char *pp = (const char *)pf, *pe = pp + pfn;                             \
-        size_t per = K >= 8 ? (pfn / 64 + (size_t)(K / 8) - 1) / (size_t)(K / 8) : 0;   \
+        pfq pq;                                                                        \
+        pfq_init(&pq, pf, rb, pfr, (size_t)K * sizeof(T_##_t), K / 8);                 \
         for (int r = 0; r < 8; r++) wr[r] = w + (size_t)(r < rows ? r : rows - 1) * rb; \
         int K8 = K & ~7;                                                               \
         __m512 c[4][6];                                                                \
         _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)                             \
             _Pragma("GCC unroll 6") for (int t = 0; t < T; t++) c[q][t] = _mm512_setzero_ps(); \
         for (int k = 0; k < K8; k += 8) {                                              \
-            for (size_t j = 0; j < per && pp < pe; j++, pp += 64) _mm_prefetch(pp, _MM_HINT_T0); \
+            pfq_step(&pq);                                                             \
             __m512 wv[4];                                                              \
             _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) wv[q] = CVTZ_##T_(wr[2 * q], wr[2 * q + 1], k); \
             _Pragma("GCC unroll 6") for (int t = 0; t < T; t++) {                       \
@@ -433,15 +454,15 @@ int gemm_get_small_max(void) { return small_max; }
         SMALL_TAIL(LOAD)                                                               \
     }                                                                                  \
     AVX512 static void small_z_##T_(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, \
-                                     float *out, size_t ldo, const uint8_t *pf, size_t pfn, int T) \
+                                     float *out, size_t ldo, const uint8_t *pf, size_t pfr, int T) \
     {                                                                                  \
         switch (T) {                                                                   \
-        case 6: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 6); break;          \
-        case 5: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 5); break;          \
-        case 4: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 4); break;          \
-        case 3: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 3); break;          \
-        case 2: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 2); break;          \
-        default: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 1); break;         \
+        case 6: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 6); break;          \
+        case 5: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 5); break;          \
+        case 4: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 4); break;          \
+        case 3: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 3); break;          \
+        case 2: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 2); break;          \
+        default: small_z_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 1); break;         \
         }                                                                              \
     }
 SMALL_Z(bf16, ld_bf16)
@@ -453,18 +474,18 @@ SMALL_Z(f32, ld_f32)
 #define SMALL_Z4(T_, LOAD)                                                             \
     AVX512 static inline __attribute__((always_inline)) void small_z4_##T_##_t(         \
         const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, float *out, size_t ldo, \
-        const uint8_t *pf, size_t pfn, const int T)                                    \
+        const uint8_t *pf, size_t pfr, const int T)                                    \
     {                                                                                  \
         const uint8_t *wr[4];                                                          \
-        const char *pp = (const char *)pf, *pe = pp + pfn;                             \
-        size_t per = K >= 8 ? (pfn / 64 + (size_t)(K / 8) - 1) / (size_t)(K / 8) : 0;   \
+        pfq pq;                                                                        \
+        pfq_init(&pq, pf, rb, pfr, (size_t)K * sizeof(T_##_t), K / 8);                 \
         for (int r = 0; r < 4; r++) wr[r] = w + (size_t)(r < rows ? r : rows - 1) * rb; \
         int K8 = K & ~7;                                                               \
         __m512 c[2][12];                                                               \
         _Pragma("GCC unroll 2") for (int q = 0; q < 2; q++)                             \
             _Pragma("GCC unroll 12") for (int t = 0; t < T; t++) c[q][t] = _mm512_setzero_ps(); \
         for (int k = 0; k < K8; k += 8) {                                              \
-            for (size_t j = 0; j < per && pp < pe; j++, pp += 64) _mm_prefetch(pp, _MM_HINT_T0); \
+            pfq_step(&pq);                                                             \
             __m512 w0 = CVTZ_##T_(wr[0], wr[1], k), w1 = CVTZ_##T_(wr[2], wr[3], k);  \
             _Pragma("GCC unroll 12") for (int t = 0; t < T; t++) {                      \
                 __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + k));  \
@@ -480,21 +501,21 @@ SMALL_Z(f32, ld_f32)
         SMALL_TAIL(LOAD)                                                               \
     }                                                                                  \
     AVX512 static void small_z4_##T_(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, \
-                                      float *out, size_t ldo, const uint8_t *pf, size_t pfn, int T) \
+                                      float *out, size_t ldo, const uint8_t *pf, size_t pfr, int T) \
     {                                                                                  \
         switch (T) {                                                                   \
-        case 12: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 12); break; \
-        case 11: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 11); break; \
-        case 10: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 10); break; \
-        case 9: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 9); break; \
-        case 8: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 8); break; \
-        case 7: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 7); break; \
-        case 6: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 6); break; \
-        case 5: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 5); break; \
-        case 4: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 4); break; \
-        case 3: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 3); break; \
-        case 2: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 2); break; \
-        default: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 1); break; \
+        case 12: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 12); break; \
+        case 11: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 11); break; \
+        case 10: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 10); break; \
+        case 9: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 9); break; \
+        case 8: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 8); break; \
+        case 7: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 7); break; \
+        case 6: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 6); break; \
+        case 5: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 5); break; \
+        case 4: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 4); break; \
+        case 3: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 3); break; \
+        case 2: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 2); break; \
+        default: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 1); break; \
         }                                                                              \
     }
 SMALL_Z4(bf16, ld_bf16)
@@ -504,18 +525,18 @@ SMALL_Z4(f32, ld_f32)
 #define SMALL_Y(T_, LOAD)                                                              \
     AVX2 static inline __attribute__((always_inline)) void small_y_##T_##_t(            \
         const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, float *out, size_t ldo, \
-        const uint8_t *pf, size_t pfn, const int T)                                    \
+        const uint8_t *pf, size_t pfr, const int T)                                    \
     {                                                                                  \
         const uint8_t *wr[4];                                                          \
         for (int r = 0; r < 4; r++) wr[r] = w + (size_t)(r < rows ? r : rows - 1) * rb; \
         int K8 = K & ~7;                                                               \
-        const char *pp = (const char *)pf, *pe = pp + pfn;                             \
-        size_t per = K >= 8 ? (pfn / 64 + (size_t)(K / 8) - 1) / (size_t)(K / 8) : 0;   \
+        pfq pq;                                                                        \
+        pfq_init(&pq, pf, rb, pfr, (size_t)K * sizeof(T_##_t), K / 8);                 \
         __m256 c[4][3];                                                                \
         _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)                             \
             _Pragma("GCC unroll 3") for (int t = 0; t < T; t++) c[r][t] = _mm256_setzero_ps(); \
         for (int k = 0; k < K8; k += 8) {                                              \
-            for (size_t j = 0; j < per && pp < pe; j++, pp += 64) _mm_prefetch(pp, _MM_HINT_T0); \
+            pfq_step(&pq);                                                             \
             __m256 xv[3];                                                              \
             _Pragma("GCC unroll 3") for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(x + t * ldx + k); \
             _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {                       \
@@ -528,12 +549,12 @@ SMALL_Z4(f32, ld_f32)
         SMALL_TAIL(LOAD)                                                               \
     }                                                                                  \
     AVX2 static void small_y_##T_(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, \
-                                  float *out, size_t ldo, const uint8_t *pf, size_t pfn, int T) \
+                                  float *out, size_t ldo, const uint8_t *pf, size_t pfr, int T) \
     {                                                                                  \
         switch (T) {                                                                   \
-        case 3: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 3); break;          \
-        case 2: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 2); break;          \
-        default: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfn, 1); break;         \
+        case 3: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 3); break;          \
+        case 2: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 2); break;          \
+        default: small_y_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 1); break;         \
         }                                                                              \
     }
 SMALL_Y(bf16, ld_bf16)
@@ -542,7 +563,7 @@ SMALL_Y(f32, ld_f32)
 
 #define SMALL_C(T_, LOAD)                                                              \
     static void small_c_##T_(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, \
-                             float *out, size_t ldo, const uint8_t *pf, size_t pfn, int T) \
+                             float *out, size_t ldo, const uint8_t *pf, size_t pfr, int T) \
     {                                                                                  \
         float a[4][4][8] = {{{0}}};                                                    \
         int K8 = K & ~7;                                                               \
@@ -576,7 +597,7 @@ PANEL_KERNELS(f16, ld_f16)
 PANEL_KERNELS(f32, ld_f32)
 
 typedef void (*small_fn)(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, float *out,
-                         size_t ldo, const uint8_t *pf, size_t pfn, int T);
+                         size_t ldo, const uint8_t *pf, size_t pfr, int T);
 typedef struct small_kernel {
     const gemm_ops *op;
     small_fn fn;
@@ -622,7 +643,7 @@ static void gemm_small(const small_kernel *sk, const uint8_t *w, size_t rb, int 
             int nr = r1 - (r + sk->rows) < sk->rows ? r1 - (r + sk->rows) : sk->rows;
             const uint8_t *pf = i == tiles - 1 && nr > 0 ? w + (size_t)(r + sk->rows) * rb : NULL;
             sk->fn(w + (size_t)r * rb, rb, rows, K, x + (size_t)t * ldx, ldx, out + (size_t)t * ldo + r, ldo, pf,
-                   pf ? (size_t)nr * rb : 0, T);
+                   pf ? (size_t)nr : 0, T);
             t += T;
         }
     }
