@@ -1,15 +1,19 @@
 /* cuda_backend.cu: the CUDA backend of phi3-run behind decode/backend.h: weights uploaded
  * once (bf16) from the common loader, fp16 KV cache in device memory, cuBLAS for every
- * linear layer (cu_gemm, the only cuBLAS call site), kernels/ for everything else.
+ * linear layer (cu_gemm_beta, the only cuBLAS call site, reached through cu_linear),
+ * kernels/ for everything else. Quantized GGUF weights (opt-in, PHI3_CUDA_QUANT=1) stay
+ * blocks on the device: GEMV kernels at decode, dequantized to bf16 for cuBLAS at prefill.
  * Built as the plug-in phi3-cuda.so that phi3-run loads on demand (decode/cuda_loader.c):
  * the tools start, and the CPU backend runs, on machines without the CUDA libraries. */
 extern "C" {
 #include "decode/backend.h"
 #include "decode/rope.h"
 #include "embed/model.h"
+#include "embed/quant.h"
 }
 #include "kernels/kernels.cuh"
 #include "kernels/fast.cuh"
+#include "kernels/quant.cuh"
 
 #include <cublas_v2.h>
 #include <math.h>
@@ -60,12 +64,21 @@ typedef struct cu_timing {
     int n_ev, ev_made;
 } cu_timing;
 
+/* A quantized weight kept as its blocks on the device (PHI3_CUDA_QUANT=1, opt-in): w NULL
+ * for a bf16 one. */
+typedef struct cu_q {
+    const void *w;
+    st_dtype t;
+    size_t rb;                          /* bytes per row */
+} cu_q;
+
 typedef struct cu_layer {
     float *ln1, *ln2;                   /* [hidden] */
     bf16 *qkv;                          /* [(nh + 2 nkv) hd][hidden] */
     bf16 *o;                            /* [hidden][nh hd] */
     bf16 *gate_up;                      /* [2 inter][hidden] */
     bf16 *down;                         /* [hidden][inter] */
+    cu_q qqkv, qo, qgate_up, qdown;     /* the same weights as blocks (bf16 pointer NULL) */
 } cu_layer;
 
 /* Everything the device work needs, passed explicitly (no globals). */
@@ -78,6 +91,10 @@ typedef struct cuda_ctx {
     int attn_mode;                      /* 0 auto, 1 split-KV for every n, 2 flash for every n */
     /* weights */
     bf16 *embed, *lm_head;              /* [vocab][hidden]; lm_head == embed when tied */
+    cu_q qlm_head;                      /* lm_head as blocks (PHI3_CUDA_QUANT) */
+    float *xq;                          /* [split_max][act_cols]: float32 x of the quant GEMV */
+    bf16 *wdq;                          /* [wdq_elems]: a quantized weight dequantized for a GEMM */
+    size_t wdq_elems;
     float *norm;                        /* [hidden] */
     cu_layer *layers;                   /* host array [n_layers] of device pointers */
     size_t weight_bytes;
@@ -192,10 +209,34 @@ static int cu_gemm_beta(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncol
     return 0;
 }
 
-static int cu_gemm(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncols, int K, int N,
-                   float *Y)
+/* A linear layer Y = W X over `cols` product columns: cu_gemm_beta for a bf16 weight. A
+ * quantized one (q->w, opt-in): when the input is split (cols = 2 n, hi then lo halves)
+ * the float32 activations are rebuilt (hi + lo) and each token is one GEMV on the blocks,
+ * the result in the hi half and zeros in the lo half (so the callers' hi + lo sums stay
+ * as they are); otherwise the weight is dequantized to bf16 into c->wdq and multiplied by
+ * cuBLAS. Declared before cu_blas_init, defined after the kernels it calls are in scope. */
+static int cu_linear(cuda_backend *cb, const bf16 *W, const cu_q *q, const bf16 *X, int cols,
+                     int split, int K, int N, float *Y, float beta)
 {
-    return cu_gemm_beta(cb, W, X, ncols, K, N, Y, 0.0f);
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    if (!q || !q->w)
+        return cu_gemm_beta(cb, W, X, cols, K, N, Y, beta);
+    if (split) {
+        const int n = cols / 2;
+        if (beta != 0.0f)
+            return cu_fail(b, "internal: a split quantized product with beta %g", beta);
+        CU_TRY(b, kern_bf16_pair_f32(c->stream, X, X + (size_t)n * K, (size_t)n * K, c->xq));
+        for (int t = 0; t < n; t++)
+            CU_TRY(b, kern_qgemv(c->stream, q->t, q->w, q->rb, N, K, c->xq + (size_t)t * K,
+                                 Y + (size_t)t * N));
+        CU_TRY(b, cudaMemsetAsync(Y + (size_t)n * N, 0, (size_t)n * N * sizeof(float), c->stream));
+        return 0;
+    }
+    if ((size_t)N * K > c->wdq_elems)
+        return cu_fail(b, "internal: a %d x %d quantized weight exceeds the dequantization buffer", N, K);
+    CU_TRY(b, kern_qdequant_bf16(c->stream, q->t, q->w, q->rb, N, K, c->wdq));
+    return cu_gemm_beta(cb, c->wdq, X, cols, K, N, Y, beta);
 }
 
 static int cu_blas_init(cuda_backend *cb)
@@ -232,10 +273,24 @@ static uint16_t f32_to_bf16_bits(float f)
 
 /* Upload a [rows][cols] weight as bf16 (a BF16 file tensor is copied as is; F16/F32 are
  * converted on the host in pieces). */
-static int cu_upload_matrix(cuda_backend *cb, const phi3_weight *w, bf16 **out, const char *what)
+static int cu_upload_matrix(cuda_backend *cb, const phi3_weight *w, bf16 **out, const char *what,
+                            cu_q *q)
 {
     backend *b = &cb->b;
     const size_t n = (size_t)w->rows * (size_t)w->cols;
+    if (quant_is_block(w->dtype) && q) {
+        /* opt-in: the blocks as they are; the products dequantize them (kernels/quant.cuh) */
+        const size_t rb = quant_row_bytes(w->dtype, w->cols);
+        void *d = NULL;
+        CU_MALLOC(b, d, rb * (size_t)w->rows, what);
+        cb->c.weight_bytes += rb * (size_t)w->rows;
+        q->w = d;
+        q->t = w->dtype;
+        q->rb = rb;
+        *out = NULL;
+        CU_TRY(b, cudaMemcpy(d, w->data, rb * (size_t)w->rows, cudaMemcpyHostToDevice));
+        return 0;
+    }
     CU_MALLOC(b, *out, n * sizeof(bf16), what);
     cb->c.weight_bytes += n * sizeof(bf16);
     if (w->dtype == ST_BF16) {
@@ -251,9 +306,22 @@ static int cu_upload_matrix(cuda_backend *cb, const phi3_weight *w, bf16 **out, 
         return cu_fail(b, "out of host memory converting %s", what);
     }
     const size_t esz = st_dtype_size(w->dtype);
-    for (size_t i = 0; i < n; i += piece) {
-        size_t k = n - i < piece ? n - i : piece;
-        model_to_f32(w->dtype, (const char *)w->data + i * esz, f, k);
+    const int blocks = quant_is_block(w->dtype);       /* the embedding table: dequantized */
+    const size_t rb = blocks ? quant_row_bytes(w->dtype, w->cols) : 0;
+    const size_t step = blocks ? piece / (size_t)w->cols * (size_t)w->cols : piece;
+    if (blocks && (size_t)w->cols > piece) {
+        free(f);
+        free(h);
+        return cu_fail(b, "%s: rows of %lld columns are too long", what, (long long)w->cols);
+    }
+    for (size_t i = 0; i < n; i += step) {
+        size_t k = n - i < step ? n - i : step;
+        if (blocks)
+            for (size_t r = 0; r < k / (size_t)w->cols; r++)
+                quant_dequant_row(w->dtype, (const char *)w->data + (i / (size_t)w->cols + r) * rb,
+                                  f + r * (size_t)w->cols, 0, w->cols);
+        else
+            model_to_f32(w->dtype, (const char *)w->data + i * esz, f, k);
         for (size_t j = 0; j < k; j++)
             h[j] = f32_to_bf16_bits(f[j]);
         cudaError_t e = cudaMemcpy(*out + i, h, k * sizeof(uint16_t), cudaMemcpyHostToDevice);
@@ -293,12 +361,13 @@ static int cu_upload_weights(cuda_backend *cb)
     const phi3_model *m = cb->b.m;
     const phi3_config *cf = &m->cfg;
     char what[96];
-    if (cu_upload_matrix(cb, &m->embed, &cb->c.embed, "model.embed_tokens.weight") ||
+    cuda_ctx *c = &cb->c;
+    if (cu_upload_matrix(cb, &m->embed, &c->embed, "model.embed_tokens.weight", NULL) ||
         cu_upload_vector(cb, &m->norm, &cb->c.norm, "model.norm.weight"))
         return -1;
     if (m->lm_head.data == m->embed.data)
         cb->c.lm_head = cb->c.embed;                    /* tied: one copy */
-    else if (cu_upload_matrix(cb, &m->lm_head, &cb->c.lm_head, "lm_head.weight"))
+    else if (cu_upload_matrix(cb, &m->lm_head, &c->lm_head, "lm_head.weight", &c->qlm_head))
         return -1;
     cb->c.layers = (cu_layer *)calloc((size_t)cf->n_layers, sizeof(cu_layer));
     if (!cb->c.layers)
@@ -309,13 +378,38 @@ static int cu_upload_weights(cuda_backend *cb)
         snprintf(what, sizeof what, "model.layers.%d weights", l);
         if (cu_upload_vector(cb, &L->ln1, &D->ln1, what) ||
             cu_upload_vector(cb, &L->ln2, &D->ln2, what) ||
-            cu_upload_matrix(cb, &L->qkv, &D->qkv, what) ||
-            cu_upload_matrix(cb, &L->o, &D->o, what) ||
-            cu_upload_matrix(cb, &L->gate_up, &D->gate_up, what) ||
-            cu_upload_matrix(cb, &L->down, &D->down, what))
+            cu_upload_matrix(cb, &L->qkv, &D->qkv, what, &D->qqkv) ||
+            cu_upload_matrix(cb, &L->o, &D->o, what, &D->qo) ||
+            cu_upload_matrix(cb, &L->gate_up, &D->gate_up, what, &D->qgate_up) ||
+            cu_upload_matrix(cb, &L->down, &D->down, what, &D->qdown))
             return -1;
     }
     return 0;
+}
+
+/* Device bytes of a weight matrix: bf16, or its blocks. */
+static size_t cu_weight_bytes(const phi3_weight *w)
+{
+    return quant_is_block(w->dtype) ? quant_row_bytes(w->dtype, w->cols) * (size_t)w->rows
+                                    : (size_t)w->rows * w->cols * 2;
+}
+
+/* Elements of the largest quantized weight (the dequantization buffer of cu_linear), 0 for
+ * a model without block types. */
+static size_t cu_quant_max_elems(const phi3_model *m)
+{
+    size_t mx = 0;
+    const phi3_weight *ws[4];
+    if (m->lm_head.data != m->embed.data && quant_is_block(m->lm_head.dtype))
+        mx = (size_t)m->lm_head.rows * m->lm_head.cols;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const phi3_layer *L = &m->layers[l];
+        ws[0] = &L->qkv, ws[1] = &L->o, ws[2] = &L->gate_up, ws[3] = &L->down;
+        for (int i = 0; i < 4; i++)
+            if (quant_is_block(ws[i]->dtype) && (size_t)ws[i]->rows * ws[i]->cols > mx)
+                mx = (size_t)ws[i]->rows * ws[i]->cols;
+    }
+    return mx;
 }
 
 /* ---- KV cache ---- */
@@ -699,7 +793,7 @@ static int cu_logits(cuda_backend *cb, int r0, int nr, float *host)
         CU_TRY(b, kern_rmsnorm(c->stream, c->x + (size_t)(r0 + done) * H, c->norm, k, H,
                                cf->rms_eps, c->act, split ? c->act + (size_t)k * H : NULL));
         TL(OP_NORM);
-        if (cu_gemm(cb, c->lm_head, c->act, split ? 2 * k : k, H, V, c->logits))
+        if (cu_linear(cb, c->lm_head, &c->qlm_head, c->act, split ? 2 * k : k, split, H, V, c->logits, 0.0f))
             return -1;
         if (split)
             CU_TRY(b, kern_add(c->stream, c->logits, c->logits, c->logits + (size_t)k * V,
@@ -737,7 +831,7 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         CU_TRY(b, kern_rmsnorm(s, c->x, L->ln1, n, H, cf->rms_eps, c->act,
                                split ? c->act + (size_t)n * H : NULL));
         TL(OP_NORM);
-        if (cu_gemm(cb, L->qkv, c->act, cols, H, qkvdim, c->y))
+        if (cu_linear(cb, L->qkv, &L->qqkv, c->act, cols, split, H, qkvdim, c->y, 0.0f))
             return -1;
         TL(OP_QKV);
         if (c->fast) {
@@ -769,11 +863,11 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         TL(OP_SPLIT);
         if (c->fast && !split) {
             /* opt-in: the residual add as the product's epilogue (beta = 1 into x) */
-            if (cu_gemm_beta(cb, L->o, c->act, cols, qdim, H, c->x, 1.0f))
+            if (cu_linear(cb, L->o, &L->qo, c->act, cols, split, qdim, H, c->x, 1.0f))
                 return -1;
             TL(OP_O);
         } else {
-            if (cu_gemm(cb, L->o, c->act, cols, qdim, H, c->y))
+            if (cu_linear(cb, L->o, &L->qo, c->act, cols, split, qdim, H, c->y, 0.0f))
                 return -1;
             TL(OP_O);
             CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
@@ -784,18 +878,18 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         CU_TRY(b, kern_rmsnorm(s, c->x, L->ln2, n, H, cf->rms_eps, c->act,
                                split ? c->act + (size_t)n * H : NULL));
         TL(OP_NORM);
-        if (cu_gemm(cb, L->gate_up, c->act, cols, H, 2 * I, c->y))
+        if (cu_linear(cb, L->gate_up, &L->qgate_up, c->act, cols, split, H, 2 * I, c->y, 0.0f))
             return -1;
         TL(OP_GATEUP);
         CU_TRY(b, kern_swiglu(s, c->y, split ? c->y + (size_t)n * 2 * I : NULL, n, I, c->act,
                               split ? c->act + (size_t)n * I : NULL));
         TL(OP_SWIGLU);
         if (c->fast && !split) {
-            if (cu_gemm_beta(cb, L->down, c->act, cols, I, H, c->x, 1.0f))
+            if (cu_linear(cb, L->down, &L->qdown, c->act, cols, split, I, H, c->x, 1.0f))
                 return -1;
             TL(OP_DOWN);
         } else {
-            if (cu_gemm(cb, L->down, c->act, cols, I, H, c->y))
+            if (cu_linear(cb, L->down, &L->qdown, c->act, cols, split, I, H, c->y, 0.0f))
                 return -1;
             TL(OP_DOWN);
             CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
@@ -1094,11 +1188,18 @@ static void cu_destroy(backend *b)
             cudaFree(L->o);
             cudaFree(L->gate_up);
             cudaFree(L->down);
+            cudaFree((void *)L->qqkv.w);
+            cudaFree((void *)L->qo.w);
+            cudaFree((void *)L->qgate_up.w);
+            cudaFree((void *)L->qdown.w);
         }
         free(c->layers);
     }
     if (c->lm_head != c->embed)
         cudaFree(c->lm_head);
+    cudaFree((void *)c->qlm_head.w);
+    cudaFree(c->xq);
+    cudaFree(c->wdq);
     cudaFree(c->embed);
     cudaFree(c->norm);
     for (int l = 0; l < nl; l++) {
@@ -1180,7 +1281,9 @@ static int cu_init(cuda_backend *cb)
     c->attn_mode = am && !strcmp(am, "decode") ? 1 : am && !strcmp(am, "flash") ? 2 : 0;
     /* opt-in: kernels/fast.cuh (1), and programmatic dependent launch in its decode step (2) */
     const int fast_level = env_int("PHI3_CUDA_FAST", 0);
-    c->fast = fast_level == 1 || fast_level == 2;
+    /* the fast decode step reads bf16 weights: a quantized model keeps the default path */
+    c->wdq_elems = cu_quant_max_elems(b->m);
+    c->fast = (fast_level == 1 || fast_level == 2) && !c->wdq_elems;
     c->tm.level = env_int("PHI3_CUDA_TIMING", 0);
     if (c->tm.level) {
         CU_TRY(b, cudaEventCreate(&c->tm.e0));
@@ -1197,15 +1300,16 @@ static int cu_init(cuda_backend *cb)
                      (size_t)imax(CU_DECODE_SPLITS, c->attn_mode == 1 ? 4 * c->chunk : 0);
     size_t need_w = 0;
     {
+        /* bf16 on the device, or the blocks of a quantized weight (the embedding table is
+         * dequantized), plus the dequantization buffer */
         const phi3_model *m = b->m;
-        need_w += (size_t)m->embed.rows * m->embed.cols * 2;
+        need_w += (size_t)m->embed.rows * m->embed.cols * 2 + c->wdq_elems * 2;
         if (m->lm_head.data != m->embed.data)
-            need_w += (size_t)m->lm_head.rows * m->lm_head.cols * 2;
+            need_w += cu_weight_bytes(&m->lm_head);
         for (int l = 0; l < cf->n_layers; l++) {
             const phi3_layer *L = &m->layers[l];
-            need_w += ((size_t)L->qkv.rows * L->qkv.cols + (size_t)L->o.rows * L->o.cols +
-                       (size_t)L->gate_up.rows * L->gate_up.cols + (size_t)L->down.rows * L->down.cols) * 2 +
-                      (size_t)4 * 2 * H;
+            need_w += cu_weight_bytes(&L->qkv) + cu_weight_bytes(&L->o) + cu_weight_bytes(&L->gate_up) +
+                      cu_weight_bytes(&L->down) + (size_t)4 * 2 * H;
         }
     }
     const size_t need_buf = (size_t)c->chunk * H * 4 + (size_t)c->rows * c->act_cols * 2 +
@@ -1226,6 +1330,11 @@ static int cu_init(cuda_backend *cb)
     CU_MALLOC(b, c->work, c->work_floats * sizeof(float), "attention workspace");
     CU_MALLOC(b, c->ids, (size_t)c->chunk * sizeof(int32_t), "token ids");
     CU_MALLOC(b, c->logits, (size_t)2 * CU_LOGIT_ROWS * V * sizeof(float), "logits");
+    if (c->wdq_elems) {
+        CU_MALLOC(b, c->wdq, c->wdq_elems * sizeof(bf16), "dequantization buffer");
+        CU_MALLOC(b, c->xq, (size_t)imax(c->split_max, CU_LOGIT_ROWS) * c->act_cols * sizeof(float),
+                  "activations");
+    }
     if (c->fast) {
         c->nsplit = fk_decode_splits(c->n_sm, nh);
         if ((size_t)nh * c->nsplit * (hd + 2) > c->work_floats)
