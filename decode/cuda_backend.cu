@@ -133,6 +133,10 @@ typedef struct cuda_ctx {
     int g_gen, g_long, graph_off;       /* the captured graph's kv_gen and rope mode */
     int kv_async;                       /* KV cache in stream-ordered memory (cu_kv_grow_async) */
     int pdl;                            /* PHI3_CUDA_FAST=2, sm_90+: dependent launch */
+    int borrowed;                       /* weights (and wdq) belong to another backend
+                                           (phi3_cuda_new_shared, opt-in) */
+    float *h_batch;                     /* pinned host logits of a batched decode step */
+    int h_batch_rows;
     cu_timing tm;
 } cuda_ctx;
 
@@ -1077,6 +1081,167 @@ static int cu_forward(backend *b, const int32_t *ids, int n, float *logits, int 
     return 0;
 }
 
+/* ---- opt-in: several streams in one forward (PHI3_CUDA_BATCH=1, the server) ----
+ * Compiled, not yet run on a GPU. Every stream is a backend made by phi3_cuda_new_shared
+ * from one owner (one copy of the weights); a step stacks their tokens: the products run
+ * once over all rows (the weights read once), RoPE, the KV write and attention run per
+ * stream on its own cache, position and LongRoPE mode. It is cu_chunk's default path with
+ * per-stream segments (kept apart from cu_chunk so the verified path stays as it is). */
+
+typedef struct cu_seg {
+    cuda_backend *cb;                   /* the stream's backend: KV cache, context */
+    int n, pos0, use_long, r;           /* tokens, first position, rope mode, first row */
+} cu_seg;
+
+static int cu_chunk_multi(cuda_backend *cb, const cu_seg *sg, int k, int rows)
+{
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    const int H = cf->hidden, nh = cf->n_heads, nkv = cf->n_kv_heads, hd = cf->head_dim;
+    const int I = cf->intermediate, qdim = nh * hd, qkvdim = (nh + 2 * nkv) * hd;
+    const int split = rows <= c->split_max;
+    const int cols = split ? 2 * rows : rows;
+    const int window = cf->sliding_window > 0 ? cf->sliding_window : 0;
+    cudaStream_t s = c->stream;
+
+    CU_TRY(b, kern_embed(s, c->embed, c->ids, rows, H, c->x));
+    for (int l = 0; l < cf->n_layers; l++) {
+        const cu_layer *L = &c->layers[l];
+        CU_TRY(b, kern_rmsnorm(s, c->x, L->ln1, rows, H, cf->rms_eps, c->act,
+                               split ? c->act + (size_t)rows * H : NULL));
+        if (cu_linear(cb, L->qkv, &L->qqkv, c->act, cols, split, H, qkvdim, c->y, 0.0f))
+            return -1;
+        for (int i = 0; i < k; i++) {
+            const cu_seg *g = &sg[i];
+            const cuda_ctx *gc = &g->cb->c;
+            const int flash = c->attn_mode == 2 || (c->attn_mode == 0 && g->n > 1);
+            const float *y = c->y + (size_t)g->r * qkvdim;
+            CU_TRY(b, kern_rope_qkv(s, y, split ? y + (size_t)rows * qkvdim : NULL, g->n, g->pos0, nh, nkv,
+                                    hd, c->inv_freq[g->use_long], c->attn_factor,
+                                    flash ? NULL : c->qf + (size_t)g->r * qdim,
+                                    flash ? c->qb + (size_t)g->r * qdim : NULL, gc->kc[l], gc->vc[l]));
+            if (flash)
+                CU_TRY(b, kern_attn_prefill(s, c->qb + (size_t)g->r * qdim, gc->kc[l], gc->vc[l], g->n, g->pos0,
+                                            nh, nkv, hd, window, c->att + (size_t)g->r * qdim));
+            else
+                CU_TRY(b, kern_attn_decode(s, c->qf + (size_t)g->r * qdim, gc->kc[l], gc->vc[l], g->n, g->pos0,
+                                           nh, nkv, hd, window, c->work, c->work_floats, c->n_sm,
+                                           c->att + (size_t)g->r * qdim));
+        }
+        CU_TRY(b, kern_split_bf16(s, c->att, c->act, split ? c->act + (size_t)rows * qdim : NULL,
+                                  (size_t)rows * qdim));
+        if (cu_linear(cb, L->o, &L->qo, c->act, cols, split, qdim, H, c->y, 0.0f))
+            return -1;
+        CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)rows * H : NULL, (size_t)rows * H));
+        CU_TRY(b, kern_rmsnorm(s, c->x, L->ln2, rows, H, cf->rms_eps, c->act,
+                               split ? c->act + (size_t)rows * H : NULL));
+        if (cu_linear(cb, L->gate_up, &L->qgate_up, c->act, cols, split, H, 2 * I, c->y, 0.0f))
+            return -1;
+        CU_TRY(b, kern_swiglu(s, c->y, split ? c->y + (size_t)rows * 2 * I : NULL, rows, I, c->act,
+                              split ? c->act + (size_t)rows * I : NULL));
+        if (cu_linear(cb, L->down, &L->qdown, c->act, cols, split, I, H, c->y, 0.0f))
+            return -1;
+        CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)rows * H : NULL, (size_t)rows * H));
+    }
+    return 0;
+}
+
+/* One forward over k streams (bs[i] made by phi3_cuda_new_shared from the same owner, or
+ * the owner itself), n[i] tokens each, logits as backend.h's forward gives them (all[i]:
+ * every position). The rows must fit the first stream's buffers (its chunk); a step that
+ * does not fit returns -1 having computed nothing, with the reason in bs[0]->err (the caller
+ * then runs the streams one by one). */
+extern "C" int phi3_cuda_forward_batch(backend **bs, const int32_t **ids, const int *n, float **logits,
+                                       const int *all, int k)
+{
+    if (k <= 0)
+        return 0;
+    cuda_backend *cb = (cuda_backend *)bs[0];
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    const int V = cf->vocab;
+    b->err[0] = 0;
+    cu_seg *sg = (cu_seg *)calloc((size_t)k, sizeof *sg);
+    if (!sg)
+        return cu_fail(b, "out of host memory");
+    int rows = 0, ok = 1, one_row = 1;
+    for (int i = 0; i < k && ok; i++) {
+        cuda_backend *gi = (cuda_backend *)bs[i];
+        ok = bs[i]->ops == b->ops && bs[i]->m == b->m && gi->c.layers == c->layers && n[i] > 0 &&
+             (long)bs[i]->n_ctx + n[i] <= bs[i]->max_ctx;
+        for (int t = 0; ok && t < n[i]; t++)
+            ok = ids[i][t] >= 0 && ids[i][t] < V;
+        sg[i] = (cu_seg){gi, n[i], bs[i]->n_ctx, rope_use_long(cf, (long)bs[i]->n_ctx + n[i]), rows};
+        rows += n[i];
+        one_row &= n[i] == 1 && (!logits[i] || !all[i]);
+    }
+    if (!ok || rows > c->chunk) {
+        free(sg);
+        return cu_fail(b, "batched forward: %s", ok ? "more rows than one chunk" : "streams that cannot be stacked");
+    }
+    /* each stream's cache and context ready, its own stream idle (a LongRoPE switch is
+     * that stream's recompute, on its own) */
+    for (int i = 0; i < k; i++) {
+        cuda_backend *gi = sg[i].cb;
+        if (cu_ids_reserve(gi, gi->b.n_ctx + n[i]) || cu_kv_reserve(gi, gi->b.n_ctx + n[i]) ||
+            cu_set_rope_mode(gi, sg[i].use_long)) {
+            snprintf(b->err, sizeof b->err, "%s", gi->b.err);
+            free(sg);
+            return -1;
+        }
+        if (gi != cb)
+            CU_TRY(b, cudaStreamSynchronize(gi->c.stream));
+    }
+    int32_t *hid = (int32_t *)malloc((size_t)rows * sizeof *hid);
+    if (!hid) {
+        free(sg);
+        return cu_fail(b, "out of host memory");
+    }
+    for (int i = 0; i < k; i++)
+        memcpy(hid + sg[i].r, ids[i], (size_t)n[i] * sizeof *hid);
+    int rc = 0;
+    if (cudaMemcpyAsync(c->ids, hid, (size_t)rows * sizeof *hid, cudaMemcpyHostToDevice, c->stream) != cudaSuccess)
+        rc = cu_fail(b, "cuda: ids upload failed (%s:%d)", __FILE__, __LINE__);
+    if (!rc)
+        rc = cu_chunk_multi(cb, sg, k, rows);
+    if (!rc && one_row && rows <= CU_LOGIT_ROWS) {
+        /* a decode step: every row is one stream's last: one LM head pass for all */
+        if (c->h_batch_rows < rows) {
+            if (c->h_batch)
+                cudaFreeHost(c->h_batch);
+            c->h_batch = NULL;
+            c->h_batch_rows = 0;
+            if (cudaMallocHost((void **)&c->h_batch, (size_t)CU_LOGIT_ROWS * V * sizeof(float)) != cudaSuccess)
+                rc = cu_fail(b, "cuda: cudaMallocHost(batch logits) failed");
+            else
+                c->h_batch_rows = CU_LOGIT_ROWS;
+        }
+        if (!rc)
+            rc = cu_logits(cb, 0, rows, c->h_batch);
+        for (int i = 0; !rc && i < k; i++)
+            if (logits[i])
+                memcpy(logits[i], c->h_batch + (size_t)sg[i].r * V, (size_t)V * sizeof(float));
+    } else {
+        for (int i = 0; !rc && i < k; i++) {
+            if (!logits[i])
+                continue;
+            rc = all[i] ? cu_logits(cb, sg[i].r, n[i], logits[i]) : cu_logits(cb, sg[i].r + n[i] - 1, 1, logits[i]);
+        }
+    }
+    if (!rc && cudaStreamSynchronize(c->stream) != cudaSuccess)
+        rc = cu_fail(b, "cuda: batched step failed (%s:%d)", __FILE__, __LINE__);
+    free(hid);
+    if (!rc)
+        for (int i = 0; i < k; i++) {
+            memcpy(sg[i].cb->c.ctx_ids + sg[i].pos0, ids[i], (size_t)n[i] * sizeof *ids[i]);
+            sg[i].cb->b.n_ctx += n[i];
+        }
+    free(sg);
+    return rc ? -1 : 0;
+}
+
 static int cu_truncate(backend *b, int n)
 {
     cuda_backend *cb = (cuda_backend *)b;
@@ -1179,6 +1344,15 @@ static void cu_destroy(backend *b)
     if (c->h_logits)
         cudaFreeHost(c->h_logits);
     cudaFree(c->d_step);
+    if (c->h_batch)
+        cudaFreeHost(c->h_batch);
+    if (c->borrowed) {                                  /* not ours to free */
+        c->layers = NULL;
+        c->embed = c->lm_head = NULL;
+        c->norm = NULL;
+        c->qlm_head.w = NULL;
+        c->wdq = NULL;
+    }
     if (c->layers) {
         for (int l = 0; l < nl; l++) {
             cu_layer *L = &c->layers[l];
@@ -1254,7 +1428,7 @@ static int env_int(const char *name, int dflt)
 static int imax(int a, int b) { return a > b ? a : b; }
 
 /* Everything after the context struct exists: device, handles, weights, buffers. */
-static int cu_init(cuda_backend *cb)
+static int cu_init(cuda_backend *cb, const cuda_backend *from)
 {
     backend *b = &cb->b;
     cuda_ctx *c = &cb->c;
@@ -1299,7 +1473,7 @@ static int cu_init(cuda_backend *cb)
     c->work_floats = (size_t)nh * (hd + 2) *
                      (size_t)imax(CU_DECODE_SPLITS, c->attn_mode == 1 ? 4 * c->chunk : 0);
     size_t need_w = 0;
-    {
+    if (!from) {
         /* bf16 on the device, or the blocks of a quantized weight (the embedding table is
          * dequantized), plus the dequantization buffer */
         const phi3_model *m = b->m;
@@ -1331,7 +1505,10 @@ static int cu_init(cuda_backend *cb)
     CU_MALLOC(b, c->ids, (size_t)c->chunk * sizeof(int32_t), "token ids");
     CU_MALLOC(b, c->logits, (size_t)2 * CU_LOGIT_ROWS * V * sizeof(float), "logits");
     if (c->wdq_elems) {
-        CU_MALLOC(b, c->wdq, c->wdq_elems * sizeof(bf16), "dequantization buffer");
+        if (from)
+            c->wdq = from->c.wdq;                       /* one forward at a time: shared */
+        else
+            CU_MALLOC(b, c->wdq, c->wdq_elems * sizeof(bf16), "dequantization buffer");
         CU_MALLOC(b, c->xq, (size_t)imax(c->split_max, CU_LOGIT_ROWS) * c->act_cols * sizeof(float),
                   "activations");
     }
@@ -1375,7 +1552,16 @@ static int cu_init(cuda_backend *cb)
     if (!c->kc || !c->vc)
         return cu_fail(b, "out of host memory");
 
-    if (cu_upload_weights(cb))
+    if (from) {
+        /* the other backend's device weights, read only (it outlives this one) */
+        const cuda_ctx *f = &from->c;
+        c->embed = f->embed;
+        c->lm_head = f->lm_head;
+        c->qlm_head = f->qlm_head;
+        c->norm = f->norm;
+        c->layers = f->layers;
+        c->borrowed = 1;
+    } else if (cu_upload_weights(cb))
         return -1;
     CU_TRY(b, cudaDeviceSynchronize());
     return 0;
@@ -1414,7 +1600,31 @@ extern "C" backend *phi3_cuda_new(const struct phi3_model *m, int max_ctx, char 
     cb->b.max_ctx = max_ctx <= 0 || max_ctx > cf->max_pos ? cf->max_pos : max_ctx;
     cb->b.n_ctx = 0;
     cb->b.rope_long = 0;
-    if (cu_init(cb) || cu_kv_reserve(cb, cb->b.max_ctx < 4096 ? cb->b.max_ctx : 4096)) {
+    if (cu_init(cb, NULL) || cu_kv_reserve(cb, cb->b.max_ctx < 4096 ? cb->b.max_ctx : 4096)) {
+        snprintf(err, errlen, "%s", cb->b.err);
+        cu_destroy(&cb->b);
+        return NULL;
+    }
+    return &cb->b;
+}
+
+/* A backend that reads the device weights of `base` (another phi3_cuda_new backend, which
+ * must outlive it) and has its own buffers and KV cache: N streams hold one copy of the
+ * weights. Opt-in with the batched forward (PHI3_CUDA_BATCH=1); not yet run on a GPU. */
+extern "C" backend *phi3_cuda_new_shared(backend *base, int max_ctx, char *err, size_t errlen)
+{
+    const struct phi3_model *m = base->m;
+    cuda_backend *cb = (cuda_backend *)calloc(1, sizeof *cb);
+    if (!cb) {
+        snprintf(err, errlen, "out of host memory");
+        return NULL;
+    }
+    const phi3_config *cf = &m->cfg;
+    cb->b.ops = &cuda_ops;
+    cb->b.m = m;
+    cb->b.max_ctx = max_ctx <= 0 || max_ctx > cf->max_pos ? cf->max_pos : max_ctx;
+    if (cu_init(cb, (const cuda_backend *)base) ||
+        cu_kv_reserve(cb, cb->b.max_ctx < 4096 ? cb->b.max_ctx : 4096)) {
         snprintf(err, errlen, "%s", cb->b.err);
         cu_destroy(&cb->b);
         return NULL;
