@@ -1579,16 +1579,10 @@ extern "C" int phi3_cuda_available(void)
     return n > 0;
 }
 
-extern "C" backend *phi3_cuda_new(const struct phi3_model *m, int max_ctx, char *err,
-                                  size_t errlen)
+/* A backend for m: its own weights (from NULL) or from's (see phi3_cuda_new_shared). */
+static backend *cu_new(const struct phi3_model *m, const cuda_backend *from, int max_ctx, char *err,
+                       size_t errlen)
 {
-    int ndev = 0;
-    cudaError_t e = cudaGetDeviceCount(&ndev);
-    if (e != cudaSuccess || ndev <= 0) {
-        snprintf(err, errlen, "no CUDA device available (%s)",
-                 e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found none");
-        return NULL;
-    }
     cuda_backend *cb = (cuda_backend *)calloc(1, sizeof *cb);
     if (!cb) {
         snprintf(err, errlen, "out of host memory");
@@ -1600,7 +1594,7 @@ extern "C" backend *phi3_cuda_new(const struct phi3_model *m, int max_ctx, char 
     cb->b.max_ctx = max_ctx <= 0 || max_ctx > cf->max_pos ? cf->max_pos : max_ctx;
     cb->b.n_ctx = 0;
     cb->b.rope_long = 0;
-    if (cu_init(cb, NULL) || cu_kv_reserve(cb, cb->b.max_ctx < 4096 ? cb->b.max_ctx : 4096)) {
+    if (cu_init(cb, from) || cu_kv_reserve(cb, cb->b.max_ctx < 4096 ? cb->b.max_ctx : 4096)) {
         snprintf(err, errlen, "%s", cb->b.err);
         cu_destroy(&cb->b);
         return NULL;
@@ -1608,26 +1602,23 @@ extern "C" backend *phi3_cuda_new(const struct phi3_model *m, int max_ctx, char 
     return &cb->b;
 }
 
+extern "C" backend *phi3_cuda_new(const struct phi3_model *m, int max_ctx, char *err,
+                                  size_t errlen)
+{
+    int ndev = 0;
+    cudaError_t e = cudaGetDeviceCount(&ndev);
+    if (e != cudaSuccess || ndev <= 0) {
+        snprintf(err, errlen, "no CUDA device available (%s)",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found none");
+        return NULL;
+    }
+    return cu_new(m, NULL, max_ctx, err, errlen);
+}
+
 /* A backend that reads the device weights of `base` (another phi3_cuda_new backend, which
  * must outlive it) and has its own buffers and KV cache: N streams hold one copy of the
  * weights. Opt-in with the batched forward (PHI3_CUDA_BATCH=1); not yet run on a GPU. */
 extern "C" backend *phi3_cuda_new_shared(backend *base, int max_ctx, char *err, size_t errlen)
 {
-    const struct phi3_model *m = base->m;
-    cuda_backend *cb = (cuda_backend *)calloc(1, sizeof *cb);
-    if (!cb) {
-        snprintf(err, errlen, "out of host memory");
-        return NULL;
-    }
-    const phi3_config *cf = &m->cfg;
-    cb->b.ops = &cuda_ops;
-    cb->b.m = m;
-    cb->b.max_ctx = max_ctx <= 0 || max_ctx > cf->max_pos ? cf->max_pos : max_ctx;
-    if (cu_init(cb, (const cuda_backend *)base) ||
-        cu_kv_reserve(cb, cb->b.max_ctx < 4096 ? cb->b.max_ctx : 4096)) {
-        snprintf(err, errlen, "%s", cb->b.err);
-        cu_destroy(&cb->b);
-        return NULL;
-    }
-    return &cb->b;
+    return cu_new(base->m, (const cuda_backend *)base, max_ctx, err, errlen);
 }
