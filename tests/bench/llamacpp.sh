@@ -33,7 +33,12 @@ for t in $TYPES; do
   [ -e "$G/full-$t.gguf" ] || { echo "making $G/full-$t.gguf ..."; "$PHI3_BIN/phi3-quantize" -q -t "$t" "$MF" "$G/full-$t.gguf"; }
 done
 
+# warm FILE...: read into the page cache first (the machine may not hold every file at
+# once: a cold mmap would time the disk)
+warm() { cat "$@" > /dev/null; }
+
 phi3() {   # phi3 MODEL: prints "prefill_tok/s decode_tok/s"
+  if [ -d "$1" ]; then warm "$1"/*.safetensors; else warm "$1"; fi
   $PY - "$PHI3_BIN/phi3-run" "$1" "$P" "$D" "$T" <<'PYEOF'
 import msgpack, random, re, subprocess, sys
 run, model, P, D, T = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
@@ -49,6 +54,7 @@ PYEOF
 }
 
 llama() {  # llama FILE: prints "prefill_tok/s decode_tok/s"
+  warm "$1"
   "$LB" -m "$1" -p "$P" -n "$D" -t "$T" -r 1 -o json 2>/dev/null | $PY -c '
 import json, sys
 r = json.load(sys.stdin)
@@ -57,7 +63,6 @@ tg = [x["avg_ts"] for x in r if x["n_gen"] > 0 and x["n_prompt"] == 0]
 print("%.2f %.3f" % (pp[0], tg[0]))'
 }
 
-cat "$MF"/*.safetensors > /dev/null
 rows=()
 for round in $(seq "$ROUNDS"); do
   rows+=("$round phi3 bf16-dir $(phi3 "$MF")")
