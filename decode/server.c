@@ -708,7 +708,7 @@ static void print_stats(server *sv)
              "2: %ld, 3-4: %ld, 5-8: %ld, 9-16: %ld, >16: %ld streams", sv->steps, sv->batched_steps,
              sv->steps ? (double)sv->batch_sum / sv->steps : 0.0, sv->batch_max, sv->hist[0], sv->hist[1],
              sv->hist[2], sv->hist[3], sv->hist[4], sv->hist[5]);
-    if (sv->batched_steps)
+    if (sv->batched_steps && !sv->use_cuda)     /* the CPU matmul paths (decode/gemm.c) */
         phi3_err("server stats: batched steps: %.1f token rows on average; %ld with 2..%d rows (few-token matmul: "
                  "weights converted in registers), %ld with more (blocked matmul: weight panels)",
                  (double)sv->batch_rows_hist[2] / sv->batched_steps, sv->batch_rows_hist[0], gemm_get_small_max(),
