@@ -366,9 +366,10 @@ AVX2 static void reduce_avx(const float *acc, size_t ps, int rows, int n, float 
  * the tail. A block of rows (8 x K weights: L1/L2) is passed over by each token tile in
  * turn (tiles of balanced widths), so the weights come from memory once; the last tile
  * prefetches the next block. Tiles: AVX-512 8 rows (row pairs in zmm halves) x up to 6
- * tokens, 6 rows x 7..8 tokens and 4 rows x 9..12 tokens (one pass each; 8 tokens: the
- * 4-row tile 0.89-0.92x the time of two 8 x 4 passes, the 6-row tile 0.85-0.93x the time
- * of the 4-row one), AVX2 4 rows x up to 3, scalar 4 rows x up to 4.
+ * tokens, and 6 rows x up to 8 tokens for 7..12 tokens (8 in one pass; gemm_bench,
+ * interleaved: 8 tokens 0.85-0.93x the time of a 4-row x 8 tile, itself 0.89-0.92x that of
+ * two 8 x 4 passes; 12 tokens 0.84-0.93x the 4-row x 12 tile; 16 tokens 1.05-1.17x the
+ * 8 x 6 tiles, so not past 12), AVX2 4 rows x up to 3, scalar 4 rows x up to 4.
  * Measured (tests/bench/gemm_bench.c, the mid-size model's weights from DRAM, 2 threads;
  * an in-cache single-thread run, AVX-512, K = 1024 and 2816): one token 0.64-0.79x the time
  * of dot4 (AVX-512 and AVX2: the next-block prefetch keeps memory busy), and faster than
@@ -469,59 +470,6 @@ static inline __attribute__((always_inline)) void pfq_step(pfq *q)
 SMALL_Z(bf16, ld_bf16)
 SMALL_Z(f16, ld_f16)
 SMALL_Z(f32, ld_f32)
-
-/* 4 rows (<= 4: the missing ones repeat the last, not stored) x T <= 12 tokens: two zmm
- * per token (row pairs in halves), 24 accumulators; 8 tokens in one pass over the weights */
-#define SMALL_Z4(T_, LOAD)                                                             \
-    AVX512 static inline __attribute__((always_inline)) void small_z4_##T_##_t(         \
-        const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, float *out, size_t ldo, \
-        const uint8_t *pf, size_t pfr, const int T)                                    \
-    {                                                                                  \
-        const uint8_t *wr[4];                                                          \
-        pfq pq;                                                                        \
-        pfq_init(&pq, pf, rb, pfr, (size_t)K * sizeof(T_##_t), K / 8);                 \
-        for (int r = 0; r < 4; r++) wr[r] = w + (size_t)(r < rows ? r : rows - 1) * rb; \
-        int K8 = K & ~7;                                                               \
-        __m512 c[2][12];                                                               \
-        _Pragma("GCC unroll 2") for (int q = 0; q < 2; q++)                             \
-            _Pragma("GCC unroll 12") for (int t = 0; t < T; t++) c[q][t] = _mm512_setzero_ps(); \
-        for (int k = 0; k < K8; k += 8) {                                              \
-            pfq_step(&pq);                                                             \
-            __m512 w0 = CVTZ_##T_(wr[0], wr[1], k), w1 = CVTZ_##T_(wr[2], wr[3], k);  \
-            _Pragma("GCC unroll 12") for (int t = 0; t < T; t++) {                      \
-                __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + k));  \
-                c[0][t] = _mm512_fmadd_ps(w0, xv, c[0][t]);                            \
-                c[1][t] = _mm512_fmadd_ps(w1, xv, c[1][t]);                            \
-            }                                                                          \
-        }                                                                              \
-        _Pragma("GCC unroll 12") for (int t = 0; t < T; t++) {                          \
-            __m256 a0 = _mm512_castps512_ps256(c[0][t]), a1 = _mm512_extractf32x8_ps(c[0][t], 1); \
-            __m256 a2 = _mm512_castps512_ps256(c[1][t]), a3 = _mm512_extractf32x8_ps(c[1][t], 1); \
-            store_n(out + (size_t)t * ldo, sum8x8(a0, a1, a2, a3, a0, a1, a2, a3), rows); \
-        }                                                                              \
-        SMALL_TAIL(LOAD)                                                               \
-    }                                                                                  \
-    AVX512 static void small_z4_##T_(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, \
-                                      float *out, size_t ldo, const uint8_t *pf, size_t pfr, int T) \
-    {                                                                                  \
-        switch (T) {                                                                   \
-        case 12: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 12); break; \
-        case 11: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 11); break; \
-        case 10: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 10); break; \
-        case 9: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 9); break; \
-        case 8: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 8); break; \
-        case 7: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 7); break; \
-        case 6: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 6); break; \
-        case 5: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 5); break; \
-        case 4: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 4); break; \
-        case 3: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 3); break; \
-        case 2: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 2); break; \
-        default: small_z4_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 1); break; \
-        }                                                                              \
-    }
-SMALL_Z4(bf16, ld_bf16)
-SMALL_Z4(f16, ld_f16)
-SMALL_Z4(f32, ld_f32)
 
 /* 6 rows (<= 6: the missing ones repeat the last, not stored) x T <= 8 tokens: three zmm
  * per token (row pairs in halves), 24 accumulators; 8 tokens in one pass over the weights */
@@ -665,25 +613,15 @@ static const small_kernel smalls[] = {
     {&ops_c[2], small_c_f32, 4, 4, panel_f32_c},
 };
 
-/* AVX-512, 9..12 tokens: 4 rows x all of them in one pass (8 rows x 6 would take two) */
-static const small_kernel smalls4[] = {
-    {&ops_avx512[0], small_z4_bf16, 4, 12, panel_bf16_avx}, {&ops_avx512[1], small_z4_f16, 4, 12, panel_f16_avx},
-    {&ops_avx512[2], small_z4_f32, 4, 12, panel_f32_avx}};
-
-/* The few-token kernel for n tokens and the panel converter of op (gemm.c's own dtypes;
- * NULL for others: quantized weights take the blocked path with their own conversion,
- * op->cvt). */
-/* AVX-512, 7..8 tokens: 6 rows x all of them in one pass (a server step of 8 streams) */
+/* AVX-512, 7..12 tokens: 6 rows x up to 8 tokens (a server step of 8 streams in one pass) */
 static const small_kernel smalls6[] = {
     {&ops_avx512[0], small_z6_bf16, 6, 8, panel_bf16_avx}, {&ops_avx512[1], small_z6_f16, 6, 8, panel_f16_avx},
     {&ops_avx512[2], small_z6_f32, 6, 8, panel_f32_avx}};
 
 static const small_kernel *small_for(const gemm_ops *op, int n)
 {
-    for (size_t i = 0; n >= 7 && n <= 8 && i < sizeof smalls6 / sizeof *smalls6; i++)
+    for (size_t i = 0; n >= 7 && n <= 12 && i < sizeof smalls6 / sizeof *smalls6; i++)
         if (smalls6[i].op == op) return &smalls6[i];
-    for (size_t i = 0; n >= 7 && n <= 12 && i < sizeof smalls4 / sizeof *smalls4; i++)
-        if (smalls4[i].op == op) return &smalls4[i];
     for (size_t i = 0; i < sizeof smalls / sizeof *smalls; i++)
         if (smalls[i].op == op) return &smalls[i];
     return NULL;
