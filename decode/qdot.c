@@ -393,9 +393,94 @@ AVX512 void pair_q4_0(const uint8_t *a, const uint8_t *b, int u, const bscale *p
         }                                                                                       \
     }
 
+/* Spreading bytes to 32-bit lanes in-lane (vpshufb), not across lanes: a "spread"
+ * register holds 16 bytes of row A in 128-bit lanes 0 and 1 and 16 bytes of row B in
+ * lanes 2 and 3; spread_ctl(g) picks bytes 8g..8g+7 of each row into the 16 dword lanes
+ * of a pair (A's 8 then B's 8), as the low byte of each dword (zero-extended), or as the
+ * top byte (top = 1: the signed byte times 2^24). */
+AVX512 __m512i spread_ctl(int g, int top)
+{
+    const __m512i idx = _mm512_set_epi32(7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0);
+    __m512i i = _mm512_add_epi32(idx, _mm512_set1_epi32(8 * g));
+    return top ? _mm512_or_si512(_mm512_slli_epi32(i, 24), _mm512_set1_epi32(0x808080))
+               : _mm512_or_si512(i, _mm512_set1_epi32((int)0x80808000u));
+}
+
+AVX512 __m512i bcast2x16(const uint8_t *a, const uint8_t *b)     /* 16 bytes of a, 16 of b */
+{
+    return _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)a)), 0xFF00,
+                                       _mm_loadu_si128((const __m128i *)b));
+}
+
+/* the halves of a load2x32 register (32 bytes of A, 32 of B) as two spread registers */
+AVX512 __m512i spread_lo(__m512i v)
+{
+    return _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(2, 2, 0, 0));
+}
+
+AVX512 __m512i spread_hi(__m512i v)
+{
+    return _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 3, 1, 1));
+}
+
+/* unsigned bytes (zero-extended) / signed bytes (sign-extended) of a spread register
+ * to floats */
+AVX512 __m512 spread_u8(__m512i v, __m512i ctl)
+{
+    return _mm512_cvtepi32_ps(_mm512_shuffle_epi8(v, ctl));
+}
+
+/* signed bytes times 2^24 (the byte as the top of its dword, exact in float) */
+AVX512 __m512 spread_i8x2p24(__m512i v, __m512i ctl)
+{
+    return _mm512_cvtepi32_ps(_mm512_shuffle_epi8(v, ctl));
+}
+
+/* bit b of each byte of v moved to bit 4 (other bits cleared) */
+AVX512 __m512i bit_to4(__m512i v, int b)
+{
+    __m512i t = b <= 4 ? _mm512_sll_epi16(v, _mm_cvtsi32_si128(4 - b)) : _mm512_srl_epi16(v, _mm_cvtsi32_si128(b - 4));
+    return _mm512_and_si512(t, _mm512_set1_epi8(0x10));
+}
+
+/* A row pair's K-quant scales (Q4_K, Q5_K blocks at a and b) in the pair layout: S = d*sc
+ * and M = -(dmin*m) of the 8 sub-blocks of A in lanes 0-7, of B in lanes 8-15 (the same
+ * float operations as k45_scales). The first 16 bytes of a block (d, dmin, 12 scale
+ * bytes) are spread so that lane j holds (low byte, next byte): sc: (s[j], 0) for j < 4,
+ * (s[j+4], s[j-4]) for j >= 4; m: (s[j+4], 0), (s[j+4], s[j]); then
+ * value = (v >> sh & lo) | (v >> 10 & 0x30) with sh = 4 for m of j >= 4 (else 0), lo =
+ * 0x3f for j < 4 (else 0xf) and the 0x30 term for j >= 4 only. */
+AVX512 void k45_pair_scales(const uint8_t *a, const uint8_t *b, __m512 *S, __m512 *M)
+{
+#define K45_CTL(x0, x1, x2, x3) _mm512_set_epi32(x3, x2, x1, x0, x3, x2, x1, x0, x3, x2, x1, x0, x3, x2, x1, x0)
+#define K45_LANES(lo4, hi4) _mm512_set_epi32(hi4, hi4, hi4, hi4, lo4, lo4, lo4, lo4, hi4, hi4, hi4, hi4, lo4, lo4, lo4, lo4)
+    __m512i v = bcast2x16(a, b);
+    /* 128-bit lane 0 and 2 serve j = 0..3, lanes 1 and 3 j = 4..7: the controls differ per lane */
+    const __m512i csc = _mm512_set_epi32((int)0x8080070f, (int)0x8080060e, (int)0x8080050d, (int)0x8080040c,
+                                         (int)0x80808007, (int)0x80808006, (int)0x80808005, (int)0x80808004,
+                                         (int)0x8080070f, (int)0x8080060e, (int)0x8080050d, (int)0x8080040c,
+                                         (int)0x80808007, (int)0x80808006, (int)0x80808005, (int)0x80808004);
+    const __m512i cm = _mm512_set_epi32((int)0x80800b0f, (int)0x80800a0e, (int)0x8080090d, (int)0x8080080c,
+                                        (int)0x8080800b, (int)0x8080800a, (int)0x80808009, (int)0x80808008,
+                                        (int)0x80800b0f, (int)0x80800a0e, (int)0x8080090d, (int)0x8080080c,
+                                        (int)0x8080800b, (int)0x8080800a, (int)0x80808009, (int)0x80808008);
+    const __m512i lo = K45_LANES(0x3f, 0xf), hi = K45_LANES(0, 0x30), sh = K45_LANES(0, 4);
+    __m512i vs = _mm512_shuffle_epi8(v, csc), vm = _mm512_shuffle_epi8(v, cm);
+    __m512i sc = _mm512_ternarylogic_epi32(_mm512_srli_epi32(vs, 10), hi, _mm512_and_si512(vs, lo), 0xEA);
+    __m512i m = _mm512_ternarylogic_epi32(_mm512_srli_epi32(vm, 10), hi, _mm512_and_si512(_mm512_srlv_epi32(vm, sh), lo), 0xEA);
+    /* d (bytes 0-1) and dmin (bytes 2-3) of each row as halves in every lane of its row */
+    __m512i dd = _mm512_shuffle_epi8(v, K45_CTL(0x03020100, 0x03020100, 0x03020100, 0x03020100));
+    __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd)), dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dd, 16)));
+    *S = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+    *M = _mm512_xor_ps(_mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m)), _mm512_set1_ps(-0.0f));
+#undef K45_CTL
+#undef K45_LANES
+}
+
 /* Q4_K by hand: a row pair's scales stay in registers for the block ([A's 8 | B's 8],
  * lane-broadcast per unit by a permute), units 2c and 2c+1 share their bytes (low and
- * high nibbles), and nothing is stored in the loop. */
+ * high nibbles, masked 32 at a time), each group of 8 is spread in-lane, and nothing is
+ * stored in the loop. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
 rows512_q4_k(const void *row, size_t rb, const float *x, int n, float *out)
 {
@@ -403,15 +488,10 @@ rows512_q4_k(const void *row, size_t rb, const float *x, int n, float *out)
     __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[8];
     UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
     const __m512i hi8 = _mm512_set_epi32(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i m4 = _mm512_set1_epi8(0xF), g0 = spread_ctl(0, 0), g1 = spread_ctl(1, 0);
     for (int k0 = 0; k0 < n; k0 += QK_K, b += Q4_K_BYTES) {
         pf_rows(b, rb, Q4_K_BYTES);
-        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-            __m256 sa, ma, sb, mb;
-            k45_scales(b + 2 * r * rb, &sa, &ma);
-            k45_scales(b + (2 * r + 1) * rb, &sb, &mb);
-            S[r] = _mm512_insertf32x8(_mm512_castps256_ps512(sa), sb, 1);
-            M[r] = _mm512_insertf32x8(_mm512_castps256_ps512(ma), mb, 1);
-        }
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) k45_pair_scales(b + 2 * r * rb, b + (2 * r + 1) * rb, &S[r], &M[r]);
         for (int c = 0; c < 4; c++) {
             UNROLL(8) for (int i = 0; i < 8; i++)
                 xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 64 * c + 8 * i));
@@ -420,12 +500,18 @@ rows512_q4_k(const void *row, size_t rb, const float *x, int n, float *out)
                 const uint8_t *qa = b + 2 * r * rb + 16 + 32 * c, *qb = qa + rb;
                 __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
                 __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
+                __m512i R0 = bcast2x16(qa, qb), R1 = bcast2x16(qa + 16, qb + 16);
+                __m512i L0 = _mm512_and_si512(R0, m4), L1 = _mm512_and_si512(R1, m4);
+                __m512i H0 = _mm512_and_si512(_mm512_srli_epi16(R0, 4), m4), H1 = _mm512_and_si512(_mm512_srli_epi16(R1, 4), m4);
                 __m512 w[8];
-                UNROLL(4) for (int i = 0; i < 4; i++) {
-                    __m512i v = _mm512_cvtepu8_epi32(pair_q(qa + 8 * i, qb + 8 * i));
-                    w[i] = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0xF))), m1);
-                    w[4 + i] = _mm512_fmadd_ps(d2, _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), m2);
-                }
+                w[0] = _mm512_fmadd_ps(d1, spread_u8(L0, g0), m1);
+                w[1] = _mm512_fmadd_ps(d1, spread_u8(L0, g1), m1);
+                w[2] = _mm512_fmadd_ps(d1, spread_u8(L1, g0), m1);
+                w[3] = _mm512_fmadd_ps(d1, spread_u8(L1, g1), m1);
+                w[4] = _mm512_fmadd_ps(d2, spread_u8(H0, g0), m2);
+                w[5] = _mm512_fmadd_ps(d2, spread_u8(H0, g1), m2);
+                w[6] = _mm512_fmadd_ps(d2, spread_u8(H1, g0), m2);
+                w[7] = _mm512_fmadd_ps(d2, spread_u8(H1, g1), m2);
                 UNROLL(8) for (int i = 0; i < 8; i++) acc[r] = _mm512_fmadd_ps(w[i], xv[i], acc[r]);
             }
         }
@@ -437,10 +523,13 @@ rows512_q4_k(const void *row, size_t rb, const float *x, int n, float *out)
 }
 
 /* Q6_K by hand. Per half block (128 weights) a row pair loads its ql (2 x 32 bytes) and
- * qh (32 bytes) once for the four quarters, x of the half is broadcast once for all pairs,
- * and each row's 16 scales (d * sc) stay in a zmm register for the block (two-source
- * permutes pick a unit's pair of scales for rows A and B). Pairs go one after another
- * through a half: their FMA chains overlap in the out-of-order window. */
+ * qh (32 bytes) once for the four quarters and builds each quarter's q - 32 at byte
+ * level 64 at a time, spread as (q - 32) 2^24 and multiplied by (d*sc) 2^-24: the same
+ * real product as (d*sc) (q - 32), so the same rounding (|it| >= 2^-48 or 0: never
+ * subnormal); x of the half is broadcast once for all pairs, and each row's 16
+ * scales (d * sc) stay in a zmm register for the block (two-source permutes pick a
+ * unit's pair of scales for rows A and B). Pairs go one after another through a half:
+ * their FMA chains overlap in the out-of-order window. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
 rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
 {
@@ -449,12 +538,15 @@ rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
     UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
     const __m512i hi16 = _mm512_set_epi32(16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i m4 = _mm512_set1_epi8(0xF), m2 = _mm512_set1_epi8(0x30), c32 = _mm512_set1_epi8(32);
+    const __m512i g0 = spread_ctl(0, 1), g1 = spread_ctl(1, 1);
     for (int k0 = 0; k0 < n; k0 += QK_K, b += Q6_K_BYTES) {
         pf_rows(b, rb, Q6_K_BYTES);
         UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) {
             const uint8_t *br = b + r * rb;
-            S[r] = _mm512_mul_ps(_mm512_set1_ps(h2f(br + 208)),
-                                 _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(br + 192)))));
+            /* (d*sc) 2^-24: exact (|d*sc| >= 2^-24 or 0, so no underflow) */
+            S[r] = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(h2f(br + 208)),
+                                               _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(br + 192))))),
+                                 _mm512_set1_ps(0x1p-24f));
         }
         for (int h = 0; h < 2; h++) {
             UNROLL(16) for (int i = 0; i < 16; i++)
@@ -472,14 +564,14 @@ rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
                                        _mm512_and_si512(_mm512_srli_epi16(H, 2), m2));
                 UNROLL(4) for (int t = 0; t < 4; t++) {
                     int u = 4 * h + t;
-                    __m512i qs = _mm512_sub_epi8(q[t], c32);
+                    __m512i qs = _mm512_sub_epi8(q[t], c32), lo = spread_lo(qs), hi = spread_hi(qs);
                     __m512i i0 = _mm512_add_epi32(hi16, _mm512_set1_epi32(2 * u)), i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(1));
                     __m512 s0 = _mm512_permutex2var_ps(S[2 * r], i0, S[2 * r + 1]);
                     __m512 s1 = _mm512_permutex2var_ps(S[2 * r], i1, S[2 * r + 1]);
-                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(qs, 0))), xv[4 * t], acc[r]);
-                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(qs, 1))), xv[4 * t + 1], acc[r]);
-                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(qs, 2))), xv[4 * t + 2], acc[r]);
-                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(qs, 3))), xv[4 * t + 3], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, spread_i8x2p24(lo, g0)), xv[4 * t], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, spread_i8x2p24(lo, g1)), xv[4 * t + 1], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, spread_i8x2p24(hi, g0)), xv[4 * t + 2], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, spread_i8x2p24(hi, g1)), xv[4 * t + 3], acc[r]);
                 }
             }
         }
@@ -490,48 +582,43 @@ rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
     }
 }
 
-/* Q5_K by hand: as Q6_K, a row pair's qh (32 + 32 bytes) is loaded once per block and
- * its qs once per pair of units; fifth bits and nibbles are merged at byte level, then
- * each group of 8 is widened from the byte vector; the block's scales (d*sc, -(dmin*m))
- * stay in registers as for Q4_K. */
+/* Q5_K by hand: as Q4_K, with the fifth bits (bit u of qh, 32 + 32 bytes per row pair)
+ * merged into the nibbles at byte level, 32 weights of a row pair per operation. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
 rows512_q5_k(const void *row, size_t rb, const float *x, int n, float *out)
 {
     const uint8_t *b = row;
-    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[16];
+    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[8];
     UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
     const __m512i hi8 = _mm512_set_epi32(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i m4 = _mm512_set1_epi8(0xF), one = _mm512_set1_epi8(1);
+    const __m512i m4 = _mm512_set1_epi8(0xF), g0 = spread_ctl(0, 0), g1 = spread_ctl(1, 0);
     for (int k0 = 0; k0 < n; k0 += QK_K, b += Q5_K_BYTES) {
         pf_rows(b, rb, Q5_K_BYTES);
-        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-            __m256 sa, ma, sb, mb;
-            k45_scales(b + 2 * r * rb, &sa, &ma);
-            k45_scales(b + (2 * r + 1) * rb, &sb, &mb);
-            S[r] = _mm512_insertf32x8(_mm512_castps256_ps512(sa), sb, 1);
-            M[r] = _mm512_insertf32x8(_mm512_castps256_ps512(ma), mb, 1);
-        }
-        for (int h = 0; h < 2; h++) {              /* units 4h .. 4h+3 */
-            UNROLL(16) for (int i = 0; i < 16; i++)
-                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 128 * h + 8 * i));
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) k45_pair_scales(b + 2 * r * rb, b + (2 * r + 1) * rb, &S[r], &M[r]);
+        UNROLL(4) for (int c = 0; c < 4; c++) {           /* units 2c, 2c+1 */
+            UNROLL(8) for (int i = 0; i < 8; i++)
+                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 64 * c + 8 * i));
+            __m512i i1 = _mm512_add_epi32(hi8, _mm512_set1_epi32(2 * c)), i2 = _mm512_add_epi32(i1, _mm512_set1_epi32(1));
             UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-                const uint8_t *a = b + 2 * r * rb, *c = a + rb;
-                __m512i H = load2x32(a + 16, c + 16);
-                UNROLL(2) for (int cc = 0; cc < 2; cc++) {
-                    int pc = 2 * h + cc;               /* the pair of units 2pc, 2pc+1 */
-                    __m512i Q = load2x32(a + 48 + 32 * pc, c + 48 + 32 * pc);
-                    __m512i q0 = _mm512_or_si512(_mm512_and_si512(Q, m4),
-                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srl_epi16(H, _mm_cvtsi32_si128(2 * pc)), one), 4));
-                    __m512i q1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(Q, 4), m4),
-                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srl_epi16(H, _mm_cvtsi32_si128(2 * pc + 1)), one), 4));
-                    __m512i i1 = _mm512_add_epi32(hi8, _mm512_set1_epi32(2 * pc)), i2 = _mm512_add_epi32(i1, _mm512_set1_epi32(1));
-                    __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
-                    __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
-                    UNROLL(4) for (int i = 0; i < 4; i++)
-                        acc[r] = _mm512_fmadd_ps(_mm512_fmadd_ps(d1, cvt16_u8(pair_half(q0, i)), m1), xv[8 * cc + i], acc[r]);
-                    UNROLL(4) for (int i = 0; i < 4; i++)
-                        acc[r] = _mm512_fmadd_ps(_mm512_fmadd_ps(d2, cvt16_u8(pair_half(q1, i)), m2), xv[8 * cc + 4 + i], acc[r]);
-                }
+                const uint8_t *qa = b + 2 * r * rb, *qb = qa + rb;
+                __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
+                __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
+                __m512i R0 = bcast2x16(qa + 48 + 32 * c, qb + 48 + 32 * c), R1 = bcast2x16(qa + 64 + 32 * c, qb + 64 + 32 * c);
+                __m512i Q0 = bcast2x16(qa + 16, qb + 16), Q1 = bcast2x16(qa + 32, qb + 32);
+                __m512i L0 = _mm512_or_si512(_mm512_and_si512(R0, m4), bit_to4(Q0, 2 * c));
+                __m512i L1 = _mm512_or_si512(_mm512_and_si512(R1, m4), bit_to4(Q1, 2 * c));
+                __m512i H0 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(R0, 4), m4), bit_to4(Q0, 2 * c + 1));
+                __m512i H1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(R1, 4), m4), bit_to4(Q1, 2 * c + 1));
+                __m512 w[8];
+                w[0] = _mm512_fmadd_ps(d1, spread_u8(L0, g0), m1);
+                w[1] = _mm512_fmadd_ps(d1, spread_u8(L0, g1), m1);
+                w[2] = _mm512_fmadd_ps(d1, spread_u8(L1, g0), m1);
+                w[3] = _mm512_fmadd_ps(d1, spread_u8(L1, g1), m1);
+                w[4] = _mm512_fmadd_ps(d2, spread_u8(H0, g0), m2);
+                w[5] = _mm512_fmadd_ps(d2, spread_u8(H0, g1), m2);
+                w[6] = _mm512_fmadd_ps(d2, spread_u8(H1, g0), m2);
+                w[7] = _mm512_fmadd_ps(d2, spread_u8(H1, g1), m2);
+                UNROLL(8) for (int i = 0; i < 8; i++) acc[r] = _mm512_fmadd_ps(w[i], xv[i], acc[r]);
             }
         }
     }
