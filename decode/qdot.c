@@ -327,25 +327,16 @@ AVX512 __m512 pair_ps(float a, float b)
     return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
 }
 
+/* A zmm accumulator's two rows (A: lanes 0-7, B: 8-15) reduced to out[0], out[1]. */
+AVX512 void pair_out(__m512 acc, float *out)
+{
+    out[0] = hsum(_mm512_castps512_ps256(acc));
+    out[1] = hsum(_mm512_extractf32x8_ps(acc, 1));
+}
+
 AVX512 __m128i pair_q(const uint8_t *a, const uint8_t *b)     /* 8 bytes of a, 8 of b */
 {
     return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(_mm_loadl_epi64((const __m128i *)a)), (const double *)b));
-}
-
-AVX512 __m512 cvt16_u8(__m128i v)
-{
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
-}
-
-AVX512 __m512 cvt16_i8(__m128i v)
-{
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
-}
-
-/* 8 bytes at offset 8i of each 32-byte half of v (A then B) as one xmm */
-AVX512 __m128i pair_half(__m512i v, int i)
-{
-    return _mm512_castsi512_si128(_mm512_permutexvar_epi64(_mm512_set_epi64(0, 0, 0, 0, 0, 0, 4 + i, i), v));
 }
 
 AVX512 __m512i load2x32(const uint8_t *a, const uint8_t *b)     /* 32 bytes of a, 32 of b */
@@ -387,10 +378,7 @@ AVX512 void pair_q4_0(const uint8_t *a, const uint8_t *b, int u, const bscale *p
                 }                                                                               \
             }                                                                                   \
         }                                                                                       \
-        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {                                     \
-            out[2 * r] = hsum(_mm512_castps512_ps256(acc[r]));                                  \
-            out[2 * r + 1] = hsum(_mm512_extractf32x8_ps(acc[r], 1));                           \
-        }                                                                                       \
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) pair_out(acc[r], out + 2 * r);       \
     }
 
 /* Spreading bytes to 32-bit lanes in-lane (vpshufb), not across lanes: a "spread"
@@ -477,32 +465,41 @@ AVX512 void k45_pair_scales(const uint8_t *a, const uint8_t *b, __m512 *S, __m51
 #undef K45_LANES
 }
 
-/* Q4_K by hand: a row pair's scales stay in registers for the block ([A's 8 | B's 8],
- * lane-broadcast per unit by a permute), units 2c and 2c+1 share their bytes (low and
- * high nibbles, masked 32 at a time), each group of 8 is spread in-lane, and nothing is
- * stored in the loop. */
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
-rows512_q4_k(const void *row, size_t rb, const float *x, int n, float *out)
+/* Q4_K and Q5_K (q5 = 1) by hand: a row pair's scales stay in registers for the block
+ * ([A's 8 | B's 8], lane-broadcast per unit by a permute), units 2c and 2c+1 share their
+ * bytes (low and high nibbles, masked 32 at a time; Q5_K merges the fifth bits, bit u of
+ * qh, at byte level too), each group of 8 is spread in-lane, and nothing is stored in
+ * the loop. */
+AVX512 void rows512_k45(const void *row, size_t rb, const float *x, int n, float *out, int q5)
 {
+    const size_t bb = q5 ? Q5_K_BYTES : Q4_K_BYTES;
+    const int qoff = q5 ? 48 : 16;
     const uint8_t *b = row;
     __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[8];
     UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
     const __m512i hi8 = _mm512_set_epi32(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i m4 = _mm512_set1_epi8(0xF), g0 = spread_ctl(0, 0), g1 = spread_ctl(1, 0);
-    for (int k0 = 0; k0 < n; k0 += QK_K, b += Q4_K_BYTES) {
-        pf_rows(b, rb, Q4_K_BYTES);
+    for (int k0 = 0; k0 < n; k0 += QK_K, b += bb) {
+        pf_rows(b, rb, (int)bb);
         UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) k45_pair_scales(b + 2 * r * rb, b + (2 * r + 1) * rb, &S[r], &M[r]);
         for (int c = 0; c < 4; c++) {
             UNROLL(8) for (int i = 0; i < 8; i++)
                 xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 64 * c + 8 * i));
             __m512i i1 = _mm512_add_epi32(hi8, _mm512_set1_epi32(2 * c)), i2 = _mm512_add_epi32(i1, _mm512_set1_epi32(1));
             UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-                const uint8_t *qa = b + 2 * r * rb + 16 + 32 * c, *qb = qa + rb;
+                const uint8_t *pa = b + 2 * r * rb, *pb = pa + rb, *qa = pa + qoff + 32 * c, *qb = pb + qoff + 32 * c;
                 __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
                 __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
                 __m512i R0 = bcast2x16(qa, qb), R1 = bcast2x16(qa + 16, qb + 16);
                 __m512i L0 = _mm512_and_si512(R0, m4), L1 = _mm512_and_si512(R1, m4);
                 __m512i H0 = _mm512_and_si512(_mm512_srli_epi16(R0, 4), m4), H1 = _mm512_and_si512(_mm512_srli_epi16(R1, 4), m4);
+                if (q5) {
+                    __m512i Q0 = bcast2x16(pa + 16, pb + 16), Q1 = bcast2x16(pa + 32, pb + 32);
+                    L0 = _mm512_or_si512(L0, bit_to4(Q0, 2 * c));
+                    L1 = _mm512_or_si512(L1, bit_to4(Q1, 2 * c));
+                    H0 = _mm512_or_si512(H0, bit_to4(Q0, 2 * c + 1));
+                    H1 = _mm512_or_si512(H1, bit_to4(Q1, 2 * c + 1));
+                }
                 __m512 w[8];
                 w[0] = _mm512_fmadd_ps(d1, spread_u8(L0, g0), m1);
                 w[1] = _mm512_fmadd_ps(d1, spread_u8(L0, g1), m1);
@@ -516,10 +513,19 @@ rows512_q4_k(const void *row, size_t rb, const float *x, int n, float *out)
             }
         }
     }
-    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-        out[2 * r] = hsum(_mm512_castps512_ps256(acc[r]));
-        out[2 * r + 1] = hsum(_mm512_extractf32x8_ps(acc[r], 1));
-    }
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) pair_out(acc[r], out + 2 * r);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
+rows512_q4_k(const void *row, size_t rb, const float *x, int n, float *out)
+{
+    rows512_k45(row, rb, x, n, out, 0);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
+rows512_q5_k(const void *row, size_t rb, const float *x, int n, float *out)
+{
+    rows512_k45(row, rb, x, n, out, 1);
 }
 
 /* Q6_K by hand. Per half block (128 weights) a row pair loads its ql (2 x 32 bytes) and
@@ -576,56 +582,7 @@ rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
             }
         }
     }
-    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-        out[2 * r] = hsum(_mm512_castps512_ps256(acc[r]));
-        out[2 * r + 1] = hsum(_mm512_extractf32x8_ps(acc[r], 1));
-    }
-}
-
-/* Q5_K by hand: as Q4_K, with the fifth bits (bit u of qh, 32 + 32 bytes per row pair)
- * merged into the nibbles at byte level, 32 weights of a row pair per operation. */
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
-rows512_q5_k(const void *row, size_t rb, const float *x, int n, float *out)
-{
-    const uint8_t *b = row;
-    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[8];
-    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
-    const __m512i hi8 = _mm512_set_epi32(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i m4 = _mm512_set1_epi8(0xF), g0 = spread_ctl(0, 0), g1 = spread_ctl(1, 0);
-    for (int k0 = 0; k0 < n; k0 += QK_K, b += Q5_K_BYTES) {
-        pf_rows(b, rb, Q5_K_BYTES);
-        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) k45_pair_scales(b + 2 * r * rb, b + (2 * r + 1) * rb, &S[r], &M[r]);
-        UNROLL(4) for (int c = 0; c < 4; c++) {           /* units 2c, 2c+1 */
-            UNROLL(8) for (int i = 0; i < 8; i++)
-                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 64 * c + 8 * i));
-            __m512i i1 = _mm512_add_epi32(hi8, _mm512_set1_epi32(2 * c)), i2 = _mm512_add_epi32(i1, _mm512_set1_epi32(1));
-            UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-                const uint8_t *qa = b + 2 * r * rb, *qb = qa + rb;
-                __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
-                __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
-                __m512i R0 = bcast2x16(qa + 48 + 32 * c, qb + 48 + 32 * c), R1 = bcast2x16(qa + 64 + 32 * c, qb + 64 + 32 * c);
-                __m512i Q0 = bcast2x16(qa + 16, qb + 16), Q1 = bcast2x16(qa + 32, qb + 32);
-                __m512i L0 = _mm512_or_si512(_mm512_and_si512(R0, m4), bit_to4(Q0, 2 * c));
-                __m512i L1 = _mm512_or_si512(_mm512_and_si512(R1, m4), bit_to4(Q1, 2 * c));
-                __m512i H0 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(R0, 4), m4), bit_to4(Q0, 2 * c + 1));
-                __m512i H1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(R1, 4), m4), bit_to4(Q1, 2 * c + 1));
-                __m512 w[8];
-                w[0] = _mm512_fmadd_ps(d1, spread_u8(L0, g0), m1);
-                w[1] = _mm512_fmadd_ps(d1, spread_u8(L0, g1), m1);
-                w[2] = _mm512_fmadd_ps(d1, spread_u8(L1, g0), m1);
-                w[3] = _mm512_fmadd_ps(d1, spread_u8(L1, g1), m1);
-                w[4] = _mm512_fmadd_ps(d2, spread_u8(H0, g0), m2);
-                w[5] = _mm512_fmadd_ps(d2, spread_u8(H0, g1), m2);
-                w[6] = _mm512_fmadd_ps(d2, spread_u8(H1, g0), m2);
-                w[7] = _mm512_fmadd_ps(d2, spread_u8(H1, g1), m2);
-                UNROLL(8) for (int i = 0; i < 8; i++) acc[r] = _mm512_fmadd_ps(w[i], xv[i], acc[r]);
-            }
-        }
-    }
-    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-        out[2 * r] = hsum(_mm512_castps512_ps256(acc[r]));
-        out[2 * r + 1] = hsum(_mm512_extractf32x8_ps(acc[r], 1));
-    }
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) pair_out(acc[r], out + 2 * r);
 }
 
 /* Q8_0: rows are not paired here; 16 weights of one row are widened and scaled in a
