@@ -82,8 +82,9 @@ float qdot_portable(st_dtype d, const void *row, const float *x, int n)
  * K-quant sc, or |sc| <= 128 for Q6_K) and dmin*m fit in 18 bits and are exact in
  * float; times a 4- or 5-bit q it stays within 23 bits, still exact. Hence ggml's
  * (d*sc)*q - (dmin*m), one rounding in the subtraction, equals fma(d*sc, q, -(dmin*m)),
- * and likewise (q - 8)*d (Q4_0) equals fma(q, d, -8 d) with exact products; (d*sc) *
- * (q - 32) (Q6_K) and q*d (Q8_0) are plain exact products. */
+ * and (d*sc) * (q - 32) (Q6_K) and q*d (Q8_0) are plain products. Q4_0's (q - 8)*d
+ * is one too (q - 8 in integers): fma(q, d, -8 d) has the same value except at q = 8
+ * with d < 0, where it gives +0 for ggml's -0. */
 
 #define AVX __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 #define UNROLL(N) _Pragma("GCC unroll 8")
@@ -125,18 +126,18 @@ AVX void unit_q8_0(const uint8_t *b, int u, const bscale *p, __m256 *w)
 
 #define prep_q4_0 prep_q8_0
 
-/* (q - 8) * d = fma(q, d, -8 d): q*d (4 + 11 bits) and 8 d are exact */
+/* (q - 8) * d: q - 8 in integers, then one product */
 AVX void unit_q4_0(const uint8_t *b, int u, const bscale *p, __m256 *w)
 {
     (void)u;
-    __m256 d = _mm256_set1_ps(p->s[0]), c = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
-    __m256i m = _mm256_set1_epi32(0xF);
+    __m256 d = _mm256_set1_ps(p->s[0]);
+    __m256i m = _mm256_set1_epi32(0xF), c8 = _mm256_set1_epi32(8);
     __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2)));
     __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 10)));
-    w[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, m)), d, c);
-    w[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, m)), d, c);
-    w[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), d, c);
-    w[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), d, c);
+    w[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v0, m), c8)), d);
+    w[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v1, m), c8)), d);
+    w[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(v0, 4), c8)), d);
+    w[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(v1, 4), c8)), d);
 }
 
 /* The 8 6-bit (sc, m) pairs from 12 bytes with 32-bit word operations (bytes 0-3: sc
@@ -180,15 +181,21 @@ AVX void unit_q4_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
     }
 }
 
-/* Q5_K: as Q4_K, with the fifth bit (bit u of qh[l]) merged at byte level first. */
-AVX void unit_q5_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+/* Q5_K: as Q4_K, with the fifth bit (bit u of qh[l]) merged at byte level first: the 32
+ * q of unit u as bytes. */
+AVX __m256i q5_bytes(const uint8_t *b, int u)
 {
-    __m256 d1 = _mm256_set1_ps(p->s[u]), m1 = _mm256_set1_ps(p->m[u]);
     __m256i v = _mm256_loadu_si256((const __m256i *)(b + 48 + 32 * (u >> 1)));
     v = _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(4 * (u & 1))), _mm256_set1_epi8(0xF));
     __m256i bit = _mm256_set1_epi8((char)(1 << u));
     __m256i h = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)(b + 16)), bit), bit);
-    v = _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(16)));
+    return _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(16)));
+}
+
+AVX void unit_q5_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    __m256 d1 = _mm256_set1_ps(p->s[u]), m1 = _mm256_set1_ps(p->m[u]);
+    __m256i v = q5_bytes(b, u);
     __m128i a = _mm256_castsi256_si128(v), c = _mm256_extracti128_si256(v, 1);
     w[0] = _mm256_fmadd_ps(d1, cvt_u8(a), m1);
     w[1] = _mm256_fmadd_ps(d1, cvt_u8(_mm_srli_si128(a, 8)), m1);
@@ -207,15 +214,20 @@ AVX void prep_q6_k(const uint8_t *b, bscale *p)
 /* Q6_K unit u = 4h + quarter: elements 32 quarter.. of half h; low 4 bits from
  * ql[64h + 32 (quarter & 1) + l] (high nibble for quarter >= 2), 2 high bits at bit
  * 2 quarter of qh[32h + l]; scales 8h + 2 quarter and the next; w = (d*sc) * (q - 32). */
-AVX void unit_q6_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+AVX __m256i q6_bytes(const uint8_t *b, int u)     /* the 32 q - 32 of unit u as signed bytes */
 {
     int h = u >> 2, qt = u & 3;
-    __m256 s0 = _mm256_set1_ps(p->s[2 * u]), s1 = _mm256_set1_ps(p->s[2 * u + 1]);
     __m256i lo = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (qt & 1)));
     lo = _mm256_and_si256(_mm256_srl_epi16(lo, _mm_cvtsi32_si128(4 * (qt >> 1))), _mm256_set1_epi8(0xF));
     __m256i hb = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
     hb = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * qt)), _mm256_set1_epi8(3));
-    __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hb, 4)), _mm256_set1_epi8(32));
+    return _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hb, 4)), _mm256_set1_epi8(32));
+}
+
+AVX void unit_q6_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    __m256 s0 = _mm256_set1_ps(p->s[2 * u]), s1 = _mm256_set1_ps(p->s[2 * u + 1]);
+    __m256i q = q6_bytes(b, u);
     __m128i a = _mm256_castsi256_si128(q), c = _mm256_extracti128_si256(q, 1);
     w[0] = _mm256_mul_ps(s0, cvt_i8(a));
     w[1] = _mm256_mul_ps(s0, cvt_i8(_mm_srli_si128(a, 8)));
@@ -334,52 +346,12 @@ AVX512 void pair_out(__m512 acc, float *out)
     out[1] = hsum(_mm512_extractf32x8_ps(acc, 1));
 }
 
-AVX512 __m128i pair_q(const uint8_t *a, const uint8_t *b)     /* 8 bytes of a, 8 of b */
-{
-    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(_mm_loadl_epi64((const __m128i *)a)), (const double *)b));
-}
-
 AVX512 __m512i load2x32(const uint8_t *a, const uint8_t *b)     /* 32 bytes of a, 32 of b */
 {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
                               _mm256_loadu_si256((const __m256i *)b), 1);
 }
 
-AVX512 void pair_q4_0(const uint8_t *a, const uint8_t *b, int u, const bscale *pa, const bscale *pb, __m512 *w)
-{
-    (void)u;
-    __m512 d = pair_ps(pa->s[0], pb->s[0]), c = _mm512_mul_ps(d, _mm512_set1_ps(-8.0f));
-    __m512i v0 = _mm512_cvtepu8_epi32(pair_q(a + 2, b + 2)), v1 = _mm512_cvtepu8_epi32(pair_q(a + 10, b + 10));
-    __m512i m = _mm512_set1_epi32(0xF);
-    w[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v0, m)), d, c);
-    w[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v1, m)), d, c);
-    w[2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)), d, c);
-    w[3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4)), d, c);
-}
-
-/* UPC: units of 32 a pair_T call dequantizes (w[0 .. 4 UPC)). */
-#define GEN512(T, BS, BB, UPC)                                                                  \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void     \
-    rows512_##T(const void *row, size_t rb, const float *x, int n, float *out)                  \
-    {                                                                                           \
-        const uint8_t *b = row;                                                                 \
-        __m512 acc[QDOT_ROWS / 2], w[4 * UPC], xv[4 * UPC];                                     \
-        bscale p[QDOT_ROWS];                                                                    \
-        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();         \
-        for (int k0 = 0; k0 < n; k0 += BS, b += BB) {                                           \
-            pf_rows(b, rb, BB);                                                                 \
-            UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) prep_##T(b + r * rb, &p[r]);          \
-            for (int u = 0; u < BS / 32; u += UPC) {                                            \
-                UNROLL(8) for (int i = 0; i < 4 * UPC; i++)                                     \
-                    xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 32 * u + 8 * i));   \
-                UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {                             \
-                    pair_##T(b + 2 * r * rb, b + (2 * r + 1) * rb, u, &p[2 * r], &p[2 * r + 1], w); \
-                    UNROLL(8) for (int i = 0; i < 4 * UPC; i++) acc[r] = _mm512_fmadd_ps(w[i], xv[i], acc[r]); \
-                }                                                                               \
-            }                                                                                   \
-        }                                                                                       \
-        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) pair_out(acc[r], out + 2 * r);       \
-    }
 
 /* Spreading bytes to 32-bit lanes in-lane (vpshufb), not across lanes: a "spread"
  * register holds 16 bytes of row A in 128-bit lanes 0 and 1 and 16 bytes of row B in
@@ -611,7 +583,41 @@ rows512_q8_0(const void *row, size_t rb, const float *x, int n, float *out)
     UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) out[r] = hsum(acc[r]);
 }
 
-GEN512(q4_0, QK4_0, Q4_0_BYTES, 1)
+/* Q4_0: rows A and B widened 8 bytes at a time (pair_q), w = fma(q, d, -8 d). That is
+ * ggml's (q - 8) d, but +0 where ggml has -0 (q = 8, d < 0); no dot sees the
+ * difference: an accumulator that starts at +0 never becomes -0 (x + -0 = x, +0 + -0 =
+ * +0), so fma(+-0, x, acc) gives the same bits either way. (The panel conversion,
+ * which stores weights, uses the exact-sign units.) */
+AVX512 __m128i pair_q(const uint8_t *a, const uint8_t *b)     /* 8 bytes of a, 8 of b */
+{
+    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(_mm_loadl_epi64((const __m128i *)a)), (const double *)b));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
+rows512_q4_0(const void *row, size_t rb, const float *x, int n, float *out)
+{
+    const uint8_t *b = row;
+    __m512 acc[QDOT_ROWS / 2], xv[4];
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i m = _mm512_set1_epi32(0xF);
+    bscale p[QDOT_ROWS];
+    for (int k0 = 0; k0 < n; k0 += QK4_0, b += Q4_0_BYTES) {
+        pf_rows(b, rb, Q4_0_BYTES);
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) prep_q4_0(b + r * rb, &p[r]);
+        UNROLL(4) for (int i = 0; i < 4; i++) xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 8 * i));
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+            const uint8_t *pa = b + 2 * r * rb, *pb = pa + rb;
+            __m512 d = pair_ps(p[2 * r].s[0], p[2 * r + 1].s[0]), c = _mm512_mul_ps(d, _mm512_set1_ps(-8.0f)), w[4];
+            __m512i v0 = _mm512_cvtepu8_epi32(pair_q(pa + 2, pb + 2)), v1 = _mm512_cvtepu8_epi32(pair_q(pa + 10, pb + 10));
+            w[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v0, m)), d, c);
+            w[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v1, m)), d, c);
+            w[2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)), d, c);
+            w[3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4)), d, c);
+            UNROLL(4) for (int i = 0; i < 4; i++) acc[r] = _mm512_fmadd_ps(w[i], xv[i], acc[r]);
+        }
+    }
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) pair_out(acc[r], out + 2 * r);
+}
 
 /* ---- dispatch ---- */
 
@@ -656,10 +662,75 @@ void qdot_tokens(st_dtype d, const void *row, const float *x, size_t ldx, int nt
     for (int t = 0; t < ntok; t++) out[t] = qdot_portable(d, row, x + t * ldx, n);
 }
 
+/* ---- AVX-512 units for the panel conversion: 32 weights of one row as two zmm ----
+ * The same float operations as the AVX2 units, 16 lanes at a time. */
+
+AVX512 void unit512_q8_0(const uint8_t *b, int u, const bscale *p, __m512 *w)
+{
+    (void)u;
+    __m512 d = _mm512_set1_ps(p->s[0]);
+    UNROLL(2) for (int i = 0; i < 2; i++)
+        w[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 2 + 16 * i)))), d);
+}
+
+AVX512 void unit512_q4_0(const uint8_t *b, int u, const bscale *p, __m512 *w)
+{
+    (void)u;
+    __m512 d = _mm512_set1_ps(p->s[0]);
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 2))), c8 = _mm512_set1_epi32(8);
+    w[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0xF)), c8)), d);
+    w[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), c8)), d);
+}
+
+AVX512 void unit512_q4_k(const uint8_t *b, int u, const bscale *p, __m512 *w)
+{
+    __m512 d1 = _mm512_set1_ps(p->s[u]), m1 = _mm512_set1_ps(p->m[u]);
+    const uint8_t *qs = b + 16 + 32 * (u >> 1);
+    UNROLL(2) for (int i = 0; i < 2; i++) {
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16 * i)));
+        v = u & 1 ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(0xF));
+        w[i] = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(v), m1);
+    }
+}
+
+AVX512 void unit512_q5_k(const uint8_t *b, int u, const bscale *p, __m512 *w)
+{
+    __m512 d1 = _mm512_set1_ps(p->s[u]), m1 = _mm512_set1_ps(p->m[u]);
+    __m256i v = q5_bytes(b, u);
+    w[0] = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(v))), m1);
+    w[1] = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(v, 1))), m1);
+}
+
+AVX512 void unit512_q6_k(const uint8_t *b, int u, const bscale *p, __m512 *w)
+{
+    __m256i q = q6_bytes(b, u);
+    w[0] = _mm512_mul_ps(_mm512_set1_ps(p->s[2 * u]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))));
+    w[1] = _mm512_mul_ps(_mm512_set1_ps(p->s[2 * u + 1]),
+                         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1))));
+}
+
 /* ---- gemm_ops for the blocked many-token path (decode/gemm.h) ----
  * cvt dequantizes a block-aligned range exactly (the AVX units above or quant.c), so
  * the GEMM tiles run the canonical order on the same float weights. */
 
+/* A cvt of decode/gemm.h for type T: UNIT dequantizes unit u (32 weights) into NV vectors
+ * of type V. */
+#define CVT(NAME, TGT, T, BS, BB, UNIT, V, NV, STORE)                                           \
+    __attribute__((target(TGT))) static void NAME(const void *w, int k0, int n, float *dst)     \
+    {                                                                                           \
+        const uint8_t *b = (const uint8_t *)w + (size_t)(k0 / BS) * BB;                         \
+        bscale p;                                                                               \
+        V v[NV];                                                                                \
+        for (int k = 0; k < n; k += BS, b += BB) {                                              \
+            prep_##T(b, &p);                                                                    \
+            for (int u = 0; u < BS / 32 && k + 32 * u < n; u++) {                               \
+                UNIT(b, u, &p, v);                                                              \
+                UNROLL(4) for (int i = 0; i < NV; i++) STORE(dst + k + 32 * u + 32 / NV * i, v[i]); \
+            }                                                                                   \
+        }                                                                                       \
+    }
+
+#define T512 "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"
 #define GEMM_GLUE(T, DT, BS, BB)                                                                \
     static float gdot_##T##_c(const void *w, const float *x, int n) { return qdot_portable(DT, w, x, n); } \
     static void gdot4_##T##_c(const void *w, size_t rb, const float *x, int n, float *out)     \
@@ -671,31 +742,21 @@ void qdot_tokens(st_dtype d, const void *row, const float *x, size_t ldx, int nt
     {                                                                                           \
         for (int i = 0; i < 4; i++) out[i] = dot_##T((const uint8_t *)w + i * rb, x, n);       \
     }                                                                                           \
-    __attribute__((target("avx2,fma,f16c"))) static void cvt_##T(const void *w, int k0, int n, float *dst) \
-    {                                                                                           \
-        const uint8_t *b = (const uint8_t *)w + (size_t)(k0 / BS) * BB;                         \
-        bscale p;                                                                               \
-        __m256 v[4];                                                                            \
-        for (int k = 0; k < n; k += BS, b += BB) {                                              \
-            prep_##T(b, &p);                                                                    \
-            for (int u = 0; u < BS / 32 && k + 32 * u < n; u++) {                               \
-                unit_##T(b, u, &p, v);                                                          \
-                UNROLL(4) for (int i = 0; i < 4; i++) _mm256_storeu_ps(dst + k + 32 * u + 8 * i, v[i]); \
-            }                                                                                   \
-        }                                                                                       \
-    }
+    CVT(cvt_##T, "avx2,fma,f16c", T, BS, BB, unit_##T, __m256, 4, _mm256_storeu_ps)            \
+    CVT(cvt512_##T, T512, T, BS, BB, unit512_##T, __m512, 2, _mm512_storeu_ps)
 GEMM_GLUE(q8_0, ST_Q8_0, QK8_0, Q8_0_BYTES)
 GEMM_GLUE(q4_0, ST_Q4_0, QK4_0, Q4_0_BYTES)
 GEMM_GLUE(q4_k, ST_Q4_K, QK_K, Q4_K_BYTES)
 GEMM_GLUE(q5_k, ST_Q5_K, QK_K, Q5_K_BYTES)
 GEMM_GLUE(q6_k, ST_Q6_K, QK_K, Q6_K_BYTES)
 
-#define OPS(T, V) {dot_##T, gdot4_##T, cvt_##T, V}
+#define OPS(T) {dot_##T, gdot4_##T, cvt_##T, 1}
+#define OPS512(T) {dot_##T, gdot4_##T, cvt512_##T, 2}
 #define OPS_C(T) {gdot_##T##_c, gdot4_##T##_c, cvt_##T##_c, 0}
 static const gemm_ops gops[3][5] = {
     {OPS_C(q8_0), OPS_C(q4_0), OPS_C(q4_k), OPS_C(q5_k), OPS_C(q6_k)},
-    {OPS(q8_0, 1), OPS(q4_0, 1), OPS(q4_k, 1), OPS(q5_k, 1), OPS(q6_k, 1)},
-    {OPS(q8_0, 2), OPS(q4_0, 2), OPS(q4_k, 2), OPS(q5_k, 2), OPS(q6_k, 2)},
+    {OPS(q8_0), OPS(q4_0), OPS(q4_k), OPS(q5_k), OPS(q6_k)},
+    {OPS512(q8_0), OPS512(q4_0), OPS512(q4_k), OPS512(q5_k), OPS512(q6_k)},
 };
 
 const gemm_ops *qdot_gemm_ops(st_dtype d)
