@@ -6,19 +6,9 @@
 #include "embed/quant.h"
 #include "shared/util.h"
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 static uint64_t fnv(uint64_t h, const void *p, size_t n)
 {
@@ -53,9 +43,9 @@ static int meta_int(const gguf_file *g, const char *key, long lo, long hi, long 
     int64_t v;
     char why[256];
     int r = gguf_get_int(g, key, lo, hi, &v, why, sizeof why);
-    if (r < 0) return fail(err, errlen, "%s", why);
+    if (r < 0) return phi3_fail(err, errlen, "%s", why);
     if (r == 0) {
-        if (def < lo) return fail(err, errlen, "metadata %s: missing", key);
+        if (def < lo) return phi3_fail(err, errlen, "metadata %s: missing", key);
         v = def;
     }
     *out = (int)v;
@@ -66,24 +56,24 @@ static int meta_num(const gguf_file *g, const char *key, double def, double *out
 {
     char why[256];
     int r = gguf_get_float(g, key, out, why, sizeof why);
-    if (r < 0) return fail(err, errlen, "%s", why);
+    if (r < 0) return phi3_fail(err, errlen, "%s", why);
     if (r == 0) *out = def;
-    else if (!isfinite(*out) || *out <= 0) return fail(err, errlen, "metadata %s: must be a positive number", key);
+    else if (!isfinite(*out) || *out <= 0) return phi3_fail(err, errlen, "metadata %s: must be a positive number", key);
     return 0;
 }
 
 static int rope_factors(const gguf_file *g, const char *name, int n, float **out, char *err, size_t errlen)
 {
     const gguf_tensor *t = gguf_find(g, name);
-    if (!t) return fail(err, errlen, "tensor %s: missing (the other LongRoPE factor tensor is present)", name);
+    if (!t) return phi3_fail(err, errlen, "tensor %s: missing (the other LongRoPE factor tensor is present)", name);
     if (t->type != GGML_F32 || t->ndim != 1 || t->ne[0] != (uint64_t)n)
-        return fail(err, errlen, "tensor %s: expected F32 [%d], got %s [%llu%s]", name, n, gguf_type_name(t->type),
+        return phi3_fail(err, errlen, "tensor %s: expected F32 [%d], got %s [%llu%s]", name, n, gguf_type_name(t->type),
                     (unsigned long long)t->ne[0], t->ndim > 1 ? ", ..." : "");
     *out = xmalloc((size_t)n * sizeof **out);
     memcpy(*out, t->data, (size_t)n * sizeof **out);
     for (int i = 0; i < n; i++)
         if (!((*out)[i] > 0) || !isfinite((*out)[i]))
-            return fail(err, errlen, "tensor %s: element %d is not a positive number", name, i);
+            return phi3_fail(err, errlen, "tensor %s: element %d is not a positive number", name, i);
     return 0;
 }
 
@@ -94,10 +84,10 @@ int model_gguf_config(const gguf_file *g, phi3_config *c, char *err, size_t errl
     size_t alen;
     char why[256];
     int r = gguf_get_str(g, "general.architecture", &arch, &alen, why, sizeof why);
-    if (r < 0) return fail(err, errlen, "%s", why);
-    if (r == 0) return fail(err, errlen, "metadata general.architecture: missing");
+    if (r < 0) return phi3_fail(err, errlen, "%s", why);
+    if (r == 0) return phi3_fail(err, errlen, "metadata general.architecture: missing");
     if (alen != 4 || memcmp(arch, "phi3", 4))
-        return fail(err, errlen, "unsupported architecture %.*s (need phi3)", (int)(alen < 64 ? alen : 64), arch);
+        return phi3_fail(err, errlen, "unsupported architecture %.*s (need phi3)", (int)(alen < 64 ? alen : 64), arch);
     if (meta_int(g, "phi3.embedding_length", 2, 1 << 16, -1, &c->hidden, err, errlen) ||
         meta_int(g, "phi3.attention.head_count", 1, 1024, -1, &c->n_heads, err, errlen) ||
         meta_int(g, "phi3.attention.head_count_kv", 1, 1024, c->n_heads, &c->n_kv_heads, err, errlen) ||
@@ -107,16 +97,16 @@ int model_gguf_config(const gguf_file *g, phi3_config *c, char *err, size_t errl
         meta_int(g, "phi3.attention.sliding_window", 0, 1L << 30, 0, &c->sliding_window, err, errlen))
         return -1;
     if (c->hidden % c->n_heads || (c->hidden / c->n_heads) % 2)
-        return fail(err, errlen, "phi3.embedding_length %d is not head_count %d x an even head size", c->hidden,
+        return phi3_fail(err, errlen, "phi3.embedding_length %d is not head_count %d x an even head size", c->hidden,
                     c->n_heads);
     c->head_dim = c->hidden / c->n_heads;
     if (c->n_heads % c->n_kv_heads)
-        return fail(err, errlen, "phi3.attention.head_count %d is not a multiple of head_count_kv %d", c->n_heads,
+        return phi3_fail(err, errlen, "phi3.attention.head_count %d is not a multiple of head_count_kv %d", c->n_heads,
                     c->n_kv_heads);
     int rot;
     if (meta_int(g, "phi3.rope.dimension_count", 1, 1 << 16, c->head_dim, &rot, err, errlen)) return -1;
     if (rot != c->head_dim)
-        return fail(err, errlen, "phi3.rope.dimension_count %d != head size %d (partial rotary is not supported)",
+        return phi3_fail(err, errlen, "phi3.rope.dimension_count %d != head size %d (partial rotary is not supported)",
                     rot, c->head_dim);
     double eps;
     if (meta_num(g, "phi3.attention.layer_norm_rms_epsilon", 1e-5, &eps, err, errlen) ||
@@ -124,9 +114,9 @@ int model_gguf_config(const gguf_file *g, phi3_config *c, char *err, size_t errl
         return -1;
     c->rms_eps = (float)eps;
     const gguf_tensor *emb = gguf_find(g, "token_embd.weight");
-    if (!emb) return fail(err, errlen, "tensor token_embd.weight: missing");
+    if (!emb) return phi3_fail(err, errlen, "tensor token_embd.weight: missing");
     if (emb->ndim != 2 || emb->ne[1] < 1 || emb->ne[1] > (1u << 22))
-        return fail(err, errlen, "tensor token_embd.weight: expected 2 dimensions with 1 to 4194304 rows");
+        return phi3_fail(err, errlen, "tensor token_embd.weight: expected 2 dimensions with 1 to 4194304 rows");
     c->vocab = (int)emb->ne[1];
     c->tie_embeddings = gguf_find(g, "output.weight") == NULL;
 
@@ -166,10 +156,10 @@ typedef struct gloader {
 static int gbind(gloader *L, phi3_weight *w, const char *name, int64_t rows, int64_t cols)
 {
     const gguf_tensor *t = gguf_find(L->g, name);
-    if (!t) return fail(L->err, L->errlen, "tensor %s: missing", name);
+    if (!t) return phi3_fail(L->err, L->errlen, "tensor %s: missing", name);
     st_dtype d;
     if (model_gguf_dtype(t->type, &d))
-        return fail(L->err, L->errlen, "tensor %s: type %s is not supported", name, gguf_type_name(t->type));
+        return phi3_fail(L->err, L->errlen, "tensor %s: type %s is not supported", name, gguf_type_name(t->type));
     int nd = rows ? 2 : 1;
     if (t->ndim != nd || t->ne[0] != (uint64_t)cols || (rows && t->ne[1] != (uint64_t)rows)) {
         char got[96];
@@ -177,9 +167,9 @@ static int gbind(gloader *L, phi3_weight *w, const char *name, int64_t rows, int
         for (int i = t->ndim - 1; i >= 0 && o < (int)sizeof got; i--)
             o += snprintf(got + o, sizeof got - (size_t)o, "%llu%s", (unsigned long long)t->ne[i], i ? ", " : "]");
         if (rows)
-            return fail(L->err, L->errlen, "tensor %s: expected [%lld, %lld], got %s", name, (long long)rows,
+            return phi3_fail(L->err, L->errlen, "tensor %s: expected [%lld, %lld], got %s", name, (long long)rows,
                         (long long)cols, got);
-        return fail(L->err, L->errlen, "tensor %s: expected [%lld], got %s", name, (long long)cols, got);
+        return phi3_fail(L->err, L->errlen, "tensor %s: expected [%lld], got %s", name, (long long)cols, got);
     }
     w->data = t->data;
     w->dtype = d;
@@ -231,7 +221,7 @@ phi3_model *model_load_gguf(const char *path, char *err, size_t errlen)
     m->gguf = xcalloc(1, sizeof *m->gguf);
     char why[512];
     int rc = gguf_open(path, m->gguf, err, errlen);
-    if (!rc && model_gguf_config(m->gguf, &m->cfg, why, sizeof why)) rc = fail(err, errlen, "%s: %s", path, why);
+    if (!rc && model_gguf_config(m->gguf, &m->cfg, why, sizeof why)) rc = phi3_fail(err, errlen, "%s: %s", path, why);
     if (!rc) {
         m->file_bytes = m->gguf->size;
         /* A GGUF model never shares a fingerprint with a directory model: the tag, the
@@ -248,7 +238,7 @@ phi3_model *model_load_gguf(const char *path, char *err, size_t errlen)
             m->fingerprint = fnv(m->fingerprint, c->long_factor, (size_t)c->head_dim / 2 * sizeof(float));
         }
         gloader L = {.m = m, .g = m->gguf, .err = why, .errlen = sizeof why};
-        if (gbind_all(&L)) rc = fail(err, errlen, "%s: %s", path, why);
+        if (gbind_all(&L)) rc = phi3_fail(err, errlen, "%s: %s", path, why);
     }
     if (!rc) {
         /* Every byte of the file, as the directory path hashes its shards (cached by the

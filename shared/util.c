@@ -132,6 +132,15 @@ void phi3_usage_die(const char *fmt, ...)
     exit(2);
 }
 
+int phi3_fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
 void *xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
