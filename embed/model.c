@@ -336,16 +336,55 @@ const st_tensor *model_fetch(const phi3_model *m, const char *name, unsigned dty
     return st_check(t, name, dtype_mask, ndim, shape, err, errlen);
 }
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
+uint64_t model_fnv(uint64_t h, const void *p, size_t n)
 {
     const uint8_t *b = p;
     for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
     return h;
 }
 
-/* Bind one weight: rows x cols (rows 0: a vector of cols). */
-static int bind(loader *L, phi3_weight *w, const char *name, int64_t rows, int64_t cols)
+uint64_t model_config_hash(const phi3_config *c, const char *tag)
 {
+    /* The config values that change the computation. */
+    char s[320];
+    int n = snprintf(s, sizeof s, "%s%d %d %d %d %d %d %d %.9g %.17g %d %.17g %d %d %d %d", tag, c->hidden,
+                     c->n_heads, c->n_kv_heads, c->head_dim, c->n_layers, c->intermediate, c->vocab,
+                     (double)c->rms_eps, c->rope_theta, c->rope_longrope, c->attn_factor, c->original_max_pos,
+                     c->max_pos, c->sliding_window, c->tie_embeddings);
+    uint64_t h = model_fnv(0xcbf29ce484222325ull, s, n < (int)sizeof s ? (size_t)n : sizeof s - 1);
+    if (c->rope_longrope) {
+        h = model_fnv(h, c->short_factor, (size_t)c->head_dim / 2 * sizeof(float));
+        h = model_fnv(h, c->long_factor, (size_t)c->head_dim / 2 * sizeof(float));
+    }
+    return h;
+}
+
+int model_bind_all(phi3_model *m, const model_names *nm, model_bind_fn bind, void *ctx)
+{
+    const phi3_config *c = &m->cfg;
+    int64_t H = c->hidden, V = c->vocab, I = c->intermediate;
+    int64_t qkv = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
+    char name[160];
+    if (bind(ctx, &m->embed, nm->embed, V, H)) return -1;
+    m->layers = xcalloc((size_t)c->n_layers, sizeof *m->layers);
+    for (int l = 0; l < c->n_layers; l++) {
+        phi3_layer *y = &m->layers[l];
+#define B(field, r, k) (snprintf(name, sizeof name, "%s%d.%s", nm->layer, l, nm->field), bind(ctx, &y->field, name, r, k))
+        if (B(ln1, 0, H) || B(qkv, qkv, H) || B(o, H, (int64_t)c->n_heads * c->head_dim) || B(ln2, 0, H) ||
+            B(gate_up, 2 * I, H) || B(down, H, I))
+            return -1;
+#undef B
+    }
+    if (bind(ctx, &m->norm, nm->norm, 0, H)) return -1;
+    if (c->tie_embeddings) m->lm_head = m->embed;
+    else if (bind(ctx, &m->lm_head, nm->lm_head, V, H)) return -1;
+    return 0;
+}
+
+/* Bind one weight: rows x cols (rows 0: a vector of cols). */
+static int bind(void *ctx, phi3_weight *w, const char *name, int64_t rows, int64_t cols)
+{
+    loader *L = ctx;
     int64_t shape[2] = {rows, cols};
     int nd = rows ? 2 : 1;
     const st_tensor *t = find_tensor(L->m, L->wmap, name, L->err, L->errlen);
@@ -359,48 +398,28 @@ static int bind(loader *L, phi3_weight *w, const char *name, int64_t rows, int64
     /* Fingerprint: name, dtype, shape and the shard it comes from; the bytes of every
      * shard are hashed whole after binding (hash_shards). */
     uint64_t h = L->m->fingerprint;
-    h = fnv(h, name, strlen(name) + 1);
-    h = fnv(h, &t->dtype, sizeof t->dtype);
-    h = fnv(h, shape, sizeof shape);
+    h = model_fnv(h, name, strlen(name) + 1);
+    h = model_fnv(h, &t->dtype, sizeof t->dtype);
+    h = model_fnv(h, shape, sizeof shape);
     for (int i = 0; i < L->m->n_shards; i++) {
         const st_file *f = &L->m->shards[i];
         if ((const uint8_t *)t->data >= (const uint8_t *)f->map &&
             (const uint8_t *)t->data < (const uint8_t *)f->map + f->size) {
-            h = fnv(h, &i, sizeof i);
-            h = fnv(h, &t->offset, sizeof t->offset);
+            h = model_fnv(h, &i, sizeof i);
+            h = model_fnv(h, &t->offset, sizeof t->offset);
         }
     }
     L->m->fingerprint = h;
     return 0;
 }
 
-static int bind_all(loader *L)
-{
-    phi3_model *m = L->m;
-    const phi3_config *c = &m->cfg;
-    int64_t H = c->hidden, V = c->vocab, I = c->intermediate;
-    int64_t qkv = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
-    char name[128];
-    if (bind(L, &m->embed, "model.embed_tokens.weight", V, H)) return -1;
-    m->layers = xcalloc((size_t)c->n_layers, sizeof *m->layers);
-    for (int l = 0; l < c->n_layers; l++) {
-        phi3_layer *y = &m->layers[l];
-#define B(field, suffix, r, k) \
-    (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), bind(L, &y->field, name, r, k))
-        if (B(ln1, "input_layernorm.weight", 0, H) ||
-            B(qkv, "self_attn.qkv_proj.weight", qkv, H) ||
-            B(o, "self_attn.o_proj.weight", H, (int64_t)c->n_heads * c->head_dim) ||
-            B(ln2, "post_attention_layernorm.weight", 0, H) ||
-            B(gate_up, "mlp.gate_up_proj.weight", 2 * I, H) ||
-            B(down, "mlp.down_proj.weight", H, I))
-            return -1;
-#undef B
-    }
-    if (bind(L, &m->norm, "model.norm.weight", 0, H)) return -1;
-    if (c->tie_embeddings) m->lm_head = m->embed;
-    else if (bind(L, &m->lm_head, "lm_head.weight", V, H)) return -1;
-    return 0;
-}
+/* Hugging Face's names. */
+static const model_names hf_names = {
+    .embed = "model.embed_tokens.weight", .norm = "model.norm.weight", .lm_head = "lm_head.weight",
+    .layer = "model.layers.", .ln1 = "input_layernorm.weight", .qkv = "self_attn.qkv_proj.weight",
+    .o = "self_attn.o_proj.weight", .ln2 = "post_attention_layernorm.weight", .gate_up = "mlp.gate_up_proj.weight",
+    .down = "mlp.down_proj.weight",
+};
 
 /* Open one shard of the index (each once); its index in m->shards, or -1. */
 static int shard_of(loader *L, const char *ip, const char *f, const char *key)
@@ -544,28 +563,16 @@ phi3_model *model_load(const char *dir, char *err, size_t errlen)
     }
     free(text);
     free(cp);
-    m->fingerprint = 0xcbf29ce484222325ull;
     if (!rc) {
-        /* The config values that change the computation go into the fingerprint. */
-        const phi3_config *c = &m->cfg;
-        char s[256];
-        int n = snprintf(s, sizeof s, "%d %d %d %d %d %d %d %.9g %.17g %d %.17g %d %d %d %d", c->hidden,
-                         c->n_heads, c->n_kv_heads, c->head_dim, c->n_layers, c->intermediate, c->vocab,
-                         (double)c->rms_eps, c->rope_theta, c->rope_longrope, c->attn_factor,
-                         c->original_max_pos, c->max_pos, c->sliding_window, c->tie_embeddings);
-        m->fingerprint = fnv(m->fingerprint, s, (size_t)n);
-        if (c->rope_longrope) {
-            m->fingerprint = fnv(m->fingerprint, c->short_factor, (size_t)c->head_dim / 2 * sizeof(float));
-            m->fingerprint = fnv(m->fingerprint, c->long_factor, (size_t)c->head_dim / 2 * sizeof(float));
-        }
+        m->fingerprint = model_config_hash(&m->cfg, "");
         rc = open_shards(&L);
     }
-    if (!rc) rc = bind_all(&L);
+    if (!rc) rc = model_bind_all(m, &hf_names, bind, &L);
     if (!rc) {
         /* Every byte of every shard (cached by file identity: fingerprint.c). */
         for (int i = 0; i < m->n_shards; i++) {
             uint64_t h = st_file_hash(&m->shards[i], NULL);
-            m->fingerprint = fnv(m->fingerprint, &h, sizeof h);
+            m->fingerprint = model_fnv(m->fingerprint, &h, sizeof h);
         }
     }
     if (L.wmap) free(L.wmap->e);

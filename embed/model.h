@@ -169,6 +169,26 @@ int model_weight_row_f32(const phi3_weight *w, int64_t r, float *dst);
 /* st_dtype of a GGUF tensor type this loader binds; -1 for others. */
 int model_gguf_dtype(uint32_t ggml_type, st_dtype *d);
 
+/* ---- shared by the two loaders (model.c, model_gguf.c) ---- */
+
+/* A checkpoint's weight names: per layer "LAYER<l>.SUFFIX" (layer "blk.", ln1
+ * "attn_norm.weight" -> "blk.0.attn_norm.weight"). */
+typedef struct model_names {
+    const char *embed, *norm, *lm_head, *layer;
+    const char *ln1, *qkv, *o, *ln2, *gate_up, *down;      /* suffixes */
+} model_names;
+/* Bind one weight of rows x cols (rows 0: a vector of cols) found under name; 0 ok, -1
+ * with the cause in the loader's err. */
+typedef int (*model_bind_fn)(void *ctx, phi3_weight *w, const char *name, int64_t rows, int64_t cols);
+/* Bind every weight of m (m->cfg set) with the shape the forward pass expects: embed,
+ * the layers (allocated here), norm, lm_head (embed when tied). Stops at the first -1. */
+int model_bind_all(phi3_model *m, const model_names *names, model_bind_fn bind, void *ctx);
+/* FNV-1a over n bytes, continuing from h. */
+uint64_t model_fnv(uint64_t h, const void *p, size_t n);
+/* FNV-1a of tag and the config values that change the computation (the start of a
+ * model's fingerprint). */
+uint64_t model_config_hash(const phi3_config *c, const char *tag);
+
 /* Config only (no tensors): parse a config.json text. 0 ok; -1 with err. The factor
  * arrays are malloc'ed (free with model_config_free). */
 int model_config_parse(const char *json, size_t len, phi3_config *c, char *err, size_t errlen);

@@ -10,13 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
-
 int model_gguf_dtype(uint32_t ggml_type, st_dtype *d)
 {
     switch (ggml_type) {
@@ -153,8 +146,9 @@ typedef struct gloader {
 
 /* Bind one weight: rows x cols (rows 0: a vector of cols). GGUF lists dimensions
  * innermost first, so a [rows, cols] matrix is ne = {cols, rows}. */
-static int gbind(gloader *L, phi3_weight *w, const char *name, int64_t rows, int64_t cols)
+static int gbind(void *ctx, phi3_weight *w, const char *name, int64_t rows, int64_t cols)
 {
+    gloader *L = ctx;
     const gguf_tensor *t = gguf_find(L->g, name);
     if (!t) return phi3_fail(L->err, L->errlen, "tensor %s: missing", name);
     st_dtype d;
@@ -177,42 +171,23 @@ static int gbind(gloader *L, phi3_weight *w, const char *name, int64_t rows, int
     w->cols = cols;
     L->m->weight_bytes += t->nbytes;
     uint64_t h = L->m->fingerprint;
-    h = fnv(h, name, strlen(name) + 1);
-    h = fnv(h, &t->type, sizeof t->type);
-    h = fnv(h, t->ne, sizeof t->ne);
+    h = model_fnv(h, name, strlen(name) + 1);
+    h = model_fnv(h, &t->type, sizeof t->type);
+    h = model_fnv(h, t->ne, sizeof t->ne);
     size_t s = t->nbytes < 64 ? (size_t)t->nbytes : 64;
-    h = fnv(h, t->data, s);
-    h = fnv(h, (const uint8_t *)t->data + t->nbytes - s, s);
+    h = model_fnv(h, t->data, s);
+    h = model_fnv(h, (const uint8_t *)t->data + t->nbytes - s, s);
     L->m->fingerprint = h;
     return 0;
 }
 
-static int gbind_all(gloader *L)
-{
-    phi3_model *m = L->m;
-    const phi3_config *c = &m->cfg;
-    int64_t H = c->hidden, V = c->vocab, I = c->intermediate;
-    int64_t qkv = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
-    char name[96];
-    if (gbind(L, &m->embed, "token_embd.weight", V, H)) return -1;
-    m->layers = xcalloc((size_t)c->n_layers, sizeof *m->layers);
-    for (int l = 0; l < c->n_layers; l++) {
-        phi3_layer *y = &m->layers[l];
-#define B(field, suffix, r, k) (snprintf(name, sizeof name, "blk.%d.%s", l, suffix), gbind(L, &y->field, name, r, k))
-        /* llama.cpp keeps Phi-3's fused tensors: attn_qkv (Q, K, V rows) and ffn_up
-         * holding gate_up_proj (gate rows, then up rows). */
-        if (B(ln1, "attn_norm.weight", 0, H) || B(qkv, "attn_qkv.weight", qkv, H) ||
-            B(o, "attn_output.weight", H, (int64_t)c->n_heads * c->head_dim) ||
-            B(ln2, "ffn_norm.weight", 0, H) || B(gate_up, "ffn_up.weight", 2 * I, H) ||
-            B(down, "ffn_down.weight", H, I))
-            return -1;
-#undef B
-    }
-    if (gbind(L, &m->norm, "output_norm.weight", 0, H)) return -1;
-    if (c->tie_embeddings) m->lm_head = m->embed;
-    else if (gbind(L, &m->lm_head, "output.weight", V, H)) return -1;
-    return 0;
-}
+/* llama.cpp's names. It keeps Phi-3's fused tensors: attn_qkv (Q, K, V rows) and ffn_up
+ * holding gate_up_proj (gate rows, then up rows). */
+static const model_names gguf_names = {
+    .embed = "token_embd.weight", .norm = "output_norm.weight", .lm_head = "output.weight", .layer = "blk.",
+    .ln1 = "attn_norm.weight", .qkv = "attn_qkv.weight", .o = "attn_output.weight", .ln2 = "ffn_norm.weight",
+    .gate_up = "ffn_up.weight", .down = "ffn_down.weight",
+};
 
 phi3_model *model_load_gguf(const char *path, char *err, size_t errlen)
 {
@@ -226,19 +201,11 @@ phi3_model *model_load_gguf(const char *path, char *err, size_t errlen)
         m->file_bytes = m->gguf->size;
         /* A GGUF model never shares a fingerprint with a directory model: the tag, the
          * file size and the tensor names (llama.cpp's) all differ. */
-        const phi3_config *c = &m->cfg;
-        char s[320];
-        int n = snprintf(s, sizeof s, "gguf %zu %d %d %d %d %d %d %d %.9g %.17g %d %.17g %d %d %d %d",
-                         m->gguf->size, c->hidden, c->n_heads, c->n_kv_heads, c->head_dim, c->n_layers,
-                         c->intermediate, c->vocab, (double)c->rms_eps, c->rope_theta, c->rope_longrope,
-                         c->attn_factor, c->original_max_pos, c->max_pos, c->sliding_window, c->tie_embeddings);
-        m->fingerprint = fnv(0xcbf29ce484222325ull, s, (size_t)n);
-        if (c->rope_longrope) {
-            m->fingerprint = fnv(m->fingerprint, c->short_factor, (size_t)c->head_dim / 2 * sizeof(float));
-            m->fingerprint = fnv(m->fingerprint, c->long_factor, (size_t)c->head_dim / 2 * sizeof(float));
-        }
+        char tag[32];
+        snprintf(tag, sizeof tag, "gguf %zu ", m->gguf->size);
+        m->fingerprint = model_config_hash(&m->cfg, tag);
         gloader L = {.m = m, .g = m->gguf, .err = why, .errlen = sizeof why};
-        if (gbind_all(&L)) rc = phi3_fail(err, errlen, "%s: %s", path, why);
+        if (model_bind_all(m, &gguf_names, gbind, &L)) rc = phi3_fail(err, errlen, "%s: %s", path, why);
     }
     if (!rc) {
         /* Every byte of the file, as the directory path hashes its shards (cached by the
@@ -246,7 +213,7 @@ phi3_model *model_load_gguf(const char *path, char *err, size_t errlen)
         st_file whole = {.path = m->gguf->path, .map = (void *)m->gguf->map, .size = m->gguf->size,
                          .id = m->gguf->id};
         uint64_t h = st_file_hash(&whole, NULL);
-        m->fingerprint = fnv(m->fingerprint, &h, sizeof h);
+        m->fingerprint = model_fnv(m->fingerprint, &h, sizeof h);
     }
     if (rc) {
         model_free(m);
