@@ -403,30 +403,13 @@ bool gguf_is_path(const char *path)
 int gguf_open(const char *path, gguf_file *g, char *err, size_t errlen)
 {
     memset(g, 0, sizeof *g);
-    /* O_NONBLOCK: a FIFO named as a model must not block the open; fstat then refuses
-     * anything but a regular file. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return phi3_fail(err, errlen, "%s: %s", path, strerror(errno));
+    void *map;
+    size_t size;
     struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        int e = errno;
-        close(fd);
-        return phi3_fail(err, errlen, "%s: %s", path, S_ISREG(st.st_mode) ? strerror(e) : "not a regular file");
-    }
-    size_t size = (size_t)st.st_size;
-    if (size < 24) {
-        close(fd);
-        return phi3_fail(err, errlen, "%s: file too short for a GGUF header (%zu bytes)", path, size);
-    }
-    void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
-    int e = errno;
-    close(fd);
-    if (map == MAP_FAILED) return phi3_fail(err, errlen, "%s: mmap: %s", path, strerror(e));
-    mapguard_add(map, size, path);     /* a file cut short under us: a message, not SIGBUS */
+    if (mapguard_open(path, 24, "a GGUF header", &map, &size, &st, err, errlen)) return -1;
     char why[512];
     if (gguf_parse(map, size, g, why, sizeof why)) {
-        mapguard_remove(map);
-        munmap(map, size);
+        mapguard_close(map, size);
         return phi3_fail(err, errlen, "%s: %s", path, why);
     }
     g->path = xstrdup(path);
@@ -439,10 +422,7 @@ void gguf_close(gguf_file *g)
 {
     if (!g) return;
     free_parts(g);
-    if (g->mapped && g->map) {
-        mapguard_remove(g->map);
-        munmap((void *)g->map, g->size);
-    }
+    if (g->mapped) mapguard_close(g->map, g->size);
     free(g->path);
     memset(g, 0, sizeof *g);
 }

@@ -81,6 +81,13 @@ const st_tensor *st_check(const st_tensor *t, const char *name, unsigned dtype_m
  * add the new range). */
 void mapguard_add(const void *addr, size_t len, const char *path);
 void mapguard_remove(const void *addr);
+/* Open path without blocking (a FIFO must not hang the open), refuse anything but a
+ * regular file of at least min bytes, mmap it whole read-only and guard it. 0 ok (*map,
+ * *size, *st: the fstat, the file's identity); -1 with "PATH: cause" in err, "PATH: file
+ * too short for WHAT (N bytes)" under min. mapguard_close(*map, *size) undoes it. */
+int mapguard_open(const char *path, size_t min, const char *what, void **map, size_t *size, struct stat *st,
+                  char *err, size_t errlen);
+void mapguard_close(const void *map, size_t size);
 
 /* ---- full-content hash (embed/fingerprint.c) ---- */
 

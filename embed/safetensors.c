@@ -253,37 +253,16 @@ int st_parse(const uint8_t *buf, size_t size, st_tensor **out, int *n, char *err
 int st_open(const char *path, st_file *f, char *err, size_t errlen)
 {
     memset(f, 0, sizeof *f);
-    /* O_NONBLOCK: a FIFO (or a device) named as a shard must not block the open; fstat
-     * then refuses anything but a regular file. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return phi3_fail(err, errlen, "%s: %s", path, strerror(errno));
+    void *map;
+    size_t size;
     struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int e = errno;
-        close(fd);
-        return phi3_fail(err, errlen, "%s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return phi3_fail(err, errlen, "%s: not a regular file", path);
-    }
-    size_t size = (size_t)st.st_size;
-    if (size < 8) {
-        close(fd);
-        return phi3_fail(err, errlen, "%s: file too short for a safetensors header (%zu bytes)", path, size);
-    }
-    void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
-    int e = errno;
-    close(fd);
-    if (map == MAP_FAILED) return phi3_fail(err, errlen, "%s: mmap: %s", path, strerror(e));
-    mapguard_add(map, size, path);
+    if (mapguard_open(path, 8, "a safetensors header", &map, &size, &st, err, errlen)) return -1;
     char why[256];
     if (st_parse(map, size, &f->t, &f->n, why, sizeof why)) {
-        mapguard_remove(map);
-        munmap(map, size);
+        mapguard_close(map, size);
         return phi3_fail(err, errlen, "%s: %s", path, why);
     }
-    f->path = strdup(path);
+    f->path = xstrdup(path);
     f->map = map;
     f->size = size;
     f->id = st;
@@ -292,10 +271,7 @@ int st_open(const char *path, st_file *f, char *err, size_t errlen)
 
 void st_close(st_file *f)
 {
-    if (f->map) {
-        mapguard_remove(f->map);
-        munmap(f->map, f->size);
-    }
+    mapguard_close(f->map, f->size);
     st_tensors_free(f->t, f->n);
     free(f->path);
     memset(f, 0, sizeof *f);
