@@ -50,6 +50,31 @@ static int cmp_name(const void *a, const void *b)
     return strcmp(((const st_tensor *)a)->name, ((const st_tensor *)b)->name);
 }
 
+/* A JSON array of integers (j at its '['): the first cap values to v, their count to *n,
+ * the index of the first element that is not an integer >= min to *bad (-1: none). */
+static int int_array(jscan *j, int64_t *v, int cap, int64_t min, int *n, int *bad)
+{
+    *n = 0;
+    *bad = -1;
+    j->p++;
+    if (js_peek(j) == ']') {
+        j->p++;
+        return 0;
+    }
+    for (int q = 1; q == 1;) {
+        int64_t x = -1;
+        int is_int = 0;
+        int c = js_peek(j);
+        if (c == '-' || (c >= '0' && c <= '9')) { if (js_number(j, &x, &is_int)) return -1; }
+        else if (js_skip(j)) return -1;
+        if ((!is_int || x < min) && *bad < 0) *bad = *n;
+        if (*n < cap) v[*n] = x;
+        (*n)++;
+        if ((q = js_next(j, ']')) < 0) return -1;
+    }
+    return 0;
+}
+
 /* One header entry {"dtype": ..., "shape": [...], "data_offsets": [b, e]} (other keys
  * skipped) -> t (name already set). data: start of the data section. */
 static int parse_entry(jscan *j, st_tensor *t, size_t hdr_end, size_t data_len, const uint8_t *data, char *err,
@@ -59,7 +84,7 @@ static int parse_entry(jscan *j, st_tensor *t, size_t hdr_end, size_t data_len, 
     j->p++;
     int have_dt = 0, have_sh = 0, have_of = 0, d = ST_NDTYPE;
     int64_t off[2] = {0, 0};
-    int bad_sh = -1, bad_of = 0, nd = 0, n_of = 0;
+    int bad_sh = -1, bad_of = -1, nd = 0, n_of = 0;
     char dts[16] = "";
     if (js_peek(j) == '}') j->p++;
     else
@@ -86,42 +111,11 @@ static int parse_entry(jscan *j, st_tensor *t, size_t hdr_end, size_t data_len, 
                     if (raw < sizeof dts) js_string(j, dts, &dl, NULL);
                     else { *j = probe; snprintf(dts, sizeof dts, "%.12s...", j->p - raw - 1); }
                 }
-            } else if (have == &have_sh) {
-                if (js_peek(j) != '[') { have_sh = 2; if (js_skip(j)) return -1; }
-                else {
-                    j->p++;
-                    if (js_peek(j) == ']') j->p++;
-                    else
-                        for (int q = 1; q == 1;) {
-                            int64_t v = -1;
-                            int is_int = 0;
-                            int c = js_peek(j);
-                            if (c == '-' || (c >= '0' && c <= '9')) { if (js_number(j, &v, &is_int)) return -1; }
-                            else if (js_skip(j)) return -1;
-                            if ((!is_int || v < 0) && bad_sh < 0) bad_sh = nd;
-                            if (nd < ST_MAX_DIMS) t->shape[nd] = v;
-                            nd++;
-                            if ((q = js_next(j, ']')) < 0) return -1;
-                        }
-                }
-            } else if (have == &have_of) {
-                if (js_peek(j) != '[') { have_of = 2; if (js_skip(j)) return -1; }
-                else {
-                    j->p++;
-                    if (js_peek(j) == ']') j->p++;
-                    else
-                        for (int q = 1; q == 1;) {
-                            int64_t v = -1;
-                            int is_int = 0;
-                            int c = js_peek(j);
-                            if (c == '-' || (c >= '0' && c <= '9')) { if (js_number(j, &v, &is_int)) return -1; }
-                            else if (js_skip(j)) return -1;
-                            if (!is_int) bad_of = 1;
-                            if (n_of < 2) off[n_of] = v;
-                            n_of++;
-                            if ((q = js_next(j, ']')) < 0) return -1;
-                        }
-                }
+            } else if (have) {        /* shape or data_offsets */
+                if (js_peek(j) != '[') { *have = 2; if (js_skip(j)) return -1; }
+                else if (have == &have_sh ? int_array(j, t->shape, ST_MAX_DIMS, 0, &nd, &bad_sh)
+                                          : int_array(j, off, 2, INT64_MIN, &n_of, &bad_of))
+                    return -1;
             } else if (js_skip(j))
                 return -1;
             if ((r = js_next(j, '}')) < 0) return -1;
@@ -142,7 +136,7 @@ static int parse_entry(jscan *j, st_tensor *t, size_t hdr_end, size_t data_len, 
     size_t bytes;
     if (__builtin_mul_overflow(count, dtypes[d].size, &bytes))
         return phi3_fail(err, errlen, "tensor %s: shape too large", t->name);
-    if (n_of != 2 || bad_of || off[0] < 0 || off[1] < off[0])
+    if (n_of != 2 || bad_of >= 0 || off[0] < 0 || off[1] < off[0])
         return phi3_fail(err, errlen, "tensor %s: data_offsets must be [begin, end] with 0 <= begin <= end", t->name);
     uint64_t beg = (uint64_t)off[0], end = (uint64_t)off[1];
     if (end > data_len)
