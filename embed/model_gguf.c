@@ -34,9 +34,8 @@ static int meta_int(const gguf_file *g, const char *key, long lo, long hi, long 
                     size_t errlen)
 {
     int64_t v;
-    char why[256];
-    int r = gguf_get_int(g, key, lo, hi, &v, why, sizeof why);
-    if (r < 0) return phi3_fail(err, errlen, "%s", why);
+    int r = gguf_get_int(g, key, lo, hi, &v, err, errlen);
+    if (r < 0) return -1;
     if (r == 0) {
         if (def < lo) return phi3_fail(err, errlen, "metadata %s: missing", key);
         v = def;
@@ -47,9 +46,8 @@ static int meta_int(const gguf_file *g, const char *key, long lo, long hi, long 
 
 static int meta_num(const gguf_file *g, const char *key, double def, double *out, char *err, size_t errlen)
 {
-    char why[256];
-    int r = gguf_get_float(g, key, out, why, sizeof why);
-    if (r < 0) return phi3_fail(err, errlen, "%s", why);
+    int r = gguf_get_float(g, key, out, err, errlen);
+    if (r < 0) return -1;
     if (r == 0) *out = def;
     else if (!isfinite(*out) || *out <= 0) return phi3_fail(err, errlen, "metadata %s: must be a positive number", key);
     return 0;
@@ -75,9 +73,8 @@ int model_gguf_config(const gguf_file *g, phi3_config *c, char *err, size_t errl
     memset(c, 0, sizeof *c);
     const char *arch;
     size_t alen;
-    char why[256];
-    int r = gguf_get_str(g, "general.architecture", &arch, &alen, why, sizeof why);
-    if (r < 0) return phi3_fail(err, errlen, "%s", why);
+    int r = gguf_get_str(g, "general.architecture", &arch, &alen, err, errlen);
+    if (r < 0) return -1;
     if (r == 0) return phi3_fail(err, errlen, "metadata general.architecture: missing");
     if (alen != 4 || memcmp(arch, "phi3", 4))
         return phi3_fail(err, errlen, "unsupported architecture %.*s (need phi3)", (int)(alen < 64 ? alen : 64), arch);
@@ -96,7 +93,7 @@ int model_gguf_config(const gguf_file *g, phi3_config *c, char *err, size_t errl
     if (c->n_heads % c->n_kv_heads)
         return phi3_fail(err, errlen, "phi3.attention.head_count %d is not a multiple of head_count_kv %d", c->n_heads,
                     c->n_kv_heads);
-    int rot;
+    int rot = 0;
     if (meta_int(g, "phi3.rope.dimension_count", 1, 1 << 16, c->head_dim, &rot, err, errlen)) return -1;
     if (rot != c->head_dim)
         return phi3_fail(err, errlen, "phi3.rope.dimension_count %d != head size %d (partial rotary is not supported)",

@@ -150,9 +150,8 @@ static int read_vocab(const gguf_file *g, vocab *v, char *err, size_t errlen)
     memset(v, 0, sizeof *v);
     const char *model;
     size_t mlen;
-    char why[256];
-    int r = gguf_get_str(g, "tokenizer.ggml.model", &model, &mlen, why, sizeof why);
-    if (r < 0) return phi3_fail(err, errlen, "%s", why);
+    int r = gguf_get_str(g, "tokenizer.ggml.model", &model, &mlen, err, errlen);
+    if (r < 0) return -1;
     if (r == 0) return phi3_fail(err, errlen, "no tokenizer in the file (tokenizer.ggml.model missing)");
     if (mlen != 5 || memcmp(model, "llama", 5))
         return phi3_fail(err, errlen, "tokenizer.ggml.model %.*s is not supported (llama only)", (int)(mlen < 32 ? mlen : 32),
@@ -197,6 +196,7 @@ static int read_vocab(const gguf_file *g, vocab *v, char *err, size_t errlen)
      * does by flag); every file this project loads is phi3, so the architecture counts. */
     const char *s;
     size_t sl;
+    char why[256];
     v->phi3 = (gguf_get_str(g, "general.name", &s, &sl, why, sizeof why) == 1 && name_is_phi3(s, sl)) ||
               (gguf_get_str(g, "general.architecture", &s, &sl, why, sizeof why) == 1 && sl == 4 &&
                !memcmp(s, "phi3", 4));
