@@ -713,6 +713,30 @@ static int cu_logits(cuda_backend *cb, int r0, int nr, float *host)
     return 0;
 }
 
+/* x += W act for n tokens (W [hidden][K]; act holds hi and lo halves when split). Opt-in
+ * fast and unsplit: the residual add is the product's epilogue (beta = 1 into x); else
+ * the product goes to y and a kernel adds it (both halves) to x. op: the product's mark. */
+static int cu_gemm_residual(cuda_backend *cb, const bf16 *W, int n, int K, int split, int op)
+{
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    const int H = b->m->cfg.hidden, cols = split ? 2 * n : n;
+    cudaStream_t s = c->stream;
+    if (c->fast && !split) {
+        if (cu_gemm_beta(cb, W, c->act, cols, K, H, c->x, 1.0f))
+            return -1;
+        TL(op);
+        return 0;
+    }
+    if (cu_gemm(cb, W, c->act, cols, K, H, c->y))
+        return -1;
+    TL(op);
+    CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
+                                (size_t)n * H));
+    TL(OP_RESID);
+    return 0;
+}
+
 /* One chunk of n <= chunk tokens at positions pos0.. through every layer. */
 static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int use_long)
 {
@@ -767,19 +791,8 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         CU_TRY(b, kern_split_bf16(s, c->att, c->act, split ? c->act + (size_t)n * qdim : NULL,
                                   (size_t)n * qdim));
         TL(OP_SPLIT);
-        if (c->fast && !split) {
-            /* opt-in: the residual add as the product's epilogue (beta = 1 into x) */
-            if (cu_gemm_beta(cb, L->o, c->act, cols, qdim, H, c->x, 1.0f))
-                return -1;
-            TL(OP_O);
-        } else {
-            if (cu_gemm(cb, L->o, c->act, cols, qdim, H, c->y))
-                return -1;
-            TL(OP_O);
-            CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
-                                        (size_t)n * H));
-            TL(OP_RESID);
-        }
+        if (cu_gemm_residual(cb, L->o, n, qdim, split, OP_O))
+            return -1;
         /* MLP block: x += down(up * silu(gate)) of ln2(x) */
         CU_TRY(b, kern_rmsnorm(s, c->x, L->ln2, n, H, cf->rms_eps, c->act,
                                split ? c->act + (size_t)n * H : NULL));
@@ -790,18 +803,8 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         CU_TRY(b, kern_swiglu(s, c->y, split ? c->y + (size_t)n * 2 * I : NULL, n, I, c->act,
                               split ? c->act + (size_t)n * I : NULL));
         TL(OP_SWIGLU);
-        if (c->fast && !split) {
-            if (cu_gemm_beta(cb, L->down, c->act, cols, I, H, c->x, 1.0f))
-                return -1;
-            TL(OP_DOWN);
-        } else {
-            if (cu_gemm(cb, L->down, c->act, cols, I, H, c->y))
-                return -1;
-            TL(OP_DOWN);
-            CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
-                                        (size_t)n * H));
-            TL(OP_RESID);
-        }
+        if (cu_gemm_residual(cb, L->down, n, I, split, OP_DOWN))
+            return -1;
     }
     return 0;
 }
