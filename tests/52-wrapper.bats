@@ -131,22 +131,10 @@ P
 }
 
 @test "wrapper: a sampler that dies mid-loop is reported, exit 1, no hang" {
-  cat > dies.py <<'P'
-import os, sys, msgpack
-u = msgpack.Unpacker(raw=False); n = 0
-while True:
-    b = os.read(0, 65536)
-    if not b: sys.exit(0)
-    u.feed(b)
-    for f in u:
-        if f.get("type") == "logits":
-            n += 1
-            if n == 3: os._exit(9)
-            sys.stdout.buffer.write(msgpack.packb({"type": "tokens", "ids": [450]})); sys.stdout.buffer.flush()
-P
-  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --sampler "$PY dies.py" "Hello"
+  local S="$PY $ROOT/tests/lib/fakesampler.py --die-at 3 9"
+  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --sampler "$S" "Hello"
   [ "$status" -eq 1 ] || fail "status $status"
-  [[ "$stderr" == *"phi3: sampler '$PY dies.py' failed mid-loop (exit status 9)"* ]] || fail "stderr: $stderr"
+  [[ "$stderr" == *"phi3: sampler '$S' failed mid-loop (exit status 9)"* ]] || fail "stderr: $stderr"
   [ "$(printf '%s\n' "$stderr" | grep -c .)" -eq 1 ] || fail "stderr: $stderr"
   [ -z "$(ls "$TMPDIR")" ]
 }
