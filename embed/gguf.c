@@ -549,6 +549,7 @@ double gguf_arr_num(const gguf_kv *kv, uint64_t i)
     bool big;
     int64_t iv;
     double d = num_at(kv->arr_type, kv->val + i * vsize[kv->arr_type], &iv, &big);
+    if (big) return (double)iv + 0x1p63;       /* a U64 past INT64_MAX: num_at cleared its top bit */
     return kv->arr_type == GGUF_F32 || kv->arr_type == GGUF_F64 ? d : (double)iv;
 }
 

@@ -44,12 +44,22 @@ static int meta_int(const gguf_file *g, const char *key, long lo, long hi, long 
     return 0;
 }
 
-static int meta_num(const gguf_file *g, const char *key, double def, double *out, char *err, size_t errlen)
+/* A float key in the open interval (lo, hi), also after rounding to float32 (the forward
+ * pass keeps eps and the attention factor as float32: an F64 1e-300 would be zero there),
+ * the ranges config.json is held to (model.c cfg_num); absent: def. */
+static int meta_num(const gguf_file *g, const char *key, double def, double lo, double hi, double *out, char *err,
+                    size_t errlen)
 {
     int r = gguf_get_float(g, key, out, err, errlen);
     if (r < 0) return -1;
-    if (r == 0) *out = def;
-    else if (!isfinite(*out) || *out <= 0) return phi3_fail(err, errlen, "metadata %s: must be a positive number", key);
+    if (r == 0) {
+        *out = def;
+        return 0;
+    }
+    float f = (float)*out;
+    if (!(*out > lo && *out < hi) || !isfinite(f) || !((double)f > lo && (double)f < hi))
+        return phi3_fail(err, errlen, "metadata %s: must be a number in (%g, %g) (as float32), got %.6g", key, lo, hi,
+                         *out);
     return 0;
 }
 
@@ -99,8 +109,8 @@ int model_gguf_config(const gguf_file *g, phi3_config *c, char *err, size_t errl
         return phi3_fail(err, errlen, "phi3.rope.dimension_count %d != head size %d (partial rotary is not supported)",
                     rot, c->head_dim);
     double eps;
-    if (meta_num(g, "phi3.attention.layer_norm_rms_epsilon", 1e-5, &eps, err, errlen) ||
-        meta_num(g, "phi3.rope.freq_base", 10000.0, &c->rope_theta, err, errlen))
+    if (meta_num(g, "phi3.attention.layer_norm_rms_epsilon", 1e-5, 0, 1, &eps, err, errlen) ||
+        meta_num(g, "phi3.rope.freq_base", 10000.0, 0, 1e30, &c->rope_theta, err, errlen))
         return -1;
     c->rms_eps = (float)eps;
     const gguf_tensor *emb = gguf_find(g, "token_embd.weight");
@@ -128,7 +138,7 @@ int model_gguf_config(const gguf_file *g, phi3_config *c, char *err, size_t errl
         if (scale > 1.0 && c->original_max_pos > 1)
             c->attn_factor = sqrt(1.0 + log(scale) / log((double)c->original_max_pos));
         double af;
-        if (meta_num(g, "phi3.rope.scaling.attn_factor", c->attn_factor, &af, err, errlen)) return -1;
+        if (meta_num(g, "phi3.rope.scaling.attn_factor", c->attn_factor, 0, 100, &af, err, errlen)) return -1;
         if ((float)af != (float)c->attn_factor) c->attn_factor = af;
     }
     return 0;
