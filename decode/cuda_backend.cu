@@ -325,6 +325,20 @@ static size_t cu_kv_bytes_per_pos(const phi3_config *cf)
     return (size_t)cf->n_layers * 2 * (size_t)cf->n_kv_heads * cf->head_dim * sizeof(kvt);
 }
 
+/* The KV capacity an attempt to hold need positions asks for: double the current one
+ * (at least 256) first, exactly need on the retry; never above max_ctx (then < need). */
+static long cu_kv_cap(const cuda_backend *cb, int attempt, int need)
+{
+    long cap = attempt == 0 ? (long)cb->c.kv_cap * 2 : need;
+    if (cap < need)
+        cap = need;
+    if (cap < 256)
+        cap = 256;
+    if (cap > cb->b.max_ctx)
+        cap = cb->b.max_ctx;
+    return cap;
+}
+
 /* The opt-in path's growth (kv_async): stream-ordered allocations (cudaMallocAsync), the
  * held positions copied and the old buffers released (cudaFreeAsync) in stream order: no
  * host synchronisation and no device-wide one (cudaFree), so a decode step that crosses
@@ -342,13 +356,7 @@ static int cu_kv_grow_async(cuda_backend *cb, int need)
     if (!fresh)
         return cu_fail(b, "out of host memory");
     for (int attempt = 0; attempt < 2; attempt++) {
-        long cap = attempt == 0 ? (long)c->kv_cap * 2 : need;
-        if (cap < need)
-            cap = need;
-        if (cap < 256)
-            cap = 256;
-        if (cap > b->max_ctx)
-            cap = b->max_ctx;
+        const long cap = cu_kv_cap(cb, attempt, need);
         if (cap < need) {
             free(fresh);
             return cu_fail(b, "context of %d positions exceeds the limit of %d", need, b->max_ctx);
@@ -416,13 +424,7 @@ static int cu_kv_reserve(cuda_backend *cb, int need)
     const size_t kvdim = (size_t)cf->n_kv_heads * cf->head_dim;
     const size_t per_pos = cu_kv_bytes_per_pos(cf);
     for (int attempt = 0; attempt < 2; attempt++) {
-        long cap = attempt == 0 ? (long)c->kv_cap * 2 : need;
-        if (cap < need)
-            cap = need;
-        if (cap < 256)
-            cap = 256;
-        if (cap > b->max_ctx)
-            cap = b->max_ctx;
+        const long cap = cu_kv_cap(cb, attempt, need);
         if (cap < need)
             return cu_fail(b, "context of %d positions exceeds the limit of %d", need, b->max_ctx);
         size_t fr = 0, tot = 0;
