@@ -202,3 +202,13 @@ PYEOF
   assert_status 0
   [ -z "$stderr" ] || fail "$stderr"
 }
+
+@test "detok: a config.json over 1 MiB is refused before it is parsed, as phi3-run refuses it (its JSON tree would cost ~20-45x)" {
+  cd "$BATS_TEST_TMPDIR"; mkdir m; cp "$M"/tokenizer*.json "$M"/config.json m/
+  "$PY" -c 'import json, sys
+p = sys.argv[1]; c = json.load(open(p)); c["pad"] = [0] * (1 << 20); json.dump(c, open(p, "w"))' m/config.json
+  run --separate-stderr "$DETOK" -m m < <(tokens '[15043]')
+  assert_status 1
+  assert_err "phi3-detok: m/config.json: " "more than the 1 MiB"
+  [ -z "$output" ]
+}
