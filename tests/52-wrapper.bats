@@ -201,3 +201,15 @@ P
   run shellcheck -S warning -s bash "$ROOT/completion/phi3.bash"
   assert_status 0
 }
+
+@test "wrapper: a FIFO named config.json or generation_config.json is not waited on: the tool that reads it names it, exit 1" {
+  # the wrapper read both with tr (for the context limit and the eos ids) and hung on a FIFO
+  for f in config.json generation_config.json; do
+    rm -rf m; cp -r "$LONGROPE" m; rm "m/$f"; mkfifo "m/$f"
+    run --separate-stderr timeout 20 "$P" generate -m m -n 2 "Hi"
+    [ "$status" -ne 124 ] || fail "$f: the wrapper hung"
+    [ "$status" -eq 1 ] || fail "$f: status $status: $stderr"
+    [[ "$stderr" == *"m/$f: not a regular file"* ]] || fail "$f: stderr: $stderr"
+    [ -z "$output" ] || fail "$f: stdout: $output"
+  done
+}
