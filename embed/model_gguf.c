@@ -132,6 +132,10 @@ int model_gguf_config(const gguf_file *g, phi3_config *c, char *err, size_t errl
             meta_int(g, "phi3.rope.scaling.original_context_length", 1, 1 << 24, c->max_pos, &c->original_max_pos,
                      err, errlen))
             return -1;
+        if (c->original_max_pos > c->max_pos)      /* as config.json (model.c) */
+            return phi3_fail(err, errlen,
+                             "phi3.rope.scaling.original_context_length %d exceeds phi3.context_length %d",
+                             c->original_max_pos, c->max_pos);
         /* The same default as the config.json path; the file's attn_factor (a float32)
          * when given. */
         double scale = (double)c->max_pos / c->original_max_pos;

@@ -381,8 +381,8 @@ static void config_tests(void)
 
 /* A minimal phi3 file whose metadata adds one raw pair (key, type, value bytes): the
  * config of it, 0 or -1 with err. */
-static int config_with(const char *key, uint32_t type, const void *val, size_t vlen, phi3_config *c, char *err,
-                       size_t errlen)
+static int config_with_rope(const char *key, uint32_t type, const void *val, size_t vlen, int longrope,
+                            phi3_config *c, char *err, size_t errlen)
 {
     char path[] = "/tmp/gguf_test.XXXXXX";
     int fd = mkstemp(path);
@@ -399,12 +399,20 @@ static int config_with(const char *key, uint32_t type, const void *val, size_t v
     memcpy(raw + 4, val, vlen);
     gguf_kv kv = {.key = (char *)key, .raw = raw, .raw_len = 4 + vlen};
     gguf_w_raw(w, &kv);
-    uint64_t ne[2] = {8, 4};
+    uint64_t ne[2] = {8, 4}, half[1] = {2};   /* head size 4: 2 LongRoPE factors */
     uint64_t bytes = gguf_w_tensor(w, "token_embd.weight", GGML_F32, 2, ne);
+    if (longrope) {
+        gguf_w_tensor(w, "rope_factors_long.weight", GGML_F32, 1, half);
+        gguf_w_tensor(w, "rope_factors_short.weight", GGML_F32, 1, half);
+    }
     gguf_w_header(w, f);
-    float zero[32] = {0};
+    float zero[32] = {0}, one[2] = {1, 1};
     fwrite(zero, 1, bytes, f);
     gguf_w_pad(w, f);
+    for (int i = 0; i < 2 * longrope; i++) {
+        fwrite(one, 1, sizeof one, f);
+        gguf_w_pad(w, f);
+    }
     fclose(f);
     gguf_writer_free(w);
     gguf_file g;
@@ -415,6 +423,12 @@ static int config_with(const char *key, uint32_t type, const void *val, size_t v
     model_config_free(c);
     gguf_close(&g);
     return rc;
+}
+
+static int config_with(const char *key, uint32_t type, const void *val, size_t vlen, phi3_config *c, char *err,
+                       size_t errlen)
+{
+    return config_with_rope(key, type, val, vlen, 0, c, err, errlen);
 }
 
 /* The float metadata the forward pass keeps as float32 must be in the ranges config.json
@@ -437,6 +451,13 @@ static void config_range_tests(void)
     rc = config_with("phi3.rope.freq_base", GGUF_F32, &big, 4, &c, err, sizeof err);
     ok(rc == -1 && strstr(err, "phi3.rope.freq_base"), "config: freq_base 1e31 refused, as in config.json (%s)",
        rc ? err : "accepted");
+    /* as config.json: an original context longer than the context is refused (context 16) */
+    uint32_t orig = 32, orig_ok = 8;
+    rc = config_with_rope("phi3.rope.scaling.original_context_length", GGUF_U32, &orig, 4, 1, &c, err, sizeof err);
+    ok(rc == -1 && strstr(err, "original_context_length"), "config: original_context_length 32 > context_length 16 refused (%s)",
+       rc ? err : "accepted");
+    rc = config_with_rope("phi3.rope.scaling.original_context_length", GGUF_U32, &orig_ok, 4, 1, &c, err, sizeof err);
+    ok(rc == 0, "config: original_context_length 8 of 16 accepted (%s)", rc ? err : "ok");
     float good = 1e-6f;
     rc = config_with("phi3.attention.layer_norm_rms_epsilon", GGUF_F32, &good, 4, &c, err, sizeof err);
     ok(rc == 0, "config: eps 1e-6 accepted (%s)", rc ? err : "ok");
