@@ -687,8 +687,9 @@ int gguf_w_header(gguf_writer *w, FILE *f)
     put_le(&h, 3, 4);
     put_le(&h, w->n_t, 8);
     put_le(&h, w->n_kv, 8);
-    int rc = fwrite(h.p, 1, h.n, f) == h.n && fwrite(w->kv.p, 1, w->kv.n, f) == w->kv.n &&
-             fwrite(w->ti.p, 1, w->ti.n, f) == w->ti.n ? 0 : -1;
+    /* A writer without metadata or tensors has NULL buffers: fwrite must not get them. */
+    int rc = fwrite(h.p, 1, h.n, f) == h.n && (!w->kv.n || fwrite(w->kv.p, 1, w->kv.n, f) == w->kv.n) &&
+             (!w->ti.n || fwrite(w->ti.p, 1, w->ti.n, f) == w->ti.n) ? 0 : -1;
     free(h.p);
     return rc ? rc : gguf_w_pad(w, f);
 }
