@@ -213,3 +213,16 @@ P
     [ -z "$output" ] || fail "$f: stdout: $output"
   done
 }
+
+@test "wrapper: --FLAG=VALUE on a flag that takes no value is a usage error (it became a word of the prompt)" {
+  for f in --greedy --ignore-eos --show-tokens --stats --chat --verbose; do
+    run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" -n 2 "$f=1" "Hello"
+    assert_status 2
+    assert_err "phi3: " "option '$f' takes no value"
+    [ -z "$output" ] || fail "$f: stdout: $output"
+  done
+  # a flag with a value still takes it after '='
+  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --max-tokens=2 --greedy --show-tokens "Hello"
+  assert_status 0
+  [ "$(printf '%s\n' "$output" | grep -c '"pos"')" -eq 2 ] || fail "$output"
+}
