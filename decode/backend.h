@@ -97,5 +97,15 @@ int backend_cuda_supports(const struct phi3_model *m);
  * passed with it (tests/gpu/check.sh sets it). */
 #define PHI3_CUDA_SESSIONS_ENV "PHI3_CUDA_SESSIONS"
 backend *backend_cuda_new(const struct phi3_model *m, int max_ctx, char *err, size_t errlen);
+/* Opt-in (PHI3_CUDA_BATCH=1; compiled, not yet run on a GPU): backend_cuda_batch_enabled()
+ * is 1 when it is set and the plug-in has the entry points. backend_cuda_new_shared makes a
+ * backend that reads base's device weights (base outlives it): N streams, one copy of the
+ * weights. backend_cuda_forward_batch runs one forward over k such backends (n[i] tokens,
+ * logits[i] as forward gives them, all[i]: every position); -1 with bs[0]->err when the
+ * step cannot be stacked (nothing computed: run them one by one). */
+int backend_cuda_batch_enabled(void);
+backend *backend_cuda_new_shared(backend *base, int max_ctx, char *err, size_t errlen);
+int backend_cuda_forward_batch(backend **bs, const int32_t **ids, const int *n, float **logits, const int *all,
+                               int k);
 
 #endif

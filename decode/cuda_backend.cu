@@ -1,15 +1,19 @@
 /* cuda_backend.cu: the CUDA backend of phi3-run behind decode/backend.h: weights uploaded
  * once (bf16) from the common loader, fp16 KV cache in device memory, cuBLAS for every
- * linear layer (cu_gemm, the only cuBLAS call site), kernels/ for everything else.
+ * linear layer (cu_gemm_beta, the only cuBLAS call site, reached through cu_linear),
+ * kernels/ for everything else. Quantized GGUF weights (opt-in, PHI3_CUDA_QUANT=1) stay
+ * blocks on the device: GEMV kernels at decode, dequantized to bf16 for cuBLAS at prefill.
  * Built as the plug-in phi3-cuda.so that phi3-run loads on demand (decode/cuda_loader.c):
  * the tools start, and the CPU backend runs, on machines without the CUDA libraries. */
 extern "C" {
 #include "decode/backend.h"
 #include "decode/rope.h"
 #include "embed/model.h"
+#include "embed/quant.h"
 }
 #include "kernels/kernels.cuh"
 #include "kernels/fast.cuh"
+#include "kernels/quant.cuh"
 
 #include <cublas_v2.h>
 #include <math.h>
@@ -60,12 +64,21 @@ typedef struct cu_timing {
     int n_ev, ev_made;
 } cu_timing;
 
+/* A quantized weight kept as its blocks on the device (PHI3_CUDA_QUANT=1, opt-in): w NULL
+ * for a bf16 one. */
+typedef struct cu_q {
+    const void *w;
+    st_dtype t;
+    size_t rb;                          /* bytes per row */
+} cu_q;
+
 typedef struct cu_layer {
     float *ln1, *ln2;                   /* [hidden] */
     bf16 *qkv;                          /* [(nh + 2 nkv) hd][hidden] */
     bf16 *o;                            /* [hidden][nh hd] */
     bf16 *gate_up;                      /* [2 inter][hidden] */
     bf16 *down;                         /* [hidden][inter] */
+    cu_q qqkv, qo, qgate_up, qdown;     /* the same weights as blocks (bf16 pointer NULL) */
 } cu_layer;
 
 /* Everything the device work needs, passed explicitly (no globals). */
@@ -78,6 +91,10 @@ typedef struct cuda_ctx {
     int attn_mode;                      /* 0 auto, 1 split-KV for every n, 2 flash for every n */
     /* weights */
     bf16 *embed, *lm_head;              /* [vocab][hidden]; lm_head == embed when tied */
+    cu_q qlm_head;                      /* lm_head as blocks (PHI3_CUDA_QUANT) */
+    float *xq;                          /* [split_max][act_cols]: float32 x of the quant GEMV */
+    bf16 *wdq;                          /* [wdq_elems]: a quantized weight dequantized for a GEMM */
+    size_t wdq_elems;
     float *norm;                        /* [hidden] */
     cu_layer *layers;                   /* host array [n_layers] of device pointers */
     size_t weight_bytes;
@@ -116,6 +133,10 @@ typedef struct cuda_ctx {
     int g_gen, g_long, graph_off;       /* the captured graph's kv_gen and rope mode */
     int kv_async;                       /* KV cache in stream-ordered memory (cu_kv_grow_async) */
     int pdl;                            /* PHI3_CUDA_FAST=2, sm_90+: dependent launch */
+    int borrowed;                       /* weights (and wdq) belong to another backend
+                                           (phi3_cuda_new_shared, opt-in) */
+    float *h_batch;                     /* pinned host logits of a batched decode step */
+    int h_batch_rows;
     cu_timing tm;
 } cuda_ctx;
 
@@ -192,10 +213,34 @@ static int cu_gemm_beta(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncol
     return 0;
 }
 
-static int cu_gemm(cuda_backend *cb, const bf16 *W, const bf16 *X, int ncols, int K, int N,
-                   float *Y)
+/* A linear layer Y = W X over `cols` product columns: cu_gemm_beta for a bf16 weight. A
+ * quantized one (q->w, opt-in): when the input is split (cols = 2 n, hi then lo halves)
+ * the float32 activations are rebuilt (hi + lo) and each token is one GEMV on the blocks,
+ * the result in the hi half and zeros in the lo half (so the callers' hi + lo sums stay
+ * as they are); otherwise the weight is dequantized to bf16 into c->wdq and multiplied by
+ * cuBLAS. Declared before cu_blas_init, defined after the kernels it calls are in scope. */
+static int cu_linear(cuda_backend *cb, const bf16 *W, const cu_q *q, const bf16 *X, int cols,
+                     int split, int K, int N, float *Y, float beta)
 {
-    return cu_gemm_beta(cb, W, X, ncols, K, N, Y, 0.0f);
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    if (!q || !q->w)
+        return cu_gemm_beta(cb, W, X, cols, K, N, Y, beta);
+    if (split) {
+        const int n = cols / 2;
+        if (beta != 0.0f)
+            return cu_fail(b, "internal: a split quantized product with beta %g", beta);
+        CU_TRY(b, kern_bf16_pair_f32(c->stream, X, X + (size_t)n * K, (size_t)n * K, c->xq));
+        for (int t = 0; t < n; t++)
+            CU_TRY(b, kern_qgemv(c->stream, q->t, q->w, q->rb, N, K, c->xq + (size_t)t * K,
+                                 Y + (size_t)t * N));
+        CU_TRY(b, cudaMemsetAsync(Y + (size_t)n * N, 0, (size_t)n * N * sizeof(float), c->stream));
+        return 0;
+    }
+    if ((size_t)N * K > c->wdq_elems)
+        return cu_fail(b, "internal: a %d x %d quantized weight exceeds the dequantization buffer", N, K);
+    CU_TRY(b, kern_qdequant_bf16(c->stream, q->t, q->w, q->rb, N, K, c->wdq));
+    return cu_gemm_beta(cb, c->wdq, X, cols, K, N, Y, beta);
 }
 
 static int cu_blas_init(cuda_backend *cb)
@@ -232,10 +277,24 @@ static uint16_t f32_to_bf16_bits(float f)
 
 /* Upload a [rows][cols] weight as bf16 (a BF16 file tensor is copied as is; F16/F32 are
  * converted on the host in pieces). */
-static int cu_upload_matrix(cuda_backend *cb, const phi3_weight *w, bf16 **out, const char *what)
+static int cu_upload_matrix(cuda_backend *cb, const phi3_weight *w, bf16 **out, const char *what,
+                            cu_q *q)
 {
     backend *b = &cb->b;
     const size_t n = (size_t)w->rows * (size_t)w->cols;
+    if (quant_is_block(w->dtype) && q) {
+        /* opt-in: the blocks as they are; the products dequantize them (kernels/quant.cuh) */
+        const size_t rb = quant_row_bytes(w->dtype, w->cols);
+        void *d = NULL;
+        CU_MALLOC(b, d, rb * (size_t)w->rows, what);
+        cb->c.weight_bytes += rb * (size_t)w->rows;
+        q->w = d;
+        q->t = w->dtype;
+        q->rb = rb;
+        *out = NULL;
+        CU_TRY(b, cudaMemcpy(d, w->data, rb * (size_t)w->rows, cudaMemcpyHostToDevice));
+        return 0;
+    }
     CU_MALLOC(b, *out, n * sizeof(bf16), what);
     cb->c.weight_bytes += n * sizeof(bf16);
     if (w->dtype == ST_BF16) {
@@ -251,9 +310,22 @@ static int cu_upload_matrix(cuda_backend *cb, const phi3_weight *w, bf16 **out, 
         return cu_fail(b, "out of host memory converting %s", what);
     }
     const size_t esz = st_dtype_size(w->dtype);
-    for (size_t i = 0; i < n; i += piece) {
-        size_t k = n - i < piece ? n - i : piece;
-        model_to_f32(w->dtype, (const char *)w->data + i * esz, f, k);
+    const int blocks = quant_is_block(w->dtype);       /* the embedding table: dequantized */
+    const size_t rb = blocks ? quant_row_bytes(w->dtype, w->cols) : 0;
+    const size_t step = blocks ? piece / (size_t)w->cols * (size_t)w->cols : piece;
+    if (blocks && (size_t)w->cols > piece) {
+        free(f);
+        free(h);
+        return cu_fail(b, "%s: rows of %lld columns are too long", what, (long long)w->cols);
+    }
+    for (size_t i = 0; i < n; i += step) {
+        size_t k = n - i < step ? n - i : step;
+        if (blocks)
+            for (size_t r = 0; r < k / (size_t)w->cols; r++)
+                quant_dequant_row(w->dtype, (const char *)w->data + (i / (size_t)w->cols + r) * rb,
+                                  f + r * (size_t)w->cols, 0, w->cols);
+        else
+            model_to_f32(w->dtype, (const char *)w->data + i * esz, f, k);
         for (size_t j = 0; j < k; j++)
             h[j] = f32_to_bf16_bits(f[j]);
         cudaError_t e = cudaMemcpy(*out + i, h, k * sizeof(uint16_t), cudaMemcpyHostToDevice);
@@ -293,12 +365,13 @@ static int cu_upload_weights(cuda_backend *cb)
     const phi3_model *m = cb->b.m;
     const phi3_config *cf = &m->cfg;
     char what[96];
-    if (cu_upload_matrix(cb, &m->embed, &cb->c.embed, "model.embed_tokens.weight") ||
+    cuda_ctx *c = &cb->c;
+    if (cu_upload_matrix(cb, &m->embed, &c->embed, "model.embed_tokens.weight", NULL) ||
         cu_upload_vector(cb, &m->norm, &cb->c.norm, "model.norm.weight"))
         return -1;
     if (m->lm_head.data == m->embed.data)
         cb->c.lm_head = cb->c.embed;                    /* tied: one copy */
-    else if (cu_upload_matrix(cb, &m->lm_head, &cb->c.lm_head, "lm_head.weight"))
+    else if (cu_upload_matrix(cb, &m->lm_head, &c->lm_head, "lm_head.weight", &c->qlm_head))
         return -1;
     cb->c.layers = (cu_layer *)calloc((size_t)cf->n_layers, sizeof(cu_layer));
     if (!cb->c.layers)
@@ -309,13 +382,38 @@ static int cu_upload_weights(cuda_backend *cb)
         snprintf(what, sizeof what, "model.layers.%d weights", l);
         if (cu_upload_vector(cb, &L->ln1, &D->ln1, what) ||
             cu_upload_vector(cb, &L->ln2, &D->ln2, what) ||
-            cu_upload_matrix(cb, &L->qkv, &D->qkv, what) ||
-            cu_upload_matrix(cb, &L->o, &D->o, what) ||
-            cu_upload_matrix(cb, &L->gate_up, &D->gate_up, what) ||
-            cu_upload_matrix(cb, &L->down, &D->down, what))
+            cu_upload_matrix(cb, &L->qkv, &D->qkv, what, &D->qqkv) ||
+            cu_upload_matrix(cb, &L->o, &D->o, what, &D->qo) ||
+            cu_upload_matrix(cb, &L->gate_up, &D->gate_up, what, &D->qgate_up) ||
+            cu_upload_matrix(cb, &L->down, &D->down, what, &D->qdown))
             return -1;
     }
     return 0;
+}
+
+/* Device bytes of a weight matrix: bf16, or its blocks. */
+static size_t cu_weight_bytes(const phi3_weight *w)
+{
+    return quant_is_block(w->dtype) ? quant_row_bytes(w->dtype, w->cols) * (size_t)w->rows
+                                    : (size_t)w->rows * w->cols * 2;
+}
+
+/* Elements of the largest quantized weight (the dequantization buffer of cu_linear), 0 for
+ * a model without block types. */
+static size_t cu_quant_max_elems(const phi3_model *m)
+{
+    size_t mx = 0;
+    const phi3_weight *ws[4];
+    if (m->lm_head.data != m->embed.data && quant_is_block(m->lm_head.dtype))
+        mx = (size_t)m->lm_head.rows * m->lm_head.cols;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const phi3_layer *L = &m->layers[l];
+        ws[0] = &L->qkv, ws[1] = &L->o, ws[2] = &L->gate_up, ws[3] = &L->down;
+        for (int i = 0; i < 4; i++)
+            if (quant_is_block(ws[i]->dtype) && (size_t)ws[i]->rows * ws[i]->cols > mx)
+                mx = (size_t)ws[i]->rows * ws[i]->cols;
+    }
+    return mx;
 }
 
 /* ---- KV cache ---- */
@@ -701,7 +799,7 @@ static int cu_logits(cuda_backend *cb, int r0, int nr, float *host)
         CU_TRY(b, kern_rmsnorm(c->stream, c->x + (size_t)(r0 + done) * H, c->norm, k, H,
                                cf->rms_eps, c->act, split ? c->act + (size_t)k * H : NULL));
         TL(OP_NORM);
-        if (cu_gemm(cb, c->lm_head, c->act, split ? 2 * k : k, H, V, c->logits))
+        if (cu_linear(cb, c->lm_head, &c->qlm_head, c->act, split ? 2 * k : k, split, H, V, c->logits, 0.0f))
             return -1;
         if (split)
             CU_TRY(b, kern_add(c->stream, c->logits, c->logits, c->logits + (size_t)k * V,
@@ -717,20 +815,21 @@ static int cu_logits(cuda_backend *cb, int r0, int nr, float *host)
 
 /* x += W act for n tokens (W [hidden][K]; act holds hi and lo halves when split). Opt-in
  * fast and unsplit: the residual add is the product's epilogue (beta = 1 into x); else
- * the product goes to y and a kernel adds it (both halves) to x. op: the product's mark. */
-static int cu_gemm_residual(cuda_backend *cb, const bf16 *W, int n, int K, int split, int op)
+ * the product goes to y and a kernel adds it (both halves) to x. q: W as quantized blocks
+ * (cu_linear). op: the product's mark. */
+static int cu_gemm_residual(cuda_backend *cb, const bf16 *W, const cu_q *q, int n, int K, int split, int op)
 {
     backend *b = &cb->b;
     cuda_ctx *c = &cb->c;
     const int H = b->m->cfg.hidden, cols = split ? 2 * n : n;
     cudaStream_t s = c->stream;
     if (c->fast && !split) {
-        if (cu_gemm_beta(cb, W, c->act, cols, K, H, c->x, 1.0f))
+        if (cu_linear(cb, W, q, c->act, cols, split, K, H, c->x, 1.0f))
             return -1;
         TL(op);
         return 0;
     }
-    if (cu_gemm(cb, W, c->act, cols, K, H, c->y))
+    if (cu_linear(cb, W, q, c->act, cols, split, K, H, c->y, 0.0f))
         return -1;
     TL(op);
     CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
@@ -763,7 +862,7 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         CU_TRY(b, kern_rmsnorm(s, c->x, L->ln1, n, H, cf->rms_eps, c->act,
                                split ? c->act + (size_t)n * H : NULL));
         TL(OP_NORM);
-        if (cu_gemm(cb, L->qkv, c->act, cols, H, qkvdim, c->y))
+        if (cu_linear(cb, L->qkv, &L->qqkv, c->act, cols, split, H, qkvdim, c->y, 0.0f))
             return -1;
         TL(OP_QKV);
         if (c->fast) {
@@ -793,19 +892,19 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         CU_TRY(b, kern_split_bf16(s, c->att, c->act, split ? c->act + (size_t)n * qdim : NULL,
                                   (size_t)n * qdim));
         TL(OP_SPLIT);
-        if (cu_gemm_residual(cb, L->o, n, qdim, split, OP_O))
+        if (cu_gemm_residual(cb, L->o, &L->qo, n, qdim, split, OP_O))
             return -1;
         /* MLP block: x += down(up * silu(gate)) of ln2(x) */
         CU_TRY(b, kern_rmsnorm(s, c->x, L->ln2, n, H, cf->rms_eps, c->act,
                                split ? c->act + (size_t)n * H : NULL));
         TL(OP_NORM);
-        if (cu_gemm(cb, L->gate_up, c->act, cols, H, 2 * I, c->y))
+        if (cu_linear(cb, L->gate_up, &L->qgate_up, c->act, cols, split, H, 2 * I, c->y, 0.0f))
             return -1;
         TL(OP_GATEUP);
         CU_TRY(b, kern_swiglu(s, c->y, split ? c->y + (size_t)n * 2 * I : NULL, n, I, c->act,
                               split ? c->act + (size_t)n * I : NULL));
         TL(OP_SWIGLU);
-        if (cu_gemm_residual(cb, L->down, n, I, split, OP_DOWN))
+        if (cu_gemm_residual(cb, L->down, &L->qdown, n, I, split, OP_DOWN))
             return -1;
     }
     return 0;
@@ -988,6 +1087,167 @@ static int cu_forward(backend *b, const int32_t *ids, int n, float *logits, int 
     return 0;
 }
 
+/* ---- opt-in: several streams in one forward (PHI3_CUDA_BATCH=1, the server) ----
+ * Compiled, not yet run on a GPU. Every stream is a backend made by phi3_cuda_new_shared
+ * from one owner (one copy of the weights); a step stacks their tokens: the products run
+ * once over all rows (the weights read once), RoPE, the KV write and attention run per
+ * stream on its own cache, position and LongRoPE mode. It is cu_chunk's default path with
+ * per-stream segments (kept apart from cu_chunk so the verified path stays as it is). */
+
+typedef struct cu_seg {
+    cuda_backend *cb;                   /* the stream's backend: KV cache, context */
+    int n, pos0, use_long, r;           /* tokens, first position, rope mode, first row */
+} cu_seg;
+
+static int cu_chunk_multi(cuda_backend *cb, const cu_seg *sg, int k, int rows)
+{
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    const int H = cf->hidden, nh = cf->n_heads, nkv = cf->n_kv_heads, hd = cf->head_dim;
+    const int I = cf->intermediate, qdim = nh * hd, qkvdim = (nh + 2 * nkv) * hd;
+    const int split = rows <= c->split_max;
+    const int cols = split ? 2 * rows : rows;
+    const int window = cf->sliding_window > 0 ? cf->sliding_window : 0;
+    cudaStream_t s = c->stream;
+
+    CU_TRY(b, kern_embed(s, c->embed, c->ids, rows, H, c->x));
+    for (int l = 0; l < cf->n_layers; l++) {
+        const cu_layer *L = &c->layers[l];
+        CU_TRY(b, kern_rmsnorm(s, c->x, L->ln1, rows, H, cf->rms_eps, c->act,
+                               split ? c->act + (size_t)rows * H : NULL));
+        if (cu_linear(cb, L->qkv, &L->qqkv, c->act, cols, split, H, qkvdim, c->y, 0.0f))
+            return -1;
+        for (int i = 0; i < k; i++) {
+            const cu_seg *g = &sg[i];
+            const cuda_ctx *gc = &g->cb->c;
+            const int flash = c->attn_mode == 2 || (c->attn_mode == 0 && g->n > 1);
+            const float *y = c->y + (size_t)g->r * qkvdim;
+            CU_TRY(b, kern_rope_qkv(s, y, split ? y + (size_t)rows * qkvdim : NULL, g->n, g->pos0, nh, nkv,
+                                    hd, c->inv_freq[g->use_long], c->attn_factor,
+                                    flash ? NULL : c->qf + (size_t)g->r * qdim,
+                                    flash ? c->qb + (size_t)g->r * qdim : NULL, gc->kc[l], gc->vc[l]));
+            if (flash)
+                CU_TRY(b, kern_attn_prefill(s, c->qb + (size_t)g->r * qdim, gc->kc[l], gc->vc[l], g->n, g->pos0,
+                                            nh, nkv, hd, window, c->att + (size_t)g->r * qdim));
+            else
+                CU_TRY(b, kern_attn_decode(s, c->qf + (size_t)g->r * qdim, gc->kc[l], gc->vc[l], g->n, g->pos0,
+                                           nh, nkv, hd, window, c->work, c->work_floats, c->n_sm,
+                                           c->att + (size_t)g->r * qdim));
+        }
+        CU_TRY(b, kern_split_bf16(s, c->att, c->act, split ? c->act + (size_t)rows * qdim : NULL,
+                                  (size_t)rows * qdim));
+        if (cu_linear(cb, L->o, &L->qo, c->act, cols, split, qdim, H, c->y, 0.0f))
+            return -1;
+        CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)rows * H : NULL, (size_t)rows * H));
+        CU_TRY(b, kern_rmsnorm(s, c->x, L->ln2, rows, H, cf->rms_eps, c->act,
+                               split ? c->act + (size_t)rows * H : NULL));
+        if (cu_linear(cb, L->gate_up, &L->qgate_up, c->act, cols, split, H, 2 * I, c->y, 0.0f))
+            return -1;
+        CU_TRY(b, kern_swiglu(s, c->y, split ? c->y + (size_t)rows * 2 * I : NULL, rows, I, c->act,
+                              split ? c->act + (size_t)rows * I : NULL));
+        if (cu_linear(cb, L->down, &L->qdown, c->act, cols, split, I, H, c->y, 0.0f))
+            return -1;
+        CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)rows * H : NULL, (size_t)rows * H));
+    }
+    return 0;
+}
+
+/* One forward over k streams (bs[i] made by phi3_cuda_new_shared from the same owner, or
+ * the owner itself), n[i] tokens each, logits as backend.h's forward gives them (all[i]:
+ * every position). The rows must fit the first stream's buffers (its chunk); a step that
+ * does not fit returns -1 having computed nothing, with the reason in bs[0]->err (the caller
+ * then runs the streams one by one). */
+extern "C" int phi3_cuda_forward_batch(backend **bs, const int32_t **ids, const int *n, float **logits,
+                                       const int *all, int k)
+{
+    if (k <= 0)
+        return 0;
+    cuda_backend *cb = (cuda_backend *)bs[0];
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    const phi3_config *cf = &b->m->cfg;
+    const int V = cf->vocab;
+    b->err[0] = 0;
+    cu_seg *sg = (cu_seg *)calloc((size_t)k, sizeof *sg);
+    if (!sg)
+        return cu_fail(b, "out of host memory");
+    int rows = 0, ok = 1, one_row = 1;
+    for (int i = 0; i < k && ok; i++) {
+        cuda_backend *gi = (cuda_backend *)bs[i];
+        ok = bs[i]->ops == b->ops && bs[i]->m == b->m && gi->c.layers == c->layers && n[i] > 0 &&
+             (long)bs[i]->n_ctx + n[i] <= bs[i]->max_ctx;
+        for (int t = 0; ok && t < n[i]; t++)
+            ok = ids[i][t] >= 0 && ids[i][t] < V;
+        sg[i] = (cu_seg){gi, n[i], bs[i]->n_ctx, rope_use_long(cf, (long)bs[i]->n_ctx + n[i]), rows};
+        rows += n[i];
+        one_row &= n[i] == 1 && (!logits[i] || !all[i]);
+    }
+    if (!ok || rows > c->chunk) {
+        free(sg);
+        return cu_fail(b, "batched forward: %s", ok ? "more rows than one chunk" : "streams that cannot be stacked");
+    }
+    /* each stream's cache and context ready, its own stream idle (a LongRoPE switch is
+     * that stream's recompute, on its own) */
+    for (int i = 0; i < k; i++) {
+        cuda_backend *gi = sg[i].cb;
+        if (cu_ids_reserve(gi, gi->b.n_ctx + n[i]) || cu_kv_reserve(gi, gi->b.n_ctx + n[i]) ||
+            cu_set_rope_mode(gi, sg[i].use_long)) {
+            snprintf(b->err, sizeof b->err, "%s", gi->b.err);
+            free(sg);
+            return -1;
+        }
+        if (gi != cb)
+            CU_TRY(b, cudaStreamSynchronize(gi->c.stream));
+    }
+    int32_t *hid = (int32_t *)malloc((size_t)rows * sizeof *hid);
+    if (!hid) {
+        free(sg);
+        return cu_fail(b, "out of host memory");
+    }
+    for (int i = 0; i < k; i++)
+        memcpy(hid + sg[i].r, ids[i], (size_t)n[i] * sizeof *hid);
+    int rc = 0;
+    if (cudaMemcpyAsync(c->ids, hid, (size_t)rows * sizeof *hid, cudaMemcpyHostToDevice, c->stream) != cudaSuccess)
+        rc = cu_fail(b, "cuda: ids upload failed (%s:%d)", __FILE__, __LINE__);
+    if (!rc)
+        rc = cu_chunk_multi(cb, sg, k, rows);
+    if (!rc && one_row && rows <= CU_LOGIT_ROWS) {
+        /* a decode step: every row is one stream's last: one LM head pass for all */
+        if (c->h_batch_rows < rows) {
+            if (c->h_batch)
+                cudaFreeHost(c->h_batch);
+            c->h_batch = NULL;
+            c->h_batch_rows = 0;
+            if (cudaMallocHost((void **)&c->h_batch, (size_t)CU_LOGIT_ROWS * V * sizeof(float)) != cudaSuccess)
+                rc = cu_fail(b, "cuda: cudaMallocHost(batch logits) failed");
+            else
+                c->h_batch_rows = CU_LOGIT_ROWS;
+        }
+        if (!rc)
+            rc = cu_logits(cb, 0, rows, c->h_batch);
+        for (int i = 0; !rc && i < k; i++)
+            if (logits[i])
+                memcpy(logits[i], c->h_batch + (size_t)sg[i].r * V, (size_t)V * sizeof(float));
+    } else {
+        for (int i = 0; !rc && i < k; i++) {
+            if (!logits[i])
+                continue;
+            rc = all[i] ? cu_logits(cb, sg[i].r, n[i], logits[i]) : cu_logits(cb, sg[i].r + n[i] - 1, 1, logits[i]);
+        }
+    }
+    if (!rc && cudaStreamSynchronize(c->stream) != cudaSuccess)
+        rc = cu_fail(b, "cuda: batched step failed (%s:%d)", __FILE__, __LINE__);
+    free(hid);
+    if (!rc)
+        for (int i = 0; i < k; i++) {
+            memcpy(sg[i].cb->c.ctx_ids + sg[i].pos0, ids[i], (size_t)n[i] * sizeof *ids[i]);
+            sg[i].cb->b.n_ctx += n[i];
+        }
+    free(sg);
+    return rc ? -1 : 0;
+}
+
 static int cu_truncate(backend *b, int n)
 {
     cuda_backend *cb = (cuda_backend *)b;
@@ -1090,6 +1350,15 @@ static void cu_destroy(backend *b)
     if (c->h_logits)
         cudaFreeHost(c->h_logits);
     cudaFree(c->d_step);
+    if (c->h_batch)
+        cudaFreeHost(c->h_batch);
+    if (c->borrowed) {                                  /* not ours to free */
+        c->layers = NULL;
+        c->embed = c->lm_head = NULL;
+        c->norm = NULL;
+        c->qlm_head.w = NULL;
+        c->wdq = NULL;
+    }
     if (c->layers) {
         for (int l = 0; l < nl; l++) {
             cu_layer *L = &c->layers[l];
@@ -1099,11 +1368,18 @@ static void cu_destroy(backend *b)
             cudaFree(L->o);
             cudaFree(L->gate_up);
             cudaFree(L->down);
+            cudaFree((void *)L->qqkv.w);
+            cudaFree((void *)L->qo.w);
+            cudaFree((void *)L->qgate_up.w);
+            cudaFree((void *)L->qdown.w);
         }
         free(c->layers);
     }
     if (c->lm_head != c->embed)
         cudaFree(c->lm_head);
+    cudaFree((void *)c->qlm_head.w);
+    cudaFree(c->xq);
+    cudaFree(c->wdq);
     cudaFree(c->embed);
     cudaFree(c->norm);
     for (int l = 0; l < nl; l++) {
@@ -1158,7 +1434,7 @@ static int env_int(const char *name, int dflt)
 static int imax(int a, int b) { return a > b ? a : b; }
 
 /* Everything after the context struct exists: device, handles, weights, buffers. */
-static int cu_init(cuda_backend *cb)
+static int cu_init(cuda_backend *cb, const cuda_backend *from)
 {
     backend *b = &cb->b;
     cuda_ctx *c = &cb->c;
@@ -1185,7 +1461,9 @@ static int cu_init(cuda_backend *cb)
     c->attn_mode = am && !strcmp(am, "decode") ? 1 : am && !strcmp(am, "flash") ? 2 : 0;
     /* opt-in: kernels/fast.cuh (1), and programmatic dependent launch in its decode step (2) */
     const int fast_level = env_int("PHI3_CUDA_FAST", 0);
-    c->fast = fast_level == 1 || fast_level == 2;
+    /* the fast decode step reads bf16 weights: a quantized model keeps the default path */
+    c->wdq_elems = cu_quant_max_elems(b->m);
+    c->fast = (fast_level == 1 || fast_level == 2) && !c->wdq_elems;
     c->tm.level = env_int("PHI3_CUDA_TIMING", 0);
     if (c->tm.level) {
         CU_TRY(b, cudaEventCreate(&c->tm.e0));
@@ -1201,16 +1479,17 @@ static int cu_init(cuda_backend *cb)
     c->work_floats = (size_t)nh * (hd + 2) *
                      (size_t)imax(CU_DECODE_SPLITS, c->attn_mode == 1 ? 4 * c->chunk : 0);
     size_t need_w = 0;
-    {
+    if (!from) {
+        /* bf16 on the device, or the blocks of a quantized weight (the embedding table is
+         * dequantized), plus the dequantization buffer */
         const phi3_model *m = b->m;
-        need_w += (size_t)m->embed.rows * m->embed.cols * 2;
+        need_w += (size_t)m->embed.rows * m->embed.cols * 2 + c->wdq_elems * 2;
         if (m->lm_head.data != m->embed.data)
-            need_w += (size_t)m->lm_head.rows * m->lm_head.cols * 2;
+            need_w += cu_weight_bytes(&m->lm_head);
         for (int l = 0; l < cf->n_layers; l++) {
             const phi3_layer *L = &m->layers[l];
-            need_w += ((size_t)L->qkv.rows * L->qkv.cols + (size_t)L->o.rows * L->o.cols +
-                       (size_t)L->gate_up.rows * L->gate_up.cols + (size_t)L->down.rows * L->down.cols) * 2 +
-                      (size_t)4 * 2 * H;
+            need_w += cu_weight_bytes(&L->qkv) + cu_weight_bytes(&L->o) + cu_weight_bytes(&L->gate_up) +
+                      cu_weight_bytes(&L->down) + (size_t)4 * 2 * H;
         }
     }
     const size_t need_buf = (size_t)c->chunk * H * 4 + (size_t)c->rows * c->act_cols * 2 +
@@ -1231,6 +1510,14 @@ static int cu_init(cuda_backend *cb)
     CU_MALLOC(b, c->work, c->work_floats * sizeof(float), "attention workspace");
     CU_MALLOC(b, c->ids, (size_t)c->chunk * sizeof(int32_t), "token ids");
     CU_MALLOC(b, c->logits, (size_t)2 * CU_LOGIT_ROWS * V * sizeof(float), "logits");
+    if (c->wdq_elems) {
+        if (from)
+            c->wdq = from->c.wdq;                       /* one forward at a time: shared */
+        else
+            CU_MALLOC(b, c->wdq, c->wdq_elems * sizeof(bf16), "dequantization buffer");
+        CU_MALLOC(b, c->xq, (size_t)imax(c->split_max, CU_LOGIT_ROWS) * c->act_cols * sizeof(float),
+                  "activations");
+    }
     if (c->fast) {
         c->nsplit = fk_decode_splits(c->n_sm, nh);
         if ((size_t)nh * c->nsplit * (hd + 2) > c->work_floats)
@@ -1271,7 +1558,16 @@ static int cu_init(cuda_backend *cb)
     if (!c->kc || !c->vc)
         return cu_fail(b, "out of host memory");
 
-    if (cu_upload_weights(cb))
+    if (from) {
+        /* the other backend's device weights, read only (it outlives this one) */
+        const cuda_ctx *f = &from->c;
+        c->embed = f->embed;
+        c->lm_head = f->lm_head;
+        c->qlm_head = f->qlm_head;
+        c->norm = f->norm;
+        c->layers = f->layers;
+        c->borrowed = 1;
+    } else if (cu_upload_weights(cb))
         return -1;
     CU_TRY(b, cudaDeviceSynchronize());
     return 0;
@@ -1289,16 +1585,10 @@ extern "C" int phi3_cuda_available(void)
     return n > 0;
 }
 
-extern "C" backend *phi3_cuda_new(const struct phi3_model *m, int max_ctx, char *err,
-                                  size_t errlen)
+/* A backend for m: its own weights (from NULL) or from's (see phi3_cuda_new_shared). */
+static backend *cu_new(const struct phi3_model *m, const cuda_backend *from, int max_ctx, char *err,
+                       size_t errlen)
 {
-    int ndev = 0;
-    cudaError_t e = cudaGetDeviceCount(&ndev);
-    if (e != cudaSuccess || ndev <= 0) {
-        snprintf(err, errlen, "no CUDA device available (%s)",
-                 e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found none");
-        return NULL;
-    }
     cuda_backend *cb = (cuda_backend *)calloc(1, sizeof *cb);
     if (!cb) {
         snprintf(err, errlen, "out of host memory");
@@ -1310,10 +1600,31 @@ extern "C" backend *phi3_cuda_new(const struct phi3_model *m, int max_ctx, char 
     cb->b.max_ctx = max_ctx <= 0 || max_ctx > cf->max_pos ? cf->max_pos : max_ctx;
     cb->b.n_ctx = 0;
     cb->b.rope_long = 0;
-    if (cu_init(cb) || cu_kv_reserve(cb, cb->b.max_ctx < 4096 ? cb->b.max_ctx : 4096)) {
+    if (cu_init(cb, from) || cu_kv_reserve(cb, cb->b.max_ctx < 4096 ? cb->b.max_ctx : 4096)) {
         snprintf(err, errlen, "%s", cb->b.err);
         cu_destroy(&cb->b);
         return NULL;
     }
     return &cb->b;
+}
+
+extern "C" backend *phi3_cuda_new(const struct phi3_model *m, int max_ctx, char *err,
+                                  size_t errlen)
+{
+    int ndev = 0;
+    cudaError_t e = cudaGetDeviceCount(&ndev);
+    if (e != cudaSuccess || ndev <= 0) {
+        snprintf(err, errlen, "no CUDA device available (%s)",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found none");
+        return NULL;
+    }
+    return cu_new(m, NULL, max_ctx, err, errlen);
+}
+
+/* A backend that reads the device weights of `base` (another phi3_cuda_new backend, which
+ * must outlive it) and has its own buffers and KV cache: N streams hold one copy of the
+ * weights. Opt-in with the batched forward (PHI3_CUDA_BATCH=1); not yet run on a GPU. */
+extern "C" backend *phi3_cuda_new_shared(backend *base, int max_ctx, char *err, size_t errlen)
+{
+    return cu_new(base->m, (const cuda_backend *)base, max_ctx, err, errlen);
 }

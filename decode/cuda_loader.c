@@ -14,17 +14,22 @@
 
 typedef int (*avail_fn)(void);
 typedef backend *(*new_fn)(const struct phi3_model *, int, char *, size_t);
+typedef backend *(*new_shared_fn)(backend *, int, char *, size_t);
+typedef int (*batch_fn)(backend **, const int32_t **, const int *, float **, const int *, int);
 
 static int tried;
 static avail_fn p_available;
 static new_fn p_new;
+static new_shared_fn p_new_shared;       /* optional entry points (opt-in batching) */
+static batch_fn p_batch;
 static char why[512] = "this build has no CUDA backend (phi3-cuda.so is built when nvcc is found)";
 
 /* The plug-in resolves these against the executable (linked with -rdynamic): keep them in
  * every phi3-run, referenced or not by the rest of it. */
 void *const cuda_loader_exports[] = {(void *)kv_pos_floats, (void *)model_to_f32,
                                      (void *)rope_inv_freq, (void *)rope_use_long,
-                                     (void *)st_dtype_size};
+                                     (void *)st_dtype_size, (void *)quant_dequant_row,
+                                     (void *)quant_row_bytes};
 
 static int try_open(const char *path)
 {
@@ -36,6 +41,8 @@ static int try_open(const char *path)
     }
     p_available = (avail_fn)(uintptr_t)dlsym(h, "phi3_cuda_available");
     p_new = (new_fn)(uintptr_t)dlsym(h, "phi3_cuda_new");
+    p_new_shared = (new_shared_fn)(uintptr_t)dlsym(h, "phi3_cuda_new_shared");
+    p_batch = (batch_fn)(uintptr_t)dlsym(h, "phi3_cuda_forward_batch");
     if (!p_available || !p_new) {
         snprintf(why, sizeof why, "%s is not a phi3 CUDA backend (missing entry points)", path);
         p_available = NULL;
@@ -76,8 +83,9 @@ int backend_cuda_available(void)
     return p_available && p_available();
 }
 
-/* The CUDA backend uploads BF16/F16/F32 weights only: a quantized GGUF model (block
- * types) is refused here with a clear line instead of being read as F16. */
+/* Quantized GGUF weights (block types) on the CUDA backend are opt-in
+ * (PHI3_CUDA_QUANT=1: kernels/quant.cu, compiled but not yet run on a GPU); without it
+ * such a model is refused here with a clear line. */
 static int quantized_weight(const phi3_model *m)
 {
     if (quant_is_block(m->embed.dtype) || quant_is_block(m->lm_head.dtype)) return 1;
@@ -90,12 +98,19 @@ static int quantized_weight(const phi3_model *m)
     return 0;
 }
 
-int backend_cuda_supports(const struct phi3_model *m) { return !quantized_weight(m); }
+static int quant_opt_in(void)
+{
+    const char *v = getenv("PHI3_CUDA_QUANT");
+    return v && !strcmp(v, "1");
+}
+
+int backend_cuda_supports(const struct phi3_model *m) { return !quantized_weight(m) || quant_opt_in(); }
 
 backend *backend_cuda_new(const struct phi3_model *m, int max_ctx, char *err, size_t errlen)
 {
-    if (quantized_weight(m)) {
-        snprintf(err, errlen, "quantized weights are not supported by the CUDA backend yet (use --backend cpu)");
+    if (quantized_weight(m) && !quant_opt_in()) {
+        snprintf(err, errlen, "quantized weights on the CUDA backend are opt-in and unverified "
+                              "(PHI3_CUDA_QUANT=1), or use --backend cpu");
         return NULL;
     }
     load();
@@ -104,4 +119,33 @@ backend *backend_cuda_new(const struct phi3_model *m, int max_ctx, char *err, si
         return NULL;
     }
     return p_new(m, max_ctx, err, errlen);
+}
+
+int backend_cuda_batch_enabled(void)
+{
+    const char *v = getenv("PHI3_CUDA_BATCH");
+    if (!v || strcmp(v, "1")) return 0;
+    load();
+    return p_new_shared && p_batch;
+}
+
+backend *backend_cuda_new_shared(backend *base, int max_ctx, char *err, size_t errlen)
+{
+    load();
+    if (!p_new_shared) {
+        snprintf(err, errlen, "%s", p_new ? "this CUDA backend cannot share its weights" : why);
+        return NULL;
+    }
+    return p_new_shared(base, max_ctx, err, errlen);
+}
+
+int backend_cuda_forward_batch(backend **bs, const int32_t **ids, const int *n, float **logits, const int *all,
+                               int k)
+{
+    load();
+    if (!p_batch) {
+        snprintf(bs[0]->err, sizeof bs[0]->err, "this CUDA backend has no batched forward");
+        return -1;
+    }
+    return p_batch(bs, ids, n, logits, all, k);
 }

@@ -7,7 +7,9 @@
  * Between polls one compute step gives every stream with work one piece: its decode
  * token, or a chunk of its prefill (so a long prompt does not stall the others). A step
  * is one forward per stream, or (CPU, --batch) one forward over all of them with the
- * weights read once (backend_cpu_forward_batch). The backends use their own threads.
+ * weights read once (backend_cpu_forward_batch; on CUDA, opt-in PHI3_CUDA_BATCH=1:
+ * backend_cuda_forward_batch over backends sharing one copy of the weights). The backends
+ * use their own threads.
  *
  * A stream's output is the bytes phi3-run would write for the same input: the same
  * frames, the same error text (sent as an error frame, then the connection closes). */
@@ -146,6 +148,8 @@ typedef struct server {
     long hist[6];                       /* steps with 1, 2, 3-4, 5-8, 9-16, >16 streams */
     cpu_batch *batch_ws;                /* backend_cpu_forward_batch workspace */
     backend *pool_owner;                /* CPU: holds the threads every stream's backend uses */
+    backend *cuda_owner;                /* CUDA with PHI3_CUDA_BATCH=1 (opt-in): holds the
+                                           weights every stream's backend reads */
     long batched_steps;
 } server;
 
@@ -297,7 +301,8 @@ static int conn_setup(server *sv, conn *c)
     }
     kv_store kv;
     if (c->s) kv = session_kv(c->s);   /* opened by the hello */
-    if (sv->use_cuda) c->b = backend_cuda_new(sv->m, ctx, err, sizeof err);
+    if (sv->use_cuda && sv->cuda_owner) c->b = backend_cuda_new_shared(sv->cuda_owner, ctx, err, sizeof err);
+    else if (sv->use_cuda) c->b = backend_cuda_new(sv->m, ctx, err, sizeof err);
     else c->b = backend_cpu_new(sv->m, ctx, sv->o->threads, c->s ? &kv : NULL, err, sizeof err);
     if (!c->b) {
         conn_fail(c, "%s backend: %s", sv->use_cuda ? "cuda" : "cpu", err);
@@ -615,7 +620,8 @@ static void batch_forward(server *sv, piece *ps, int np)
         k++;
     }
     double t0 = now_sec();
-    if (k > 1 && backend_cpu_forward_batch(&sv->batch_ws, bs, ids, ns, lgs, all, k) == 0) {
+    if (k > 1 && (sv->use_cuda ? backend_cuda_forward_batch(bs, ids, ns, lgs, all, k)
+                               : backend_cpu_forward_batch(&sv->batch_ws, bs, ids, ns, lgs, all, k)) == 0) {
         double dt = now_sec() - t0;
         for (int i = 0; i < np; i++) {
             if (ps[i].c->s || ps[i].n > 64) continue;
@@ -647,7 +653,7 @@ static void step(server *sv)
             if (next_piece(sv, c, sv->o->chunk, &ps[np])) { np++; break; }
         }
     }
-    if (sv->o->batch && !sv->use_cuda && np > 1) batch_forward(sv, ps, np);
+    if (sv->o->batch && (!sv->use_cuda || sv->cuda_owner) && np > 1) batch_forward(sv, ps, np);
     for (int i = 0; i < np; i++) {
         piece *p = &ps[i];
         if (!p->c) continue;
@@ -807,7 +813,9 @@ int server_main(const server_opts *o)
         /* fail now rather than at the first stream */
         backend *b = backend_cuda_new(sv.m, o->ctx, err, sizeof err);
         if (!b) phi3_die("cuda backend: %s", err);
-        b->ops->destroy(b);
+        /* opt-in: it stays, holding the one copy of the weights the streams read */
+        if (o->batch && backend_cuda_batch_enabled()) sv.cuda_owner = b;
+        else b->ops->destroy(b);
     }
     int sp[2];
     if (pipe2(sp, O_NONBLOCK | O_CLOEXEC)) phi3_die("pipe: %s", strerror(errno));
@@ -827,7 +835,8 @@ int server_main(const server_opts *o)
         phi3_err("model %s: %d layers, hidden %d, vocab %d, fingerprint %s, loaded in %.2f s; serving on %s "
                  "(max %d streams, KV budget %s, %s)", o->model_dir, cf->n_layers, cf->hidden, cf->vocab,
                  sv.m->fingerprint_hex, now_sec() - t0, sv.path, o->max_streams,
-                 o->kv_budget > 0 ? "set" : "none", o->batch && !sv.use_cuda ? "batched" : "one forward per stream");
+                 o->kv_budget > 0 ? "set" : "none",
+                 o->batch && (!sv.use_cuda || sv.cuda_owner) ? "batched" : "one forward per stream");
     sv.t0 = now_sec();
     struct pollfd *pf = NULL;
     int pcap = 0;
@@ -911,6 +920,7 @@ int server_main(const server_opts *o)
     the_server = NULL;
     backend_cpu_batch_free(sv.batch_ws);
     if (sv.pool_owner) sv.pool_owner->ops->destroy(sv.pool_owner);
+    if (sv.cuda_owner) sv.cuda_owner->ops->destroy(sv.cuda_owner);   /* after every stream's */
     model_free(sv.m);
     return 0;
 }

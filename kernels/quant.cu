@@ -186,3 +186,21 @@ cudaError_t kern_qdequant_bf16(cudaStream_t s, st_dtype t, const void *w, size_t
     }
     return cudaGetLastError();
 }
+
+/* ---- float32 activations for the GEMV from the bf16 product inputs ---- */
+
+static __global__ void pair_f32_kernel(const __nv_bfloat16 *hi, const __nv_bfloat16 *lo, size_t n,
+                                       float *out)
+{
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = lo ? __bfloat162float(hi[i]) + __bfloat162float(lo[i]) : __bfloat162float(hi[i]);
+}
+
+cudaError_t kern_bf16_pair_f32(cudaStream_t s, const __nv_bfloat16 *hi, const __nv_bfloat16 *lo,
+                               size_t n, float *out)
+{
+    if (!n) return cudaSuccess;
+    const int threads = 256;
+    pair_f32_kernel<<<(unsigned)((n + threads - 1) / threads), threads, 0, s>>>(hi, lo, n, out);
+    return cudaGetLastError();
+}

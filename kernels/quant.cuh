@@ -1,6 +1,6 @@
 /* quant.cuh: CUDA kernels for ggml's quantized weight blocks (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K;
- * layouts in embed/quant.h). Opt-in building blocks: nothing in the CUDA backend calls
- * them yet (compiled, not run on a GPU so far). Weights are rows of row_bytes bytes,
+ * layouts in embed/quant.h), used by the CUDA backend for quantized models when
+ * PHI3_CUDA_QUANT=1 (opt-in: compiled, not yet run on a GPU). Weights are rows of row_bytes bytes,
  * each row whole blocks; x and y float32; all pointers device memory. */
 #ifndef PHI3_QUANT_CUH
 #define PHI3_QUANT_CUH
@@ -28,5 +28,10 @@ cudaError_t kern_qgemv(cudaStream_t s, st_dtype t, const void *w, size_t row_byt
  * bf16 GEMM. One thread per 32 weights. */
 cudaError_t kern_qdequant_bf16(cudaStream_t s, st_dtype t, const void *w, size_t row_bytes,
                                int rows, int cols, __nv_bfloat16 *out);
+
+/* out[i] = float(hi[i]) + float(lo[i]) (lo NULL: + 0) for i < n: the float32 activation a
+ * split product input (hi + lo bf16 halves) stands for, as the GEMV's x. */
+cudaError_t kern_bf16_pair_f32(cudaStream_t s, const __nv_bfloat16 *hi, const __nv_bfloat16 *lo,
+                               size_t n, float *out);
 
 #endif

@@ -16,8 +16,9 @@
 #   8 compiled   transformers static cache + torch.compile decode when the time left allows
 #   then the table: each figure beside its floor (tests/gpu/bench.py table).
 # usage: tests/gpu/bench.sh            on the GPU machine (binaries in $PHI3_BIN, default bin/)
-#        tests/gpu/bench.sh --prepare  here: build build/gpu/gpu_bench and build/gpu/gen_model
-#                                      (carry build/gpu with bin/)
+#        tests/gpu/bench.sh --prepare  here: build build/gpu/gpu_bench and build/gpu/gen_model,
+#                                      write build/gpu/quant/*.gguf (check.sh stage 2d); carry
+#                                      build/gpu with bin/
 #        tests/gpu/bench.sh --dry-run  CPU backend on the tiny fixture, nominal ceilings: the
 #                                      drivers, streams, parsing and table (tests/61-gpu-scripts.bats)
 # Environment: OUT (default /tmp/phi3-bench), BENCH_BUDGET_S (default 330: the whole script),
@@ -47,7 +48,25 @@ if [ "$MODE" = prepare ]; then
         -Xlinker -rpath="$(dirname "$(dirname "$NVCC")")/lib64" -o "$GB/gpu_bench" || exit 1
     cc -O2 -o "$GB/gen_model" tests/bench/gen_model.c -Wl,-Bstatic -ljansson \
         -Wl,-Bdynamic || exit 1
-    echo "bench.sh: built $GB/gpu_bench and $GB/gen_model"
+    # quantized GGUF models for check.sh's stage 2d (tests/gpu/quant_check.py): a random
+    # 256-wide Phi-3 (vocabulary 512, original context 64) in Q8_0, Q4_0 and Q4_K_M
+    mkdir -p "$GB/quant"
+    "${PYTHON:-python3}" - "$GB/quant/k256.json" <<'PYEOF' || exit 1
+import json, sys
+c = json.load(open("tests/bench/phi3-mini-128k-instruct.config.json"))
+c.update({"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
+          "num_key_value_heads": 4, "vocab_size": 512, "original_max_position_embeddings": 64,
+          "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2})
+for k in ("short_factor", "long_factor"): c["rope_scaling"][k] = c["rope_scaling"][k][:32]
+json.dump(c, open(sys.argv[1], "w"), indent=1)
+PYEOF
+    rm -rf "$GB/quant/k256"
+    "$GB/gen_model" "$GB/quant/k256.json" "$GB/quant/k256" > /dev/null || exit 1
+    for t in Q8_0 Q4_0 Q4_K_M; do
+        "$BIN/phi3-quantize" -q -t "$t" "$GB/quant/k256" "$GB/quant/k256-$t.gguf" || exit 1
+    done
+    rm -rf "$GB/quant/k256"
+    echo "bench.sh: built $GB/gpu_bench and $GB/gen_model; quantized test models in $GB/quant"
     exit 0
 fi
 

@@ -5,7 +5,10 @@
 #   3 compute-sanitizer memcheck + racecheck on the tiny models   4 full-size random
 #   Phi-3-mini vs transformers fp32 (last logits of 300/5000-token prompts; 32 decode steps
 #   fed transformers' greedy ids)   5 tests/gpu/bench.sh (timings against the floors, the
-#   transformers peer)   then the table.
+#   transformers peer)   then the table. 2d: quantized GGUF models on CUDA
+#   (PHI3_CUDA_QUANT=1) vs the CPU; 2e: the batching server on CUDA (PHI3_CUDA_BATCH=1)
+#   vs solo runs; 6, 7 (time allowing): full-size Q4_K_M vs bf16 decode, 32 served streams
+#   vs one.
 # Uses the binaries already built in $PHI3_BIN (default bin/; build them where msgpack-dev
 # is, e.g. `make O=build BINDIR=bin` and `tests/gpu/bench.sh --prepare`, and carry bin/ and
 # build/gpu). REBUILD=1 rebuilds here.
@@ -108,6 +111,32 @@ while IFS= read -r line; do
 done < "$OUT/nan.log"
 [ $rc = 0 ] || grep -q "^FAIL" "$OUT/nan.log" || stage nan FAIL "exit $rc: $(tail -1 "$OUT/nan.log" | cut -c1-120)"
 
+# 2d. quantized GGUF weights on CUDA (PHI3_CUDA_QUANT=1, opt-in) vs the CPU on the same files
+if ls build/gpu/quant/k256-Q4_K_M.gguf > /dev/null 2>&1; then
+    timeout 180 "$PY" tests/gpu/quant_check.py --bin "$BIN" --dir build/gpu/quant > "$OUT/quant.log" 2>&1
+    rc=$?
+    while IFS= read -r line; do
+        case $line in
+        "PASS quant "*) p=${line#PASS quant }; stage "quant-${p%%:*}" PASS "${p#*: }" ;;
+        "FAIL quant "*) p=${line#FAIL quant }; stage "quant-${p%%:*}" FAIL "${p#*: }" ;;
+        esac
+    done < "$OUT/quant.log"
+    [ $rc = 0 ] || grep -q "^FAIL" "$OUT/quant.log" || stage quant FAIL "exit $rc: $(tail -1 "$OUT/quant.log" | cut -c1-120)"
+else
+    stage quant SKIP "no build/gpu/quant (tests/gpu/bench.sh --prepare writes it)"
+fi
+
+# 2e. the batching server on CUDA (PHI3_CUDA_BATCH=1, opt-in): concurrent streams vs solo runs
+timeout 240 "$PY" tests/gpu/server_check.py --bin "$BIN" --fix tests/fixtures > "$OUT/server.log" 2>&1
+rc=$?
+while IFS= read -r line; do
+    case $line in
+    "PASS server "*) stage server-cuda-batch PASS "${line#PASS server cuda-batch: }" ;;
+    "FAIL server "*) stage server-cuda-batch FAIL "${line#FAIL server }" ;;
+    esac
+done < "$OUT/server.log"
+[ $rc = 0 ] || grep -q "^FAIL" "$OUT/server.log" || stage server-cuda-batch FAIL "exit $rc: $(tail -1 "$OUT/server.log" | cut -c1-120)"
+
 # 3. compute-sanitizer (may be unsupported on some virtualised machines: SKIP, not FAIL)
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
 "$PY" - "$OUT" <<'PYEOF'
@@ -188,6 +217,26 @@ elif [ "$rest" -gt 60 ]; then
     stage bench INFO "exit $?, $(grep -c FAIL "$OUT/bench/bench-stages.tsv" 2>/dev/null) stage(s) failed (bench-stages.tsv)"
 else
     stage bench SKIP "only $rest s left"
+fi
+
+# 6. Q4_K_M against bf16 decode on the full-size model (quant_check.py --full), if time is left
+rest=$(left)
+if [ "$rest" -gt 240 ] && [ -e "$MODEL_DIR/config.json" ] && ls build/gpu/quant > /dev/null 2>&1; then
+    timeout $(( rest - 10 )) "$PY" tests/gpu/quant_check.py --bin "$BIN" --dir build/gpu/quant \
+        --full "$MODEL_DIR" --deadline $(( T0 + BUDGET_S )) > "$OUT/quant-full.log" 2>&1
+    stage quant-full INFO "$(grep 'decode .*x bf16' "$OUT/quant-full.log" | cut -c6-140)"
+else
+    stage quant-full SKIP "only $rest s left"
+fi
+
+# 7. 32 streams through the CUDA server vs one on the full-size model, if time is left
+rest=$(left)
+if [ "$rest" -gt 150 ] && [ -e "$MODEL_DIR/config.json" ]; then
+    timeout $(( rest - 10 )) "$PY" tests/gpu/server_check.py --bin "$BIN" --fix tests/fixtures --streams 2 \
+        --full "$MODEL_DIR" > "$OUT/server-full.log" 2>&1
+    stage server-full INFO "$(grep 'streams .*x one stream' "$OUT/server-full.log" | cut -c6-140)"
+else
+    stage server-full SKIP "only $rest s left"
 fi
 
 # the table, last (the streams and the model stay behind)
