@@ -82,8 +82,9 @@ float qdot_portable(st_dtype d, const void *row, const float *x, int n)
  * K-quant sc, or |sc| <= 128 for Q6_K) and dmin*m fit in 18 bits and are exact in
  * float; times a 4- or 5-bit q it stays within 23 bits, still exact. Hence ggml's
  * (d*sc)*q - (dmin*m), one rounding in the subtraction, equals fma(d*sc, q, -(dmin*m)),
- * and likewise (q - 8)*d (Q4_0) equals fma(q, d, -8 d) with exact products; (d*sc) *
- * (q - 32) (Q6_K) and q*d (Q8_0) are plain exact products. */
+ * and (d*sc) * (q - 32) (Q6_K) and q*d (Q8_0) are plain products. Q4_0's (q - 8)*d
+ * is one too (q - 8 in integers): fma(q, d, -8 d) has the same value except at q = 8
+ * with d < 0, where it gives +0 for ggml's -0. */
 
 #define AVX __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 #define UNROLL(N) _Pragma("GCC unroll 8")
@@ -125,18 +126,18 @@ AVX void unit_q8_0(const uint8_t *b, int u, const bscale *p, __m256 *w)
 
 #define prep_q4_0 prep_q8_0
 
-/* (q - 8) * d = fma(q, d, -8 d): q*d (4 + 11 bits) and 8 d are exact */
+/* (q - 8) * d: q - 8 in integers, then one product */
 AVX void unit_q4_0(const uint8_t *b, int u, const bscale *p, __m256 *w)
 {
     (void)u;
-    __m256 d = _mm256_set1_ps(p->s[0]), c = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
-    __m256i m = _mm256_set1_epi32(0xF);
+    __m256 d = _mm256_set1_ps(p->s[0]);
+    __m256i m = _mm256_set1_epi32(0xF), c8 = _mm256_set1_epi32(8);
     __m256i v0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2)));
     __m256i v1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 10)));
-    w[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v0, m)), d, c);
-    w[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v1, m)), d, c);
-    w[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v0, 4)), d, c);
-    w[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v1, 4)), d, c);
+    w[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v0, m), c8)), d);
+    w[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v1, m), c8)), d);
+    w[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(v0, 4), c8)), d);
+    w[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(v1, 4), c8)), d);
 }
 
 /* The 8 6-bit (sc, m) pairs from 12 bytes with 32-bit word operations (bytes 0-3: sc
@@ -180,15 +181,21 @@ AVX void unit_q4_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
     }
 }
 
-/* Q5_K: as Q4_K, with the fifth bit (bit u of qh[l]) merged at byte level first. */
-AVX void unit_q5_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+/* Q5_K: as Q4_K, with the fifth bit (bit u of qh[l]) merged at byte level first: the 32
+ * q of unit u as bytes. */
+AVX __m256i q5_bytes(const uint8_t *b, int u)
 {
-    __m256 d1 = _mm256_set1_ps(p->s[u]), m1 = _mm256_set1_ps(p->m[u]);
     __m256i v = _mm256_loadu_si256((const __m256i *)(b + 48 + 32 * (u >> 1)));
     v = _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(4 * (u & 1))), _mm256_set1_epi8(0xF));
     __m256i bit = _mm256_set1_epi8((char)(1 << u));
     __m256i h = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)(b + 16)), bit), bit);
-    v = _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(16)));
+    return _mm256_or_si256(v, _mm256_and_si256(h, _mm256_set1_epi8(16)));
+}
+
+AVX void unit_q5_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    __m256 d1 = _mm256_set1_ps(p->s[u]), m1 = _mm256_set1_ps(p->m[u]);
+    __m256i v = q5_bytes(b, u);
     __m128i a = _mm256_castsi256_si128(v), c = _mm256_extracti128_si256(v, 1);
     w[0] = _mm256_fmadd_ps(d1, cvt_u8(a), m1);
     w[1] = _mm256_fmadd_ps(d1, cvt_u8(_mm_srli_si128(a, 8)), m1);
@@ -207,15 +214,20 @@ AVX void prep_q6_k(const uint8_t *b, bscale *p)
 /* Q6_K unit u = 4h + quarter: elements 32 quarter.. of half h; low 4 bits from
  * ql[64h + 32 (quarter & 1) + l] (high nibble for quarter >= 2), 2 high bits at bit
  * 2 quarter of qh[32h + l]; scales 8h + 2 quarter and the next; w = (d*sc) * (q - 32). */
-AVX void unit_q6_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+AVX __m256i q6_bytes(const uint8_t *b, int u)     /* the 32 q - 32 of unit u as signed bytes */
 {
     int h = u >> 2, qt = u & 3;
-    __m256 s0 = _mm256_set1_ps(p->s[2 * u]), s1 = _mm256_set1_ps(p->s[2 * u + 1]);
     __m256i lo = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (qt & 1)));
     lo = _mm256_and_si256(_mm256_srl_epi16(lo, _mm_cvtsi32_si128(4 * (qt >> 1))), _mm256_set1_epi8(0xF));
     __m256i hb = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
     hb = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * qt)), _mm256_set1_epi8(3));
-    __m256i q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hb, 4)), _mm256_set1_epi8(32));
+    return _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hb, 4)), _mm256_set1_epi8(32));
+}
+
+AVX void unit_q6_k(const uint8_t *b, int u, const bscale *p, __m256 *w)
+{
+    __m256 s0 = _mm256_set1_ps(p->s[2 * u]), s1 = _mm256_set1_ps(p->s[2 * u + 1]);
+    __m256i q = q6_bytes(b, u);
     __m128i a = _mm256_castsi256_si128(q), c = _mm256_extracti128_si256(q, 1);
     w[0] = _mm256_mul_ps(s0, cvt_i8(a));
     w[1] = _mm256_mul_ps(s0, cvt_i8(_mm_srli_si128(a, 8)));
@@ -327,25 +339,11 @@ AVX512 __m512 pair_ps(float a, float b)
     return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
 }
 
-AVX512 __m128i pair_q(const uint8_t *a, const uint8_t *b)     /* 8 bytes of a, 8 of b */
+/* A zmm accumulator's two rows (A: lanes 0-7, B: 8-15) reduced to out[0], out[1]. */
+AVX512 void pair_out(__m512 acc, float *out)
 {
-    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(_mm_loadl_epi64((const __m128i *)a)), (const double *)b));
-}
-
-AVX512 __m512 cvt16_u8(__m128i v)
-{
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
-}
-
-AVX512 __m512 cvt16_i8(__m128i v)
-{
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(v));
-}
-
-/* 8 bytes at offset 8i of each 32-byte half of v (A then B) as one xmm */
-AVX512 __m128i pair_half(__m512i v, int i)
-{
-    return _mm512_castsi512_si128(_mm512_permutexvar_epi64(_mm512_set_epi64(0, 0, 0, 0, 0, 0, 4 + i, i), v));
+    out[0] = hsum(_mm512_castps512_ps256(acc));
+    out[1] = hsum(_mm512_extractf32x8_ps(acc, 1));
 }
 
 AVX512 __m512i load2x32(const uint8_t *a, const uint8_t *b)     /* 32 bytes of a, 32 of b */
@@ -354,93 +352,162 @@ AVX512 __m512i load2x32(const uint8_t *a, const uint8_t *b)     /* 32 bytes of a
                               _mm256_loadu_si256((const __m256i *)b), 1);
 }
 
-AVX512 void pair_q4_0(const uint8_t *a, const uint8_t *b, int u, const bscale *pa, const bscale *pb, __m512 *w)
+
+/* Spreading bytes to 32-bit lanes in-lane (vpshufb), not across lanes: a "spread"
+ * register holds 16 bytes of row A in 128-bit lanes 0 and 1 and 16 bytes of row B in
+ * lanes 2 and 3; spread_ctl(g) picks bytes 8g..8g+7 of each row into the 16 dword lanes
+ * of a pair (A's 8 then B's 8), as the low byte of each dword (zero-extended), or as the
+ * top byte (top = 1: the signed byte times 2^24). */
+AVX512 __m512i spread_ctl(int g, int top)
 {
-    (void)u;
-    __m512 d = pair_ps(pa->s[0], pb->s[0]), c = _mm512_mul_ps(d, _mm512_set1_ps(-8.0f));
-    __m512i v0 = _mm512_cvtepu8_epi32(pair_q(a + 2, b + 2)), v1 = _mm512_cvtepu8_epi32(pair_q(a + 10, b + 10));
-    __m512i m = _mm512_set1_epi32(0xF);
-    w[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v0, m)), d, c);
-    w[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v1, m)), d, c);
-    w[2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)), d, c);
-    w[3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4)), d, c);
+    const __m512i idx = _mm512_set_epi32(7, 6, 5, 4, 3, 2, 1, 0, 7, 6, 5, 4, 3, 2, 1, 0);
+    __m512i i = _mm512_add_epi32(idx, _mm512_set1_epi32(8 * g));
+    return top ? _mm512_or_si512(_mm512_slli_epi32(i, 24), _mm512_set1_epi32(0x808080))
+               : _mm512_or_si512(i, _mm512_set1_epi32((int)0x80808000u));
 }
 
-/* UPC: units of 32 a pair_T call dequantizes (w[0 .. 4 UPC)). */
-#define GEN512(T, BS, BB, UPC)                                                                  \
-    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void     \
-    rows512_##T(const void *row, size_t rb, const float *x, int n, float *out)                  \
-    {                                                                                           \
-        const uint8_t *b = row;                                                                 \
-        __m512 acc[QDOT_ROWS / 2], w[4 * UPC], xv[4 * UPC];                                     \
-        bscale p[QDOT_ROWS];                                                                    \
-        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();         \
-        for (int k0 = 0; k0 < n; k0 += BS, b += BB) {                                           \
-            pf_rows(b, rb, BB);                                                                 \
-            UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) prep_##T(b + r * rb, &p[r]);          \
-            for (int u = 0; u < BS / 32; u += UPC) {                                            \
-                UNROLL(8) for (int i = 0; i < 4 * UPC; i++)                                     \
-                    xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 32 * u + 8 * i));   \
-                UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {                             \
-                    pair_##T(b + 2 * r * rb, b + (2 * r + 1) * rb, u, &p[2 * r], &p[2 * r + 1], w); \
-                    UNROLL(8) for (int i = 0; i < 4 * UPC; i++) acc[r] = _mm512_fmadd_ps(w[i], xv[i], acc[r]); \
-                }                                                                               \
-            }                                                                                   \
-        }                                                                                       \
-        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {                                     \
-            out[2 * r] = hsum(_mm512_castps512_ps256(acc[r]));                                  \
-            out[2 * r + 1] = hsum(_mm512_extractf32x8_ps(acc[r], 1));                           \
-        }                                                                                       \
-    }
-
-/* Q4_K by hand: a row pair's scales stay in registers for the block ([A's 8 | B's 8],
- * lane-broadcast per unit by a permute), units 2c and 2c+1 share their bytes (low and
- * high nibbles), and nothing is stored in the loop. */
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
-rows512_q4_k(const void *row, size_t rb, const float *x, int n, float *out)
+AVX512 __m512i bcast2x16(const uint8_t *a, const uint8_t *b)     /* 16 bytes of a, 16 of b */
 {
+    return _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)a)), 0xFF00,
+                                       _mm_loadu_si128((const __m128i *)b));
+}
+
+/* the halves of a load2x32 register (32 bytes of A, 32 of B) as two spread registers */
+AVX512 __m512i spread_lo(__m512i v)
+{
+    return _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(2, 2, 0, 0));
+}
+
+AVX512 __m512i spread_hi(__m512i v)
+{
+    return _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 3, 1, 1));
+}
+
+/* unsigned bytes (zero-extended) / signed bytes (sign-extended) of a spread register
+ * to floats */
+AVX512 __m512 spread_u8(__m512i v, __m512i ctl)
+{
+    return _mm512_cvtepi32_ps(_mm512_shuffle_epi8(v, ctl));
+}
+
+/* signed bytes times 2^24 (the byte as the top of its dword, exact in float) */
+AVX512 __m512 spread_i8x2p24(__m512i v, __m512i ctl)
+{
+    return _mm512_cvtepi32_ps(_mm512_shuffle_epi8(v, ctl));
+}
+
+/* bit b of each byte of v moved to bit 4 (other bits cleared) */
+AVX512 __m512i bit_to4(__m512i v, int b)
+{
+    __m512i t = b <= 4 ? _mm512_sll_epi16(v, _mm_cvtsi32_si128(4 - b)) : _mm512_srl_epi16(v, _mm_cvtsi32_si128(b - 4));
+    return _mm512_and_si512(t, _mm512_set1_epi8(0x10));
+}
+
+/* A row pair's K-quant scales (Q4_K, Q5_K blocks at a and b) in the pair layout: S = d*sc
+ * and M = -(dmin*m) of the 8 sub-blocks of A in lanes 0-7, of B in lanes 8-15 (the same
+ * float operations as k45_scales). The first 16 bytes of a block (d, dmin, 12 scale
+ * bytes) are spread so that lane j holds (low byte, next byte): sc: (s[j], 0) for j < 4,
+ * (s[j+4], s[j-4]) for j >= 4; m: (s[j+4], 0), (s[j+4], s[j]); then
+ * value = (v >> sh & lo) | (v >> 10 & 0x30) with sh = 4 for m of j >= 4 (else 0), lo =
+ * 0x3f for j < 4 (else 0xf) and the 0x30 term for j >= 4 only. */
+AVX512 void k45_pair_scales(const uint8_t *a, const uint8_t *b, __m512 *S, __m512 *M)
+{
+#define K45_CTL(x0, x1, x2, x3) _mm512_set_epi32(x3, x2, x1, x0, x3, x2, x1, x0, x3, x2, x1, x0, x3, x2, x1, x0)
+#define K45_LANES(lo4, hi4) _mm512_set_epi32(hi4, hi4, hi4, hi4, lo4, lo4, lo4, lo4, hi4, hi4, hi4, hi4, lo4, lo4, lo4, lo4)
+    __m512i v = bcast2x16(a, b);
+    /* 128-bit lane 0 and 2 serve j = 0..3, lanes 1 and 3 j = 4..7: the controls differ per lane */
+    const __m512i csc = _mm512_set_epi32((int)0x8080070f, (int)0x8080060e, (int)0x8080050d, (int)0x8080040c,
+                                         (int)0x80808007, (int)0x80808006, (int)0x80808005, (int)0x80808004,
+                                         (int)0x8080070f, (int)0x8080060e, (int)0x8080050d, (int)0x8080040c,
+                                         (int)0x80808007, (int)0x80808006, (int)0x80808005, (int)0x80808004);
+    const __m512i cm = _mm512_set_epi32((int)0x80800b0f, (int)0x80800a0e, (int)0x8080090d, (int)0x8080080c,
+                                        (int)0x8080800b, (int)0x8080800a, (int)0x80808009, (int)0x80808008,
+                                        (int)0x80800b0f, (int)0x80800a0e, (int)0x8080090d, (int)0x8080080c,
+                                        (int)0x8080800b, (int)0x8080800a, (int)0x80808009, (int)0x80808008);
+    const __m512i lo = K45_LANES(0x3f, 0xf), hi = K45_LANES(0, 0x30), sh = K45_LANES(0, 4);
+    __m512i vs = _mm512_shuffle_epi8(v, csc), vm = _mm512_shuffle_epi8(v, cm);
+    __m512i sc = _mm512_ternarylogic_epi32(_mm512_srli_epi32(vs, 10), hi, _mm512_and_si512(vs, lo), 0xEA);
+    __m512i m = _mm512_ternarylogic_epi32(_mm512_srli_epi32(vm, 10), hi, _mm512_and_si512(_mm512_srlv_epi32(vm, sh), lo), 0xEA);
+    /* d (bytes 0-1) and dmin (bytes 2-3) of each row as halves in every lane of its row */
+    __m512i dd = _mm512_shuffle_epi8(v, K45_CTL(0x03020100, 0x03020100, 0x03020100, 0x03020100));
+    __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd)), dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dd, 16)));
+    *S = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+    *M = _mm512_xor_ps(_mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m)), _mm512_set1_ps(-0.0f));
+#undef K45_CTL
+#undef K45_LANES
+}
+
+/* Q4_K and Q5_K (q5 = 1) by hand: a row pair's scales stay in registers for the block
+ * ([A's 8 | B's 8], lane-broadcast per unit by a permute), units 2c and 2c+1 share their
+ * bytes (low and high nibbles, masked 32 at a time; Q5_K merges the fifth bits, bit u of
+ * qh, at byte level too), each group of 8 is spread in-lane, and nothing is stored in
+ * the loop. */
+AVX512 void rows512_k45(const void *row, size_t rb, const float *x, int n, float *out, int q5)
+{
+    const size_t bb = q5 ? Q5_K_BYTES : Q4_K_BYTES;
+    const int qoff = q5 ? 48 : 16;
     const uint8_t *b = row;
     __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[8];
     UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
     const __m512i hi8 = _mm512_set_epi32(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
-    for (int k0 = 0; k0 < n; k0 += QK_K, b += Q4_K_BYTES) {
-        pf_rows(b, rb, Q4_K_BYTES);
-        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-            __m256 sa, ma, sb, mb;
-            k45_scales(b + 2 * r * rb, &sa, &ma);
-            k45_scales(b + (2 * r + 1) * rb, &sb, &mb);
-            S[r] = _mm512_insertf32x8(_mm512_castps256_ps512(sa), sb, 1);
-            M[r] = _mm512_insertf32x8(_mm512_castps256_ps512(ma), mb, 1);
-        }
+    const __m512i m4 = _mm512_set1_epi8(0xF), g0 = spread_ctl(0, 0), g1 = spread_ctl(1, 0);
+    for (int k0 = 0; k0 < n; k0 += QK_K, b += bb) {
+        pf_rows(b, rb, (int)bb);
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) k45_pair_scales(b + 2 * r * rb, b + (2 * r + 1) * rb, &S[r], &M[r]);
         for (int c = 0; c < 4; c++) {
             UNROLL(8) for (int i = 0; i < 8; i++)
                 xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 64 * c + 8 * i));
             __m512i i1 = _mm512_add_epi32(hi8, _mm512_set1_epi32(2 * c)), i2 = _mm512_add_epi32(i1, _mm512_set1_epi32(1));
             UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-                const uint8_t *qa = b + 2 * r * rb + 16 + 32 * c, *qb = qa + rb;
+                const uint8_t *pa = b + 2 * r * rb, *pb = pa + rb, *qa = pa + qoff + 32 * c, *qb = pb + qoff + 32 * c;
                 __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
                 __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
-                __m512 w[8];
-                UNROLL(4) for (int i = 0; i < 4; i++) {
-                    __m512i v = _mm512_cvtepu8_epi32(pair_q(qa + 8 * i, qb + 8 * i));
-                    w[i] = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0xF))), m1);
-                    w[4 + i] = _mm512_fmadd_ps(d2, _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), m2);
+                __m512i R0 = bcast2x16(qa, qb), R1 = bcast2x16(qa + 16, qb + 16);
+                __m512i L0 = _mm512_and_si512(R0, m4), L1 = _mm512_and_si512(R1, m4);
+                __m512i H0 = _mm512_and_si512(_mm512_srli_epi16(R0, 4), m4), H1 = _mm512_and_si512(_mm512_srli_epi16(R1, 4), m4);
+                if (q5) {
+                    __m512i Q0 = bcast2x16(pa + 16, pb + 16), Q1 = bcast2x16(pa + 32, pb + 32);
+                    L0 = _mm512_or_si512(L0, bit_to4(Q0, 2 * c));
+                    L1 = _mm512_or_si512(L1, bit_to4(Q1, 2 * c));
+                    H0 = _mm512_or_si512(H0, bit_to4(Q0, 2 * c + 1));
+                    H1 = _mm512_or_si512(H1, bit_to4(Q1, 2 * c + 1));
                 }
+                __m512 w[8];
+                w[0] = _mm512_fmadd_ps(d1, spread_u8(L0, g0), m1);
+                w[1] = _mm512_fmadd_ps(d1, spread_u8(L0, g1), m1);
+                w[2] = _mm512_fmadd_ps(d1, spread_u8(L1, g0), m1);
+                w[3] = _mm512_fmadd_ps(d1, spread_u8(L1, g1), m1);
+                w[4] = _mm512_fmadd_ps(d2, spread_u8(H0, g0), m2);
+                w[5] = _mm512_fmadd_ps(d2, spread_u8(H0, g1), m2);
+                w[6] = _mm512_fmadd_ps(d2, spread_u8(H1, g0), m2);
+                w[7] = _mm512_fmadd_ps(d2, spread_u8(H1, g1), m2);
                 UNROLL(8) for (int i = 0; i < 8; i++) acc[r] = _mm512_fmadd_ps(w[i], xv[i], acc[r]);
             }
         }
     }
-    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-        out[2 * r] = hsum(_mm512_castps512_ps256(acc[r]));
-        out[2 * r + 1] = hsum(_mm512_extractf32x8_ps(acc[r], 1));
-    }
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) pair_out(acc[r], out + 2 * r);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
+rows512_q4_k(const void *row, size_t rb, const float *x, int n, float *out)
+{
+    rows512_k45(row, rb, x, n, out, 0);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
+rows512_q5_k(const void *row, size_t rb, const float *x, int n, float *out)
+{
+    rows512_k45(row, rb, x, n, out, 1);
 }
 
 /* Q6_K by hand. Per half block (128 weights) a row pair loads its ql (2 x 32 bytes) and
- * qh (32 bytes) once for the four quarters, x of the half is broadcast once for all pairs,
- * and each row's 16 scales (d * sc) stay in a zmm register for the block (two-source
- * permutes pick a unit's pair of scales for rows A and B). Pairs go one after another
- * through a half: their FMA chains overlap in the out-of-order window. */
+ * qh (32 bytes) once for the four quarters and builds each quarter's q - 32 at byte
+ * level 64 at a time, spread as (q - 32) 2^24 and multiplied by (d*sc) 2^-24: the same
+ * real product as (d*sc) (q - 32), so the same rounding (|it| >= 2^-48 or 0: never
+ * subnormal); x of the half is broadcast once for all pairs, and each row's 16
+ * scales (d * sc) stay in a zmm register for the block (two-source permutes pick a
+ * unit's pair of scales for rows A and B). Pairs go one after another through a half:
+ * their FMA chains overlap in the out-of-order window. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
 rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
 {
@@ -449,12 +516,15 @@ rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
     UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
     const __m512i hi16 = _mm512_set_epi32(16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m512i m4 = _mm512_set1_epi8(0xF), m2 = _mm512_set1_epi8(0x30), c32 = _mm512_set1_epi8(32);
+    const __m512i g0 = spread_ctl(0, 1), g1 = spread_ctl(1, 1);
     for (int k0 = 0; k0 < n; k0 += QK_K, b += Q6_K_BYTES) {
         pf_rows(b, rb, Q6_K_BYTES);
         UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) {
             const uint8_t *br = b + r * rb;
-            S[r] = _mm512_mul_ps(_mm512_set1_ps(h2f(br + 208)),
-                                 _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(br + 192)))));
+            /* (d*sc) 2^-24: exact (|d*sc| >= 2^-24 or 0, so no underflow) */
+            S[r] = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(h2f(br + 208)),
+                                               _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(br + 192))))),
+                                 _mm512_set1_ps(0x1p-24f));
         }
         for (int h = 0; h < 2; h++) {
             UNROLL(16) for (int i = 0; i < 16; i++)
@@ -472,73 +542,19 @@ rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
                                        _mm512_and_si512(_mm512_srli_epi16(H, 2), m2));
                 UNROLL(4) for (int t = 0; t < 4; t++) {
                     int u = 4 * h + t;
-                    __m512i qs = _mm512_sub_epi8(q[t], c32);
+                    __m512i qs = _mm512_sub_epi8(q[t], c32), lo = spread_lo(qs), hi = spread_hi(qs);
                     __m512i i0 = _mm512_add_epi32(hi16, _mm512_set1_epi32(2 * u)), i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(1));
                     __m512 s0 = _mm512_permutex2var_ps(S[2 * r], i0, S[2 * r + 1]);
                     __m512 s1 = _mm512_permutex2var_ps(S[2 * r], i1, S[2 * r + 1]);
-                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(qs, 0))), xv[4 * t], acc[r]);
-                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, cvt16_i8(pair_half(qs, 1))), xv[4 * t + 1], acc[r]);
-                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(qs, 2))), xv[4 * t + 2], acc[r]);
-                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, cvt16_i8(pair_half(qs, 3))), xv[4 * t + 3], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, spread_i8x2p24(lo, g0)), xv[4 * t], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s0, spread_i8x2p24(lo, g1)), xv[4 * t + 1], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, spread_i8x2p24(hi, g0)), xv[4 * t + 2], acc[r]);
+                    acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(s1, spread_i8x2p24(hi, g1)), xv[4 * t + 3], acc[r]);
                 }
             }
         }
     }
-    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-        out[2 * r] = hsum(_mm512_castps512_ps256(acc[r]));
-        out[2 * r + 1] = hsum(_mm512_extractf32x8_ps(acc[r], 1));
-    }
-}
-
-/* Q5_K by hand: as Q6_K, a row pair's qh (32 + 32 bytes) is loaded once per block and
- * its qs once per pair of units; fifth bits and nibbles are merged at byte level, then
- * each group of 8 is widened from the byte vector; the block's scales (d*sc, -(dmin*m))
- * stay in registers as for Q4_K. */
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
-rows512_q5_k(const void *row, size_t rb, const float *x, int n, float *out)
-{
-    const uint8_t *b = row;
-    __m512 acc[QDOT_ROWS / 2], S[QDOT_ROWS / 2], M[QDOT_ROWS / 2], xv[16];
-    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
-    const __m512i hi8 = _mm512_set_epi32(8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i m4 = _mm512_set1_epi8(0xF), one = _mm512_set1_epi8(1);
-    for (int k0 = 0; k0 < n; k0 += QK_K, b += Q5_K_BYTES) {
-        pf_rows(b, rb, Q5_K_BYTES);
-        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-            __m256 sa, ma, sb, mb;
-            k45_scales(b + 2 * r * rb, &sa, &ma);
-            k45_scales(b + (2 * r + 1) * rb, &sb, &mb);
-            S[r] = _mm512_insertf32x8(_mm512_castps256_ps512(sa), sb, 1);
-            M[r] = _mm512_insertf32x8(_mm512_castps256_ps512(ma), mb, 1);
-        }
-        for (int h = 0; h < 2; h++) {              /* units 4h .. 4h+3 */
-            UNROLL(16) for (int i = 0; i < 16; i++)
-                xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 128 * h + 8 * i));
-            UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-                const uint8_t *a = b + 2 * r * rb, *c = a + rb;
-                __m512i H = load2x32(a + 16, c + 16);
-                UNROLL(2) for (int cc = 0; cc < 2; cc++) {
-                    int pc = 2 * h + cc;               /* the pair of units 2pc, 2pc+1 */
-                    __m512i Q = load2x32(a + 48 + 32 * pc, c + 48 + 32 * pc);
-                    __m512i q0 = _mm512_or_si512(_mm512_and_si512(Q, m4),
-                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srl_epi16(H, _mm_cvtsi32_si128(2 * pc)), one), 4));
-                    __m512i q1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(Q, 4), m4),
-                        _mm512_slli_epi16(_mm512_and_si512(_mm512_srl_epi16(H, _mm_cvtsi32_si128(2 * pc + 1)), one), 4));
-                    __m512i i1 = _mm512_add_epi32(hi8, _mm512_set1_epi32(2 * pc)), i2 = _mm512_add_epi32(i1, _mm512_set1_epi32(1));
-                    __m512 d1 = _mm512_permutexvar_ps(i1, S[r]), m1 = _mm512_permutexvar_ps(i1, M[r]);
-                    __m512 d2 = _mm512_permutexvar_ps(i2, S[r]), m2 = _mm512_permutexvar_ps(i2, M[r]);
-                    UNROLL(4) for (int i = 0; i < 4; i++)
-                        acc[r] = _mm512_fmadd_ps(_mm512_fmadd_ps(d1, cvt16_u8(pair_half(q0, i)), m1), xv[8 * cc + i], acc[r]);
-                    UNROLL(4) for (int i = 0; i < 4; i++)
-                        acc[r] = _mm512_fmadd_ps(_mm512_fmadd_ps(d2, cvt16_u8(pair_half(q1, i)), m2), xv[8 * cc + 4 + i], acc[r]);
-                }
-            }
-        }
-    }
-    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
-        out[2 * r] = hsum(_mm512_castps512_ps256(acc[r]));
-        out[2 * r + 1] = hsum(_mm512_extractf32x8_ps(acc[r], 1));
-    }
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) pair_out(acc[r], out + 2 * r);
 }
 
 /* Q8_0: rows are not paired here; 16 weights of one row are widened and scaled in a
@@ -567,7 +583,41 @@ rows512_q8_0(const void *row, size_t rb, const float *x, int n, float *out)
     UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) out[r] = hsum(acc[r]);
 }
 
-GEN512(q4_0, QK4_0, Q4_0_BYTES, 1)
+/* Q4_0: rows A and B widened 8 bytes at a time (pair_q), w = fma(q, d, -8 d). That is
+ * ggml's (q - 8) d, but +0 where ggml has -0 (q = 8, d < 0); no dot sees the
+ * difference: an accumulator that starts at +0 never becomes -0 (x + -0 = x, +0 + -0 =
+ * +0), so fma(+-0, x, acc) gives the same bits either way. (The panel conversion,
+ * which stores weights, uses the exact-sign units.) */
+AVX512 __m128i pair_q(const uint8_t *a, const uint8_t *b)     /* 8 bytes of a, 8 of b */
+{
+    return _mm_castpd_si128(_mm_loadh_pd(_mm_castsi128_pd(_mm_loadl_epi64((const __m128i *)a)), (const double *)b));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
+rows512_q4_0(const void *row, size_t rb, const float *x, int n, float *out)
+{
+    const uint8_t *b = row;
+    __m512 acc[QDOT_ROWS / 2], xv[4];
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i m = _mm512_set1_epi32(0xF);
+    bscale p[QDOT_ROWS];
+    for (int k0 = 0; k0 < n; k0 += QK4_0, b += Q4_0_BYTES) {
+        pf_rows(b, rb, Q4_0_BYTES);
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) prep_q4_0(b + r * rb, &p[r]);
+        UNROLL(4) for (int i = 0; i < 4; i++) xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 8 * i));
+        UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+            const uint8_t *pa = b + 2 * r * rb, *pb = pa + rb;
+            __m512 d = pair_ps(p[2 * r].s[0], p[2 * r + 1].s[0]), c = _mm512_mul_ps(d, _mm512_set1_ps(-8.0f)), w[4];
+            __m512i v0 = _mm512_cvtepu8_epi32(pair_q(pa + 2, pb + 2)), v1 = _mm512_cvtepu8_epi32(pair_q(pa + 10, pb + 10));
+            w[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v0, m)), d, c);
+            w[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v1, m)), d, c);
+            w[2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)), d, c);
+            w[3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4)), d, c);
+            UNROLL(4) for (int i = 0; i < 4; i++) acc[r] = _mm512_fmadd_ps(w[i], xv[i], acc[r]);
+        }
+    }
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) pair_out(acc[r], out + 2 * r);
+}
 
 /* ---- dispatch ---- */
 
@@ -612,10 +662,75 @@ void qdot_tokens(st_dtype d, const void *row, const float *x, size_t ldx, int nt
     for (int t = 0; t < ntok; t++) out[t] = qdot_portable(d, row, x + t * ldx, n);
 }
 
+/* ---- AVX-512 units for the panel conversion: 32 weights of one row as two zmm ----
+ * The same float operations as the AVX2 units, 16 lanes at a time. */
+
+AVX512 void unit512_q8_0(const uint8_t *b, int u, const bscale *p, __m512 *w)
+{
+    (void)u;
+    __m512 d = _mm512_set1_ps(p->s[0]);
+    UNROLL(2) for (int i = 0; i < 2; i++)
+        w[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 2 + 16 * i)))), d);
+}
+
+AVX512 void unit512_q4_0(const uint8_t *b, int u, const bscale *p, __m512 *w)
+{
+    (void)u;
+    __m512 d = _mm512_set1_ps(p->s[0]);
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 2))), c8 = _mm512_set1_epi32(8);
+    w[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0xF)), c8)), d);
+    w[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(v, 4), c8)), d);
+}
+
+AVX512 void unit512_q4_k(const uint8_t *b, int u, const bscale *p, __m512 *w)
+{
+    __m512 d1 = _mm512_set1_ps(p->s[u]), m1 = _mm512_set1_ps(p->m[u]);
+    const uint8_t *qs = b + 16 + 32 * (u >> 1);
+    UNROLL(2) for (int i = 0; i < 2; i++) {
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16 * i)));
+        v = u & 1 ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(0xF));
+        w[i] = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(v), m1);
+    }
+}
+
+AVX512 void unit512_q5_k(const uint8_t *b, int u, const bscale *p, __m512 *w)
+{
+    __m512 d1 = _mm512_set1_ps(p->s[u]), m1 = _mm512_set1_ps(p->m[u]);
+    __m256i v = q5_bytes(b, u);
+    w[0] = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(v))), m1);
+    w[1] = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(v, 1))), m1);
+}
+
+AVX512 void unit512_q6_k(const uint8_t *b, int u, const bscale *p, __m512 *w)
+{
+    __m256i q = q6_bytes(b, u);
+    w[0] = _mm512_mul_ps(_mm512_set1_ps(p->s[2 * u]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))));
+    w[1] = _mm512_mul_ps(_mm512_set1_ps(p->s[2 * u + 1]),
+                         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1))));
+}
+
 /* ---- gemm_ops for the blocked many-token path (decode/gemm.h) ----
  * cvt dequantizes a block-aligned range exactly (the AVX units above or quant.c), so
  * the GEMM tiles run the canonical order on the same float weights. */
 
+/* A cvt of decode/gemm.h for type T: UNIT dequantizes unit u (32 weights) into NV vectors
+ * of type V. */
+#define CVT(NAME, TGT, T, BS, BB, UNIT, V, NV, STORE)                                           \
+    __attribute__((target(TGT))) static void NAME(const void *w, int k0, int n, float *dst)     \
+    {                                                                                           \
+        const uint8_t *b = (const uint8_t *)w + (size_t)(k0 / BS) * BB;                         \
+        bscale p;                                                                               \
+        V v[NV];                                                                                \
+        for (int k = 0; k < n; k += BS, b += BB) {                                              \
+            prep_##T(b, &p);                                                                    \
+            for (int u = 0; u < BS / 32 && k + 32 * u < n; u++) {                               \
+                UNIT(b, u, &p, v);                                                              \
+                UNROLL(4) for (int i = 0; i < NV; i++) STORE(dst + k + 32 * u + 32 / NV * i, v[i]); \
+            }                                                                                   \
+        }                                                                                       \
+    }
+
+#define T512 "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"
 #define GEMM_GLUE(T, DT, BS, BB)                                                                \
     static float gdot_##T##_c(const void *w, const float *x, int n) { return qdot_portable(DT, w, x, n); } \
     static void gdot4_##T##_c(const void *w, size_t rb, const float *x, int n, float *out)     \
@@ -627,31 +742,21 @@ void qdot_tokens(st_dtype d, const void *row, const float *x, size_t ldx, int nt
     {                                                                                           \
         for (int i = 0; i < 4; i++) out[i] = dot_##T((const uint8_t *)w + i * rb, x, n);       \
     }                                                                                           \
-    __attribute__((target("avx2,fma,f16c"))) static void cvt_##T(const void *w, int k0, int n, float *dst) \
-    {                                                                                           \
-        const uint8_t *b = (const uint8_t *)w + (size_t)(k0 / BS) * BB;                         \
-        bscale p;                                                                               \
-        __m256 v[4];                                                                            \
-        for (int k = 0; k < n; k += BS, b += BB) {                                              \
-            prep_##T(b, &p);                                                                    \
-            for (int u = 0; u < BS / 32 && k + 32 * u < n; u++) {                               \
-                unit_##T(b, u, &p, v);                                                          \
-                UNROLL(4) for (int i = 0; i < 4; i++) _mm256_storeu_ps(dst + k + 32 * u + 8 * i, v[i]); \
-            }                                                                                   \
-        }                                                                                       \
-    }
+    CVT(cvt_##T, "avx2,fma,f16c", T, BS, BB, unit_##T, __m256, 4, _mm256_storeu_ps)            \
+    CVT(cvt512_##T, T512, T, BS, BB, unit512_##T, __m512, 2, _mm512_storeu_ps)
 GEMM_GLUE(q8_0, ST_Q8_0, QK8_0, Q8_0_BYTES)
 GEMM_GLUE(q4_0, ST_Q4_0, QK4_0, Q4_0_BYTES)
 GEMM_GLUE(q4_k, ST_Q4_K, QK_K, Q4_K_BYTES)
 GEMM_GLUE(q5_k, ST_Q5_K, QK_K, Q5_K_BYTES)
 GEMM_GLUE(q6_k, ST_Q6_K, QK_K, Q6_K_BYTES)
 
-#define OPS(T, V) {dot_##T, gdot4_##T, cvt_##T, V}
+#define OPS(T) {dot_##T, gdot4_##T, cvt_##T, 1}
+#define OPS512(T) {dot_##T, gdot4_##T, cvt512_##T, 2}
 #define OPS_C(T) {gdot_##T##_c, gdot4_##T##_c, cvt_##T##_c, 0}
 static const gemm_ops gops[3][5] = {
     {OPS_C(q8_0), OPS_C(q4_0), OPS_C(q4_k), OPS_C(q5_k), OPS_C(q6_k)},
-    {OPS(q8_0, 1), OPS(q4_0, 1), OPS(q4_k, 1), OPS(q5_k, 1), OPS(q6_k, 1)},
-    {OPS(q8_0, 2), OPS(q4_0, 2), OPS(q4_k, 2), OPS(q5_k, 2), OPS(q6_k, 2)},
+    {OPS(q8_0), OPS(q4_0), OPS(q4_k), OPS(q5_k), OPS(q6_k)},
+    {OPS512(q8_0), OPS512(q4_0), OPS512(q4_k), OPS512(q5_k), OPS512(q6_k)},
 };
 
 const gemm_ops *qdot_gemm_ops(st_dtype d)

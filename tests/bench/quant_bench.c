@@ -9,7 +9,8 @@
  *    busy machine): the backend's bf16 decode kernel (gemm dot4) vs each type's rows
  *    kernel at each level.
  * Random weights (random bytes with sane scales): speed does not depend on the values.
- * usage: quant_bench [THREADS [PREFILL_TOKENS]]; prints a table on stdout. */
+ * usage: quant_bench [THREADS [PREFILL_TOKENS [PARTS]]]; PARTS picks sections by digit
+ * (default "012"); prints a table on stdout. */
 #include "decode/backend.h"
 #include "decode/gemm.h"
 #include "decode/pool.h"
@@ -255,12 +256,14 @@ static void bench_model(int threads, int prefill, const mix *mx, double *bf16_de
 int main(int argc, char **argv)
 {
     int threads = argc > 1 ? atoi(argv[1]) : 0, prefill = argc > 2 ? atoi(argv[2]) : 512;
+    const char *parts = argc > 3 ? argv[3] : "012";
     if (prefill < 1 || prefill > 1000) prefill = 512;
-    bench_l2();
+    if (strchr(parts, '0')) bench_l2();
     pool *p = pool_new(threads);
     threads = pool_threads(p);
-    bench_gemv(p);
+    if (strchr(parts, '1')) bench_gemv(p);
     pool_free(p);
+    if (!strchr(parts, '2')) return 0;
     /* llama.cpp's Q4_K_M for phi3 (llama_tensor_get_type): token_embd Q4_K, output Q6_K,
      * attn_qkv and ffn_down Q6_K in the "more bits" layers (16 of 32), Q4_K elsewhere;
      * attn_output, ffn_up Q4_K. Q4_K_M': llama.cpp before attn_qkv counted as attn_v

@@ -390,6 +390,24 @@ static void kernels(int lv)
         ok(!bad_port, "%s %s portable path = the reference, bit for bit (%d differ)", L, st_dtype_name(d), bad_port);
         ok(!bad_rows, "%s %s qdot_rows (1..QDOT_ROWS rows) = the reference (%d differ)", L, st_dtype_name(d), bad_rows);
         ok(!bad_tok, "%s %s qdot_tokens (1..QDOT_TOKENS tokens) = the reference (%d differ)", L, st_dtype_name(d), bad_tok);
+        /* the many-token path's panel conversion: exactly quant_dequant_row, for whole
+         * panels and short ones, at any block-aligned offset */
+        const gemm_ops *op = qdot_gemm_ops(d);
+        int bs = quant_block_size(d), bad_cvt = 0;
+        static const int offs[] = {0, 512, 2560}, lens[] = {32, 96, 256, 512};
+        float *got = malloc(512 * sizeof *got);
+        for (int trial = 0; trial < 8; trial++) {
+            random_row(d, rows, n, trial % 3 == 2);
+            for (int i = 0; i < 3; i++)
+                for (int j = 0; j < 4; j++) {
+                    if (lens[j] % bs || offs[i] + lens[j] > n) continue;
+                    quant_dequant_row(d, rows, w, offs[i], lens[j]);
+                    op->cvt(rows, offs[i], lens[j], got);
+                    bad_cvt += memcmp(got, w, (size_t)lens[j] * sizeof *got) != 0;
+                }
+        }
+        free(got);
+        ok(!bad_cvt, "%s %s qdot_gemm_ops cvt = quant_dequant_row, bit for bit (%d differ)", L, st_dtype_name(d), bad_cvt);
     }
     free(rows);
     free(x);

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# quant_full.sh: full-size CPU decode of phi3-run in bf16, Q8_0 and Q4_K_M in ONE run
+# (issue 12: Q8_0 >= 1.8x bf16, Q4_K_M >= 3x bf16), alternating the three models each
+# round so load changes hit them alike; the memory read bandwidth is measured before and
+# after as the ceiling. Decode = STEPS single-token frames after a 4-token prompt, timed
+# between consecutive logits frames (median per run). Models: PHI3_BENCH_MODEL (bf16
+# directory, default /work/models/phi3-mini-random), PHI3_BENCH_Q8 and PHI3_BENCH_Q4KM
+# (GGUF files made from it by phi3-quantize; default /work/models/gguf-full-*.gguf);
+# skipped with a note when absent. PHI3_BENCH_ROUNDS (default 2), PHI3_BENCH_STEPS (16),
+# PHI3_BENCH_THREADS (default: all cores).
+set -eu
+: "${PHI3_BIN:=$PWD/bin}"
+PY=/usr/bin/python3
+B=build/bench-quant-full; mkdir -p "$B"
+BF=${PHI3_BENCH_MODEL:-/work/models/phi3-mini-random}
+Q8=${PHI3_BENCH_Q8:-/work/models/gguf-full-Q8_0.gguf}
+Q4=${PHI3_BENCH_Q4KM:-/work/models/gguf-full-Q4_K_M.gguf}
+R=${PHI3_BENCH_ROUNDS:-2}
+STEPS=${PHI3_BENCH_STEPS:-16}
+TH=${PHI3_BENCH_THREADS:-$(nproc)}
+for m in "$BF" "$Q8" "$Q4"; do
+  [ -e "$m" ] || { echo "quant_full.sh: $m missing: skipped (make it with phi3-quantize)"; exit 0; }
+done
+cc -O2 -pthread -o "$B/bandwidth" tests/bench/bandwidth.c
+$PY -c '
+import msgpack, sys
+o = sys.stdout.buffer
+o.write(msgpack.packb({"type": "tokens", "ids": [1, 450, 4996, 17354]}))
+for i in range(int(sys.argv[1])): o.write(msgpack.packb({"type": "tokens", "ids": [100 + i]}))
+' "$STEPS" > "$B/in"
+
+# median seconds per decode step of one phi3-run
+step() {
+  "$PHI3_BIN/phi3-run" --backend cpu --threads "$TH" -m "$1" < "$B/in" 2> "$B/stderr" | $PY -c '
+import msgpack, os, sys, time
+u, ts = msgpack.Unpacker(raw=False), []
+while True:
+    b = os.read(0, 1 << 20)
+    if not b: break
+    u.feed(b)
+    ts += [time.monotonic() for f in u if f["type"] == "logits"]
+d = sorted(b - a for a, b in zip(ts, ts[1:]))
+print(d[len(d) // 2])
+'
+}
+
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "memory read bandwidth, $TH threads: $("$B/bandwidth" "$TH") GB/s"
+for i in $(seq "$R"); do
+  bf=$(step "$BF"); q8=$(step "$Q8"); q4=$(step "$Q4")
+  $PY - "$i" "$bf" "$q8" "$q4" "$(cut -d' ' -f1 /proc/loadavg)" <<'PYEOF'
+import sys
+i, bf, q8, q4, la = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+print("round %s: bf16 %.2f tok/s, Q8_0 %.2f tok/s (%.2fx), Q4_K_M %.2f tok/s (%.2fx)   load %s"
+      % (i, 1 / bf, 1 / q8, bf / q8, 1 / q4, bf / q4, la))
+PYEOF
+done
+echo "memory read bandwidth, $TH threads: $("$B/bandwidth" "$TH") GB/s"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
