@@ -423,6 +423,20 @@ static size_t cu_kv_bytes_per_pos(const phi3_config *cf)
     return (size_t)cf->n_layers * 2 * (size_t)cf->n_kv_heads * cf->head_dim * sizeof(kvt);
 }
 
+/* The KV capacity an attempt to hold need positions asks for: double the current one
+ * (at least 256) first, exactly need on the retry; never above max_ctx (then < need). */
+static long cu_kv_cap(const cuda_backend *cb, int attempt, int need)
+{
+    long cap = attempt == 0 ? (long)cb->c.kv_cap * 2 : need;
+    if (cap < need)
+        cap = need;
+    if (cap < 256)
+        cap = 256;
+    if (cap > cb->b.max_ctx)
+        cap = cb->b.max_ctx;
+    return cap;
+}
+
 /* The opt-in path's growth (kv_async): stream-ordered allocations (cudaMallocAsync), the
  * held positions copied and the old buffers released (cudaFreeAsync) in stream order: no
  * host synchronisation and no device-wide one (cudaFree), so a decode step that crosses
@@ -440,13 +454,7 @@ static int cu_kv_grow_async(cuda_backend *cb, int need)
     if (!fresh)
         return cu_fail(b, "out of host memory");
     for (int attempt = 0; attempt < 2; attempt++) {
-        long cap = attempt == 0 ? (long)c->kv_cap * 2 : need;
-        if (cap < need)
-            cap = need;
-        if (cap < 256)
-            cap = 256;
-        if (cap > b->max_ctx)
-            cap = b->max_ctx;
+        const long cap = cu_kv_cap(cb, attempt, need);
         if (cap < need) {
             free(fresh);
             return cu_fail(b, "context of %d positions exceeds the limit of %d", need, b->max_ctx);
@@ -514,13 +522,7 @@ static int cu_kv_reserve(cuda_backend *cb, int need)
     const size_t kvdim = (size_t)cf->n_kv_heads * cf->head_dim;
     const size_t per_pos = cu_kv_bytes_per_pos(cf);
     for (int attempt = 0; attempt < 2; attempt++) {
-        long cap = attempt == 0 ? (long)c->kv_cap * 2 : need;
-        if (cap < need)
-            cap = need;
-        if (cap < 256)
-            cap = 256;
-        if (cap > b->max_ctx)
-            cap = b->max_ctx;
+        const long cap = cu_kv_cap(cb, attempt, need);
         if (cap < need)
             return cu_fail(b, "context of %d positions exceeds the limit of %d", need, b->max_ctx);
         size_t fr = 0, tot = 0;
@@ -811,6 +813,31 @@ static int cu_logits(cuda_backend *cb, int r0, int nr, float *host)
     return 0;
 }
 
+/* x += W act for n tokens (W [hidden][K]; act holds hi and lo halves when split). Opt-in
+ * fast and unsplit: the residual add is the product's epilogue (beta = 1 into x); else
+ * the product goes to y and a kernel adds it (both halves) to x. q: W as quantized blocks
+ * (cu_linear). op: the product's mark. */
+static int cu_gemm_residual(cuda_backend *cb, const bf16 *W, const cu_q *q, int n, int K, int split, int op)
+{
+    backend *b = &cb->b;
+    cuda_ctx *c = &cb->c;
+    const int H = b->m->cfg.hidden, cols = split ? 2 * n : n;
+    cudaStream_t s = c->stream;
+    if (c->fast && !split) {
+        if (cu_linear(cb, W, q, c->act, cols, split, K, H, c->x, 1.0f))
+            return -1;
+        TL(op);
+        return 0;
+    }
+    if (cu_linear(cb, W, q, c->act, cols, split, K, H, c->y, 0.0f))
+        return -1;
+    TL(op);
+    CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
+                                (size_t)n * H));
+    TL(OP_RESID);
+    return 0;
+}
+
 /* One chunk of n <= chunk tokens at positions pos0.. through every layer. */
 static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int use_long)
 {
@@ -865,19 +892,8 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         CU_TRY(b, kern_split_bf16(s, c->att, c->act, split ? c->act + (size_t)n * qdim : NULL,
                                   (size_t)n * qdim));
         TL(OP_SPLIT);
-        if (c->fast && !split) {
-            /* opt-in: the residual add as the product's epilogue (beta = 1 into x) */
-            if (cu_linear(cb, L->o, &L->qo, c->act, cols, split, qdim, H, c->x, 1.0f))
-                return -1;
-            TL(OP_O);
-        } else {
-            if (cu_linear(cb, L->o, &L->qo, c->act, cols, split, qdim, H, c->y, 0.0f))
-                return -1;
-            TL(OP_O);
-            CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
-                                        (size_t)n * H));
-            TL(OP_RESID);
-        }
+        if (cu_gemm_residual(cb, L->o, &L->qo, n, qdim, split, OP_O))
+            return -1;
         /* MLP block: x += down(up * silu(gate)) of ln2(x) */
         CU_TRY(b, kern_rmsnorm(s, c->x, L->ln2, n, H, cf->rms_eps, c->act,
                                split ? c->act + (size_t)n * H : NULL));
@@ -888,18 +904,8 @@ static int cu_chunk(cuda_backend *cb, const int32_t *ids, int n, int pos0, int u
         CU_TRY(b, kern_swiglu(s, c->y, split ? c->y + (size_t)n * 2 * I : NULL, n, I, c->act,
                               split ? c->act + (size_t)n * I : NULL));
         TL(OP_SWIGLU);
-        if (c->fast && !split) {
-            if (cu_linear(cb, L->down, &L->qdown, c->act, cols, split, I, H, c->x, 1.0f))
-                return -1;
-            TL(OP_DOWN);
-        } else {
-            if (cu_linear(cb, L->down, &L->qdown, c->act, cols, split, I, H, c->y, 0.0f))
-                return -1;
-            TL(OP_DOWN);
-            CU_TRY(b, kern_residual_add(s, c->x, c->y, split ? c->y + (size_t)n * H : NULL,
-                                        (size_t)n * H));
-            TL(OP_RESID);
-        }
+        if (cu_gemm_residual(cb, L->down, &L->qdown, n, I, split, OP_DOWN))
+            return -1;
     }
     return 0;
 }

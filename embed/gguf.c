@@ -6,7 +6,6 @@
 #include "shared/util.h"
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -60,15 +59,6 @@ uint64_t gguf_row_bytes(uint32_t type, uint64_t n)
     return n / b * gguf_type_size(type);
 }
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 /* ---- reader ---- */
 
 typedef struct cur {
@@ -81,7 +71,7 @@ typedef struct cur {
 static int need(cur *c, uint64_t n, const char *what)
 {
     if (n > c->size - c->pos)
-        return fail(c->err, c->errlen, "truncated at byte %zu: %s needs %llu bytes, %zu left", c->pos,
+        return phi3_fail(c->err, c->errlen, "truncated at byte %zu: %s needs %llu bytes, %zu left", c->pos,
                     what, (unsigned long long)n, c->size - c->pos);
     return 0;
 }
@@ -106,7 +96,7 @@ static int rd_str(cur *c, uint64_t max, const uint8_t **s, uint64_t *len, const 
 {
     if (rd(c, 8, len, what)) return -1;
     if (*len > max)
-        return fail(c->err, c->errlen, "%s: length %llu exceeds %llu", what, (unsigned long long)*len,
+        return phi3_fail(c->err, c->errlen, "%s: length %llu exceeds %llu", what, (unsigned long long)*len,
                     (unsigned long long)max);
     if (need(c, *len, what)) return -1;
     *s = c->p + c->pos;
@@ -122,7 +112,7 @@ static const uint32_t vsize[GGUF_NVTYPE] = {
 /* Skip (validating) one value of type t; string-array offsets go to *offs when given. */
 static int skip_value(cur *c, uint32_t t, int depth, const char *key, uint64_t **offs, uint64_t *n_out)
 {
-    if (t >= GGUF_NVTYPE) return fail(c->err, c->errlen, "key %.64s: unknown value type %u", key, t);
+    if (t >= GGUF_NVTYPE) return phi3_fail(c->err, c->errlen, "key %.64s: unknown value type %u", key, t);
     if (t == GGUF_STR) {
         const uint8_t *s;
         uint64_t len;
@@ -131,32 +121,32 @@ static int skip_value(cur *c, uint32_t t, int depth, const char *key, uint64_t *
     if (t != GGUF_ARR) {
         if (need(c, vsize[t], key)) return -1;
         if (t == GGUF_BOOL && c->p[c->pos] > 1)
-            return fail(c->err, c->errlen, "key %.64s: bool value %u", key, c->p[c->pos]);
+            return phi3_fail(c->err, c->errlen, "key %.64s: bool value %u", key, c->p[c->pos]);
         c->pos += vsize[t];
         return 0;
     }
     if (depth >= GGUF_ARR_DEPTH)
-        return fail(c->err, c->errlen, "key %.64s: arrays nested deeper than %d", key, GGUF_ARR_DEPTH);
+        return phi3_fail(c->err, c->errlen, "key %.64s: arrays nested deeper than %d", key, GGUF_ARR_DEPTH);
     uint64_t at, n;
     if (rd(c, 4, &at, key) || rd(c, 8, &n, key)) return -1;
-    if (at >= GGUF_NVTYPE) return fail(c->err, c->errlen, "key %.64s: unknown array element type %llu", key,
+    if (at >= GGUF_NVTYPE) return phi3_fail(c->err, c->errlen, "key %.64s: unknown array element type %llu", key,
                                        (unsigned long long)at);
     if (n_out) *n_out = n;
     if (at != GGUF_STR && at != GGUF_ARR) {
         uint64_t bytes;
         if (__builtin_mul_overflow(n, (uint64_t)vsize[at], &bytes))
-            return fail(c->err, c->errlen, "key %.64s: array of %llu elements too long", key, (unsigned long long)n);
+            return phi3_fail(c->err, c->errlen, "key %.64s: array of %llu elements too long", key, (unsigned long long)n);
         if (need(c, bytes, key)) return -1;
         if (at == GGUF_BOOL)
             for (uint64_t i = 0; i < n; i++)
-                if (c->p[c->pos + i] > 1) return fail(c->err, c->errlen, "key %.64s: bool value %u", key, c->p[c->pos + i]);
+                if (c->p[c->pos + i] > 1) return phi3_fail(c->err, c->errlen, "key %.64s: bool value %u", key, c->p[c->pos + i]);
         c->pos += (size_t)bytes;
         return 0;
     }
     /* Each string or nested array takes at least 8 (12) bytes: bounds n before allocating. */
     uint64_t min = at == GGUF_STR ? 8 : 12;
     if (n > (c->size - c->pos) / min)
-        return fail(c->err, c->errlen, "key %.64s: array of %llu elements exceeds the file", key,
+        return phi3_fail(c->err, c->errlen, "key %.64s: array of %llu elements exceeds the file", key,
                     (unsigned long long)n);
     size_t base = c->pos;
     uint64_t *o = NULL;
@@ -222,14 +212,14 @@ static int parse_kvs(cur *c, gguf_file *g, uint64_t n_kv)
 {
     /* A pair takes at least 8 (key length) + 4 (type) + 1 bytes. */
     if (n_kv > (c->size - c->pos) / 13 || n_kv > GGUF_KV_MAX)
-        return fail(c->err, c->errlen, "metadata count %llu exceeds the file", (unsigned long long)n_kv);
+        return phi3_fail(c->err, c->errlen, "metadata count %llu exceeds the file", (unsigned long long)n_kv);
     g->kv = xcalloc(n_kv ? n_kv : 1, sizeof *g->kv);
     for (uint64_t i = 0; i < n_kv; i++) {
         const uint8_t *k;
         uint64_t klen, t;
         if (rd_str(c, GGUF_KEY_MAX, &k, &klen, "metadata key")) return -1;
         if (klen == 0 || memchr(k, 0, klen))
-            return fail(c->err, c->errlen, "metadata key %llu: empty or holds a NUL byte", (unsigned long long)i);
+            return phi3_fail(c->err, c->errlen, "metadata key %llu: empty or holds a NUL byte", (unsigned long long)i);
         gguf_kv *kv = &g->kv[g->n_kv++];
         kv->key = xmalloc(klen + 1);
         memcpy(kv->key, k, klen);
@@ -245,7 +235,7 @@ static int parse_kvs(cur *c, gguf_file *g, uint64_t n_kv)
             kv->val += 12;
         }
         if (t >= GGUF_NVTYPE)
-            return fail(c->err, c->errlen, "key %.64s: unknown value type %llu", kv->key, (unsigned long long)t);
+            return phi3_fail(c->err, c->errlen, "key %.64s: unknown value type %llu", kv->key, (unsigned long long)t);
         if (skip_value(c, (uint32_t)t, 0, kv->key, &kv->str_off, t == GGUF_ARR ? &kv->n : NULL)) return -1;
         kv->raw_len = (uint64_t)(c->p + c->pos - kv->raw);
     }
@@ -258,14 +248,14 @@ int gguf_parse(const uint8_t *buf, size_t size, gguf_file *g, char *err, size_t 
     if (errlen) err[0] = 0;
     cur c = {.p = buf, .size = size, .err = err, .errlen = errlen};
     uint64_t ver, n_t, n_kv;
-    if (size < 4 || memcmp(buf, "GGUF", 4)) return fail(err, errlen, "not a GGUF file (no GGUF magic)");
+    if (size < 4 || memcmp(buf, "GGUF", 4)) return phi3_fail(err, errlen, "not a GGUF file (no GGUF magic)");
     c.pos = 4;
     if (rd(&c, 4, &ver, "version")) return -1;
-    if (ver == 1) return fail(err, errlen, "GGUF version 1 is not supported (convert to version 3)");
+    if (ver == 1) return phi3_fail(err, errlen, "GGUF version 1 is not supported (convert to version 3)");
     if (ver != 2 && ver != 3) {
         if ((ver & 0xffff) == 0 && ver >> 16)
-            return fail(err, errlen, "big-endian GGUF is not supported");
-        return fail(err, errlen, "unknown GGUF version %llu", (unsigned long long)ver);
+            return phi3_fail(err, errlen, "big-endian GGUF is not supported");
+        return phi3_fail(err, errlen, "unknown GGUF version %llu", (unsigned long long)ver);
     }
     g->version = (uint32_t)ver;
     if (rd(&c, 8, &n_t, "tensor count") || rd(&c, 8, &n_kv, "metadata count")) return -1;
@@ -276,7 +266,7 @@ int gguf_parse(const uint8_t *buf, size_t size, gguf_file *g, char *err, size_t 
         for (size_t i = 0; i < g->n_kv; i++) keys[i] = g->kv[i].key;
         qsort(keys, g->n_kv, sizeof *keys, cmp_str);
         for (size_t i = 1; i < g->n_kv && !rc; i++)
-            if (!strcmp(keys[i - 1], keys[i])) rc = fail(err, errlen, "key %.64s: appears twice", keys[i]);
+            if (!strcmp(keys[i - 1], keys[i])) rc = phi3_fail(err, errlen, "key %.64s: appears twice", keys[i]);
         free(keys);
         if (rc) goto out;
     }
@@ -284,10 +274,10 @@ int gguf_parse(const uint8_t *buf, size_t size, gguf_file *g, char *err, size_t 
     g->alignment = GGUF_DEFAULT_ALIGNMENT;
     const gguf_kv *al = gguf_get(g, "general.alignment");
     if (al) {
-        if (al->type != GGUF_U32) { rc = fail(err, errlen, "general.alignment is not a uint32"); goto out; }
+        if (al->type != GGUF_U32) { rc = phi3_fail(err, errlen, "general.alignment is not a uint32"); goto out; }
         uint64_t a = le(al->val, 4);
         if (a == 0 || (a & (a - 1)) || a > (1u << 16)) {
-            rc = fail(err, errlen, "general.alignment %llu is not a power of two up to 65536", (unsigned long long)a);
+            rc = phi3_fail(err, errlen, "general.alignment %llu is not a power of two up to 65536", (unsigned long long)a);
             goto out;
         }
         g->alignment = a;
@@ -295,7 +285,7 @@ int gguf_parse(const uint8_t *buf, size_t size, gguf_file *g, char *err, size_t 
 
     /* A tensor info takes at least 8 + 4 + 8 + 4 + 8 bytes. */
     if (n_t > (c.size - c.pos) / 32 || n_t > GGUF_T_MAX) {
-        rc = fail(err, errlen, "tensor count %llu exceeds the file", (unsigned long long)n_t);
+        rc = phi3_fail(err, errlen, "tensor count %llu exceeds the file", (unsigned long long)n_t);
         goto out;
     }
     g->t = xcalloc(n_t ? n_t : 1, sizeof *g->t);
@@ -304,7 +294,7 @@ int gguf_parse(const uint8_t *buf, size_t size, gguf_file *g, char *err, size_t 
         uint64_t len, nd, type, off;
         if ((rc = rd_str(&c, GGUF_NAME_MAX, &s, &len, "tensor name"))) goto out;
         if (len == 0 || memchr(s, 0, len)) {
-            rc = fail(err, errlen, "tensor %llu: empty name or a NUL byte in it", (unsigned long long)i);
+            rc = phi3_fail(err, errlen, "tensor %llu: empty name or a NUL byte in it", (unsigned long long)i);
             goto out;
         }
         gguf_tensor *t = &g->t[g->n_t++];
@@ -313,7 +303,7 @@ int gguf_parse(const uint8_t *buf, size_t size, gguf_file *g, char *err, size_t 
         t->name[len] = 0;
         if ((rc = rd(&c, 4, &nd, t->name))) goto out;
         if (nd == 0 || nd > GGUF_MAX_DIMS) {
-            rc = fail(err, errlen, "tensor %.64s: %llu dimensions (1 to %d)", t->name, (unsigned long long)nd,
+            rc = phi3_fail(err, errlen, "tensor %.64s: %llu dimensions (1 to %d)", t->name, (unsigned long long)nd,
                       GGUF_MAX_DIMS);
             goto out;
         }
@@ -322,30 +312,30 @@ int gguf_parse(const uint8_t *buf, size_t size, gguf_file *g, char *err, size_t 
         for (int d = 0; d < t->ndim; d++) {
             if ((rc = rd(&c, 8, &t->ne[d], t->name))) goto out;
             if (t->ne[d] > INT64_MAX || __builtin_mul_overflow(count, t->ne[d], &count) || count > INT64_MAX) {
-                rc = fail(err, errlen, "tensor %.64s: shape too large", t->name);
+                rc = phi3_fail(err, errlen, "tensor %.64s: shape too large", t->name);
                 goto out;
             }
         }
         if ((rc = rd(&c, 4, &type, t->name)) || (rc = rd(&c, 8, &off, t->name))) goto out;
         t->type = (uint32_t)type;
         if (!gguf_type_block(t->type)) {
-            rc = fail(err, errlen, "tensor %.64s: type %s is not supported", t->name, gguf_type_name(t->type));
+            rc = phi3_fail(err, errlen, "tensor %.64s: type %s is not supported", t->name, gguf_type_name(t->type));
             goto out;
         }
         uint64_t row = gguf_row_bytes(t->type, t->ne[0]);
         if (!row && t->ne[0]) {
-            rc = fail(err, errlen, "tensor %.64s: %llu columns are not whole %s blocks of %u", t->name,
+            rc = phi3_fail(err, errlen, "tensor %.64s: %llu columns are not whole %s blocks of %u", t->name,
                       (unsigned long long)t->ne[0], gguf_type_name(t->type), gguf_type_block(t->type));
             goto out;
         }
         uint64_t rows = t->ne[0] ? count / t->ne[0] : 0;
         if (__builtin_mul_overflow(row, rows, &t->nbytes)) {
-            rc = fail(err, errlen, "tensor %.64s: shape too large", t->name);
+            rc = phi3_fail(err, errlen, "tensor %.64s: shape too large", t->name);
             goto out;
         }
         t->offset = off;
         if (off % g->alignment) {
-            rc = fail(err, errlen, "tensor %.64s: offset %llu not a multiple of the alignment %llu", t->name,
+            rc = phi3_fail(err, errlen, "tensor %.64s: offset %llu not a multiple of the alignment %llu", t->name,
                       (unsigned long long)off, (unsigned long long)g->alignment);
             goto out;
         }
@@ -356,13 +346,13 @@ int gguf_parse(const uint8_t *buf, size_t size, gguf_file *g, char *err, size_t 
     for (size_t i = 0; i < g->n_t; i++) {
         gguf_tensor *t = &g->t[i];
         if (t->offset > avail || t->nbytes > avail - t->offset) {
-            rc = fail(err, errlen, "tensor %.64s: bytes [%llu, +%llu) beyond the data section (%llu bytes)",
+            rc = phi3_fail(err, errlen, "tensor %.64s: bytes [%llu, +%llu) beyond the data section (%llu bytes)",
                       t->name, (unsigned long long)t->offset, (unsigned long long)t->nbytes,
                       (unsigned long long)avail);
             goto out;
         }
         if ((data + t->offset) % type_align(t->type)) {
-            rc = fail(err, errlen, "tensor %.64s: data not aligned to %llu bytes", t->name,
+            rc = phi3_fail(err, errlen, "tensor %.64s: data not aligned to %llu bytes", t->name,
                       (unsigned long long)type_align(t->type));
             goto out;
         }
@@ -375,14 +365,14 @@ int gguf_parse(const uint8_t *buf, size_t size, gguf_file *g, char *err, size_t 
         for (size_t i = 1; i < g->n_t; i++) {
             const gguf_tensor *a = &g->t[g->by_name[i - 1]], *b = &g->t[g->by_name[i]];
             if (b->offset < a->offset + a->nbytes) {
-                rc = fail(err, errlen, "tensors %.64s and %.64s overlap", a->name, b->name);
+                rc = phi3_fail(err, errlen, "tensors %.64s and %.64s overlap", a->name, b->name);
                 goto out;
             }
         }
         qsort_r(g->by_name, g->n_t, sizeof *g->by_name, cmp_tensor_idx, g);
         for (size_t i = 1; i < g->n_t; i++)
             if (!strcmp(g->t[g->by_name[i - 1]].name, g->t[g->by_name[i]].name)) {
-                rc = fail(err, errlen, "tensor %.64s: appears twice", g->t[g->by_name[i]].name);
+                rc = phi3_fail(err, errlen, "tensor %.64s: appears twice", g->t[g->by_name[i]].name);
                 goto out;
             }
     }
@@ -413,31 +403,14 @@ bool gguf_is_path(const char *path)
 int gguf_open(const char *path, gguf_file *g, char *err, size_t errlen)
 {
     memset(g, 0, sizeof *g);
-    /* O_NONBLOCK: a FIFO named as a model must not block the open; fstat then refuses
-     * anything but a regular file. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return fail(err, errlen, "%s: %s", path, strerror(errno));
+    void *map;
+    size_t size;
     struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        int e = errno;
-        close(fd);
-        return fail(err, errlen, "%s: %s", path, S_ISREG(st.st_mode) ? strerror(e) : "not a regular file");
-    }
-    size_t size = (size_t)st.st_size;
-    if (size < 24) {
-        close(fd);
-        return fail(err, errlen, "%s: file too short for a GGUF header (%zu bytes)", path, size);
-    }
-    void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
-    int e = errno;
-    close(fd);
-    if (map == MAP_FAILED) return fail(err, errlen, "%s: mmap: %s", path, strerror(e));
-    mapguard_add(map, size, path);     /* a file cut short under us: a message, not SIGBUS */
+    if (mapguard_open(path, 24, "a GGUF header", &map, &size, &st, err, errlen)) return -1;
     char why[512];
     if (gguf_parse(map, size, g, why, sizeof why)) {
-        mapguard_remove(map);
-        munmap(map, size);
-        return fail(err, errlen, "%s: %s", path, why);
+        mapguard_close(map, size);
+        return phi3_fail(err, errlen, "%s: %s", path, why);
     }
     g->path = xstrdup(path);
     g->mapped = true;
@@ -449,10 +422,7 @@ void gguf_close(gguf_file *g)
 {
     if (!g) return;
     free_parts(g);
-    if (g->mapped && g->map) {
-        mapguard_remove(g->map);
-        munmap((void *)g->map, g->size);
-    }
+    if (g->mapped) mapguard_close(g->map, g->size);
     free(g->path);
     memset(g, 0, sizeof *g);
 }
@@ -522,10 +492,10 @@ int gguf_get_int(const gguf_file *g, const char *key, int64_t lo, int64_t hi, in
     if (!kv) return 0;
     int64_t v;
     bool big;
-    if (!is_int_type(kv->type)) return fail(err, errlen, "%s: not an integer", key);
+    if (!is_int_type(kv->type)) return phi3_fail(err, errlen, "%s: not an integer", key);
     num_at(kv->type, kv->val, &v, &big);
     if (big || v < lo || v > hi)
-        return fail(err, errlen, "%s: must be an integer in [%lld, %lld]", key, (long long)lo, (long long)hi);
+        return phi3_fail(err, errlen, "%s: must be an integer in [%lld, %lld]", key, (long long)lo, (long long)hi);
     *out = v;
     return 1;
 }
@@ -534,7 +504,7 @@ int gguf_get_float(const gguf_file *g, const char *key, double *out, char *err, 
 {
     const gguf_kv *kv = gguf_get(g, key);
     if (!kv) return 0;
-    if (kv->type != GGUF_F32 && kv->type != GGUF_F64) return fail(err, errlen, "%s: not a float", key);
+    if (kv->type != GGUF_F32 && kv->type != GGUF_F64) return phi3_fail(err, errlen, "%s: not a float", key);
     bool big;
     *out = num_at(kv->type, kv->val, NULL, &big);
     return 1;
@@ -544,7 +514,7 @@ int gguf_get_bool(const gguf_file *g, const char *key, bool *out, char *err, siz
 {
     const gguf_kv *kv = gguf_get(g, key);
     if (!kv) return 0;
-    if (kv->type != GGUF_BOOL) return fail(err, errlen, "%s: not a bool", key);
+    if (kv->type != GGUF_BOOL) return phi3_fail(err, errlen, "%s: not a bool", key);
     *out = kv->val[0] != 0;
     return 1;
 }
@@ -553,7 +523,7 @@ int gguf_get_str(const gguf_file *g, const char *key, const char **s, size_t *le
 {
     const gguf_kv *kv = gguf_get(g, key);
     if (!kv) return 0;
-    if (kv->type != GGUF_STR) return fail(err, errlen, "%s: not a string", key);
+    if (kv->type != GGUF_STR) return phi3_fail(err, errlen, "%s: not a string", key);
     *len = (size_t)le(kv->val, 8);
     *s = (const char *)kv->val + 8;
     return 1;
@@ -579,6 +549,7 @@ double gguf_arr_num(const gguf_kv *kv, uint64_t i)
     bool big;
     int64_t iv;
     double d = num_at(kv->arr_type, kv->val + i * vsize[kv->arr_type], &iv, &big);
+    if (big) return (double)iv + 0x1p63;       /* a U64 past INT64_MAX: num_at cleared its top bit */
     return kv->arr_type == GGUF_F32 || kv->arr_type == GGUF_F64 ? d : (double)iv;
 }
 
@@ -716,8 +687,9 @@ int gguf_w_header(gguf_writer *w, FILE *f)
     put_le(&h, 3, 4);
     put_le(&h, w->n_t, 8);
     put_le(&h, w->n_kv, 8);
-    int rc = fwrite(h.p, 1, h.n, f) == h.n && fwrite(w->kv.p, 1, w->kv.n, f) == w->kv.n &&
-             fwrite(w->ti.p, 1, w->ti.n, f) == w->ti.n ? 0 : -1;
+    /* A writer without metadata or tensors has NULL buffers: fwrite must not get them. */
+    int rc = fwrite(h.p, 1, h.n, f) == h.n && (!w->kv.n || fwrite(w->kv.p, 1, w->kv.n, f) == w->kv.n) &&
+             (!w->ti.n || fwrite(w->ti.p, 1, w->ti.n, f) == w->ti.n) ? 0 : -1;
     free(h.p);
     return rc ? rc : gguf_w_pad(w, f);
 }

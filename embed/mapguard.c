@@ -13,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 typedef struct guard {
@@ -84,4 +87,40 @@ void mapguard_remove(const void *addr)
 {
     for (guard *g = head; g && addr; g = g->next)
         if (g->lo == (uintptr_t)addr) __atomic_store_n(&g->lo, (uintptr_t)0, __ATOMIC_RELEASE);
+}
+
+int mapguard_open(const char *path, size_t min, const char *what, void **map, size_t *size, struct stat *st,
+                  char *err, size_t errlen)
+{
+    /* O_NONBLOCK: a FIFO (or a device) named as a model file must not block the open;
+     * fstat then refuses anything but a regular file. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return phi3_fail(err, errlen, "%s: %s", path, strerror(errno));
+    if (fstat(fd, st) < 0) {
+        int e = errno;
+        close(fd);
+        return phi3_fail(err, errlen, "%s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st->st_mode)) {
+        close(fd);
+        return phi3_fail(err, errlen, "%s: not a regular file", path);
+    }
+    *size = (size_t)st->st_size;
+    if (*size < min) {
+        close(fd);
+        return phi3_fail(err, errlen, "%s: file too short for %s (%zu bytes)", path, what, *size);
+    }
+    *map = mmap(NULL, *size, PROT_READ, MAP_SHARED, fd, 0);
+    int e = errno;
+    close(fd);
+    if (*map == MAP_FAILED) return phi3_fail(err, errlen, "%s: mmap: %s", path, strerror(e));
+    mapguard_add(*map, *size, path);
+    return 0;
+}
+
+void mapguard_close(const void *map, size_t size)
+{
+    if (!map) return;
+    mapguard_remove(map);
+    munmap((void *)map, size);
 }

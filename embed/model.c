@@ -8,7 +8,6 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,15 +21,6 @@
  * holds ~200,000 tensor names, far beyond any checkpoint we load. */
 #define INDEX_MAX (16u << 20)
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 /* Read a small file of the model directory whole: opened O_NONBLOCK (a FIFO named
  * config.json must not hang the load), regular files only, at most max bytes. NULL with
  * "PATH: cause" in err. */
@@ -38,15 +28,15 @@ static char *read_regular(const char *path, size_t max, size_t *len, char *err, 
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
-        fail(err, errlen, "%s: %s", path, strerror(errno));
+        phi3_fail(err, errlen, "%s: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
     char *buf = NULL;
-    if (fstat(fd, &st)) fail(err, errlen, "%s: %s", path, strerror(errno));
-    else if (!S_ISREG(st.st_mode)) fail(err, errlen, "%s: not a regular file", path);
+    if (fstat(fd, &st)) phi3_fail(err, errlen, "%s: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode)) phi3_fail(err, errlen, "%s: not a regular file", path);
     else if ((uint64_t)st.st_size > max)
-        fail(err, errlen, "%s: %lld bytes is more than the %zu MiB this loader reads", path, (long long)st.st_size,
+        phi3_fail(err, errlen, "%s: %lld bytes is more than the %zu MiB this loader reads", path, (long long)st.st_size,
              max >> 20);
     else {
         size_t n = (size_t)st.st_size, got = 0;
@@ -59,7 +49,7 @@ static char *read_regular(const char *path, size_t max, size_t *len, char *err, 
             got += (size_t)r;
         }
         if (got != n) {
-            fail(err, errlen, "%s: %s", path, r < 0 ? strerror(errno) : "shorter than its size (changed while read)");
+            phi3_fail(err, errlen, "%s: %s", path, r < 0 ? strerror(errno) : "shorter than its size (changed while read)");
             free(buf);
             buf = NULL;
         } else {
@@ -79,12 +69,12 @@ static int cfg_int(json_t *o, const char *key, long lo, long hi, long def, int *
 {
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) {
-        if (def < lo) return fail(err, errlen, "config.json: missing %s", key);
+        if (def < lo) return phi3_fail(err, errlen, "config.json: missing %s", key);
         *out = (int)def;
         return 0;
     }
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return fail(err, errlen, "config.json: %s must be an integer in [%ld, %ld]", key, lo, hi);
+        return phi3_fail(err, errlen, "config.json: %s must be an integer in [%ld, %ld]", key, lo, hi);
     *out = (int)json_integer_value(v);
     return 0;
 }
@@ -103,7 +93,7 @@ static int cfg_num(json_t *o, const char *key, double def, double lo, double hi,
     double x = json_is_number(v) ? json_number_value(v) : NAN;
     float f = (float)x;
     if (!(x > lo && x < hi) || !isfinite(f) || !((double)f > lo && (double)f < hi))
-        return fail(err, errlen, "config.json: %s must be a number in (%g, %g) (as float32), got %.6g", key, lo, hi,
+        return phi3_fail(err, errlen, "config.json: %s must be a number in (%g, %g) (as float32), got %.6g", key, lo, hi,
                     x);
     *out = x;
     return 0;
@@ -116,7 +106,7 @@ static int cfg_factors(json_t *rs, const char *key, int n, float **out, char *er
 {
     json_t *a = json_object_get(rs, key);
     if (!json_is_array(a) || json_array_size(a) != (size_t)n)
-        return fail(err, errlen, "config.json: rope_scaling.%s must be an array of head_dim/2 = %d numbers",
+        return phi3_fail(err, errlen, "config.json: rope_scaling.%s must be an array of head_dim/2 = %d numbers",
                     key, n);
     *out = xmalloc((size_t)n * sizeof **out);
     for (int i = 0; i < n; i++) {
@@ -124,7 +114,7 @@ static int cfg_factors(json_t *rs, const char *key, int n, float **out, char *er
         double x = json_is_number(e) ? json_number_value(e) : -1;
         float f = (float)x;   /* transformers holds the factors as float32 */
         if (!(x > 0 && x < FACTOR_MAX) || !(f > 0))
-            return fail(err, errlen, "config.json: rope_scaling.%s[%d] must be a number in (0, %g) (as float32)",
+            return phi3_fail(err, errlen, "config.json: rope_scaling.%s[%d] must be a number in (0, %g) (as float32)",
                         key, i, FACTOR_MAX);
         (*out)[i] = f;
     }
@@ -140,7 +130,7 @@ void model_config_free(phi3_config *c)
 
 static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
 {
-    if (!json_is_object(o)) return fail(err, errlen, "config.json: not a JSON object");
+    if (!json_is_object(o)) return phi3_fail(err, errlen, "config.json: not a JSON object");
     json_t *arch = json_object_get(o, "architectures");
     int ok = 0;
     for (size_t i = 0; json_is_array(arch) && i < json_array_size(arch); i++)
@@ -148,7 +138,7 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
             !strcmp(json_string_value(json_array_get(arch, i)), "Phi3ForCausalLM")) ok = 1;
     if (!ok) {
         json_t *a0 = json_is_array(arch) ? json_array_get(arch, 0) : arch;
-        return fail(err, errlen, "config.json: unsupported architecture %.64s (need Phi3ForCausalLM)",
+        return phi3_fail(err, errlen, "config.json: unsupported architecture %.64s (need Phi3ForCausalLM)",
                     json_is_string(a0) ? json_string_value(a0) : "(none given)");
     }
     if (cfg_int(o, "hidden_size", 2, 1 << 16, -1, &c->hidden, err, errlen) ||
@@ -161,33 +151,33 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
         cfg_int(o, "sliding_window", 0, 1L << 30, 0, &c->sliding_window, err, errlen))
         return -1;
     if (c->hidden % c->n_heads || (c->hidden / c->n_heads) % 2)
-        return fail(err, errlen, "config.json: hidden_size %d is not num_attention_heads %d x an even head_dim",
+        return phi3_fail(err, errlen, "config.json: hidden_size %d is not num_attention_heads %d x an even head_dim",
                     c->hidden, c->n_heads);
     c->head_dim = c->hidden / c->n_heads;
     int hd;
     if (cfg_int(o, "head_dim", 1, 1 << 16, c->head_dim, &hd, err, errlen)) return -1;
     if (hd != c->head_dim)
-        return fail(err, errlen, "config.json: head_dim %d != hidden_size / num_attention_heads %d", hd,
+        return phi3_fail(err, errlen, "config.json: head_dim %d != hidden_size / num_attention_heads %d", hd,
                     c->head_dim);
     if (c->n_heads % c->n_kv_heads)
-        return fail(err, errlen, "config.json: num_attention_heads %d is not a multiple of num_key_value_heads %d",
+        return phi3_fail(err, errlen, "config.json: num_attention_heads %d is not a multiple of num_key_value_heads %d",
                     c->n_heads, c->n_kv_heads);
     double eps, prf;
     if (cfg_num(o, "rms_norm_eps", 1e-5, 0, 1, &eps, err, errlen) ||
         cfg_num(o, "partial_rotary_factor", 1.0, 0, 2, &prf, err, errlen))
         return -1;
     c->rms_eps = (float)eps;
-    if (prf != 1.0) return fail(err, errlen, "config.json: partial_rotary_factor %g is not supported", prf);
+    if (prf != 1.0) return phi3_fail(err, errlen, "config.json: partial_rotary_factor %g is not supported", prf);
     json_t *tie = json_object_get(o, "tie_word_embeddings");
     if (tie && !json_is_boolean(tie) && !json_is_null(tie))
-        return fail(err, errlen, "config.json: tie_word_embeddings must be true or false");
+        return phi3_fail(err, errlen, "config.json: tie_word_embeddings must be true or false");
     c->tie_embeddings = json_is_true(tie);
 
     /* rope_scaling (transformers 5 may write rope_parameters instead, with rope_theta in it). */
     json_t *rs = json_object_get(o, "rope_scaling");
     if (!rs || json_is_null(rs)) rs = json_object_get(o, "rope_parameters");
     if (rs && !json_is_null(rs) && !json_is_object(rs))
-        return fail(err, errlen, "config.json: rope_scaling must be an object or null");
+        return phi3_fail(err, errlen, "config.json: rope_scaling must be an object or null");
     if (cfg_num(o, "rope_theta", 10000.0, 0, 1e30, &c->rope_theta, err, errlen) ||
         (rs && json_object_get(rs, "rope_theta") &&
          cfg_num(rs, "rope_theta", 10000.0, 0, 1e30, &c->rope_theta, err, errlen)))
@@ -196,11 +186,11 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
     if (rs && !json_is_null(rs)) {
         json_t *t = json_object_get(rs, "type");
         if (!json_is_string(t)) t = json_object_get(rs, "rope_type");
-        if (!json_is_string(t)) return fail(err, errlen, "config.json: rope_scaling has no type");
+        if (!json_is_string(t)) return phi3_fail(err, errlen, "config.json: rope_scaling has no type");
         type = json_string_value(t);
         if (!strcmp(type, "default")) type = NULL;
         else if (strcmp(type, "longrope") && strcmp(type, "su"))
-            return fail(err, errlen, "config.json: unsupported rope_scaling type %.32s", type);
+            return phi3_fail(err, errlen, "config.json: unsupported rope_scaling type %.32s", type);
     }
     c->rope_longrope = type != NULL;
     c->original_max_pos = c->max_pos;
@@ -216,7 +206,7 @@ static int config_from_json(json_t *o, phi3_config *c, char *err, size_t errlen)
                     &c->original_max_pos, err, errlen))
             return -1;
         if (c->original_max_pos > c->max_pos)
-            return fail(err, errlen,
+            return phi3_fail(err, errlen,
                         "config.json: original_max_position_embeddings %d exceeds max_position_embeddings %d",
                         c->original_max_pos, c->max_pos);
         /* transformers' longrope default: scale = max/original_max, factor 1 when scale <= 1. */
@@ -234,7 +224,7 @@ int model_config_parse(const char *text, size_t len, phi3_config *c, char *err, 
     memset(c, 0, sizeof *c);
     json_error_t je;
     json_t *o = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
-    if (!o) return fail(err, errlen, "config.json: invalid JSON: %s (line %d)", je.text, je.line);
+    if (!o) return phi3_fail(err, errlen, "config.json: invalid JSON: %s (line %d)", je.text, je.line);
     int rc = config_from_json(o, c, err, errlen);
     json_decref(o);
     if (rc) model_config_free(c);
@@ -318,19 +308,19 @@ static const st_tensor *find_tensor(const phi3_model *m, const wmap *wm, const c
         wentry key = {.name = name};
         const wentry *w = wm->n ? bsearch(&key, wm->e, wm->n, sizeof key, cmp_wentry) : NULL;
         if (!w) {
-            fail(err, errlen, "tensor %s: missing (not in model.safetensors.index.json)", name);
+            phi3_fail(err, errlen, "tensor %s: missing (not in model.safetensors.index.json)", name);
             return NULL;
         }
         const st_file *f = &m->shards[w->shard];
         const st_tensor *t = st_find(f, name);
-        if (!t) fail(err, errlen, "tensor %s: missing from %s", name, strrchr(f->path, '/') + 1);
+        if (!t) phi3_fail(err, errlen, "tensor %s: missing from %s", name, strrchr(f->path, '/') + 1);
         return t;
     }
     for (int i = 0; i < m->n_shards; i++) {
         const st_tensor *t = st_find(&m->shards[i], name);
         if (t) return t;
     }
-    fail(err, errlen, "tensor %s: missing", name);
+    phi3_fail(err, errlen, "tensor %s: missing", name);
     return NULL;
 }
 
@@ -340,22 +330,61 @@ const st_tensor *model_fetch(const phi3_model *m, const char *name, unsigned dty
     char why[256];
     const st_tensor *t = find_tensor(m, NULL, name, why, sizeof why);
     if (!t) {
-        fail(err, errlen, "%s", why);
+        phi3_fail(err, errlen, "%s", why);
         return NULL;
     }
     return st_check(t, name, dtype_mask, ndim, shape, err, errlen);
 }
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
+uint64_t model_fnv(uint64_t h, const void *p, size_t n)
 {
     const uint8_t *b = p;
     for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
     return h;
 }
 
-/* Bind one weight: rows x cols (rows 0: a vector of cols). */
-static int bind(loader *L, phi3_weight *w, const char *name, int64_t rows, int64_t cols)
+uint64_t model_config_hash(const phi3_config *c, const char *tag)
 {
+    /* The config values that change the computation. */
+    char s[320];
+    int n = snprintf(s, sizeof s, "%s%d %d %d %d %d %d %d %.9g %.17g %d %.17g %d %d %d %d", tag, c->hidden,
+                     c->n_heads, c->n_kv_heads, c->head_dim, c->n_layers, c->intermediate, c->vocab,
+                     (double)c->rms_eps, c->rope_theta, c->rope_longrope, c->attn_factor, c->original_max_pos,
+                     c->max_pos, c->sliding_window, c->tie_embeddings);
+    uint64_t h = model_fnv(0xcbf29ce484222325ull, s, n < (int)sizeof s ? (size_t)n : sizeof s - 1);
+    if (c->rope_longrope) {
+        h = model_fnv(h, c->short_factor, (size_t)c->head_dim / 2 * sizeof(float));
+        h = model_fnv(h, c->long_factor, (size_t)c->head_dim / 2 * sizeof(float));
+    }
+    return h;
+}
+
+int model_bind_all(phi3_model *m, const model_names *nm, model_bind_fn bind, void *ctx)
+{
+    const phi3_config *c = &m->cfg;
+    int64_t H = c->hidden, V = c->vocab, I = c->intermediate;
+    int64_t qkv = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
+    char name[160];
+    if (bind(ctx, &m->embed, nm->embed, V, H)) return -1;
+    m->layers = xcalloc((size_t)c->n_layers, sizeof *m->layers);
+    for (int l = 0; l < c->n_layers; l++) {
+        phi3_layer *y = &m->layers[l];
+#define B(field, r, k) (snprintf(name, sizeof name, "%s%d.%s", nm->layer, l, nm->field), bind(ctx, &y->field, name, r, k))
+        if (B(ln1, 0, H) || B(qkv, qkv, H) || B(o, H, (int64_t)c->n_heads * c->head_dim) || B(ln2, 0, H) ||
+            B(gate_up, 2 * I, H) || B(down, H, I))
+            return -1;
+#undef B
+    }
+    if (bind(ctx, &m->norm, nm->norm, 0, H)) return -1;
+    if (c->tie_embeddings) m->lm_head = m->embed;
+    else if (bind(ctx, &m->lm_head, nm->lm_head, V, H)) return -1;
+    return 0;
+}
+
+/* Bind one weight: rows x cols (rows 0: a vector of cols). */
+static int bind(void *ctx, phi3_weight *w, const char *name, int64_t rows, int64_t cols)
+{
+    loader *L = ctx;
     int64_t shape[2] = {rows, cols};
     int nd = rows ? 2 : 1;
     const st_tensor *t = find_tensor(L->m, L->wmap, name, L->err, L->errlen);
@@ -369,61 +398,41 @@ static int bind(loader *L, phi3_weight *w, const char *name, int64_t rows, int64
     /* Fingerprint: name, dtype, shape and the shard it comes from; the bytes of every
      * shard are hashed whole after binding (hash_shards). */
     uint64_t h = L->m->fingerprint;
-    h = fnv(h, name, strlen(name) + 1);
-    h = fnv(h, &t->dtype, sizeof t->dtype);
-    h = fnv(h, shape, sizeof shape);
+    h = model_fnv(h, name, strlen(name) + 1);
+    h = model_fnv(h, &t->dtype, sizeof t->dtype);
+    h = model_fnv(h, shape, sizeof shape);
     for (int i = 0; i < L->m->n_shards; i++) {
         const st_file *f = &L->m->shards[i];
         if ((const uint8_t *)t->data >= (const uint8_t *)f->map &&
             (const uint8_t *)t->data < (const uint8_t *)f->map + f->size) {
-            h = fnv(h, &i, sizeof i);
-            h = fnv(h, &t->offset, sizeof t->offset);
+            h = model_fnv(h, &i, sizeof i);
+            h = model_fnv(h, &t->offset, sizeof t->offset);
         }
     }
     L->m->fingerprint = h;
     return 0;
 }
 
-static int bind_all(loader *L)
-{
-    phi3_model *m = L->m;
-    const phi3_config *c = &m->cfg;
-    int64_t H = c->hidden, V = c->vocab, I = c->intermediate;
-    int64_t qkv = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
-    char name[128];
-    if (bind(L, &m->embed, "model.embed_tokens.weight", V, H)) return -1;
-    m->layers = xcalloc((size_t)c->n_layers, sizeof *m->layers);
-    for (int l = 0; l < c->n_layers; l++) {
-        phi3_layer *y = &m->layers[l];
-#define B(field, suffix, r, k) \
-    (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), bind(L, &y->field, name, r, k))
-        if (B(ln1, "input_layernorm.weight", 0, H) ||
-            B(qkv, "self_attn.qkv_proj.weight", qkv, H) ||
-            B(o, "self_attn.o_proj.weight", H, (int64_t)c->n_heads * c->head_dim) ||
-            B(ln2, "post_attention_layernorm.weight", 0, H) ||
-            B(gate_up, "mlp.gate_up_proj.weight", 2 * I, H) ||
-            B(down, "mlp.down_proj.weight", H, I))
-            return -1;
-#undef B
-    }
-    if (bind(L, &m->norm, "model.norm.weight", 0, H)) return -1;
-    if (c->tie_embeddings) m->lm_head = m->embed;
-    else if (bind(L, &m->lm_head, "lm_head.weight", V, H)) return -1;
-    return 0;
-}
+/* Hugging Face's names. */
+static const model_names hf_names = {
+    .embed = "model.embed_tokens.weight", .norm = "model.norm.weight", .lm_head = "lm_head.weight",
+    .layer = "model.layers.", .ln1 = "input_layernorm.weight", .qkv = "self_attn.qkv_proj.weight",
+    .o = "self_attn.o_proj.weight", .ln2 = "post_attention_layernorm.weight", .gate_up = "mlp.gate_up_proj.weight",
+    .down = "mlp.down_proj.weight",
+};
 
 /* Open one shard of the index (each once); its index in m->shards, or -1. */
 static int shard_of(loader *L, const char *ip, const char *f, const char *key)
 {
     phi3_model *m = L->m;
     if (!*f || strchr(f, '/') || f[0] == '.') {
-        fail(L->err, L->errlen, "%s: bad shard name for %s", ip, key);
+        phi3_fail(L->err, L->errlen, "%s: bad shard name for %s", ip, key);
         return -1;
     }
     for (int i = m->n_shards - 1; i >= 0; i--)
         if (!strcmp(strrchr(m->shards[i].path, '/') + 1, f)) return i;
     if (m->n_shards >= 4096) {
-        fail(L->err, L->errlen, "%s: too many shards", ip);
+        phi3_fail(L->err, L->errlen, "%s: too many shards", ip);
         return -1;
     }
     m->shards = xrealloc(m->shards, (size_t)(m->n_shards + 1) * sizeof *m->shards);
@@ -456,7 +465,7 @@ static int parse_index(loader *L, const char *ip, const char *text, size_t len)
             if (js_skip(&j)) goto syntax;
             continue;
         }
-        if (found++) return fail(L->err, L->errlen, "%s: invalid JSON: duplicate key weight_map", ip);
+        if (found++) return phi3_fail(L->err, L->errlen, "%s: invalid JSON: duplicate key weight_map", ip);
         j.p++;
         for (int q = js_peek(&j) == '}' ? (j.p++, 0) : 1; q == 1; q = js_next(&j, '}')) {
             if (js_string(&j, NULL, NULL, &raw) || js_lit(&j, ':') || js_skip(&j)) goto syntax;
@@ -466,7 +475,7 @@ static int parse_index(loader *L, const char *ip, const char *text, size_t len)
         if (j.why[0]) goto syntax;
     }
     if (r < 0 || js_end(&j)) goto syntax;
-    if (!found) return fail(L->err, L->errlen, "%s: no weight_map object", ip);
+    if (!found) return phi3_fail(L->err, L->errlen, "%s: no weight_map object", ip);
 
     wmap *w = xcalloc(1, sizeof *w);
     w->e = xmalloc(members * sizeof *w->e + key_bytes + 1);
@@ -495,7 +504,7 @@ static int parse_index(loader *L, const char *ip, const char *text, size_t len)
             names += nl + 1;
             probe = j;
             if (js_peek(&j) != '"' || (js_string(&probe, NULL, NULL, &raw), raw >= sizeof val))
-                return fail(L->err, L->errlen, "%s: bad shard name for %s", ip, name);
+                return phi3_fail(L->err, L->errlen, "%s: bad shard name for %s", ip, name);
             js_string(&j, val, NULL, NULL);
             int sh = shard_of(L, ip, val, name);
             if (sh < 0) return -1;
@@ -505,10 +514,10 @@ static int parse_index(loader *L, const char *ip, const char *text, size_t len)
     qsort(w->e, w->n, sizeof *w->e, cmp_wentry);
     for (size_t i = 1; i < w->n; i++)
         if (!strcmp(w->e[i].name, w->e[i - 1].name))
-            return fail(L->err, L->errlen, "%s: invalid JSON: duplicate key %s", ip, w->e[i].name);
+            return phi3_fail(L->err, L->errlen, "%s: invalid JSON: duplicate key %s", ip, w->e[i].name);
     return 0;
 syntax:
-    return fail(L->err, L->errlen, "%s: invalid JSON: %s (offset %zu)", ip, j.why, js_offset(&j));
+    return phi3_fail(L->err, L->errlen, "%s: invalid JSON: %s (offset %zu)", ip, j.why, js_offset(&j));
 }
 
 /* Open the shards named by the index (each once), or model.safetensors. */
@@ -550,32 +559,20 @@ phi3_model *model_load(const char *dir, char *err, size_t errlen)
     else {
         char why[256];
         rc = model_config_parse(text, len, &m->cfg, why, sizeof why);
-        if (rc) fail(err, errlen, "%s/%s", dir, why);
+        if (rc) phi3_fail(err, errlen, "%s/%s", dir, why);
     }
     free(text);
     free(cp);
-    m->fingerprint = 0xcbf29ce484222325ull;
     if (!rc) {
-        /* The config values that change the computation go into the fingerprint. */
-        const phi3_config *c = &m->cfg;
-        char s[256];
-        int n = snprintf(s, sizeof s, "%d %d %d %d %d %d %d %.9g %.17g %d %.17g %d %d %d %d", c->hidden,
-                         c->n_heads, c->n_kv_heads, c->head_dim, c->n_layers, c->intermediate, c->vocab,
-                         (double)c->rms_eps, c->rope_theta, c->rope_longrope, c->attn_factor,
-                         c->original_max_pos, c->max_pos, c->sliding_window, c->tie_embeddings);
-        m->fingerprint = fnv(m->fingerprint, s, (size_t)n);
-        if (c->rope_longrope) {
-            m->fingerprint = fnv(m->fingerprint, c->short_factor, (size_t)c->head_dim / 2 * sizeof(float));
-            m->fingerprint = fnv(m->fingerprint, c->long_factor, (size_t)c->head_dim / 2 * sizeof(float));
-        }
+        m->fingerprint = model_config_hash(&m->cfg, "");
         rc = open_shards(&L);
     }
-    if (!rc) rc = bind_all(&L);
+    if (!rc) rc = model_bind_all(m, &hf_names, bind, &L);
     if (!rc) {
         /* Every byte of every shard (cached by file identity: fingerprint.c). */
         for (int i = 0; i < m->n_shards; i++) {
             uint64_t h = st_file_hash(&m->shards[i], NULL);
-            m->fingerprint = fnv(m->fingerprint, &h, sizeof h);
+            m->fingerprint = model_fnv(m->fingerprint, &h, sizeof h);
         }
     }
     if (L.wmap) free(L.wmap->e);

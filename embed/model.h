@@ -81,6 +81,13 @@ const st_tensor *st_check(const st_tensor *t, const char *name, unsigned dtype_m
  * add the new range). */
 void mapguard_add(const void *addr, size_t len, const char *path);
 void mapguard_remove(const void *addr);
+/* Open path without blocking (a FIFO must not hang the open), refuse anything but a
+ * regular file of at least min bytes, mmap it whole read-only and guard it. 0 ok (*map,
+ * *size, *st: the fstat, the file's identity); -1 with "PATH: cause" in err, "PATH: file
+ * too short for WHAT (N bytes)" under min. mapguard_close(*map, *size) undoes it. */
+int mapguard_open(const char *path, size_t min, const char *what, void **map, size_t *size, struct stat *st,
+                  char *err, size_t errlen);
+void mapguard_close(const void *map, size_t size);
 
 /* ---- full-content hash (embed/fingerprint.c) ---- */
 
@@ -168,6 +175,26 @@ phi3_model *model_load_gguf(const char *path, char *err, size_t errlen);
 int model_weight_row_f32(const phi3_weight *w, int64_t r, float *dst);
 /* st_dtype of a GGUF tensor type this loader binds; -1 for others. */
 int model_gguf_dtype(uint32_t ggml_type, st_dtype *d);
+
+/* ---- shared by the two loaders (model.c, model_gguf.c) ---- */
+
+/* A checkpoint's weight names: per layer "LAYER<l>.SUFFIX" (layer "blk.", ln1
+ * "attn_norm.weight" -> "blk.0.attn_norm.weight"). */
+typedef struct model_names {
+    const char *embed, *norm, *lm_head, *layer;
+    const char *ln1, *qkv, *o, *ln2, *gate_up, *down;      /* suffixes */
+} model_names;
+/* Bind one weight of rows x cols (rows 0: a vector of cols) found under name; 0 ok, -1
+ * with the cause in the loader's err. */
+typedef int (*model_bind_fn)(void *ctx, phi3_weight *w, const char *name, int64_t rows, int64_t cols);
+/* Bind every weight of m (m->cfg set) with the shape the forward pass expects: embed,
+ * the layers (allocated here), norm, lm_head (embed when tied). Stops at the first -1. */
+int model_bind_all(phi3_model *m, const model_names *names, model_bind_fn bind, void *ctx);
+/* FNV-1a over n bytes, continuing from h. */
+uint64_t model_fnv(uint64_t h, const void *p, size_t n);
+/* FNV-1a of tag and the config values that change the computation (the start of a
+ * model's fingerprint). */
+uint64_t model_config_hash(const phi3_config *c, const char *tag);
 
 /* Config only (no tensors): parse a config.json text. 0 ok; -1 with err. The factor
  * arrays are malloc'ed (free with model_config_free). */

@@ -6,26 +6,9 @@
 #include "embed/quant.h"
 #include "shared/util.h"
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
 
 int model_gguf_dtype(uint32_t ggml_type, st_dtype *d)
 {
@@ -51,39 +34,47 @@ static int meta_int(const gguf_file *g, const char *key, long lo, long hi, long 
                     size_t errlen)
 {
     int64_t v;
-    char why[256];
-    int r = gguf_get_int(g, key, lo, hi, &v, why, sizeof why);
-    if (r < 0) return fail(err, errlen, "%s", why);
+    int r = gguf_get_int(g, key, lo, hi, &v, err, errlen);
+    if (r < 0) return -1;
     if (r == 0) {
-        if (def < lo) return fail(err, errlen, "metadata %s: missing", key);
+        if (def < lo) return phi3_fail(err, errlen, "metadata %s: missing", key);
         v = def;
     }
     *out = (int)v;
     return 0;
 }
 
-static int meta_num(const gguf_file *g, const char *key, double def, double *out, char *err, size_t errlen)
+/* A float key in the open interval (lo, hi), also after rounding to float32 (the forward
+ * pass keeps eps and the attention factor as float32: an F64 1e-300 would be zero there),
+ * the ranges config.json is held to (model.c cfg_num); absent: def. */
+static int meta_num(const gguf_file *g, const char *key, double def, double lo, double hi, double *out, char *err,
+                    size_t errlen)
 {
-    char why[256];
-    int r = gguf_get_float(g, key, out, why, sizeof why);
-    if (r < 0) return fail(err, errlen, "%s", why);
-    if (r == 0) *out = def;
-    else if (!isfinite(*out) || *out <= 0) return fail(err, errlen, "metadata %s: must be a positive number", key);
+    int r = gguf_get_float(g, key, out, err, errlen);
+    if (r < 0) return -1;
+    if (r == 0) {
+        *out = def;
+        return 0;
+    }
+    float f = (float)*out;
+    if (!(*out > lo && *out < hi) || !isfinite(f) || !((double)f > lo && (double)f < hi))
+        return phi3_fail(err, errlen, "metadata %s: must be a number in (%g, %g) (as float32), got %.6g", key, lo, hi,
+                         *out);
     return 0;
 }
 
 static int rope_factors(const gguf_file *g, const char *name, int n, float **out, char *err, size_t errlen)
 {
     const gguf_tensor *t = gguf_find(g, name);
-    if (!t) return fail(err, errlen, "tensor %s: missing (the other LongRoPE factor tensor is present)", name);
+    if (!t) return phi3_fail(err, errlen, "tensor %s: missing (the other LongRoPE factor tensor is present)", name);
     if (t->type != GGML_F32 || t->ndim != 1 || t->ne[0] != (uint64_t)n)
-        return fail(err, errlen, "tensor %s: expected F32 [%d], got %s [%llu%s]", name, n, gguf_type_name(t->type),
+        return phi3_fail(err, errlen, "tensor %s: expected F32 [%d], got %s [%llu%s]", name, n, gguf_type_name(t->type),
                     (unsigned long long)t->ne[0], t->ndim > 1 ? ", ..." : "");
     *out = xmalloc((size_t)n * sizeof **out);
     memcpy(*out, t->data, (size_t)n * sizeof **out);
     for (int i = 0; i < n; i++)
         if (!((*out)[i] > 0) || !isfinite((*out)[i]))
-            return fail(err, errlen, "tensor %s: element %d is not a positive number", name, i);
+            return phi3_fail(err, errlen, "tensor %s: element %d is not a positive number", name, i);
     return 0;
 }
 
@@ -92,12 +83,11 @@ int model_gguf_config(const gguf_file *g, phi3_config *c, char *err, size_t errl
     memset(c, 0, sizeof *c);
     const char *arch;
     size_t alen;
-    char why[256];
-    int r = gguf_get_str(g, "general.architecture", &arch, &alen, why, sizeof why);
-    if (r < 0) return fail(err, errlen, "%s", why);
-    if (r == 0) return fail(err, errlen, "metadata general.architecture: missing");
+    int r = gguf_get_str(g, "general.architecture", &arch, &alen, err, errlen);
+    if (r < 0) return -1;
+    if (r == 0) return phi3_fail(err, errlen, "metadata general.architecture: missing");
     if (alen != 4 || memcmp(arch, "phi3", 4))
-        return fail(err, errlen, "unsupported architecture %.*s (need phi3)", (int)(alen < 64 ? alen : 64), arch);
+        return phi3_fail(err, errlen, "unsupported architecture %.*s (need phi3)", (int)(alen < 64 ? alen : 64), arch);
     if (meta_int(g, "phi3.embedding_length", 2, 1 << 16, -1, &c->hidden, err, errlen) ||
         meta_int(g, "phi3.attention.head_count", 1, 1024, -1, &c->n_heads, err, errlen) ||
         meta_int(g, "phi3.attention.head_count_kv", 1, 1024, c->n_heads, &c->n_kv_heads, err, errlen) ||
@@ -107,26 +97,26 @@ int model_gguf_config(const gguf_file *g, phi3_config *c, char *err, size_t errl
         meta_int(g, "phi3.attention.sliding_window", 0, 1L << 30, 0, &c->sliding_window, err, errlen))
         return -1;
     if (c->hidden % c->n_heads || (c->hidden / c->n_heads) % 2)
-        return fail(err, errlen, "phi3.embedding_length %d is not head_count %d x an even head size", c->hidden,
+        return phi3_fail(err, errlen, "phi3.embedding_length %d is not head_count %d x an even head size", c->hidden,
                     c->n_heads);
     c->head_dim = c->hidden / c->n_heads;
     if (c->n_heads % c->n_kv_heads)
-        return fail(err, errlen, "phi3.attention.head_count %d is not a multiple of head_count_kv %d", c->n_heads,
+        return phi3_fail(err, errlen, "phi3.attention.head_count %d is not a multiple of head_count_kv %d", c->n_heads,
                     c->n_kv_heads);
-    int rot;
+    int rot = 0;
     if (meta_int(g, "phi3.rope.dimension_count", 1, 1 << 16, c->head_dim, &rot, err, errlen)) return -1;
     if (rot != c->head_dim)
-        return fail(err, errlen, "phi3.rope.dimension_count %d != head size %d (partial rotary is not supported)",
+        return phi3_fail(err, errlen, "phi3.rope.dimension_count %d != head size %d (partial rotary is not supported)",
                     rot, c->head_dim);
     double eps;
-    if (meta_num(g, "phi3.attention.layer_norm_rms_epsilon", 1e-5, &eps, err, errlen) ||
-        meta_num(g, "phi3.rope.freq_base", 10000.0, &c->rope_theta, err, errlen))
+    if (meta_num(g, "phi3.attention.layer_norm_rms_epsilon", 1e-5, 0, 1, &eps, err, errlen) ||
+        meta_num(g, "phi3.rope.freq_base", 10000.0, 0, 1e30, &c->rope_theta, err, errlen))
         return -1;
     c->rms_eps = (float)eps;
     const gguf_tensor *emb = gguf_find(g, "token_embd.weight");
-    if (!emb) return fail(err, errlen, "tensor token_embd.weight: missing");
+    if (!emb) return phi3_fail(err, errlen, "tensor token_embd.weight: missing");
     if (emb->ndim != 2 || emb->ne[1] < 1 || emb->ne[1] > (1u << 22))
-        return fail(err, errlen, "tensor token_embd.weight: expected 2 dimensions with 1 to 4194304 rows");
+        return phi3_fail(err, errlen, "tensor token_embd.weight: expected 2 dimensions with 1 to 4194304 rows");
     c->vocab = (int)emb->ne[1];
     c->tie_embeddings = gguf_find(g, "output.weight") == NULL;
 
@@ -142,13 +132,17 @@ int model_gguf_config(const gguf_file *g, phi3_config *c, char *err, size_t errl
             meta_int(g, "phi3.rope.scaling.original_context_length", 1, 1 << 24, c->max_pos, &c->original_max_pos,
                      err, errlen))
             return -1;
+        if (c->original_max_pos > c->max_pos)      /* as config.json (model.c) */
+            return phi3_fail(err, errlen,
+                             "phi3.rope.scaling.original_context_length %d exceeds phi3.context_length %d",
+                             c->original_max_pos, c->max_pos);
         /* The same default as the config.json path; the file's attn_factor (a float32)
          * when given. */
         double scale = (double)c->max_pos / c->original_max_pos;
         if (scale > 1.0 && c->original_max_pos > 1)
             c->attn_factor = sqrt(1.0 + log(scale) / log((double)c->original_max_pos));
         double af;
-        if (meta_num(g, "phi3.rope.scaling.attn_factor", c->attn_factor, &af, err, errlen)) return -1;
+        if (meta_num(g, "phi3.rope.scaling.attn_factor", c->attn_factor, 0, 100, &af, err, errlen)) return -1;
         if ((float)af != (float)c->attn_factor) c->attn_factor = af;
     }
     return 0;
@@ -163,13 +157,14 @@ typedef struct gloader {
 
 /* Bind one weight: rows x cols (rows 0: a vector of cols). GGUF lists dimensions
  * innermost first, so a [rows, cols] matrix is ne = {cols, rows}. */
-static int gbind(gloader *L, phi3_weight *w, const char *name, int64_t rows, int64_t cols)
+static int gbind(void *ctx, phi3_weight *w, const char *name, int64_t rows, int64_t cols)
 {
+    gloader *L = ctx;
     const gguf_tensor *t = gguf_find(L->g, name);
-    if (!t) return fail(L->err, L->errlen, "tensor %s: missing", name);
+    if (!t) return phi3_fail(L->err, L->errlen, "tensor %s: missing", name);
     st_dtype d;
     if (model_gguf_dtype(t->type, &d))
-        return fail(L->err, L->errlen, "tensor %s: type %s is not supported", name, gguf_type_name(t->type));
+        return phi3_fail(L->err, L->errlen, "tensor %s: type %s is not supported", name, gguf_type_name(t->type));
     int nd = rows ? 2 : 1;
     if (t->ndim != nd || t->ne[0] != (uint64_t)cols || (rows && t->ne[1] != (uint64_t)rows)) {
         char got[96];
@@ -177,9 +172,9 @@ static int gbind(gloader *L, phi3_weight *w, const char *name, int64_t rows, int
         for (int i = t->ndim - 1; i >= 0 && o < (int)sizeof got; i--)
             o += snprintf(got + o, sizeof got - (size_t)o, "%llu%s", (unsigned long long)t->ne[i], i ? ", " : "]");
         if (rows)
-            return fail(L->err, L->errlen, "tensor %s: expected [%lld, %lld], got %s", name, (long long)rows,
+            return phi3_fail(L->err, L->errlen, "tensor %s: expected [%lld, %lld], got %s", name, (long long)rows,
                         (long long)cols, got);
-        return fail(L->err, L->errlen, "tensor %s: expected [%lld], got %s", name, (long long)cols, got);
+        return phi3_fail(L->err, L->errlen, "tensor %s: expected [%lld], got %s", name, (long long)cols, got);
     }
     w->data = t->data;
     w->dtype = d;
@@ -187,42 +182,23 @@ static int gbind(gloader *L, phi3_weight *w, const char *name, int64_t rows, int
     w->cols = cols;
     L->m->weight_bytes += t->nbytes;
     uint64_t h = L->m->fingerprint;
-    h = fnv(h, name, strlen(name) + 1);
-    h = fnv(h, &t->type, sizeof t->type);
-    h = fnv(h, t->ne, sizeof t->ne);
+    h = model_fnv(h, name, strlen(name) + 1);
+    h = model_fnv(h, &t->type, sizeof t->type);
+    h = model_fnv(h, t->ne, sizeof t->ne);
     size_t s = t->nbytes < 64 ? (size_t)t->nbytes : 64;
-    h = fnv(h, t->data, s);
-    h = fnv(h, (const uint8_t *)t->data + t->nbytes - s, s);
+    h = model_fnv(h, t->data, s);
+    h = model_fnv(h, (const uint8_t *)t->data + t->nbytes - s, s);
     L->m->fingerprint = h;
     return 0;
 }
 
-static int gbind_all(gloader *L)
-{
-    phi3_model *m = L->m;
-    const phi3_config *c = &m->cfg;
-    int64_t H = c->hidden, V = c->vocab, I = c->intermediate;
-    int64_t qkv = (int64_t)(c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
-    char name[96];
-    if (gbind(L, &m->embed, "token_embd.weight", V, H)) return -1;
-    m->layers = xcalloc((size_t)c->n_layers, sizeof *m->layers);
-    for (int l = 0; l < c->n_layers; l++) {
-        phi3_layer *y = &m->layers[l];
-#define B(field, suffix, r, k) (snprintf(name, sizeof name, "blk.%d.%s", l, suffix), gbind(L, &y->field, name, r, k))
-        /* llama.cpp keeps Phi-3's fused tensors: attn_qkv (Q, K, V rows) and ffn_up
-         * holding gate_up_proj (gate rows, then up rows). */
-        if (B(ln1, "attn_norm.weight", 0, H) || B(qkv, "attn_qkv.weight", qkv, H) ||
-            B(o, "attn_output.weight", H, (int64_t)c->n_heads * c->head_dim) ||
-            B(ln2, "ffn_norm.weight", 0, H) || B(gate_up, "ffn_up.weight", 2 * I, H) ||
-            B(down, "ffn_down.weight", H, I))
-            return -1;
-#undef B
-    }
-    if (gbind(L, &m->norm, "output_norm.weight", 0, H)) return -1;
-    if (c->tie_embeddings) m->lm_head = m->embed;
-    else if (gbind(L, &m->lm_head, "output.weight", V, H)) return -1;
-    return 0;
-}
+/* llama.cpp's names. It keeps Phi-3's fused tensors: attn_qkv (Q, K, V rows) and ffn_up
+ * holding gate_up_proj (gate rows, then up rows). */
+static const model_names gguf_names = {
+    .embed = "token_embd.weight", .norm = "output_norm.weight", .lm_head = "output.weight", .layer = "blk.",
+    .ln1 = "attn_norm.weight", .qkv = "attn_qkv.weight", .o = "attn_output.weight", .ln2 = "ffn_norm.weight",
+    .gate_up = "ffn_up.weight", .down = "ffn_down.weight",
+};
 
 phi3_model *model_load_gguf(const char *path, char *err, size_t errlen)
 {
@@ -231,24 +207,16 @@ phi3_model *model_load_gguf(const char *path, char *err, size_t errlen)
     m->gguf = xcalloc(1, sizeof *m->gguf);
     char why[512];
     int rc = gguf_open(path, m->gguf, err, errlen);
-    if (!rc && model_gguf_config(m->gguf, &m->cfg, why, sizeof why)) rc = fail(err, errlen, "%s: %s", path, why);
+    if (!rc && model_gguf_config(m->gguf, &m->cfg, why, sizeof why)) rc = phi3_fail(err, errlen, "%s: %s", path, why);
     if (!rc) {
         m->file_bytes = m->gguf->size;
         /* A GGUF model never shares a fingerprint with a directory model: the tag, the
          * file size and the tensor names (llama.cpp's) all differ. */
-        const phi3_config *c = &m->cfg;
-        char s[320];
-        int n = snprintf(s, sizeof s, "gguf %zu %d %d %d %d %d %d %d %.9g %.17g %d %.17g %d %d %d %d",
-                         m->gguf->size, c->hidden, c->n_heads, c->n_kv_heads, c->head_dim, c->n_layers,
-                         c->intermediate, c->vocab, (double)c->rms_eps, c->rope_theta, c->rope_longrope,
-                         c->attn_factor, c->original_max_pos, c->max_pos, c->sliding_window, c->tie_embeddings);
-        m->fingerprint = fnv(0xcbf29ce484222325ull, s, (size_t)n);
-        if (c->rope_longrope) {
-            m->fingerprint = fnv(m->fingerprint, c->short_factor, (size_t)c->head_dim / 2 * sizeof(float));
-            m->fingerprint = fnv(m->fingerprint, c->long_factor, (size_t)c->head_dim / 2 * sizeof(float));
-        }
+        char tag[32];
+        snprintf(tag, sizeof tag, "gguf %zu ", m->gguf->size);
+        m->fingerprint = model_config_hash(&m->cfg, tag);
         gloader L = {.m = m, .g = m->gguf, .err = why, .errlen = sizeof why};
-        if (gbind_all(&L)) rc = fail(err, errlen, "%s: %s", path, why);
+        if (model_bind_all(m, &gguf_names, gbind, &L)) rc = phi3_fail(err, errlen, "%s: %s", path, why);
     }
     if (!rc) {
         /* Every byte of the file, as the directory path hashes its shards (cached by the
@@ -256,7 +224,7 @@ phi3_model *model_load_gguf(const char *path, char *err, size_t errlen)
         st_file whole = {.path = m->gguf->path, .map = (void *)m->gguf->map, .size = m->gguf->size,
                          .id = m->gguf->id};
         uint64_t h = st_file_hash(&whole, NULL);
-        m->fingerprint = fnv(m->fingerprint, &h, sizeof h);
+        m->fingerprint = model_fnv(m->fingerprint, &h, sizeof h);
     }
     if (rc) {
         model_free(m);

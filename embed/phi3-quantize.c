@@ -109,7 +109,7 @@ static int vocab_from_dir(const char *dir, int vocab_size, vocab_out *v)
     char *text = read_file(path, 256u << 20, &len);
     if (!text) {
         if (errno == ENOENT) return 1;
-        phi3_die("%s: %s", path, strerror(errno));
+        phi3_die("%s: %s", path, phi3_strerror(errno));
     }
     json_error_t je;
     json_t *root = json_loadb(text, len, 0, &je);

@@ -3,9 +3,9 @@
  * the data section. Files are mmapped read-only; tensors point into the mapping. */
 #include "embed/model.h"
 #include "embed/jscan.h"
+#include "shared/util.h"
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,15 +31,6 @@ static const struct { const char *name; size_t size; } dtypes[ST_NDTYPE] = {
 size_t st_dtype_size(st_dtype d) { return d < ST_NDTYPE ? dtypes[d].size : 0; }
 const char *st_dtype_name(st_dtype d) { return d < ST_NDTYPE ? dtypes[d].name : "?"; }
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 /* The tensors and their names are one allocation (names after the array). */
 void st_tensors_free(st_tensor *t, int n)
 {
@@ -59,16 +50,41 @@ static int cmp_name(const void *a, const void *b)
     return strcmp(((const st_tensor *)a)->name, ((const st_tensor *)b)->name);
 }
 
+/* A JSON array of integers (j at its '['): the first cap values to v, their count to *n,
+ * the index of the first element that is not an integer >= min to *bad (-1: none). */
+static int int_array(jscan *j, int64_t *v, int cap, int64_t min, int *n, int *bad)
+{
+    *n = 0;
+    *bad = -1;
+    j->p++;
+    if (js_peek(j) == ']') {
+        j->p++;
+        return 0;
+    }
+    for (int q = 1; q == 1;) {
+        int64_t x = -1;
+        int is_int = 0;
+        int c = js_peek(j);
+        if (c == '-' || (c >= '0' && c <= '9')) { if (js_number(j, &x, &is_int)) return -1; }
+        else if (js_skip(j)) return -1;
+        if ((!is_int || x < min) && *bad < 0) *bad = *n;
+        if (*n < cap) v[*n] = x;
+        (*n)++;
+        if ((q = js_next(j, ']')) < 0) return -1;
+    }
+    return 0;
+}
+
 /* One header entry {"dtype": ..., "shape": [...], "data_offsets": [b, e]} (other keys
  * skipped) -> t (name already set). data: start of the data section. */
 static int parse_entry(jscan *j, st_tensor *t, size_t hdr_end, size_t data_len, const uint8_t *data, char *err,
                        size_t errlen)
 {
-    if (js_peek(j) != '{') return fail(err, errlen, "tensor %s: entry is not an object", t->name);
+    if (js_peek(j) != '{') return phi3_fail(err, errlen, "tensor %s: entry is not an object", t->name);
     j->p++;
     int have_dt = 0, have_sh = 0, have_of = 0, d = ST_NDTYPE;
     int64_t off[2] = {0, 0};
-    int bad_sh = -1, bad_of = 0, nd = 0, n_of = 0;
+    int bad_sh = -1, bad_of = -1, nd = 0, n_of = 0;
     char dts[16] = "";
     if (js_peek(j) == '}') j->p++;
     else
@@ -84,7 +100,7 @@ static int parse_entry(jscan *j, st_tensor *t, size_t hdr_end, size_t data_len, 
             if (js_lit(j, ':')) return -1;
             int *have = !strcmp(key, "dtype") ? &have_dt : !strcmp(key, "shape") ? &have_sh
                       : !strcmp(key, "data_offsets") ? &have_of : NULL;
-            if (have && *have) return fail(err, errlen, "header is not valid JSON: duplicate key %s in tensor %s", key, t->name);
+            if (have && *have) return phi3_fail(err, errlen, "header is not valid JSON: duplicate key %s in tensor %s", key, t->name);
             if (have) *have = 1;
             if (have == &have_dt) {
                 if (js_peek(j) != '"') { have_dt = 2; if (js_skip(j)) return -1; }
@@ -95,75 +111,44 @@ static int parse_entry(jscan *j, st_tensor *t, size_t hdr_end, size_t data_len, 
                     if (raw < sizeof dts) js_string(j, dts, &dl, NULL);
                     else { *j = probe; snprintf(dts, sizeof dts, "%.12s...", j->p - raw - 1); }
                 }
-            } else if (have == &have_sh) {
-                if (js_peek(j) != '[') { have_sh = 2; if (js_skip(j)) return -1; }
-                else {
-                    j->p++;
-                    if (js_peek(j) == ']') j->p++;
-                    else
-                        for (int q = 1; q == 1;) {
-                            int64_t v = -1;
-                            int is_int = 0;
-                            int c = js_peek(j);
-                            if (c == '-' || (c >= '0' && c <= '9')) { if (js_number(j, &v, &is_int)) return -1; }
-                            else if (js_skip(j)) return -1;
-                            if ((!is_int || v < 0) && bad_sh < 0) bad_sh = nd;
-                            if (nd < ST_MAX_DIMS) t->shape[nd] = v;
-                            nd++;
-                            if ((q = js_next(j, ']')) < 0) return -1;
-                        }
-                }
-            } else if (have == &have_of) {
-                if (js_peek(j) != '[') { have_of = 2; if (js_skip(j)) return -1; }
-                else {
-                    j->p++;
-                    if (js_peek(j) == ']') j->p++;
-                    else
-                        for (int q = 1; q == 1;) {
-                            int64_t v = -1;
-                            int is_int = 0;
-                            int c = js_peek(j);
-                            if (c == '-' || (c >= '0' && c <= '9')) { if (js_number(j, &v, &is_int)) return -1; }
-                            else if (js_skip(j)) return -1;
-                            if (!is_int) bad_of = 1;
-                            if (n_of < 2) off[n_of] = v;
-                            n_of++;
-                            if ((q = js_next(j, ']')) < 0) return -1;
-                        }
-                }
+            } else if (have) {        /* shape or data_offsets */
+                if (js_peek(j) != '[') { *have = 2; if (js_skip(j)) return -1; }
+                else if (have == &have_sh ? int_array(j, t->shape, ST_MAX_DIMS, 0, &nd, &bad_sh)
+                                          : int_array(j, off, 2, INT64_MIN, &n_of, &bad_of))
+                    return -1;
             } else if (js_skip(j))
                 return -1;
             if ((r = js_next(j, '}')) < 0) return -1;
         }
     if (have_dt != 1 || have_sh != 1 || have_of != 1)
-        return fail(err, errlen, "tensor %s: needs string dtype, array shape and array data_offsets", t->name);
+        return phi3_fail(err, errlen, "tensor %s: needs string dtype, array shape and array data_offsets", t->name);
     for (d = 0; d < ST_N_SAFETENSORS; d++)
         if (!strcmp(dts, dtypes[d].name)) break;
-    if (d == ST_N_SAFETENSORS) return fail(err, errlen, "tensor %s: unknown dtype %.32s", t->name, dts);
+    if (d == ST_N_SAFETENSORS) return phi3_fail(err, errlen, "tensor %s: unknown dtype %.32s", t->name, dts);
     t->dtype = (st_dtype)d;
-    if (nd > ST_MAX_DIMS) return fail(err, errlen, "tensor %s: %d dimensions (max %d)", t->name, nd, ST_MAX_DIMS);
+    if (nd > ST_MAX_DIMS) return phi3_fail(err, errlen, "tensor %s: %d dimensions (max %d)", t->name, nd, ST_MAX_DIMS);
     t->ndim = nd;
-    if (bad_sh >= 0) return fail(err, errlen, "tensor %s: shape[%d] is not a non-negative integer", t->name, bad_sh);
+    if (bad_sh >= 0) return phi3_fail(err, errlen, "tensor %s: shape[%d] is not a non-negative integer", t->name, bad_sh);
     size_t count = 1;
     for (int i = 0; i < nd; i++)
         if (__builtin_mul_overflow(count, (size_t)t->shape[i], &count))
-            return fail(err, errlen, "tensor %s: shape too large", t->name);
+            return phi3_fail(err, errlen, "tensor %s: shape too large", t->name);
     size_t bytes;
     if (__builtin_mul_overflow(count, dtypes[d].size, &bytes))
-        return fail(err, errlen, "tensor %s: shape too large", t->name);
-    if (n_of != 2 || bad_of || off[0] < 0 || off[1] < off[0])
-        return fail(err, errlen, "tensor %s: data_offsets must be [begin, end] with 0 <= begin <= end", t->name);
+        return phi3_fail(err, errlen, "tensor %s: shape too large", t->name);
+    if (n_of != 2 || bad_of >= 0 || off[0] < 0 || off[1] < off[0])
+        return phi3_fail(err, errlen, "tensor %s: data_offsets must be [begin, end] with 0 <= begin <= end", t->name);
     uint64_t beg = (uint64_t)off[0], end = (uint64_t)off[1];
     if (end > data_len)
-        return fail(err, errlen, "tensor %s: data_offsets [%llu, %llu] beyond the data section (%zu bytes)",
+        return phi3_fail(err, errlen, "tensor %s: data_offsets [%llu, %llu] beyond the data section (%zu bytes)",
                     t->name, (unsigned long long)beg, (unsigned long long)end, data_len);
     if (end - beg != bytes)
-        return fail(err, errlen, "tensor %s: %llu bytes but shape x %s needs %zu", t->name,
+        return phi3_fail(err, errlen, "tensor %s: %llu bytes but shape x %s needs %zu", t->name,
                     (unsigned long long)(end - beg), dtypes[d].name, bytes);
     /* Elements are read in place: keep them aligned to their size within the file
      * (the safetensors writer pads the header for this). */
     if ((hdr_end + beg) % dtypes[d].size)
-        return fail(err, errlen, "tensor %s: data not aligned to %zu bytes", t->name, dtypes[d].size);
+        return phi3_fail(err, errlen, "tensor %s: data not aligned to %zu bytes", t->name, dtypes[d].size);
     t->offset = (size_t)beg;
     t->nbytes = bytes;
     t->data = data + beg;
@@ -178,8 +163,8 @@ static int count_members(const char *h, size_t len, size_t *members, size_t *key
     js_init(&j, h, len);
     *members = *key_bytes = 0;
     if (js_peek(&j) != '{') {
-        if (js_skip(&j) == 0 && js_end(&j) == 0) return fail(err, errlen, "header is not a JSON object");
-        return fail(err, errlen, "header is not valid JSON: %s (offset %zu)", j.why, js_offset(&j));
+        if (js_skip(&j) == 0 && js_end(&j) == 0) return phi3_fail(err, errlen, "header is not a JSON object");
+        return phi3_fail(err, errlen, "header is not valid JSON: %s (offset %zu)", j.why, js_offset(&j));
     }
     j.p++;
     int r = js_peek(&j) == '}' ? (j.p++, 0) : 1;
@@ -191,7 +176,7 @@ static int count_members(const char *h, size_t len, size_t *members, size_t *key
         r = js_next(&j, '}');
     }
     if (r != 0 || js_end(&j))
-        return fail(err, errlen, "header is not valid JSON: %s (offset %zu)", j.why, js_offset(&j));
+        return phi3_fail(err, errlen, "header is not valid JSON: %s (offset %zu)", j.why, js_offset(&j));
     return 0;
 }
 
@@ -199,19 +184,19 @@ int st_parse(const uint8_t *buf, size_t size, st_tensor **out, int *n, char *err
 {
     *out = NULL;
     *n = 0;
-    if (size < 8) return fail(err, errlen, "file too short for a safetensors header (%zu bytes)", size);
+    if (size < 8) return phi3_fail(err, errlen, "file too short for a safetensors header (%zu bytes)", size);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
     if (hlen < 2 || hlen > ST_HEADER_MAX || hlen > size - 8)
-        return fail(err, errlen, "bad header length %llu (file has %zu bytes)",
+        return phi3_fail(err, errlen, "bad header length %llu (file has %zu bytes)",
                     (unsigned long long)hlen, size);
     const char *h = (const char *)buf + 8;
     size_t members, key_bytes;
     if (count_members(h, (size_t)hlen, &members, &key_bytes, err, errlen)) return -1;
-    if (members > INT32_MAX) return fail(err, errlen, "header has too many entries");
+    if (members > INT32_MAX) return phi3_fail(err, errlen, "header has too many entries");
     size_t hdr_end = 8 + (size_t)hlen, data_len = size - hdr_end;
     st_tensor *t = calloc(1, members * sizeof *t + key_bytes + 1);
-    if (!t) return fail(err, errlen, "out of memory");
+    if (!t) return phi3_fail(err, errlen, "out of memory");
     char *names = (char *)(t + members);
     int k = 0, rc = 0, meta = 0;
     jscan j;
@@ -222,7 +207,7 @@ int st_parse(const uint8_t *buf, size_t size, st_tensor **out, int *n, char *err
         js_string(&j, names, &len, NULL);
         js_lit(&j, ':');
         if (!strcmp(names, "__metadata__")) {
-            if (meta++) rc = fail(err, errlen, "header is not valid JSON: duplicate key __metadata__");
+            if (meta++) rc = phi3_fail(err, errlen, "header is not valid JSON: duplicate key __metadata__");
             js_skip(&j);
         } else {
             t[k].name = names;
@@ -230,7 +215,7 @@ int st_parse(const uint8_t *buf, size_t size, st_tensor **out, int *n, char *err
             k++;
             rc = parse_entry(&j, &t[k - 1], hdr_end, data_len, buf + hdr_end, err, errlen);
             if (rc && j.why[0])
-                fail(err, errlen, "header is not valid JSON: %s (offset %zu)", j.why, js_offset(&j));
+                phi3_fail(err, errlen, "header is not valid JSON: %s (offset %zu)", j.why, js_offset(&j));
         }
         if (!rc) r = js_next(&j, '}');
     }
@@ -238,7 +223,7 @@ int st_parse(const uint8_t *buf, size_t size, st_tensor **out, int *n, char *err
         qsort(t, (size_t)k, sizeof *t, cmp_offset);
         for (int i = 1; i < k; i++)
             if (t[i].offset < t[i - 1].offset + t[i - 1].nbytes) {
-                rc = fail(err, errlen, "tensors %s and %s overlap", t[i - 1].name, t[i].name);
+                rc = phi3_fail(err, errlen, "tensors %s and %s overlap", t[i - 1].name, t[i].name);
                 break;
             }
     }
@@ -246,7 +231,7 @@ int st_parse(const uint8_t *buf, size_t size, st_tensor **out, int *n, char *err
         qsort(t, (size_t)k, sizeof *t, cmp_name);
         for (int i = 1; i < k; i++)
             if (!strcmp(t[i].name, t[i - 1].name)) {
-                rc = fail(err, errlen, "header is not valid JSON: duplicate key %s", t[i].name);
+                rc = phi3_fail(err, errlen, "header is not valid JSON: duplicate key %s", t[i].name);
                 break;
             }
     }
@@ -262,37 +247,16 @@ int st_parse(const uint8_t *buf, size_t size, st_tensor **out, int *n, char *err
 int st_open(const char *path, st_file *f, char *err, size_t errlen)
 {
     memset(f, 0, sizeof *f);
-    /* O_NONBLOCK: a FIFO (or a device) named as a shard must not block the open; fstat
-     * then refuses anything but a regular file. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return fail(err, errlen, "%s: %s", path, strerror(errno));
+    void *map;
+    size_t size;
     struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int e = errno;
-        close(fd);
-        return fail(err, errlen, "%s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return fail(err, errlen, "%s: not a regular file", path);
-    }
-    size_t size = (size_t)st.st_size;
-    if (size < 8) {
-        close(fd);
-        return fail(err, errlen, "%s: file too short for a safetensors header (%zu bytes)", path, size);
-    }
-    void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
-    int e = errno;
-    close(fd);
-    if (map == MAP_FAILED) return fail(err, errlen, "%s: mmap: %s", path, strerror(e));
-    mapguard_add(map, size, path);
+    if (mapguard_open(path, 8, "a safetensors header", &map, &size, &st, err, errlen)) return -1;
     char why[256];
     if (st_parse(map, size, &f->t, &f->n, why, sizeof why)) {
-        mapguard_remove(map);
-        munmap(map, size);
-        return fail(err, errlen, "%s: %s", path, why);
+        mapguard_close(map, size);
+        return phi3_fail(err, errlen, "%s: %s", path, why);
     }
-    f->path = strdup(path);
+    f->path = xstrdup(path);
     f->map = map;
     f->size = size;
     f->id = st;
@@ -301,10 +265,7 @@ int st_open(const char *path, st_file *f, char *err, size_t errlen)
 
 void st_close(st_file *f)
 {
-    if (f->map) {
-        mapguard_remove(f->map);
-        munmap(f->map, f->size);
-    }
+    mapguard_close(f->map, f->size);
     st_tensors_free(f->t, f->n);
     free(f->path);
     memset(f, 0, sizeof *f);
@@ -337,7 +298,7 @@ const st_tensor *st_check(const st_tensor *t, const char *name, unsigned dtype_m
                           const int64_t *shape, char *err, size_t errlen)
 {
     if (!t) {
-        fail(err, errlen, "tensor %s: missing", name);
+        phi3_fail(err, errlen, "tensor %s: missing", name);
         return NULL;
     }
     int ok = (dtype_mask & ST_MASK(t->dtype)) && t->ndim == ndim;
@@ -347,7 +308,7 @@ const st_tensor *st_check(const st_tensor *t, const char *name, unsigned dtype_m
     char want[128], got[128];
     describe(want, sizeof want, dtype_mask, 0, ndim, shape);
     describe(got, sizeof got, t->dtype, 1, t->ndim, t->shape);
-    fail(err, errlen, "tensor %s: expected %s, got %s", name, want, got);
+    phi3_fail(err, errlen, "tensor %s: expected %s, got %s", name, want, got);
     return NULL;
 }
 

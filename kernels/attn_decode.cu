@@ -97,25 +97,8 @@ static __global__ void attn_merge_kernel(const float *work, int nh, int nsplit, 
                                          float *out)
 {
     const int h = blockIdx.x, t = blockIdx.y;
-    const float *w = work + ((size_t)t * nh + h) * nsplit * (D + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < nsplit; s++)
-        M = fmaxf(M, w[(size_t)s * (D + 2)]);
-    float L = 0.f;
-    for (int s = 0; s < nsplit; s++) {
-        const float ms = w[(size_t)s * (D + 2)];
-        if (ms != -INFINITY)
-            L += w[(size_t)s * (D + 2) + 1] * expf(ms - M);
-    }
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float o = 0.f;
-        for (int s = 0; s < nsplit; s++) {
-            const float ms = w[(size_t)s * (D + 2)];
-            if (ms != -INFINITY)
-                o += w[(size_t)s * (D + 2) + 2 + d] * expf(ms - M);
-        }
-        out[((size_t)t * nh + h) * D + d] = o / L;
-    }
+    attn_merge_parts(work + ((size_t)t * nh + h) * nsplit * (D + 2), nsplit, D,
+                     out + ((size_t)t * nh + h) * D);
 }
 
 cudaError_t kern_attn_decode(cudaStream_t s, const float *q, const kvt *kc, const kvt *vc,

@@ -449,25 +449,7 @@ static __global__ void attn_fast_merge(const float *work, int nsplit, int D, flo
     const int h = blockIdx.x;
     pdl_trigger();
     pdl_wait();
-    const float *w = work + (size_t)h * nsplit * (D + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < nsplit; s++)
-        M = fmaxf(M, w[(size_t)s * (D + 2)]);
-    float L = 0.f;
-    for (int s = 0; s < nsplit; s++) {
-        const float ms = w[(size_t)s * (D + 2)];
-        if (ms != -INFINITY)
-            L += w[(size_t)s * (D + 2) + 1] * expf(ms - M);
-    }
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float o = 0.f;
-        for (int s = 0; s < nsplit; s++) {
-            const float ms = w[(size_t)s * (D + 2)];
-            if (ms != -INFINITY)
-                o += w[(size_t)s * (D + 2) + 2 + d] * expf(ms - M);
-        }
-        out[(size_t)h * D + d] = o / L;
-    }
+    attn_merge_parts(work + (size_t)h * nsplit * (D + 2), nsplit, D, out + (size_t)h * D);
 }
 
 int fk_decode_splits(int n_sm, int nh)

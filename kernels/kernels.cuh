@@ -24,6 +24,32 @@ static __device__ __forceinline__ kvt kv_cvt(float f)
 }
 static __device__ __forceinline__ float kv_f(kvt h) { return __half2float(h); }
 
+/* Split-KV attention, the merge of one head's nsplit parts: part s at w + s (D + 2) holds
+ * its max logit M_s (-inf: no keys), its sum of exponentials L_s and its D unnormalised
+ * outputs. The threads of the block stride over d; out: the head's D outputs. The query's
+ * own key is in some part, so L > 0. (attn_decode.cu's merge and the fast path's.) */
+static __device__ __forceinline__ void attn_merge_parts(const float *w, int nsplit, int D, float *out)
+{
+    float M = -INFINITY;
+    for (int s = 0; s < nsplit; s++)
+        M = fmaxf(M, w[(size_t)s * (D + 2)]);
+    float L = 0.f;
+    for (int s = 0; s < nsplit; s++) {
+        const float ms = w[(size_t)s * (D + 2)];
+        if (ms != -INFINITY)
+            L += w[(size_t)s * (D + 2) + 1] * expf(ms - M);
+    }
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float o = 0.f;
+        for (int s = 0; s < nsplit; s++) {
+            const float ms = w[(size_t)s * (D + 2)];
+            if (ms != -INFINITY)
+                o += w[(size_t)s * (D + 2) + 2 + d] * expf(ms - M);
+        }
+        out[d] = o / L;
+    }
+}
+
 /* A float32 array entering a bf16 matrix product may be split in two bf16 arrays,
  * x = hi + lo (about 16 significant bits): the product then takes both as extra columns
  * of the same GEMM (weights still read once) and its consumer adds the two halves.

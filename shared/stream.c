@@ -324,6 +324,16 @@ static void raw(parser *ps, msgpack_object *o, msgpack_object_type t, size_t n)
     ps->p += n;
 }
 
+/* An ext of n data bytes: the type byte, then the data. */
+static void ext(parser *ps, msgpack_object *o, size_t n)
+{
+    o->type = MSGPACK_OBJECT_EXT;
+    o->via.ext.type = (int8_t)*ps->p++;
+    o->via.ext.size = (uint32_t)n;
+    o->via.ext.ptr = (const char *)ps->p;
+    ps->p += n;
+}
+
 static int parse_obj(parser *ps, msgpack_object *o, int depth)
 {
     if (depth > MAX_DEPTH) { ps->err = "nesting too deep"; return -1; }
@@ -347,24 +357,12 @@ static int parse_obj(parser *ps, msgpack_object *o, int depth)
     case 0xd9: case 0xda: case 0xdb:
         raw(ps, o, MSGPACK_OBJECT_STR, (size_t)rd(ps, b == 0xd9 ? 1 : b == 0xda ? 2 : 4));
         return 0;
-    case 0xc7: case 0xc8: case 0xc9: {
-        size_t n = (size_t)rd(ps, b == 0xc7 ? 1 : b == 0xc8 ? 2 : 4);
-        o->type = MSGPACK_OBJECT_EXT;
-        o->via.ext.type = (int8_t)*ps->p++;
-        o->via.ext.size = (uint32_t)n;
-        o->via.ext.ptr = (const char *)ps->p;
-        ps->p += n;
+    case 0xc7: case 0xc8: case 0xc9:
+        ext(ps, o, (size_t)rd(ps, b == 0xc7 ? 1 : b == 0xc8 ? 2 : 4));
         return 0;
-    }
-    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: {
-        size_t n = (size_t)1 << (b - 0xd4);
-        o->type = MSGPACK_OBJECT_EXT;
-        o->via.ext.type = (int8_t)*ps->p++;
-        o->via.ext.size = (uint32_t)n;
-        o->via.ext.ptr = (const char *)ps->p;
-        ps->p += n;
+    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+        ext(ps, o, (size_t)1 << (b - 0xd4));
         return 0;
-    }
     case 0xca:
         u = (uint32_t)rd(ps, 4);
         memcpy(&f, &u, 4);

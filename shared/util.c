@@ -132,6 +132,15 @@ void phi3_usage_die(const char *fmt, ...)
     exit(2);
 }
 
+int phi3_fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
 void *xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
@@ -193,14 +202,16 @@ char *read_file(const char *path, size_t max, size_t *len)
     if ((uint64_t)st.st_size > max) { close(fd); errno = EFBIG; return NULL; }
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-    size_t cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096;
-    if (cap > max + 1) cap = max + 1;
+    /* Room for max + 1 bytes and the NUL: a file of exactly max bytes is read to its end
+     * (the read that returns 0), one byte more is EFBIG. */
+    size_t cap = st.st_size > 0 ? (size_t)st.st_size + 2 : 4096;
+    if (cap > max + 2) cap = max + 2;
     char *buf = xmalloc(cap);
     size_t n = 0;
     for (;;) {
         if (n + 1 >= cap) {
-            if (cap > max) { free(buf); close(fd); errno = EFBIG; return NULL; }
-            cap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+            if (cap > max + 1) { free(buf); close(fd); errno = EFBIG; return NULL; }
+            cap = cap * 2 > max + 2 ? max + 2 : cap * 2;
             buf = xrealloc(buf, cap);
         }
         ssize_t r = read(fd, buf + n, cap - 1 - n);

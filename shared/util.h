@@ -18,6 +18,10 @@ noreturn void phi3_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)
 /* phi3_err then exit(2) (usage error). */
 noreturn void phi3_usage_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* vsnprintf the message into err[errlen] and return -1: the loaders' and parsers' way
+ * to hand one line of cause up to the tool, which prefixes its name. */
+int phi3_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Allocation that dies with a message instead of returning NULL. */
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);

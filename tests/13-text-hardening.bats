@@ -32,31 +32,26 @@ fifo_model() {
   done
 }
 
+# TOOL FILE ARGS...: TOOL -m m ARGS (stdin as given) is refused within 10 s: exit 1, one
+# line "TOOL: m/FILE: not a regular file"
+refuses_fifo() {
+  local t=$1 f=$2; shift 2
+  run --separate-stderr timeout 10 "$PHI3_BIN/$t" -m m "$@"
+  assert_status 1
+  assert_err "$t: " "m/$f: not a regular file"
+}
+
 @test "hardening: a FIFO named tokenizer.json/tokenizer_config.json/config.json/generation_config.json: refused, no hang" {
   fifo_model tokenizer.json
-  for t in phi3-tok phi3-detok; do
-    run --separate-stderr timeout 10 "$PHI3_BIN/$t" -m m < /dev/null
-    assert_status 1
-    assert_err "$t: " "m/tokenizer.json: not a regular file"
-  done
-  run --separate-stderr timeout 10 "$PHI3_BIN/phi3-sample" -m m --tokenizer-ids < /dev/null
-  assert_status 1
-  assert_err "phi3-sample: " "m/tokenizer.json: not a regular file"
+  for t in phi3-tok phi3-detok; do refuses_fifo $t tokenizer.json < /dev/null; done
+  refuses_fifo phi3-sample tokenizer.json --tokenizer-ids < /dev/null
   rm -rf m; fifo_model tokenizer_config.json
-  run --separate-stderr timeout 10 "$PHI3_BIN/phi3-tok" -m m < /dev/null
-  assert_status 1
-  assert_err "phi3-tok: " "m/tokenizer_config.json: not a regular file"
-  run --separate-stderr timeout 10 "$PHI3_BIN/phi3-template" --json --no-generation-prompt -m m <<< '[]'
-  assert_status 1
-  assert_err "phi3-template: " "m/tokenizer_config.json: not a regular file"
+  refuses_fifo phi3-tok tokenizer_config.json < /dev/null
+  refuses_fifo phi3-template tokenizer_config.json --json --no-generation-prompt <<< '[]'
   rm -rf m; fifo_model config.json
-  run --separate-stderr timeout 10 "$PHI3_BIN/phi3-detok" -m m < /dev/null
-  assert_status 1
-  assert_err "phi3-detok: " "m/config.json: not a regular file"
+  refuses_fifo phi3-detok config.json < /dev/null
   rm -rf m; fifo_model generation_config.json
-  run --separate-stderr timeout 10 "$PHI3_BIN/phi3-sample" -m m < /dev/null
-  assert_status 1
-  assert_err "phi3-sample: " "m/generation_config.json: not a regular file"
+  refuses_fifo phi3-sample generation_config.json < /dev/null
 }
 
 @test "hardening: quoted input with a newline and ESC stays one escaped line" {

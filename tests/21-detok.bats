@@ -33,21 +33,11 @@ tokens() { for a in "$@"; do echo "{\"type\":\"tokens\",\"ids\":$a}"; done | jso
 }
 
 @test "detok: text is written as soon as it is final (flushed, not at EOF)" {
-  "$PY" - "$DETOK" "$M" <<'PYEOF'
-import msgpack, os, select, subprocess, sys
-p = subprocess.Popen([sys.argv[1], "-m", sys.argv[2]], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-def feed(i):
-    p.stdin.write(msgpack.packb({"type": "tokens", "ids": [i]})); p.stdin.flush()
-def got(want):
-    buf = b""
-    while len(buf) < len(want):
-        r, _, _ = select.select([p.stdout], [], [], 10)
-        if not r: sys.exit("timed out waiting for %r (have %r)" % (want, buf))
-        buf += os.read(p.stdout.fileno(), 100)
-    if buf != want: sys.exit("got %r, want %r" % (buf, want))
-def nothing():
-    r, _, _ = select.select([p.stdout], [], [], 0.3)
-    if r: sys.exit("unexpected output %r" % os.read(p.stdout.fileno(), 100))
+  PYTHONPATH="$ROOT/tests/lib" "$PY" - "$DETOK" "$M" <<'PYEOF'
+import sys
+from streamprobe import Probe
+p = Probe([sys.argv[1], "-m", sys.argv[2]])
+feed, got, nothing = p.feed, p.got, p.nothing
 feed(15043); got(b"Hello")
 # 🙂 = F0 9F 99 82 as byte-fallback ids 243, 162, 156, 133: a byte run is final only
 # when a non-byte token ends it (Hugging Face decodes the run as a whole)
@@ -57,31 +47,19 @@ feed(15043); got("🙂 Hello".encode())
 feed(52); nothing()
 feed(257); got("\ufffd\ufffd".encode())
 feed(52); got("\ufffd".encode())          # the run is still going: one U+FFFD per byte
-p.stdin.close(); p.wait()
-sys.exit(p.returncode)
+sys.exit(p.close())
 PYEOF
 }
 
 @test "detok --lenient-bytes: a character is written as soon as its last byte arrives" {
-  "$PY" - "$DETOK" "$M" <<'PYEOF'
-import msgpack, os, select, subprocess, sys
-p = subprocess.Popen([sys.argv[1], "-m", sys.argv[2], "--lenient-bytes"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-def feed(i):
-    p.stdin.write(msgpack.packb({"type": "tokens", "ids": [i]})); p.stdin.flush()
-def got(want):
-    buf = b""
-    while len(buf) < len(want):
-        r, _, _ = select.select([p.stdout], [], [], 10)
-        if not r: sys.exit("timed out waiting for %r (have %r)" % (want, buf))
-        buf += os.read(p.stdout.fileno(), 100)
-    if buf != want: sys.exit("got %r, want %r" % (buf, want))
-def nothing():
-    r, _, _ = select.select([p.stdout], [], [], 0.3)
-    if r: sys.exit("unexpected output %r" % os.read(p.stdout.fileno(), 100))
+  PYTHONPATH="$ROOT/tests/lib" "$PY" - "$DETOK" "$M" <<'PYEOF'
+import sys
+from streamprobe import Probe
+p = Probe([sys.argv[1], "-m", sys.argv[2], "--lenient-bytes"])
+feed, got, nothing = p.feed, p.got, p.nothing
 for i in (243, 162, 156): feed(i); nothing()
 feed(133); got("🙂".encode())
-p.stdin.close(); p.wait()
-sys.exit(p.returncode)
+sys.exit(p.close())
 PYEOF
 }
 
@@ -203,27 +181,16 @@ PYEOF
         | "$DETOK" -m "$M" --frames --stop "world" | frames2json | tr -d '\n')
   [ "$out" = '{"type":"text","text":"Hello","special":false}{"type":"text","text":" ","special":false}{"type":"end","reason":"stop"}{"type":"text","text":"Hello","special":false}{"type":"text","text":" ","special":false}' ] || fail "$out"
   # streamed: text that cannot start the stop string comes out at once, a possible start waits
-  "$PY" - "$DETOK" "$M" <<'PYEOF'
-import msgpack, os, select, subprocess, sys
-p = subprocess.Popen([sys.argv[1], "-m", sys.argv[2], "--stop", " wor"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-def feed(i):
-    p.stdin.write(msgpack.packb({"type": "tokens", "ids": [i]})); p.stdin.flush()
-def got(want):
-    buf = b""
-    while len(buf) < len(want):
-        r, _, _ = select.select([p.stdout], [], [], 10)
-        if not r: sys.exit("timed out waiting for %r (have %r)" % (want, buf))
-        buf += os.read(p.stdout.fileno(), 100)
-    if buf != want: sys.exit("got %r, want %r" % (buf, want))
-def nothing():
-    r, _, _ = select.select([p.stdout], [], [], 0.3)
-    if r: sys.exit("unexpected output %r" % os.read(p.stdout.fileno(), 100))
+  PYTHONPATH="$ROOT/tests/lib" "$PY" - "$DETOK" "$M" <<'PYEOF'
+import sys
+from streamprobe import Probe
+p = Probe([sys.argv[1], "-m", sys.argv[2], "--stop", " wor"])
+feed, got, nothing = p.feed, p.got, p.nothing
 feed(15043); got(b"Hello")
 feed(29871); nothing()            # "▁": could start " wor"
 feed(15043); got(b"  Hello")       # it did not
-p.stdin.write(msgpack.packb({"type": "end", "reason": "stop"})); p.stdin.flush()
-p.stdin.close(); p.wait()
-sys.exit(p.returncode)
+p.send({"type": "end", "reason": "stop"})
+sys.exit(p.close())
 PYEOF
   run --separate-stderr "$DETOK" -m "$M" --stop ""
   assert_status 1
@@ -234,4 +201,14 @@ PYEOF
   run --separate-stderr bash -c "'$PY' -c 'import msgpack,sys; sys.stdout.buffer.write(b\"\".join(msgpack.packb({\"type\":\"tokens\",\"ids\":[15043]*1000}) for _ in range(200)))' | '$DETOK' -m '$M' | head -c 10; exit \${PIPESTATUS[1]}"
   assert_status 0
   [ -z "$stderr" ] || fail "$stderr"
+}
+
+@test "detok: a config.json over 1 MiB is refused before it is parsed, as phi3-run refuses it (its JSON tree would cost ~20-45x)" {
+  cd "$BATS_TEST_TMPDIR"; mkdir m; cp "$M"/tokenizer*.json "$M"/config.json m/
+  "$PY" -c 'import json, sys
+p = sys.argv[1]; c = json.load(open(p)); c["pad"] = [0] * (1 << 20); json.dump(c, open(p, "w"))' m/config.json
+  run --separate-stderr "$DETOK" -m m < <(tokens '[15043]')
+  assert_status 1
+  assert_err "phi3-detok: m/config.json: " "more than the 1 MiB"
+  [ -z "$output" ]
 }

@@ -38,6 +38,16 @@ same() {
 
 reused() { grep -o 'reused [0-9]*' stats | cut -d' ' -f2; }
 
+# MODEL SEED VOCAB SPLIT...: for each split (frame sizes, as frames takes them), the
+# logits of its frames are equal with and without the session (which each one reuses)
+same_splits() {
+  local m=$1 seed=$2 v=$3 split; shift 3
+  for split in "$@"; do
+    frames "$seed" "$v" $split > p.bin
+    same "$m" p.bin
+  done
+}
+
 @test "tiny-longrope: logits bit-identical with a session, prefixes around the switch at 64" {
   frames 1 32064 100 > p100.bin
   same "$LONGROPE" p100.bin
@@ -45,10 +55,7 @@ reused() { grep -o 'reused [0-9]*' stats | cut -d' ' -f2; }
   same "$LONGROPE" p100.bin
   [ "$(reused)" = 99 ] || fail "$(cat stats)"
   # the same ids cut into frames that end below, at and above 64, then single tokens
-  for split in "30" "64" "65" "40 24 1" "63 1 1 1" "10 20 30 -10" "100 -5" "50 50"; do
-    frames 1 32064 $split > p.bin
-    same "$LONGROPE" p.bin
-  done
+  same_splits "$LONGROPE" 1 32064 "30" "64" "65" "40 24 1" "63 1 1 1" "10 20 30 -10" "100 -5" "50 50"
   # a context diverging after 70, then a shorter one again
   frames 1 32064 70 > a.bin; frames 9 32064 50 > b.bin; cat a.bin b.bin > ab.bin
   same "$LONGROPE" ab.bin
@@ -60,10 +67,7 @@ reused() { grep -o 'reused [0-9]*' stats | cut -d' ' -f2; }
   same "$GQA" p80.bin
   same "$GQA" p80.bin
   [ "$(reused)" = 79 ] || fail "$(cat stats)"
-  for split in "10" "17" "16 1 1" "40 40 -5" "79 1"; do
-    frames 2 512 $split > p.bin
-    same "$GQA" p.bin
-  done
+  same_splits "$GQA" 2 512 "10" "17" "16 1 1" "40 40 -5" "79 1"
   frames 2 512 40 > a.bin; frames 5 512 30 > b.bin; cat a.bin b.bin > ab.bin
   same "$GQA" ab.bin
   [ "$(reused)" = 39 ] || fail "$(cat stats)"
@@ -105,15 +109,9 @@ out.write(msgpack.packb({"type": "tokens", "ids": ids[40:45]}))' > rw.bin
   same "$LONGROPE" p100.bin
   same "$LONGROPE" p100.bin
   [ "$(reused)" = 99 ] || fail "$(cat stats)"
-  for split in "64" "65" "63 1 1 1" "10 20 30 -10" "100 -5"; do
-    frames 1 32064 $split > p.bin
-    same "$LONGROPE" p.bin
-  done
+  same_splits "$LONGROPE" 1 32064 "64" "65" "63 1 1 1" "10 20 30 -10" "100 -5"
   "$RUN" --session-rm "$S"
-  for split in "80" "17" "40 40 -5"; do
-    frames 2 512 $split > p.bin
-    same "$GQA" p.bin
-  done
+  same_splits "$GQA" 2 512 "80" "17" "40 40 -5"
 }
 
 @test "--kv-type: the session records it; a run without it takes the session's; a mismatch is refused" {

@@ -95,21 +95,8 @@ want $want"
 }
 
 @test "loop: a sampler that dies mid-loop ends the loop (no hang); its status shows" {
-  cat > dies.py <<'P'
-import os, sys, msgpack
-u = msgpack.Unpacker(raw=False); n = 0
-while True:
-    b = os.read(0, 65536)
-    if not b: sys.exit(0)
-    u.feed(b)
-    for f in u:
-        if f.get("type") == "logits":
-            n += 1
-            if n == 4: os._exit(9)
-            sys.stdout.buffer.write(msgpack.packb({"type": "tokens", "ids": [13]})); sys.stdout.buffer.flush()
-P
   prompt_frame 1 450 1701 > prompt.bin
-  NODETOK=1 run loop "$LONGROPE" prompt.bin "$PY" dies.py
+  NODETOK=1 run loop "$LONGROPE" prompt.bin "$PY" "$ROOT/tests/lib/fakesampler.py" --id 13 --die-at 4 9
   [ "$status" -ne 124 ] || fail "the loop hung"
   read -r -a st < status
   [ "${st[2]}" -eq 9 ]                          # the sampler's own status

@@ -131,22 +131,10 @@ P
 }
 
 @test "wrapper: a sampler that dies mid-loop is reported, exit 1, no hang" {
-  cat > dies.py <<'P'
-import os, sys, msgpack
-u = msgpack.Unpacker(raw=False); n = 0
-while True:
-    b = os.read(0, 65536)
-    if not b: sys.exit(0)
-    u.feed(b)
-    for f in u:
-        if f.get("type") == "logits":
-            n += 1
-            if n == 3: os._exit(9)
-            sys.stdout.buffer.write(msgpack.packb({"type": "tokens", "ids": [450]})); sys.stdout.buffer.flush()
-P
-  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --sampler "$PY dies.py" "Hello"
+  local S="$PY $ROOT/tests/lib/fakesampler.py --die-at 3 9"
+  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --sampler "$S" "Hello"
   [ "$status" -eq 1 ] || fail "status $status"
-  [[ "$stderr" == *"phi3: sampler '$PY dies.py' failed mid-loop (exit status 9)"* ]] || fail "stderr: $stderr"
+  [[ "$stderr" == *"phi3: sampler '$S' failed mid-loop (exit status 9)"* ]] || fail "stderr: $stderr"
   [ "$(printf '%s\n' "$stderr" | grep -c .)" -eq 1 ] || fail "stderr: $stderr"
   [ -z "$(ls "$TMPDIR")" ]
 }
@@ -212,4 +200,29 @@ P
   assert_status 0
   run shellcheck -S warning -s bash "$ROOT/completion/phi3.bash"
   assert_status 0
+}
+
+@test "wrapper: a FIFO named config.json or generation_config.json is not waited on: the tool that reads it names it, exit 1" {
+  # the wrapper read both with tr (for the context limit and the eos ids) and hung on a FIFO
+  for f in config.json generation_config.json; do
+    rm -rf m; cp -r "$LONGROPE" m; rm "m/$f"; mkfifo "m/$f"
+    run --separate-stderr timeout 20 "$P" generate -m m -n 2 "Hi"
+    [ "$status" -ne 124 ] || fail "$f: the wrapper hung"
+    [ "$status" -eq 1 ] || fail "$f: status $status: $stderr"
+    [[ "$stderr" == *"m/$f: not a regular file"* ]] || fail "$f: stderr: $stderr"
+    [ -z "$output" ] || fail "$f: stdout: $output"
+  done
+}
+
+@test "wrapper: --FLAG=VALUE on a flag that takes no value is a usage error (it became a word of the prompt)" {
+  for f in --greedy --ignore-eos --show-tokens --stats --chat --verbose; do
+    run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" -n 2 "$f=1" "Hello"
+    assert_status 2
+    assert_err "phi3: " "option '$f' takes no value"
+    [ -z "$output" ] || fail "$f: stdout: $output"
+  done
+  # a flag with a value still takes it after '='
+  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --max-tokens=2 --greedy --show-tokens "Hello"
+  assert_status 0
+  [ "$(printf '%s\n' "$output" | grep -c '"pos"')" -eq 2 ] || fail "$output"
 }

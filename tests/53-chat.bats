@@ -102,41 +102,25 @@ P
   assert_err "phi3: " "empty"
 }
 
-exit3_after_one() {   # a sampler: answers one logits frame, then exits 3
-  cat > exit3.py <<'P'
-import os, sys, msgpack
-u = msgpack.Unpacker(raw=False)
-while True:
-    b = os.read(0, 65536)
-    if not b: sys.exit(0)
-    u.feed(b)
-    for f in u:
-        if f.get("type") == "logits":
-            sys.stdout.buffer.write(msgpack.packb({"type": "tokens", "ids": [450]})); sys.stdout.buffer.flush()
-            if os.environ.get("KILLME"): os.kill(os.getpid(), 9)
-            sys.exit(3)
-P
-}
-
 @test "a sampler pipeline stage that dies is named with its status, exit 1, no hang (generate and chat)" {
-  exit3_after_one
+  local S="$PY $ROOT/tests/lib/fakesampler.py --exit-after 1 3"    # answers one frame, exits 3
   # last stage dies while the first one waits on phi3-run: without care this deadlocks
-  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --sampler "cat | $PY exit3.py" "Hello"
+  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --sampler "cat | $S" "Hello"
   [ "$status" -eq 1 ] || fail "status $status: $stderr"
-  [[ "$stderr" == *"phi3: sampler stage 2 of 2 ('$PY exit3.py') failed mid-loop (exit status 3)"* ]] || fail "stderr: $stderr"
+  [[ "$stderr" == *"phi3: sampler stage 2 of 2 ('$S') failed mid-loop (exit status 3)"* ]] || fail "stderr: $stderr"
   [ "$(printf '%s\n' "$stderr" | grep -c .)" -eq 1 ] || fail "stderr: $stderr"
   # first stage dies
-  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --sampler "$PY exit3.py | cat" "Hello"
+  run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --sampler "$S | cat" "Hello"
   [ "$status" -eq 1 ] || fail "status $status: $stderr"
-  [[ "$stderr" == *"stage 1 of 2 ('$PY exit3.py') failed mid-loop (exit status 3)"* ]] || fail "stderr: $stderr"
+  [[ "$stderr" == *"stage 1 of 2 ('$S') failed mid-loop (exit status 3)"* ]] || fail "stderr: $stderr"
   # killed
-  KILLME=1 run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --sampler "$PY exit3.py" "Hello"
+  KILLME=1 run --separate-stderr timeout 60 "$P" generate -m "$LONGROPE" --sampler "$S" "Hello"
   [ "$status" -eq 1 ] || fail "status $status: $stderr"
-  [[ "$stderr" == *"phi3: sampler '$PY exit3.py' failed mid-loop (exit status 137: killed by SIGKILL)"* ]] || fail "stderr: $stderr"
+  [[ "$stderr" == *"phi3: sampler '$S' failed mid-loop (exit status 137: killed by SIGKILL)"* ]] || fail "stderr: $stderr"
   # in chat too
-  run --separate-stderr timeout 60 bash -c "echo Hello | '$P' chat -m '$LONGROPE' --sampler 'cat | $PY exit3.py'"
+  run --separate-stderr timeout 60 bash -c "echo Hello | '$P' chat -m '$LONGROPE' --sampler 'cat | $S'"
   [ "$status" -eq 1 ] || fail "status $status: $stderr"
-  [[ "$stderr" == *"stage 2 of 2 ('$PY exit3.py') failed mid-loop (exit status 3)"* ]] || fail "stderr: $stderr"
+  [[ "$stderr" == *"stage 2 of 2 ('$S') failed mid-loop (exit status 3)"* ]] || fail "stderr: $stderr"
   [ -z "$(ls "$TMPDIR")" ]
 }
 

@@ -61,22 +61,6 @@ wait_exit() {
 $(screen | grep -v '^$' | tail -20 | cut -c1-300)"
 }
 
-# a sampler that never ends a reply: one id every 0.2 s
-slow_sampler() {
-  cat > slow.py <<'P'
-import os, sys, time, msgpack
-u = msgpack.Unpacker(raw=False)
-while True:
-    b = os.read(0, 65536)
-    if not b: sys.exit(0)
-    u.feed(b)
-    for f in u:
-        if f.get("type") == "logits":
-            time.sleep(0.2)
-            sys.stdout.buffer.write(msgpack.packb({"type": "tokens", "ids": [450], "pos": f["pos"]})); sys.stdout.buffer.flush()
-P
-}
-
 @test "tty: a reply, then the prompt on a line of its own; Ctrl-D leaves with status 0" {
   tm_start --greedy -n 6
   wait_for "/help for help"
@@ -96,8 +80,8 @@ P
 }
 
 @test "tty: Ctrl-C stops a reply (kept in the conversation) and the chat goes on; Ctrl-C twice at the prompt leaves" {
-  slow_sampler
-  tm_start --sampler "$PY slow.py"
+  # a sampler that never ends a reply: one id every 0.2 s
+  tm_start --sampler "$PY $ROOT/tests/lib/fakesampler.py --sleep 0.2 --pos"
   wait_prompts 1
   keys "Go on forever" Enter
   wait_for "The The The"

@@ -273,6 +273,14 @@ open("miss.gguf", "wb").write(b)' "$ok"
   CMP a b --exact
 }
 
+@test "phi3-quantize: a source tokenizer.json that is a FIFO is named as not a regular file (it said 'Unknown error 32752')" {
+  cp -r "$LONGROPE" m; rm m/tokenizer.json; mkfifo m/tokenizer.json
+  run --separate-stderr timeout 20 "$PHI3_BIN/phi3-quantize" -q m x.gguf
+  assert_status 1
+  assert_err "phi3-quantize: m/tokenizer.json: " "not a regular file"
+  [ ! -e x.gguf ] && [ -z "$(ls -A | grep x.gguf)" ] || fail "left: $(ls -A)"
+}
+
 @test "phi3-quantize: SIGTERM or SIGINT mid-run removes the temporary file and writes no OUT" {
   local stopped=0 i
   for i in 1 2 3 4 5 6; do

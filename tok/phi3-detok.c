@@ -63,7 +63,7 @@ static int model_vocab_size(const char *dir, int fallback)
         return n < fallback ? fallback : n;
     }
     snprintf(path, sizeof path, "%s/config.json", dir);
-    json_t *root = tok_json_file(path, true);
+    json_t *root = tok_json_file(path, true, (size_t)1 << 20);   /* phi3-run's limit (model.c) */
     if (!root) return fallback;
     json_t *v = json_object_get(root, "vocab_size");
     json_int_t n = json_is_integer(v) ? json_integer_value(v) : fallback;

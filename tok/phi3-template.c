@@ -93,7 +93,7 @@ static char *config_eos(const char *dir)
         return s;
     }
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    json_t *root = tok_json_file(path, false);
+    json_t *root = tok_json_file(path, false, (size_t)256 << 20);   /* the tokenizer's own limit */
     json_t *v = json_object_get(root, "eos_token");
     if (json_is_object(v)) v = json_object_get(v, "content");
     if (!json_is_string(v)) phi3_die("%s: no eos_token string", path);

@@ -17,12 +17,13 @@ tok *tok_load_cli(const char *opt, const char **dir)
     return t;
 }
 
-json_t *tok_json_file(const char *path, bool optional)
+json_t *tok_json_file(const char *path, bool optional, size_t max)
 {
     size_t len;
-    char *text = read_file(path, (size_t)256 << 20, &len);
+    char *text = read_file(path, max, &len);
     if (!text) {
         if (optional && errno == ENOENT) return NULL;
+        if (errno == EFBIG) phi3_die("%s: more than the %zu MiB this tool reads", path, max >> 20);
         phi3_die("%s: %s", path, phi3_strerror(errno));
     }
     json_error_t je;

@@ -7,7 +7,6 @@
 #include <ctype.h>
 #include <jansson.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,15 +14,6 @@
 #include "shared/util.h"
 
 #define TOKS_MAX ((1 << 21) - 1)        /* the tokenizer's own id limit */
-
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* ---- merges from scores ---- */
 
@@ -74,7 +64,7 @@ long tok_spm_merges(size_t n, const char *const *piece, const size_t *len, const
             if (len[m.slot[h] - 1] == len[i] && !memcmp(piece[m.slot[h] - 1], piece[i], len[i])) {
                 uint32_t first = m.slot[h] - 1;
                 free(m.slot);
-                return fail(err, errlen, "tokens %u and %zu are the same piece", first, i);
+                return phi3_fail(err, errlen, "tokens %u and %zu are the same piece", first, i);
             }
         m.slot[h] = (uint32_t)i + 1;
     }
@@ -145,7 +135,7 @@ static int opt_id(const gguf_file *g, const char *key, size_t n, int64_t *out, c
     *out = -1;
     char why[256];
     int r = gguf_get_int(g, key, 0, (int64_t)n - 1, out, why, sizeof why);
-    if (r < 0) return fail(err, errlen, "%s (%zu tokens)", why, n);
+    if (r < 0) return phi3_fail(err, errlen, "%s (%zu tokens)", why, n);
     return 0;
 }
 
@@ -160,24 +150,23 @@ static int read_vocab(const gguf_file *g, vocab *v, char *err, size_t errlen)
     memset(v, 0, sizeof *v);
     const char *model;
     size_t mlen;
-    char why[256];
-    int r = gguf_get_str(g, "tokenizer.ggml.model", &model, &mlen, why, sizeof why);
-    if (r < 0) return fail(err, errlen, "%s", why);
-    if (r == 0) return fail(err, errlen, "no tokenizer in the file (tokenizer.ggml.model missing)");
+    int r = gguf_get_str(g, "tokenizer.ggml.model", &model, &mlen, err, errlen);
+    if (r < 0) return -1;
+    if (r == 0) return phi3_fail(err, errlen, "no tokenizer in the file (tokenizer.ggml.model missing)");
     if (mlen != 5 || memcmp(model, "llama", 5))
-        return fail(err, errlen, "tokenizer.ggml.model %.*s is not supported (llama only)", (int)(mlen < 32 ? mlen : 32),
+        return phi3_fail(err, errlen, "tokenizer.ggml.model %.*s is not supported (llama only)", (int)(mlen < 32 ? mlen : 32),
                     model);
     const gguf_kv *tk = gguf_get(g, "tokenizer.ggml.tokens");
     if (!tk || tk->type != GGUF_ARR || tk->arr_type != GGUF_STR)
-        return fail(err, errlen, "tokenizer.ggml.tokens: missing or not an array of strings");
+        return phi3_fail(err, errlen, "tokenizer.ggml.tokens: missing or not an array of strings");
     if (tk->n == 0 || tk->n > TOKS_MAX)
-        return fail(err, errlen, "tokenizer.ggml.tokens: %llu tokens (1 to %d)", (unsigned long long)tk->n, TOKS_MAX);
+        return phi3_fail(err, errlen, "tokenizer.ggml.tokens: %llu tokens (1 to %d)", (unsigned long long)tk->n, TOKS_MAX);
     size_t n = v->n = (size_t)tk->n;
     const gguf_kv *sc = gguf_get(g, "tokenizer.ggml.scores"), *ty = gguf_get(g, "tokenizer.ggml.token_type");
     if (sc && (!gguf_arr_is_num(sc) || sc->n != n))
-        return fail(err, errlen, "tokenizer.ggml.scores: not %zu numbers", n);
+        return phi3_fail(err, errlen, "tokenizer.ggml.scores: not %zu numbers", n);
     if (ty && (!gguf_arr_is_int(ty) || ty->n != n))
-        return fail(err, errlen, "tokenizer.ggml.token_type: not %zu integers", n);
+        return phi3_fail(err, errlen, "tokenizer.ggml.token_type: not %zu integers", n);
     v->piece = xmalloc(n * sizeof *v->piece);
     v->len = xmalloc(n * sizeof *v->len);
     v->score = xmalloc(n * sizeof *v->score);
@@ -185,13 +174,13 @@ static int read_vocab(const gguf_file *g, vocab *v, char *err, size_t errlen)
     for (size_t i = 0; i < n; i++) {
         gguf_arr_str(tk, i, &v->piece[i], &v->len[i]);
         if (v->len[i] == 0 || memchr(v->piece[i], 0, v->len[i]) || tok_utf8_check(v->piece[i], v->len[i]) >= 0)
-            return fail(err, errlen, "tokenizer.ggml.tokens[%zu]: empty, not UTF-8 or holds a NUL byte", i);
+            return phi3_fail(err, errlen, "tokenizer.ggml.tokens[%zu]: empty, not UTF-8 or holds a NUL byte", i);
         double s = sc ? gguf_arr_num(sc, i) : 0.0;
-        if (!isfinite(s)) return fail(err, errlen, "tokenizer.ggml.scores[%zu]: not a finite number", i);
+        if (!isfinite(s)) return phi3_fail(err, errlen, "tokenizer.ggml.scores[%zu]: not a finite number", i);
         v->score[i] = (float)s;
         double t = ty ? gguf_arr_num(ty, i) : TOKT_NORMAL;
         if (!(t >= TOKT_NORMAL && t <= TOKT_BYTE))
-            return fail(err, errlen, "tokenizer.ggml.token_type[%zu]: %g is not a token type (1 to 6)", i, t);
+            return phi3_fail(err, errlen, "tokenizer.ggml.token_type[%zu]: %g is not a token type (1 to 6)", i, t);
         v->type[i] = (int32_t)t;
     }
     if (opt_id(g, "tokenizer.ggml.bos_token_id", n, &v->bos, err, errlen) ||
@@ -207,6 +196,7 @@ static int read_vocab(const gguf_file *g, vocab *v, char *err, size_t errlen)
      * does by flag); every file this project loads is phi3, so the architecture counts. */
     const char *s;
     size_t sl;
+    char why[256];
     v->phi3 = (gguf_get_str(g, "general.name", &s, &sl, why, sizeof why) == 1 && name_is_phi3(s, sl)) ||
               (gguf_get_str(g, "general.architecture", &s, &sl, why, sizeof why) == 1 && sl == 4 &&
                !memcmp(s, "phi3", 4));
@@ -236,13 +226,13 @@ tok *tok_from_gguf(const gguf_file *g, char *err, size_t errlen)
         if (v.type[i] == TOKT_UNUSED) continue;
         char key[1024];
         if (v.len[i] >= sizeof key) {
-            rc = fail(err, errlen, "tokenizer.ggml.tokens[%zu]: longer than %zu bytes", i, sizeof key - 1);
+            rc = phi3_fail(err, errlen, "tokenizer.ggml.tokens[%zu]: longer than %zu bytes", i, sizeof key - 1);
             break;
         }
         memcpy(key, v.piece[i], v.len[i]);
         key[v.len[i]] = 0;
         if (json_object_get(vj, key)) {
-            rc = fail(err, errlen, "tokenizer.ggml.tokens[%zu]: the same piece as an earlier token", i);
+            rc = phi3_fail(err, errlen, "tokenizer.ggml.tokens[%zu]: the same piece as an earlier token", i);
             break;
         }
         json_object_set_new(vj, key, json_integer((json_int_t)i));
@@ -284,12 +274,12 @@ tok *tok_from_gguf(const gguf_file *g, char *err, size_t errlen)
     json_decref(root);
     json_decref(conf);
     if (!text || !cfg) {
-        fail(err, errlen, "cannot build the tokenizer (out of memory)");
+        phi3_fail(err, errlen, "cannot build the tokenizer (out of memory)");
         goto out;
     }
     char why[512];
     t = tok_load_mem(text, strlen(text), cfg, strlen(cfg), why, sizeof why);
-    if (!t) fail(err, errlen, "tokenizer: %s", why);
+    if (!t) phi3_fail(err, errlen, "tokenizer: %s", why);
 out:
     json_decref(vj);
     json_decref(mj);
@@ -307,7 +297,7 @@ tok *tok_load_gguf(const char *path, char *err, size_t errlen)
     if (gguf_open(path, &g, err, errlen)) return NULL;
     char why[512];
     tok *t = tok_from_gguf(&g, why, sizeof why);
-    if (!t) fail(err, errlen, "%s: %s", path, why);
+    if (!t) phi3_fail(err, errlen, "%s: %s", path, why);
     gguf_close(&g);
     return t;
 }
@@ -344,7 +334,7 @@ int tok_gguf_stop_ids(const char *path, int32_t **ids, size_t *n, char *err, siz
                 for (size_t k = 0; k < sizeof eog / sizeof *eog; k++)
                     if (piece_is(&v, i, eog[k])) push(ids, n, (int32_t)i);
     }
-    if (rc) fail(err, errlen, "%s: %s", path, why);
+    if (rc) phi3_fail(err, errlen, "%s: %s", path, why);
     vocab_free(&v);
     gguf_close(&g);
     return rc;
@@ -357,7 +347,7 @@ int tok_gguf_n_ids(const char *path, int32_t *n, char *err, size_t errlen)
     if (gguf_open(path, &g, err, errlen)) return -1;
     char why[512];
     int rc = read_vocab(&g, &v, why, sizeof why);
-    if (rc) fail(err, errlen, "%s: %s", path, why);
+    if (rc) phi3_fail(err, errlen, "%s: %s", path, why);
     else {
         *n = 0;
         for (size_t i = 0; i < v.n; i++)
@@ -376,7 +366,7 @@ int tok_gguf_model_vocab(const char *path, int *n, char *err, size_t errlen)
     const gguf_kv *tk = gguf_get(&g, "tokenizer.ggml.tokens");
     uint64_t v = t && t->ndim == 2 ? t->ne[1] : tk && tk->type == GGUF_ARR ? tk->n : 0;
     gguf_close(&g);
-    if (v == 0 || v > TOKS_MAX) return fail(err, errlen, "%s: no token_embd.weight rows or tokens to size the vocabulary", path);
+    if (v == 0 || v > TOKS_MAX) return phi3_fail(err, errlen, "%s: no token_embd.weight rows or tokens to size the vocabulary", path);
     *n = (int)v;
     return 0;
 }

@@ -33,10 +33,11 @@ void tok_free(tok *t);
 /* For the tools: the model directory of -m DIR (opt) or $PHI3_MODEL, else a usage error
  * (exit 2); its tokenizer, else phi3_die with the reason (exit 1). *dir gets the directory. */
 tok *tok_load_cli(const char *opt, const char **dir);
-/* For the tools: a JSON object file read through read_file (a FIFO or other non-regular
- * file is refused, never waited on); phi3_die with the reason on any error, except a
- * missing file when optional (NULL). */
-struct json_t *tok_json_file(const char *path, bool optional);
+/* For the tools: a JSON object file of at most max bytes read through read_file (a FIFO
+ * or other non-regular file is refused, never waited on; a larger one before it is
+ * parsed: its jansson tree costs 20-45x the text); phi3_die with the reason on any
+ * error, except a missing file when optional (NULL). */
+struct json_t *tok_json_file(const char *path, bool optional, size_t max);
 
 /* Ids run 0 .. tok_n_vocab()-1 (model vocab and added tokens; 32011 for Phi-3). */
 int tok_n_vocab(const tok *t);

@@ -379,6 +379,122 @@ static void config_tests(void)
     free(orig);
 }
 
+/* A minimal phi3 file whose metadata adds one raw pair (key, type, value bytes): the
+ * config of it, 0 or -1 with err. */
+static int config_with_rope(const char *key, uint32_t type, const void *val, size_t vlen, int longrope,
+                            phi3_config *c, char *err, size_t errlen)
+{
+    char path[] = "/tmp/gguf_test.XXXXXX";
+    int fd = mkstemp(path);
+    FILE *f = fdopen(fd, "wb");
+    gguf_writer *w = gguf_writer_new();
+    gguf_w_str(w, "general.architecture", "phi3");
+    gguf_w_u32(w, "phi3.embedding_length", 8);
+    gguf_w_u32(w, "phi3.attention.head_count", 2);
+    gguf_w_u32(w, "phi3.block_count", 1);
+    gguf_w_u32(w, "phi3.feed_forward_length", 8);
+    gguf_w_u32(w, "phi3.context_length", 16);
+    uint8_t raw[64];
+    memcpy(raw, &type, 4);                      /* little-endian host (x86, arm64) */
+    memcpy(raw + 4, val, vlen);
+    gguf_kv kv = {.key = (char *)key, .raw = raw, .raw_len = 4 + vlen};
+    gguf_w_raw(w, &kv);
+    uint64_t ne[2] = {8, 4}, half[1] = {2};   /* head size 4: 2 LongRoPE factors */
+    uint64_t bytes = gguf_w_tensor(w, "token_embd.weight", GGML_F32, 2, ne);
+    if (longrope) {
+        gguf_w_tensor(w, "rope_factors_long.weight", GGML_F32, 1, half);
+        gguf_w_tensor(w, "rope_factors_short.weight", GGML_F32, 1, half);
+    }
+    gguf_w_header(w, f);
+    float zero[32] = {0}, one[2] = {1, 1};
+    fwrite(zero, 1, bytes, f);
+    gguf_w_pad(w, f);
+    for (int i = 0; i < 2 * longrope; i++) {
+        fwrite(one, 1, sizeof one, f);
+        gguf_w_pad(w, f);
+    }
+    fclose(f);
+    gguf_writer_free(w);
+    gguf_file g;
+    int rc = gguf_open(path, &g, err, errlen);
+    unlink(path);
+    if (rc) return rc;
+    rc = model_gguf_config(&g, c, err, errlen);
+    model_config_free(c);
+    gguf_close(&g);
+    return rc;
+}
+
+static int config_with(const char *key, uint32_t type, const void *val, size_t vlen, phi3_config *c, char *err,
+                       size_t errlen)
+{
+    return config_with_rope(key, type, val, vlen, 0, c, err, errlen);
+}
+
+/* The float metadata the forward pass keeps as float32 must be in the ranges config.json
+ * is held to: an F64 eps of 1e-300 was float32 zero (0/0 on a zero row), an attention
+ * factor of 1e30 made cos and sin overflow. */
+static void config_range_tests(void)
+{
+    phi3_config c;
+    char err[512];
+    double tiny = 1e-300, huge = 1e300;
+    float big = 1e31f, f2 = 2.0f;
+    int rc = config_with("phi3.attention.layer_norm_rms_epsilon", GGUF_F64, &tiny, 8, &c, err, sizeof err);
+    ok(rc == -1 && strstr(err, "phi3.attention.layer_norm_rms_epsilon"), "config: F64 eps 1e-300 (0 as float32) refused (%s)",
+       rc ? err : "accepted");
+    rc = config_with("phi3.attention.layer_norm_rms_epsilon", GGUF_F32, &f2, 4, &c, err, sizeof err);
+    ok(rc == -1 && strstr(err, "layer_norm_rms_epsilon"), "config: eps 2 refused, as in config.json (%s)",
+       rc ? err : "accepted");
+    rc = config_with("phi3.rope.freq_base", GGUF_F64, &huge, 8, &c, err, sizeof err);
+    ok(rc == -1 && strstr(err, "phi3.rope.freq_base"), "config: F64 freq_base 1e300 refused (%s)", rc ? err : "accepted");
+    rc = config_with("phi3.rope.freq_base", GGUF_F32, &big, 4, &c, err, sizeof err);
+    ok(rc == -1 && strstr(err, "phi3.rope.freq_base"), "config: freq_base 1e31 refused, as in config.json (%s)",
+       rc ? err : "accepted");
+    /* as config.json: an original context longer than the context is refused (context 16) */
+    uint32_t orig = 32, orig_ok = 8;
+    rc = config_with_rope("phi3.rope.scaling.original_context_length", GGUF_U32, &orig, 4, 1, &c, err, sizeof err);
+    ok(rc == -1 && strstr(err, "original_context_length"), "config: original_context_length 32 > context_length 16 refused (%s)",
+       rc ? err : "accepted");
+    rc = config_with_rope("phi3.rope.scaling.original_context_length", GGUF_U32, &orig_ok, 4, 1, &c, err, sizeof err);
+    ok(rc == 0, "config: original_context_length 8 of 16 accepted (%s)", rc ? err : "ok");
+    float good = 1e-6f;
+    rc = config_with("phi3.attention.layer_norm_rms_epsilon", GGUF_F32, &good, 4, &c, err, sizeof err);
+    ok(rc == 0, "config: eps 1e-6 accepted (%s)", rc ? err : "ok");
+}
+
+/* A U64 array element past INT64_MAX is that number, not the number with its top bit
+ * cleared (a token type 2^63 + 1 read as 1, a normal token). */
+static void arr_u64_tests(void)
+{
+    char path[] = "/tmp/gguf_test.XXXXXX";
+    int fd = mkstemp(path);
+    FILE *f = fdopen(fd, "wb");
+    gguf_writer *w = gguf_writer_new();
+    uint8_t raw[4 + 4 + 8 + 16];
+    uint32_t t = GGUF_ARR, at = GGUF_U64;
+    uint64_t n = 2, v[2] = {(1ull << 63) + 1, 7};
+    memcpy(raw, &t, 4);
+    memcpy(raw + 4, &at, 4);
+    memcpy(raw + 8, &n, 8);
+    memcpy(raw + 16, v, 16);
+    gguf_kv kv = {.key = "a", .raw = raw, .raw_len = sizeof raw};
+    gguf_w_raw(w, &kv);
+    gguf_w_header(w, f);
+    fclose(f);
+    gguf_writer_free(w);
+    gguf_file g;
+    char err[512];
+    int rc = gguf_open(path, &g, err, sizeof err);
+    unlink(path);
+    ok(rc == 0, "U64 array file reads (%s)", rc ? err : "ok");
+    if (rc) return;
+    const gguf_kv *a = gguf_get(&g, "a");
+    ok(a && gguf_arr_is_int(a) && gguf_arr_num(a, 0) == 0x1p63 && gguf_arr_num(a, 1) == 7,
+       "U64 array elements: 2^63 + 1 reads as ~9.2e18 (got %g), 7 as 7", a ? gguf_arr_num(a, 0) : -1.0);
+    gguf_close(&g);
+}
+
 int main(void)
 {
     phi3_init("gguf_test");
@@ -387,5 +503,7 @@ int main(void)
     merge_tests();
     conversion_tests();
     config_tests();
+    config_range_tests();
+    arr_u64_tests();
     return tap_done();
 }

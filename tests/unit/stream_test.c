@@ -3,6 +3,9 @@
 #include "shared/stream.h"
 #include "shared/util.h"
 #include "tests/unit/tap.h"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -29,9 +32,35 @@ static frame_reader *feed(const void *p, size_t n, size_t chunk, size_t cap)
 
 static void reap(void) { while (wait(NULL) > 0) {} }
 
+/* read_file's limit is inclusive: a file of exactly max bytes is read (it was refused
+ * with EFBIG: the buffer filled before the read that sees the end). */
+static void read_file_tests(void)
+{
+    char path[] = "/tmp/stream_test.XXXXXX";
+    int fd = mkstemp(path);
+    char data[5000];
+    for (size_t i = 0; i < sizeof data; i++) data[i] = (char)('a' + i % 26);
+    ok(fd >= 0 && write(fd, data, sizeof data) == (ssize_t)sizeof data, "temp file written");
+    close(fd);
+    size_t len = 0;
+    char *b = read_file(path, sizeof data, &len);
+    ok(b && len == sizeof data && !memcmp(b, data, len) && b[len] == 0, "read_file: a file of exactly max bytes is read (%s)",
+       b ? "ok" : phi3_strerror(errno));
+    free(b);
+    errno = 0;
+    b = read_file(path, sizeof data - 1, &len);
+    ok(!b && errno == EFBIG, "read_file: one byte over max is EFBIG");
+    free(b);
+    b = read_file(path, 1 << 20, &len);
+    ok(b && len == sizeof data, "read_file: under max is read");
+    free(b);
+    unlink(path);
+}
+
 int main(void)
 {
     phi3_init("stream_test");
+    read_file_tests();
     /* Build a stream of three frames with the writer into a pipe, read back. */
     int fd[2];
     if (pipe(fd)) return 1;
