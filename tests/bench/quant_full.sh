@@ -4,23 +4,24 @@
 # round so load changes hit them alike; the memory read bandwidth is measured before and
 # after as the ceiling. Decode = STEPS single-token frames after a 4-token prompt, timed
 # between consecutive logits frames (median per run). Models: PHI3_BENCH_MODEL (bf16
-# directory, default /work/models/phi3-mini-random), PHI3_BENCH_Q8 and PHI3_BENCH_Q4KM
-# (GGUF files made from it by phi3-quantize; default /work/models/gguf-full-*.gguf);
-# skipped with a note when absent. PHI3_BENCH_ROUNDS (default 2), PHI3_BENCH_STEPS (16),
+# directory, default models/phi3-mini-random, made by cpu.sh), PHI3_BENCH_Q8 and
+# PHI3_BENCH_Q4KM (GGUF files made from it by phi3-quantize when absent, minutes each;
+# default models/phi3-mini-random-{Q8_0,Q4_K_M}.gguf); skipped with a note without the
+# bf16 directory. PHI3_BENCH_ROUNDS (default 2), PHI3_BENCH_STEPS (16),
 # PHI3_BENCH_THREADS (default: all cores).
 set -eu
 : "${PHI3_BIN:=$PWD/bin}"
 PY=/usr/bin/python3
 B=build/bench-quant-full; mkdir -p "$B"
-BF=${PHI3_BENCH_MODEL:-/work/models/phi3-mini-random}
-Q8=${PHI3_BENCH_Q8:-/work/models/gguf-full-Q8_0.gguf}
-Q4=${PHI3_BENCH_Q4KM:-/work/models/gguf-full-Q4_K_M.gguf}
+BF=${PHI3_BENCH_MODEL:-models/phi3-mini-random}
+Q8=${PHI3_BENCH_Q8:-$BF-Q8_0.gguf}
+Q4=${PHI3_BENCH_Q4KM:-$BF-Q4_K_M.gguf}
 R=${PHI3_BENCH_ROUNDS:-2}
 STEPS=${PHI3_BENCH_STEPS:-16}
 TH=${PHI3_BENCH_THREADS:-$(nproc)}
-for m in "$BF" "$Q8" "$Q4"; do
-  [ -e "$m" ] || { echo "quant_full.sh: $m missing: skipped (make it with phi3-quantize)"; exit 0; }
-done
+[ -e "$BF/config.json" ] || { echo "quant_full.sh: $BF missing: skipped (tests/bench/cpu.sh makes it)"; exit 0; }
+[ -e "$Q8" ] || { echo "making $Q8 ..."; "$PHI3_BIN/phi3-quantize" -q -t Q8_0 "$BF" "$Q8"; }
+[ -e "$Q4" ] || { echo "making $Q4 ..."; "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M "$BF" "$Q4"; }
 cc -O2 -pthread -o "$B/bandwidth" tests/bench/bandwidth.c
 $PY -c '
 import msgpack, sys
