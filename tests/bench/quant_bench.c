@@ -21,22 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "tests/bench/bench.h"
 
-static uint64_t rng = 88172645463325252ull;
-static uint32_t rnd(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 32);
-}
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 /* rows x cols of dtype d: random bytes; block scales set to small normal halves, bf16
  * and f32 to small normal values. */
