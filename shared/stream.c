@@ -227,13 +227,29 @@ static const keyref *dup_key(const msgpack_object *o, keyref *found)
 
 /* ---- parsing a complete frame (already checked by scan) into msgpack objects ---- */
 
-enum { MAX_DEPTH = 64, PACK_MIN = 16 };
+/* MAX_VALUES: msgpack values one frame may hold outside packed integer arrays. Each costs
+ * a msgpack_object (24 bytes; a map entry two), while a nil or a small int takes one byte
+ * of the frame: without a bound a 64 MiB frame of nils would cost 1.5 GB. 2^20 values (at
+ * most ~48 MB) is far above any frame of the protocol (ids are packed, logits are bin). */
+enum { MAX_DEPTH = 64, PACK_MIN = 16, MAX_VALUES = 1 << 20 };
 
 typedef struct parser {
     const unsigned char *p, *end;
     msgpack_zone *z;
     const char *err;
+    size_t values;       /* what is left of MAX_VALUES */
 } parser;
+
+/* Take n values (array elements, or map keys and values) from the frame's budget. */
+static int take_values(parser *ps, size_t n)
+{
+    if (n > ps->values) {
+        ps->err = "more than 1048576 values in one frame";
+        return -1;
+    }
+    ps->values -= n;
+    return 0;
+}
 
 static void *zalloc(parser *ps, size_t n)
 {
@@ -296,6 +312,7 @@ static int parse_array(parser *ps, msgpack_object *o, uint32_t n, int depth)
             return 0;
         }
     }
+    if (take_values(ps, n)) return -1;
     o->type = MSGPACK_OBJECT_ARRAY;
     o->via.array.size = n;
     o->via.array.ptr = n ? zalloc(ps, sizeof(msgpack_object) * n) : NULL;
@@ -306,6 +323,7 @@ static int parse_array(parser *ps, msgpack_object *o, uint32_t n, int depth)
 
 static int parse_map(parser *ps, msgpack_object *o, uint32_t n, int depth)
 {
+    if (take_values(ps, 2 * (size_t)n)) return -1;
     o->type = MSGPACK_OBJECT_MAP;
     o->via.map.size = n;
     o->via.map.ptr = n ? zalloc(ps, sizeof(msgpack_object_kv) * n) : NULL;
@@ -425,7 +443,7 @@ static int decode(frame_reader *r, size_t len, frame *out)
         memcpy(bytes, r->buf + r->start, len);
         r->start += len;
     }
-    parser ps = {bytes, bytes + len, z, NULL};
+    parser ps = {bytes, bytes + len, z, NULL, MAX_VALUES};
     msgpack_object obj;
     if (parse_obj(&ps, &obj, 0) || ps.p != ps.end) {
         snprintf(r->err, sizeof r->err, "frame %ld: invalid msgpack (%s)", no,

@@ -81,6 +81,20 @@ bad_input() {
   assert_err "phi3-dump: frame 1: " "cap of 1000"
 }
 
+@test "dump: a frame of more than 2^20 values (2M nils, 2 MB) is refused, not parsed into 48+ MB of objects" {
+  # nils (one byte each, 24 bytes each as parsed objects): a 64 MiB frame of them would
+  # have cost 1.5 GB; a million values still pass, then a frame after them is read
+  /usr/bin/python3 -c 'import msgpack, sys; sys.stdout.buffer.write(msgpack.packb({"type": "x", "a": [None] * 2000000}))' > nils.bin
+  run --separate-stderr "$PHI3_BIN/phi3-dump" < nils.bin
+  assert_status 1
+  assert_err "phi3-dump: frame 1: " "more than 1048576 values in one frame"
+  /usr/bin/python3 -c 'import msgpack, sys; o = sys.stdout.buffer
+o.write(msgpack.packb({"type": "x", "a": [None] * 1000000})); o.write(msgpack.packb({"type": "y"}))' > ok.bin
+  run --separate-stderr "$PHI3_BIN/phi3-dump" < ok.bin
+  assert_status 0
+  [ "$(printf '%s\n' "$output" | tail -1)" = '{"type":"y"}' ] || fail "$(printf '%s\n' "$output" | tail -c 80)"
+}
+
 @test "dump -r: invalid JSON names the line, earlier frames are whole" {
   printf '{"type":"end","reason":"stop"}\n{"type": "tokens", "ids": [1,\n' > in.jsonl
   run --separate-stderr bash -c "'$PHI3_BIN/phi3-dump' -r < in.jsonl > out.bin"
