@@ -222,6 +222,41 @@ AXPY_TILE(axpy_f16_c, , uint16_t, LDV_F16)
 AXPY_TILE(axpy_f32_avx, __attribute__((target("avx2,fma,f16c"))), float, LDV_F32)
 AXPY_TILE(axpy_f16_avx, __attribute__((target("avx2,fma,f16c"))), uint16_t, LDV_F16)
 
+/* One query (AVX-512, decode): the same per-lane fmaf sequence as axpy_* with 64 output
+ * lanes in four zmm registers across the key tile (one pass over the keys for head_dim 64
+ * where the AVX2 form takes two), then 16 lanes, then the scalar tail. */
+#define AXPY1(NAME, T, LOAD16, LOADV)                                                  \
+    __attribute__((target("avx2,fma,f16c,avx512f"))) static void NAME(float *o, const float *e, const void *vv, \
+                                                                    size_t stride, int nk, int n) \
+    {                                                                                  \
+        const T *v = vv;                                                               \
+        int i = 0;                                                                     \
+        for (; i + 64 <= n; i += 64) {                                                 \
+            __m512 a0 = _mm512_loadu_ps(o + i), a1 = _mm512_loadu_ps(o + i + 16);      \
+            __m512 a2 = _mm512_loadu_ps(o + i + 32), a3 = _mm512_loadu_ps(o + i + 48); \
+            for (int k = 0; k < nk; k++) {                                             \
+                __m512 ek = _mm512_set1_ps(e[k]);                                      \
+                const T *vk = v + k * stride + i;                                      \
+                a0 = _mm512_fmadd_ps(ek, LOAD16(vk), a0);                              \
+                a1 = _mm512_fmadd_ps(ek, LOAD16(vk + 16), a1);                         \
+                a2 = _mm512_fmadd_ps(ek, LOAD16(vk + 32), a2);                         \
+                a3 = _mm512_fmadd_ps(ek, LOAD16(vk + 48), a3);                         \
+            }                                                                          \
+            _mm512_storeu_ps(o + i, a0), _mm512_storeu_ps(o + i + 16, a1);             \
+            _mm512_storeu_ps(o + i + 32, a2), _mm512_storeu_ps(o + i + 48, a3);        \
+        }                                                                              \
+        for (; i + 16 <= n; i += 16) {                                                 \
+            __m512 a0 = _mm512_loadu_ps(o + i);                                        \
+            for (int k = 0; k < nk; k++) a0 = _mm512_fmadd_ps(_mm512_set1_ps(e[k]), LOAD16(v + k * stride + i), a0); \
+            _mm512_storeu_ps(o + i, a0);                                               \
+        }                                                                              \
+        for (; i < n; i++) {                                                           \
+            float acc = o[i];                                                          \
+            for (int k = 0; k < nk; k++) acc = fmaf(e[k], LOADV(v + k * stride + i), acc); \
+            o[i] = acc;                                                                \
+        }                                                                              \
+    }
+
 /* Four queries with the same keys at once (AVX-512): o_q[i] = fmaf(e_q[k], v_k[i], o_q[i])
  * for q < 4 (o_q = o + q * hd, e_q = e + q * ATT_BK), keys k < nk in order: per lane the
  * same fmaf sequence as axpy_*, with each V row loaded once for the four. */
@@ -271,6 +306,8 @@ AXPY_TILE(axpy_f16_avx, __attribute__((target("avx2,fma,f16c"))), uint16_t, LDV_
 #define L16_F16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
 AXPY4(axpy4_f32_z, float, L16_F32, LDV_F32)
 AXPY4(axpy4_f16_z, uint16_t, L16_F16, LDV_F16)
+AXPY1(axpy1_f32_z, float, L16_F32, LDV_F32)
+AXPY1(axpy1_f16_z, uint16_t, L16_F16, LDV_F16)
 
 typedef struct att_job {
     cpu *c;
@@ -290,7 +327,8 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
     const gemm_ops *kop = gemm_ops_for(f16 ? ST_F16 : ST_F32);
     int vec = gemm_vec_level() > 0;
     void (*axpy)(float *, const float *, const void *, size_t, int, int) =
-        f16 ? (vec ? axpy_f16_avx : axpy_f16_c) : (vec ? axpy_f32_avx : axpy_f32_c);
+        gemm_vec_level() == 2 ? (f16 ? axpy1_f16_z : axpy1_f32_z)
+                              : f16 ? (vec ? axpy_f16_avx : axpy_f16_c) : (vec ? axpy_f32_avx : axpy_f32_c);
     void (*axpy4)(float *, const float *, const void *, size_t, int, int) =
         gemm_vec_level() < 2 ? NULL : f16 ? axpy4_f16_z : axpy4_f32_z;
     int ra[ATT_TQ], re[ATT_TQ];

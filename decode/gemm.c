@@ -519,6 +519,40 @@ SMALL_Z(f32, ld_f32)
         default: small_z6_##T_##_t(w, rb, rows, K, x, ldx, out, ldo, pf, pfr, 1); break; \
         }                                                                              \
     }
+/* AVX-512, one token: 16 rows (8 accumulators, so 8 independent FMA chains where 8 rows
+ * give 4: a key tile of attention's decode scores is latency-bound, not bandwidth-bound);
+ * rows <= 16, the missing ones repeat the last and are not stored */
+#define SMALL_Z16(T_, LOAD)                                                            \
+    AVX512 static void small_z16_##T_(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, \
+                                       float *out, size_t ldo, const uint8_t *pf, size_t pfr, int T) \
+    {                                                                                  \
+        const uint8_t *wr[16];                                                         \
+        pfq pq;                                                                        \
+        pfq_init(&pq, pf, rb, pfr, (size_t)K * sizeof(T_##_t), K / 8);                 \
+        for (int r = 0; r < 16; r++) wr[r] = w + (size_t)(r < rows ? r : rows - 1) * rb; \
+        int K8 = K & ~7;                                                               \
+        __m512 c[8];                                                                   \
+        _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++) c[q] = _mm512_setzero_ps(); \
+        for (int k = 0; k < K8; k += 8) {                                              \
+            pfq_step(&pq);                                                             \
+            __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k));                \
+            _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++)                         \
+                c[q] = _mm512_fmadd_ps(CVTZ_##T_(wr[2 * q], wr[2 * q + 1], k), xv, c[q]); \
+        }                                                                              \
+        for (int h = 0; h < 2 && h * 8 < rows; h++) {                                  \
+            const __m512 *d = c + 4 * h;                                               \
+            __m256 sv = sum8x8(_mm512_castps512_ps256(d[0]), _mm512_extractf32x8_ps(d[0], 1), \
+                               _mm512_castps512_ps256(d[1]), _mm512_extractf32x8_ps(d[1], 1), \
+                               _mm512_castps512_ps256(d[2]), _mm512_extractf32x8_ps(d[2], 1), \
+                               _mm512_castps512_ps256(d[3]), _mm512_extractf32x8_ps(d[3], 1)); \
+            store_n(out + 8 * h, sv, rows - 8 * h);                                    \
+        }                                                                              \
+        SMALL_TAIL(LOAD)                                                               \
+    }
+SMALL_Z16(bf16, ld_bf16)
+SMALL_Z16(f16, ld_f16)
+SMALL_Z16(f32, ld_f32)
+
 SMALL_Z6(bf16, ld_bf16)
 SMALL_Z6(f16, ld_f16)
 SMALL_Z6(f32, ld_f32)
@@ -618,8 +652,15 @@ static const small_kernel smalls6[] = {
     {&ops_avx512[0], small_z6_bf16, 6, 8, panel_bf16_avx}, {&ops_avx512[1], small_z6_f16, 6, 8, panel_f16_avx},
     {&ops_avx512[2], small_z6_f32, 6, 8, panel_f32_avx}};
 
+/* AVX-512, one token: 16 rows */
+static const small_kernel smalls16[] = {
+    {&ops_avx512[0], small_z16_bf16, 16, 1, panel_bf16_avx}, {&ops_avx512[1], small_z16_f16, 16, 1, panel_f16_avx},
+    {&ops_avx512[2], small_z16_f32, 16, 1, panel_f32_avx}};
+
 static const small_kernel *small_for(const gemm_ops *op, int n)
 {
+    for (size_t i = 0; n == 1 && i < sizeof smalls16 / sizeof *smalls16; i++)
+        if (smalls16[i].op == op) return &smalls16[i];
     for (size_t i = 0; n >= 7 && n <= 12 && i < sizeof smalls6 / sizeof *smalls6; i++)
         if (smalls6[i].op == op) return &smalls6[i];
     for (size_t i = 0; i < sizeof smalls / sizeof *smalls; i++)
