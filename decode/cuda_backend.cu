@@ -135,8 +135,8 @@ typedef struct cuda_ctx {
     int pdl;                            /* PHI3_CUDA_FAST=2, sm_90+: dependent launch */
     int borrowed;                       /* weights (and wdq) belong to another backend
                                            (phi3_cuda_new_shared, opt-in) */
-    float *h_batch;                     /* pinned host logits of a batched decode step */
-    int h_batch_rows;
+    float *h_batch;                     /* pinned host logits of a batched decode step
+                                           ([CU_LOGIT_ROWS][vocab]) */
     cu_timing tm;
 } cuda_ctx;
 
@@ -1214,15 +1214,10 @@ extern "C" int phi3_cuda_forward_batch(backend **bs, const int32_t **ids, const 
         rc = cu_chunk_multi(cb, sg, k, rows);
     if (!rc && one_row && rows <= CU_LOGIT_ROWS) {
         /* a decode step: every row is one stream's last: one LM head pass for all */
-        if (c->h_batch_rows < rows) {
-            if (c->h_batch)
-                cudaFreeHost(c->h_batch);
+        if (!c->h_batch &&       /* CU_LOGIT_ROWS rows, made on the first batched step */
+            cudaMallocHost((void **)&c->h_batch, (size_t)CU_LOGIT_ROWS * V * sizeof(float)) != cudaSuccess) {
             c->h_batch = NULL;
-            c->h_batch_rows = 0;
-            if (cudaMallocHost((void **)&c->h_batch, (size_t)CU_LOGIT_ROWS * V * sizeof(float)) != cudaSuccess)
-                rc = cu_fail(b, "cuda: cudaMallocHost(batch logits) failed");
-            else
-                c->h_batch_rows = CU_LOGIT_ROWS;
+            rc = cu_fail(b, "cuda: cudaMallocHost(batch logits) failed");
         }
         if (!rc)
             rc = cu_logits(cb, 0, rows, c->h_batch);

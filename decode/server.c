@@ -40,15 +40,6 @@
 
 /* ---- socket path ---- */
 
-static int seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 int server_socket_path(const char *arg, int mkdir_it, char *out, size_t len, char *err, size_t errlen)
 {
@@ -59,27 +50,27 @@ int server_socket_path(const char *arg, int mkdir_it, char *out, size_t len, cha
     } else {
         const char *name = *arg ? arg : "default";
         if (!strcmp(name, ".") || !strcmp(name, ".."))
-            return seterr(err, errlen, "socket name '%s' is not allowed", name);
+            return phi3_fail(err, errlen, "socket name '%s' is not allowed", name);
         const char *x = getenv("XDG_RUNTIME_DIR");
         if (x && *x == '/') n = snprintf(dir, sizeof dir, "%s/phi3", x);
         else n = snprintf(dir, sizeof dir, "/tmp/phi3-%u", (unsigned)getuid());
-        if (n < 0 || (size_t)n >= sizeof dir) return seterr(err, errlen, "socket directory name too long");
+        if (n < 0 || (size_t)n >= sizeof dir) return phi3_fail(err, errlen, "socket directory name too long");
         if (mkdir_it && mkdir(dir, 0700) && errno != EEXIST)
-            return seterr(err, errlen, "cannot create %s: %s", dir, strerror(errno));
+            return phi3_fail(err, errlen, "cannot create %s: %s", dir, strerror(errno));
         struct stat sb;
         if (lstat(dir, &sb)) {
             if (errno == ENOENT && !mkdir_it)
-                return seterr(err, errlen, "no server at %s/%s (no such directory)", dir, name);
-            return seterr(err, errlen, "%s: %s", dir, strerror(errno));
+                return phi3_fail(err, errlen, "no server at %s/%s (no such directory)", dir, name);
+            return phi3_fail(err, errlen, "%s: %s", dir, strerror(errno));
         }
         if (!S_ISDIR(sb.st_mode) || sb.st_uid != getuid() || (sb.st_mode & 077))
-            return seterr(err, errlen, "%s is not a private directory of ours (owner uid %u, mode %03o): refusing it",
+            return phi3_fail(err, errlen, "%s is not a private directory of ours (owner uid %u, mode %03o): refusing it",
                           dir, (unsigned)sb.st_uid, (unsigned)(sb.st_mode & 0777));
         n = snprintf(out, len, "%s/%s", dir, name);
     }
     struct sockaddr_un sa;
     if (n < 0 || (size_t)n >= len || (size_t)n >= sizeof sa.sun_path)
-        return seterr(err, errlen, "socket path too long (at most %zu bytes)", sizeof sa.sun_path - 1);
+        return phi3_fail(err, errlen, "socket path too long (at most %zu bytes)", sizeof sa.sun_path - 1);
     return 0;
 }
 

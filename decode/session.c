@@ -86,16 +86,6 @@ struct session {
     int failed;
 };
 
-static int seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* The CPU backend computes in the session's memory; any other goes through kv_load/save. */
 static int is_cpu(const backend *b) { return !strcmp(b->ops->name, "cpu"); }
@@ -145,61 +135,61 @@ int session_validate_part(const void *buf, size_t avail, size_t size, const sess
 {
     sess_hdr h;
     if (avail > size) avail = size;
-    if (size < sizeof h.magic) return seterr(err, errlen, "truncated object (%zu bytes)", size);
-    if (avail < sizeof h.magic) return seterr(err, errlen, "header not read (%zu bytes)", avail);
+    if (size < sizeof h.magic) return phi3_fail(err, errlen, "truncated object (%zu bytes)", size);
+    if (avail < sizeof h.magic) return phi3_fail(err, errlen, "header not read (%zu bytes)", avail);
     if (memcmp(buf, MAGIC, sizeof h.magic))
-        return seterr(err, errlen, "not a phi3 session (bad magic)");
-    if (size < sizeof h) return seterr(err, errlen, "truncated object (%zu bytes, header is %zu)", size, sizeof h);
-    if (avail < sizeof h) return seterr(err, errlen, "header not read (%zu bytes)", avail);
+        return phi3_fail(err, errlen, "not a phi3 session (bad magic)");
+    if (size < sizeof h) return phi3_fail(err, errlen, "truncated object (%zu bytes, header is %zu)", size, sizeof h);
+    if (avail < sizeof h) return phi3_fail(err, errlen, "header not read (%zu bytes)", avail);
     memcpy(&h, buf, sizeof h);
     if (h.version < SESSION_VERSION)
-        return seterr(err, errlen, "made by an older version of phi3-run (layout version %u, this one reads %d)",
+        return phi3_fail(err, errlen, "made by an older version of phi3-run (layout version %u, this one reads %d)",
                       h.version, SESSION_VERSION);
     if (h.version != SESSION_VERSION)
-        return seterr(err, errlen, "made by a newer version of phi3-run (layout version %u, this one reads %d)",
+        return phi3_fail(err, errlen, "made by a newer version of phi3-run (layout version %u, this one reads %d)",
                       h.version, SESSION_VERSION);
     if (crc32_update(0, &h, offsetof(sess_hdr, static_crc)) != h.static_crc)
-        return seterr(err, errlen, "corrupt header (checksum mismatch)");
+        return phi3_fail(err, errlen, "corrupt header (checksum mismatch)");
     if (h.hdr_bytes != SESSION_HDR_BYTES || (h.dtype != DTYPE_F32 && h.dtype != DTYPE_F16))
-        return seterr(err, errlen, "corrupt header (header size %u, dtype %u)", h.hdr_bytes, h.dtype);
+        return phi3_fail(err, errlen, "corrupt header (header size %u, dtype %u)", h.hdr_bytes, h.dtype);
     /* Shapes in sane ranges before any size arithmetic (all products stay < 2^63). */
     if (h.n_layers < 1 || h.n_layers > 4096 || h.n_kv_heads < 1 || h.n_kv_heads > 4096 ||
         h.head_dim < 1 || h.head_dim > 4096 || h.vocab < 1 || h.vocab > (1u << 28) ||
         h.max_pos < 1 || h.max_pos > (1u << 24) || h.orig_max < 1 || h.orig_max > h.max_pos)
-        return seterr(err, errlen, "corrupt header (shape out of range)");
+        return phi3_fail(err, errlen, "corrupt header (shape out of range)");
     uint64_t pf = (uint64_t)h.n_layers * 2 * h.n_kv_heads * h.head_dim;
     uint64_t es = h.dtype == DTYPE_F16 ? 2 : 4;
     if (h.pos_floats != pf || h.ids_off != SESSION_HDR_BYTES ||
         h.kv_off != SESSION_HDR_BYTES + ids_bytes_for(h.max_pos))
-        return seterr(err, errlen, "corrupt header (layout does not follow from the shapes)");
+        return phi3_fail(err, errlen, "corrupt header (layout does not follow from the shapes)");
     if (exp) {
         if (h.fingerprint != exp->fingerprint)
-            return seterr(err, errlen, "made by another model (fingerprint %016llx, this model %016llx)",
+            return phi3_fail(err, errlen, "made by another model (fingerprint %016llx, this model %016llx)",
                           (unsigned long long)h.fingerprint, (unsigned long long)exp->fingerprint);
         if ((int)h.n_layers != exp->n_layers || (int)h.n_kv_heads != exp->n_kv_heads ||
             (int)h.head_dim != exp->head_dim || (int)h.vocab != exp->vocab ||
             (int)h.max_pos != exp->max_pos || (int)h.orig_max != exp->orig_max)
-            return seterr(err, errlen, "made by another model (shapes differ)");
+            return phi3_fail(err, errlen, "made by another model (shapes differ)");
     }
     if (h.capacity > h.max_pos)
-        return seterr(err, errlen, "corrupt header (capacity %u > %u positions)", h.capacity, h.max_pos);
+        return phi3_fail(err, errlen, "corrupt header (capacity %u > %u positions)", h.capacity, h.max_pos);
     uint64_t need = h.kv_off + (uint64_t)h.capacity * pf * es;
     if (need > size)
-        return seterr(err, errlen, "truncated object (%zu bytes, its %u positions need %llu)", size,
+        return phi3_fail(err, errlen, "truncated object (%zu bytes, its %u positions need %llu)", size,
                       h.capacity, (unsigned long long)need);
     const sess_commit *c = &h.slot[h.gen & 1];
     if (c->count > h.capacity || c->rope_long > 1)
-        return seterr(err, errlen, "corrupt header (%u tokens in room for %u)", c->count, h.capacity);
+        return phi3_fail(err, errlen, "corrupt header (%u tokens in room for %u)", c->count, h.capacity);
     if (check_ids) {
         if (h.ids_off + (uint64_t)c->count * 4 > avail)
-            return seterr(err, errlen, "token ids not read (%zu bytes of %llu)", avail,
+            return phi3_fail(err, errlen, "token ids not read (%zu bytes of %llu)", avail,
                           (unsigned long long)(h.ids_off + (uint64_t)c->count * 4));
         const int32_t *ids = (const int32_t *)((const uint8_t *)buf + h.ids_off);
         for (uint32_t i = 0; i < c->count; i++)
             if (ids[i] < 0 || (uint32_t)ids[i] >= h.vocab)
-                return seterr(err, errlen, "corrupt token ids (id %d at %u)", ids[i], i);
+                return phi3_fail(err, errlen, "corrupt token ids (id %d at %u)", ids[i], i);
         if (crc32_update(0, ids, (size_t)c->count * 4) != c->ids_crc)
-            return seterr(err, errlen, "corrupt token ids (checksum mismatch)");
+            return phi3_fail(err, errlen, "corrupt token ids (checksum mismatch)");
     }
     st->fingerprint = h.fingerprint;
     st->n_layers = (int)h.n_layers;
@@ -225,14 +215,14 @@ int session_name_check(const char *name, char *err, size_t errlen)
 {
     size_t n = strlen(name);
     if (n == 0 || n > SESSION_NAME_MAX)
-        return seterr(err, errlen, "bad session name (1 to %d characters)", SESSION_NAME_MAX);
+        return phi3_fail(err, errlen, "bad session name (1 to %d characters)", SESSION_NAME_MAX);
     if (name[0] == '.' || strstr(name, ".."))
-        return seterr(err, errlen, "bad session name '%s' (no leading '.' or '..')", name);
+        return phi3_fail(err, errlen, "bad session name '%s' (no leading '.' or '..')", name);
     for (size_t i = 0; i < n; i++) {
         char ch = name[i];
         if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
               ch == '.' || ch == '_' || ch == '-'))
-            return seterr(err, errlen, "bad session name '%s' (only letters, digits, '.', '_', '-')", name);
+            return phi3_fail(err, errlen, "bad session name '%s' (only letters, digits, '.', '_', '-')", name);
     }
     return 0;
 }
@@ -245,13 +235,13 @@ static void shm_path(char *out, size_t len, const char *name)
 /* Owner and mode of an opened object: ours and no wider than 0600. */
 static int check_owner(int fd, const char *name, struct stat *sb, char *err, size_t errlen)
 {
-    if (fstat(fd, sb)) return seterr(err, errlen, "session %s: %s", name, strerror(errno));
-    if (!S_ISREG(sb->st_mode)) return seterr(err, errlen, "session %s: not a regular object", name);
+    if (fstat(fd, sb)) return phi3_fail(err, errlen, "session %s: %s", name, strerror(errno));
+    if (!S_ISREG(sb->st_mode)) return phi3_fail(err, errlen, "session %s: not a regular object", name);
     if (sb->st_uid != geteuid())
-        return seterr(err, errlen, "session %s: owned by uid %u, not by us (uid %u)", name,
+        return phi3_fail(err, errlen, "session %s: owned by uid %u, not by us (uid %u)", name,
                       (unsigned)sb->st_uid, (unsigned)geteuid());
     if (sb->st_mode & 077)
-        return seterr(err, errlen, "session %s: mode %04o is wider than 0600", name,
+        return phi3_fail(err, errlen, "session %s: mode %04o is wider than 0600", name,
                       (unsigned)(sb->st_mode & 07777));
     return 0;
 }
@@ -313,15 +303,15 @@ static void commit(session *s, int count, int rope_long, uint32_t crc)
 static int init_object(session *s, const session_expect *e, char *err, size_t errlen)
 {
     size_t kv_off = SESSION_HDR_BYTES + ids_bytes_for((uint64_t)e->max_pos);
-    if (ftruncate(s->fd, 0)) return seterr(err, errlen, "session %s: %s", s->name, strerror(errno));
+    if (ftruncate(s->fd, 0)) return phi3_fail(err, errlen, "session %s: %s", s->name, strerror(errno));
     int r = posix_fallocate(s->fd, 0, (off_t)kv_off);
     if (r)
-        return seterr(err, errlen, "session %s: cannot allocate %zu bytes in " SHM_DIR ": %s", s->name,
+        return phi3_fail(err, errlen, "session %s: cannot allocate %zu bytes in " SHM_DIR ": %s", s->name,
                       kv_off, r == ENOSPC ? "no space left (" SHM_DIR " is full)" : strerror(r));
     s->map = mmap(NULL, kv_off, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
     if (s->map == MAP_FAILED) {
         s->map = NULL;
-        return seterr(err, errlen, "session %s: mmap: %s", s->name, strerror(errno));
+        return phi3_fail(err, errlen, "session %s: mmap: %s", s->name, strerror(errno));
     }
     s->map_len = s->file_len = kv_off;
     guard_map(s);
@@ -361,7 +351,7 @@ session *session_open_kv(const char *name, const struct phi3_model *m, int max_c
     session_expect e;
     session_expect_model(m, &e);
     if (e.max_pos < 1 || e.max_pos > (1 << 24) || e.orig_max < 1) {
-        seterr(err, errlen, "session %s: model limits out of range", name);
+        phi3_fail(err, errlen, "session %s: model limits out of range", name);
         return NULL;
     }
     session *s = xcalloc(1, sizeof *s);
@@ -374,13 +364,13 @@ session *session_open_kv(const char *name, const struct phi3_model *m, int max_c
     for (int tries = 0; s->fd < 0; tries++) {
         s->fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
         if (s->fd >= 0) {
-            if (fchmod(s->fd, 0600)) { seterr(err, errlen, "session %s: %s", name, strerror(errno)); goto fail; }
+            if (fchmod(s->fd, 0600)) { phi3_fail(err, errlen, "session %s: %s", name, strerror(errno)); goto fail; }
             break;
         }
         if (errno == EEXIST) s->fd = shm_open(path, O_RDWR | O_NONBLOCK, 0);   /* a FIFO: no wait */
         if (s->fd >= 0) break;
         if (errno == ENOENT && tries < 5) continue;     /* removed in between: create again */
-        seterr(err, errlen, "session %s: cannot open: %s", name, strerror(errno));
+        phi3_fail(err, errlen, "session %s: cannot open: %s", name, strerror(errno));
         goto fail;
     }
     struct stat sb;
@@ -388,15 +378,15 @@ session *session_open_kv(const char *name, const struct phi3_model *m, int max_c
     if (lock_fd(s->fd, LOCK_EX, nowait)) {
         if (errno == EWOULDBLOCK) {
             int32_t pid = peek_pid(s->fd);
-            if (pid > 0) seterr(err, errlen, "session %s is in use by another writer (pid %d) and --no-wait was given", name, pid);
-            else seterr(err, errlen, "session %s is in use by another writer and --no-wait was given", name);
-        } else seterr(err, errlen, "session %s: lock: %s", name, strerror(errno));
+            if (pid > 0) phi3_fail(err, errlen, "session %s is in use by another writer (pid %d) and --no-wait was given", name, pid);
+            else phi3_fail(err, errlen, "session %s is in use by another writer and --no-wait was given", name);
+        } else phi3_fail(err, errlen, "session %s: lock: %s", name, strerror(errno));
         goto fail;
     }
-    if (fstat(s->fd, &sb)) { seterr(err, errlen, "session %s: %s", name, strerror(errno)); goto fail; }
+    if (fstat(s->fd, &sb)) { phi3_fail(err, errlen, "session %s: %s", name, strerror(errno)); goto fail; }
     char magic[8] = {0};
     if (sb.st_size > 0 && pread(s->fd, magic, sizeof magic, 0) < 0) {
-        seterr(err, errlen, "session %s: read: %s", name, strerror(errno));
+        phi3_fail(err, errlen, "session %s: read: %s", name, strerror(errno));
         goto fail;
     }
     static const char zero[8];
@@ -419,17 +409,17 @@ session *session_open_kv(const char *name, const struct phi3_model *m, int max_c
         s->map = mmap(NULL, s->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
         if (s->map == MAP_FAILED) {
             s->map = NULL;
-            seterr(err, errlen, "session %s: mmap: %s", name, strerror(errno));
+            phi3_fail(err, errlen, "session %s: mmap: %s", name, strerror(errno));
             goto fail;
         }
         guard_map(s);
         char why[200];
         if (session_validate(s->map, s->map_len, &e, 1, &s->st, why, sizeof why)) {
-            seterr(err, errlen, "session %s: %s (left as is; --session-rm %s removes it)", name, why, name);
+            phi3_fail(err, errlen, "session %s: %s (left as is; --session-rm %s removes it)", name, why, name);
             goto fail;
         }
         if (kv >= 0 && (int)s->st.kv_type != kv) {
-            seterr(err, errlen, "session %s holds a %s KV cache, this run asks for --kv-type %s (left as is; "
+            phi3_fail(err, errlen, "session %s holds a %s KV cache, this run asks for --kv-type %s (left as is; "
                    "use --kv-type %s, or --session-rm %s)", name, kv_type_name(s->st.kv_type),
                    kv_type_name((kv_type)kv), kv_type_name(s->st.kv_type), name);
             goto fail;
@@ -483,7 +473,7 @@ int session_reserve(session *s, int need, char *err, size_t errlen)
 {
     if (need <= s->st.capacity) return 0;
     if (need > s->limit)
-        return seterr(err, errlen, "context of %d tokens exceeds the session's limit of %d", need, s->limit);
+        return phi3_fail(err, errlen, "context of %d tokens exceeds the session's limit of %d", need, s->limit);
     /* Grow by half again (in steps of 64 positions) so decoding remaps rarely. */
     long cap = (long)s->st.capacity + s->st.capacity / 2;
     if (cap < need) cap = need;
@@ -491,19 +481,19 @@ int session_reserve(session *s, int need, char *err, size_t errlen)
     if (cap > s->limit) cap = s->limit;
     size_t pos_bytes = s->st.pos_floats * kv_type_size(s->st.kv_type), len;
     if (__builtin_mul_overflow((size_t)cap, pos_bytes, &len) || __builtin_add_overflow(len, s->st.kv_off, &len))
-        return seterr(err, errlen, "session %s: %ld positions are too large", s->name, cap);
+        return phi3_fail(err, errlen, "session %s: %ld positions are too large", s->name, cap);
     if (len > s->file_len) {
         /* Allocate now (tmpfs reserves the pages) so a full /dev/shm is this error, not a
          * SIGBUS on a later store. */
         int r = posix_fallocate(s->fd, (off_t)s->file_len, (off_t)(len - s->file_len));
         if (r)
-            return seterr(err, errlen, "session %s: cannot grow to %ld positions (%.1f MiB): %s", s->name, cap,
+            return phi3_fail(err, errlen, "session %s: cannot grow to %ld positions (%.1f MiB): %s", s->name, cap,
                           len / 1048576.0, r == ENOSPC ? "no space left in " SHM_DIR : strerror(r));
         s->file_len = len;
     }
     if (len > s->map_len) {
         void *p = mremap(s->map, s->map_len, len, MREMAP_MAYMOVE);
-        if (p == MAP_FAILED) return seterr(err, errlen, "session %s: mremap: %s", s->name, strerror(errno));
+        if (p == MAP_FAILED) return phi3_fail(err, errlen, "session %s: mremap: %s", s->name, strerror(errno));
         mapguard_remove(s->map);
         s->map = p;
         s->map_len = len;
@@ -548,7 +538,7 @@ static int scratch_step(session *s, backend *b, const int32_t *x, int n, float *
     if (!s->scratch) {
         s->scratch = backend_cpu_new(b->m, b->max_ctx, s->threads, NULL, err, errlen);
         if (!s->scratch) return -1;
-        if (backend_cpu_set_kv_type(s->scratch, s->st.kv_type)) return seterr(err, errlen, "%s", s->scratch->err);
+        if (backend_cpu_set_kv_type(s->scratch, s->st.kv_type)) return phi3_fail(err, errlen, "%s", s->scratch->err);
     }
     /* The scratch starts empty (or behind, after a rewind into a stored long context
      * from a long run): bring it to the run's context, whose ids [0, cur) are a prefix of
@@ -557,19 +547,19 @@ static int scratch_step(session *s, backend *b, const int32_t *x, int n, float *
     backend *sc = s->scratch;
     if (sc->n_ctx > s->cur && sc->ops->truncate(sc, s->cur)) {
         s->failed = 1;
-        return seterr(err, errlen, "%s", sc->err);
+        return phi3_fail(err, errlen, "%s", sc->err);
     }
     if (sc->n_ctx < s->cur) {
         int k = sc->n_ctx;
         if (sc->ops->forward(sc, s->ids + k, s->cur - k, NULL, 0)) {
             s->failed = 1;
-            return seterr(err, errlen, "%s", sc->err);
+            return phi3_fail(err, errlen, "%s", sc->err);
         }
         st->computed += s->cur - k;
     }
     if (s->scratch->ops->forward(s->scratch, x, n, logits, all)) {
         s->failed = 1;
-        return seterr(err, errlen, "%s", s->scratch->err);
+        return phi3_fail(err, errlen, "%s", s->scratch->err);
     }
     st->computed += n;
     s->cur += n;
@@ -583,9 +573,9 @@ static int sess_step(session *s, backend *b, const int32_t *x, int n, float *log
     const phi3_config *cf = &b->m->cfg;
     int cur = s->cur, e = cur + n;
     if ((long)cur + n > b->max_ctx)
-        return seterr(err, errlen, "context of %ld tokens exceeds the limit of %d", (long)cur + n, b->max_ctx);
+        return phi3_fail(err, errlen, "context of %ld tokens exceeds the limit of %d", (long)cur + n, b->max_ctx);
     for (int i = 0; i < n; i++)
-        if (x[i] < 0 || x[i] >= cf->vocab) return seterr(err, errlen, "token id %d out of range [0, %d)", x[i], cf->vocab);
+        if (x[i] < 0 || x[i] >= cf->vocab) return phi3_fail(err, errlen, "token id %d out of range [0, %d)", x[i], cf->vocab);
     /* The backend recomputes the whole context when the LongRoPE mode changes, so a stored
      * row equals the one a fresh run computes iff its tokens match and the stored mode is
      * the mode of this forward (long iff the context after it is > original_max). */
@@ -613,9 +603,9 @@ static int sess_step(session *s, backend *b, const int32_t *x, int n, float *log
     if (s->scratch) { s->scratch->ops->destroy(s->scratch); s->scratch = NULL; }
     int dev = !is_cpu(b);
     if (dev && (!b->ops->kv_load || !b->ops->kv_save))
-        return seterr(err, errlen, "the %s backend cannot use sessions (no kv_load/kv_save)", b->ops->name);
+        return phi3_fail(err, errlen, "the %s backend cannot use sessions (no kv_load/kv_save)", b->ops->name);
     if (dev && s->st.kv_type != KV_F32)
-        return seterr(err, errlen, "session %s holds a %s KV cache (--kv-type %s on the CPU backend); the %s "
+        return phi3_fail(err, errlen, "session %s holds a %s KV cache (--kv-type %s on the CPU backend); the %s "
                       "backend reads f32 sessions", s->name, kv_type_name(s->st.kv_type),
                       kv_type_name(s->st.kv_type), b->ops->name);
     int rerun = !keep && r > 0 && lf != LC;     /* the forward recomputes rows [0, r) */
@@ -626,18 +616,18 @@ static int sess_step(session *s, backend *b, const int32_t *x, int n, float *log
     }
     if (b->n_ctx != r || (!dev && b->rope_long != LC)) {
         int rc = dev ? b->ops->kv_load(b, s->ids, s->rows, r, LC) : backend_cpu_resume(b, s->ids, r, LC);
-        if (rc) return seterr(err, errlen, "%s", b->err);
+        if (rc) return phi3_fail(err, errlen, "%s", b->err);
     }
     if (e > r && b->ops->forward(b, x + (r - cur), e - r, logits, all)) {
         s->failed = 1;
-        return seterr(err, errlen, "%s", b->err);
+        return phi3_fail(err, errlen, "%s", b->err);
     }
     if (!keep) {
         memcpy(s->ids + r, x + (r - cur), (size_t)(e - r) * sizeof *x);
         int from = rerun ? 0 : r;
         if (dev && b->ops->kv_save(b, from, e, s->rows)) {
             s->failed = 1;
-            return seterr(err, errlen, "%s", b->err);
+            return phi3_fail(err, errlen, "%s", b->err);
         }
         uint32_t crc = rerun ? crc32_update(0, s->ids, (size_t)e * 4)
                              : crc32_update(s->crc, s->ids + r, (size_t)(e - r) * 4);
@@ -652,13 +642,13 @@ static int sess_step(session *s, backend *b, const int32_t *x, int n, float *log
 int session_forward(session *s, backend *b, const int32_t *ids, int n, float *logits, int all,
                     session_stats *st, char *err, size_t errlen)
 {
-    if (n <= 0) return n < 0 ? seterr(err, errlen, "negative token count") : 0;
+    if (n <= 0) return n < 0 ? phi3_fail(err, errlen, "negative token count") : 0;
     double t0 = now_sec();
     int rc;
     if (s) rc = sess_step(s, b, ids, n, logits, all, st, err, errlen);
     else {
         rc = b->ops->forward(b, ids, n, logits, all);
-        if (rc) seterr(err, errlen, "%s", b->err);
+        if (rc) phi3_fail(err, errlen, "%s", b->err);
         else st->computed += n;
     }
     double dt = now_sec() - t0;
@@ -671,10 +661,10 @@ int session_ctx_len(const session *s, const backend *b) { return s ? s->cur : b-
 
 int session_rewind(session *s, int pos, char *err, size_t errlen)
 {
-    if (pos < 0 || pos > s->cur) return seterr(err, errlen, "cannot rewind a context of %d to %d", s->cur, pos);
+    if (pos < 0 || pos > s->cur) return phi3_fail(err, errlen, "cannot rewind a context of %d to %d", s->cur, pos);
     if (s->scratch && s->scratch->ops->truncate(s->scratch, pos)) {
         s->failed = 1;
-        return seterr(err, errlen, "%s", s->scratch->err);
+        return phi3_fail(err, errlen, "%s", s->scratch->err);
     }
     /* The run's context [0, pos) is a prefix of the stored one (which holds at least the
      * run's context once diverged), so matching starts again from pos. */
@@ -700,7 +690,7 @@ static int open_obj(const char *name, int flags, int *fd, struct stat *sb, char 
     shm_path(path, sizeof path, name);
     *fd = shm_open(path, flags | O_NONBLOCK, 0);
     if (*fd < 0)
-        return seterr(err, errlen, errno == ENOENT ? "no session %s" : "session %s: %s", name, strerror(errno));
+        return phi3_fail(err, errlen, errno == ENOENT ? "no session %s" : "session %s: %s", name, strerror(errno));
     if (check_owner(*fd, name, sb, err, errlen)) {
         close(*fd);
         *fd = -1;
@@ -740,23 +730,23 @@ static int snap_read(int fd, int with_ids, int check_ids, snapshot *sn, session_
     for (int attempt = 0; attempt < 5 && rc; attempt++) {
         if (attempt) usleep(2000);       /* a busy object being re-initialised */
         struct stat sb;
-        if (fstat(fd, &sb)) return seterr(why, whylen, "%s", strerror(errno));
+        if (fstat(fd, &sb)) return phi3_fail(why, whylen, "%s", strerror(errno));
         sn->size = (size_t)sb.st_size;
         size_t want = sn->size < SESSION_HDR_BYTES ? sn->size : SESSION_HDR_BYTES;
         free(sn->buf);
         sn->buf = xmalloc(SESSION_HDR_BYTES);
         ssize_t r = pread_all(fd, sn->buf, want, 0);
-        if (r < 0) return seterr(why, whylen, "read: %s", strerror(errno));
+        if (r < 0) return phi3_fail(why, whylen, "read: %s", strerror(errno));
         sn->avail = (size_t)r;
         rc = session_validate_part(sn->buf, sn->avail, sn->size, NULL, 0, st, why, whylen);
         if (!rc && with_ids) {
             size_t end = st->ids_off + (size_t)st->count * 4;
             sn->buf = xrealloc(sn->buf, end > SESSION_HDR_BYTES ? end : SESSION_HDR_BYTES);
             r = pread_all(fd, sn->buf + st->ids_off, end - st->ids_off, (off_t)st->ids_off);
-            if (r < 0) return seterr(why, whylen, "read: %s", strerror(errno));
+            if (r < 0) return phi3_fail(why, whylen, "read: %s", strerror(errno));
             sn->avail = st->ids_off + (size_t)r;
             rc = session_validate_part(sn->buf, sn->avail, sn->size, NULL, check_ids, st, why, whylen);
-            if (!rc && sn->avail < end) rc = seterr(why, whylen, "truncated object (ids cut short)");
+            if (!rc && sn->avail < end) rc = phi3_fail(why, whylen, "truncated object (ids cut short)");
         }
         if (!sn->busy) break;
     }
@@ -772,30 +762,30 @@ int session_remove(const char *name, int nowait, char *err, size_t errlen)
     int fd = shm_open(path, O_RDONLY | O_NONBLOCK, 0);
     struct stat sb;
     if (fd < 0 && errno != ELOOP)
-        return seterr(err, errlen, errno == ENOENT ? "no session %s" : "session %s: %s", name, strerror(errno));
+        return phi3_fail(err, errlen, errno == ENOENT ? "no session %s" : "session %s: %s", name, strerror(errno));
     if (fd < 0 ? lstat(fspath, &sb) : fstat(fd, &sb)) {
         int e = errno;
         if (fd >= 0) close(fd);
-        return seterr(err, errlen, "session %s: %s", name, strerror(e));
+        return phi3_fail(err, errlen, "session %s: %s", name, strerror(e));
     }
     if (sb.st_uid != geteuid()) {
         if (fd >= 0) close(fd);
-        return seterr(err, errlen, "session %s: owned by uid %u, not by us", name, (unsigned)sb.st_uid);
+        return phi3_fail(err, errlen, "session %s: owned by uid %u, not by us", name, (unsigned)sb.st_uid);
     }
     /* Not a regular object (a FIFO or a symlink squatting the name): no writer can use
      * it as a session; it is ours, so remove it. */
     if (fd < 0 || !S_ISREG(sb.st_mode)) {
         if (fd >= 0) close(fd);
-        return shm_unlink(path) ? seterr(err, errlen, "session %s: %s", name, strerror(errno)) : 0;
+        return shm_unlink(path) ? phi3_fail(err, errlen, "session %s: %s", name, strerror(errno)) : 0;
     }
     /* Wait for a writer to finish (it would keep computing into an unlinked object). */
     if (lock_fd(fd, LOCK_EX, nowait)) {
         int e = errno;
         close(fd);
-        return seterr(err, errlen, e == EWOULDBLOCK ? "session %s is in use by a writer and --no-wait was given"
+        return phi3_fail(err, errlen, e == EWOULDBLOCK ? "session %s is in use by a writer and --no-wait was given"
                                                     : "session %s: lock: %s", name, strerror(e));
     }
-    int rc = shm_unlink(path) ? seterr(err, errlen, "session %s: %s", name, strerror(errno)) : 0;
+    int rc = shm_unlink(path) ? phi3_fail(err, errlen, "session %s: %s", name, strerror(errno)) : 0;
     close(fd);
     return rc;
 }
@@ -803,7 +793,7 @@ int session_remove(const char *name, int nowait, char *err, size_t errlen)
 int session_list(FILE *out, char *err, size_t errlen)
 {
     DIR *d = opendir(SHM_DIR);
-    if (!d) return seterr(err, errlen, SHM_DIR ": %s", strerror(errno));
+    if (!d) return phi3_fail(err, errlen, SHM_DIR ": %s", strerror(errno));
     struct dirent *de;
     while ((de = readdir(d))) {
         size_t pl = strlen(SESSION_PREFIX);
@@ -828,7 +818,7 @@ int session_list(FILE *out, char *err, size_t errlen)
         close(fd);
     }
     closedir(d);
-    return fflush(out) ? seterr(err, errlen, "write: %s", strerror(errno)) : 0;
+    return fflush(out) ? phi3_fail(err, errlen, "write: %s", strerror(errno)) : 0;
 }
 
 int session_info(const char *name, FILE *out, char *err, size_t errlen)
@@ -842,7 +832,7 @@ int session_info(const char *name, FILE *out, char *err, size_t errlen)
     char why[200];
     /* Under a writer the ids past a lowered count may be changing: skip their check. */
     int rc = snap_read(fd, 1, !sn.busy, &sn, &st, why, sizeof why);
-    if (rc) seterr(err, errlen, "session %s: %s", name, why);
+    if (rc) phi3_fail(err, errlen, "session %s: %s", name, why);
     else {
         char fp[17];
         snprintf(fp, sizeof fp, "%016llx", (unsigned long long)st.fingerprint);
@@ -869,7 +859,7 @@ int session_info(const char *name, FILE *out, char *err, size_t errlen)
         char *txt = json_dumps(o, JSON_COMPACT);
         json_decref(o);
         if (!txt || fprintf(out, "%s\n", txt) < 0 || fflush(out))
-            rc = seterr(err, errlen, "write: %s", strerror(errno));
+            rc = phi3_fail(err, errlen, "write: %s", strerror(errno));
         free(txt);
     }
     free(sn.buf);
