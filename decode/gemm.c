@@ -184,6 +184,27 @@ float gemm_dot_f32(const float *a, const float *b, int n)
     return gemm_vec_level() ? dot_f32_avx(a, b, n) : dot_f32_c(a, b, n);
 }
 
+/* The prefetch of the next row block by the last token tile over a block: the first ub
+ * bytes (K elements) of rows pf, pf + rb, ... (rows of them), spread evenly over steps k
+ * steps (rows may be strided: attention's keys). */
+typedef struct pfq {
+    const char *p;
+    size_t rb;
+    int lines, line, row, rows, per;
+} pfq;
+static inline void pfq_init(pfq *q, const uint8_t *pf, size_t rb, size_t rows, size_t ub, int steps)
+{
+    *q = (pfq){(const char *)pf, rb, (int)((ub + 63) / 64), 0, 0, pf ? (int)rows : 0, 0};
+    if (steps > 0) q->per = (q->rows * q->lines + steps - 1) / steps;
+}
+static inline __attribute__((always_inline)) void pfq_step(pfq *q)
+{
+    for (int j = 0; j < q->per && q->row < q->rows; j++) {
+        _mm_prefetch(q->p + (size_t)q->row * q->rb + (size_t)q->line * 64, _MM_HINT_T0);
+        if (++q->line == q->lines) q->line = 0, q->row++;
+    }
+}
+
 /* ---- the blocked path ----
  * scratch: panel [GEMM_MB / 4 groups][GEMM_KC / 8 steps][4 rows][8], then the 8-lane
  * partial sums of GEMM_MB rows x n <= GEMM_NB tokens (see ACC), then one row's tail. */
@@ -269,7 +290,7 @@ AVX512 static inline __attribute__((always_inline)) void tile_z(const float *p0,
 }
 
 AVX512 static void tiles_z(const float *panel, int groups, int ks, const float *x, size_t ldx, int n, float *acc,
-                           size_t ps)
+                           size_t ps, pfq *pq)
 {
     /* tokens outer, row groups inner: a tile's 6 activation rows stay in L1 while the
      * row block's panel (also in L1) passes under them */
@@ -280,6 +301,7 @@ AVX512 static void tiles_z(const float *panel, int groups, int ks, const float *
             const float *p0 = panel + (size_t)g * GEMM_KC * 4, *p1 = p0 + (size_t)GEMM_KC * 4;
             const float *xt = x + t * ldx;
             float *a = acc + (size_t)2 * g * ps + t * 16;    /* pairs 2g .. 2g + 3 */
+            pfq_step(pq);
             switch (nt) {
             case 6: tile_z(p0, p1, ks, xt, ldx, a, ps, 6); break;
             case 5: tile_z(p0, p1, ks, xt, ldx, a, ps, 5); break;
@@ -391,27 +413,6 @@ int gemm_get_small_max(void) { return small_max; }
             for (int k = K8; k < K; k++) v = fmaf(LOAD(wt, k), xt[k], v);              \
             out[(size_t)t * ldo + r] = v;                                              \
         }
-
-/* The prefetch of the next row block by the last token tile over a block: the first ub
- * bytes (K elements) of rows pf, pf + rb, ... (rows of them), spread evenly over steps k
- * steps (rows may be strided: attention's keys). */
-typedef struct pfq {
-    const char *p;
-    size_t rb;
-    int lines, line, row, rows, per;
-} pfq;
-static inline void pfq_init(pfq *q, const uint8_t *pf, size_t rb, size_t rows, size_t ub, int steps)
-{
-    *q = (pfq){(const char *)pf, rb, (int)((ub + 63) / 64), 0, 0, pf ? (int)rows : 0, 0};
-    if (steps > 0) q->per = (q->rows * q->lines + steps - 1) / steps;
-}
-static inline __attribute__((always_inline)) void pfq_step(pfq *q)
-{
-    for (int j = 0; j < q->per && q->row < q->rows; j++) {
-        _mm_prefetch(q->p + (size_t)q->row * q->rb + (size_t)q->line * 64, _MM_HINT_T0);
-        if (++q->line == q->lines) q->line = 0, q->row++;
-    }
-}
 
 /* rows a (lanes 0-7) and b (lanes 8-15), columns k .. k + 7, as float32 */
 #define CVTZ_bf16(a, b, k) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_inserti128_si256( \
@@ -638,24 +639,25 @@ typedef struct small_kernel {
     small_fn fn;
     int rows, tokens;           /* the register tile */
     void (*panel)(const void *w, int k0, int ks, float *dst);
+    size_t es;                  /* bytes per weight */
 } small_kernel;
 static const small_kernel smalls[] = {
-    {&ops_avx512[0], small_z_bf16, 8, 6, panel_bf16_avx}, {&ops_avx512[1], small_z_f16, 8, 6, panel_f16_avx},
-    {&ops_avx512[2], small_z_f32, 8, 6, panel_f32_avx},   {&ops_avx[0], small_y_bf16, 4, 3, panel_bf16_avx},
-    {&ops_avx[1], small_y_f16, 4, 3, panel_f16_avx},      {&ops_avx[2], small_y_f32, 4, 3, panel_f32_avx},
-    {&ops_c[0], small_c_bf16, 4, 4, panel_bf16_c},        {&ops_c[1], small_c_f16, 4, 4, panel_f16_c},
-    {&ops_c[2], small_c_f32, 4, 4, panel_f32_c},
+    {&ops_avx512[0], small_z_bf16, 8, 6, panel_bf16_avx, 2}, {&ops_avx512[1], small_z_f16, 8, 6, panel_f16_avx, 2},
+    {&ops_avx512[2], small_z_f32, 8, 6, panel_f32_avx, 4},   {&ops_avx[0], small_y_bf16, 4, 3, panel_bf16_avx, 2},
+    {&ops_avx[1], small_y_f16, 4, 3, panel_f16_avx, 2},      {&ops_avx[2], small_y_f32, 4, 3, panel_f32_avx, 4},
+    {&ops_c[0], small_c_bf16, 4, 4, panel_bf16_c, 2},        {&ops_c[1], small_c_f16, 4, 4, panel_f16_c, 2},
+    {&ops_c[2], small_c_f32, 4, 4, panel_f32_c, 4},
 };
 
 /* AVX-512, 7..12 tokens: 6 rows x up to 8 tokens (a server step of 8 streams in one pass) */
 static const small_kernel smalls6[] = {
-    {&ops_avx512[0], small_z6_bf16, 6, 8, panel_bf16_avx}, {&ops_avx512[1], small_z6_f16, 6, 8, panel_f16_avx},
-    {&ops_avx512[2], small_z6_f32, 6, 8, panel_f32_avx}};
+    {&ops_avx512[0], small_z6_bf16, 6, 8, panel_bf16_avx, 2}, {&ops_avx512[1], small_z6_f16, 6, 8, panel_f16_avx, 2},
+    {&ops_avx512[2], small_z6_f32, 6, 8, panel_f32_avx, 4}};
 
 /* AVX-512, one token: 16 rows */
 static const small_kernel smalls16[] = {
-    {&ops_avx512[0], small_z16_bf16, 16, 1, panel_bf16_avx}, {&ops_avx512[1], small_z16_f16, 16, 1, panel_f16_avx},
-    {&ops_avx512[2], small_z16_f32, 16, 1, panel_f32_avx}};
+    {&ops_avx512[0], small_z16_bf16, 16, 1, panel_bf16_avx, 2}, {&ops_avx512[1], small_z16_f16, 16, 1, panel_f16_avx, 2},
+    {&ops_avx512[2], small_z16_f32, 16, 1, panel_f32_avx, 4}};
 
 static const small_kernel *small_for(const gemm_ops *op, int n)
 {
@@ -689,7 +691,8 @@ static void gemm_small(const small_kernel *sk, const uint8_t *w, size_t rb, int 
 }
 
 static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, int rows,
-                       const float *x, size_t ldx, int n, float *out, size_t ldo, float *scratch)
+                       const float *x, size_t ldx, int n, float *out, size_t ldo, float *scratch,
+                       const uint8_t *next, int next_rows)
 {
     float *panel = scratch, *acc = scratch + PANEL_FLOATS, *tail = acc + ACC_FLOATS;
     const small_kernel *sk = small_for(op, 0);
@@ -711,7 +714,14 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
             }
         }
         const float *xb = x + kb;
-        if (op->vec == 2) tiles_z(panel, groups, ks, xb, ldx, n, acc, ps);
+        /* while the tiles run from cache, the next panel's weights come from memory: this
+         * block's next columns, or (last panel) the first columns of the block after it */
+        pfq pq;
+        size_t es = sk ? sk->es : 0;
+        const uint8_t *pf = !es ? NULL : kb + GEMM_KC < K8 ? w + (kb + GEMM_KC) * es : next;
+        int pfr = kb + GEMM_KC < K8 ? rows : next_rows;
+        pfq_init(&pq, pf, row_bytes, (size_t)pfr, (size_t)GEMM_KC * es, ((n + 5) / 6) * (groups / 2));
+        if (op->vec == 2) tiles_z(panel, groups, ks, xb, ldx, n, acc, ps, &pq);
         else if (op->vec == 1) tiles_y(panel, groups, ks, xb, ldx, n, acc, ps);
         else tiles_c(panel, groups, ks, xb, ldx, n, acc, ps);
     }
@@ -753,8 +763,11 @@ void gemm_rows(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, in
         int rows = r1 - rb < GEMM_MB ? r1 - rb : GEMM_MB;
         for (int t = 0; t < n; t += GEMM_NB) {
             int nt = n - t < GEMM_NB ? n - t : GEMM_NB;
+            /* the last token chunk over a block prefetches the next block, the others this one */
+            int nr = t + nt < n ? rows : r1 - (rb + rows) < GEMM_MB ? r1 - (rb + rows) : GEMM_MB;
+            const uint8_t *nx = t + nt < n ? w + (size_t)rb * row_bytes : w + (size_t)(rb + rows) * row_bytes;
             gemm_block(op, w + (size_t)rb * row_bytes, row_bytes, K, rows, x + (size_t)t * ldx, ldx, nt,
-                       out + (size_t)t * ldo + rb, ldo, scratch);
+                       out + (size_t)t * ldo + rb, ldo, scratch, nr > 0 ? nx : NULL, nr);
         }
     }
 }
