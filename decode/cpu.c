@@ -40,6 +40,7 @@ typedef struct cpu {
     size_t es;                  /* bytes per element: 4 (f32) or 2 (f16) */
     float *inv_freq[2];         /* [hd/2] short (or plain), long */
     float *x, *xb, *qkv, *att, *hb, *cs;   /* scratch for CHUNK tokens */
+    int ldx, lda, ldh;          /* row strides of xb, att, hb: see pad_ld */
     int32_t *ids;               /* token ids of the context [kv.capacity] (re-prefill) */
     int ids_cap;
     float **scores;             /* per thread [att_scratch_floats()] */
@@ -48,6 +49,13 @@ typedef struct cpu {
     cpu_hidden_fn hook;
     void *hook_ctx;
 } cpu;
+
+/* The row stride of a matmul's activations: n floats plus 16 (one cache line). Rows a
+ * multiple of 4 KB apart (Phi-3-mini's 3072 and 16384 floats) fall in the same L1 sets;
+ * the GEMM tile reads six of them at once beside its 32 KB weight panel, more than the
+ * sets' ways hold (tests/bench/pgemm_bench.c with and without PAD: 4-8%). Always padded,
+ * so that every model in the tests runs the strided code. */
+static int pad_ld(int n) { return n + 16; }
 
 static int berr(cpu *c, const char *fmt, ...)
 {
@@ -386,7 +394,7 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
             }
         }
         for (int i = 0; i < nq; i++) {
-            float *o = c->att + (size_t)(t0 + i) * nh * hd + (size_t)h * hd, *oi = obuf + (size_t)i * hd;
+            float *o = c->att + (size_t)(t0 + i) * c->lda + (size_t)h * hd, *oi = obuf + (size_t)i * hd;
             for (int d = 0; d < hd; d++) o[d] = oi[d] / l[i];
         }
     }
@@ -456,25 +464,73 @@ static void hook(cpu *c, int stage, int pos0, int n, const float *x)
     if (c->hook) c->hook(c->hook_ctx, stage, pos0, n, x);
 }
 
+static int att_items(const cpu *c, int n) { return c->b.m->cfg.n_heads * ((n + ATT_TQ - 1) / ATT_TQ); }
+
+/* ---- per-token row operations, shared by the thread pool (each row's arithmetic is
+ * the same whichever thread runs it) ---- */
+
+enum { ROW_NORM, ROW_ADD_NORM, ROW_ADD, ROW_SILU, ROW_KV };
+typedef struct row_job {
+    cpu *c;
+    int kind;
+    const phi3_weight *w;       /* ROW_*NORM: the norm's weight */
+    float *x, *y;               /* x: the residual stream; y: xb (norm out, add in) or hb (SiLU) */
+    size_t ldx, ldy;
+    int l, pos0;                /* ROW_KV: layer, first position (y: qkv rows, x: cos/sin rows) */
+} row_job;
+
+static void kv_put_row(cpu *c, int l, int pos, float *q, const float *cs)
+{
+    const phi3_config *cf = &c->b.m->cfg;
+    int hd = cf->head_dim, nh = cf->n_heads, nkv = cf->n_kv_heads;
+    float *k = q + nh * hd;                                     /* V follows K */
+    uint8_t *row = kv_row(c, pos, l);
+    for (int h = 0; h < nh; h++) rope_apply(q + h * hd, cs, cs + hd / 2, hd);
+    for (int h = 0; h < nkv; h++) rope_apply(k + h * hd, cs, cs + hd / 2, hd);
+    if (c->kv.type == KV_F16) gemm_f32_to_f16(k, (uint16_t *)row, 2 * c->kvdim);   /* K, V adjacent */
+    else memcpy(row, k, 2 * (size_t)c->kvdim * sizeof(float));
+}
+
 /* Layer l for n tokens at positions pos0.. of c's context: RoPE on their q and k rows
  * (qkv: n rows of q|k|v, cos/sin in cs), their K and V into c's cache. qkv/cs are c's
  * scratch, or a context's rows of a batch's stacked buffers (backend_cpu_forward_batch). */
 static void kv_put(cpu *c, int l, int pos0, int n, float *qkv, const float *cs_all)
 {
-    const phi3_config *cf = &c->b.m->cfg;
-    int hd = cf->head_dim, nh = cf->n_heads, nkv = cf->n_kv_heads;
-    for (int t = 0; t < n; t++) {
-        float *q = qkv + (size_t)t * c->qkvdim, *k = q + nh * hd;   /* V follows K */
-        uint8_t *row = kv_row(c, pos0 + t, l);
-        const float *cs = cs_all + (size_t)t * hd;
-        for (int h = 0; h < nh; h++) rope_apply(q + h * hd, cs, cs + hd / 2, hd);
-        for (int h = 0; h < nkv; h++) rope_apply(k + h * hd, cs, cs + hd / 2, hd);
-        if (c->kv.type == KV_F16) gemm_f32_to_f16(k, (uint16_t *)row, 2 * c->kvdim);   /* K, V adjacent */
-        else memcpy(row, k, 2 * (size_t)c->kvdim * sizeof(float));
+    int hd = c->b.m->cfg.head_dim;
+    for (int t = 0; t < n; t++) kv_put_row(c, l, pos0 + t, qkv + (size_t)t * c->qkvdim, cs_all + (size_t)t * hd);
+}
+
+static void row_run(void *ctx, int begin, int end, int tid)
+{
+    (void)tid;
+    const row_job *j = ctx;
+    const phi3_config *cf = &j->c->b.m->cfg;
+    int H = cf->hidden, I = cf->intermediate, hd = cf->head_dim;
+    for (int t = begin; t < end; t++) {
+        float *x = j->x + (size_t)t * j->ldx, *y = j->y + (size_t)t * j->ldy;
+        switch (j->kind) {
+        case ROW_ADD:
+        case ROW_ADD_NORM:
+            for (int i = 0; i < H; i++) x[i] += y[i];
+            if (j->kind == ROW_ADD) break;
+            /* fall through */
+        case ROW_NORM: rmsnorm(y, x, j->w, H, cf->rms_eps); break;
+        case ROW_SILU:
+            /* down(up * silu(gate)), silu(g) = g / (1 + exp(-g)) */
+            for (int i = 0; i < I; i++) y[i] = y[I + i] * (y[i] / (1.0f + expf(-y[i])));
+            break;
+        case ROW_KV: kv_put_row(j->c, j->l, j->pos0 + t, y, j->x + (size_t)t * hd); break;
+        }
     }
 }
 
-static int att_items(const cpu *c, int n) { return c->b.m->cfg.n_heads * ((n + ATT_TQ - 1) / ATT_TQ); }
+/* n rows of j: on the pool from a few rows on (a decode step's single row stays here) */
+static void per_row(cpu *c, row_job j, int n)
+{
+    j.c = c;
+    if (n < 4) row_run(&j, 0, n, 0);
+    else pool_run(c->pool, row_run, &j, n);
+}
 
 /* n <= CHUNK tokens at positions pos0.. (already room in kv). logits: NULL, or where the
  * logits of the last token (all = 0) or of every token go. */
@@ -482,7 +538,7 @@ static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int 
 {
     const phi3_model *m = c->b.m;
     const phi3_config *cf = &m->cfg;
-    int H = cf->hidden, hd = cf->head_dim, nh = cf->n_heads, I = cf->intermediate;
+    int H = cf->hidden, hd = cf->head_dim, I = cf->intermediate;
     int pos0 = c->b.n_ctx;
     memmove(c->ids + pos0, ids, (size_t)n * sizeof *ids);   /* ids may already be there */
     size_t erow = quant_row_bytes(m->embed.dtype, H);    /* rows may be quantized blocks */
@@ -493,35 +549,36 @@ static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int 
     const float *inv = c->inv_freq[c->b.rope_long];
     for (int t = 0; t < n; t++) rope_cos_sin(cf, inv, pos0 + t, c->cs + (size_t)t * hd, c->cs + (size_t)t * hd + hd / 2);
 
+    size_t ldx = (size_t)c->ldx;
     for (int l = 0; l < cf->n_layers; l++) {
         const phi3_layer *L = &m->layers[l];
-        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &L->ln1, H, cf->rms_eps);
-        matmul(c, &L->qkv, 0, c->qkvdim, c->xb, H, n, c->qkv, c->qkvdim);
-        kv_put(c, l, pos0, n, c->qkv, c->cs);
+        per_row(c, (row_job){.kind = ROW_NORM, .w = &L->ln1, .x = c->x, .ldx = H, .y = c->xb, .ldy = ldx}, n);
+        matmul(c, &L->qkv, 0, c->qkvdim, c->xb, c->ldx, n, c->qkv, c->qkvdim);
+        per_row(c, (row_job){.kind = ROW_KV, .l = l, .pos0 = pos0, .y = c->qkv, .ldy = c->qkvdim, .x = c->cs}, n);
         att_job aj = {c, l, pos0, n};
         pool_run(c->pool, att_tiles, &aj, att_items(c, n));
-        matmul(c, &L->o, 0, H, c->att, nh * hd, n, c->xb, H);
-        for (size_t i = 0; i < (size_t)n * H; i++) c->x[i] += c->xb[i];
-        for (int t = 0; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &L->ln2, H, cf->rms_eps);
-        matmul(c, &L->gate_up, 0, 2 * I, c->xb, H, n, c->hb, 2 * I);
-        for (int t = 0; t < n; t++) {
-            float *g = c->hb + (size_t)t * 2 * I, *u = g + I;
-            /* down(up * silu(gate)), silu(g) = g / (1 + exp(-g)) */
-            for (int i = 0; i < I; i++) g[i] = u[i] * (g[i] / (1.0f + expf(-g[i])));
-        }
-        matmul(c, &L->down, 0, H, c->hb, 2 * I, n, c->xb, H);
-        for (size_t i = 0; i < (size_t)n * H; i++) c->x[i] += c->xb[i];
+        matmul(c, &L->o, 0, H, c->att, c->lda, n, c->xb, c->ldx);
+        per_row(c, (row_job){.kind = ROW_ADD_NORM, .w = &L->ln2, .x = c->x, .ldx = H, .y = c->xb, .ldy = ldx}, n);
+        matmul(c, &L->gate_up, 0, 2 * I, c->xb, c->ldx, n, c->hb, c->ldh);
+        per_row(c, (row_job){.kind = ROW_SILU, .y = c->hb, .ldy = c->ldh, .x = c->x}, n);
+        matmul(c, &L->down, 0, H, c->hb, c->ldh, n, c->xb, c->ldx);
+        per_row(c, (row_job){.kind = ROW_ADD, .x = c->x, .ldx = H, .y = c->xb, .ldy = ldx}, n);
         hook(c, l + 1, pos0, n, c->x);
     }
     c->b.n_ctx += n;
     if (!logits && !c->hook) return;
     /* Final norm and lm_head for the positions whose logits are wanted. */
     int first = all || c->hook ? 0 : n - 1;
-    for (int t = first; t < n; t++) rmsnorm(c->xb + (size_t)t * H, c->x + (size_t)t * H, &m->norm, H, cf->rms_eps);
-    hook(c, cf->n_layers + 1, pos0, n, c->xb);
+    per_row(c, (row_job){.kind = ROW_NORM, .w = &m->norm, .x = c->x + (size_t)first * H, .ldx = H,
+                      .y = c->xb + (size_t)first * ldx, .ldy = ldx}, n - first);
+    if (c->hook) {
+        /* the observer takes [n, hidden] rows: the normed rows packed into x (done with) */
+        for (int t = 0; t < n; t++) memcpy(c->x + (size_t)t * H, c->xb + (size_t)t * ldx, (size_t)H * sizeof(float));
+        hook(c, cf->n_layers + 1, pos0, n, c->x);
+    }
     if (!logits) return;
     if (!all) first = n - 1;
-    matmul(c, &m->lm_head, 0, cf->vocab, c->xb + (size_t)first * H, H, n - first, logits, cf->vocab);
+    matmul(c, &m->lm_head, 0, cf->vocab, c->xb + (size_t)first * ldx, c->ldx, n - first, logits, cf->vocab);
 }
 
 static int cpu_forward(backend *b, const int32_t *ids, int n, float *logits, int all)
@@ -605,11 +662,14 @@ backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, c
         rope_inv_freq(cf, i, c->inv_freq[i]);
     }
     size_t H = (size_t)cf->hidden;
+    c->ldx = pad_ld(cf->hidden);
+    c->lda = pad_ld(cf->n_heads * cf->head_dim);
+    c->ldh = pad_ld(2 * cf->intermediate);
     c->x = xmalloc(CHUNK * H * sizeof(float));
-    c->xb = xmalloc(CHUNK * H * sizeof(float));
+    c->xb = xmalloc(CHUNK * (size_t)c->ldx * sizeof(float));
     c->qkv = xmalloc(CHUNK * (size_t)c->qkvdim * sizeof(float));
-    c->att = xmalloc(CHUNK * (size_t)cf->n_heads * cf->head_dim * sizeof(float));
-    c->hb = xmalloc(CHUNK * 2 * (size_t)cf->intermediate * sizeof(float));
+    c->att = xmalloc(CHUNK * (size_t)c->lda * sizeof(float));
+    c->hb = xmalloc(CHUNK * (size_t)c->ldh * sizeof(float));
     c->cs = xmalloc(CHUNK * (size_t)cf->head_dim * sizeof(float));
     c->pool = pool_new(threads);
     c->scores = xcalloc((size_t)pool_threads(c->pool), sizeof *c->scores);
@@ -736,7 +796,7 @@ void backend_cpu_batch_free(cpu_batch *w)
     free(w);
 }
 
-static int batch_reserve(cpu_batch *w, const phi3_config *cf, int qkvdim, int rows, int lrows)
+static int batch_reserve(cpu_batch *w, const phi3_config *cf, int qkvdim, int lda, int rows, int lrows)
 {
     if (rows > w->rows_cap) {
         size_t r = (size_t)rows, H = (size_t)cf->hidden;
@@ -746,7 +806,7 @@ static int batch_reserve(cpu_batch *w, const phi3_config *cf, int qkvdim, int ro
         if (p[1]) w->xb = p[1];
         p[2] = realloc(w->qkv, r * (size_t)qkvdim * sizeof(float));
         if (p[2]) w->qkv = p[2];
-        p[3] = realloc(w->att, r * (size_t)cf->n_heads * cf->head_dim * sizeof(float));
+        p[3] = realloc(w->att, r * (size_t)lda * sizeof(float));
         if (p[3]) w->att = p[3];
         p[4] = realloc(w->hb, r * 2 * (size_t)cf->intermediate * sizeof(float));
         if (p[4]) w->hb = p[4];
@@ -774,7 +834,7 @@ int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids,
     cpu *c0 = (cpu *)bs[0];
     const phi3_model *m = c0->b.m;
     const phi3_config *cf = &m->cfg;
-    int H = cf->hidden, hd = cf->head_dim, nh = cf->n_heads, I = cf->intermediate;
+    int H = cf->hidden, hd = cf->head_dim, I = cf->intermediate;
     int qkvdim = c0->qkvdim;
     int rows = 0, lrows = 0;
     for (int i = 0; i < k; i++) {
@@ -795,7 +855,7 @@ int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids,
     }
     if (!*ws) *ws = xcalloc(1, sizeof **ws);
     cpu_batch *w = *ws;
-    if (batch_reserve(w, cf, qkvdim, rows, lrows)) return berr(c0, "out of memory for a batch of %d rows", rows);
+    if (batch_reserve(w, cf, qkvdim, c0->lda, rows, lrows)) return berr(c0, "out of memory for a batch of %d rows", rows);
     if (k > w->k_cap) {
         w->jobs = xrealloc(w->jobs, (size_t)k * sizeof *w->jobs);
         w->first = xrealloc(w->first, (size_t)(k + 1) * sizeof *w->first);
@@ -822,7 +882,7 @@ int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids,
     }
     for (int l = 0; l < cf->n_layers; l++) {
         const phi3_layer *L = &m->layers[l];
-        for (int t = 0; t < rows; t++) rmsnorm(w->xb + (size_t)t * H, w->x + (size_t)t * H, &L->ln1, H, cf->rms_eps);
+        per_row(c0, (row_job){.kind = ROW_NORM, .w = &L->ln1, .x = w->x, .ldx = H, .y = w->xb, .ldy = H}, rows);
         matmul(c0, &L->qkv, 0, qkvdim, w->xb, H, rows, w->qkv, qkvdim);
         /* RoPE and KV rows per context; then the attention of every context in one
          * parallel loop, each over its own cache, with its rows of the stacked buffers
@@ -835,7 +895,7 @@ int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids,
             w->sq[i] = c->qkv;
             w->sa[i] = c->att;
             c->qkv = w->qkv + (size_t)r * qkvdim;
-            c->att = w->att + (size_t)r * nh * hd;
+            c->att = w->att + (size_t)r * c0->lda;
         }
         if (same_threads) {
             att_multi am = {w->jobs, w->first, k};
@@ -847,16 +907,12 @@ int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids,
             ((cpu *)bs[i])->qkv = w->sq[i];
             ((cpu *)bs[i])->att = w->sa[i];
         }
-        matmul(c0, &L->o, 0, H, w->att, nh * hd, rows, w->xb, H);
-        for (size_t e = 0; e < (size_t)rows * H; e++) w->x[e] += w->xb[e];
-        for (int t = 0; t < rows; t++) rmsnorm(w->xb + (size_t)t * H, w->x + (size_t)t * H, &L->ln2, H, cf->rms_eps);
+        matmul(c0, &L->o, 0, H, w->att, c0->lda, rows, w->xb, H);
+        per_row(c0, (row_job){.kind = ROW_ADD_NORM, .w = &L->ln2, .x = w->x, .ldx = H, .y = w->xb, .ldy = H}, rows);
         matmul(c0, &L->gate_up, 0, 2 * I, w->xb, H, rows, w->hb, 2 * I);
-        for (int t = 0; t < rows; t++) {
-            float *g = w->hb + (size_t)t * 2 * I, *u = g + I;
-            for (int e = 0; e < I; e++) g[e] = u[e] * (g[e] / (1.0f + expf(-g[e])));
-        }
+        per_row(c0, (row_job){.kind = ROW_SILU, .y = w->hb, .ldy = 2 * (size_t)I, .x = w->x}, rows);
         matmul(c0, &L->down, 0, H, w->hb, 2 * I, rows, w->xb, H);
-        for (size_t e = 0; e < (size_t)rows * H; e++) w->x[e] += w->xb[e];
+        per_row(c0, (row_job){.kind = ROW_ADD, .x = w->x, .ldx = H, .y = w->xb, .ldy = H}, rows);
     }
     /* final norm of the rows whose logits are wanted, stacked, then one lm_head */
     int lr = 0;
