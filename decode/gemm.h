@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #define GEMM_MB 16              /* rows per block: the unit of work the thread pool shares */
-#define GEMM_NB 128             /* tokens per pass over a row block */
+#define GEMM_NB 256             /* tokens per pass over a row block */
 #define GEMM_KC 512             /* columns per packed panel (a multiple of 256: quant blocks) */
 
 typedef struct gemm_ops {
