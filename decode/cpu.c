@@ -176,6 +176,27 @@ static uint8_t *kv_row(cpu *c, int pos, int layer)
 static size_t att_scratch_floats(int hd) { return (size_t)ATT_TQ * ATT_BK + (size_t)ATT_TQ * hd; }
 
 /* o[i] = o[i] * a (a != 1 only at a new maximum) */
+/* s[k] *= scale for k < n, and the largest s[k] (NaN ignored, as the scalar loop's
+ * comparison ignores it): products are elementwise and the maximum exact, so the bits are
+ * those of the scalar loop (up to the sign of a zero maximum, which no exp(s - m) sees). */
+__attribute__((target("avx2,fma,f16c,avx512f"))) static float scale_max_z(float *s, int n, float scale)
+{
+    __m512 vs = _mm512_set1_ps(scale), mv = _mm512_set1_ps(-INFINITY);
+    int k = 0;
+    for (; k + 16 <= n; k += 16) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(s + k), vs);
+        _mm512_storeu_ps(s + k, v);
+        mv = _mm512_max_ps(v, mv);                 /* NaN in v: mv */
+    }
+    if (k < n) {
+        __mmask16 m = (__mmask16)((1u << (n - k)) - 1);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + k), vs);
+        _mm512_mask_storeu_ps(s + k, m, v);
+        mv = _mm512_mask_max_ps(mv, m, v, mv);
+    }
+    return _mm512_reduce_max_ps(mv);
+}
+
 static void vscale(float *o, float a, int n)
 {
     for (int i = 0; i < n; i++) o[i] *= a;
@@ -267,41 +288,44 @@ AXPY_TILE(axpy_f16_avx, __attribute__((target("avx2,fma,f16c"))), uint16_t, LDV_
 
 /* Four queries with the same keys at once (AVX-512): o_q[i] = fmaf(e_q[k], v_k[i], o_q[i])
  * for q < 4 (o_q = o + q * hd, e_q = e + q * ATT_BK), keys k < nk in order: per lane the
- * same fmaf sequence as axpy_*, with each V row loaded once for the four. */
+ * same fmaf sequence as axpy_*, with each V row loaded once for the four. Up to 96 lanes
+ * per pass over the keys (Z = 6 zmm per query: 24 accumulators, 24 independent FMA chains
+ * per key), so head_dim 96 or 64 is one pass. */
 #define AXPY4(NAME, T, LOAD16, LOADV)                                                  \
+    __attribute__((target("avx2,fma,f16c,avx512f"))) static inline __attribute__((always_inline)) void \
+    NAME##_pass(float *o, const float *e, const T *v, size_t stride, int nk, int hd, const int Z) \
+    {                                                                                  \
+        __m512 a[4][6];                                                                \
+        _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)                             \
+            _Pragma("GCC unroll 6") for (int z = 0; z < Z; z++) a[q][z] = _mm512_loadu_ps(o + q * hd + 16 * z); \
+        for (int k = 0; k < nk; k++) {                                                 \
+            const T *vk = v + k * stride;                                              \
+            __m512 vz[6];                                                              \
+            _Pragma("GCC unroll 6") for (int z = 0; z < Z; z++) vz[z] = LOAD16(vk + 16 * z); \
+            _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) {                       \
+                __m512 ek = _mm512_set1_ps(e[q * ATT_BK + k]);                         \
+                _Pragma("GCC unroll 6") for (int z = 0; z < Z; z++) a[q][z] = _mm512_fmadd_ps(ek, vz[z], a[q][z]); \
+            }                                                                          \
+        }                                                                              \
+        _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)                             \
+            _Pragma("GCC unroll 6") for (int z = 0; z < Z; z++) _mm512_storeu_ps(o + q * hd + 16 * z, a[q][z]); \
+    }                                                                                  \
     __attribute__((target("avx2,fma,f16c,avx512f"))) static void NAME(float *o, const float *e, const void *vv, \
                                                                     size_t stride, int nk, int hd) \
     {                                                                                  \
         const T *v = vv;                                                               \
         int i = 0;                                                                     \
-        for (; i + 32 <= hd; i += 32) {                                                \
-            __m512 a[4][2];                                                            \
-            for (int q = 0; q < 4; q++)                                                \
-                a[q][0] = _mm512_loadu_ps(o + q * hd + i), a[q][1] = _mm512_loadu_ps(o + q * hd + i + 16); \
-            for (int k = 0; k < nk; k++) {                                             \
-                const T *vk = v + k * stride + i;                                      \
-                __m512 v0 = LOAD16(vk), v1 = LOAD16(vk + 16);                          \
-                for (int q = 0; q < 4; q++) {                                          \
-                    __m512 ek = _mm512_set1_ps(e[q * ATT_BK + k]);                     \
-                    a[q][0] = _mm512_fmadd_ps(ek, v0, a[q][0]);                        \
-                    a[q][1] = _mm512_fmadd_ps(ek, v1, a[q][1]);                        \
-                }                                                                      \
+        while (hd - i >= 16) {                                                         \
+            int z = (hd - i) / 16 < 6 ? (hd - i) / 16 : 6;                             \
+            switch (z) {                                                               \
+            case 6: NAME##_pass(o + i, e, v + i, stride, nk, hd, 6); break;            \
+            case 5: NAME##_pass(o + i, e, v + i, stride, nk, hd, 5); break;            \
+            case 4: NAME##_pass(o + i, e, v + i, stride, nk, hd, 4); break;            \
+            case 3: NAME##_pass(o + i, e, v + i, stride, nk, hd, 3); break;            \
+            case 2: NAME##_pass(o + i, e, v + i, stride, nk, hd, 2); break;            \
+            default: NAME##_pass(o + i, e, v + i, stride, nk, hd, 1); break;           \
             }                                                                          \
-            for (int q = 0; q < 4; q++)                                                \
-                _mm512_storeu_ps(o + q * hd + i, a[q][0]), _mm512_storeu_ps(o + q * hd + i + 16, a[q][1]); \
-        }                                                                              \
-        for (; i + 16 <= hd; i += 16) {                                                \
-            __m512 a0 = _mm512_loadu_ps(o + i), a1 = _mm512_loadu_ps(o + hd + i);      \
-            __m512 a2 = _mm512_loadu_ps(o + 2 * hd + i), a3 = _mm512_loadu_ps(o + 3 * hd + i); \
-            for (int k = 0; k < nk; k++) {                                             \
-                __m512 vk = LOAD16(v + k * stride + i);                                \
-                a0 = _mm512_fmadd_ps(_mm512_set1_ps(e[k]), vk, a0);                    \
-                a1 = _mm512_fmadd_ps(_mm512_set1_ps(e[ATT_BK + k]), vk, a1);           \
-                a2 = _mm512_fmadd_ps(_mm512_set1_ps(e[2 * ATT_BK + k]), vk, a2);       \
-                a3 = _mm512_fmadd_ps(_mm512_set1_ps(e[3 * ATT_BK + k]), vk, a3);       \
-            }                                                                          \
-            _mm512_storeu_ps(o + i, a0), _mm512_storeu_ps(o + hd + i, a1);             \
-            _mm512_storeu_ps(o + 2 * hd + i, a2), _mm512_storeu_ps(o + 3 * hd + i, a3); \
+            i += 16 * z;                                                               \
         }                                                                              \
         for (int q = 0; q < 4; q++)                                                    \
             for (int j = i; j < hd; j++) {                                             \
@@ -339,7 +363,7 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
                               : f16 ? (vec ? axpy_f16_avx : axpy_f16_c) : (vec ? axpy_f32_avx : axpy_f32_c);
     void (*axpy4)(float *, const float *, const void *, size_t, int, int) =
         gemm_vec_level() < 2 ? NULL : f16 ? axpy4_f16_z : axpy4_f32_z;
-    int ra[ATT_TQ], re[ATT_TQ];
+    int ra[ATT_TQ], re[ATT_TQ], zmm = gemm_vec_level() == 2;
     size_t es = c->es, pstride = c->stride;      /* bytes per element, elements per position */
     for (int it = begin; it < end; it++) {
         int h = it / qtiles, t0 = (it % qtiles) * ATT_TQ, kh = h / group;
@@ -364,10 +388,12 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
                 if (a > e) continue;
                 float *si = sc + (size_t)i * ATT_BK, *oi = obuf + (size_t)i * hd;
                 float mt = -INFINITY;
-                for (int k = a; k <= e; k++) {
-                    si[k] *= scale;
-                    if (si[k] > mt) mt = si[k];
-                }
+                if (zmm) mt = scale_max_z(si + a, e - a + 1, scale);
+                else
+                    for (int k = a; k <= e; k++) {
+                        si[k] *= scale;
+                        if (si[k] > mt) mt = si[k];
+                    }
                 if (m[i] == -INFINITY) m[i] = mt;
                 else if (mt > m[i]) {
                     float al = gemm_exp(m[i] - mt);
@@ -376,7 +402,29 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
                     m[i] = mt;
                 }
                 gemm_exp_sub(si + a, e - a + 1, m[i]);
-                for (int k = a; k <= e; k++) l[i] += si[k];
+            }
+            /* l += the tile's exponentials, in key order per query; eight queries with the
+             * same keys side by side (eight independent chains of adds instead of one) */
+            for (int i = 0; i < nq;) {
+                int a = ra[i], e = re[i], g = 1;
+                while (g < 8 && i + g < nq && ra[i + g] == a && re[i + g] == e) g++;
+                if (g == 8) {
+                    const float *sg = sc + (size_t)i * ATT_BK;
+                    float l0 = l[i], l1 = l[i + 1], l2 = l[i + 2], l3 = l[i + 3];
+                    float l4 = l[i + 4], l5 = l[i + 5], l6 = l[i + 6], l7 = l[i + 7];
+                    for (int k = a; k <= e; k++) {
+                        l0 += sg[k], l1 += sg[ATT_BK + k], l2 += sg[2 * ATT_BK + k], l3 += sg[3 * ATT_BK + k];
+                        l4 += sg[4 * ATT_BK + k], l5 += sg[5 * ATT_BK + k], l6 += sg[6 * ATT_BK + k];
+                        l7 += sg[7 * ATT_BK + k];
+                    }
+                    l[i] = l0, l[i + 1] = l1, l[i + 2] = l2, l[i + 3] = l3;
+                    l[i + 4] = l4, l[i + 5] = l5, l[i + 6] = l6, l[i + 7] = l7;
+                    i += 8;
+                } else {
+                    const float *si = sc + (size_t)i * ATT_BK;
+                    for (int k = a; k <= e; k++) l[i] += si[k];
+                    i++;
+                }
             }
             /* o += P V: four queries at once where they see the same keys of the tile */
             for (int i = 0; i < nq;) {
