@@ -352,6 +352,7 @@ int main(int argc, char **argv)
     if (use_cuda) r.b = backend_cuda_new(r.m, (int)ctx, err, sizeof err);
     else r.b = backend_cpu_new(r.m, (int)ctx, (int)threads, r.s ? &kv : NULL, err, sizeof err);
     if (!r.b) phi3_die("%s backend: %s", use_cuda ? "cuda" : "cpu", err);
+    if (!use_cuda) model_populate(r.m);
     if (!use_cuda && !r.s && kvt == KV_F16 && backend_cpu_set_kv_type(r.b, KV_F16)) phi3_die("%s", r.b->err);
     if (r.s) session_attach(r.s, r.b, (int)threads);
     if (!strcmp(bname, "auto") && !quiet)

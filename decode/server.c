@@ -899,6 +899,7 @@ int server_main(const server_opts *o)
         phi3_die("--ctx %d exceeds max_position_embeddings %d of %s", o->ctx, cf->max_pos, o->model_dir);
     sv.use_cuda = !strcmp(o->backend, "cuda") || (!strcmp(o->backend, "auto") && o->kv_type != KV_F16 &&
                                                    backend_cuda_supports(sv.m) && backend_cuda_available());
+    if (!sv.use_cuda) model_populate(sv.m);
     if (sv.use_cuda) {
         /* fail now rather than at the first stream */
         backend *b = backend_cuda_new(sv.m, o->ctx, err, sizeof err);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -583,6 +584,18 @@ phi3_model *model_load(const char *dir, char *err, size_t errlen)
     }
     snprintf(m->fingerprint_hex, sizeof m->fingerprint_hex, "%016llx", (unsigned long long)m->fingerprint);
     return m;
+}
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22           /* Linux 5.14 */
+#endif
+void model_populate(const phi3_model *m)
+{
+    /* Older kernels answer EINVAL: the pages are then mapped at first use, as before. A
+     * file truncated meanwhile answers EFAULT here (no SIGBUS); the guard catches it later. */
+    for (int i = 0; i < m->n_shards; i++)
+        if (m->shards[i].map) (void)madvise(m->shards[i].map, m->shards[i].size, MADV_POPULATE_READ);
+    if (m->gguf && m->gguf->mapped) (void)madvise((void *)m->gguf->map, m->gguf->size, MADV_POPULATE_READ);
 }
 
 void model_free(phi3_model *m)
