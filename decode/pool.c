@@ -11,8 +11,9 @@ struct pool {
     pthread_t *tid;
     pthread_mutex_t mu;
     pthread_cond_t go, done;
-    unsigned long gen;          /* bumped per pool_run */
-    int pending;                /* workers still running this generation */
+    unsigned long gen;          /* bumped per pool_run (atomic: workers spin on it) */
+    int pending;                /* workers still running this generation (atomic) */
+    int sleepers;               /* workers waiting on go (under mu) */
     int quit;
     pool_fn fn;
     void *ctx;
@@ -37,23 +38,42 @@ static void run_share(pool *p, int id)
     }
 }
 
+/* Loops follow each other within microseconds during a forward (a layer has about ten),
+ * so a thread that has finished one spins a little before it sleeps: a futex wake and a
+ * context switch per loop cost more than the small loops of a decode step. */
+#define SPIN 1000               /* pauses (some microseconds) */
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
 static void *worker(void *a)
 {
     worker_arg w = *(worker_arg *)a;
     free(a);
     pool *p = w.p;
     unsigned long seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (p->gen == seen && !p->quit) pthread_cond_wait(&p->go, &p->mu);
-        if (p->quit) break;
-        seen = p->gen;
-        pthread_mutex_unlock(&p->mu);
-        run_share(p, w.id);
+        for (int i = 0; i < SPIN && __atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) == seen &&
+                        !__atomic_load_n(&p->quit, __ATOMIC_ACQUIRE); i++)
+            cpu_relax();
         pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0) pthread_cond_signal(&p->done);
+        p->sleepers++;
+        while (__atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) == seen && !p->quit) pthread_cond_wait(&p->go, &p->mu);
+        p->sleepers--;
+        int quit = p->quit;
+        pthread_mutex_unlock(&p->mu);
+        if (quit) break;
+        seen = __atomic_load_n(&p->gen, __ATOMIC_ACQUIRE);
+        run_share(p, w.id);
+        if (__atomic_sub_fetch(&p->pending, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_lock(&p->mu);     /* the caller checks pending under mu before it waits */
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -83,7 +103,7 @@ void pool_free(pool *p)
 {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
-    p->quit = 1;
+    __atomic_store_n(&p->quit, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&p->go);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n; i++) pthread_join(p->tid[i], NULL);
@@ -102,17 +122,21 @@ void pool_run(pool *p, pool_fn fn, void *ctx, int n)
         if (n > 0) fn(ctx, 0, n, 0);
         return;
     }
-    pthread_mutex_lock(&p->mu);
+    /* no worker is inside the previous loop (its pool_run waited for them all) */
     p->fn = fn;
     p->ctx = ctx;
     p->items = n;
     atomic_store(&p->next, 0);
-    p->pending = p->n - 1;
-    p->gen++;
-    pthread_cond_broadcast(&p->go);
+    __atomic_store_n(&p->pending, p->n - 1, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&p->mu);
+    __atomic_store_n(&p->gen, p->gen + 1, __ATOMIC_RELEASE);   /* publishes the fields above */
+    if (p->sleepers) pthread_cond_broadcast(&p->go);
     pthread_mutex_unlock(&p->mu);
     run_share(p, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->pending) pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < SPIN && __atomic_load_n(&p->pending, __ATOMIC_ACQUIRE); i++) cpu_relax();
+    if (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE)) {
+        pthread_mutex_lock(&p->mu);
+        while (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE)) pthread_cond_wait(&p->done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+    }
 }
