@@ -525,6 +525,7 @@ typedef struct row_job {
     float *x, *y;               /* x: the residual stream; y: xb (norm out, add in) or hb (SiLU) */
     size_t ldx, ldy;
     int l, pos0;                /* ROW_KV: layer, first position (y: qkv rows, x: cos/sin rows) */
+    int zmm;                    /* AVX-512 (set by per_row) */
 } row_job;
 
 static void kv_put_row(cpu *c, int l, int pos, float *q, const float *cs)
@@ -548,6 +549,18 @@ static void kv_put(cpu *c, int l, int pos0, int n, float *qkv, const float *cs_a
     for (int t = 0; t < n; t++) kv_put_row(c, l, pos0 + t, qkv + (size_t)t * c->qkvdim, cs_all + (size_t)t * hd);
 }
 
+/* g[i] = u[i] * (g[i] / (1 + e[i])), 16 at a time (IEEE operations: the scalar bits) */
+__attribute__((target("avx2,fma,f16c,avx512f"))) static void silu_mul_z(float *g, const float *u, const float *e, int n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 gv = _mm512_maskz_loadu_ps(k, g + i), uv = _mm512_maskz_loadu_ps(k, u + i);
+        __m512 ev = _mm512_maskz_loadu_ps(k, e + i);
+        _mm512_mask_storeu_ps(g + i, k, _mm512_mul_ps(uv, _mm512_div_ps(gv, _mm512_add_ps(one, ev))));
+    }
+}
+
 static void row_run(void *ctx, int begin, int end, int tid)
 {
     (void)tid;
@@ -564,8 +577,16 @@ static void row_run(void *ctx, int begin, int end, int tid)
             /* fall through */
         case ROW_NORM: rmsnorm(y, x, j->w, H, cf->rms_eps); break;
         case ROW_SILU:
-            /* down(up * silu(gate)), silu(g) = g / (1 + exp(-g)) */
-            for (int i = 0; i < I; i++) y[i] = y[I + i] * (y[i] / (1.0f + expf(-y[i])));
+            /* down(up * silu(gate)), silu(g) = g / (1 + exp(-g)): the libm calls first, then
+             * the same divisions and products a vector at a time (elementwise: same bits) */
+            for (int i0 = 0; i0 < I; i0 += 256) {
+                float e[256];
+                int m = I - i0 < 256 ? I - i0 : 256;
+                for (int i = 0; i < m; i++) e[i] = expf(-y[i0 + i]);
+                if (j->zmm) silu_mul_z(y + i0, y + I + i0, e, m);
+                else
+                    for (int i = 0; i < m; i++) y[i0 + i] = y[I + i0 + i] * (y[i0 + i] / (1.0f + e[i]));
+            }
             break;
         case ROW_KV: kv_put_row(j->c, j->l, j->pos0 + t, y, j->x + (size_t)t * hd); break;
         }
@@ -576,6 +597,7 @@ static void row_run(void *ctx, int begin, int end, int tid)
 static void per_row(cpu *c, row_job j, int n)
 {
     j.c = c;
+    j.zmm = gemm_vec_level() == 2;
     if (n < 4) row_run(&j, 0, n, 0);
     else pool_run(c->pool, row_run, &j, n);
 }
