@@ -289,6 +289,82 @@ AVX512 static inline __attribute__((always_inline)) void tile_z(const float *p0,
         for (int t = 0; t < T; t++) _mm512_storeu_ps(acc + q * ps + t * 16, c[q][t]);
 }
 
+/* The same tile over a bf16 panel (bf16 weights, AVX-512): per group of 4 rows and step s,
+ * 16 words of 32 bits, word j = the bf16 of zmm (rows 0,1) lane j | that of zmm (rows
+ * 2,3) lane j << 16, so one 64-byte load and a shift and a mask give both zmm as float32
+ * exactly. Half the panel's bytes: it and the activations fit L1 together. */
+AVX512 static inline __attribute__((always_inline)) void tile_zb(const uint32_t *p0, const uint32_t *p1, int ks,
+                                                                  const float *x, size_t ldx, float *acc,
+                                                                  size_t ps, const int T)
+{
+    __m512 c[4][6];
+    const __m512i hm = _mm512_set1_epi32((int)0xffff0000);
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++)
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) c[q][t] = _mm512_loadu_ps(acc + q * ps + t * 16);
+    for (int s = 0; s < ks; s++) {
+        __m512i v0 = _mm512_loadu_si512(p0 + s * 16), v1 = _mm512_loadu_si512(p1 + s * 16);
+        __m512 w[4];
+        w[0] = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16));
+        w[1] = _mm512_castsi512_ps(_mm512_and_si512(v0, hm));
+        w[2] = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16));
+        w[3] = _mm512_castsi512_ps(_mm512_and_si512(v1, hm));
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) {
+            __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + s * 8));
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++) c[q][t] = _mm512_fmadd_ps(w[q], xv, c[q][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++)
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) _mm512_storeu_ps(acc + q * ps + t * 16, c[q][t]);
+}
+
+/* groups (even) of the bf16 panel: GEMM_KC * 2 words per group */
+AVX512 static void tiles_zb(const uint32_t *panel, int groups, int ks, const float *x, size_t ldx, int n,
+                            float *acc, size_t ps, pfq *pq)
+{
+    for (int t = 0; t < n; t += 6) {
+        int nt = n - t < 6 ? n - t : 6;
+        for (int g = 0; g < groups; g += 2) {
+            const uint32_t *p0 = panel + (size_t)g * GEMM_KC * 2, *p1 = p0 + (size_t)GEMM_KC * 2;
+            const float *xt = x + t * ldx;
+            float *a = acc + (size_t)2 * g * ps + t * 16;
+            pfq_step(pq);
+            switch (nt) {
+            case 6: tile_zb(p0, p1, ks, xt, ldx, a, ps, 6); break;
+            case 5: tile_zb(p0, p1, ks, xt, ldx, a, ps, 5); break;
+            case 4: tile_zb(p0, p1, ks, xt, ldx, a, ps, 4); break;
+            case 3: tile_zb(p0, p1, ks, xt, ldx, a, ps, 3); break;
+            case 2: tile_zb(p0, p1, ks, xt, ldx, a, ps, 2); break;
+            default: tile_zb(p0, p1, ks, xt, ldx, a, ps, 1); break;
+            }
+        }
+    }
+}
+
+/* A group of 4 bf16 rows (r[i]: row i, or NULL for a missing row: zeros), columns
+ * k0 + 8 s .. for s < ks, into the bf16 panel's words */
+AVX512 static void panel_bf16_pairs(const uint16_t *const r[4], int k0, int ks, uint32_t *dst)
+{
+    const __m128i z = _mm_setzero_si128();
+    for (int s = 0; s < ks; s++) {
+        int k = k0 + 8 * s;
+        __m128i a = r[0] ? _mm_loadu_si128((const __m128i *)(r[0] + k)) : z;
+        __m128i b = r[1] ? _mm_loadu_si128((const __m128i *)(r[1] + k)) : z;
+        __m128i c = r[2] ? _mm_loadu_si128((const __m128i *)(r[2] + k)) : z;
+        __m128i d = r[3] ? _mm_loadu_si128((const __m128i *)(r[3] + k)) : z;
+        /* words 0-7: rows 0 | 2 << 16; words 8-15: rows 1 | 3 << 16 */
+        _mm_storeu_si128((__m128i *)(dst + s * 16), _mm_unpacklo_epi16(a, c));
+        _mm_storeu_si128((__m128i *)(dst + s * 16 + 4), _mm_unpackhi_epi16(a, c));
+        _mm_storeu_si128((__m128i *)(dst + s * 16 + 8), _mm_unpacklo_epi16(b, d));
+        _mm_storeu_si128((__m128i *)(dst + s * 16 + 12), _mm_unpackhi_epi16(b, d));
+    }
+}
+
 AVX512 static void tiles_z(const float *panel, int groups, int ks, const float *x, size_t ldx, int n, float *acc,
                            size_t ps, pfq *pq)
 {
@@ -699,8 +775,24 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
     int K8 = K & ~7, groups = (rows + 3) / 4;
     size_t ps = (size_t)n * 16;                  /* acc floats per row pair */
     memset(acc, 0, (size_t)((rows + 7) & ~7) / 2 * ps * sizeof(float));   /* padded rows too */
+    int zb = op == &ops_avx512[0];       /* bf16 on AVX-512: the bf16-pair panel */
+    if (zb && groups % 2) groups++;     /* whole pairs of groups (the extra rows are zero) */
     for (int kb = 0; kb < K8; kb += GEMM_KC) {
         int kc = K8 - kb < GEMM_KC ? K8 - kb : GEMM_KC, ks = kc / 8;
+        if (zb) {
+            for (int g = 0; g < groups; g++) {
+                const uint16_t *r4[4];
+                for (int i = 0; i < 4; i++)
+                    r4[i] = 4 * g + i < rows ? (const uint16_t *)(w + (size_t)(4 * g + i) * row_bytes) : NULL;
+                panel_bf16_pairs(r4, kb, ks, (uint32_t *)panel + (size_t)g * GEMM_KC * 2);
+            }
+            pfq pq;
+            const uint8_t *pf = kb + GEMM_KC < K8 ? w + (kb + GEMM_KC) * 2 : next;
+            int pfr = kb + GEMM_KC < K8 ? rows : next_rows;
+            pfq_init(&pq, pf, row_bytes, (size_t)pfr, (size_t)GEMM_KC * 2, ((n + 5) / 6) * (groups / 2));
+            tiles_zb((const uint32_t *)panel, groups, ks, x + kb, ldx, n, acc, ps, &pq);
+            continue;
+        }
         for (int r = 0; r < groups * 4; r++) {
             float *dst = panel + (size_t)(r / 4) * GEMM_KC * 4 + (r % 4) * 8;
             if (r >= rows) {
