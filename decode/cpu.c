@@ -135,18 +135,33 @@ static void matmul(cpu *c, const phi3_weight *w, int row0, int nrows, const floa
 
 /* ---- small ops (single-threaded, fixed order) ---- */
 
-static void rmsnorm(float *out, const float *x, const phi3_weight *w, int n, float eps)
+/* transformers: x * rsqrt(mean(x^2) + eps), then weight * that */
+static void rms_apply(float *out, const float *x, const phi3_weight *w, int n, float inv)
 {
-    float ss = 0;
-    for (int i = 0; i < n; i++) ss += x[i] * x[i];
-    /* transformers: x * rsqrt(mean(x^2) + eps), then weight * that */
-    float inv = 1.0f / sqrtf(ss / (float)n + eps);
     const uint16_t *h = w->data;
     for (int i = 0; i < n; i++) {
         float wi = w->dtype == ST_BF16 ? bf16_to_f32(h[i]) : w->dtype == ST_F16 ? f16_to_f32(h[i])
                                                                                : ((const float *)w->data)[i];
         out[i] = wi * (x[i] * inv);
     }
+}
+
+static void rmsnorm(float *out, const float *x, const phi3_weight *w, int n, float eps)
+{
+    float ss = 0;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    rms_apply(out, x, w, n, 1.0f / sqrtf(ss / (float)n + eps));
+}
+
+/* rmsnorm of 8 rows: their sums of squares as 8 chains side by side (each row's adds in
+ * the same order as rmsnorm's one chain, so the same bits, without waiting on one add
+ * after another) */
+static void rmsnorm8(float *const out[8], const float *const x[8], const phi3_weight *w, int n, float eps)
+{
+    float ss[8] = {0};
+    for (int i = 0; i < n; i++)
+        for (int r = 0; r < 8; r++) ss[r] += x[r][i] * x[r][i];
+    for (int r = 0; r < 8; r++) rms_apply(out[r], x[r], w, n, 1.0f / sqrtf(ss[r] / (float)n + eps));
 }
 
 /* the bytes of row(pos, layer) of backend.h */
@@ -567,6 +582,17 @@ static void row_run(void *ctx, int begin, int end, int tid)
     const row_job *j = ctx;
     const phi3_config *cf = &j->c->b.m->cfg;
     int H = cf->hidden, I = cf->intermediate, hd = cf->head_dim;
+    if ((j->kind == ROW_NORM || j->kind == ROW_ADD_NORM) && end - begin >= 8) {
+        for (; begin + 8 <= end; begin += 8) {
+            float *xs[8], *ys[8];
+            for (int r = 0; r < 8; r++) {
+                xs[r] = j->x + (size_t)(begin + r) * j->ldx, ys[r] = j->y + (size_t)(begin + r) * j->ldy;
+                if (j->kind == ROW_ADD_NORM)
+                    for (int i = 0; i < H; i++) xs[r][i] += ys[r][i];
+            }
+            rmsnorm8(ys, (const float *const *)xs, j->w, H, cf->rms_eps);
+        }
+    }
     for (int t = begin; t < end; t++) {
         float *x = j->x + (size_t)t * j->ldx, *y = j->y + (size_t)t * j->ldy;
         switch (j->kind) {
