@@ -205,6 +205,37 @@ static inline __attribute__((always_inline)) void pfq_step(pfq *q)
     }
 }
 
+AVX2 static inline __attribute__((always_inline)) __m256 sum8x8(__m256 r0, __m256 r1, __m256 r2, __m256 r3,
+                                                                 __m256 r4, __m256 r5, __m256 r6, __m256 r7)
+{
+    __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 u2 = _mm256_unpacklo_ps(r2, r3), u3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xee);
+    __m256 v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xee);
+    __m256 v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xee);
+    __m256 v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xee);
+    /* lane j of rows 0..7: lanes 0-3 from the low halves, 4-7 from the high */
+    __m256 l0 = _mm256_permute2f128_ps(v0, v4, 0x20), l1 = _mm256_permute2f128_ps(v1, v5, 0x20);
+    __m256 l2 = _mm256_permute2f128_ps(v2, v6, 0x20), l3 = _mm256_permute2f128_ps(v3, v7, 0x20);
+    __m256 l4 = _mm256_permute2f128_ps(v0, v4, 0x31), l5 = _mm256_permute2f128_ps(v1, v5, 0x31);
+    __m256 l6 = _mm256_permute2f128_ps(v2, v6, 0x31), l7 = _mm256_permute2f128_ps(v3, v7, 0x31);
+    return _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(l0, l1), _mm256_add_ps(l2, l3)),
+                         _mm256_add_ps(_mm256_add_ps(l4, l5), _mm256_add_ps(l6, l7)));
+}
+
+/* o[i] = lane i of v for i < n (n <= 8) */
+AVX2 static inline void store_n(float *o, __m256 v, int n)
+{
+    if (n >= 8) _mm256_storeu_ps(o, v);
+    else {
+        float tmp[8];
+        _mm256_storeu_ps(tmp, v);
+        memcpy(o, tmp, (size_t)n * sizeof(float));
+    }
+}
+
 /* ---- the blocked path ----
  * scratch: panel [GEMM_MB / 4 groups][GEMM_KC / 8 steps][4 rows][8], then the 8-lane
  * partial sums of GEMM_MB rows x n <= GEMM_NB tokens (see ACC), then one row's tail. */
@@ -295,7 +326,8 @@ AVX512 static inline __attribute__((always_inline)) void tile_z(const float *p0,
  * exactly. Half the panel's bytes: it and the activations fit L1 together. */
 AVX512 static inline __attribute__((always_inline)) void tile_zb(const uint32_t *p0, const uint32_t *p1, int ks,
                                                                   const float *x, size_t ldx, float *acc,
-                                                                  size_t ps, const int T)
+                                                                  size_t ps, const int T, float *out, size_t ldo,
+                                                                  int nr)
 {
     __m512 c[4][6];
     const __m512i hm = _mm512_set1_epi32((int)0xffff0000);
@@ -317,6 +349,19 @@ AVX512 static inline __attribute__((always_inline)) void tile_zb(const uint32_t 
             for (int q = 0; q < 4; q++) c[q][t] = _mm512_fmadd_ps(w[q], xv, c[q][t]);
         }
     }
+    if (out) {
+        /* the last panel: the canonical reduction straight from the registers (what
+         * reduce_avx would do with the stored partial sums), rows 0..7 of the tile */
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++)
+            store_n(out + (size_t)t * ldo,
+                    sum8x8(_mm512_castps512_ps256(c[0][t]), _mm512_extractf32x8_ps(c[0][t], 1),
+                           _mm512_castps512_ps256(c[1][t]), _mm512_extractf32x8_ps(c[1][t], 1),
+                           _mm512_castps512_ps256(c[2][t]), _mm512_extractf32x8_ps(c[2][t], 1),
+                           _mm512_castps512_ps256(c[3][t]), _mm512_extractf32x8_ps(c[3][t], 1)),
+                    nr);
+        return;
+    }
 #pragma GCC unroll 4
     for (int q = 0; q < 4; q++)
 #pragma GCC unroll 6
@@ -325,7 +370,7 @@ AVX512 static inline __attribute__((always_inline)) void tile_zb(const uint32_t 
 
 /* groups (even) of the bf16 panel: GEMM_KC * 2 words per group */
 AVX512 static void tiles_zb(const uint32_t *panel, int groups, int ks, const float *x, size_t ldx, int n,
-                            float *acc, size_t ps, pfq *pq)
+                            float *acc, size_t ps, pfq *pq, float *out, size_t ldo, int rows)
 {
     for (int t = 0; t < n; t += 6) {
         int nt = n - t < 6 ? n - t : 6;
@@ -333,14 +378,16 @@ AVX512 static void tiles_zb(const uint32_t *panel, int groups, int ks, const flo
             const uint32_t *p0 = panel + (size_t)g * GEMM_KC * 2, *p1 = p0 + (size_t)GEMM_KC * 2;
             const float *xt = x + t * ldx;
             float *a = acc + (size_t)2 * g * ps + t * 16;
+            float *o = out ? out + (size_t)t * ldo + 4 * g : NULL;   /* rows 4g .. 4g + 7 */
+            int nr = rows - 4 * g < 8 ? rows - 4 * g : 8;
             pfq_step(pq);
             switch (nt) {
-            case 6: tile_zb(p0, p1, ks, xt, ldx, a, ps, 6); break;
-            case 5: tile_zb(p0, p1, ks, xt, ldx, a, ps, 5); break;
-            case 4: tile_zb(p0, p1, ks, xt, ldx, a, ps, 4); break;
-            case 3: tile_zb(p0, p1, ks, xt, ldx, a, ps, 3); break;
-            case 2: tile_zb(p0, p1, ks, xt, ldx, a, ps, 2); break;
-            default: tile_zb(p0, p1, ks, xt, ldx, a, ps, 1); break;
+            case 6: tile_zb(p0, p1, ks, xt, ldx, a, ps, 6, o, ldo, nr); break;
+            case 5: tile_zb(p0, p1, ks, xt, ldx, a, ps, 5, o, ldo, nr); break;
+            case 4: tile_zb(p0, p1, ks, xt, ldx, a, ps, 4, o, ldo, nr); break;
+            case 3: tile_zb(p0, p1, ks, xt, ldx, a, ps, 3, o, ldo, nr); break;
+            case 2: tile_zb(p0, p1, ks, xt, ldx, a, ps, 2, o, ldo, nr); break;
+            default: tile_zb(p0, p1, ks, xt, ldx, a, ps, 1, o, ldo, nr); break;
             }
         }
     }
@@ -410,37 +457,6 @@ static void tiles_c(const float *panel, int groups, int ks, const float *x, size
 /* Lane i of the result = the canonical reduction ((l0 + l1) + (l2 + l3)) + ((l4 + l5) +
  * (l6 + l7)) of the 8 lanes of r_i: an 8x8 transpose puts lane j of the 8 inputs in one
  * register, then the same tree runs across them. */
-AVX2 static inline __attribute__((always_inline)) __m256 sum8x8(__m256 r0, __m256 r1, __m256 r2, __m256 r3,
-                                                                 __m256 r4, __m256 r5, __m256 r6, __m256 r7)
-{
-    __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1);
-    __m256 u2 = _mm256_unpacklo_ps(r2, r3), u3 = _mm256_unpackhi_ps(r2, r3);
-    __m256 u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5);
-    __m256 u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
-    __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xee);
-    __m256 v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xee);
-    __m256 v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xee);
-    __m256 v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xee);
-    /* lane j of rows 0..7: lanes 0-3 from the low halves, 4-7 from the high */
-    __m256 l0 = _mm256_permute2f128_ps(v0, v4, 0x20), l1 = _mm256_permute2f128_ps(v1, v5, 0x20);
-    __m256 l2 = _mm256_permute2f128_ps(v2, v6, 0x20), l3 = _mm256_permute2f128_ps(v3, v7, 0x20);
-    __m256 l4 = _mm256_permute2f128_ps(v0, v4, 0x31), l5 = _mm256_permute2f128_ps(v1, v5, 0x31);
-    __m256 l6 = _mm256_permute2f128_ps(v2, v6, 0x31), l7 = _mm256_permute2f128_ps(v3, v7, 0x31);
-    return _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(l0, l1), _mm256_add_ps(l2, l3)),
-                         _mm256_add_ps(_mm256_add_ps(l4, l5), _mm256_add_ps(l6, l7)));
-}
-
-/* o[i] = lane i of v for i < n (n <= 8) */
-AVX2 static inline void store_n(float *o, __m256 v, int n)
-{
-    if (n >= 8) _mm256_storeu_ps(o, v);
-    else {
-        float tmp[8];
-        _mm256_storeu_ps(tmp, v);
-        memcpy(o, tmp, (size_t)n * sizeof(float));
-    }
-}
-
 /* out[t * ldo + r] = the canonical reduction of the 8 lanes of acc row r, token t, for
  * r < rows, t < n; 8 rows at a time (sum8x8), stored as 8 consecutive floats of token t.
  * acc has room (zeros) for rows rounded up to 8. */
@@ -790,7 +806,8 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
             const uint8_t *pf = kb + GEMM_KC < K8 ? w + (kb + GEMM_KC) * 2 : next;
             int pfr = kb + GEMM_KC < K8 ? rows : next_rows;
             pfq_init(&pq, pf, row_bytes, (size_t)pfr, (size_t)GEMM_KC * 2, ((n + 5) / 6) * (groups / 2));
-            tiles_zb((const uint32_t *)panel, groups, ks, x + kb, ldx, n, acc, ps, &pq);
+            int last = kb + GEMM_KC >= K8;
+            tiles_zb((const uint32_t *)panel, groups, ks, x + kb, ldx, n, acc, ps, &pq, last ? out : NULL, ldo, rows);
             continue;
         }
         for (int r = 0; r < groups * 4; r++) {
@@ -817,7 +834,8 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
         else if (op->vec == 1) tiles_y(panel, groups, ks, xb, ldx, n, acc, ps);
         else tiles_c(panel, groups, ks, xb, ldx, n, acc, ps);
     }
-    if (op->vec) reduce_avx(acc, ps, rows, n, out, ldo);
+    if (zb && K8 > 0) { /* reduced by the last panel's tiles */
+    } else if (op->vec) reduce_avx(acc, ps, rows, n, out, ldo);
     else
         for (int t = 0; t < n; t++)
             for (int r = 0; r < rows; r++) out[(size_t)t * ldo + r] = reduce8(ACC(acc, ps, r, t));
