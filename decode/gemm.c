@@ -146,13 +146,13 @@ AVX_KERNELS(f16, ld_f16)
 AVX_KERNELS(f32, ld_f32)
 
 static const gemm_ops ops_c[3] = {
-    {dot_bf16_c, dot4_bf16_c, cvt_bf16_c, 0}, {dot_f16_c, dot4_f16_c, cvt_f16_c, 0}, {dot_f32_c, dot4_f32_c, cvt_f32_c, 0}};
-static const gemm_ops ops_avx[3] = {{dot_bf16_avx, dot4_bf16_avx, cvt_bf16_avx, 1},
-                                    {dot_f16_avx, dot4_f16_avx, cvt_f16_avx, 1},
-                                    {dot_f32_avx, dot4_f32_avx, cvt_f32_avx, 1}};
-static const gemm_ops ops_avx512[3] = {{dot_bf16_avx, dot4_bf16_avx, cvt_bf16_avx, 2},
-                                       {dot_f16_avx, dot4_f16_avx, cvt_f16_avx, 2},
-                                       {dot_f32_avx, dot4_f32_avx, cvt_f32_avx, 2}};
+    {dot_bf16_c, dot4_bf16_c, cvt_bf16_c, 0, 0, 0}, {dot_f16_c, dot4_f16_c, cvt_f16_c, 0, 0, 0}, {dot_f32_c, dot4_f32_c, cvt_f32_c, 0, 0, 0}};
+static const gemm_ops ops_avx[3] = {{dot_bf16_avx, dot4_bf16_avx, cvt_bf16_avx, 1, 0, 0},
+                                    {dot_f16_avx, dot4_f16_avx, cvt_f16_avx, 1, 0, 0},
+                                    {dot_f32_avx, dot4_f32_avx, cvt_f32_avx, 1, 0, 0}};
+static const gemm_ops ops_avx512[3] = {{dot_bf16_avx, dot4_bf16_avx, cvt_bf16_avx, 2, 0, 0},
+                                       {dot_f16_avx, dot4_f16_avx, cvt_f16_avx, 2, 0, 0},
+                                       {dot_f32_avx, dot4_f32_avx, cvt_f32_avx, 2, 0, 0}};
 
 int gemm_vec_level(void)
 {
@@ -826,10 +826,14 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
         /* while the tiles run from cache, the next panel's weights come from memory: this
          * block's next columns, or (last panel) the first columns of the block after it */
         pfq pq;
+        /* bytes of a panel's columns: dense (es per weight) or quantized blocks (a panel's
+         * GEMM_KC columns are whole blocks) */
         size_t es = sk ? sk->es : 0;
-        const uint8_t *pf = !es ? NULL : kb + GEMM_KC < K8 ? w + (kb + GEMM_KC) * es : next;
+        size_t pbytes = es ? (size_t)GEMM_KC * es : op->blk ? (size_t)GEMM_KC / op->blk * op->blk_bytes : 0;
+        size_t poff = es ? (size_t)(kb + GEMM_KC) * es : op->blk ? (size_t)(kb + GEMM_KC) / op->blk * op->blk_bytes : 0;
+        const uint8_t *pf = !pbytes ? NULL : kb + GEMM_KC < K8 ? w + poff : next;
         int pfr = kb + GEMM_KC < K8 ? rows : next_rows;
-        pfq_init(&pq, pf, row_bytes, (size_t)pfr, (size_t)GEMM_KC * es, ((n + 5) / 6) * (groups / 2));
+        pfq_init(&pq, pf, row_bytes, (size_t)pfr, pbytes, ((n + 5) / 6) * (groups / 2));
         if (op->vec == 2) tiles_z(panel, groups, ks, xb, ldx, n, acc, ps, &pq);
         else if (op->vec == 1) tiles_y(panel, groups, ks, xb, ldx, n, acc, ps);
         else tiles_c(panel, groups, ks, xb, ldx, n, acc, ps);

@@ -750,13 +750,15 @@ GEMM_GLUE(q4_k, ST_Q4_K, QK_K, Q4_K_BYTES)
 GEMM_GLUE(q5_k, ST_Q5_K, QK_K, Q5_K_BYTES)
 GEMM_GLUE(q6_k, ST_Q6_K, QK_K, Q6_K_BYTES)
 
-#define OPS(T) {dot_##T, gdot4_##T, cvt_##T, 1}
-#define OPS512(T) {dot_##T, gdot4_##T, cvt512_##T, 2}
-#define OPS_C(T) {gdot_##T##_c, gdot4_##T##_c, cvt_##T##_c, 0}
+#define OPS(T, B, BB) {dot_##T, gdot4_##T, cvt_##T, 1, B, BB}
+#define OPS512(T, B, BB) {dot_##T, gdot4_##T, cvt512_##T, 2, B, BB}
+#define OPS_C(T, B, BB) {gdot_##T##_c, gdot4_##T##_c, cvt_##T##_c, 0, B, BB}
+#define OPS_ALL(M) {M(q8_0, QK8_0, Q8_0_BYTES), M(q4_0, QK4_0, Q4_0_BYTES), M(q4_k, QK_K, Q4_K_BYTES), \
+                    M(q5_k, QK_K, Q5_K_BYTES), M(q6_k, QK_K, Q6_K_BYTES)}
 static const gemm_ops gops[3][5] = {
-    {OPS_C(q8_0), OPS_C(q4_0), OPS_C(q4_k), OPS_C(q5_k), OPS_C(q6_k)},
-    {OPS(q8_0), OPS(q4_0), OPS(q4_k), OPS(q5_k), OPS(q6_k)},
-    {OPS512(q8_0), OPS512(q4_0), OPS512(q4_k), OPS512(q5_k), OPS512(q6_k)},
+    OPS_ALL(OPS_C),
+    OPS_ALL(OPS),
+    OPS_ALL(OPS512),
 };
 
 const gemm_ops *qdot_gemm_ops(st_dtype d)
