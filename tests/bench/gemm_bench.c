@@ -66,9 +66,9 @@ int main(int argc, char **argv)
     }
     float *x = malloc((size_t)NMAX * I * sizeof(float)), *out = malloc((size_t)NMAX * maxrows * sizeof(float));
     for (size_t i = 0; i < (size_t)NMAX * I; i++) x[i] = (float)(rnd() % 2000) * 1e-3f - 1.0f;
-    pool *p = pool_new(threads);
-    float **scratch = malloc((size_t)pool_threads(p) * sizeof *scratch);
-    for (int t = 0; t < pool_threads(p); t++) scratch[t] = malloc(gemm_scratch_floats() * sizeof(float));
+    bench_pool bp = bench_pool_new(threads);
+    pool *p = bp.p;
+    float **scratch = bp.scratch;
     const gemm_ops *op = gemm_ops_for(ST_BF16);
     static const int ns[] = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128};
     enum { NN = sizeof ns / sizeof *ns };
@@ -98,9 +98,7 @@ int main(int argc, char **argv)
     }
     printf("(Nx per tok: tokens per second relative to one token at a time, same mode)\n");
     printf("n = 1: %.1f GB/s of weights\n", total * 2 / best[0][0] / 1e9);
-    for (int t = 0; t < pool_threads(p); t++) free(scratch[t]);
-    free(scratch);
-    pool_free(p);
+    bench_pool_free(&bp);
     free(x);
     free(out);
     free(wb);

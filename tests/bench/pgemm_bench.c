@@ -48,9 +48,9 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < total; i++) wb[i] = (uint16_t)(0x3c00 + (rnd() & 0x7f) + (rnd() & 0x8000));
     float *x = malloc((size_t)n * (I + pad) * sizeof(float)), *out = malloc((size_t)n * 2 * I * sizeof(float));
     for (size_t i = 0; i < (size_t)n * (I + pad); i++) x[i] = (float)(rnd() % 2000) * 1e-3f - 1.0f;
-    pool *p = pool_new(threads);
-    float **scratch = malloc((size_t)pool_threads(p) * sizeof *scratch);
-    for (int t = 0; t < pool_threads(p); t++) scratch[t] = malloc(gemm_scratch_floats() * sizeof(float));
+    bench_pool bp = bench_pool_new(threads);
+    pool *p = bp.p;
+    float **scratch = bp.scratch;
     const gemm_ops *op = gemm_ops_for(ST_BF16);
     double best[NM + 1];
     for (int i = 0; i <= NM; i++) best[i] = 1e9;
@@ -72,9 +72,7 @@ int main(int argc, char **argv)
         double fl = 2.0 * (i < NM ? (double)shape[i][0] * shape[i][1] : (double)total) * n;
         printf("%8s %8.2f ms %7.1f GFLOP/s\n", i < NM ? name[i] : "layer", best[i] * 1e3, fl / best[i] / 1e9);
     }
-    for (int t = 0; t < pool_threads(p); t++) free(scratch[t]);
-    free(scratch);
-    pool_free(p);
+    bench_pool_free(&bp);
     free(x);
     free(out);
     free(wb);
