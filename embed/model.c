@@ -3,6 +3,7 @@
 #include "embed/model.h"
 #include "embed/gguf.h"
 #include "embed/jscan.h"
+#include "embed/quant.h"
 #include "shared/util.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -589,13 +590,33 @@ phi3_model *model_load(const char *dir, char *err, size_t errlen)
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22           /* Linux 5.14 */
 #endif
+/* [a, b) of a mapping, rounded outward to pages, but for the pages wholly inside the
+ * table of embeddings [xa, xb) (read a row per token, never whole) */
+static void populate_range(const uint8_t *a, const uint8_t *b, const uint8_t *xa, const uint8_t *xb)
+{
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)a & ~(pg - 1), hi = (uintptr_t)b;
+    uintptr_t x0 = ((uintptr_t)xa + pg - 1) & ~(pg - 1), x1 = (uintptr_t)xb & ~(pg - 1);
+    if (xa && x0 < x1 && x0 >= lo && x1 <= hi) {
+        if (x0 > lo) (void)madvise((void *)lo, x0 - lo, MADV_POPULATE_READ);
+        if (hi > x1) (void)madvise((void *)x1, hi - x1, MADV_POPULATE_READ);
+    } else (void)madvise((void *)lo, hi - lo, MADV_POPULATE_READ);
+}
+
 void model_populate(const phi3_model *m)
 {
     /* Older kernels answer EINVAL: the pages are then mapped at first use, as before. A
-     * file truncated meanwhile answers EFAULT here (no SIGBUS); the guard catches it later. */
+     * file truncated meanwhile answers EFAULT here (no SIGBUS); the guard catches it later.
+     * The embedding table is left out unless it is also the LM head (tied). */
+    const uint8_t *xa = NULL, *xb = NULL;
+    if (m->embed.data && m->embed.data != m->lm_head.data) {
+        xa = m->embed.data;
+        xb = xa + quant_row_bytes(m->embed.dtype, m->embed.cols) * (size_t)m->embed.rows;
+    }
     for (int i = 0; i < m->n_shards; i++)
-        if (m->shards[i].map) (void)madvise(m->shards[i].map, m->shards[i].size, MADV_POPULATE_READ);
-    if (m->gguf && m->gguf->mapped) (void)madvise((void *)m->gguf->map, m->gguf->size, MADV_POPULATE_READ);
+        if (m->shards[i].map)
+            populate_range(m->shards[i].map, (const uint8_t *)m->shards[i].map + m->shards[i].size, xa, xb);
+    if (m->gguf && m->gguf->mapped) populate_range(m->gguf->map, m->gguf->map + m->gguf->size, xa, xb);
 }
 
 void model_free(phi3_model *m)

@@ -168,9 +168,10 @@ typedef struct phi3_model {
  * architecture ...") on any problem; nothing is left mapped. */
 phi3_model *model_load(const char *dir, char *err, size_t errlen);
 void model_free(phi3_model *m);
-/* Map every page of the model's files into this process now (MADV_POPULATE_READ), reading
+/* Map the pages of the model's files into this process now (MADV_POPULATE_READ), reading
  * what the page cache lacks, as llama.cpp's MAP_POPULATE does: the CPU backend's first
- * forward then does not stop on hundreds of thousands of page faults. Best effort (older
+ * forward then does not stop on hundreds of thousands of page faults. All but the
+ * embedding table (read a row per token; unless tied to the LM head). Best effort (older
  * kernels: nothing happens). */
 void model_populate(const phi3_model *m);
 /* The same from one GGUF file (embed/model_gguf.c): model_load takes this path when DIR
