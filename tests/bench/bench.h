@@ -45,4 +45,30 @@ static inline void bench_pool_free(bench_pool *b)
     pool_free(b->p);
 }
 
+/* out[t * rows + r] = W[r] . x[t * ldx] for one bf16 matrix W [rows, K], n tokens, through
+ * the pool in blocks of GEMM_MB rows as the backend does */
+typedef struct bench_mat {
+    const gemm_ops *op;
+    const uint8_t *w;
+    int rows, K, n, ldx;
+    const float *x;
+    float *out;
+    float **scratch;
+} bench_mat;
+
+static void bench_mat_rows(void *ctx, int begin, int end, int tid)
+{
+    const bench_mat *j = ctx;
+    int r1 = end * GEMM_MB < j->rows ? end * GEMM_MB : j->rows;
+    gemm_rows(j->op, j->w, (size_t)j->K * 2, j->K, begin * GEMM_MB, r1, j->x, (size_t)j->ldx, j->n, j->out,
+              (size_t)j->rows, j->scratch[tid]);
+}
+
+static inline void bench_matmul(bench_pool *b, const uint16_t *w, int rows, int K, const float *x, int ldx, int n,
+                                float *out)
+{
+    bench_mat j = {gemm_ops_for(ST_BF16), (const uint8_t *)w, rows, K, n, ldx, x, out, b->scratch};
+    pool_run(b->p, bench_mat_rows, &j, (rows + GEMM_MB - 1) / GEMM_MB);
+}
+
 #endif

@@ -22,23 +22,6 @@
 
 void openblas_set_num_threads(int);
 
-typedef struct job {
-    const gemm_ops *op;
-    const uint8_t *w;
-    int rows, K, n, ldx;
-    const float *x;
-    float *out;
-    float **scratch;
-} job;
-
-static void run_rows(void *ctx, int begin, int end, int tid)
-{
-    const job *j = ctx;
-    int r1 = end * GEMM_MB < j->rows ? end * GEMM_MB : j->rows;
-    gemm_rows(j->op, j->w, (size_t)j->K * 2, j->K, begin * GEMM_MB, r1, j->x, (size_t)j->ldx, j->n, j->out,
-              (size_t)j->rows, j->scratch[tid]);
-}
-
 static float bf(uint16_t h)
 {
     uint32_t u = (uint32_t)h << 16;
@@ -69,19 +52,17 @@ int main(int argc, char **argv)
     float *wcvt = malloc((size_t)2 * FF * H * sizeof(float));
     bench_pool bp = bench_pool_new(threads);
     openblas_set_num_threads(threads);
-    const gemm_ops *op = gemm_ops_for(ST_BF16);
     double best[3] = {1e9, 1e9, 1e9}, flop = 2.0 * (double)total * n;
     for (int r = 0; r < repeats; r++)
         for (int m = 0; m < 3; m++) {
             double t0 = now();
             for (int i = 0; i < NM; i++) {
                 int R = shape[i][0], K = shape[i][1], ldx = K + PAD;
-                if (m == 0) {
-                    job j = {op, (const uint8_t *)(wb + off[i]), R, K, n, ldx, x, o1, bp.scratch};
-                    pool_run(bp.p, run_rows, &j, (R + GEMM_MB - 1) / GEMM_MB);
-                } else {
+                if (m == 0) bench_matmul(&bp, wb + off[i], R, K, x, ldx, n, o1);
+                else {
                     const float *W = wf + off[i];
-                    if (m == 2) {   /* the per-step widening a float32 library would need */
+                    if (m == 2) {   /* the per-step widening a float32 library would need (a plain
+                                     * one-thread loop: an upper bound on its cost) */
                         for (size_t e = 0; e < (size_t)R * K; e++) wcvt[e] = bf(wb[off[i] + e]);
                         W = wcvt;
                     }
@@ -100,10 +81,8 @@ int main(int argc, char **argv)
     /* the last product (down): token 0 alone vs inside the frame */
     int R = shape[3][0], K = shape[3][1], ldx = K + PAD;
     const float *W = wf + off[3];
-    job j = {op, (const uint8_t *)(wb + off[3]), R, K, n, ldx, x, o1, bp.scratch};
-    pool_run(bp.p, run_rows, &j, (R + GEMM_MB - 1) / GEMM_MB);
-    job j1 = {op, (const uint8_t *)(wb + off[3]), R, K, 1, ldx, x, t1, bp.scratch};
-    pool_run(bp.p, run_rows, &j1, (R + GEMM_MB - 1) / GEMM_MB);
+    bench_matmul(&bp, wb + off[3], R, K, x, ldx, n, o1);
+    bench_matmul(&bp, wb + off[3], R, K, x, ldx, 1, t1);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, R, K, 1.0f, x, ldx, W, K, 0.0f, o2, R);
     cblas_sgemv(CblasRowMajor, CblasNoTrans, R, K, 1.0f, W, K, x, 1, 0.0f, t2, 1);
     int same_ours = !memcmp(o1, t1, (size_t)R * sizeof(float)), same_blas = !memcmp(o2, t2, (size_t)R * sizeof(float));

@@ -14,23 +14,6 @@
 #include <string.h>
 #include "tests/bench/bench.h"
 
-typedef struct job {
-    const gemm_ops *op;
-    const uint8_t *w;
-    int rows, K, n, ldx;
-    const float *x;
-    float *out;
-    float **scratch;
-} job;
-
-static void run_rows(void *ctx, int begin, int end, int tid)
-{
-    const job *j = ctx;
-    int r1 = end * GEMM_MB < j->rows ? end * GEMM_MB : j->rows;
-    gemm_rows(j->op, j->w, (size_t)j->K * 2, j->K, begin * GEMM_MB, r1, j->x, (size_t)j->ldx, j->n, j->out,
-              (size_t)j->rows, j->scratch[tid]);
-}
-
 int main(int argc, char **argv)
 {
     int threads = argc > 1 ? atoi(argv[1]) : 2, n = argc > 2 ? atoi(argv[2]) : 256;
@@ -49,17 +32,13 @@ int main(int argc, char **argv)
     float *x = malloc((size_t)n * (I + pad) * sizeof(float)), *out = malloc((size_t)n * 2 * I * sizeof(float));
     for (size_t i = 0; i < (size_t)n * (I + pad); i++) x[i] = (float)(rnd() % 2000) * 1e-3f - 1.0f;
     bench_pool bp = bench_pool_new(threads);
-    pool *p = bp.p;
-    float **scratch = bp.scratch;
-    const gemm_ops *op = gemm_ops_for(ST_BF16);
     double best[NM + 1];
     for (int i = 0; i <= NM; i++) best[i] = 1e9;
     for (int r = 0; r < repeats; r++) {
         double all = 0;
         for (int i = 0; i < NM; i++) {
-            job j = {op, (const uint8_t *)(wb + off[i]), shape[i][0], shape[i][1], n, shape[i][1] + pad, x, out, scratch};
             double t0 = now();
-            pool_run(p, run_rows, &j, (shape[i][0] + GEMM_MB - 1) / GEMM_MB);
+            bench_matmul(&bp, wb + off[i], shape[i][0], shape[i][1], x, shape[i][1] + pad, n, out);
             double dt = now() - t0;
             all += dt;
             if (dt < best[i]) best[i] = dt;
@@ -67,7 +46,7 @@ int main(int argc, char **argv)
         if (all < best[NM]) best[NM] = all;
     }
     printf("bf16 gemm_rows, %d threads, vector level %d, %d tokens, one full-size layer (%.0f MB), best of %d:\n",
-           pool_threads(p), gemm_vec_level(), n, total * 2 / 1e6, repeats);
+           pool_threads(bp.p), gemm_vec_level(), n, total * 2 / 1e6, repeats);
     for (int i = 0; i <= NM; i++) {
         double fl = 2.0 * (i < NM ? (double)shape[i][0] * shape[i][1] : (double)total) * n;
         printf("%8s %8.2f ms %7.1f GFLOP/s\n", i < NM ? name[i] : "layer", best[i] * 1e3, fl / best[i] / 1e9);
