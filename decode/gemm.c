@@ -291,43 +291,18 @@ AVX2 static void tiles_y(const float *panel, int groups, int ks, const float *x,
     }
 }
 
-/* 8 rows (two panel groups) x T tokens, AVX-512: row pairs in zmm halves, 4T accumulators. */
+/* 8 rows (two panel groups) x T tokens, AVX-512: row pairs in zmm halves, 4T accumulators.
+ * The panel is float32 (zb 0: per group and step s, 32 floats, rows 0,1 | rows 2,3), or
+ * bf16 (zb 1, bf16 weights): per group and step 16 words of 32 bits, word j = the bf16 of
+ * zmm (rows 0,1) lane j | that of zmm (rows 2,3) lane j << 16, so one 64-byte load and a
+ * shift and a mask give both zmm as float32 exactly; half the panel's bytes, so it and
+ * the activations fit L1 together. out (the last panel): the canonical reduction straight
+ * from the registers (what reduce_avx does with stored partial sums), rows 0 .. nr - 1 of
+ * the tile, instead of storing the partial sums. */
 AVX512 static inline __attribute__((always_inline)) void tile_z(const float *p0, const float *p1, int ks,
                                                                  const float *x, size_t ldx, float *acc,
-                                                                 size_t ps, const int T)
-{
-    __m512 c[4][6];
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; q++)
-#pragma GCC unroll 6
-        for (int t = 0; t < T; t++) c[q][t] = _mm512_loadu_ps(acc + q * ps + t * 16);
-    for (int s = 0; s < ks; s++) {
-        __m512 w[4];
-        w[0] = _mm512_loadu_ps(p0 + s * 32);
-        w[1] = _mm512_loadu_ps(p0 + s * 32 + 16);
-        w[2] = _mm512_loadu_ps(p1 + s * 32);
-        w[3] = _mm512_loadu_ps(p1 + s * 32 + 16);
-#pragma GCC unroll 6
-        for (int t = 0; t < T; t++) {
-            __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + s * 8));
-#pragma GCC unroll 4
-            for (int q = 0; q < 4; q++) c[q][t] = _mm512_fmadd_ps(w[q], xv, c[q][t]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; q++)
-#pragma GCC unroll 6
-        for (int t = 0; t < T; t++) _mm512_storeu_ps(acc + q * ps + t * 16, c[q][t]);
-}
-
-/* The same tile over a bf16 panel (bf16 weights, AVX-512): per group of 4 rows and step s,
- * 16 words of 32 bits, word j = the bf16 of zmm (rows 0,1) lane j | that of zmm (rows
- * 2,3) lane j << 16, so one 64-byte load and a shift and a mask give both zmm as float32
- * exactly. Half the panel's bytes: it and the activations fit L1 together. */
-AVX512 static inline __attribute__((always_inline)) void tile_zb(const uint32_t *p0, const uint32_t *p1, int ks,
-                                                                  const float *x, size_t ldx, float *acc,
-                                                                  size_t ps, const int T, float *out, size_t ldo,
-                                                                  int nr)
+                                                                 size_t ps, const int T, const int zb, float *out,
+                                                                 size_t ldo, int nr)
 {
     __m512 c[4][6];
     const __m512i hm = _mm512_set1_epi32((int)0xffff0000);
@@ -336,12 +311,19 @@ AVX512 static inline __attribute__((always_inline)) void tile_zb(const uint32_t 
 #pragma GCC unroll 6
         for (int t = 0; t < T; t++) c[q][t] = _mm512_loadu_ps(acc + q * ps + t * 16);
     for (int s = 0; s < ks; s++) {
-        __m512i v0 = _mm512_loadu_si512(p0 + s * 16), v1 = _mm512_loadu_si512(p1 + s * 16);
         __m512 w[4];
-        w[0] = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16));
-        w[1] = _mm512_castsi512_ps(_mm512_and_si512(v0, hm));
-        w[2] = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16));
-        w[3] = _mm512_castsi512_ps(_mm512_and_si512(v1, hm));
+        if (zb) {
+            __m512i v0 = _mm512_loadu_si512(p0 + s * 16), v1 = _mm512_loadu_si512(p1 + s * 16);
+            w[0] = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16));
+            w[1] = _mm512_castsi512_ps(_mm512_and_si512(v0, hm));
+            w[2] = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16));
+            w[3] = _mm512_castsi512_ps(_mm512_and_si512(v1, hm));
+        } else {
+            w[0] = _mm512_loadu_ps(p0 + s * 32);
+            w[1] = _mm512_loadu_ps(p0 + s * 32 + 16);
+            w[2] = _mm512_loadu_ps(p1 + s * 32);
+            w[3] = _mm512_loadu_ps(p1 + s * 32 + 16);
+        }
 #pragma GCC unroll 6
         for (int t = 0; t < T; t++) {
             __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + s * 8));
@@ -350,8 +332,6 @@ AVX512 static inline __attribute__((always_inline)) void tile_zb(const uint32_t 
         }
     }
     if (out) {
-        /* the last panel: the canonical reduction straight from the registers (what
-         * reduce_avx would do with the stored partial sums), rows 0..7 of the tile */
 #pragma GCC unroll 6
         for (int t = 0; t < T; t++)
             store_n(out + (size_t)t * ldo,
@@ -366,31 +346,6 @@ AVX512 static inline __attribute__((always_inline)) void tile_zb(const uint32_t 
     for (int q = 0; q < 4; q++)
 #pragma GCC unroll 6
         for (int t = 0; t < T; t++) _mm512_storeu_ps(acc + q * ps + t * 16, c[q][t]);
-}
-
-/* groups (even) of the bf16 panel: GEMM_KC * 2 words per group */
-AVX512 static void tiles_zb(const uint32_t *panel, int groups, int ks, const float *x, size_t ldx, int n,
-                            float *acc, size_t ps, pfq *pq, float *out, size_t ldo, int rows)
-{
-    for (int t = 0; t < n; t += 6) {
-        int nt = n - t < 6 ? n - t : 6;
-        for (int g = 0; g < groups; g += 2) {
-            const uint32_t *p0 = panel + (size_t)g * GEMM_KC * 2, *p1 = p0 + (size_t)GEMM_KC * 2;
-            const float *xt = x + t * ldx;
-            float *a = acc + (size_t)2 * g * ps + t * 16;
-            float *o = out ? out + (size_t)t * ldo + 4 * g : NULL;   /* rows 4g .. 4g + 7 */
-            int nr = rows - 4 * g < 8 ? rows - 4 * g : 8;
-            pfq_step(pq);
-            switch (nt) {
-            case 6: tile_zb(p0, p1, ks, xt, ldx, a, ps, 6, o, ldo, nr); break;
-            case 5: tile_zb(p0, p1, ks, xt, ldx, a, ps, 5, o, ldo, nr); break;
-            case 4: tile_zb(p0, p1, ks, xt, ldx, a, ps, 4, o, ldo, nr); break;
-            case 3: tile_zb(p0, p1, ks, xt, ldx, a, ps, 3, o, ldo, nr); break;
-            case 2: tile_zb(p0, p1, ks, xt, ldx, a, ps, 2, o, ldo, nr); break;
-            default: tile_zb(p0, p1, ks, xt, ldx, a, ps, 1, o, ldo, nr); break;
-            }
-        }
-    }
 }
 
 /* A group of 4 bf16 rows (r[i]: row i, or NULL for a missing row: zeros), columns
@@ -412,31 +367,41 @@ AVX512 static void panel_bf16_pairs(const uint16_t *const r[4], int k0, int ks, 
     }
 }
 
-AVX512 static void tiles_z(const float *panel, int groups, int ks, const float *x, size_t ldx, int n, float *acc,
-                           size_t ps, pfq *pq)
+/* The tiles over one panel (zb as in tile_z: bf16 panels come in whole pairs of groups;
+ * a float32 panel's odd last group goes to the AVX2 tile). out: the last panel's, reduced
+ * in registers (rows: the block's rows), or NULL. */
+#define TILE_Z(ZB)                                                                     \
+    switch (nt) {                                                                      \
+    case 6: tile_z(p0, p1, ks, xt, ldx, a, ps, 6, ZB, o, ldo, nr); break;              \
+    case 5: tile_z(p0, p1, ks, xt, ldx, a, ps, 5, ZB, o, ldo, nr); break;              \
+    case 4: tile_z(p0, p1, ks, xt, ldx, a, ps, 4, ZB, o, ldo, nr); break;              \
+    case 3: tile_z(p0, p1, ks, xt, ldx, a, ps, 3, ZB, o, ldo, nr); break;              \
+    case 2: tile_z(p0, p1, ks, xt, ldx, a, ps, 2, ZB, o, ldo, nr); break;              \
+    default: tile_z(p0, p1, ks, xt, ldx, a, ps, 1, ZB, o, ldo, nr); break;             \
+    }
+AVX512 static void tiles_z(const float *panel, int zb, int groups, int ks, const float *x, size_t ldx, int n,
+                           float *acc, size_t ps, pfq *pq, float *out, size_t ldo, int rows)
 {
     /* tokens outer, row groups inner: a tile's 6 activation rows stay in L1 while the
      * row block's panel (also in L1) passes under them */
     int g2 = groups & ~1;
+    size_t gs = (size_t)GEMM_KC * (zb ? 2 : 4);          /* 4-byte units per group */
     for (int t = 0; t < n; t += 6) {
         int nt = n - t < 6 ? n - t : 6;
         for (int g = 0; g < g2; g += 2) {
-            const float *p0 = panel + (size_t)g * GEMM_KC * 4, *p1 = p0 + (size_t)GEMM_KC * 4;
+            const float *p0 = panel + (size_t)g * gs, *p1 = p0 + gs;
             const float *xt = x + t * ldx;
             float *a = acc + (size_t)2 * g * ps + t * 16;    /* pairs 2g .. 2g + 3 */
+            float *o = out ? out + (size_t)t * ldo + 4 * g : NULL;   /* rows 4g .. 4g + 7 */
+            int nr = rows - 4 * g < 8 ? rows - 4 * g : 8;
             pfq_step(pq);
-            switch (nt) {
-            case 6: tile_z(p0, p1, ks, xt, ldx, a, ps, 6); break;
-            case 5: tile_z(p0, p1, ks, xt, ldx, a, ps, 5); break;
-            case 4: tile_z(p0, p1, ks, xt, ldx, a, ps, 4); break;
-            case 3: tile_z(p0, p1, ks, xt, ldx, a, ps, 3); break;
-            case 2: tile_z(p0, p1, ks, xt, ldx, a, ps, 2); break;
-            default: tile_z(p0, p1, ks, xt, ldx, a, ps, 1); break;
-            }
+            if (zb) TILE_Z(1)
+            else TILE_Z(0)
         }
     }
-    if (g2 < groups) tiles_y(panel + (size_t)g2 * GEMM_KC * 4, groups - g2, ks, x, ldx, n, acc + (size_t)2 * g2 * ps, ps);
+    if (g2 < groups) tiles_y(panel + (size_t)g2 * gs, groups - g2, ks, x, ldx, n, acc + (size_t)2 * g2 * ps, ps);
 }
+#undef TILE_Z
 
 /* Scalar tile: the same per-lane fmaf sequence as dot_*_c. */
 static void tiles_c(const float *panel, int groups, int ks, const float *x, size_t ldx, int n, float *acc,
@@ -795,33 +760,26 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
     if (zb && groups % 2) groups++;     /* whole pairs of groups (the extra rows are zero) */
     for (int kb = 0; kb < K8; kb += GEMM_KC) {
         int kc = K8 - kb < GEMM_KC ? K8 - kb : GEMM_KC, ks = kc / 8;
-        if (zb) {
+        if (zb)
             for (int g = 0; g < groups; g++) {
                 const uint16_t *r4[4];
                 for (int i = 0; i < 4; i++)
                     r4[i] = 4 * g + i < rows ? (const uint16_t *)(w + (size_t)(4 * g + i) * row_bytes) : NULL;
                 panel_bf16_pairs(r4, kb, ks, (uint32_t *)panel + (size_t)g * GEMM_KC * 2);
             }
-            pfq pq;
-            const uint8_t *pf = kb + GEMM_KC < K8 ? w + (kb + GEMM_KC) * 2 : next;
-            int pfr = kb + GEMM_KC < K8 ? rows : next_rows;
-            pfq_init(&pq, pf, row_bytes, (size_t)pfr, (size_t)GEMM_KC * 2, ((n + 5) / 6) * (groups / 2));
-            int last = kb + GEMM_KC >= K8;
-            tiles_zb((const uint32_t *)panel, groups, ks, x + kb, ldx, n, acc, ps, &pq, last ? out : NULL, ldo, rows);
-            continue;
-        }
-        for (int r = 0; r < groups * 4; r++) {
-            float *dst = panel + (size_t)(r / 4) * GEMM_KC * 4 + (r % 4) * 8;
-            if (r >= rows) {
-                for (int s = 0; s < ks; s++) memset(dst + s * 32, 0, 8 * sizeof(float));
-                continue;
+        else
+            for (int r = 0; r < groups * 4; r++) {
+                float *dst = panel + (size_t)(r / 4) * GEMM_KC * 4 + (r % 4) * 8;
+                if (r >= rows) {
+                    for (int s = 0; s < ks; s++) memset(dst + s * 32, 0, 8 * sizeof(float));
+                    continue;
+                }
+                if (sk) sk->panel(w + (size_t)r * row_bytes, kb, ks, dst);
+                else {
+                    op->cvt(w + (size_t)r * row_bytes, kb, kc, tail);
+                    for (int s = 0; s < ks; s++) memcpy(dst + s * 32, tail + s * 8, 8 * sizeof(float));
+                }
             }
-            if (sk) sk->panel(w + (size_t)r * row_bytes, kb, ks, dst);
-            else {
-                op->cvt(w + (size_t)r * row_bytes, kb, kc, tail);
-                for (int s = 0; s < ks; s++) memcpy(dst + s * 32, tail + s * 8, 8 * sizeof(float));
-            }
-        }
         const float *xb = x + kb;
         /* while the tiles run from cache, the next panel's weights come from memory: this
          * block's next columns, or (last panel) the first columns of the block after it */
@@ -834,7 +792,8 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
         const uint8_t *pf = !pbytes ? NULL : kb + GEMM_KC < K8 ? w + poff : next;
         int pfr = kb + GEMM_KC < K8 ? rows : next_rows;
         pfq_init(&pq, pf, row_bytes, (size_t)pfr, pbytes, ((n + 5) / 6) * (groups / 2));
-        if (op->vec == 2) tiles_z(panel, groups, ks, xb, ldx, n, acc, ps, &pq);
+        if (op->vec == 2)
+            tiles_z(panel, zb, groups, ks, xb, ldx, n, acc, ps, &pq, zb && kb + GEMM_KC >= K8 ? out : NULL, ldo, rows);
         else if (op->vec == 1) tiles_y(panel, groups, ks, xb, ldx, n, acc, ps);
         else tiles_c(panel, groups, ks, xb, ldx, n, acc, ps);
     }
