@@ -331,7 +331,9 @@ int main(int argc, char **argv)
                           .chunk = (int)chunk, .batch = !nobatch, .kv_type = kvt, .stats = stats, .verbose = verbose, .quiet = quiet};
         return server_main(&so);
     }
-    run r = {.all_logits = all, .verbose = verbose};
+    /* static: --stats prints r.st from an atexit handler, which also runs after main returns */
+    static run r;
+    r = (run){.all_logits = all, .verbose = verbose};
     char err[512];
     double t0 = now_sec();
     r.m = model_load(mdir, err, sizeof err);

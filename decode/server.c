@@ -621,7 +621,7 @@ static void batch_forward(server *sv, piece *ps, int np)
             if (ps[i].c->s || ps[i].n > 64) continue;
             session_stats *st = &ps[i].c->st;
             st->computed += ps[i].n;
-            if (ps[i].n > 1) { st->prefill_s += dt; st->prefill_frames++; }
+            if (ps[i].n > 1) { st->prefill_s += dt; st->prefill_frames++; st->prefill_last_s = dt; st->prefill_last_n = ps[i].n; }
             else { st->decode_s += dt; st->decode_tokens++; }
             piece_done(sv, &ps[i]);
             ps[i].c = NULL;

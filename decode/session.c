@@ -652,7 +652,7 @@ int session_forward(session *s, backend *b, const int32_t *ids, int n, float *lo
         else st->computed += n;
     }
     double dt = now_sec() - t0;
-    if (n > 1) { st->prefill_s += dt; st->prefill_frames++; }
+    if (n > 1) { st->prefill_s += dt; st->prefill_frames++; st->prefill_last_s = dt; st->prefill_last_n = n; }
     else { st->decode_s += dt; st->decode_tokens++; }
     return rc;
 }
@@ -675,9 +675,12 @@ int session_rewind(session *s, int pos, char *err, size_t errlen)
 
 void session_stats_print(const session_stats *st)
 {
-    phi3_err("stats: reused %ld, computed %ld, prefill %.3f s (%ld frames), decode %.3f s (%ld tokens, %.1f tok/s)",
+    char last[64] = "";
+    if (st->prefill_frames > 0)
+        snprintf(last, sizeof last, "; last prefill frame %ld tokens in %.3f s", st->prefill_last_n, st->prefill_last_s);
+    phi3_err("stats: reused %ld, computed %ld, prefill %.3f s (%ld frames), decode %.3f s (%ld tokens, %.1f tok/s)%s",
              st->reused, st->computed, st->prefill_s, st->prefill_frames, st->decode_s, st->decode_tokens,
-             st->decode_s > 0 ? st->decode_tokens / st->decode_s : 0.0);
+             st->decode_s > 0 ? st->decode_tokens / st->decode_s : 0.0, last);
 }
 
 /* ---- management ---- */

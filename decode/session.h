@@ -89,6 +89,8 @@ typedef struct session_stats {
     long reused, computed;              /* positions taken from the session / computed */
     double prefill_s, decode_s;         /* time in forwards of frames of > 1 / 1 tokens */
     long prefill_frames, decode_tokens;
+    double prefill_last_s;              /* the last frame of > 1 tokens: its time and size */
+    long prefill_last_n;
 } session_stats;
 
 /* The run's forward for one tokens frame (ids[0..n) after the context so far): with a
@@ -104,7 +106,8 @@ int session_ctx_len(const session *s, const backend *b);
  * The stored context is kept; the next frame reuses what still matches. */
 int session_rewind(session *s, int pos, char *err, size_t errlen);
 
-/* "phi3-run: stats: reused N, computed N, prefill X s (N frames), decode X s (N tokens, R tok/s)" */
+/* "phi3-run: stats: reused N, computed N, prefill X s (N frames), decode X s (N tokens, R tok/s)",
+ * then (after any frame of > 1 tokens) "; last prefill frame N tokens in X s" */
 void session_stats_print(const session_stats *st);
 
 /* Management (no model needed). 0 ok; -1 with err. */
