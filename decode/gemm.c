@@ -298,18 +298,19 @@ AVX2 static void tiles_y(const float *panel, int groups, int ks, const float *x,
  * shift and a mask give both zmm as float32 exactly; half the panel's bytes, so it and
  * the activations fit L1 together. out (the last panel): the canonical reduction straight
  * from the registers (what reduce_avx does with stored partial sums), rows 0 .. nr - 1 of
- * the tile, instead of storing the partial sums. */
+ * the tile, instead of storing the partial sums. first (the first panel): the sums start
+ * at zero in registers instead of from the buffer. */
 AVX512 static inline __attribute__((always_inline)) void tile_z(const float *p0, const float *p1, int ks,
                                                                  const float *x, size_t ldx, float *acc,
                                                                  size_t ps, const int T, const int zb, float *out,
-                                                                 size_t ldo, int nr)
+                                                                 size_t ldo, int nr, int first)
 {
     __m512 c[4][6];
     const __m512i hm = _mm512_set1_epi32((int)0xffff0000);
 #pragma GCC unroll 4
     for (int q = 0; q < 4; q++)
 #pragma GCC unroll 6
-        for (int t = 0; t < T; t++) c[q][t] = _mm512_loadu_ps(acc + q * ps + t * 16);
+        for (int t = 0; t < T; t++) c[q][t] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + q * ps + t * 16);
     for (int s = 0; s < ks; s++) {
         __m512 w[4];
         if (zb) {
@@ -372,15 +373,15 @@ AVX512 static void panel_bf16_pairs(const uint16_t *const r[4], int k0, int ks, 
  * in registers (rows: the block's rows), or NULL. */
 #define TILE_Z(ZB)                                                                     \
     switch (nt) {                                                                      \
-    case 6: tile_z(p0, p1, ks, xt, ldx, a, ps, 6, ZB, o, ldo, nr); break;              \
-    case 5: tile_z(p0, p1, ks, xt, ldx, a, ps, 5, ZB, o, ldo, nr); break;              \
-    case 4: tile_z(p0, p1, ks, xt, ldx, a, ps, 4, ZB, o, ldo, nr); break;              \
-    case 3: tile_z(p0, p1, ks, xt, ldx, a, ps, 3, ZB, o, ldo, nr); break;              \
-    case 2: tile_z(p0, p1, ks, xt, ldx, a, ps, 2, ZB, o, ldo, nr); break;              \
-    default: tile_z(p0, p1, ks, xt, ldx, a, ps, 1, ZB, o, ldo, nr); break;             \
+    case 6: tile_z(p0, p1, ks, xt, ldx, a, ps, 6, ZB, o, ldo, nr, first); break;       \
+    case 5: tile_z(p0, p1, ks, xt, ldx, a, ps, 5, ZB, o, ldo, nr, first); break;       \
+    case 4: tile_z(p0, p1, ks, xt, ldx, a, ps, 4, ZB, o, ldo, nr, first); break;       \
+    case 3: tile_z(p0, p1, ks, xt, ldx, a, ps, 3, ZB, o, ldo, nr, first); break;       \
+    case 2: tile_z(p0, p1, ks, xt, ldx, a, ps, 2, ZB, o, ldo, nr, first); break;       \
+    default: tile_z(p0, p1, ks, xt, ldx, a, ps, 1, ZB, o, ldo, nr, first); break;      \
     }
 AVX512 static void tiles_z(const float *panel, int zb, int groups, int ks, const float *x, size_t ldx, int n,
-                           float *acc, size_t ps, pfq *pq, float *out, size_t ldo, int rows)
+                           float *acc, size_t ps, pfq *pq, float *out, size_t ldo, int rows, int first)
 {
     /* tokens outer, row groups inner: a tile's 6 activation rows stay in L1 while the
      * row block's panel (also in L1) passes under them */
@@ -755,9 +756,11 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
     const small_kernel *sk = small_for(op, 0);
     int K8 = K & ~7, groups = (rows + 3) / 4;
     size_t ps = (size_t)n * 16;                  /* acc floats per row pair */
-    memset(acc, 0, (size_t)((rows + 7) & ~7) / 2 * ps * sizeof(float));   /* padded rows too */
     int zb = op == &ops_avx512[0];       /* bf16 on AVX-512: the bf16-pair panel */
     if (zb && groups % 2) groups++;     /* whole pairs of groups (the extra rows are zero) */
+    /* the partial sums start at zero: in the AVX-512 tiles' registers (first panel), else
+     * here (padded rows too) */
+    if (op->vec != 2 || groups % 2 || K8 == 0) memset(acc, 0, (size_t)((rows + 7) & ~7) / 2 * ps * sizeof(float));
     for (int kb = 0; kb < K8; kb += GEMM_KC) {
         int kc = K8 - kb < GEMM_KC ? K8 - kb : GEMM_KC, ks = kc / 8;
         if (zb)
@@ -793,7 +796,8 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
         int pfr = kb + GEMM_KC < K8 ? rows : next_rows;
         pfq_init(&pq, pf, row_bytes, (size_t)pfr, pbytes, ((n + 5) / 6) * (groups / 2));
         if (op->vec == 2)
-            tiles_z(panel, zb, groups, ks, xb, ldx, n, acc, ps, &pq, zb && kb + GEMM_KC >= K8 ? out : NULL, ldo, rows);
+            tiles_z(panel, zb, groups, ks, xb, ldx, n, acc, ps, &pq, zb && kb + GEMM_KC >= K8 ? out : NULL, ldo, rows,
+                    kb == 0 && groups % 2 == 0);
         else if (op->vec == 1) tiles_y(panel, groups, ks, xb, ldx, n, acc, ps);
         else tiles_c(panel, groups, ks, xb, ldx, n, acc, ps);
     }
