@@ -603,12 +603,15 @@ static void row_run(void *ctx, int begin, int end, int tid)
             /* fall through */
         case ROW_NORM: rmsnorm(y, x, j->w, H, cf->rms_eps); break;
         case ROW_SILU:
-            /* down(up * silu(gate)), silu(g) = g / (1 + exp(-g)): the libm calls first, then
-             * the same divisions and products a vector at a time (elementwise: same bits) */
+            /* down(up * silu(gate)), silu(g) = g / (1 + exp(-g)): the exponentials first
+             * (gemm_exp, one sequence in vector and scalar form, within 1 ulp of e^x on
+             * [-86, 88]), then the divisions and products a vector at a time (elementwise:
+             * same bits) */
             for (int i0 = 0; i0 < I; i0 += 256) {
                 float e[256];
                 int m = I - i0 < 256 ? I - i0 : 256;
-                for (int i = 0; i < m; i++) e[i] = expf(-y[i0 + i]);
+                for (int i = 0; i < m; i++) e[i] = -y[i0 + i];
+                gemm_exp_sub(e, m, 0.0f);
                 if (j->zmm) silu_mul_z(y + i0, y + I + i0, e, m);
                 else
                     for (int i = 0; i < m; i++) y[i0 + i] = y[I + i0 + i] * (y[i0 + i] / (1.0f + e[i]));

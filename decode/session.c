@@ -39,13 +39,18 @@ typedef struct sess_commit {
 } sess_commit;
 
 /* The rows' kernel path: a session is reused only by the path that wrote it. Every CPU
- * path gives the same bits (decode/gemm.h's canonical order), so all record KERNEL_CPU_AVX2,
- * named "cpu"; KERNEL_CPU_C is kept for objects written before the paths agreed. A device
- * is not bit-identical to the CPU at all. */
-enum { KERNEL_UNKNOWN, KERNEL_CPU_AVX2, KERNEL_CPU_C, KERNEL_DEVICE };
+ * path gives the same bits (decode/gemm.h's canonical order), so all record KERNEL_CPU,
+ * named "cpu". Older CPU values are kept to name what an older build wrote:
+ * KERNEL_CPU_C (before the paths agreed) and KERNEL_CPU_1 (SiLU's exponential from libm's
+ * expf, before gemm_exp). A device is not bit-identical to the CPU at all. */
+enum { KERNEL_UNKNOWN, KERNEL_CPU_1, KERNEL_CPU_C, KERNEL_DEVICE, KERNEL_CPU };
 static const char *kernel_name(uint32_t k)
 {
-    return k == KERNEL_CPU_AVX2 ? "cpu" : k == KERNEL_CPU_C ? "cpu-c" : k == KERNEL_DEVICE ? "device" : "unknown";
+    return k == KERNEL_CPU     ? "cpu"
+           : k == KERNEL_CPU_1 ? "cpu-1"
+           : k == KERNEL_CPU_C ? "cpu-c"
+           : k == KERNEL_DEVICE ? "device"
+                                : "unknown";
 }
 
 typedef struct sess_hdr {
@@ -511,7 +516,7 @@ int session_reserve(session *s, int need, char *err, size_t errlen)
 
 static uint32_t kernel_of(const backend *b)
 {
-    return is_cpu(b) ? (backend_cpu_kernel() == 1 ? KERNEL_CPU_AVX2 : KERNEL_CPU_C) : KERNEL_DEVICE;
+    return is_cpu(b) ? (backend_cpu_kernel() == 1 ? KERNEL_CPU : KERNEL_CPU_C) : KERNEL_DEVICE;
 }
 
 static int grow_hook(void *ctx, backend *b, int need)

@@ -431,7 +431,7 @@ f[5] = "%016x" % (int(f[5], 16) ^ 1); l[1] = " ".join(f); open(p, "w").write("\n
   [[ "$output" != *"phi3.$S"* ]] || fail "object left: $output"
 }
 
-@test "rows of another kernel path (an older object: kernel unknown) are recomputed, not reused" {
+@test "rows of another kernel path (an older object: kernel unknown, or an older CPU build) are recomputed, not reused" {
   export XDG_CACHE_HOME="$BATS_TEST_TMPDIR/cache"
   frames 1 32064 80 > p.bin
   "$RUN" -m "$LONGROPE" -q < p.bin > fresh.out
@@ -440,6 +440,13 @@ f[5] = "%016x" % (int(f[5], 16) ^ 1); l[1] = " ".join(f); open(p, "w").write("\n
   OBJ="/dev/shm/phi3.$S"
   for o in 108 124; do printf '\x00\x00\x00\x00' | dd of="$OBJ" bs=1 seek=$o conv=notrunc status=none; done
   "$RUN" --session-info "$S" | grep -q '"kernel":"unknown"'
+  "$RUN" -m "$LONGROPE" -q --session "$S" --stats < p.bin > sess.out 2> stats
+  cmp fresh.out sess.out
+  [ "$(reused)" = 0 ] || fail "$(cat stats)"
+  "$RUN" --session-info "$S" | grep -q '"kernel":"cpu"'
+  # an older CPU build's rows (kernel 1, cpu-1: SiLU through libm's expf): recomputed too
+  for o in 108 124; do printf '\x01\x00\x00\x00' | dd of="$OBJ" bs=1 seek=$o conv=notrunc status=none; done
+  "$RUN" --session-info "$S" | grep -q '"kernel":"cpu-1"'
   "$RUN" -m "$LONGROPE" -q --session "$S" --stats < p.bin > sess.out 2> stats
   cmp fresh.out sess.out
   [ "$(reused)" = 0 ] || fail "$(cat stats)"
