@@ -136,9 +136,27 @@ static void matmul(cpu *c, const phi3_weight *w, int row0, int nrows, const floa
 /* ---- small ops (single-threaded, fixed order) ---- */
 
 /* transformers: x * rsqrt(mean(x^2) + eps), then weight * that */
+/* out[i] = w[i] * (x[i] * inv), bf16 weights, sixteen at a time (elementwise: same bits) */
+__attribute__((target("avx2,fma,f16c,avx512f"))) static void rms_apply_bf16_z(float *out, const float *x,
+                                                                             const uint16_t *h, int n, float inv)
+{
+    const __m512 iv = _mm512_set1_ps(inv);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(h + i))), 16));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(wv, _mm512_mul_ps(_mm512_loadu_ps(x + i), iv)));
+    }
+    for (; i < n; i++) out[i] = bf16_to_f32(h[i]) * (x[i] * inv);
+}
+
 static void rms_apply(float *out, const float *x, const phi3_weight *w, int n, float inv)
 {
     const uint16_t *h = w->data;
+    if (w->dtype == ST_BF16 && gemm_vec_level() == 2) {
+        rms_apply_bf16_z(out, x, h, n, inv);
+        return;
+    }
     for (int i = 0; i < n; i++) {
         float wi = w->dtype == ST_BF16 ? bf16_to_f32(h[i]) : w->dtype == ST_F16 ? f16_to_f32(h[i])
                                                                                : ((const float *)w->data)[i];
@@ -266,33 +284,38 @@ AXPY_TILE(axpy_f16_c, , uint16_t, LDV_F16)
 AXPY_TILE(axpy_f32_avx, __attribute__((target("avx2,fma,f16c"))), float, LDV_F32)
 AXPY_TILE(axpy_f16_avx, __attribute__((target("avx2,fma,f16c"))), uint16_t, LDV_F16)
 
-/* One query (AVX-512, decode): the same per-lane fmaf sequence as axpy_* with 64 output
- * lanes in four zmm registers across the key tile (one pass over the keys for head_dim 64
- * where the AVX2 form takes two), then 16 lanes, then the scalar tail. */
+/* One query (AVX-512): the same per-lane fmaf sequence as axpy_* with up to 96 output
+ * lanes in six zmm registers across the key tile (head_dim 96 or 64 in one pass over the
+ * keys, six or four independent FMA chains per key), then the scalar tail. */
 #define AXPY1(NAME, T, LOAD16, LOADV)                                                  \
+    __attribute__((target("avx2,fma,f16c,avx512f"))) static inline __attribute__((always_inline)) void \
+    NAME##_pass(float *o, const float *e, const T *v, size_t stride, int nk, const int Z) \
+    {                                                                                  \
+        __m512 a[6];                                                                   \
+        _Pragma("GCC unroll 6") for (int z = 0; z < Z; z++) a[z] = _mm512_loadu_ps(o + 16 * z); \
+        for (int k = 0; k < nk; k++) {                                                 \
+            __m512 ek = _mm512_set1_ps(e[k]);                                          \
+            const T *vk = v + k * stride;                                              \
+            _Pragma("GCC unroll 6") for (int z = 0; z < Z; z++) a[z] = _mm512_fmadd_ps(ek, LOAD16(vk + 16 * z), a[z]); \
+        }                                                                              \
+        _Pragma("GCC unroll 6") for (int z = 0; z < Z; z++) _mm512_storeu_ps(o + 16 * z, a[z]); \
+    }                                                                                  \
     __attribute__((target("avx2,fma,f16c,avx512f"))) static void NAME(float *o, const float *e, const void *vv, \
                                                                     size_t stride, int nk, int n) \
     {                                                                                  \
         const T *v = vv;                                                               \
         int i = 0;                                                                     \
-        for (; i + 64 <= n; i += 64) {                                                 \
-            __m512 a0 = _mm512_loadu_ps(o + i), a1 = _mm512_loadu_ps(o + i + 16);      \
-            __m512 a2 = _mm512_loadu_ps(o + i + 32), a3 = _mm512_loadu_ps(o + i + 48); \
-            for (int k = 0; k < nk; k++) {                                             \
-                __m512 ek = _mm512_set1_ps(e[k]);                                      \
-                const T *vk = v + k * stride + i;                                      \
-                a0 = _mm512_fmadd_ps(ek, LOAD16(vk), a0);                              \
-                a1 = _mm512_fmadd_ps(ek, LOAD16(vk + 16), a1);                         \
-                a2 = _mm512_fmadd_ps(ek, LOAD16(vk + 32), a2);                         \
-                a3 = _mm512_fmadd_ps(ek, LOAD16(vk + 48), a3);                         \
+        while (n - i >= 16) {                                                          \
+            int z = (n - i) / 16 < 6 ? (n - i) / 16 : 6;                               \
+            switch (z) {                                                               \
+            case 6: NAME##_pass(o + i, e, v + i, stride, nk, 6); break;                \
+            case 5: NAME##_pass(o + i, e, v + i, stride, nk, 5); break;                \
+            case 4: NAME##_pass(o + i, e, v + i, stride, nk, 4); break;                \
+            case 3: NAME##_pass(o + i, e, v + i, stride, nk, 3); break;                \
+            case 2: NAME##_pass(o + i, e, v + i, stride, nk, 2); break;                \
+            default: NAME##_pass(o + i, e, v + i, stride, nk, 1); break;               \
             }                                                                          \
-            _mm512_storeu_ps(o + i, a0), _mm512_storeu_ps(o + i + 16, a1);             \
-            _mm512_storeu_ps(o + i + 32, a2), _mm512_storeu_ps(o + i + 48, a3);        \
-        }                                                                              \
-        for (; i + 16 <= n; i += 16) {                                                 \
-            __m512 a0 = _mm512_loadu_ps(o + i);                                        \
-            for (int k = 0; k < nk; k++) a0 = _mm512_fmadd_ps(_mm512_set1_ps(e[k]), LOAD16(v + k * stride + i), a0); \
-            _mm512_storeu_ps(o + i, a0);                                               \
+            i += 16 * z;                                                               \
         }                                                                              \
         for (; i < n; i++) {                                                           \
             float acc = o[i];                                                          \
@@ -441,14 +464,21 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
                     i++;
                 }
             }
-            /* o += P V: four queries at once where they see the same keys of the tile */
+            /* o += P V: four queries at once over the keys of the tile they all see (from
+             * the same first key a to the least last key ec: everywhere but the diagonal,
+             * all their keys), then each query alone over the rest of its keys, in order */
             for (int i = 0; i < nq;) {
                 int a = ra[i], e = re[i];
                 if (a > e) { i++; continue; }
                 const uint8_t *va = v0 + (size_t)(kb + a) * pstride * es;
-                if (axpy4 && i + 4 <= nq && ra[i + 3] == a && re[i + 3] == e && ra[i + 1] == a && re[i + 1] == e &&
-                    ra[i + 2] == a && re[i + 2] == e) {
-                    axpy4(obuf + (size_t)i * hd, sc + (size_t)i * ATT_BK + a, va, pstride, e - a + 1, hd);
+                int ec = e;
+                for (int q = 1; q < 4 && i + q < nq; q++) ec = re[i + q] < ec ? re[i + q] : ec;
+                if (axpy4 && i + 4 <= nq && ra[i + 1] == a && ra[i + 2] == a && ra[i + 3] == a && ec >= a) {
+                    axpy4(obuf + (size_t)i * hd, sc + (size_t)i * ATT_BK + a, va, pstride, ec - a + 1, hd);
+                    for (int q = 0; q < 4; q++)
+                        if (re[i + q] > ec)
+                            axpy(obuf + (size_t)(i + q) * hd, sc + (size_t)(i + q) * ATT_BK + ec + 1,
+                                 v0 + (size_t)(kb + ec + 1) * pstride * es, pstride, re[i + q] - ec, hd);
                     i += 4;
                 } else {
                     axpy(obuf + (size_t)i * hd, sc + (size_t)i * ATT_BK + a, va, pstride, e - a + 1, hd);
