@@ -28,6 +28,12 @@
 #define CHUNK 256               /* tokens per internal step of a long forward (weights are
                                    read from memory once per step) */
 
+/* a slot of the transposed key tiles (att_tiles, KT_SLOTS) */
+typedef struct kt_tag {
+    uint64_t gen;               /* the attention pass (cpu.att_gen) that filled it; 0 never */
+    int kh, kb, nk;             /* kv head, first position, keys */
+} kt_tag;
+
 typedef struct cpu {
     backend b;                  /* first: a backend* is a cpu* */
     pool *pool;
@@ -44,6 +50,10 @@ typedef struct cpu {
     int32_t *ids;               /* token ids of the context [kv.capacity] (re-prefill) */
     int ids_cap;
     float **scores;             /* per thread [att_scratch_floats()] */
+    float **kt_buf;             /* per thread: kt_cap[t] transposed key tiles (att_tiles) */
+    kt_tag **kt_tags;           /* per thread [kt_cap[t]]: which key tile each slot holds */
+    int *kt_cap;
+    uint64_t att_gen;           /* attention passes so far (a slot of an earlier one is stale) */
     float **gscratch;           /* per thread [gemm_scratch_floats()] */
     int shared_pool;            /* pool belongs to another backend (backend_cpu_share_pool) */
     cpu_hidden_fn hook;
@@ -206,6 +216,14 @@ static uint8_t *kv_row(cpu *c, int pos, int layer)
 #define ATT_TQ 64
 #define ATT_BK 64
 
+/* Transposed key tiles kept per thread within one attention pass (one layer of one
+ * frame): the items a thread takes in a row are mostly the same head's next query tiles,
+ * which see the same key tiles again. A thread's slots (allocated when a pass first needs
+ * them: as many as the context's tiles, at most KT_SLOTS, 64: a 4096-token context
+ * whole) hold tile index mod their count. */
+#define KT_SLOTS 64
+
+/* per thread: the scores [ATT_TQ][ATT_BK], the outputs [ATT_TQ][hd] */
 static size_t att_scratch_floats(int hd) { return (size_t)ATT_TQ * ATT_BK + (size_t)ATT_TQ * hd; }
 
 /* o[i] = o[i] * a (a != 1 only at a new maximum) */
@@ -379,9 +397,105 @@ AXPY4(axpy4_f16_z, uint16_t, L16_F16, LDV_F16)
 AXPY1(axpy1_f32_z, float, L16_F32, LDV_F32)
 AXPY1(axpy1_f16_z, uint16_t, L16_F16, LDV_F16)
 
+/* ---- scores with the keys along the lanes (AVX-512, a tile of several queries) ----
+ * kt: the tile's keys transposed, kt[d * ATT_BK + key] (float32; keys past the tile's
+ * last are zeros). A score is the canonical-order dot of q and k (decode/gemm.h): for
+ * each lane j = d % 8 an FMA chain over d = j, j + 8, ... in increasing d, then
+ * ((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7)) and the tail dims in order. Here each
+ * chain is a zmm of sixteen keys, so that tree is vertical adds where gemm_rows (keys as
+ * rows) needs transposes of every output: the same bits, fewer operations. */
+#define ZF __attribute__((target("avx2,fma,f16c,avx512f")))
+
+/* rows [0, nk) of the keys (elements of T, rows rb bytes apart), dims [0, hd), into kt */
+#define KT_TRANSPOSE(NAME, T, L8)                                                      \
+    ZF static void NAME(float *kt, const uint8_t *k, size_t rb, int nk, int hd)       \
+    {                                                                                  \
+        int hd8 = hd & ~7;                                                             \
+        for (int k0 = 0; k0 < ATT_BK; k0 += 8) {                                       \
+            for (int d0 = 0; d0 < hd8; d0 += 8) {                                      \
+                __m256 r[8];                                                           \
+                for (int i = 0; i < 8; i++)                                            \
+                    r[i] = k0 + i < nk ? L8((const T *)(k + (size_t)(k0 + i) * rb) + d0) : _mm256_setzero_ps(); \
+                __m256 u0 = _mm256_unpacklo_ps(r[0], r[1]), u1 = _mm256_unpackhi_ps(r[0], r[1]); \
+                __m256 u2 = _mm256_unpacklo_ps(r[2], r[3]), u3 = _mm256_unpackhi_ps(r[2], r[3]); \
+                __m256 u4 = _mm256_unpacklo_ps(r[4], r[5]), u5 = _mm256_unpackhi_ps(r[4], r[5]); \
+                __m256 u6 = _mm256_unpacklo_ps(r[6], r[7]), u7 = _mm256_unpackhi_ps(r[6], r[7]); \
+                __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xee); \
+                __m256 v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xee); \
+                __m256 v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xee); \
+                __m256 v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xee); \
+                float *o = kt + (size_t)d0 * ATT_BK + k0;                              \
+                _mm256_storeu_ps(o, _mm256_permute2f128_ps(v0, v4, 0x20));             \
+                _mm256_storeu_ps(o + ATT_BK, _mm256_permute2f128_ps(v1, v5, 0x20));    \
+                _mm256_storeu_ps(o + 2 * ATT_BK, _mm256_permute2f128_ps(v2, v6, 0x20)); \
+                _mm256_storeu_ps(o + 3 * ATT_BK, _mm256_permute2f128_ps(v3, v7, 0x20)); \
+                _mm256_storeu_ps(o + 4 * ATT_BK, _mm256_permute2f128_ps(v0, v4, 0x31)); \
+                _mm256_storeu_ps(o + 5 * ATT_BK, _mm256_permute2f128_ps(v1, v5, 0x31)); \
+                _mm256_storeu_ps(o + 6 * ATT_BK, _mm256_permute2f128_ps(v2, v6, 0x31)); \
+                _mm256_storeu_ps(o + 7 * ATT_BK, _mm256_permute2f128_ps(v3, v7, 0x31)); \
+            }                                                                          \
+            for (int d = hd8; d < hd; d++)                                             \
+                for (int i = 0; i < 8; i++)                                            \
+                    kt[(size_t)d * ATT_BK + k0 + i] =                                  \
+                        k0 + i < nk ? LDV_##T(((const T *)(k + (size_t)(k0 + i) * rb)) + d) : 0.0f; \
+        }                                                                              \
+    }
+#define LDV_float(p) (*(p))
+#define LDV_uint16_t(p) f16_to_f32(*(p))
+#define L8_F32(p) _mm256_loadu_ps(p)
+#define L8_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+KT_TRANSPOSE(kt_f32_z, float, L8_F32)
+KT_TRANSPOSE(kt_f16_z, uint16_t, L8_F16)
+
+/* one query x G groups of sixteen keys (8 G accumulators: one per lane j and group) */
+ZF static inline __attribute__((always_inline)) void scores_kt_q(const float *kt, const float *q, int hd,
+                                                                 float *out, const int G)
+{
+    __m512 c[3][8];
+#pragma GCC unroll 3
+    for (int g = 0; g < G; g++)
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) c[g][j] = _mm512_setzero_ps();
+    int hd8 = hd & ~7;
+    for (int d0 = 0; d0 < hd8; d0 += 8) {
+        const float *kd = kt + (size_t)d0 * ATT_BK;
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            __m512 qv = _mm512_set1_ps(q[d0 + j]);
+#pragma GCC unroll 3
+            for (int g = 0; g < G; g++)
+                c[g][j] = _mm512_fmadd_ps(_mm512_loadu_ps(kd + j * ATT_BK + 16 * g), qv, c[g][j]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int g = 0; g < G; g++) {
+        __m512 r = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(c[g][0], c[g][1]), _mm512_add_ps(c[g][2], c[g][3])),
+                                 _mm512_add_ps(_mm512_add_ps(c[g][4], c[g][5]), _mm512_add_ps(c[g][6], c[g][7])));
+        for (int d = hd8; d < hd; d++)
+            r = _mm512_fmadd_ps(_mm512_loadu_ps(kt + (size_t)d * ATT_BK + 16 * g), _mm512_set1_ps(q[d]), r);
+        _mm512_storeu_ps(out + 16 * g, r);
+    }
+}
+
+/* sc[i * ATT_BK + key] for queries i < nq (q_i = q + i * ldq) and the nk keys of kt (the
+ * scores of keys nk .. up to the next sixteen are written too, and never read) */
+ZF static void scores_kt(const float *kt, int nk, const float *q, size_t ldq, int nq, int hd, float *sc)
+{
+    int ng = (nk + 15) / 16;
+    for (int i = 0; i < nq; i++) {
+        const float *qi = q + (size_t)i * ldq;
+        float *o = sc + (size_t)i * ATT_BK;
+        int g = 0;
+        for (; ng - g >= 3; g += 3) scores_kt_q(kt + 16 * g, qi, hd, o + 16 * g, 3);
+        if (ng - g == 2) scores_kt_q(kt + 16 * g, qi, hd, o + 16 * g, 2);
+        else if (ng - g == 1) scores_kt_q(kt + 16 * g, qi, hd, o + 16 * g, 1);
+    }
+}
+
 typedef struct att_job {
     cpu *c;
     int layer, pos0, n;
+    uint64_t gen;               /* this pass's number (kt_tag) */
 } att_job;
 
 static void att_tiles(void *ctx, int begin, int end, int tid)
@@ -393,6 +507,17 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
     int qtiles = (j->n + ATT_TQ - 1) / ATT_TQ;
     float scale = 1.0f / sqrtf((float)hd);
     float *sc = c->scores[tid], *obuf = sc + (size_t)ATT_TQ * ATT_BK;
+    int ntiles = (j->pos0 + j->n - 1) / ATT_BK + 1, cap = ntiles < KT_SLOTS ? ntiles : KT_SLOTS;
+    if (gemm_vec_level() == 2 && c->kt_cap[tid] < cap) {     /* only this thread touches [tid] */
+        free(c->kt_buf[tid]);
+        free(c->kt_tags[tid]);
+        c->kt_buf[tid] = xmalloc((size_t)cap * hd * ATT_BK * sizeof(float));
+        c->kt_tags[tid] = xcalloc((size_t)cap, sizeof(kt_tag));
+        c->kt_cap[tid] = cap;
+    }
+    float *kts = c->kt_buf[tid];
+    kt_tag *tags = c->kt_tags[tid];
+    cap = c->kt_cap[tid];
     int f16 = c->kv.type == KV_F16;
     const gemm_ops *kop = gemm_ops_for(f16 ? ST_F16 : ST_F32);
     int vec = gemm_vec_level() > 0;
@@ -416,9 +541,20 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
         const uint8_t *v0 = k0 + (size_t)c->kvdim * es;
         for (int kb = s0 / ATT_BK * ATT_BK; kb <= plast; kb += ATT_BK) {
             int ke = kb + ATT_BK - 1 < plast ? kb + ATT_BK - 1 : plast;   /* last key of the tile */
-            /* scores[i][k - kb] for every query of the item and key of the tile */
-            gemm_rows(kop, k0 + (size_t)kb * pstride * es, pstride * es, hd, 0, ke - kb + 1, q0, (size_t)c->qkvdim,
-                      nq, sc, ATT_BK, c->gscratch[tid]);
+            /* scores[i][k - kb] for every query of the item and key of the tile: with
+             * several queries (AVX-512) against the tile transposed, else keys as rows */
+            if (zmm && nq >= 4) {
+                int slot = kb / ATT_BK % cap, nk = ke - kb + 1;
+                float *kt = kts + (size_t)slot * hd * ATT_BK;
+                kt_tag *tg = &tags[slot];
+                if (tg->gen != j->gen || tg->kh != kh || tg->kb != kb || tg->nk != nk) {
+                    (f16 ? kt_f16_z : kt_f32_z)(kt, k0 + (size_t)kb * pstride * es, pstride * es, nk, hd);
+                    *tg = (kt_tag){j->gen, kh, kb, nk};
+                }
+                scores_kt(kt, nk, q0, (size_t)c->qkvdim, nq, hd, sc);
+            } else
+                gemm_rows(kop, k0 + (size_t)kb * pstride * es, pstride * es, hd, 0, ke - kb + 1, q0,
+                          (size_t)c->qkvdim, nq, sc, ATT_BK, c->gscratch[tid]);
             for (int i = 0; i < nq; i++) {
                 int p = pfirst + i, s = win > 0 && p - win + 1 > 0 ? p - win + 1 : 0;
                 int a = (kb > s ? kb : s) - kb, e = (ke < p ? ke : p) - kb;      /* tile offsets */
@@ -684,7 +820,7 @@ static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int 
         per_row(c, (row_job){.kind = ROW_NORM, .w = &L->ln1, .x = c->x, .ldx = H, .y = c->xb, .ldy = ldx}, n);
         matmul(c, &L->qkv, 0, c->qkvdim, c->xb, c->ldx, n, c->qkv, c->qkvdim);
         per_row(c, (row_job){.kind = ROW_KV, .l = l, .pos0 = pos0, .y = c->qkv, .ldy = c->qkvdim, .x = c->cs}, n);
-        att_job aj = {c, l, pos0, n};
+        att_job aj = {c, l, pos0, n, ++c->att_gen};
         pool_run(c->pool, att_tiles, &aj, att_items(c, n));
         matmul(c, &L->o, 0, H, c->att, c->lda, n, c->xb, c->ldx);
         per_row(c, (row_job){.kind = ROW_ADD_NORM, .w = &L->ln2, .x = c->x, .ldx = H, .y = c->xb, .ldy = ldx}, n);
@@ -750,6 +886,10 @@ static void cpu_destroy(backend *b)
     if (!c) return;
     for (int t = 0; c->scores && t < pool_threads(c->pool); t++) free(c->scores[t]);
     free(c->scores);
+    for (int t = 0; c->kt_buf && t < pool_threads(c->pool); t++) free(c->kt_buf[t]), free(c->kt_tags[t]);
+    free(c->kt_buf);
+    free(c->kt_tags);
+    free(c->kt_cap);
     for (int t = 0; c->gscratch && t < pool_threads(c->pool); t++) free(c->gscratch[t]);
     free(c->gscratch);
     if (!c->shared_pool) pool_free(c->pool);
@@ -801,6 +941,9 @@ backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, c
     c->hb = xmalloc(CHUNK * (size_t)c->ldh * sizeof(float));
     c->cs = xmalloc(CHUNK * (size_t)cf->head_dim * sizeof(float));
     c->pool = pool_new(threads);
+    c->kt_buf = xcalloc((size_t)pool_threads(c->pool), sizeof *c->kt_buf);
+    c->kt_tags = xcalloc((size_t)pool_threads(c->pool), sizeof *c->kt_tags);
+    c->kt_cap = xcalloc((size_t)pool_threads(c->pool), sizeof *c->kt_cap);
     c->scores = xcalloc((size_t)pool_threads(c->pool), sizeof *c->scores);
     for (int t = 0; t < pool_threads(c->pool); t++)
         c->scores[t] = xmalloc(att_scratch_floats(cf->head_dim) * sizeof(float));
@@ -1019,7 +1162,7 @@ int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids,
         for (int i = 0, r = 0; i < k; r += n[i], i++) {
             cpu *c = (cpu *)bs[i];
             kv_put(c, l, c->b.n_ctx, n[i], w->qkv + (size_t)r * qkvdim, w->cs + (size_t)r * hd);
-            w->jobs[i] = (att_job){c, l, c->b.n_ctx, n[i]};
+            w->jobs[i] = (att_job){c, l, c->b.n_ctx, n[i], ++c->att_gen};
             w->first[i + 1] = w->first[i] + att_items(c, n[i]);
             w->sq[i] = c->qkv;
             w->sa[i] = c->att;
