@@ -219,9 +219,10 @@ static uint8_t *kv_row(cpu *c, int pos, int layer)
 /* Transposed key tiles kept per thread within one attention pass (one layer of one
  * frame): the items a thread takes in a row are mostly the same head's next query tiles,
  * which see the same key tiles again. A thread's slots (allocated when a pass first needs
- * them: as many as the context's tiles, at most KT_SLOTS, 64: a 4096-token context
- * whole) hold tile index mod their count. */
-#define KT_SLOTS 64
+ * them: as many as the context's tiles, at most KT_SLOTS, 512: a 32768-token context
+ * whole, 12 MiB at head_dim 96) hold tile index mod their count; a pass of one query
+ * tile per head (a server stream's chunk, a short frame) reuses nothing and takes one. */
+#define KT_SLOTS 512
 
 /* per thread: the scores [ATT_TQ][ATT_BK], the outputs [ATT_TQ][hd] */
 static size_t att_scratch_floats(int hd) { return (size_t)ATT_TQ * ATT_BK + (size_t)ATT_TQ * hd; }
@@ -496,6 +497,7 @@ typedef struct att_job {
     cpu *c;
     int layer, pos0, n;
     uint64_t gen;               /* this pass's number (kt_tag) */
+    int per;                    /* query tiles per item (0: 1) */
 } att_job;
 
 static void att_tiles(void *ctx, int begin, int end, int tid)
@@ -508,10 +510,11 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
     float scale = 1.0f / sqrtf((float)hd);
     float *sc = c->scores[tid], *obuf = sc + (size_t)ATT_TQ * ATT_BK;
     int ntiles = (j->pos0 + j->n - 1) / ATT_BK + 1, cap = ntiles < KT_SLOTS ? ntiles : KT_SLOTS;
+    if (qtiles == 1) cap = 1;
     if (gemm_vec_level() == 2 && c->kt_cap[tid] < cap) {     /* only this thread touches [tid] */
         free(c->kt_buf[tid]);
         free(c->kt_tags[tid]);
-        c->kt_buf[tid] = xmalloc((size_t)cap * hd * ATT_BK * sizeof(float));
+        c->kt_buf[tid] = xmalloc_aligned((size_t)cap * hd * ATT_BK * sizeof(float));
         c->kt_tags[tid] = xcalloc((size_t)cap, sizeof(kt_tag));
         c->kt_cap[tid] = cap;
     }
@@ -528,103 +531,111 @@ static void att_tiles(void *ctx, int begin, int end, int tid)
         gemm_vec_level() < 2 ? NULL : f16 ? axpy4_f16_z : axpy4_f32_z;
     int ra[ATT_TQ], re[ATT_TQ], zmm = gemm_vec_level() == 2;
     size_t es = c->es, pstride = c->stride;      /* bytes per element, elements per position */
+    /* an item: one head's query tiles [gi per, (gi + 1) per) (j->per: 1, or all of them where
+     * the heads alone keep the threads busy, so that one thread's tiles reuse its
+     * transposed key tiles) */
+    int per = j->per > 0 ? j->per : 1, groups = (qtiles + per - 1) / per;
     for (int it = begin; it < end; it++) {
-        int h = it / qtiles, t0 = (it % qtiles) * ATT_TQ, kh = h / group;
-        int nq = j->n - t0 < ATT_TQ ? j->n - t0 : ATT_TQ;
-        int pfirst = j->pos0 + t0, plast = pfirst + nq - 1;
-        float m[ATT_TQ], l[ATT_TQ];
-        for (int i = 0; i < nq; i++) m[i] = -INFINITY, l[i] = 0;
-        memset(obuf, 0, (size_t)nq * hd * sizeof(float));
-        const float *q0 = c->qkv + (size_t)t0 * c->qkvdim + (size_t)h * hd;
-        int s0 = win > 0 && pfirst - win + 1 > 0 ? pfirst - win + 1 : 0;
-        const uint8_t *k0 = kv_row(c, 0, j->layer) + (size_t)kh * hd * es;
-        const uint8_t *v0 = k0 + (size_t)c->kvdim * es;
-        for (int kb = s0 / ATT_BK * ATT_BK; kb <= plast; kb += ATT_BK) {
-            int ke = kb + ATT_BK - 1 < plast ? kb + ATT_BK - 1 : plast;   /* last key of the tile */
-            /* scores[i][k - kb] for every query of the item and key of the tile: with
-             * several queries (AVX-512) against the tile transposed, else keys as rows */
-            if (zmm && nq >= 4) {
-                int slot = kb / ATT_BK % cap, nk = ke - kb + 1;
-                float *kt = kts + (size_t)slot * hd * ATT_BK;
-                kt_tag *tg = &tags[slot];
-                if (tg->gen != j->gen || tg->kh != kh || tg->kb != kb || tg->nk != nk) {
-                    (f16 ? kt_f16_z : kt_f32_z)(kt, k0 + (size_t)kb * pstride * es, pstride * es, nk, hd);
-                    *tg = (kt_tag){j->gen, kh, kb, nk};
+        int h = it / groups, gi = it % groups, kh = h / group;
+        int qend = (gi + 1) * per < qtiles ? (gi + 1) * per : qtiles;
+        for (int qt = gi * per; qt < qend; qt++) {
+            int t0 = qt * ATT_TQ;
+            int nq = j->n - t0 < ATT_TQ ? j->n - t0 : ATT_TQ;
+            int pfirst = j->pos0 + t0, plast = pfirst + nq - 1;
+            float m[ATT_TQ], l[ATT_TQ];
+            for (int i = 0; i < nq; i++) m[i] = -INFINITY, l[i] = 0;
+            memset(obuf, 0, (size_t)nq * hd * sizeof(float));
+            const float *q0 = c->qkv + (size_t)t0 * c->qkvdim + (size_t)h * hd;
+            int s0 = win > 0 && pfirst - win + 1 > 0 ? pfirst - win + 1 : 0;
+            const uint8_t *k0 = kv_row(c, 0, j->layer) + (size_t)kh * hd * es;
+            const uint8_t *v0 = k0 + (size_t)c->kvdim * es;
+            for (int kb = s0 / ATT_BK * ATT_BK; kb <= plast; kb += ATT_BK) {
+                int ke = kb + ATT_BK - 1 < plast ? kb + ATT_BK - 1 : plast;   /* last key of the tile */
+                /* scores[i][k - kb] for every query of the item and key of the tile: with
+                 * several queries (AVX-512) against the tile transposed, else keys as rows */
+                if (zmm && nq >= 4) {
+                    int slot = kb / ATT_BK % cap, nk = ke - kb + 1;
+                    float *kt = kts + (size_t)slot * hd * ATT_BK;
+                    kt_tag *tg = &tags[slot];
+                    if (tg->gen != j->gen || tg->kh != kh || tg->kb != kb || tg->nk != nk) {
+                        (f16 ? kt_f16_z : kt_f32_z)(kt, k0 + (size_t)kb * pstride * es, pstride * es, nk, hd);
+                        *tg = (kt_tag){j->gen, kh, kb, nk};
+                    }
+                    scores_kt(kt, nk, q0, (size_t)c->qkvdim, nq, hd, sc);
+                } else
+                    gemm_rows(kop, k0 + (size_t)kb * pstride * es, pstride * es, hd, 0, ke - kb + 1, q0,
+                              (size_t)c->qkvdim, nq, sc, ATT_BK, c->gscratch[tid]);
+                for (int i = 0; i < nq; i++) {
+                    int p = pfirst + i, s = win > 0 && p - win + 1 > 0 ? p - win + 1 : 0;
+                    int a = (kb > s ? kb : s) - kb, e = (ke < p ? ke : p) - kb;      /* tile offsets */
+                    ra[i] = a, re[i] = e;
+                    if (a > e) continue;
+                    float *si = sc + (size_t)i * ATT_BK, *oi = obuf + (size_t)i * hd;
+                    float mt = -INFINITY;
+                    if (zmm) mt = scale_max_z(si + a, e - a + 1, scale);
+                    else
+                        for (int k = a; k <= e; k++) {
+                            si[k] *= scale;
+                            if (si[k] > mt) mt = si[k];
+                        }
+                    if (m[i] == -INFINITY) m[i] = mt;
+                    else if (mt > m[i]) {
+                        float al = gemm_exp(m[i] - mt);
+                        l[i] *= al;
+                        vscale(oi, al, hd);
+                        m[i] = mt;
+                    }
+                    gemm_exp_sub(si + a, e - a + 1, m[i]);
                 }
-                scores_kt(kt, nk, q0, (size_t)c->qkvdim, nq, hd, sc);
-            } else
-                gemm_rows(kop, k0 + (size_t)kb * pstride * es, pstride * es, hd, 0, ke - kb + 1, q0,
-                          (size_t)c->qkvdim, nq, sc, ATT_BK, c->gscratch[tid]);
+                /* l += the tile's exponentials, in key order per query; eight queries with the
+                 * same keys side by side (eight independent chains of adds instead of one) */
+                for (int i = 0; i < nq;) {
+                    int a = ra[i], e = re[i], g = 1;
+                    while (g < 8 && i + g < nq && ra[i + g] == a && re[i + g] == e) g++;
+                    if (g == 8) {
+                        const float *sg = sc + (size_t)i * ATT_BK;
+                        float l0 = l[i], l1 = l[i + 1], l2 = l[i + 2], l3 = l[i + 3];
+                        float l4 = l[i + 4], l5 = l[i + 5], l6 = l[i + 6], l7 = l[i + 7];
+                        for (int k = a; k <= e; k++) {
+                            l0 += sg[k], l1 += sg[ATT_BK + k], l2 += sg[2 * ATT_BK + k], l3 += sg[3 * ATT_BK + k];
+                            l4 += sg[4 * ATT_BK + k], l5 += sg[5 * ATT_BK + k], l6 += sg[6 * ATT_BK + k];
+                            l7 += sg[7 * ATT_BK + k];
+                        }
+                        l[i] = l0, l[i + 1] = l1, l[i + 2] = l2, l[i + 3] = l3;
+                        l[i + 4] = l4, l[i + 5] = l5, l[i + 6] = l6, l[i + 7] = l7;
+                        i += 8;
+                    } else {
+                        const float *si = sc + (size_t)i * ATT_BK;
+                        for (int k = a; k <= e; k++) l[i] += si[k];
+                        i++;
+                    }
+                }
+                /* o += P V: four queries at once over the keys of the tile they all see (from
+                 * the same first key a to the least last key ec: everywhere but the diagonal,
+                 * all their keys), then each query alone over the rest of its keys, in order */
+                for (int i = 0; i < nq;) {
+                    int a = ra[i], e = re[i];
+                    if (a > e) { i++; continue; }
+                    const uint8_t *va = v0 + (size_t)(kb + a) * pstride * es;
+                    int ec = e;
+                    for (int q = 1; q < 4 && i + q < nq; q++) ec = re[i + q] < ec ? re[i + q] : ec;
+                    if (axpy4 && i + 4 <= nq && ra[i + 1] == a && ra[i + 2] == a && ra[i + 3] == a && ec >= a) {
+                        axpy4(obuf + (size_t)i * hd, sc + (size_t)i * ATT_BK + a, va, pstride, ec - a + 1, hd);
+                        for (int q = 0; q < 4; q++)
+                            if (re[i + q] > ec)
+                                axpy(obuf + (size_t)(i + q) * hd, sc + (size_t)(i + q) * ATT_BK + ec + 1,
+                                     v0 + (size_t)(kb + ec + 1) * pstride * es, pstride, re[i + q] - ec, hd);
+                        i += 4;
+                    } else {
+                        axpy(obuf + (size_t)i * hd, sc + (size_t)i * ATT_BK + a, va, pstride, e - a + 1, hd);
+                        i++;
+                    }
+                }
+            }
             for (int i = 0; i < nq; i++) {
-                int p = pfirst + i, s = win > 0 && p - win + 1 > 0 ? p - win + 1 : 0;
-                int a = (kb > s ? kb : s) - kb, e = (ke < p ? ke : p) - kb;      /* tile offsets */
-                ra[i] = a, re[i] = e;
-                if (a > e) continue;
-                float *si = sc + (size_t)i * ATT_BK, *oi = obuf + (size_t)i * hd;
-                float mt = -INFINITY;
-                if (zmm) mt = scale_max_z(si + a, e - a + 1, scale);
-                else
-                    for (int k = a; k <= e; k++) {
-                        si[k] *= scale;
-                        if (si[k] > mt) mt = si[k];
-                    }
-                if (m[i] == -INFINITY) m[i] = mt;
-                else if (mt > m[i]) {
-                    float al = gemm_exp(m[i] - mt);
-                    l[i] *= al;
-                    vscale(oi, al, hd);
-                    m[i] = mt;
-                }
-                gemm_exp_sub(si + a, e - a + 1, m[i]);
+                float *o = c->att + (size_t)(t0 + i) * c->lda + (size_t)h * hd, *oi = obuf + (size_t)i * hd;
+                for (int d = 0; d < hd; d++) o[d] = oi[d] / l[i];
             }
-            /* l += the tile's exponentials, in key order per query; eight queries with the
-             * same keys side by side (eight independent chains of adds instead of one) */
-            for (int i = 0; i < nq;) {
-                int a = ra[i], e = re[i], g = 1;
-                while (g < 8 && i + g < nq && ra[i + g] == a && re[i + g] == e) g++;
-                if (g == 8) {
-                    const float *sg = sc + (size_t)i * ATT_BK;
-                    float l0 = l[i], l1 = l[i + 1], l2 = l[i + 2], l3 = l[i + 3];
-                    float l4 = l[i + 4], l5 = l[i + 5], l6 = l[i + 6], l7 = l[i + 7];
-                    for (int k = a; k <= e; k++) {
-                        l0 += sg[k], l1 += sg[ATT_BK + k], l2 += sg[2 * ATT_BK + k], l3 += sg[3 * ATT_BK + k];
-                        l4 += sg[4 * ATT_BK + k], l5 += sg[5 * ATT_BK + k], l6 += sg[6 * ATT_BK + k];
-                        l7 += sg[7 * ATT_BK + k];
-                    }
-                    l[i] = l0, l[i + 1] = l1, l[i + 2] = l2, l[i + 3] = l3;
-                    l[i + 4] = l4, l[i + 5] = l5, l[i + 6] = l6, l[i + 7] = l7;
-                    i += 8;
-                } else {
-                    const float *si = sc + (size_t)i * ATT_BK;
-                    for (int k = a; k <= e; k++) l[i] += si[k];
-                    i++;
-                }
-            }
-            /* o += P V: four queries at once over the keys of the tile they all see (from
-             * the same first key a to the least last key ec: everywhere but the diagonal,
-             * all their keys), then each query alone over the rest of its keys, in order */
-            for (int i = 0; i < nq;) {
-                int a = ra[i], e = re[i];
-                if (a > e) { i++; continue; }
-                const uint8_t *va = v0 + (size_t)(kb + a) * pstride * es;
-                int ec = e;
-                for (int q = 1; q < 4 && i + q < nq; q++) ec = re[i + q] < ec ? re[i + q] : ec;
-                if (axpy4 && i + 4 <= nq && ra[i + 1] == a && ra[i + 2] == a && ra[i + 3] == a && ec >= a) {
-                    axpy4(obuf + (size_t)i * hd, sc + (size_t)i * ATT_BK + a, va, pstride, ec - a + 1, hd);
-                    for (int q = 0; q < 4; q++)
-                        if (re[i + q] > ec)
-                            axpy(obuf + (size_t)(i + q) * hd, sc + (size_t)(i + q) * ATT_BK + ec + 1,
-                                 v0 + (size_t)(kb + ec + 1) * pstride * es, pstride, re[i + q] - ec, hd);
-                    i += 4;
-                } else {
-                    axpy(obuf + (size_t)i * hd, sc + (size_t)i * ATT_BK + a, va, pstride, e - a + 1, hd);
-                    i++;
-                }
-            }
-        }
-        for (int i = 0; i < nq; i++) {
-            float *o = c->att + (size_t)(t0 + i) * c->lda + (size_t)h * hd, *oi = obuf + (size_t)i * hd;
-            for (int d = 0; d < hd; d++) o[d] = oi[d] / l[i];
         }
     }
 }
@@ -693,7 +704,17 @@ static void hook(cpu *c, int stage, int pos0, int n, const float *x)
     if (c->hook) c->hook(c->hook_ctx, stage, pos0, n, x);
 }
 
-static int att_items(const cpu *c, int n) { return c->b.m->cfg.n_heads * ((n + ATT_TQ - 1) / ATT_TQ); }
+/* query tiles per attention item: all of a head's where there are at least four heads per
+ * thread (balance enough: the heads' work is equal), else one */
+static int att_per(const cpu *c, int n)
+{
+    return c->b.m->cfg.n_heads >= 4 * pool_threads(c->pool) ? (n + ATT_TQ - 1) / ATT_TQ : 1;
+}
+static int att_items(const cpu *c, int n, int per)
+{
+    int qtiles = (n + ATT_TQ - 1) / ATT_TQ;
+    return c->b.m->cfg.n_heads * ((qtiles + per - 1) / per);
+}
 
 /* ---- per-token row operations, shared by the thread pool (each row's arithmetic is
  * the same whichever thread runs it) ---- */
@@ -820,8 +841,8 @@ static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int 
         per_row(c, (row_job){.kind = ROW_NORM, .w = &L->ln1, .x = c->x, .ldx = H, .y = c->xb, .ldy = ldx}, n);
         matmul(c, &L->qkv, 0, c->qkvdim, c->xb, c->ldx, n, c->qkv, c->qkvdim);
         per_row(c, (row_job){.kind = ROW_KV, .l = l, .pos0 = pos0, .y = c->qkv, .ldy = c->qkvdim, .x = c->cs}, n);
-        att_job aj = {c, l, pos0, n, ++c->att_gen};
-        pool_run(c->pool, att_tiles, &aj, att_items(c, n));
+        att_job aj = {c, l, pos0, n, ++c->att_gen, att_per(c, n)};
+        pool_run(c->pool, att_tiles, &aj, att_items(c, n, aj.per));
         matmul(c, &L->o, 0, H, c->att, c->lda, n, c->xb, c->ldx);
         per_row(c, (row_job){.kind = ROW_ADD_NORM, .w = &L->ln2, .x = c->x, .ldx = H, .y = c->xb, .ldy = ldx}, n);
         matmul(c, &L->gate_up, 0, 2 * I, c->xb, c->ldx, n, c->hb, c->ldh);
@@ -934,21 +955,21 @@ backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, c
     c->ldx = pad_ld(cf->hidden);
     c->lda = pad_ld(cf->n_heads * cf->head_dim);
     c->ldh = pad_ld(2 * cf->intermediate);
-    c->x = xmalloc(CHUNK * H * sizeof(float));
-    c->xb = xmalloc(CHUNK * (size_t)c->ldx * sizeof(float));
-    c->qkv = xmalloc(CHUNK * (size_t)c->qkvdim * sizeof(float));
-    c->att = xmalloc(CHUNK * (size_t)c->lda * sizeof(float));
-    c->hb = xmalloc(CHUNK * (size_t)c->ldh * sizeof(float));
-    c->cs = xmalloc(CHUNK * (size_t)cf->head_dim * sizeof(float));
+    c->x = xmalloc_aligned(CHUNK * H * sizeof(float));
+    c->xb = xmalloc_aligned(CHUNK * (size_t)c->ldx * sizeof(float));
+    c->qkv = xmalloc_aligned(CHUNK * (size_t)c->qkvdim * sizeof(float));
+    c->att = xmalloc_aligned(CHUNK * (size_t)c->lda * sizeof(float));
+    c->hb = xmalloc_aligned(CHUNK * (size_t)c->ldh * sizeof(float));
+    c->cs = xmalloc_aligned(CHUNK * (size_t)cf->head_dim * sizeof(float));
     c->pool = pool_new(threads);
     c->kt_buf = xcalloc((size_t)pool_threads(c->pool), sizeof *c->kt_buf);
     c->kt_tags = xcalloc((size_t)pool_threads(c->pool), sizeof *c->kt_tags);
     c->kt_cap = xcalloc((size_t)pool_threads(c->pool), sizeof *c->kt_cap);
     c->scores = xcalloc((size_t)pool_threads(c->pool), sizeof *c->scores);
     for (int t = 0; t < pool_threads(c->pool); t++)
-        c->scores[t] = xmalloc(att_scratch_floats(cf->head_dim) * sizeof(float));
+        c->scores[t] = xmalloc_aligned(att_scratch_floats(cf->head_dim) * sizeof(float));
     c->gscratch = xcalloc((size_t)pool_threads(c->pool), sizeof *c->gscratch);
-    for (int t = 0; t < pool_threads(c->pool); t++) c->gscratch[t] = xmalloc(gemm_scratch_floats() * sizeof(float));
+    for (int t = 0; t < pool_threads(c->pool); t++) c->gscratch[t] = xmalloc_aligned(gemm_scratch_floats() * sizeof(float));
     if (kv) {
         c->kv = *kv;
         c->es = kv_type_size(kv->type);
@@ -1071,21 +1092,22 @@ void backend_cpu_batch_free(cpu_batch *w)
 static int batch_reserve(cpu_batch *w, const phi3_config *cf, int qkvdim, int lda, int rows, int lrows)
 {
     if (rows > w->rows_cap) {
+        /* a step's scratch (nothing kept across steps): freed and allocated again, 64-byte
+         * aligned like the backend's own buffers */
         size_t r = (size_t)rows, H = (size_t)cf->hidden;
-        float *p[6] = {realloc(w->x, r * H * sizeof(float)), NULL, NULL, NULL, NULL, NULL};
-        if (p[0]) w->x = p[0];
-        p[1] = realloc(w->xb, r * H * sizeof(float));
-        if (p[1]) w->xb = p[1];
-        p[2] = realloc(w->qkv, r * (size_t)qkvdim * sizeof(float));
-        if (p[2]) w->qkv = p[2];
-        p[3] = realloc(w->att, r * (size_t)lda * sizeof(float));
-        if (p[3]) w->att = p[3];
-        p[4] = realloc(w->hb, r * 2 * (size_t)cf->intermediate * sizeof(float));
-        if (p[4]) w->hb = p[4];
-        p[5] = realloc(w->cs, r * (size_t)cf->head_dim * sizeof(float));
-        if (p[5]) w->cs = p[5];
-        for (int i = 0; i < 6; i++)
-            if (!p[i]) return -1;
+        float **bufs[6] = {&w->x, &w->xb, &w->qkv, &w->att, &w->hb, &w->cs};
+        size_t floats[6] = {r * H, r * H, r * (size_t)qkvdim, r * (size_t)lda, r * 2 * (size_t)cf->intermediate,
+                            r * (size_t)cf->head_dim};
+        int bad = 0;
+        for (int i = 0; i < 6; i++) {
+            free(*bufs[i]);
+            *bufs[i] = aligned_alloc(64, (floats[i] * sizeof(float) + 63) / 64 * 64);
+            bad |= !*bufs[i];
+        }
+        if (bad) {
+            w->rows_cap = 0;
+            return -1;
+        }
         w->rows_cap = rows;
     }
     if (lrows > w->lrows_cap) {
@@ -1162,8 +1184,8 @@ int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids,
         for (int i = 0, r = 0; i < k; r += n[i], i++) {
             cpu *c = (cpu *)bs[i];
             kv_put(c, l, c->b.n_ctx, n[i], w->qkv + (size_t)r * qkvdim, w->cs + (size_t)r * hd);
-            w->jobs[i] = (att_job){c, l, c->b.n_ctx, n[i], ++c->att_gen};
-            w->first[i + 1] = w->first[i] + att_items(c, n[i]);
+            w->jobs[i] = (att_job){c, l, c->b.n_ctx, n[i], ++c->att_gen, 1};
+            w->first[i + 1] = w->first[i] + att_items(c, n[i], 1);
             w->sq[i] = c->qkv;
             w->sa[i] = c->att;
             c->qkv = w->qkv + (size_t)r * qkvdim;

@@ -148,6 +148,14 @@ void *xmalloc(size_t n)
     return p;
 }
 
+void *xmalloc_aligned(size_t n)
+{
+    size_t r = (n + 63) / 64 * 64;
+    void *p = r >= n ? aligned_alloc(64, r ? r : 64) : NULL;
+    if (!p) phi3_die("out of memory (%zu bytes)", n);
+    return p;
+}
+
 void *xcalloc(size_t n, size_t size)
 {
     void *p = calloc(n ? n : 1, size ? size : 1);

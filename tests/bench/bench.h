@@ -34,7 +34,7 @@ static inline bench_pool bench_pool_new(int threads)
 {
     bench_pool b = {pool_new(threads), NULL};
     b.scratch = malloc((size_t)pool_threads(b.p) * sizeof *b.scratch);
-    for (int t = 0; t < pool_threads(b.p); t++) b.scratch[t] = malloc(gemm_scratch_floats() * sizeof(float));
+    for (int t = 0; t < pool_threads(b.p); t++) b.scratch[t] = aligned_alloc(64, gemm_scratch_floats() * sizeof(float) / 64 * 64 + 64);
     return b;
 }
 
