@@ -145,7 +145,6 @@ static void matmul(cpu *c, const phi3_weight *w, int row0, int nrows, const floa
 
 /* ---- small ops (single-threaded, fixed order) ---- */
 
-/* transformers: x * rsqrt(mean(x^2) + eps), then weight * that */
 /* out[i] = w[i] * (x[i] * inv), bf16 weights, sixteen at a time (elementwise: same bits) */
 __attribute__((target("avx2,fma,f16c,avx512f"))) static void rms_apply_bf16_z(float *out, const float *x,
                                                                              const uint16_t *h, int n, float inv)
@@ -160,6 +159,7 @@ __attribute__((target("avx2,fma,f16c,avx512f"))) static void rms_apply_bf16_z(fl
     for (; i < n; i++) out[i] = bf16_to_f32(h[i]) * (x[i] * inv);
 }
 
+/* transformers: x * rsqrt(mean(x^2) + eps), then weight * that */
 static void rms_apply(float *out, const float *x, const phi3_weight *w, int n, float inv)
 {
     const uint16_t *h = w->data;
