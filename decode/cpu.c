@@ -11,6 +11,7 @@
 #include "decode/backend.h"
 #include "decode/cpu.h"
 #include "decode/gemm.h"
+#include "decode/simd.h"
 #include "decode/pool.h"
 #include "decode/qdot.h"
 #include "decode/rope.h"
@@ -407,8 +408,9 @@ AXPY1(axpy1_f16_z, uint16_t, L16_F16, LDV_F16)
  * rows) needs transposes of every output: the same bits, fewer operations. */
 #define ZF __attribute__((target("avx2,fma,f16c,avx512f")))
 
-/* rows [0, nk) of the keys (elements of T, rows rb bytes apart), dims [0, hd), into kt */
-#define KT_TRANSPOSE(NAME, T, L8)                                                      \
+/* rows [0, nk) of the keys (elements of T, rows rb bytes apart), dims [0, hd), into kt:
+ * 8 x 8 blocks (L8: 8 elements as float32) through transpose8x8_ps */
+#define KT_TRANSPOSE(NAME, T, L8, LOADV)                                               \
     ZF static void NAME(float *kt, const uint8_t *k, size_t rb, int nk, int hd)       \
     {                                                                                  \
         int hd8 = hd & ~7;                                                             \
@@ -417,36 +419,17 @@ AXPY1(axpy1_f16_z, uint16_t, L16_F16, LDV_F16)
                 __m256 r[8];                                                           \
                 for (int i = 0; i < 8; i++)                                            \
                     r[i] = k0 + i < nk ? L8((const T *)(k + (size_t)(k0 + i) * rb) + d0) : _mm256_setzero_ps(); \
-                __m256 u0 = _mm256_unpacklo_ps(r[0], r[1]), u1 = _mm256_unpackhi_ps(r[0], r[1]); \
-                __m256 u2 = _mm256_unpacklo_ps(r[2], r[3]), u3 = _mm256_unpackhi_ps(r[2], r[3]); \
-                __m256 u4 = _mm256_unpacklo_ps(r[4], r[5]), u5 = _mm256_unpackhi_ps(r[4], r[5]); \
-                __m256 u6 = _mm256_unpacklo_ps(r[6], r[7]), u7 = _mm256_unpackhi_ps(r[6], r[7]); \
-                __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xee); \
-                __m256 v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xee); \
-                __m256 v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xee); \
-                __m256 v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xee); \
-                float *o = kt + (size_t)d0 * ATT_BK + k0;                              \
-                _mm256_storeu_ps(o, _mm256_permute2f128_ps(v0, v4, 0x20));             \
-                _mm256_storeu_ps(o + ATT_BK, _mm256_permute2f128_ps(v1, v5, 0x20));    \
-                _mm256_storeu_ps(o + 2 * ATT_BK, _mm256_permute2f128_ps(v2, v6, 0x20)); \
-                _mm256_storeu_ps(o + 3 * ATT_BK, _mm256_permute2f128_ps(v3, v7, 0x20)); \
-                _mm256_storeu_ps(o + 4 * ATT_BK, _mm256_permute2f128_ps(v0, v4, 0x31)); \
-                _mm256_storeu_ps(o + 5 * ATT_BK, _mm256_permute2f128_ps(v1, v5, 0x31)); \
-                _mm256_storeu_ps(o + 6 * ATT_BK, _mm256_permute2f128_ps(v2, v6, 0x31)); \
-                _mm256_storeu_ps(o + 7 * ATT_BK, _mm256_permute2f128_ps(v3, v7, 0x31)); \
+                transpose8x8_ps(r);                                                    \
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(kt + (size_t)(d0 + i) * ATT_BK + k0, r[i]); \
             }                                                                          \
             for (int d = hd8; d < hd; d++)                                             \
                 for (int i = 0; i < 8; i++)                                            \
                     kt[(size_t)d * ATT_BK + k0 + i] =                                  \
-                        k0 + i < nk ? LDV_##T(((const T *)(k + (size_t)(k0 + i) * rb)) + d) : 0.0f; \
+                        k0 + i < nk ? LOADV(((const T *)(k + (size_t)(k0 + i) * rb)) + d) : 0.0f; \
         }                                                                              \
     }
-#define LDV_float(p) (*(p))
-#define LDV_uint16_t(p) f16_to_f32(*(p))
-#define L8_F32(p) _mm256_loadu_ps(p)
-#define L8_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
-KT_TRANSPOSE(kt_f32_z, float, L8_F32)
-KT_TRANSPOSE(kt_f16_z, uint16_t, L8_F16)
+KT_TRANSPOSE(kt_f32_z, float, _mm256_loadu_ps, LDV_F32)
+KT_TRANSPOSE(kt_f16_z, uint16_t, H8, LDV_F16)
 
 /* one query x G groups of sixteen keys (8 G accumulators: one per lane j and group) */
 ZF static inline __attribute__((always_inline)) void scores_kt_q(const float *kt, const float *q, int hd,

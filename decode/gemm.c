@@ -10,6 +10,7 @@
  * next): each half is the same 8-lane accumulator with the same FMA sequence as the AVX2
  * and scalar paths, so all three give the same bits. */
 #include "decode/gemm.h"
+#include "decode/simd.h"
 #include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
@@ -205,24 +206,16 @@ static inline __attribute__((always_inline)) void pfq_step(pfq *q)
     }
 }
 
+/* Lane i of the result = the canonical reduction ((l0 + l1) + (l2 + l3)) + ((l4 + l5) +
+ * (l6 + l7)) of the 8 lanes of r_i: an 8x8 transpose puts lane j of the 8 inputs in one
+ * register, then the same tree runs across them. */
 AVX2 static inline __attribute__((always_inline)) __m256 sum8x8(__m256 r0, __m256 r1, __m256 r2, __m256 r3,
                                                                  __m256 r4, __m256 r5, __m256 r6, __m256 r7)
 {
-    __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1);
-    __m256 u2 = _mm256_unpacklo_ps(r2, r3), u3 = _mm256_unpackhi_ps(r2, r3);
-    __m256 u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5);
-    __m256 u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
-    __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xee);
-    __m256 v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xee);
-    __m256 v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xee);
-    __m256 v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xee);
-    /* lane j of rows 0..7: lanes 0-3 from the low halves, 4-7 from the high */
-    __m256 l0 = _mm256_permute2f128_ps(v0, v4, 0x20), l1 = _mm256_permute2f128_ps(v1, v5, 0x20);
-    __m256 l2 = _mm256_permute2f128_ps(v2, v6, 0x20), l3 = _mm256_permute2f128_ps(v3, v7, 0x20);
-    __m256 l4 = _mm256_permute2f128_ps(v0, v4, 0x31), l5 = _mm256_permute2f128_ps(v1, v5, 0x31);
-    __m256 l6 = _mm256_permute2f128_ps(v2, v6, 0x31), l7 = _mm256_permute2f128_ps(v3, v7, 0x31);
-    return _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(l0, l1), _mm256_add_ps(l2, l3)),
-                         _mm256_add_ps(_mm256_add_ps(l4, l5), _mm256_add_ps(l6, l7)));
+    __m256 l[8] = {r0, r1, r2, r3, r4, r5, r6, r7};
+    transpose8x8_ps(l);
+    return _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(l[0], l[1]), _mm256_add_ps(l[2], l[3])),
+                         _mm256_add_ps(_mm256_add_ps(l[4], l[5]), _mm256_add_ps(l[6], l[7])));
 }
 
 /* o[i] = lane i of v for i < n (n <= 8) */
@@ -420,9 +413,6 @@ static void tiles_c(const float *panel, int groups, int ks, const float *x, size
             }
 }
 
-/* Lane i of the result = the canonical reduction ((l0 + l1) + (l2 + l3)) + ((l4 + l5) +
- * (l6 + l7)) of the 8 lanes of r_i: an 8x8 transpose puts lane j of the 8 inputs in one
- * register, then the same tree runs across them. */
 /* out[t * ldo + r] = the canonical reduction of the 8 lanes of acc row r, token t, for
  * r < rows, t < n; 8 rows at a time (sum8x8), stored as 8 consecutive floats of token t.
  * acc has room (zeros) for rows rounded up to 8. */
@@ -758,9 +748,10 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
     size_t ps = (size_t)n * 16;                  /* acc floats per row pair */
     int zb = op == &ops_avx512[0];       /* bf16 on AVX-512: the bf16-pair panel */
     if (zb && groups % 2) groups++;     /* whole pairs of groups (the extra rows are zero) */
-    /* the partial sums start at zero: in the AVX-512 tiles' registers (first panel), else
-     * here (padded rows too) */
-    if (op->vec != 2 || groups % 2 || K8 == 0) memset(acc, 0, (size_t)((rows + 7) & ~7) / 2 * ps * sizeof(float));
+    /* the partial sums start at zero: in the AVX-512 tiles' registers at the first panel
+     * (whole pairs of groups, all of them tile_z's), else here (padded rows too) */
+    int zero_in_tiles = op->vec == 2 && groups % 2 == 0 && K8 > 0;
+    if (!zero_in_tiles) memset(acc, 0, (size_t)((rows + 7) & ~7) / 2 * ps * sizeof(float));
     for (int kb = 0; kb < K8; kb += GEMM_KC) {
         int kc = K8 - kb < GEMM_KC ? K8 - kb : GEMM_KC, ks = kc / 8;
         if (zb)
@@ -797,11 +788,12 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
         pfq_init(&pq, pf, row_bytes, (size_t)pfr, pbytes, ((n + 5) / 6) * (groups / 2));
         if (op->vec == 2)
             tiles_z(panel, zb, groups, ks, xb, ldx, n, acc, ps, &pq, zb && kb + GEMM_KC >= K8 ? out : NULL, ldo, rows,
-                    kb == 0 && groups % 2 == 0);
+                    zero_in_tiles && kb == 0);
         else if (op->vec == 1) tiles_y(panel, groups, ks, xb, ldx, n, acc, ps);
         else tiles_c(panel, groups, ks, xb, ldx, n, acc, ps);
     }
-    if (zb && K8 > 0) { /* reduced by the last panel's tiles */
+    if (zb && K8 > 0) {
+        /* reduced by the last panel's tiles */
     } else if (op->vec) reduce_avx(acc, ps, rows, n, out, ldo);
     else
         for (int t = 0; t < n; t++)

@@ -4,6 +4,7 @@
 #define PHI3_BENCH_H
 #include "decode/gemm.h"
 #include "decode/pool.h"
+#include "shared/util.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
@@ -34,7 +35,7 @@ static inline bench_pool bench_pool_new(int threads)
 {
     bench_pool b = {pool_new(threads), NULL};
     b.scratch = malloc((size_t)pool_threads(b.p) * sizeof *b.scratch);
-    for (int t = 0; t < pool_threads(b.p); t++) b.scratch[t] = aligned_alloc(64, gemm_scratch_floats() * sizeof(float) / 64 * 64 + 64);
+    for (int t = 0; t < pool_threads(b.p); t++) b.scratch[t] = xmalloc_aligned(gemm_scratch_floats() * sizeof(float));   /* as the backend's */
     return b;
 }
 
