@@ -9,6 +9,7 @@
 #include "shared/util.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,8 +149,23 @@ size_t frame_cap(void)
     return FRAME_MAX_DEFAULT;
 }
 
+/* A logits frame is 128 KiB, and decode copies each frame into a fresh block that
+ * frame_free gives back: with glibc's defaults that block came from the top of the heap
+ * and was trimmed again every frame (two brk calls and a page fault per 4 KiB per frame:
+ * phi3-run --connect relaying 200 logits frames used 0.13 s of CPU, 0.02 s with this).
+ * So a process that reads frames keeps freed blocks below 4 MiB for reuse. */
+static void keep_freed_blocks(void)
+{
+    static int done;
+    if (done) return;
+    done = 1;
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+}
+
 frame_reader *fr_open(int fd, size_t max_frame)
 {
+    keep_freed_blocks();
     frame_reader *r = xcalloc(1, sizeof *r);
     widen_pipe(fd);
     r->fd = fd;
