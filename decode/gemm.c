@@ -515,7 +515,22 @@ int gemm_get_small_max(void) { return small_max; }
         __m512 c[4][6];                                                                \
         _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)                             \
             _Pragma("GCC unroll 6") for (int t = 0; t < T; t++) c[q][t] = _mm512_setzero_ps(); \
-        for (int k = 0; k < K8; k += 8) {                                              \
+        int k2 = 0;                                                                    \
+        /* two steps per pass (CVTZ2) while the 8 weight registers and 4T accumulators \
+         * fit the 32 zmm */                                                          \
+        for (; T <= 5 && k2 + 16 <= K8; k2 += 16) {                                    \
+            pfq_step(&pq);                                                             \
+            pfq_step(&pq);                                                             \
+            __m512 wv[4], wu[4];                                                       \
+            _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) CVTZ2_##T_(wr[2 * q], wr[2 * q + 1], k2, wv[q], wu[q]); \
+            _Pragma("GCC unroll 6") for (int t = 0; t < T; t++) {                       \
+                __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + k2)); \
+                __m512 xu = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + k2 + 8)); \
+                _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)                     \
+                    c[q][t] = _mm512_fmadd_ps(wu[q], xu, _mm512_fmadd_ps(wv[q], xv, c[q][t])); \
+            }                                                                          \
+        }                                                                              \
+        for (int k = k2; k < K8; k += 8) {                                             \
             pfq_step(&pq);                                                             \
             __m512 wv[4];                                                              \
             _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++) wv[q] = CVTZ_##T_(wr[2 * q], wr[2 * q + 1], k); \
