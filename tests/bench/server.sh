@@ -6,7 +6,8 @@
 #  1. aggregate decode tok/s of 8 concurrent streams through one server vs one stream
 #     alone (through the server, and phi3-run direct) (target >= 5x);
 #  2. the cost of --connect at batch 1: the greedy FIFO loop per token, direct vs through
-#     the server (target <= 5% of a decode step).
+#     the server (target <= 5% of a decode step);
+#  3. the batched step alone, in one process (build/bench/batch_bench: no sockets, no relays).
 # Rates are differences between a long and a short run (start-up, model load and prompt
 # cancel), best of REPEATS; the machine's load is printed, since other work on the cores
 # skews every ratio.
@@ -112,3 +113,8 @@ print("greedy FIFO loop, batch 1, per token: direct %.2f ms, --connect %.2f ms: 
 PY
 echo "  load average before/after: $load0 / $load1 on $(nproc) cores"
 grep 'server stats' "$B/server.err" | tail -3 | sed 's/^/  /'
+# the same batched step without the server (no sockets, no relays): what the compute alone
+# gives, so the two can be told apart
+BB="${PHI3_BENCHBIN:-$PWD/build/bench}/batch_bench"
+[ -x "$BB" ] || make -s "$BB"
+"$BB" "$M" "$STREAMS" 60 | sed 's/^/  /'
