@@ -98,7 +98,7 @@ int main(int argc, char **argv)
     printf("  1 stream:   best %.2f ms, median %.2f ms per step\n", t1[0] * 1e3, m1 * 1e3);
     printf("  %d streams: best %.2f ms, median %.2f ms per step: %.2fx the tokens per second of one stream "
            "(medians; best: %.2fx)\n", k, tk[0] * 1e3, mk * 1e3, k * m1 / mk, k * t1[0] / tk[0]);
-    for (int i = 0; i < k; i++) {
+    for (int i = k - 1; i >= 0; i--) {      /* the threads' owner, b[0], last */
         many.b[i]->ops->destroy(many.b[i]);
         free(many.lg[i]);
     }
