@@ -517,7 +517,7 @@ int gemm_get_small_max(void) { return small_max; }
             _Pragma("GCC unroll 6") for (int t = 0; t < T; t++) c[q][t] = _mm512_setzero_ps(); \
         int k2 = 0;                                                                    \
         /* two steps per pass (CVTZ2) while the 8 weight registers and 4T accumulators \
-         * fit the 32 zmm */                                                          \
+         * fit the 32 zmm */                                                           \
         for (; T <= 5 && k2 + 16 <= K8; k2 += 16) {                                    \
             pfq_step(&pq);                                                             \
             pfq_step(&pq);                                                             \
@@ -526,7 +526,7 @@ int gemm_get_small_max(void) { return small_max; }
             _Pragma("GCC unroll 6") for (int t = 0; t < T; t++) {                       \
                 __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + k2)); \
                 __m512 xu = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + k2 + 8)); \
-                _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)                     \
+                _Pragma("GCC unroll 4") for (int q = 0; q < 4; q++)                    \
                     c[q][t] = _mm512_fmadd_ps(wu[q], xu, _mm512_fmadd_ps(wv[q], xv, c[q][t])); \
             }                                                                          \
         }                                                                              \
@@ -544,7 +544,7 @@ int gemm_get_small_max(void) { return small_max; }
                               _mm512_castps512_ps256(c[1][t]), _mm512_extractf32x8_ps(c[1][t], 1), \
                               _mm512_castps512_ps256(c[2][t]), _mm512_extractf32x8_ps(c[2][t], 1), \
                               _mm512_castps512_ps256(c[3][t]), _mm512_extractf32x8_ps(c[3][t], 1)); \
-            store_nz(out + (size_t)t * ldo, s, rows);                                   \
+            store_nz(out + (size_t)t * ldo, s, rows);                                  \
         }                                                                              \
         SMALL_TAIL(LOAD)                                                               \
     }                                                                                  \
@@ -580,15 +580,15 @@ SMALL_Z(f32, ld_f32)
         _Pragma("GCC unroll 3") for (int q = 0; q < 3; q++)                             \
             _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) c[q][t] = _mm512_setzero_ps(); \
         int k2 = 0;                                                                    \
-        for (; k2 + 16 <= K8; k2 += 16) {                                                \
+        for (; k2 + 16 <= K8; k2 += 16) {                                              \
             pfq_step(&pq);                                                             \
             pfq_step(&pq);                                                             \
             __m512 w0, w1, w2, u0, u1, u2;                                             \
-            CVTZ2_##T_(wr[0], wr[1], k2, w0, u0);                                       \
-            CVTZ2_##T_(wr[2], wr[3], k2, w1, u1);                                       \
-            CVTZ2_##T_(wr[4], wr[5], k2, w2, u2);                                       \
+            CVTZ2_##T_(wr[0], wr[1], k2, w0, u0);                                      \
+            CVTZ2_##T_(wr[2], wr[3], k2, w1, u1);                                      \
+            CVTZ2_##T_(wr[4], wr[5], k2, w2, u2);                                      \
             _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {                       \
-                __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + k2));  \
+                __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + k2)); \
                 c[0][t] = _mm512_fmadd_ps(w0, xv, c[0][t]);                            \
                 c[1][t] = _mm512_fmadd_ps(w1, xv, c[1][t]);                            \
                 c[2][t] = _mm512_fmadd_ps(w2, xv, c[2][t]);                            \
@@ -600,12 +600,12 @@ SMALL_Z(f32, ld_f32)
                 c[2][t] = _mm512_fmadd_ps(u2, xv, c[2][t]);                            \
             }                                                                          \
         }                                                                              \
-        for (; k2 < K8; k2 += 8)  {                                                       \
+        for (; k2 < K8; k2 += 8) {                                                     \
             pfq_step(&pq);                                                             \
-            __m512 w0 = CVTZ_##T_(wr[0], wr[1], k2), w1 = CVTZ_##T_(wr[2], wr[3], k2);  \
-            __m512 w2 = CVTZ_##T_(wr[4], wr[5], k2);                                    \
+            __m512 w0 = CVTZ_##T_(wr[0], wr[1], k2), w1 = CVTZ_##T_(wr[2], wr[3], k2); \
+            __m512 w2 = CVTZ_##T_(wr[4], wr[5], k2);                                   \
             _Pragma("GCC unroll 8") for (int t = 0; t < T; t++) {                       \
-                __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + k2));  \
+                __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + t * ldx + k2)); \
                 c[0][t] = _mm512_fmadd_ps(w0, xv, c[0][t]);                            \
                 c[1][t] = _mm512_fmadd_ps(w1, xv, c[1][t]);                            \
                 c[2][t] = _mm512_fmadd_ps(w2, xv, c[2][t]);                            \
@@ -647,23 +647,23 @@ SMALL_Z(f32, ld_f32)
         int K8 = K & ~7;                                                               \
         __m512 c[8];                                                                   \
         _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++) c[q] = _mm512_setzero_ps(); \
-        int kk = 0;                                                                    \
-        for (; kk + 16 <= K8; kk += 16) {                                                \
+        int k2 = 0;                                                                    \
+        for (; k2 + 16 <= K8; k2 += 16) {                                              \
             pfq_step(&pq);                                                             \
             pfq_step(&pq);                                                             \
-            __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + kk));                \
-            __m512 xu = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + kk + 8));            \
-            _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++) {                       \
+            __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k2));               \
+            __m512 xu = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k2 + 8));           \
+            _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++) {                      \
                 __m512 w0, w1;                                                         \
-                CVTZ2_##T_(wr[2 * q], wr[2 * q + 1], kk, w0, w1);                        \
+                CVTZ2_##T_(wr[2 * q], wr[2 * q + 1], k2, w0, w1);                      \
                 c[q] = _mm512_fmadd_ps(w1, xu, _mm512_fmadd_ps(w0, xv, c[q]));         \
             }                                                                          \
         }                                                                              \
-        for (; kk < K8; kk += 8)   {                                                       \
+        for (; k2 < K8; k2 += 8) {                                                     \
             pfq_step(&pq);                                                             \
-            __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + kk));                \
+            __m512 xv = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k2));               \
             _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++)                         \
-                c[q] = _mm512_fmadd_ps(CVTZ_##T_(wr[2 * q], wr[2 * q + 1], kk), xv, c[q]); \
+                c[q] = _mm512_fmadd_ps(CVTZ_##T_(wr[2 * q], wr[2 * q + 1], k2), xv, c[q]); \
         }                                                                              \
         for (int h = 0; h < 2 && h * 8 < rows; h++) {                                  \
             const __m512 *d = c + 4 * h;                                               \
@@ -671,7 +671,7 @@ SMALL_Z(f32, ld_f32)
                                _mm512_castps512_ps256(d[1]), _mm512_extractf32x8_ps(d[1], 1), \
                                _mm512_castps512_ps256(d[2]), _mm512_extractf32x8_ps(d[2], 1), \
                                _mm512_castps512_ps256(d[3]), _mm512_extractf32x8_ps(d[3], 1)); \
-            store_nz(out + 8 * h, sv, rows - 8 * h);                                    \
+            store_nz(out + 8 * h, sv, rows - 8 * h);                                   \
         }                                                                              \
         SMALL_TAIL(LOAD)                                                               \
     }

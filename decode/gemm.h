@@ -31,7 +31,7 @@ typedef struct gemm_ops {
     void (*dot4)(const void *w, size_t row_bytes, const float *x, int n, float *out);
     /* dst[i] = w[k0 + i] as float32 for i < n (k0 a multiple of GEMM_KC) */
     void (*cvt)(const void *w, int k0, int n, float *dst);
-    int vec;                    /* 0 scalar, 1 AVX2 (ymm), 2 AVX-512 F/DQ/BW (zmm pairs of 8 lanes) */
+    int vec;                    /* 0 scalar, 1 AVX2 (ymm), 2 AVX-512 F/DQ/BW/VL (zmm pairs of 8 lanes) */
     int blk, blk_bytes;         /* quantized: weights and bytes per block (0: not blocks) */
 } gemm_ops;
 
