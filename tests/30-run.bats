@@ -163,8 +163,12 @@ fs=list(msgpack.Unpacker(sys.stdin.buffer,raw=False)); sys.stdout.buffer.write(b
   kb=$(tail -1 "$BATS_TEST_TMPDIR/rss")
   files=$(( $(cat "$LONGROPE"/*.safetensors | wc -c) - $(wc -c < "$LONGROPE/reference.safetensors") ))
   echo "peak RSS ${kb} KiB, shards $((files / 1024)) KiB"
-  # a second copy of the weights would add 25 MiB; allow 12 MiB of code, libc, KV, scratch
-  [ "$kb" -lt $(( files / 1024 + 12 * 1024 )) ]
+  # a second copy of the weights would add 25 MiB; allow 12 MiB of code, libc, KV, scratch,
+  # and 16 MiB more in an ASan build (its runtime and shadow memory: 37.2-37.7 MiB peak
+  # against 24.3 for the plain build on the same machine), still less than a copy
+  local slack=12
+  ! grep -aq __asan_init "$PHI3_BIN/phi3-run" || slack=28
+  [ "$kb" -lt $(( files / 1024 + slack * 1024 )) ]
 }
 
 @test "F32 weights give bit-identical logits to BF16; F16 weights within 1e-5" {
