@@ -483,143 +483,191 @@ typedef struct att_job {
     int per;                    /* query tiles per item (0: 1) */
 } att_job;
 
+/* What the query tiles of one att_tiles call share (one thread's view). */
+typedef void axpy_fn(float *, const float *, const void *, size_t, int, int);
+typedef struct att_ctx {
+    const att_job *j;
+    cpu *c;
+    int hd, group, win, zmm, f16, cap;
+    float scale;
+    float *sc, *obuf, *kts;     /* scores [ATT_TQ][ATT_BK], outputs [ATT_TQ][hd], key tiles */
+    kt_tag *tags;
+    void *gscratch;
+    const gemm_ops *kop;
+    size_t es, pstride;         /* bytes per element, elements per position */
+    axpy_fn *axpy, *axpy4;
+} att_ctx;
+
+/* scores sc[i][k - kb] of queries i < nq (q0, rows qkvdim apart) against keys kb .. ke of
+ * kv head kh: with several queries (AVX-512) against the tile transposed (cached in this
+ * thread's slots), else keys as rows */
+static void att_scores(const att_ctx *a, int kh, int kb, int ke, const uint8_t *k0, const float *q0, int nq)
+{
+    cpu *c = a->c;
+    if (a->zmm && nq >= 4) {
+        int slot = kb / ATT_BK % a->cap, nk = ke - kb + 1;
+        float *kt = a->kts + (size_t)slot * a->hd * ATT_BK;
+        kt_tag *tg = &a->tags[slot];
+        if (tg->gen != a->j->gen || tg->kh != kh || tg->kb != kb || tg->nk != nk) {
+            (a->f16 ? kt_f16_z : kt_f32_z)(kt, k0 + (size_t)kb * a->pstride * a->es, a->pstride * a->es, nk, a->hd);
+            *tg = (kt_tag){a->j->gen, kh, kb, nk};
+        }
+        scores_kt(kt, nk, q0, (size_t)c->qkvdim, nq, a->hd, a->sc);
+    } else
+        gemm_rows(a->kop, k0 + (size_t)kb * a->pstride * a->es, a->pstride * a->es, a->hd, 0, ke - kb + 1, q0,
+                  (size_t)c->qkvdim, nq, a->sc, ATT_BK, a->gscratch);
+}
+
+/* The online softmax over the tile's scores: query i (position pfirst + i) sees tile
+ * offsets ra[i] .. re[i] (none if ra > re: the window or the causal mask); its scores are
+ * scaled, the running max m and sum l and its output rows rescaled where the max grows,
+ * and the scores replaced by exp(score - m). */
+static void att_softmax(const att_ctx *a, int kb, int ke, int pfirst, int nq, float *m, float *l, int *ra, int *re)
+{
+    for (int i = 0; i < nq; i++) {
+        int p = pfirst + i, s = a->win > 0 && p - a->win + 1 > 0 ? p - a->win + 1 : 0;
+        int lo = (kb > s ? kb : s) - kb, hi = (ke < p ? ke : p) - kb;      /* tile offsets */
+        ra[i] = lo, re[i] = hi;
+        if (lo > hi) continue;
+        float *si = a->sc + (size_t)i * ATT_BK, *oi = a->obuf + (size_t)i * a->hd;
+        float mt = -INFINITY;
+        if (a->zmm) mt = scale_max_z(si + lo, hi - lo + 1, a->scale);
+        else
+            for (int k = lo; k <= hi; k++) {
+                si[k] *= a->scale;
+                if (si[k] > mt) mt = si[k];
+            }
+        if (m[i] == -INFINITY) m[i] = mt;
+        else if (mt > m[i]) {
+            float al = gemm_exp(m[i] - mt);
+            l[i] *= al;
+            vscale(oi, al, a->hd);
+            m[i] = mt;
+        }
+        gemm_exp_sub(si + lo, hi - lo + 1, m[i]);
+    }
+}
+
+/* l += the tile's exponentials, in key order per query; eight queries with the same keys
+ * side by side (eight independent chains of adds instead of one) */
+static void att_lsum(const att_ctx *a, int nq, const int *ra, const int *re, float *l)
+{
+    for (int i = 0; i < nq;) {
+        int lo = ra[i], hi = re[i], g = 1;
+        while (g < 8 && i + g < nq && ra[i + g] == lo && re[i + g] == hi) g++;
+        if (g == 8) {
+            const float *sg = a->sc + (size_t)i * ATT_BK;
+            float l0 = l[i], l1 = l[i + 1], l2 = l[i + 2], l3 = l[i + 3];
+            float l4 = l[i + 4], l5 = l[i + 5], l6 = l[i + 6], l7 = l[i + 7];
+            for (int k = lo; k <= hi; k++) {
+                l0 += sg[k], l1 += sg[ATT_BK + k], l2 += sg[2 * ATT_BK + k], l3 += sg[3 * ATT_BK + k];
+                l4 += sg[4 * ATT_BK + k], l5 += sg[5 * ATT_BK + k], l6 += sg[6 * ATT_BK + k];
+                l7 += sg[7 * ATT_BK + k];
+            }
+            l[i] = l0, l[i + 1] = l1, l[i + 2] = l2, l[i + 3] = l3;
+            l[i + 4] = l4, l[i + 5] = l5, l[i + 6] = l6, l[i + 7] = l7;
+            i += 8;
+        } else {
+            const float *si = a->sc + (size_t)i * ATT_BK;
+            for (int k = lo; k <= hi; k++) l[i] += si[k];
+            i++;
+        }
+    }
+}
+
+/* o += P V over the tile (values from v0): four queries at once over the keys they all
+ * see (from the same first key to the least last key ec: everywhere but the diagonal,
+ * all their keys), then each query alone over the rest of its keys, in order */
+static void att_pv(const att_ctx *a, int kb, int nq, const int *ra, const int *re, const uint8_t *v0)
+{
+    size_t ps = a->pstride, es = a->es;
+    int hd = a->hd;
+    for (int i = 0; i < nq;) {
+        int lo = ra[i], hi = re[i];
+        if (lo > hi) { i++; continue; }
+        const uint8_t *va = v0 + (size_t)(kb + lo) * ps * es;
+        int ec = hi;
+        for (int q = 1; q < 4 && i + q < nq; q++) ec = re[i + q] < ec ? re[i + q] : ec;
+        if (a->axpy4 && i + 4 <= nq && ra[i + 1] == lo && ra[i + 2] == lo && ra[i + 3] == lo && ec >= lo) {
+            a->axpy4(a->obuf + (size_t)i * hd, a->sc + (size_t)i * ATT_BK + lo, va, ps, ec - lo + 1, hd);
+            for (int q = 0; q < 4; q++)
+                if (re[i + q] > ec)
+                    a->axpy(a->obuf + (size_t)(i + q) * hd, a->sc + (size_t)(i + q) * ATT_BK + ec + 1,
+                            v0 + (size_t)(kb + ec + 1) * ps * es, ps, re[i + q] - ec, hd);
+            i += 4;
+        } else {
+            a->axpy(a->obuf + (size_t)i * hd, a->sc + (size_t)i * ATT_BK + lo, va, ps, hi - lo + 1, hd);
+            i++;
+        }
+    }
+}
+
+/* query tile qt of head h: every key tile it sees, then the outputs divided by l */
+static void att_qtile(const att_ctx *a, int h, int qt)
+{
+    const att_job *j = a->j;
+    cpu *c = a->c;
+    int hd = a->hd, kh = h / a->group, t0 = qt * ATT_TQ;
+    int nq = j->n - t0 < ATT_TQ ? j->n - t0 : ATT_TQ;
+    int pfirst = j->pos0 + t0, plast = pfirst + nq - 1;
+    float m[ATT_TQ], l[ATT_TQ];
+    int ra[ATT_TQ], re[ATT_TQ];
+    for (int i = 0; i < nq; i++) m[i] = -INFINITY, l[i] = 0;
+    memset(a->obuf, 0, (size_t)nq * hd * sizeof(float));
+    const float *q0 = c->qkv + (size_t)t0 * c->qkvdim + (size_t)h * hd;
+    int s0 = a->win > 0 && pfirst - a->win + 1 > 0 ? pfirst - a->win + 1 : 0;
+    const uint8_t *k0 = kv_row(c, 0, j->layer) + (size_t)kh * hd * a->es;
+    const uint8_t *v0 = k0 + (size_t)c->kvdim * a->es;
+    for (int kb = s0 / ATT_BK * ATT_BK; kb <= plast; kb += ATT_BK) {
+        int ke = kb + ATT_BK - 1 < plast ? kb + ATT_BK - 1 : plast;   /* last key of the tile */
+        att_scores(a, kh, kb, ke, k0, q0, nq);
+        att_softmax(a, kb, ke, pfirst, nq, m, l, ra, re);
+        att_lsum(a, nq, ra, re, l);
+        att_pv(a, kb, nq, ra, re, v0);
+    }
+    for (int i = 0; i < nq; i++) {
+        float *o = c->att + (size_t)(t0 + i) * c->lda + (size_t)h * hd, *oi = a->obuf + (size_t)i * hd;
+        for (int d = 0; d < hd; d++) o[d] = oi[d] / l[i];
+    }
+}
+
 static void att_tiles(void *ctx, int begin, int end, int tid)
 {
     const att_job *j = ctx;
     cpu *c = j->c;
     const phi3_config *cf = &c->b.m->cfg;
-    int hd = cf->head_dim, nh = cf->n_heads, group = nh / cf->n_kv_heads, win = cf->sliding_window;
-    int qtiles = (j->n + ATT_TQ - 1) / ATT_TQ;
-    float scale = 1.0f / sqrtf((float)hd);
-    float *sc = c->scores[tid], *obuf = sc + (size_t)ATT_TQ * ATT_BK;
+    att_ctx a = {.j = j, .c = c, .hd = cf->head_dim, .group = cf->n_heads / cf->n_kv_heads,
+                 .win = cf->sliding_window, .zmm = gemm_vec_level() == 2, .f16 = c->kv.type == KV_F16,
+                 .scale = 1.0f / sqrtf((float)cf->head_dim), .gscratch = c->gscratch[tid],
+                 .es = c->es, .pstride = c->stride};
+    int hd = a.hd, qtiles = (j->n + ATT_TQ - 1) / ATT_TQ;
+    a.sc = c->scores[tid];
+    a.obuf = a.sc + (size_t)ATT_TQ * ATT_BK;
     int ntiles = (j->pos0 + j->n - 1) / ATT_BK + 1, cap = ntiles < KT_SLOTS ? ntiles : KT_SLOTS;
     if (qtiles == 1) cap = 1;
-    if (gemm_vec_level() == 2 && c->kt_cap[tid] < cap) {     /* only this thread touches [tid] */
+    if (a.zmm && c->kt_cap[tid] < cap) {     /* only this thread touches [tid] */
         free(c->kt_buf[tid]);
         free(c->kt_tags[tid]);
         c->kt_buf[tid] = xmalloc_aligned((size_t)cap * hd * ATT_BK * sizeof(float));
         c->kt_tags[tid] = xcalloc((size_t)cap, sizeof(kt_tag));
         c->kt_cap[tid] = cap;
     }
-    float *kts = c->kt_buf[tid];
-    kt_tag *tags = c->kt_tags[tid];
-    cap = c->kt_cap[tid];
-    int f16 = c->kv.type == KV_F16;
-    const gemm_ops *kop = gemm_ops_for(f16 ? ST_F16 : ST_F32);
+    a.kts = c->kt_buf[tid];
+    a.tags = c->kt_tags[tid];
+    a.cap = c->kt_cap[tid];
+    a.kop = gemm_ops_for(a.f16 ? ST_F16 : ST_F32);
     int vec = gemm_vec_level() > 0;
-    void (*axpy)(float *, const float *, const void *, size_t, int, int) =
-        gemm_vec_level() == 2 ? (f16 ? axpy1_f16_z : axpy1_f32_z)
-                              : f16 ? (vec ? axpy_f16_avx : axpy_f16_c) : (vec ? axpy_f32_avx : axpy_f32_c);
-    void (*axpy4)(float *, const float *, const void *, size_t, int, int) =
-        gemm_vec_level() < 2 ? NULL : f16 ? axpy4_f16_z : axpy4_f32_z;
-    int ra[ATT_TQ], re[ATT_TQ], zmm = gemm_vec_level() == 2;
-    size_t es = c->es, pstride = c->stride;      /* bytes per element, elements per position */
+    a.axpy = a.zmm ? (a.f16 ? axpy1_f16_z : axpy1_f32_z)
+                   : a.f16 ? (vec ? axpy_f16_avx : axpy_f16_c) : (vec ? axpy_f32_avx : axpy_f32_c);
+    a.axpy4 = !a.zmm ? NULL : a.f16 ? axpy4_f16_z : axpy4_f32_z;
     /* an item: one head's query tiles [gi per, (gi + 1) per) (j->per: 1, or all of them where
      * the heads alone keep the threads busy, so that one thread's tiles reuse its
      * transposed key tiles) */
     int per = j->per > 0 ? j->per : 1, groups = (qtiles + per - 1) / per;
     for (int it = begin; it < end; it++) {
-        int h = it / groups, gi = it % groups, kh = h / group;
+        int h = it / groups, gi = it % groups;
         int qend = (gi + 1) * per < qtiles ? (gi + 1) * per : qtiles;
-        for (int qt = gi * per; qt < qend; qt++) {
-            int t0 = qt * ATT_TQ;
-            int nq = j->n - t0 < ATT_TQ ? j->n - t0 : ATT_TQ;
-            int pfirst = j->pos0 + t0, plast = pfirst + nq - 1;
-            float m[ATT_TQ], l[ATT_TQ];
-            for (int i = 0; i < nq; i++) m[i] = -INFINITY, l[i] = 0;
-            memset(obuf, 0, (size_t)nq * hd * sizeof(float));
-            const float *q0 = c->qkv + (size_t)t0 * c->qkvdim + (size_t)h * hd;
-            int s0 = win > 0 && pfirst - win + 1 > 0 ? pfirst - win + 1 : 0;
-            const uint8_t *k0 = kv_row(c, 0, j->layer) + (size_t)kh * hd * es;
-            const uint8_t *v0 = k0 + (size_t)c->kvdim * es;
-            for (int kb = s0 / ATT_BK * ATT_BK; kb <= plast; kb += ATT_BK) {
-                int ke = kb + ATT_BK - 1 < plast ? kb + ATT_BK - 1 : plast;   /* last key of the tile */
-                /* scores[i][k - kb] for every query of the item and key of the tile: with
-                 * several queries (AVX-512) against the tile transposed, else keys as rows */
-                if (zmm && nq >= 4) {
-                    int slot = kb / ATT_BK % cap, nk = ke - kb + 1;
-                    float *kt = kts + (size_t)slot * hd * ATT_BK;
-                    kt_tag *tg = &tags[slot];
-                    if (tg->gen != j->gen || tg->kh != kh || tg->kb != kb || tg->nk != nk) {
-                        (f16 ? kt_f16_z : kt_f32_z)(kt, k0 + (size_t)kb * pstride * es, pstride * es, nk, hd);
-                        *tg = (kt_tag){j->gen, kh, kb, nk};
-                    }
-                    scores_kt(kt, nk, q0, (size_t)c->qkvdim, nq, hd, sc);
-                } else
-                    gemm_rows(kop, k0 + (size_t)kb * pstride * es, pstride * es, hd, 0, ke - kb + 1, q0,
-                              (size_t)c->qkvdim, nq, sc, ATT_BK, c->gscratch[tid]);
-                for (int i = 0; i < nq; i++) {
-                    int p = pfirst + i, s = win > 0 && p - win + 1 > 0 ? p - win + 1 : 0;
-                    int a = (kb > s ? kb : s) - kb, e = (ke < p ? ke : p) - kb;      /* tile offsets */
-                    ra[i] = a, re[i] = e;
-                    if (a > e) continue;
-                    float *si = sc + (size_t)i * ATT_BK, *oi = obuf + (size_t)i * hd;
-                    float mt = -INFINITY;
-                    if (zmm) mt = scale_max_z(si + a, e - a + 1, scale);
-                    else
-                        for (int k = a; k <= e; k++) {
-                            si[k] *= scale;
-                            if (si[k] > mt) mt = si[k];
-                        }
-                    if (m[i] == -INFINITY) m[i] = mt;
-                    else if (mt > m[i]) {
-                        float al = gemm_exp(m[i] - mt);
-                        l[i] *= al;
-                        vscale(oi, al, hd);
-                        m[i] = mt;
-                    }
-                    gemm_exp_sub(si + a, e - a + 1, m[i]);
-                }
-                /* l += the tile's exponentials, in key order per query; eight queries with the
-                 * same keys side by side (eight independent chains of adds instead of one) */
-                for (int i = 0; i < nq;) {
-                    int a = ra[i], e = re[i], g = 1;
-                    while (g < 8 && i + g < nq && ra[i + g] == a && re[i + g] == e) g++;
-                    if (g == 8) {
-                        const float *sg = sc + (size_t)i * ATT_BK;
-                        float l0 = l[i], l1 = l[i + 1], l2 = l[i + 2], l3 = l[i + 3];
-                        float l4 = l[i + 4], l5 = l[i + 5], l6 = l[i + 6], l7 = l[i + 7];
-                        for (int k = a; k <= e; k++) {
-                            l0 += sg[k], l1 += sg[ATT_BK + k], l2 += sg[2 * ATT_BK + k], l3 += sg[3 * ATT_BK + k];
-                            l4 += sg[4 * ATT_BK + k], l5 += sg[5 * ATT_BK + k], l6 += sg[6 * ATT_BK + k];
-                            l7 += sg[7 * ATT_BK + k];
-                        }
-                        l[i] = l0, l[i + 1] = l1, l[i + 2] = l2, l[i + 3] = l3;
-                        l[i + 4] = l4, l[i + 5] = l5, l[i + 6] = l6, l[i + 7] = l7;
-                        i += 8;
-                    } else {
-                        const float *si = sc + (size_t)i * ATT_BK;
-                        for (int k = a; k <= e; k++) l[i] += si[k];
-                        i++;
-                    }
-                }
-                /* o += P V: four queries at once over the keys of the tile they all see (from
-                 * the same first key a to the least last key ec: everywhere but the diagonal,
-                 * all their keys), then each query alone over the rest of its keys, in order */
-                for (int i = 0; i < nq;) {
-                    int a = ra[i], e = re[i];
-                    if (a > e) { i++; continue; }
-                    const uint8_t *va = v0 + (size_t)(kb + a) * pstride * es;
-                    int ec = e;
-                    for (int q = 1; q < 4 && i + q < nq; q++) ec = re[i + q] < ec ? re[i + q] : ec;
-                    if (axpy4 && i + 4 <= nq && ra[i + 1] == a && ra[i + 2] == a && ra[i + 3] == a && ec >= a) {
-                        axpy4(obuf + (size_t)i * hd, sc + (size_t)i * ATT_BK + a, va, pstride, ec - a + 1, hd);
-                        for (int q = 0; q < 4; q++)
-                            if (re[i + q] > ec)
-                                axpy(obuf + (size_t)(i + q) * hd, sc + (size_t)(i + q) * ATT_BK + ec + 1,
-                                     v0 + (size_t)(kb + ec + 1) * pstride * es, pstride, re[i + q] - ec, hd);
-                        i += 4;
-                    } else {
-                        axpy(obuf + (size_t)i * hd, sc + (size_t)i * ATT_BK + a, va, pstride, e - a + 1, hd);
-                        i++;
-                    }
-                }
-            }
-            for (int i = 0; i < nq; i++) {
-                float *o = c->att + (size_t)(t0 + i) * c->lda + (size_t)h * hd, *oi = obuf + (size_t)i * hd;
-                for (int d = 0; d < hd; d++) o[d] = oi[d] / l[i];
-            }
-        }
+        for (int qt = gi * per; qt < qend; qt++) att_qtile(&a, h, qt);
     }
 }
 
