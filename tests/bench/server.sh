@@ -115,6 +115,6 @@ echo "  load average before/after: $load0 / $load1 on $(nproc) cores"
 grep 'server stats' "$B/server.err" | tail -3 | sed 's/^/  /'
 # the same batched step without the server (no sockets, no relays): what the compute alone
 # gives, so the two can be told apart
-BB="${PHI3_BENCHBIN:-$PWD/build/bench}/batch_bench"
-[ -x "$BB" ] || make -s "$BB"
+if [ -n "${PHI3_BENCHBIN:-}" ]; then BB=$PHI3_BENCHBIN/batch_bench
+else BB=build/bench/batch_bench; make -s "$BB"; fi     # make's rule is on the relative path
 "$BB" "$M" "$STREAMS" 60 | sed 's/^/  /'
