@@ -1,7 +1,8 @@
 /* tok_gguf.c: a GGUF file's "llama" vocabulary (tokens, scores, token types, special ids)
  * turned into the equivalent tokenizer.json (a BPE with byte fallback whose merges come
  * from the scores, as Hugging Face's SentencePiece converter makes them), then loaded by
- * the one tokenizer (tok_load_mem): a GGUF and a directory tokenize the same way. */
+ * the one tokenizer (tok_load_parts: the pieces and merges as arrays, the rest as JSON
+ * text): a GGUF and a directory tokenize the same way. */
 #include "tok/tok_gguf.h"
 
 #include <ctype.h>
@@ -217,25 +218,20 @@ tok *tok_from_gguf(const gguf_file *g, char *err, size_t errlen)
         vocab_free(&v);
         return NULL;
     }
-    json_t *vj = json_object(), *mj = json_array(), *aj = json_array();
+    /* the pieces (not the unused ones) and merges go to the tokenizer as arrays; the JSON
+     * text holds the rest */
+    json_t *aj = json_array();
     int32_t(*mg)[2] = NULL;
     tok *t = NULL;
     char *text = NULL, *cfg = NULL;
-    int rc = 0;
-    for (size_t i = 0; i < v.n && !rc; i++) {
+    const char **fp = xmalloc(v.n * sizeof *fp);
+    size_t *fl = xmalloc(v.n * sizeof *fl), nf = 0;
+    int32_t *fid = xmalloc(v.n * sizeof *fid), *at = xmalloc(v.n * sizeof *at);
+    for (size_t i = 0; i < v.n; i++) {
+        at[i] = -1;
         if (v.type[i] == TOKT_UNUSED) continue;
-        char key[1024];
-        if (v.len[i] >= sizeof key) {
-            rc = phi3_fail(err, errlen, "tokenizer.ggml.tokens[%zu]: longer than %zu bytes", i, sizeof key - 1);
-            break;
-        }
-        memcpy(key, v.piece[i], v.len[i]);
-        key[v.len[i]] = 0;
-        if (json_object_get(vj, key)) {
-            rc = phi3_fail(err, errlen, "tokenizer.ggml.tokens[%zu]: the same piece as an earlier token", i);
-            break;
-        }
-        json_object_set_new(vj, key, json_integer((json_int_t)i));
+        at[i] = (int32_t)nf;
+        fp[nf] = v.piece[i], fl[nf] = v.len[i], fid[nf++] = (int32_t)i;
         if (v.type[i] == TOKT_CONTROL || v.type[i] == TOKT_USER || v.type[i] == TOKT_UNKNOWN) {
             bool rstrip = v.phi3 && !piece_is(&v, i, "<unk>") && !piece_is(&v, i, "<s>") &&
                           !piece_is(&v, i, "<|endoftext|>");
@@ -245,14 +241,12 @@ tok *tok_from_gguf(const gguf_file *g, char *err, size_t errlen)
                                                 v.type[i] != TOKT_USER));
         }
     }
-    long nm = rc ? -1 : tok_spm_merges(v.n, v.piece, v.len, v.score, v.type, &mg, err, errlen);
+    long nm = tok_spm_merges(v.n, v.piece, v.len, v.score, v.type, &mg, err, errlen);
     if (nm < 0) goto out;
-    for (long i = 0; i < nm; i++)
-        json_array_append_new(mj, json_pack("[o, o]", jstrn(v.piece[mg[i][0]], v.len[mg[i][0]]),
-                                            jstrn(v.piece[mg[i][1]], v.len[mg[i][1]])));
-    json_t *model = json_pack("{s:s, s:o, s:b, s:b, s:O, s:O}", "type", "BPE", "unk_token",
+    for (long i = 0; i < nm; i++) mg[i][0] = at[mg[i][0]], mg[i][1] = at[mg[i][1]];   /* normal pieces: kept */
+    json_t *model = json_pack("{s:s, s:o, s:b, s:b, s:o, s:o}", "type", "BPE", "unk_token",
                               v.unk >= 0 ? jstrn(v.piece[v.unk], v.len[v.unk]) : json_null(), "fuse_unk", 1,
-                              "byte_fallback", 1, "vocab", vj, "merges", mj);
+                              "byte_fallback", 1, "vocab", json_object(), "merges", json_array());
     json_t *norm = json_pack("{s:s, s:[{s:s, s:{s:s}, s:s}]}", "type", "Sequence", "normalizers", "type", "Replace",
                              "pattern", "String", " ", "content", "\xe2\x96\x81");
     json_t *dec = json_pack("{s:s, s:[{s:s, s:{s:s}, s:s}, {s:s}, {s:s}]}", "type", "Sequence", "decoders", "type",
@@ -278,13 +272,17 @@ tok *tok_from_gguf(const gguf_file *g, char *err, size_t errlen)
         goto out;
     }
     char why[512];
-    t = tok_load_mem(text, strlen(text), cfg, strlen(cfg), why, sizeof why);
+    tok_parts parts = {.n_pieces = nf, .n_merges = (size_t)nm, .piece = fp, .len = fl, .id = fid,
+                       .merge = (const int32_t(*)[2])mg, .what = "tokenizer.ggml.tokens"};
+    t = tok_load_parts(text, strlen(text), cfg, strlen(cfg), &parts, why, sizeof why);
     if (!t) phi3_fail(err, errlen, "tokenizer: %s", why);
 out:
-    json_decref(vj);
-    json_decref(mj);
     json_decref(aj);
     free(mg);
+    free(fp);
+    free(fl);
+    free(fid);
+    free(at);
     free(text);
     free(cfg);
     vocab_free(&v);

@@ -298,18 +298,36 @@ static int pattern_str(json_t *pat, const char **s, size_t *n, lerr *e, const ch
     return 0;
 }
 
-static int load_vocab(tok *t, json_t *model, lerr *e)
+static void vocab_alloc(tok *t, size_t n)
 {
-    json_t *vocab = json_object_get(model, "vocab");
-    if (!json_is_object(vocab)) return fail(e, "model.vocab: missing or not an object");
-    size_t n = json_object_size(vocab);
-    if (n == 0) return fail(e, "model.vocab: empty");
     t->n_mv = n;
     t->mv_off = xmalloc(n * sizeof *t->mv_off);
     t->mv_len = xmalloc(n * sizeof *t->mv_len);
     t->mv_id = xmalloc(n * sizeof *t->mv_id);
     t->vh_mask = pow2_at_least(n * 2) - 1;
     t->vh = xcalloc((size_t)t->vh_mask + 1, sizeof *t->vh);
+}
+
+/* entry i of the model vocab (vocab_alloc'ed): key (NUL-free) is id; the caller has
+ * checked that key is not there yet and id is in range */
+static void vocab_put(tok *t, size_t i, const char *key, size_t len, int32_t id)
+{
+    t->mv_off[i] = pool_add(t, key, len);
+    t->mv_len[i] = (uint32_t)len;
+    t->mv_id[i] = id;
+    uint32_t h = hash_bytes(key, len) & t->vh_mask;
+    while (t->vh[h]) h = (h + 1) & t->vh_mask;
+    t->vh[h] = (uint32_t)i + 1;
+    if (id >= t->n_vocab) t->n_vocab = id + 1;
+}
+
+static int load_vocab(tok *t, json_t *model, lerr *e)
+{
+    json_t *vocab = json_object_get(model, "vocab");
+    if (!json_is_object(vocab)) return fail(e, "model.vocab: missing or not an object");
+    size_t n = json_object_size(vocab);
+    if (n == 0) return fail(e, "model.vocab: empty");
+    vocab_alloc(t, n);
     const char *key; json_t *val; size_t i = 0;
     json_object_foreach(vocab, key, val) {
         if (!json_is_integer(val) || json_integer_value(val) < 0 ||
@@ -317,15 +335,38 @@ static int load_vocab(tok *t, json_t *model, lerr *e)
             return fail(e, "model.vocab: bad id for piece \"%.40s\"", key);
         size_t len = strlen(key);         /* jansson object keys are NUL-free */
         if (vocab_get(t, key, len) >= 0) return fail(e, "model.vocab: duplicate piece");
-        t->mv_off[i] = pool_add(t, key, len);
-        t->mv_len[i] = (uint32_t)len;
-        t->mv_id[i] = (int32_t)json_integer_value(val);
-        uint32_t h = hash_bytes(key, len) & t->vh_mask;
-        while (t->vh[h]) h = (h + 1) & t->vh_mask;
-        t->vh[h] = (uint32_t)i + 1;
-        if (t->mv_id[i] >= t->n_vocab) t->n_vocab = t->mv_id[i] + 1;
-        i++;
+        vocab_put(t, i++, key, len, (int32_t)json_integer_value(val));
     }
+    return 0;
+}
+
+static int merges_alloc(tok *t, size_t n, lerr *e)
+{
+    if (n >= TOK_MAX_MERGES) return fail(e, "model.merges: more than %d merges", TOK_MAX_MERGES - 1);
+    t->n_merges = n;
+    t->merge_new = xmalloc((n ? n : 1) * sizeof *t->merge_new);
+    t->m_mask = pow2_at_least(n * 2 + 1) - 1;
+    t->mslot = xmalloc(((size_t)t->m_mask + 1) * sizeof *t->mslot);
+    memset(t->mslot, 0xff, ((size_t)t->m_mask + 1) * sizeof *t->mslot);
+    return 0;
+}
+
+/* merge r (merges_alloc'ed): pieces a and b, whose concatenation (built in *cat) must be
+ * a piece too */
+static int merge_put(tok *t, size_t r, const char *a, size_t an, const char *b, size_t bn, char **cat,
+                     size_t *cat_cap, lerr *e)
+{
+    int32_t ia = vocab_get(t, a, an), ib = vocab_get(t, b, bn);
+    if (ia < 0 || ib < 0) return fail(e, "model.merges[%zu]: piece not in the vocab", r);
+    if (an + bn > *cat_cap) { *cat_cap = (an + bn) * 2; *cat = xrealloc(*cat, *cat_cap); }
+    memcpy(*cat, a, an); memcpy(*cat + an, b, bn);
+    int32_t in = vocab_get(t, *cat, an + bn);
+    if (in < 0) return fail(e, "model.merges[%zu]: merged piece not in the vocab", r);
+    t->merge_new[r] = in;
+    uint64_t k = ((uint64_t)(uint32_t)ia << 21) | (uint32_t)ib;
+    uint32_t h = hash_pair(k) & t->m_mask;
+    while (t->mslot[h] != SLOT_EMPTY && t->mslot[h] >> 22 != k) h = (h + 1) & t->m_mask;
+    t->mslot[h] = k << 22 | r;        /* a repeated pair: the last one wins, as in HF */
     return 0;
 }
 
@@ -334,12 +375,7 @@ static int load_merges(tok *t, json_t *model, lerr *e)
     json_t *merges = json_object_get(model, "merges");
     if (!json_is_array(merges)) return fail(e, "model.merges: missing or not an array");
     size_t n = json_array_size(merges);
-    if (n >= TOK_MAX_MERGES) return fail(e, "model.merges: more than %d merges", TOK_MAX_MERGES - 1);
-    t->n_merges = n;
-    t->merge_new = xmalloc((n ? n : 1) * sizeof *t->merge_new);
-    t->m_mask = pow2_at_least(n * 2 + 1) - 1;
-    t->mslot = xmalloc(((size_t)t->m_mask + 1) * sizeof *t->mslot);
-    memset(t->mslot, 0xff, ((size_t)t->m_mask + 1) * sizeof *t->mslot);
+    if (merges_alloc(t, n, e)) return -1;
     char *cat = NULL; size_t cat_cap = 0;
     int rc = 0;
     for (size_t r = 0; r < n && rc == 0; r++) {
@@ -356,18 +392,32 @@ static int load_merges(tok *t, json_t *model, lerr *e)
                    jstr(json_array_get(m, 0), &a, &an) && jstr(json_array_get(m, 1), &b, &bn)) {
             /* ["a", "b"] (tokenizers >= 0.20) */
         } else { rc = fail(e, "model.merges[%zu]: not a merge", r); break; }
-        int32_t ia = vocab_get(t, a, an), ib = vocab_get(t, b, bn);
-        if (ia < 0 || ib < 0)
-            { rc = fail(e, "model.merges[%zu]: piece not in the vocab", r); break; }
-        if (an + bn > cat_cap) { cat_cap = (an + bn) * 2; cat = xrealloc(cat, cat_cap); }
-        memcpy(cat, a, an); memcpy(cat + an, b, bn);
-        int32_t in = vocab_get(t, cat, an + bn);
-        if (in < 0) { rc = fail(e, "model.merges[%zu]: merged piece not in the vocab", r); break; }
-        t->merge_new[r] = in;
-        uint64_t k = ((uint64_t)(uint32_t)ia << 21) | (uint32_t)ib;
-        uint32_t h = hash_pair(k) & t->m_mask;
-        while (t->mslot[h] != SLOT_EMPTY && t->mslot[h] >> 22 != k) h = (h + 1) & t->m_mask;
-        t->mslot[h] = k << 22 | r;        /* a repeated pair: the last one wins, as in HF */
+        rc = merge_put(t, r, a, an, b, bn, &cat, &cat_cap, e);
+    }
+    free(cat);
+    return rc;
+}
+
+/* tok_parts' pieces and merges in place of model.vocab and model.merges */
+static int load_parts(tok *t, const tok_parts *p, lerr *e)
+{
+    if (p->n_pieces == 0) return fail(e, "%s: empty", p->what);
+    vocab_alloc(t, p->n_pieces);
+    for (size_t i = 0; i < p->n_pieces; i++) {
+        if (p->id[i] < 0 || p->id[i] >= TOK_MAX_ID) return fail(e, "%s: bad id %d", p->what, (int)p->id[i]);
+        if (vocab_get(t, p->piece[i], p->len[i]) >= 0)
+            return fail(e, "%s[%d]: the same piece as an earlier token", p->what, (int)p->id[i]);
+        vocab_put(t, i, p->piece[i], p->len[i], p->id[i]);
+    }
+    if (merges_alloc(t, p->n_merges, e)) return -1;
+    char *cat = NULL; size_t cat_cap = 0;
+    int rc = 0;
+    for (size_t r = 0; r < p->n_merges && rc == 0; r++) {
+        int32_t a = p->merge[r][0], b = p->merge[r][1];
+        if (a < 0 || b < 0 || (size_t)a >= p->n_pieces || (size_t)b >= p->n_pieces)
+            rc = fail(e, "model.merges[%zu]: piece not in the vocab", r);
+        else
+            rc = merge_put(t, r, p->piece[a], p->len[a], p->piece[b], p->len[b], &cat, &cat_cap, e);
     }
     free(cat);
     return rc;
@@ -606,6 +656,12 @@ static int finish(tok *t, lerr *e)
 tok *tok_load_mem(const char *json, size_t len, const char *config, size_t config_len,
                   char *err, size_t errlen)
 {
+    return tok_load_parts(json, len, config, config_len, NULL, err, errlen);
+}
+
+tok *tok_load_parts(const char *json, size_t len, const char *config, size_t config_len, const tok_parts *parts,
+                    char *err, size_t errlen)
+{
     lerr e = {err, errlen};
     if (err && errlen) err[0] = 0;
     json_error_t je;
@@ -628,7 +684,8 @@ tok *tok_load_mem(const char *json, size_t len, const char *config, size_t confi
     t->fuse_unk = jflag(model, "fuse_unk");
     t->byte_fallback = jflag(model, "byte_fallback");
     t->ignore_merges = jflag(model, "ignore_merges");
-    if (load_vocab(t, model, &e) || load_merges(t, model, &e) || load_added(t, root, &e) ||
+    if ((parts ? load_parts(t, parts, &e) : load_vocab(t, model, &e) || load_merges(t, model, &e)) ||
+        load_added(t, root, &e) ||
         load_normalizer(t, root, &e) || load_decoder(t, root, &e))
         goto out;
     const char *unk = json_string_value(json_object_get(model, "unk_token"));

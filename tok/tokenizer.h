@@ -29,6 +29,22 @@ tok *tok_load(const char *dir, char *err, size_t errlen);
 /* The same from memory (config may be NULL): what the fuzz target drives. */
 tok *tok_load_mem(const char *json, size_t len, const char *config, size_t config_len,
                   char *err, size_t errlen);
+/* The same with model.vocab and model.merges given as arrays instead of in json (whose
+ * model's vocab and merges, if any, are not read): piece i (n_pieces of them, non-empty,
+ * UTF-8, no NUL) is vocab id id[i] (< TOK_MAX_ID); merge r joins pieces merge[r][0] and
+ * merge[r][1] (indexes into piece), as json's merge r would. A GGUF vocabulary of 32k
+ * pieces and 61k merges takes this path (tok_gguf.c) instead of a JSON text of them:
+ * validated the same way, a third of the time. what names the pieces in errors. */
+typedef struct tok_parts {
+    size_t n_pieces, n_merges;
+    const char *const *piece;
+    const size_t *len;
+    const int32_t *id;
+    const int32_t (*merge)[2];
+    const char *what;
+} tok_parts;
+tok *tok_load_parts(const char *json, size_t len, const char *config, size_t config_len, const tok_parts *parts,
+                    char *err, size_t errlen);
 void tok_free(tok *t);
 /* For the tools: the model directory of -m DIR (opt) or $PHI3_MODEL, else a usage error
  * (exit 2); its tokenizer, else phi3_die with the reason (exit 1). *dir gets the directory. */
