@@ -125,9 +125,9 @@ $(O)/bench/%: $(O)/tests/bench/%.o $(LIBA)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
 
-# libFuzzer targets (clang), each run briefly. FUZZ_SECONDS to change. The library is
-# compiled once with the sanitizers and fuzzer coverage (fuzzer-no-link), then each target
-# is linked against it.
+# libFuzzer targets (clang), each run briefly: FUZZ_SECONDS each, FUZZ_JOBS at a time
+# (tests/fuzz/run.sh). The library is compiled once with the sanitizers and fuzzer
+# coverage (fuzzer-no-link), then each target is linked against it.
 FUZZ_SECONDS ?= 20
 FUZZ_CFLAGS = -g -O1 -std=c11 -D_GNU_SOURCE -pthread -I. -fsanitize=address,undefined
 FUZZ_LIB_O  = $(LIB_C:%.c=$(O)/fuzz/lib/%.o)
@@ -137,16 +137,13 @@ $(O)/fuzz/lib/%.o: %.c
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
 $(FUZZ_LIBA): $(FUZZ_LIB_O)
 	rm -f $@ && ar rcs $@ $^
-fuzz: $(FUZZ_LIBA)
-	@mkdir -p $(O)/fuzz
-	@set -e; for f in $(FUZZ_C); do n=$$(basename $$f .c); \
-	  clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $$f $(FUZZ_LIBA) \
-	    -o $(O)/fuzz/$$n $(LIBS); \
-	  mkdir -p $(O)/fuzz/$$n.corpus; \
-	  seeds=tests/fuzz/$$n.seeds; [ -d $$seeds ] || seeds=; \
-	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
-	  $(O)/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 $(O)/fuzz/$$n.corpus $$seeds; \
-	done
+FUZZ_BINS = $(FUZZ_C:tests/fuzz/%.c=$(O)/fuzz/%)
+FUZZ_JOBS ?= 2
+$(O)/fuzz/%_fuzz: tests/fuzz/%_fuzz.c $(FUZZ_LIBA)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_LIBA) -o $@ $(LIBS)
+# the targets built (in parallel under -j), then run FUZZ_JOBS at a time
+fuzz: $(FUZZ_BINS)
+	tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_BINS)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin

@@ -34,8 +34,10 @@ done
 for f in tests/[0-9]*.bats; do
   [ -e "$f" ] || continue
   echo "# bats: $f"
+  s=$SECONDS
   bats --tap "$f" > "$log" 2>&1; rc=$?
   count < "$log"
+  echo "# $f: $((SECONDS - s)) s"
   if [ $rc -ne 0 ] && ! grep -q '^not ok' "$log"; then
     echo "not ok - $f exited $rc"; fail=$((fail + 1))
   fi
