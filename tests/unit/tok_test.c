@@ -197,6 +197,49 @@ int main(void)
         tok_free(T);
     }
 
+    {   /* tok_load_parts: the same vocabulary and merges as arrays give the same ids; its
+         * own checks refuse a repeated piece, a merge index out of range, a merge whose
+         * result is not a piece */
+        static const char *const pc[] = {"<unk>", "\u2581", "a", "b", "c", "ab", "\u2581ab", "bc", "\u2581a"};
+        size_t pl[9];
+        int32_t id[9];
+        for (int i = 0; i < 9; i++) pl[i] = strlen(pc[i]), id[i] = i;
+        int32_t mg[4][2] = {{2, 3}, {1, 5}, {3, 4}, {1, 2}};
+        tok_parts p = {9, 4, pc, pl, id, (const int32_t(*)[2])mg, "pieces"};
+        tok *J = tok_load_mem(tiny, strlen(tiny), NULL, 0, err, sizeof err);
+        tok *P = tok_load_parts(tiny, strlen(tiny), NULL, 0, &p, err, sizeof err);
+        ok(P != NULL, "tok_load_parts loads (%s)", P ? "" : err);
+        int same = P != NULL && J != NULL;
+        static const char *const txt[] = {"abc", "ab  <X>c", "a [W]  b", "xyz bcab a"};
+        for (int k = 0; k < 4 && same; k++) {
+            tok_ids x = {0}, y = {0};
+            long b1, b2;
+            tok_encode(J, txt[k], strlen(txt[k]), TOK_SPECIAL, NULL, &x, &b1);
+            tok_encode(P, txt[k], strlen(txt[k]), TOK_SPECIAL, NULL, &y, &b2);
+            same = x.n == y.n && (!x.n || !memcmp(x.v, y.v, x.n * sizeof *x.v));
+            tok_ids_free(&x);
+            tok_ids_free(&y);
+        }
+        ok(same, "tok_load_parts: the ids of the same tokenizer from JSON");
+        tok_free(P);
+        tok_free(J);
+        static const char *const dup[] = {"<unk>", "a", "b", "a"};
+        size_t dl[] = {5, 1, 1, 1};
+        tok_parts d = {4, 0, dup, dl, id, NULL, "pieces"};
+        P = tok_load_parts(tiny, strlen(tiny), NULL, 0, &d, err, sizeof err);
+        ok(!P && strstr(err, "pieces[3]: the same piece as an earlier token"), "tok_load_parts: a repeated piece (%s)", err);
+        tok_free(P);
+        int32_t far[1][2] = {{2, 9}}, none[1][2] = {{3, 2}};
+        p.n_merges = 1, p.merge = (const int32_t(*)[2])far;
+        P = tok_load_parts(tiny, strlen(tiny), NULL, 0, &p, err, sizeof err);
+        ok(!P && strstr(err, "model.merges[0]: piece not in the vocab"), "tok_load_parts: a merge index out of range (%s)", err);
+        tok_free(P);
+        p.merge = (const int32_t(*)[2])none;
+        P = tok_load_parts(tiny, strlen(tiny), NULL, 0, &p, err, sizeof err);
+        ok(!P && strstr(err, "merged piece not in the vocab"), "tok_load_parts: b+a is no piece (%s)", err);
+        tok_free(P);
+    }
+
     ok(load_fails("{", "line 1"), "bad JSON");
     ok(load_fails("{\"model\":{\"type\":\"WordPiece\"}}", "not supported"), "non-BPE model");
     ok(load_fails(TINY("[\"a z\"]", ""), "not in the vocab"), "merge of an unknown piece");
