@@ -201,32 +201,56 @@ print(" ".join(str(i) for l in sys.stdin for o in [json.loads(l)] if o["type"] =
   "$PY" -c 'import json,sys; o = json.load(open("info.json")); sys.exit(",".join(map(str, o["ids"])) != sys.argv[1])' "$want"
 }
 
+# killcheck WHEN: after a kill, the object is absent (killed while the model was still
+# loading) or valid, and a run over it gives a fresh run's bytes; counts a partial context
+killcheck() {
+  if "$RUN" --session-info "$S" > info.json 2> info.err; then
+    grep -q '"tokens":1600,' info.json || partial=$((partial + 1))
+  else
+    grep -q "no session" info.err || fail "session invalid after a kill $1: $(cat info.err)"
+  fi
+  "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > sess.out
+  cmp fresh.out sess.out || fail "logits differ after a kill $1"
+  "$RUN" --session-rm "$S"
+}
+
 @test "kill -9 of a writer mid-prefill never leaves a session that changes the logits" {
   frames 6 32064 200 200 200 200 200 200 200 200 > p.bin
+  frames 6 32064 200 200 200 > p3.bin            # the first three frames of p.bin
+  cmp -s p3.bin <(head -c "$(stat -c %s p3.bin)" p.bin) || fail "p3.bin is not a prefix of p.bin"
+  tail -c +"$(( $(stat -c %s p3.bin) + 1 ))" p.bin > rest.bin
   t0=$(date +%s%N)
   "$RUN" -m "$LONGROPE" -q < p.bin > fresh.out
   ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   partial=0
-  # kill at 10%, 20%, ... 90% of a fresh run's time and at one random moment (several,
-  # so that one lands mid-prefill even when other jobs stretch the timings)
+  # one kill that surely lands mid-prefill: the writer has committed three frames (the
+  # object says 600 tokens) and is given the other five just before the kill
+  mkfifo in.fifo
+  "$RUN" -m "$LONGROPE" -q --session "$S" < in.fifo > /dev/null &
+  pid=$!
+  exec 7> in.fifo
+  cat p3.bin >&7
+  for i in $(seq 600); do
+    "$RUN" --session-info "$S" 2> /dev/null | grep -q '"tokens":600,' && break
+    sleep 0.05
+  done
+  "$RUN" --session-info "$S" | grep -q '"tokens":600,' || fail "three frames not committed after 30 s"
+  cat rest.bin >&7
+  kill -9 "$pid"
+  exec 7>&-
+  wait "$pid" 2> /dev/null || true
+  killcheck "after three frames"
+  [ "$partial" = 1 ] || fail "a kill after three committed frames left the whole context"
+  # then kills at 10%, 20%, ... 90% of a fresh run's time and at one random moment, which
+  # land anywhere: in the model load, mid-frame, between frames or after the end
   for pct in 10 20 30 40 50 60 70 80 90 $((RANDOM % 90 + 5)); do
     "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > /dev/null &
     pid=$!
     sleep "$(awk -v m="$ms" -v p="$pct" 'BEGIN { printf "%.3f", m * p / 100000 }')"
     kill -9 "$pid" 2> /dev/null || true
     wait "$pid" 2> /dev/null || true
-    # killed before it created the object (still loading the model): nothing is left,
-    # which is valid too; anything that is left must validate
-    if "$RUN" --session-info "$S" > info.json 2> info.err; then
-      grep -q '"tokens":1600,' info.json || partial=$((partial + 1))
-    else
-      grep -q "no session" info.err || fail "session invalid after a kill at $pct%: $(cat info.err)"
-    fi
-    "$RUN" -m "$LONGROPE" -q --session "$S" < p.bin > sess.out
-    cmp fresh.out sess.out || fail "logits differ after a kill at $pct% of ${ms} ms"
-    "$RUN" --session-rm "$S"
+    killcheck "at $pct% of ${ms} ms"
   done
-  [ "$partial" -gt 0 ] || fail "no kill landed mid-prefill (run takes ${ms} ms)"
 }
 
 @test "the object is mode 0600 and listed; --session-info describes it; --session-rm removes it" {
