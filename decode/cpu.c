@@ -14,6 +14,7 @@
 #include "decode/simd.h"
 #include "decode/pool.h"
 #include "decode/qdot.h"
+#include "decode/qlimb.h"
 #include "decode/rope.h"
 #include "embed/model.h"
 #include "embed/quant.h"
@@ -56,6 +57,8 @@ typedef struct cpu {
     int *kt_cap;
     uint64_t att_gen;           /* attention passes so far (a slot of an earlier one is stale) */
     float **gscratch;           /* per thread [gemm_scratch_floats()] */
+    uint8_t *limbx;             /* qlimb (opt-in): 3 tokens' prepared activations, or NULL */
+    size_t limbx_stride;
     int shared_pool;            /* pool belongs to another backend (backend_cpu_share_pool) */
     cpu_hidden_fn hook;
     void *hook_ctx;
@@ -103,6 +106,8 @@ typedef struct mm_job {
     int ldx, n;
     float *out;
     int ldo;
+    const uint8_t *xp;          /* qlimb: the n tokens' prepared activations, xp_stride apart */
+    size_t xp_stride;
 } mm_job;
 
 /* Quantized weights (GGUF blocks, decode/qdot.h) for one to three tokens: QDOT_ROWS rows
@@ -116,7 +121,11 @@ static void mm_rows_quant(const mm_job *j, st_dtype d, int r0, int r1)
         float *ot = j->out + (size_t)t * j->ldo;
         for (int r = r0; r < r1; r += QDOT_ROWS) {
             int nr = r1 - r < QDOT_ROWS ? r1 - r : QDOT_ROWS;
-            qdot_rows(d, j->w + (size_t)r * j->row_bytes, j->row_bytes, nr, xt, j->K, o);
+            if (j->xp)
+                qlimb_rows(d, j->w + (size_t)r * j->row_bytes, j->row_bytes, nr, j->xp + (size_t)t * j->xp_stride,
+                           j->K, o);
+            else
+                qdot_rows(d, j->w + (size_t)r * j->row_bytes, j->row_bytes, nr, xt, j->K, o);
             memcpy(ot + r, o, (size_t)nr * sizeof *o);
         }
     }
@@ -140,7 +149,14 @@ static void matmul(cpu *c, const phi3_weight *w, int row0, int nrows, const floa
     size_t rb = quant_row_bytes(w->dtype, w->cols);
     int q = quant_is_block(w->dtype);
     mm_job j = {c, q ? qdot_gemm_ops(w->dtype) : gemm_ops_for(w->dtype), q ? w->dtype : ST_NDTYPE,
-                (const uint8_t *)w->data + (size_t)row0 * rb, rb, (int)w->cols, nrows, x, ldx, n, out, ldo};
+                (const uint8_t *)w->data + (size_t)row0 * rb, rb, (int)w->cols, nrows, x, ldx, n, out, ldo,
+                NULL, 0};
+    /* opt-in (qlimb.h): decode products of K-quant weights from activations prepared once here */
+    if (q && n < 4 && c->limbx && qlimb_supported(w->dtype) && qlimb_xbytes((int)w->cols) <= c->limbx_stride) {
+        for (int t = 0; t < n; t++) qlimb_prep(w->dtype, x + (size_t)t * ldx, (int)w->cols, c->limbx + (size_t)t * c->limbx_stride);
+        j.xp = c->limbx;
+        j.xp_stride = c->limbx_stride;
+    }
     pool_run(c->pool, mm_rows, &j, (nrows + GEMM_MB - 1) / GEMM_MB);
 }
 
@@ -932,6 +948,25 @@ static int cpu_truncate(backend *b, int n)
     return 0;
 }
 
+/* qlimb is opt-in (PHI3_QUANT_LIMBS=1, qlimb.h) and applies to Q4_K, Q5_K and Q6_K weights */
+static int model_uses_limbs(const struct phi3_model *m)
+{
+    if (!qlimb_enabled()) return 0;
+    if (qlimb_supported(m->lm_head.dtype)) return 1;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const phi3_layer *L = &m->layers[l];
+        if (qlimb_supported(L->qkv.dtype) || qlimb_supported(L->o.dtype) || qlimb_supported(L->gate_up.dtype) ||
+            qlimb_supported(L->down.dtype))
+            return 1;
+    }
+    return 0;
+}
+
+int backend_cpu_limbs(const backend *b)
+{
+    return !strcmp(b->ops->name, "cpu") && ((const cpu *)b)->limbx != NULL;
+}
+
 static void cpu_destroy(backend *b)
 {
     cpu *c = (cpu *)b;
@@ -944,6 +979,7 @@ static void cpu_destroy(backend *b)
     free(c->kt_cap);
     for (int t = 0; c->gscratch && t < pool_threads(c->pool); t++) free(c->gscratch[t]);
     free(c->gscratch);
+    free(c->limbx);
     if (!c->shared_pool) pool_free(c->pool);
     if (c->own_kv) free(c->kv.base);
     free(c->ids);
@@ -1001,6 +1037,12 @@ backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, c
         c->scores[t] = xmalloc_aligned(att_scratch_floats(cf->head_dim) * sizeof(float));
     c->gscratch = xcalloc((size_t)pool_threads(c->pool), sizeof *c->gscratch);
     for (int t = 0; t < pool_threads(c->pool); t++) c->gscratch[t] = xmalloc_aligned(gemm_scratch_floats() * sizeof(float));
+    if (model_uses_limbs(m)) {
+        int kmax = cf->hidden > cf->intermediate ? cf->hidden : cf->intermediate;
+        if (cf->n_heads * cf->head_dim > kmax) kmax = cf->n_heads * cf->head_dim;
+        c->limbx_stride = qlimb_xbytes(kmax);
+        c->limbx = xmalloc_aligned(3 * c->limbx_stride);
+    }
     if (kv) {
         c->kv = *kv;
         c->es = kv_type_size(kv->type);

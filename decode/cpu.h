@@ -33,5 +33,8 @@ int backend_cpu_share_pool(backend *b, const backend *from);
  * the canonical order of decode/gemm.h (AVX-512, AVX2 and the portable C give the same
  * bits), this is one value; a session records it so a future path that differs can say so. */
 int backend_cpu_kernel(void);
+/* 1 if b is a CPU backend whose decode products of Q4_K weights go through qlimb.h (opt-in,
+ * PHI3_QUANT_LIMBS=1): not the canonical bits, so a session records another path. */
+int backend_cpu_limbs(const backend *b);
 
 #endif

@@ -42,11 +42,13 @@ typedef struct sess_commit {
  * path gives the same bits (decode/gemm.h's canonical order), so all record KERNEL_CPU,
  * named "cpu". Older CPU values are kept to name what an older build wrote:
  * KERNEL_CPU_C (before the paths agreed) and KERNEL_CPU_1 (SiLU's exponential from libm's
- * expf, before gemm_exp). A device is not bit-identical to the CPU at all. */
-enum { KERNEL_UNKNOWN, KERNEL_CPU_1, KERNEL_CPU_C, KERNEL_DEVICE, KERNEL_CPU };
+ * expf, before gemm_exp). A device is not bit-identical to the CPU at all, nor is the
+ * opt-in qlimb path for Q4_K decode (KERNEL_CPU_LIMBS, "cpu-limbs"). */
+enum { KERNEL_UNKNOWN, KERNEL_CPU_1, KERNEL_CPU_C, KERNEL_DEVICE, KERNEL_CPU, KERNEL_CPU_LIMBS };
 static const char *kernel_name(uint32_t k)
 {
     return k == KERNEL_CPU     ? "cpu"
+           : k == KERNEL_CPU_LIMBS ? "cpu-limbs"
            : k == KERNEL_CPU_1 ? "cpu-1"
            : k == KERNEL_CPU_C ? "cpu-c"
            : k == KERNEL_DEVICE ? "device"
@@ -516,7 +518,9 @@ int session_reserve(session *s, int need, char *err, size_t errlen)
 
 static uint32_t kernel_of(const backend *b)
 {
-    return is_cpu(b) ? (backend_cpu_kernel() == 1 ? KERNEL_CPU : KERNEL_CPU_C) : KERNEL_DEVICE;
+    if (!is_cpu(b)) return KERNEL_DEVICE;
+    if (backend_cpu_limbs(b)) return KERNEL_CPU_LIMBS;
+    return backend_cpu_kernel() == 1 ? KERNEL_CPU : KERNEL_CPU_C;
 }
 
 static int grow_hook(void *ctx, backend *b, int need)

@@ -7,7 +7,8 @@
  *    32-layer model: decode ms/token and prefill tokens/s in bf16, Q8_0, Q4_K_M, Q4_0.
  * 0. Compute only: one thread, 32 rows x 3072 in L2, min over 2000 passes (robust on a
  *    busy machine): the backend's bf16 decode kernel (gemm dot4) vs each type's rows
- *    kernel at each level.
+ *    kernel at each level, and the opt-in integer kernels (decode/qlimb.h) where the
+ *    CPU has them.
  * Random weights (random bytes with sane scales): speed does not depend on the values.
  * usage: quant_bench [THREADS [PREFILL_TOKENS [PARTS]]]; PARTS picks sections by digit
  * (default "012"); prints a table on stdout. */
@@ -15,6 +16,7 @@
 #include "decode/gemm.h"
 #include "decode/pool.h"
 #include "decode/qdot.h"
+#include "decode/qlimb.h"
 #include "embed/model.h"
 #include "embed/quant.h"
 #include <stdio.h>
@@ -90,6 +92,31 @@ static void bench_l2(void)
             double g = (double)R * C / best / 1e9;
             printf("   %s %5.1f (%.2fx)", lv == 1 ? "AVX2" : "AVX-512", g, g / bf);
         }
+        qlimb_force(1);
+        if (qlimb_enabled() && qlimb_supported(types[t])) {
+            /* the opt-in integer kernels (PHI3_QUANT_LIMBS=1); x is prepared once per
+             * product, i.e. once for thousands of rows in the model: timed apart */
+            void *xp = aligned_alloc(64, qlimb_xbytes(C));
+            double bp = 1e9;
+            for (int p = 0; p < PASSES; p++) {
+                double t0 = now();
+                qlimb_prep(types[t], x, C, xp);
+                double dt = now() - t0;
+                if (dt < bp) bp = dt;
+            }
+            best = 1e9;
+            for (int p = 0; p < PASSES; p++) {
+                double t0 = now();
+                for (int r = 0; r < R; r += QLIMB_ROWS)
+                    qlimb_rows(types[t], (uint8_t *)w + r * rb, rb, QLIMB_ROWS, xp, C, out), sink += out[0];
+                double dt = now() - t0;
+                if (dt < best) best = dt;
+            }
+            double g = (double)R * C / best / 1e9;
+            printf("   limbs %5.1f (%.2fx; x prepared in %.2f ns/element)", g, g / bf, bp / C * 1e9);
+            free(xp);
+        }
+        qlimb_force(-1);
         printf("\n");
         free(w);
     }

@@ -8,7 +8,8 @@
 # PHI3_BENCH_Q4KM (GGUF files made from it by phi3-quantize when absent, minutes each;
 # default models/phi3-mini-random-{Q8_0,Q4_K_M}.gguf); skipped with a note without the
 # bf16 directory. PHI3_BENCH_ROUNDS (default 2), PHI3_BENCH_STEPS (16),
-# PHI3_BENCH_THREADS (default: all cores).
+# PHI3_BENCH_THREADS (default: all cores). Q4_K_M runs twice: exact (the default) and with
+# PHI3_QUANT_LIMBS=1 (decode/qlimb.h; the same as exact where the CPU lacks AVX-512 VNNI).
 set -eu
 : "${PHI3_BIN:=$PWD/bin}"
 PY=/usr/bin/python3
@@ -32,7 +33,7 @@ for i in range(int(sys.argv[1])): o.write(msgpack.packb({"type": "tokens", "ids"
 
 # median seconds per decode step of one phi3-run
 step() {
-  "$PHI3_BIN/phi3-run" --backend cpu --threads "$TH" -m "$1" < "$B/in" 2> "$B/stderr" | $PY -c '
+  env ${LIMBS:+PHI3_QUANT_LIMBS=1} "$PHI3_BIN/phi3-run" --backend cpu --threads "$TH" -m "$1" < "$B/in" 2> "$B/stderr" | $PY -c '
 import msgpack, os, sys, time
 u, ts = msgpack.Unpacker(raw=False), []
 while True:
@@ -48,12 +49,13 @@ print(d[len(d) // 2])
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "memory read bandwidth, $TH threads: $("$B/bandwidth" "$TH") GB/s"
 for i in $(seq "$R"); do
-  bf=$(step "$BF"); q8=$(step "$Q8"); q4=$(step "$Q4")
-  $PY - "$i" "$bf" "$q8" "$q4" "$(cut -d' ' -f1 /proc/loadavg)" <<'PYEOF'
+  bf=$(step "$BF"); q8=$(step "$Q8"); q4=$(step "$Q4"); q4l=$(LIMBS=1 step "$Q4")
+  $PY - "$i" "$bf" "$q8" "$q4" "$q4l" "$(cut -d' ' -f1 /proc/loadavg)" <<'PYEOF'
 import sys
-i, bf, q8, q4, la = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
-print("round %s: bf16 %.2f tok/s, Q8_0 %.2f tok/s (%.2fx), Q4_K_M %.2f tok/s (%.2fx)   load %s"
-      % (i, 1 / bf, 1 / q8, bf / q8, 1 / q4, bf / q4, la))
+i, la = sys.argv[1], sys.argv[6]
+bf, q8, q4, q4l = (float(a) for a in sys.argv[2:6])
+print("round %s: bf16 %.2f tok/s, Q8_0 %.2f tok/s (%.2fx), Q4_K_M %.2f tok/s (%.2fx), Q4_K_M limbs %.2f tok/s (%.2fx)   load %s"
+      % (i, 1 / bf, 1 / q8, bf / q8, 1 / q4, bf / q4, 1 / q4l, bf / q4l, la))
 PYEOF
 done
 echo "memory read bandwidth, $TH threads: $("$B/bandwidth" "$TH") GB/s"
