@@ -326,6 +326,34 @@ quantized() { "$PHI3_BIN/phi3-quantize" -q -t "$2" "$1" q.gguf 2> /dev/null && "
   ! CMP q.out d.out --tol 1e-5
 }
 
+@test "gguf: PHI3_QUANT_LIMBS=1 (AVX-512 VNNI): Q4_K_M decode within 1e-5 of the dequantized weights; its session rows are kept apart" {
+  local f
+  for f in avx512f avx512bw avx512vl avx512dq avx512_vnni; do
+    grep -qw "$f" /proc/cpuinfo || skip "this CPU lacks $f: PHI3_QUANT_LIMBS=1 changes nothing"
+  done
+  [ -z "${PHI3_NO_AVX512:-}${PHI3_NO_AVX:-}" ] || skip "PHI3_NO_AVX512 or PHI3_NO_AVX is set"
+  quantized "$G/k256" Q4_K_M               # Q4_K, Q5_K (qkv), Q6_K (output, some ffn_down)
+  # a 5-token prompt (the exact blocked path), then single tokens (the decode path qlimb takes)
+  { tokens_frame 1 5 9 200 3; tokens_frames 77 300 12 45 6 7 8 9 10 400 23 11; } > in
+  "$RUN" --backend cpu -q -m deq.gguf < in > d.out
+  PHI3_QUANT_LIMBS=1 "$RUN" --backend cpu -q -m q.gguf --session "$S" < in > l.out
+  "$RUN" --session-info "$S" > info.json
+  grep -q '"kernel":"cpu-limbs"' info.json || fail "$(cat info.json)"
+  CMP l.out d.out --tol 1e-5 || fail "limbs against the dequantized weights"
+  # the exact kernels give the dequantized weights' bits; the limbs do not
+  "$RUN" --backend cpu -q -m q.gguf < in > q.out
+  CMP q.out d.out --exact
+  ! CMP l.out q.out --exact
+  # an exact run reuses none of the limbs' rows, and the other way round; each is then
+  # its own fresh run's bytes
+  "$RUN" --backend cpu -q -m q.gguf --session "$S" --stats < in > s.out 2> stats
+  [[ "$(cat stats)" == *"reused 0,"* ]] || fail "exact after limbs: $(cat stats)"
+  cmp s.out q.out
+  PHI3_QUANT_LIMBS=1 "$RUN" --backend cpu -q -m q.gguf --session "$S" --stats < in > s.out 2> stats
+  [[ "$(cat stats)" == *"reused 0,"* ]] || fail "limbs after exact: $(cat stats)"
+  cmp s.out l.out
+}
+
 @test "gguf: the Q4_K_M mix is llama.cpp's (qkv Q5_K, output and use_more_bits ffn_down Q6_K, rest Q4_K, norms F32)" {
   "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M "$G/k256" q.gguf
   "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M "$LONGROPE" lr.gguf
