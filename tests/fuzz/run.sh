@@ -22,4 +22,4 @@ one() {
 }
 export -f one
 export secs
-printf '%s\n' "$@" | xargs -P "$jobs" -I{} bash -c 'one "$1"' _ {}
+printf '%s\n' "$@" | xargs -P "$jobs" -I{} bash -c 'one "$1"' _ {} || exit 1
