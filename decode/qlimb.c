@@ -1,4 +1,5 @@
-/* qlimb.c: Q4_K decode products with the activations as three signed bytes (qlimb.h). */
+/* qlimb.c: Q4_K, Q5_K and Q6_K decode products with the activations as three signed
+ * bytes each (qlimb.h). */
 #include "decode/qlimb.h"
 #include "embed/quant.h"
 #include <float.h>
@@ -85,8 +86,8 @@ static inline __attribute__((always_inline)) float pow2f(int e)
     return f;
 }
 
-/* scale, limbs and sum of one sub-block once its max and sum are known; the limbs are
- * are the caller's */
+/* the sums and scale of sub-block j of 32 from its largest magnitude mx and the sums s0,
+ * s1 of its halves; k is the exponent its limbs are taken at (the caller writes them) */
 static inline __attribute__((always_inline)) void sub_meta(qlimb_blk *B, int j, float mx, float s0, float s1, int *k)
 {
     B->bs16[2 * j] = s0;
@@ -143,7 +144,6 @@ Z512I float sum16z(const float *p)
     float b = ((p[8] + p[9]) + (p[10] + p[11])) + ((p[12] + p[13]) + (p[14] + p[15]));
     return a + b;
 }
-
 
 Z512 static void prep_avx512(const float *x, qlimb_blk *B, const int *slot)
 {
