@@ -7,6 +7,7 @@
  * sub-block of 32); weights k..k+8 of the row always go to the 8 lanes of one
  * accumulator, in increasing k, so all variants share one operation order. */
 #include "decode/qdot.h"
+#include "decode/simd.h"
 #include "embed/quant.h"
 #include <cpuid.h>
 #include <immintrin.h>
@@ -401,40 +402,6 @@ AVX512 __m512i bit_to4(__m512i v, int b)
 {
     __m512i t = b <= 4 ? _mm512_sll_epi16(v, _mm_cvtsi32_si128(4 - b)) : _mm512_srl_epi16(v, _mm_cvtsi32_si128(b - 4));
     return _mm512_and_si512(t, _mm512_set1_epi8(0x10));
-}
-
-/* A row pair's K-quant scales (Q4_K, Q5_K blocks at a and b) in the pair layout: S = d*sc
- * and M = -(dmin*m) of the 8 sub-blocks of A in lanes 0-7, of B in lanes 8-15 (the same
- * float operations as k45_scales). The first 16 bytes of a block (d, dmin, 12 scale
- * bytes) are spread so that lane j holds (low byte, next byte): sc: (s[j], 0) for j < 4,
- * (s[j+4], s[j-4]) for j >= 4; m: (s[j+4], 0), (s[j+4], s[j]); then
- * value = (v >> sh & lo) | (v >> 10 & 0x30) with sh = 4 for m of j >= 4 (else 0), lo =
- * 0x3f for j < 4 (else 0xf) and the 0x30 term for j >= 4 only. */
-AVX512 void k45_pair_scales(const uint8_t *a, const uint8_t *b, __m512 *S, __m512 *M)
-{
-#define K45_CTL(x0, x1, x2, x3) _mm512_set_epi32(x3, x2, x1, x0, x3, x2, x1, x0, x3, x2, x1, x0, x3, x2, x1, x0)
-#define K45_LANES(lo4, hi4) _mm512_set_epi32(hi4, hi4, hi4, hi4, lo4, lo4, lo4, lo4, hi4, hi4, hi4, hi4, lo4, lo4, lo4, lo4)
-    __m512i v = bcast2x16(a, b);
-    /* 128-bit lane 0 and 2 serve j = 0..3, lanes 1 and 3 j = 4..7: the controls differ per lane */
-    const __m512i csc = _mm512_set_epi32((int)0x8080070f, (int)0x8080060e, (int)0x8080050d, (int)0x8080040c,
-                                         (int)0x80808007, (int)0x80808006, (int)0x80808005, (int)0x80808004,
-                                         (int)0x8080070f, (int)0x8080060e, (int)0x8080050d, (int)0x8080040c,
-                                         (int)0x80808007, (int)0x80808006, (int)0x80808005, (int)0x80808004);
-    const __m512i cm = _mm512_set_epi32((int)0x80800b0f, (int)0x80800a0e, (int)0x8080090d, (int)0x8080080c,
-                                        (int)0x8080800b, (int)0x8080800a, (int)0x80808009, (int)0x80808008,
-                                        (int)0x80800b0f, (int)0x80800a0e, (int)0x8080090d, (int)0x8080080c,
-                                        (int)0x8080800b, (int)0x8080800a, (int)0x80808009, (int)0x80808008);
-    const __m512i lo = K45_LANES(0x3f, 0xf), hi = K45_LANES(0, 0x30), sh = K45_LANES(0, 4);
-    __m512i vs = _mm512_shuffle_epi8(v, csc), vm = _mm512_shuffle_epi8(v, cm);
-    __m512i sc = _mm512_ternarylogic_epi32(_mm512_srli_epi32(vs, 10), hi, _mm512_and_si512(vs, lo), 0xEA);
-    __m512i m = _mm512_ternarylogic_epi32(_mm512_srli_epi32(vm, 10), hi, _mm512_and_si512(_mm512_srlv_epi32(vm, sh), lo), 0xEA);
-    /* d (bytes 0-1) and dmin (bytes 2-3) of each row as halves in every lane of its row */
-    __m512i dd = _mm512_shuffle_epi8(v, K45_CTL(0x03020100, 0x03020100, 0x03020100, 0x03020100));
-    __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd)), dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dd, 16)));
-    *S = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
-    *M = _mm512_xor_ps(_mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m)), _mm512_set1_ps(-0.0f));
-#undef K45_CTL
-#undef K45_LANES
 }
 
 /* Q4_K and Q5_K (q5 = 1) by hand: a row pair's scales stay in registers for the block

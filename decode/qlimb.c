@@ -1,6 +1,7 @@
 /* qlimb.c: Q4_K, Q5_K and Q6_K decode products with the activations as three signed
  * bytes each (qlimb.h). */
 #include "decode/qlimb.h"
+#include "decode/simd.h"
 #include "embed/quant.h"
 #include <float.h>
 #include <immintrin.h>
@@ -243,34 +244,6 @@ double qlimb_ref(st_dtype d, const void *row, const void *xp, int n)
     return acc;
 }
 
-/* A row pair's scales: S = d*sc of the 8 sub-blocks of row a in lanes 0-7, of row b in
- * lanes 8-15, and M = dmin*m likewise (the lane layout of qdot.c's k45_pair_scales: each
- * lane picks (low byte, next byte) of the 12 scale bytes, then masks and shifts). */
-Z512I void pair_scales(const uint8_t *a, const uint8_t *b, __m512 *S, __m512 *M)
-{
-#define LANES(lo4, hi4) _mm512_set_epi32(hi4, hi4, hi4, hi4, lo4, lo4, lo4, lo4, hi4, hi4, hi4, hi4, lo4, lo4, lo4, lo4)
-    __m512i v = _mm512_inserti64x4(
-        _mm512_castsi256_si512(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)a))),
-        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b)), 1);
-    const __m512i csc = _mm512_set_epi32((int)0x8080070f, (int)0x8080060e, (int)0x8080050d, (int)0x8080040c,
-                                         (int)0x80808007, (int)0x80808006, (int)0x80808005, (int)0x80808004,
-                                         (int)0x8080070f, (int)0x8080060e, (int)0x8080050d, (int)0x8080040c,
-                                         (int)0x80808007, (int)0x80808006, (int)0x80808005, (int)0x80808004);
-    const __m512i cm = _mm512_set_epi32((int)0x80800b0f, (int)0x80800a0e, (int)0x8080090d, (int)0x8080080c,
-                                        (int)0x8080800b, (int)0x8080800a, (int)0x80808009, (int)0x80808008,
-                                        (int)0x80800b0f, (int)0x80800a0e, (int)0x8080090d, (int)0x8080080c,
-                                        (int)0x8080800b, (int)0x8080800a, (int)0x80808009, (int)0x80808008);
-    const __m512i lo = LANES(0x3f, 0xf), hi = LANES(0, 0x30), sh = LANES(0, 4);
-    __m512i vs = _mm512_shuffle_epi8(v, csc), vm = _mm512_shuffle_epi8(v, cm);
-    __m512i sc = _mm512_ternarylogic_epi32(_mm512_srli_epi32(vs, 10), hi, _mm512_and_si512(vs, lo), 0xEA);
-    __m512i m = _mm512_ternarylogic_epi32(_mm512_srli_epi32(vm, 10), hi, _mm512_and_si512(_mm512_srlv_epi32(vm, sh), lo), 0xEA);
-    __m512i dd = _mm512_shuffle_epi8(v, _mm512_set1_epi32(0x03020100));
-    __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dd)), dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dd, 16)));
-    *S = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
-    *M = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m));
-#undef LANES
-}
-
 /* the three limbs of one 64-weight group against its q (unsigned bytes): t = ((q.a1 << 7)
  * + q.a2 << 7) + q.a3 per dword lane (4 weights) */
 Z512I __m512i limbs3(__m512i q, __m512i A0, __m512i A1, __m512i A2)
@@ -322,8 +295,8 @@ Z512I void rows_k45(const void *row, size_t rb, int nrows, const void *xp, int n
         __m512 xs = _mm512_broadcast_f32x8(_mm256_loadu_ps(B->s)), xb = _mm512_broadcast_f32x8(_mm256_loadu_ps(B->bs));
         __m512 SV[QLIMB_ROWS / 2];
         UNROLL for (int r = 0; r < QLIMB_ROWS / 2; r++) {
-            __m512 S, M;
-            pair_scales(base[2 * r] + off, base[2 * r + 1] + off, &S, &M);
+            __m512 S, M;                        /* M = -(dmin m) */
+            k45_pair_scales(base[2 * r] + off, base[2 * r + 1] + off, &S, &M);
             SV[r] = _mm512_mul_ps(S, xs);
             macc[r] = _mm512_fmadd_ps(M, xb, macc[r]);
         }
@@ -353,7 +326,7 @@ Z512I void rows_k45(const void *row, size_t rb, int nrows, const void *xp, int n
         _mm512_storeu_ps(m, macc[r / 2]);
         const float *mh = m + 8 * (r & 1);
         float fs = sum16z(f), ms = ((mh[0] + mh[1]) + (mh[2] + mh[3])) + ((mh[4] + mh[5]) + (mh[6] + mh[7]));
-        out[r] = fs - ms;
+        out[r] = fs + ms;
     }
 }
 
