@@ -43,7 +43,7 @@ typedef struct sess_commit {
  * named "cpu". Older CPU values are kept to name what an older build wrote:
  * KERNEL_CPU_C (before the paths agreed) and KERNEL_CPU_1 (SiLU's exponential from libm's
  * expf, before gemm_exp). A device is not bit-identical to the CPU at all, nor is the
- * opt-in qlimb path for Q4_K decode (KERNEL_CPU_LIMBS, "cpu-limbs"). */
+ * opt-in qlimb path for K-quant decode (KERNEL_CPU_LIMBS, "cpu-limbs"). */
 enum { KERNEL_UNKNOWN, KERNEL_CPU_1, KERNEL_CPU_C, KERNEL_DEVICE, KERNEL_CPU, KERNEL_CPU_LIMBS };
 static const char *kernel_name(uint32_t k)
 {
