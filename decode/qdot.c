@@ -88,7 +88,6 @@ float qdot_portable(st_dtype d, const void *row, const float *x, int n)
  * with d < 0, where it gives +0 for ggml's -0. */
 
 #define AVX __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
-#define UNROLL(N) _Pragma("GCC unroll 8")
 
 typedef struct bscale {
     _Alignas(32) float s[16];   /* per unit (Q6_K: per 16 weights) d * sc */

@@ -57,8 +57,12 @@ int qlimb_enabled(void)
 
 /* ---- preparing the activations ---- */
 
-/* the sum of 16 floats as a fixed tree */
-static float sum16(const float *p)
+/* the sum of 16 floats as a fixed tree. Always inlined, so it is compiled with its
+ * caller's target: AVX-512 code that calls a function compiled as legacy SSE, with the
+ * upper halves of the vector registers dirty, ran at less than half speed on Intel
+ * (measured: the kernel below at 9.4 against 22.6 Gweights/s when its last sums called an
+ * out-of-line sum16) */
+static inline __attribute__((always_inline)) float sum16(const float *p)
 {
     float a = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
     float b = ((p[8] + p[9]) + (p[10] + p[11])) + ((p[12] + p[13]) + (p[14] + p[15]));
@@ -132,19 +136,8 @@ static void prep_scalar(const float *x, qlimb_blk *B, const int *slot)
 
 #define Z512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 #define Z512I Z512 __attribute__((always_inline)) static inline
-#define UNROLL _Pragma("GCC unroll 8")
 
-/* sum16 compiled as VEX code: AVX-512 code that calls legacy-SSE code with the upper
- * halves of the vector registers dirty runs at less than half speed on Intel (measured:
- * 9.4 against 22.6 Gweights/s for the kernel below when its last sums called sum16) */
 Z512I float f16_to_f32z(uint16_t h) { return _cvtsh_ss(h); }
-
-Z512I float sum16z(const float *p)
-{
-    float a = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
-    float b = ((p[8] + p[9]) + (p[10] + p[11])) + ((p[12] + p[13]) + (p[14] + p[15]));
-    return a + b;
-}
 
 Z512 static void prep_avx512(const float *x, qlimb_blk *B, const int *slot)
 {
@@ -155,7 +148,7 @@ Z512 static void prep_avx512(const float *x, qlimb_blk *B, const int *slot)
         __m512 m = _mm512_max_ps(_mm512_and_ps(x0, absm), _mm512_and_ps(x1, absm));
         __mmask16 nan = _mm512_cmp_ps_mask(x0, x0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(x1, x1, _CMP_UNORD_Q);
         int k;
-        sub_meta(B, j, nan ? NAN : _mm512_reduce_max_ps(m), sum16z(xs), sum16z(xs + 16), &k);
+        sub_meta(B, j, nan ? NAN : _mm512_reduce_max_ps(m), sum16(xs), sum16(xs + 16), &k);
         if (!(B->s[j] > 0)) {
             for (int l = 0; l < 3; l++) _mm256_storeu_si256((__m256i *)(B->a[l] + 32 * slot[j]), _mm256_setzero_si256());
             continue;
@@ -275,7 +268,7 @@ Z512I void rows_k45(const void *row, size_t rb, int nrows, const void *xp, int n
     const size_t bb = q5 ? Q5_K_BYTES : Q4_K_BYTES;
     const int qoff = q5 ? 48 : 16;
     const uint8_t *base[QLIMB_ROWS];
-    UNROLL for (int r = 0; r < QLIMB_ROWS; r++) base[r] = (const uint8_t *)row + (size_t)(r < nrows ? r : nrows - 1) * rb;
+    UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++) base[r] = (const uint8_t *)row + (size_t)(r < nrows ? r : nrows - 1) * rb;
     const qlimb_blk *B = xp;
     const __m512i m4 = _mm512_set1_epi8(0xF);
     /* lanes 0-7 / 8-15 of group z take the scale of slots 2z, 2z+1: sub-blocks 0,2 | 1,3 | 4,6 | 5,7;
@@ -286,31 +279,31 @@ Z512I void rows_k45(const void *row, size_t rb, int nrows, const void *xp, int n
                            _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 5, 5, 5, 5, 5, 5, 5, 5)};
     const __m512i eight = _mm512_set1_epi32(8);
     __m512 facc[QLIMB_ROWS], macc[QLIMB_ROWS / 2];
-    UNROLL for (int r = 0; r < QLIMB_ROWS; r++) facc[r] = _mm512_setzero_ps();
-    UNROLL for (int r = 0; r < QLIMB_ROWS / 2; r++) macc[r] = _mm512_setzero_ps();
+    UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++) facc[r] = _mm512_setzero_ps();
+    UNROLL(8) for (int r = 0; r < QLIMB_ROWS / 2; r++) macc[r] = _mm512_setzero_ps();
     for (int k = 0; k < n / QK_K; k++, B++) {
         size_t off = (size_t)k * bb;
-        UNROLL for (int r = 0; r < QLIMB_ROWS; r++)
-            UNROLL for (int o = 0; o < (int)bb; o += 64) _mm_prefetch((const char *)(base[r] + QLIMB_ROWS * rb + off + o), _MM_HINT_T0);
+        UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++)
+            UNROLL(8) for (int o = 0; o < (int)bb; o += 64) _mm_prefetch((const char *)(base[r] + QLIMB_ROWS * rb + off + o), _MM_HINT_T0);
         __m512 xs = _mm512_broadcast_f32x8(_mm256_loadu_ps(B->s)), xb = _mm512_broadcast_f32x8(_mm256_loadu_ps(B->bs));
         __m512 SV[QLIMB_ROWS / 2];
-        UNROLL for (int r = 0; r < QLIMB_ROWS / 2; r++) {
+        UNROLL(8) for (int r = 0; r < QLIMB_ROWS / 2; r++) {
             __m512 S, M;                        /* M = -(dmin m) */
             k45_pair_scales(base[2 * r] + off, base[2 * r + 1] + off, &S, &M);
             SV[r] = _mm512_mul_ps(S, xs);
             macc[r] = _mm512_fmadd_ps(M, xb, macc[r]);
         }
-        UNROLL for (int h = 0; h < 2; h++) {
+        UNROLL(8) for (int h = 0; h < 2; h++) {
             __m512i q[QLIMB_ROWS], qh[QLIMB_ROWS];
-            UNROLL for (int r = 0; r < QLIMB_ROWS; r++) {
+            UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++) {
                 q[r] = _mm512_loadu_si512(base[r] + off + qoff + 64 * h);
                 if (q5) qh[r] = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(base[r] + off + 16)));
             }
-            UNROLL for (int z = 2 * h; z < 2 * h + 2; z++) {
+            UNROLL(8) for (int z = 2 * h; z < 2 * h + 2; z++) {
                 __m512i A0 = _mm512_loadu_si512(B->a[0] + 64 * z), A1 = _mm512_loadu_si512(B->a[1] + 64 * z);
                 __m512i A2 = _mm512_loadu_si512(B->a[2] + 64 * z);
                 __m512i ib = _mm512_add_epi32(ia[z], eight);
-                UNROLL for (int r = 0; r < QLIMB_ROWS; r++) {
+                UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++) {
                     __m512i nz = z & 1 ? _mm512_and_si512(_mm512_srli_epi16(q[r], 4), m4) : _mm512_and_si512(q[r], m4);
                     if (q5) nz = _mm512_or_si512(nz, k5_bits(qh[r], h, z & 1));
                     __m512i t = limbs3(nz, A0, A1, A2);
@@ -325,7 +318,7 @@ Z512I void rows_k45(const void *row, size_t rb, int nrows, const void *xp, int n
         _mm512_storeu_ps(f, facc[r]);
         _mm512_storeu_ps(m, macc[r / 2]);
         const float *mh = m + 8 * (r & 1);
-        float fs = sum16z(f), ms = ((mh[0] + mh[1]) + (mh[2] + mh[3])) + ((mh[4] + mh[5]) + (mh[6] + mh[7]));
+        float fs = sum16(f), ms = ((mh[0] + mh[1]) + (mh[2] + mh[3])) + ((mh[4] + mh[5]) + (mh[6] + mh[7]));
         out[r] = fs + ms;
     }
 }
@@ -349,7 +342,7 @@ Z512 static void rows_q5_k(const void *row, size_t rb, int nrows, const void *xp
 Z512 static void rows_q6_k(const void *row, size_t rb, int nrows, const void *xp, int n, float *out)
 {
     const uint8_t *base[QLIMB_ROWS];
-    UNROLL for (int r = 0; r < QLIMB_ROWS; r++) base[r] = (const uint8_t *)row + (size_t)(r < nrows ? r : nrows - 1) * rb;
+    UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++) base[r] = (const uint8_t *)row + (size_t)(r < nrows ? r : nrows - 1) * rb;
     const qlimb_blk *B = xp;
     const __m512i m4 = _mm512_set1_epi8(0xF), m30 = _mm512_set1_epi8(0x30);
     /* qh bits to bits 4-5: group 2n: bytes 0-31 << 4, bytes 32-63 << 2; group 2n+1: >> 0, >> 2 */
@@ -357,35 +350,35 @@ Z512 static void rows_q6_k(const void *row, size_t rb, int nrows, const void *xp
     const __m512i chi = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
     const __m512i xsi = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
     __m512 facc[QLIMB_ROWS], macc[QLIMB_ROWS];
-    UNROLL for (int r = 0; r < QLIMB_ROWS; r++) facc[r] = _mm512_setzero_ps(), macc[r] = _mm512_setzero_ps();
+    UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++) facc[r] = _mm512_setzero_ps(), macc[r] = _mm512_setzero_ps();
     for (int k = 0; k < n / QK_K; k++, B++) {
         size_t off = (size_t)k * Q6_K_BYTES;
-        UNROLL for (int r = 0; r < QLIMB_ROWS; r++)
-            UNROLL for (int o = 0; o < Q6_K_BYTES; o += 64) _mm_prefetch((const char *)(base[r] + QLIMB_ROWS * rb + off + o), _MM_HINT_T0);
+        UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++)
+            UNROLL(8) for (int o = 0; o < Q6_K_BYTES; o += 64) _mm_prefetch((const char *)(base[r] + QLIMB_ROWS * rb + off + o), _MM_HINT_T0);
         /* the activations' 2^(k-14) per sub-block of 16 (that of its 32), and the sums of 16 */
         __m512 xs = _mm512_permutexvar_ps(xsi, _mm512_castps256_ps512(_mm256_loadu_ps(B->s)));
         __m512 xb = _mm512_loadu_ps(B->bs16);
         __m512 SV[QLIMB_ROWS];
-        UNROLL for (int r = 0; r < QLIMB_ROWS; r++) {
+        UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++) {
             const uint8_t *b = base[r] + off;
             __m512 d = _mm512_set1_ps(f16_to_f32z((uint16_t)(b[208] | b[209] << 8)));
             __m512 S = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 192)))));
             SV[r] = _mm512_mul_ps(S, xs);
             macc[r] = _mm512_fmadd_ps(S, xb, macc[r]);
         }
-        UNROLL for (int h = 0; h < 2; h++) {
+        UNROLL(8) for (int h = 0; h < 2; h++) {
             __m512i ql[QLIMB_ROWS], qh[QLIMB_ROWS];
-            UNROLL for (int r = 0; r < QLIMB_ROWS; r++) {
+            UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++) {
                 ql[r] = _mm512_loadu_si512(base[r] + off + 64 * h);
                 qh[r] = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(base[r] + off + 128 + 32 * h)));
             }
-            UNROLL for (int g = 0; g < 2; g++) {
+            UNROLL(8) for (int g = 0; g < 2; g++) {
                 int z = 2 * h + g;
                 __m512i A0 = _mm512_loadu_si512(B->a[0] + 64 * z), A1 = _mm512_loadu_si512(B->a[1] + 64 * z);
                 __m512i A2 = _mm512_loadu_si512(B->a[2] + 64 * z);
                 __m512i iz = _mm512_add_epi32(_mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 2),
                                               _mm512_set1_epi32(4 * z));
-                UNROLL for (int r = 0; r < QLIMB_ROWS; r++) {
+                UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++) {
                     __m512i lo = g ? _mm512_srli_epi16(ql[r], 4) : ql[r];
                     __m512i hb = g ? _mm512_srlv_epi16(qh[r], chi) : _mm512_sllv_epi16(qh[r], clo);
                     /* (lo & 0x0F) | (hb & 0x30) */
@@ -400,7 +393,7 @@ Z512 static void rows_q6_k(const void *row, size_t rb, int nrows, const void *xp
         float f[16], m[16];
         _mm512_storeu_ps(f, facc[r]);
         _mm512_storeu_ps(m, macc[r]);
-        out[r] = sum16z(f) - 32.0f * sum16z(m);
+        out[r] = sum16(f) - 32.0f * sum16(m);
     }
 }
 

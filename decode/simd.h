@@ -5,6 +5,9 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+/* a loop the kernels want unrolled (GCC takes one count; 8 covers every loop they mark) */
+#define UNROLL(N) _Pragma("GCC unroll 8")
+
 /* r[i] lane j -> r[j] lane i: the 8x8 transpose of eight ymm rows (unpack, shuffle, then
  * the 128-bit halves exchanged) */
 __attribute__((target("avx2"))) static inline __attribute__((always_inline)) void transpose8x8_ps(__m256 r[8])
