@@ -527,7 +527,7 @@ rows512_q6_k(const void *row, size_t rb, const float *x, int n, float *out)
  * zmm, then its two halves go to that row's 8-lane chain one after the other (AVX-512VL
  * gives the 8 ymm accumulators room). */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
-rows512_q8_0(const void *row, size_t rb, const float *x, int n, float *out)
+rows512_q8_0y(const void *row, size_t rb, const float *x, int n, float *out)
 {
     const uint8_t *b = row;
     __m256 acc[QDOT_ROWS], xv[4];
@@ -547,6 +547,63 @@ rows512_q8_0(const void *row, size_t rb, const float *x, int n, float *out)
         }
     }
     UNROLL(8) for (int r = 0; r < QDOT_ROWS; r++) out[r] = hsum(acc[r]);
+}
+
+/* Q8_0 with rows in zmm halves: each unit's q of rows A and B are spread in-lane as
+ * q 2^24 (bcast2x16, spread_i8x2p24, as in Q6_K) and multiplied by d 2^-24 (exact: d is
+ * an f16, so d 2^-24 >= 2^-48 is a normal float): the same real product as q * d, so the
+ * same bits. Fewer vector operations per weight than rows512_q8_0y (no ymm FMAs, which
+ * Intel's cores run on one port while zmm code is in flight): on a 2-vCPU Intel Xeon
+ * (AVX-512, docs/QUANT.md) 8.7 -> 13+ Gweights/s in L2. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) static void
+rows512_q8_0(const void *row, size_t rb, const float *x, int n, float *out)
+{
+    const uint8_t *b = row;
+    __m512 acc[QDOT_ROWS / 2], xv[4];
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i g0 = spread_ctl(0, 1), g1 = spread_ctl(1, 1);
+    const __m512 p24 = _mm512_set1_ps(0x1p-24f);
+    for (int k0 = 0; k0 < n; k0 += QK8_0, b += Q8_0_BYTES) {
+        pf_rows(b, rb, Q8_0_BYTES);
+        UNROLL(4) for (int i = 0; i < 4; i++) xv[i] = _mm512_broadcast_f32x8(_mm256_loadu_ps(x + k0 + 8 * i));
+        UNROLL(4) for (int r = 0; r < QDOT_ROWS / 2; r++) {
+            const uint8_t *pa = b + 2 * r * rb, *pb = pa + rb;
+            short ha, hb;
+            memcpy(&ha, pa, 2);
+            memcpy(&hb, pb, 2);
+            __m512 d = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_mask_set1_epi16(_mm256_set1_epi16(ha), 0xFF00, hb)), p24);
+            __m512i lo = bcast2x16(pa + 2, pb + 2), hi = bcast2x16(pa + 18, pb + 18);
+            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, spread_i8x2p24(lo, g0)), xv[0], acc[r]);
+            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, spread_i8x2p24(lo, g1)), xv[1], acc[r]);
+            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, spread_i8x2p24(hi, g0)), xv[2], acc[r]);
+            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(d, spread_i8x2p24(hi, g1)), xv[3], acc[r]);
+        }
+    }
+    UNROLL(8) for (int r = 0; r < QDOT_ROWS / 2; r++) pair_out(acc[r], out + 2 * r);
+}
+
+/* Which of the two: the paired kernel, except on AMD's CPUs, where rows512_q8_0y was
+ * measured (Zen 5: 27.3-27.9 Gweights/s in L2) and the paired one was not;
+ * PHI3_Q8_0_KERNEL=ymm or =paired chooses (benchmarks), and so does qdot_q8_0_kernel
+ * (tests). Both give the same bits. */
+static int q8_paired = -1;
+
+int qdot_q8_0_kernel(int paired)
+{
+    if (paired >= 0) q8_paired = paired > 0;
+    else {
+        const char *e = getenv("PHI3_Q8_0_KERNEL");
+        __builtin_cpu_init();
+        q8_paired = e && !strcmp(e, "ymm") ? 0 : e && !strcmp(e, "paired") ? 1 : !__builtin_cpu_is("amd");
+    }
+    return q8_paired;
+}
+
+static void rows512_q8_0_any(const void *row, size_t rb, const float *x, int n, float *out)
+{
+    if (q8_paired < 0) qdot_q8_0_kernel(-1);
+    if (q8_paired) rows512_q8_0(row, rb, x, n, out);
+    else rows512_q8_0y(row, rb, x, n, out);
 }
 
 /* Q4_0: rows A and B widened 8 bytes at a time (pair_q), w = fma(q, d, -8 d). That is
@@ -592,7 +649,7 @@ typedef void (*rows_t)(const void *, size_t, int, const float *, int, float *);
 typedef void (*toks_t)(const void *, const float *, size_t, int, int, float *);
 typedef void (*rows512_t)(const void *, size_t, const float *, int, float *);
 static const struct { dot_t dot; rows_t rows; toks_t toks; rows512_t rows512; } kern[ST_NDTYPE] = {
-    [ST_Q8_0] = {dot_q8_0, rows_q8_0, toks_q8_0, rows512_q8_0},
+    [ST_Q8_0] = {dot_q8_0, rows_q8_0, toks_q8_0, rows512_q8_0_any},
     [ST_Q4_0] = {dot_q4_0, rows_q4_0, toks_q4_0, rows512_q4_0},
     [ST_Q4_K] = {dot_q4_k, rows_q4_k, toks_q4_k, rows512_q4_k},
     [ST_Q5_K] = {dot_q5_k, rows_q5_k, toks_q5_k, rows512_q5_k},

@@ -24,6 +24,10 @@ int qdot_avx(void);
  * every level gives the same bits) or raises it back to what the CPU has; returns it. */
 int qdot_level(void);
 int qdot_set_level(int level);
+/* Level 2 has two Q8_0 row kernels with the same bits: rows paired in zmm halves (1; the
+ * default except on AMD's CPUs) and 8-lane chains in ymm (0); -1 picks as at start
+ * (PHI3_Q8_0_KERNEL=paired|ymm, else by vendor). Returns the one in use (tests). */
+int qdot_q8_0_kernel(int paired);
 
 /* row . x over n elements. */
 float qdot(st_dtype d, const void *row, const float *x, int n);

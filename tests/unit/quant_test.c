@@ -567,6 +567,13 @@ int main(void)
         qdot_set_level(lv);
         kernels(lv);
     }
+    if (top >= 2) {     /* level 2's other Q8_0 row kernel (decode/qdot.c: the same bits) */
+        int was = qdot_q8_0_kernel(-1);
+        printf("# AVX-512 with the %s Q8_0 row kernel\n", was ? "ymm" : "paired");
+        qdot_q8_0_kernel(!was);
+        kernels(2);
+        qdot_q8_0_kernel(was);
+    }
     qdot_set_level(top);
     model_equivalence();
     return tap_done();
