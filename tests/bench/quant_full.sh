@@ -9,7 +9,9 @@
 # default models/phi3-mini-random-{Q8_0,Q4_K_M}.gguf); skipped with a note without the
 # bf16 directory. PHI3_BENCH_ROUNDS (default 2), PHI3_BENCH_STEPS (16),
 # PHI3_BENCH_THREADS (default: all cores). Q4_K_M runs twice: exact (the default) and with
-# PHI3_QUANT_LIMBS=1 (decode/qlimb.h; the same as exact where the CPU lacks AVX-512 VNNI).
+# PHI3_QUANT_LIMBS=1 (decode/qlimb.h; the same as exact where the CPU lacks AVX-512 VNNI),
+# and so does Q8_0; PHI3_BENCH_Q8_YMM=1 adds Q8_0 through the other exact AVX-512 kernel
+# (PHI3_Q8_0_KERNEL=ymm, decode/qdot.c: the same bits).
 set -eu
 : "${PHI3_BIN:=$PWD/bin}"
 PY=/usr/bin/python3
@@ -31,9 +33,12 @@ o.write(msgpack.packb({"type": "tokens", "ids": [1, 450, 4996, 17354]}))
 for i in range(int(sys.argv[1])): o.write(msgpack.packb({"type": "tokens", "ids": [100 + i]}))
 ' "$STEPS" > "$B/in"
 
-# median seconds per decode step of one phi3-run
+# median seconds per decode step of one phi3-run; the model's files are read first (this
+# VM's page cache was seen emptied between runs, and faulting 7 GB back in from disk
+# during the steps is not decode)
 step() {
-  env ${LIMBS:+PHI3_QUANT_LIMBS=1} "$PHI3_BIN/phi3-run" --backend cpu --threads "$TH" -m "$1" < "$B/in" 2> "$B/stderr" | $PY -c '
+  cat "$1" > /dev/null 2>&1 || cat "$1"/* > /dev/null
+  env ${LIMBS:+PHI3_QUANT_LIMBS=1} ${Q8K:+PHI3_Q8_0_KERNEL=$Q8K} "$PHI3_BIN/phi3-run" --backend cpu --threads "$TH" -m "$1" < "$B/in" 2> "$B/stderr" | $PY -c '
 import msgpack, os, sys, time
 u, ts = msgpack.Unpacker(raw=False), []
 while True:
@@ -49,13 +54,15 @@ print(d[len(d) // 2])
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "memory read bandwidth, $TH threads: $("$B/bandwidth" "$TH") GB/s"
 for i in $(seq "$R"); do
-  bf=$(step "$BF"); q8=$(step "$Q8"); q4=$(step "$Q4"); q4l=$(LIMBS=1 step "$Q4")
-  $PY - "$i" "$bf" "$q8" "$q4" "$q4l" "$(cut -d' ' -f1 /proc/loadavg)" <<'PYEOF'
+  bf=$(step "$BF"); q8=$(step "$Q8"); q8l=$(LIMBS=1 step "$Q8"); q4=$(step "$Q4"); q4l=$(LIMBS=1 step "$Q4")
+  q8y=0; [ -z "${PHI3_BENCH_Q8_YMM:-}" ] || q8y=$(Q8K=ymm step "$Q8")
+  $PY - "$i" "$(cut -d' ' -f1 /proc/loadavg)" "$bf" "$q8" "$q8l" "$q4" "$q4l" "$q8y" <<'PYEOF'
 import sys
-i, la = sys.argv[1], sys.argv[6]
-bf, q8, q4, q4l = (float(a) for a in sys.argv[2:6])
-print("round %s: bf16 %.2f tok/s, Q8_0 %.2f tok/s (%.2fx), Q4_K_M %.2f tok/s (%.2fx), Q4_K_M limbs %.2f tok/s (%.2fx)   load %s"
-      % (i, 1 / bf, 1 / q8, bf / q8, 1 / q4, bf / q4, 1 / q4l, bf / q4l, la))
+i, la = sys.argv[1], sys.argv[2]
+bf, q8, q8l, q4, q4l, q8y = (float(a) for a in sys.argv[3:9])
+r = lambda s: "%.2f tok/s (%.2fx)" % (1 / s, bf / s)
+print("round %s: bf16 %.2f tok/s, Q8_0 %s, Q8_0 limbs %s, Q4_K_M %s, Q4_K_M limbs %s%s   load %s"
+      % (i, 1 / bf, r(q8), r(q8l), r(q4), r(q4l), ", Q8_0 ymm kernel " + r(q8y) if q8y else "", la))
 PYEOF
 done
 echo "memory read bandwidth, $TH threads: $("$B/bandwidth" "$TH") GB/s"
