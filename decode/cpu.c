@@ -143,8 +143,6 @@ static void mm_rows(void *ctx, int begin, int end, int tid)
               (size_t)j->ldo, j->c->gscratch[tid]);
 }
 
-static int limb_weight(const phi3_weight *w);
-
 static void matmul(cpu *c, const phi3_weight *w, int row0, int nrows, const float *x, int ldx, int n,
                    float *out, int ldo)
 {
@@ -153,9 +151,8 @@ static void matmul(cpu *c, const phi3_weight *w, int row0, int nrows, const floa
     mm_job j = {c, q ? qdot_gemm_ops(w->dtype) : gemm_ops_for(w->dtype), q ? w->dtype : ST_NDTYPE,
                 (const uint8_t *)w->data + (size_t)row0 * rb, rb, (int)w->cols, nrows, x, ldx, n, out, ldo,
                 NULL, 0};
-    /* opt-in (qlimb.h): decode products of K-quant and Q8_0 weights from activations
-     * prepared once here */
-    if (q && n < 4 && c->limbx && limb_weight(w) && qlimb_xbytes((int)w->cols) <= c->limbx_stride) {
+    /* opt-in (qlimb.h): decode products of K-quant weights from activations prepared once here */
+    if (q && n < 4 && c->limbx && qlimb_supported(w->dtype) && qlimb_xbytes((int)w->cols) <= c->limbx_stride) {
         for (int t = 0; t < n; t++) qlimb_prep(w->dtype, x + (size_t)t * ldx, (int)w->cols, c->limbx + (size_t)t * c->limbx_stride);
         j.xp = c->limbx;
         j.xp_stride = c->limbx_stride;
@@ -951,20 +948,16 @@ static int cpu_truncate(backend *b, int n)
     return 0;
 }
 
-/* qlimb is opt-in (PHI3_QUANT_LIMBS=1, qlimb.h) and applies to Q4_K, Q5_K, Q6_K and Q8_0
- * weights whose rows are whole blocks of 256 */
-static int limb_weight(const phi3_weight *w)
-{
-    return qlimb_supported(w->dtype) && w->cols % QK_K == 0;
-}
-
+/* qlimb is opt-in (PHI3_QUANT_LIMBS=1, qlimb.h) and applies to Q4_K, Q5_K and Q6_K weights */
 static int model_uses_limbs(const struct phi3_model *m)
 {
     if (!qlimb_enabled()) return 0;
-    if (limb_weight(&m->lm_head)) return 1;
+    if (qlimb_supported(m->lm_head.dtype)) return 1;
     for (int l = 0; l < m->cfg.n_layers; l++) {
         const phi3_layer *L = &m->layers[l];
-        if (limb_weight(&L->qkv) || limb_weight(&L->o) || limb_weight(&L->gate_up) || limb_weight(&L->down)) return 1;
+        if (qlimb_supported(L->qkv.dtype) || qlimb_supported(L->o.dtype) || qlimb_supported(L->gate_up.dtype) ||
+            qlimb_supported(L->down.dtype))
+            return 1;
     }
     return 0;
 }

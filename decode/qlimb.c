@@ -27,10 +27,10 @@ _Static_assert(sizeof(qlimb_blk) % 64 == 0, "prepared blocks stay 64-byte aligne
 static const int slot_k45[8] = {0, 2, 1, 3, 4, 6, 5, 7};   /* sub-block -> slot (and back) */
 static const int slot_id[8] = {0, 1, 2, 3, 4, 5, 6, 7};
 
-static const int *slots(st_dtype d) { return d == ST_Q4_K || d == ST_Q5_K ? slot_k45 : slot_id; }
+static const int *slots(st_dtype d) { return d == ST_Q6_K ? slot_id : slot_k45; }
 
 size_t qlimb_xbytes(int n) { return (size_t)(n / QK_K) * sizeof(qlimb_blk); }
-int qlimb_supported(st_dtype d) { return d == ST_Q4_K || d == ST_Q5_K || d == ST_Q6_K || d == ST_Q8_0; }
+int qlimb_supported(st_dtype d) { return d == ST_Q4_K || d == ST_Q5_K || d == ST_Q6_K; }
 
 static int forced = -1;
 void qlimb_force(int on) { forced = on; }
@@ -194,7 +194,6 @@ static void scale_min(const uint8_t *s, int j, int *sc, int *m)
 /* q of weight i (0..255) of a K-quant block b */
 static int block_q(st_dtype d, const uint8_t *b, int i)
 {
-    if (d == ST_Q8_0) return (int8_t)b[Q8_0_BYTES * (i / 32) + 2 + i % 32];     /* 8 blocks of d, q[32] */
     if (d == ST_Q6_K) {         /* ql[128], qh[64], scales[16], d */
         int n = i / 128, g = i % 128 / 32, l = i % 32;
         const uint8_t *ql = b + 64 * n, *qh = b + 128 + 32 * n;
@@ -223,10 +222,7 @@ double qlimb_ref(st_dtype d, const void *row, const void *xp, int n)
                 int o = 32 * slot[j] + i % 32;
                 t += (long long)block_q(d, b, i) * (B->a[0][o] * 16384 + B->a[1][o] * 128 + B->a[2][o]);
             }
-            if (d == ST_Q8_0) {
-                const uint8_t *h = b + Q8_0_BYTES * j;
-                acc += (double)f16_to_f32((uint16_t)(h[0] | h[1] << 8)) * B->s[j] * (double)t;
-            } else if (d == ST_Q6_K) {
+            if (d == ST_Q6_K) {
                 float S = f16_to_f32((uint16_t)(b[208] | b[209] << 8)) * (float)(int8_t)b[192 + m];
                 acc += (double)S * B->s[j] * (double)t - 32.0 * S * B->bs16[m];
             } else {
@@ -401,67 +397,9 @@ Z512 static void rows_q6_k(const void *row, size_t rb, int nrows, const void *xp
     }
 }
 
-/* Q8_0: eight blocks (d, q[32]) per 256 weights, natural order. Group z of 64 weights is
- * blocks 2z and 2z+1 (two 32-byte loads); the signed q become unsigned bytes q + 128 (an
- * xor), so each lane's t carries 128 times the limbs' sum of its 4 activations too, which
- * does not depend on the row: it is computed once per group (limbs3 of 128s) for all rows
- * and subtracted in integers (the true t fits in 32 bits: |t| <= 4 128 (127 2^14 + 64 2^7 +
- * 64) < 2^31, and the wrapped arithmetic gives it exactly). Each row's eight d times the
- * activations' 2^(k-14) sit in one register; lanes 0-7 of group z take that of block 2z,
- * 8-15 that of 2z+1. */
-Z512 static void rows_q8_0(const void *row, size_t rb, int nrows, const void *xp, int n, float *out)
-{
-    const size_t bb = 8 * Q8_0_BYTES;
-    const uint8_t *base[QLIMB_ROWS];
-    UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++) base[r] = (const uint8_t *)row + (size_t)(r < nrows ? r : nrows - 1) * rb;
-    const qlimb_blk *B = xp;
-    const __m512i bias = _mm512_set1_epi8((char)0x80);
-    const __m512i lo8 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    /* words 0, 17, 34, 51 of 64: the d of four blocks */
-    const __m512i dsel = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                          51, 34, 17, 0);
-    __m512 facc[QLIMB_ROWS];
-    UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++) facc[r] = _mm512_setzero_ps();
-    for (int k = 0; k < n / QK_K; k++, B++) {
-        size_t off = (size_t)k * bb;
-        UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++)
-            UNROLL(8) for (int o = 0; o < (int)bb; o += 64) _mm_prefetch((const char *)(base[r] + QLIMB_ROWS * rb + off + o), _MM_HINT_T0);
-        __m256 xs = _mm256_loadu_ps(B->s);
-        __m512 SV[QLIMB_ROWS];
-        UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++) {
-            /* the eight d (16-bit words 17j of the 272 bytes): blocks 0-3 from bytes 0-127,
-             * 4-7 from bytes 136-263 */
-            const uint8_t *b = base[r] + off;
-            __m512i lo = _mm512_permutex2var_epi16(_mm512_loadu_si512(b), dsel, _mm512_loadu_si512(b + 64));
-            __m512i hi = _mm512_permutex2var_epi16(_mm512_loadu_si512(b + 136), dsel, _mm512_loadu_si512(b + 200));
-            __m128i h = _mm_unpacklo_epi64(_mm512_castsi512_si128(lo), _mm512_castsi512_si128(hi));
-            SV[r] = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_cvtph_ps(h), xs));
-        }
-        UNROLL(4) for (int z = 0; z < 4; z++) {
-            __m512i A0 = _mm512_loadu_si512(B->a[0] + 64 * z), A1 = _mm512_loadu_si512(B->a[1] + 64 * z);
-            __m512i A2 = _mm512_loadu_si512(B->a[2] + 64 * z);
-            __m512i C = limbs3(bias, A0, A1, A2);
-            __m512i iz = _mm512_add_epi32(lo8, _mm512_set1_epi32(2 * z));
-            UNROLL(8) for (int r = 0; r < QLIMB_ROWS; r++) {
-                const uint8_t *b = base[r] + off + 2 * Q8_0_BYTES * z + 2;
-                __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)b)),
-                                               _mm256_loadu_si256((const __m256i *)(b + Q8_0_BYTES)), 1);
-                __m512i t = _mm512_sub_epi32(limbs3(_mm512_xor_si512(q, bias), A0, A1, A2), C);
-                facc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_permutexvar_ps(iz, SV[r]), facc[r]);
-            }
-        }
-    }
-    for (int r = 0; r < nrows; r++) {
-        float f[16];
-        _mm512_storeu_ps(f, facc[r]);
-        out[r] = sum16(f);
-    }
-}
-
 void qlimb_rows(st_dtype d, const void *row, size_t row_bytes, int nrows, const void *xp, int n, float *out)
 {
-    if (d == ST_Q8_0) rows_q8_0(row, row_bytes, nrows, xp, n, out);
-    else if (d == ST_Q6_K) rows_q6_k(row, row_bytes, nrows, xp, n, out);
+    if (d == ST_Q6_K) rows_q6_k(row, row_bytes, nrows, xp, n, out);
     else if (d == ST_Q5_K) rows_q5_k(row, row_bytes, nrows, xp, n, out);
     else rows_q4_k(row, row_bytes, nrows, xp, n, out);
 }

@@ -1,4 +1,4 @@
-/* qlimb.h: opt-in decode products of Q4_K, Q5_K, Q6_K and Q8_0 weights with integer instructions
+/* qlimb.h: opt-in decode products of Q4_K, Q5_K and Q6_K weights with integer instructions
  * (PHI3_QUANT_LIMBS=1 on a CPU with AVX-512 VNNI; docs/QUANT.md "Limbs").
  *
  * The exact kernels of qdot.h turn every weight into a float (convert, dequantize FMA,
@@ -10,8 +10,7 @@
  * 2^-15 2^k <= max|x| / 2^21 over the sub-block). The weights' 4-bit q multiply the bytes
  * with vpdpbusd, the three limbs combine exactly in 32-bit integers (t = ((q.a1 << 7) +
  * q.a2 << 7) + q.a3), and each sub-block's sum becomes a float once: d sc 2^(k-14) t.
- * The mins use the float sums of the activations' sub-blocks: - dmin m sum(x). Q8_0's
- * signed q go in as q + 128, and 128 times the limbs' sums comes off in integers.
+ * The mins use the float sums of the activations' sub-blocks: - dmin m sum(x).
  *
  * So a product differs from the exact one (the weights dequantized to float32) by
  * about 2^-21 of the largest activation of a sub-block times the sum of its |w|, well
@@ -30,7 +29,7 @@
  * qlimb_prep (tests: it writes the same bytes), -1 back to the environment). */
 int qlimb_enabled(void);
 void qlimb_force(int on);
-/* 1 if qlimb has a kernel for d (Q4_K, Q5_K, Q6_K, Q8_0; rows of whole 256-blocks). */
+/* 1 if qlimb has a kernel for d (Q4_K, Q5_K, Q6_K). */
 int qlimb_supported(st_dtype d);
 /* Bytes of the prepared activations of n elements (n a multiple of 256). */
 size_t qlimb_xbytes(int n);

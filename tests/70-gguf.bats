@@ -354,32 +354,6 @@ quantized() { "$PHI3_BIN/phi3-quantize" -q -t "$2" "$1" q.gguf 2> /dev/null && "
   cmp s.out l.out
 }
 
-@test "gguf: PHI3_QUANT_LIMBS=1 (AVX-512 VNNI): Q8_0 decode within 1e-5 of the dequantized weights; rows that are no whole 256-block stay exact" {
-  local f
-  for f in avx512f avx512bw avx512vl avx512dq avx512_vnni; do
-    grep -qw "$f" /proc/cpuinfo || skip "this CPU lacks $f: PHI3_QUANT_LIMBS=1 changes nothing"
-  done
-  [ -z "${PHI3_NO_AVX512:-}${PHI3_NO_AVX:-}" ] || skip "PHI3_NO_AVX512 or PHI3_NO_AVX is set"
-  { tokens_frame 1 5 9 200 3; tokens_frames 77 300 12 45 6 7 8 9 10 400 23 11; } > in
-  quantized "$G/k256" Q8_0
-  "$RUN" --backend cpu -q -m deq.gguf < in > d.out
-  PHI3_QUANT_LIMBS=1 "$RUN" --backend cpu -q -m q.gguf --session "$S" < in > l.out
-  "$RUN" --session-info "$S" > info.json
-  grep -q '"kernel":"cpu-limbs"' info.json || fail "$(cat info.json)"
-  CMP l.out d.out --tol 1e-5 || fail "Q8_0 limbs against the dequantized weights"
-  "$RUN" --backend cpu -q -m q.gguf < in > q.out
-  CMP q.out d.out --exact
-  ! CMP l.out q.out --exact
-  # tiny-gqa-window (hidden 128, intermediate 320) in Q8_0: no row is whole 256-blocks,
-  # so the limbs do not apply: the exact bits, and the session is an exact one
-  quantized "$GQA" Q8_0
-  "$RUN" --backend cpu -q -m deq.gguf < in > d.out
-  PHI3_QUANT_LIMBS=1 "$RUN" --backend cpu -q -m q.gguf --session lr < in > l.out
-  CMP l.out d.out --exact
-  "$RUN" --session-info lr > info.json
-  ! grep -q '"kernel":"cpu-limbs"' info.json || fail "$(cat info.json)"
-}
-
 @test "gguf: the Q4_K_M mix is llama.cpp's (qkv Q5_K, output and use_more_bits ffn_down Q6_K, rest Q4_K, norms F32)" {
   "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M "$G/k256" q.gguf
   "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M "$LONGROPE" lr.gguf

@@ -1,7 +1,7 @@
 /* qlimb_test: the opt-in integer decode products (decode/qlimb.h) against the weights
  * dequantized exactly to float32 (quant_dequant_row) and summed in double, within the
  * bound the limbs promise (|x - its three limbs| <= max|x of its 32| 2^-21, plus float
- * rounding), for Q4_K, Q5_K, Q6_K and Q8_0 rows made by the quantizer and rows of random bytes,
+ * rounding), for Q4_K, Q5_K and Q6_K rows made by the quantizer and rows of random bytes,
  * activations with zero, subnormal, huge and ordinary sub-blocks, 1..8 rows per call;
  * the plain C preparation writes the AVX-512 one's bytes; a NaN comes out as NaN. */
 #include "decode/qlimb.h"
@@ -50,13 +50,6 @@ static uint8_t *make_rows(st_dtype d, int raw, size_t *rb)
             continue;
         }
         for (size_t i = 0; i < *rb; i++) row[i] = (uint8_t)(urand() * 256);
-        if (d == ST_Q8_0) {     /* a scale per block of 32 */
-            for (int b = 0; b < K / QK8_0; b++) {
-                uint16_t h = quant_f32_to_f16((float)(1e-3 * (urand() - 0.5)));
-                memcpy(row + b * Q8_0_BYTES, &h, 2);
-            }
-            continue;
-        }
         size_t bb = *rb / (K / QK_K);
         for (int b = 0; b < K / QK_K; b++) {
             uint8_t *blk = row + b * bb;
@@ -128,11 +121,11 @@ int main(void)
         printf("ok %d # skip the CPU lacks AVX-512 VNNI (or PHI3_NO_AVX512 is set)\n", ++tap_n);
         return tap_done();
     }
-    const st_dtype types[] = {ST_Q4_K, ST_Q5_K, ST_Q6_K, ST_Q8_0};
-    const char *names[] = {"Q4_K", "Q5_K", "Q6_K", "Q8_0"};
+    const st_dtype types[] = {ST_Q4_K, ST_Q5_K, ST_Q6_K};
+    const char *names[] = {"Q4_K", "Q5_K", "Q6_K"};
     float x[K];
     void *xp = aligned_alloc(64, qlimb_xbytes(K)), *xq = aligned_alloc(64, qlimb_xbytes(K));
-    for (int t = 0; t < 4; t++) {
+    for (int t = 0; t < 3; t++) {
         for (int raw = 0; raw < 2; raw++) {
             size_t rb;
             uint8_t *w = make_rows(types[t], raw, &rb);
