@@ -9,8 +9,8 @@
 # default models/phi3-mini-random-{Q8_0,Q4_K_M}.gguf); skipped with a note without the
 # bf16 directory. PHI3_BENCH_ROUNDS (default 2), PHI3_BENCH_STEPS (16),
 # PHI3_BENCH_THREADS (default: all cores). Q4_K_M runs twice: exact (the default) and with
-# PHI3_QUANT_LIMBS=1 (decode/qlimb.h; the same as exact where the CPU lacks AVX-512 VNNI),
-# and so does Q8_0; PHI3_BENCH_Q8_YMM=1 adds Q8_0 through the other exact AVX-512 kernel
+# PHI3_QUANT_LIMBS=1 (decode/qlimb.h; the same as exact where the CPU lacks AVX-512 VNNI);
+# PHI3_BENCH_Q8_YMM=1 adds Q8_0 through the other exact AVX-512 kernel
 # (PHI3_Q8_0_KERNEL=ymm, decode/qdot.c: the same bits).
 set -eu
 : "${PHI3_BIN:=$PWD/bin}"
@@ -54,15 +54,15 @@ print(d[len(d) // 2])
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "memory read bandwidth, $TH threads: $("$B/bandwidth" "$TH") GB/s"
 for i in $(seq "$R"); do
-  bf=$(step "$BF"); q8=$(step "$Q8"); q8l=$(LIMBS=1 step "$Q8"); q4=$(step "$Q4"); q4l=$(LIMBS=1 step "$Q4")
+  bf=$(step "$BF"); q8=$(step "$Q8"); q4=$(step "$Q4"); q4l=$(LIMBS=1 step "$Q4")
   q8y=0; [ -z "${PHI3_BENCH_Q8_YMM:-}" ] || q8y=$(Q8K=ymm step "$Q8")
-  $PY - "$i" "$(cut -d' ' -f1 /proc/loadavg)" "$bf" "$q8" "$q8l" "$q4" "$q4l" "$q8y" <<'PYEOF'
+  $PY - "$i" "$(cut -d' ' -f1 /proc/loadavg)" "$bf" "$q8" "$q4" "$q4l" "$q8y" <<'PYEOF'
 import sys
 i, la = sys.argv[1], sys.argv[2]
-bf, q8, q8l, q4, q4l, q8y = (float(a) for a in sys.argv[3:9])
+bf, q8, q4, q4l, q8y = (float(a) for a in sys.argv[3:8])
 r = lambda s: "%.2f tok/s (%.2fx)" % (1 / s, bf / s)
-print("round %s: bf16 %.2f tok/s, Q8_0 %s, Q8_0 limbs %s, Q4_K_M %s, Q4_K_M limbs %s%s   load %s"
-      % (i, 1 / bf, r(q8), r(q8l), r(q4), r(q4l), ", Q8_0 ymm kernel " + r(q8y) if q8y else "", la))
+print("round %s: bf16 %.2f tok/s, Q8_0 %s, Q4_K_M %s, Q4_K_M limbs %s%s   load %s"
+      % (i, 1 / bf, r(q8), r(q4), r(q4l), ", Q8_0 ymm kernel " + r(q8y) if q8y else "", la))
 PYEOF
 done
 echo "memory read bandwidth, $TH threads: $("$B/bandwidth" "$TH") GB/s"
