@@ -50,6 +50,16 @@ size_t gemm_scratch_floats(void);
 void gemm_rows(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, int r0, int r1,
                const float *x, size_t ldx, int n, float *out, size_t ldo, float *scratch);
 
+/* The same, with x also packed by gemm_pack_x into xq (or NULL): 7..12 tokens on
+ * AVX-512 then take a register tile whose FMAs read x from memory (same bits). The
+ * caller packs once per product, not once per call. */
+void gemm_rows_xq(const gemm_ops *op, const uint8_t *w, size_t row_bytes, int K, int r0, int r1,
+                  const float *x, size_t ldx, int n, float *out, size_t ldo, float *scratch, const float *xq);
+/* Floats gemm_pack_x writes for n tokens of K columns; 0 where gemm_rows_xq has no use
+ * for them (then gemm_pack_x writes nothing). */
+size_t gemm_xq_floats(const gemm_ops *op, int n, int K);
+void gemm_pack_x(const gemm_ops *op, const float *x, size_t ldx, int n, int K, float *xq);
+
 /* The most tokens gemm_rows gives the few-token path (registers only, no panel); more
  * take the blocked path. n < 0: the default (64); 0: never (one token: dot4 per 4 rows;
  * benchmarks and tests: every path gives the same bits). Not thread-safe: set it before any gemm_rows call. */

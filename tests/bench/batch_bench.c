@@ -10,6 +10,7 @@
 #include "decode/cpu.h"
 #include "embed/model.h"
 #include "shared/util.h"
+#include "tests/bench/steal.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +83,8 @@ int main(int argc, char **argv)
     group_new(&many, m, k, threads, ctx);
     group_new(&one, m, 1, threads, ctx);
     double *tk = xmalloc((size_t)steps * sizeof *tk), *t1 = xmalloc((size_t)steps * sizeof *t1);
+    bench_cpu_time st;
+    int st_ok = bench_cpu_time_now(&st);
     for (int s = 0; s < steps; s++) {
         double a = now();
         step(&many, s, 1, V);
@@ -98,6 +101,7 @@ int main(int argc, char **argv)
     printf("  1 stream:   best %.2f ms, median %.2f ms per step\n", t1[0] * 1e3, m1 * 1e3);
     printf("  %d streams: best %.2f ms, median %.2f ms per step: %.2fx the tokens per second of one stream "
            "(medians; best: %.2fx)\n", k, tk[0] * 1e3, mk * 1e3, k * m1 / mk, k * t1[0] / tk[0]);
+    bench_print_steal(&st, st_ok);
     for (int i = k - 1; i >= 0; i--) {      /* the threads' owner, b[0], last */
         many.b[i]->ops->destroy(many.b[i]);
         free(many.lg[i]);

@@ -3,7 +3,8 @@
  * intermediate 2816, vocab 32064: 0.27 GB of bf16, more than the caches hold): one
  * "step" multiplies n token rows by every matrix, split over the thread pool in blocks of
  * GEMM_MB rows as the backend does. For n = 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128 tokens: ms per step
- * and the time per token relative to n = 1, with the few-token path (registers only) and
+ * and the time per token relative to n = 1, with the few-token path (registers only; 7..12
+ * tokens on AVX-512 with x packed once per product by gemm_pack_x, as the backend does) and
  * without it (gemm_set_small_max(0): the one-token dot4 once per token below 4 tokens, the
  * blocked panel path from 4, as before the few-token path; n = 128 is past the threshold,
  * so its two columns differ only by noise), min over REPEATS steps each, the modes
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 #include "tests/bench/bench.h"
+#include "tests/bench/steal.h"
 
 
 typedef struct mat {
@@ -32,14 +34,15 @@ typedef struct job {
     float *out;
     int n;
     float **scratch;
+    const float *xq;            /* x packed for gemm_rows_xq (7..12 tokens), or NULL */
 } job;
 
 static void run_rows(void *ctx, int begin, int end, int tid)
 {
     const job *j = ctx;
     int r1 = end * GEMM_MB < j->m->rows ? end * GEMM_MB : j->m->rows;
-    gemm_rows(j->op, j->m->w, (size_t)j->m->K * 2, j->m->K, begin * GEMM_MB, r1, j->x, (size_t)j->m->K, j->n,
-              j->out, (size_t)j->m->rows, j->scratch[tid]);
+    gemm_rows_xq(j->op, j->m->w, (size_t)j->m->K * 2, j->m->K, begin * GEMM_MB, r1, j->x, (size_t)j->m->K, j->n,
+                 j->out, (size_t)j->m->rows, j->scratch[tid], j->xq);
 }
 
 int main(int argc, char **argv)
@@ -66,6 +69,9 @@ int main(int argc, char **argv)
     }
     float *x = malloc((size_t)NMAX * I * sizeof(float)), *out = malloc((size_t)NMAX * maxrows * sizeof(float));
     for (size_t i = 0; i < (size_t)NMAX * I; i++) x[i] = (float)(rnd() % 2000) * 1e-3f - 1.0f;
+    float *xq = xmalloc_aligned((size_t)12 * I * sizeof(float));     /* gemm_xq_floats <= 12 K */
+    bench_cpu_time st;
+    int st_ok = bench_cpu_time_now(&st);
     bench_pool bp = bench_pool_new(threads);
     pool *p = bp.p;
     float **scratch = bp.scratch;
@@ -81,7 +87,12 @@ int main(int argc, char **argv)
                 gemm_set_small_max(m ? 0 : small);
                 double t0 = now();
                 for (int k = 0; k < nm; k++) {
-                    job j = {op, &ms[k], x, out, ns[i], scratch};
+                    job j = {op, &ms[k], x, out, ns[i], scratch, NULL};
+                    /* as the backend does: x packed once per product (inside the timing) */
+                    if (gemm_xq_floats(op, ns[i], ms[k].K)) {
+                        gemm_pack_x(op, x, (size_t)ms[k].K, ns[i], ms[k].K, xq);
+                        j.xq = xq;
+                    }
                     pool_run(p, run_rows, &j, (ms[k].rows + GEMM_MB - 1) / GEMM_MB);
                 }
                 double dt = now() - t0;
@@ -98,9 +109,11 @@ int main(int argc, char **argv)
     }
     printf("(Nx per tok: tokens per second relative to one token at a time, same mode)\n");
     printf("n = 1: %.1f GB/s of weights\n", total * 2 / best[0][0] / 1e9);
+    bench_print_steal(&st, st_ok);
     bench_pool_free(&bp);
     free(x);
     free(out);
     free(wb);
+    free(xq);
     return 0;
 }

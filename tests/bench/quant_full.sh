@@ -13,6 +13,12 @@
 # PHI3_BENCH_Q8_YMM=1 adds Q8_0 through the other exact AVX-512 kernel
 # (PHI3_Q8_0_KERNEL=ymm, decode/qdot.c: the same bits).
 set -eu
+# the hypervisor's steal (/proc/stat): "STEAL TOTAL" jiffies of all CPUs, and the share of
+# the time between two readings it took from this VM (wall-clock figures taken while much
+# of the time was stolen say little about the code)
+cpu_steal() { awk '/^cpu /{t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t}' /proc/stat 2> /dev/null || true; }
+steal_pct() { awk -v a="$1" -v b="$2" 'BEGIN{split(a, x, " "); split(b, y, " ");
+  if (y[2] > x[2]) printf "hypervisor steal %.0f%% of the CPUs'"'"' time", 100 * (y[1] - x[1]) / (y[2] - x[2]); else printf "steal unknown"}'; }
 : "${PHI3_BIN:=$PWD/bin}"
 PY=/usr/bin/python3
 B=build/bench-quant-full; mkdir -p "$B"
@@ -52,6 +58,7 @@ print(d[len(d) // 2])
 }
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+steal0=$(cpu_steal)
 echo "memory read bandwidth, $TH threads: $("$B/bandwidth" "$TH") GB/s"
 for i in $(seq "$R"); do
   bf=$(step "$BF"); q8=$(step "$Q8"); q4=$(step "$Q4"); q4l=$(LIMBS=1 step "$Q4")
@@ -66,4 +73,4 @@ print("round %s: bf16 %.2f tok/s, Q8_0 %s, Q4_K_M %s, Q4_K_M limbs %s%s   load %
 PYEOF
 done
 echo "memory read bandwidth, $TH threads: $("$B/bandwidth" "$TH") GB/s"
-echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg); $(steal_pct "$steal0" "$(cpu_steal)")"

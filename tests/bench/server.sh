@@ -12,6 +12,12 @@
 # cancel), best of REPEATS; the machine's load is printed, since other work on the cores
 # skews every ratio.
 set -eu
+# the hypervisor's steal (/proc/stat): "STEAL TOTAL" jiffies of all CPUs, and the share of
+# the time between two readings it took from this VM (wall-clock figures taken while much
+# of the time was stolen say little about the code)
+cpu_steal() { awk '/^cpu /{t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t}' /proc/stat 2> /dev/null || true; }
+steal_pct() { awk -v a="$1" -v b="$2" 'BEGIN{split(a, x, " "); split(b, y, " ");
+  if (y[2] > x[2]) printf "hypervisor steal %.0f%% of the CPUs'"'"' time", 100 * (y[1] - x[1]) / (y[2] - x[2]); else printf "steal unknown"}'; }
 : "${PHI3_BIN:=$PWD/bin}"
 PY=/usr/bin/python3
 B=${PHI3_BENCH_DIR:-${TMPDIR:-/tmp}/phi3-bench}
@@ -81,6 +87,7 @@ loopc() { loop "$1" --connect "$SOCK"; }
 # the measures so that a change of the machine's load hits all of them
 declare -A T
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
+steal0=$(cpu_steal)
 for r in $(seq "$REPEATS"); do
   for x in "direct s" "direct l" "one s" "one l" "many s" "many l" "loopd 8" "loopd 40" "loopc 8" "loopc 40"; do
     s=$(now); $x; e=$(now)
@@ -88,6 +95,7 @@ for r in $(seq "$REPEATS"); do
   done
 done
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
+steal1=$(cpu_steal)
 d=$(( ${T[direct l]} - ${T[direct s]} ))
 o=$(( ${T[one l]} - ${T[one s]} ))
 m=$(( ${T[many l]} - ${T[many s]} ))
@@ -111,7 +119,7 @@ print("  %d concurrent streams, batched   %7.1f tok/s aggregate (%.1f ms/step): 
 print("greedy FIFO loop, batch 1, per token: direct %.2f ms, --connect %.2f ms: overhead %.1f%% of a decode step (target <= 5%%)"
       % (ld / 32 / 1e6, lc / 32 / 1e6, 100 * (lc - ld) / ld))
 PY
-echo "  load average before/after: $load0 / $load1 on $(nproc) cores"
+echo "  load average before/after: $load0 / $load1 on $(nproc) cores; $(steal_pct "$steal0" "$steal1")"
 grep 'server stats' "$B/server.err" | tail -3 | sed 's/^/  /'
 # the same batched step without the server (no sockets, no relays): what the compute alone
 # gives, so the two can be told apart

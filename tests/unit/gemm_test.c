@@ -122,8 +122,11 @@ int main(void)
     {
         const int Ks[] = {1, 7, 8, 13, 72, 267, 1029};
         enum { R = 13, NMAX = 20 };
-        for (int pass = 0; pass < 2; pass++) {
-            gemm_set_small_max(pass ? 0 : -1);
+        /* pass 2: x packed by gemm_pack_x (7..12 tokens on AVX-512: the token-pair tile) */
+        float *xq = malloc(12 * 1029 * sizeof(float));
+        int packed_calls = 0;
+        for (int pass = 0; pass < 3; pass++) {
+            gemm_set_small_max(pass == 1 ? 0 : -1);
             for (int ti = 0; ti < 3; ti++) {
                 size_t es = st_dtype_size(types[ti]);
                 int bad = 0, checks = 0;
@@ -138,8 +141,14 @@ int main(void)
                         for (int N = 1; N <= NMAX; N++) {
                             int ldo = R + 2;    /* ldx = K + 1, ldo = R + 2: strides are not widths */
                             memset(out, 0xff, (size_t)N * ldo * sizeof(float));
-                            gemm_rows(op, w, (size_t)K * es, K, 0, 5, x, (size_t)K + 1, N, out, (size_t)ldo, scratch);
-                            gemm_rows(op, w, (size_t)K * es, K, 5, R, x, (size_t)K + 1, N, out, (size_t)ldo, scratch);
+                            const float *q = NULL;
+                            if (pass == 2 && gemm_xq_floats(op, N, K)) {
+                                if (gemm_xq_floats(op, N, K) > (size_t)12 * K) bad++;
+                                gemm_pack_x(op, x, (size_t)K + 1, N, K, xq);
+                                q = xq, packed_calls++;
+                            }
+                            gemm_rows_xq(op, w, (size_t)K * es, K, 0, 5, x, (size_t)K + 1, N, out, (size_t)ldo, scratch, q);
+                            gemm_rows_xq(op, w, (size_t)K * es, K, 5, R, x, (size_t)K + 1, N, out, (size_t)ldo, scratch, q);
                             for (int t = 0; t < N; t++)
                                 for (int r = 0; r < R; r++) {
                                     float c = canon(types[ti], (const uint8_t *)w + (size_t)r * K * es, x + (size_t)t * (K + 1), K);
@@ -153,10 +162,13 @@ int main(void)
                     free(out);
                 }
                 ok(!bad, "%s, 1..%d tokens x %d rows, K = 1..1029 with tails, every level%s: canonical bits (%d of %d differ)",
-                   tn[ti], NMAX, R, pass ? ", few-token path off" : "", bad, checks);
+                   tn[ti], NMAX, R, pass == 1 ? ", few-token path off" : pass == 2 ? ", x packed" : "", bad, checks);
             }
         }
         gemm_set_small_max(-1);
+        /* 3 types x 6 token counts x the K of at least one whole 16-column step, where the CPU has AVX-512 */
+        ok(gemm_vec_level() < 2 || packed_calls == 3 * 6 * 5, "the packed tile ran (%d calls)", packed_calls);
+        free(xq);
     }
     /* gemm_dot_f32 (attention scores) */
     float a[100], b[100];
