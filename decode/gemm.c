@@ -690,9 +690,10 @@ SMALL_Z6(f32, ld_f32)
  * columns 8 s .. 8 s + 7 of token 2p, then of token 2p + 1; a missing token is zeros).
  * Each lane sees the same weights, x and FMAs in the same order as in SMALL_Z6, so the
  * bits are the same; the x operand is a plain load the FMA takes from memory, where the
- * rows-in-halves tile needs a separate 8-float broadcast per token and step. In L2, one
- * thread, 120 rows x 3072 or 8192, 8 tokens (2026-12-03, 2-vCPU Intel Xeon): 83-90
- * GFLOP/s against 67-74 for SMALL_Z6, of a 126 FMA peak. */
+ * rows-in-halves tile needs a separate 8-float broadcast per token and step. One thread,
+ * 8 tokens, thread CPU time (2026-12-03, 2-vCPU Intel Xeon, zmm FMA peak 126 GFLOP/s):
+ * in L2 (120 rows x 3072) 73.0-78.6 GFLOP/s against 61.6-62.7 for SMALL_Z6; from memory
+ * (268 MB) 39.9-41.8 ms against 43.7-45.9. */
 #define DUP_bf16(p, k, o) _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, BF16_DUP(o), \
     _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(p) + (k))))))
 /* the same for columns k .. k + 7 only (no load past them) */
