@@ -57,6 +57,8 @@ typedef struct cpu {
     int *kt_cap;
     uint64_t att_gen;           /* attention passes so far (a slot of an earlier one is stale) */
     float **gscratch;           /* per thread [gemm_scratch_floats()] */
+    float **dq;                 /* per thread [DQ_ROWS x dq_k] (quantized models), or NULL */
+    int dq_k;
     float *xq;                  /* a product's activations packed for gemm_rows_xq [xq_cap] */
     size_t xq_cap;
     uint8_t *limbx;             /* qlimb (opt-in): 3 tokens' prepared activations, or NULL */
@@ -111,6 +113,7 @@ typedef struct mm_job {
     const uint8_t *xp;          /* qlimb: the n tokens' prepared activations, xp_stride apart */
     size_t xp_stride;
     const float *xq;            /* x packed by gemm_pack_x, or NULL */
+    const gemm_ops *dqop;       /* quantized, 4..12 tokens: the float32 kernels for dequantized rows, or NULL */
 } mm_job;
 
 /* Quantized weights (GGUF blocks, decode/qdot.h) for one to three tokens: QDOT_ROWS rows
@@ -134,10 +137,32 @@ static void mm_rows_quant(const mm_job *j, st_dtype d, int r0, int r1)
     }
 }
 
+/* Quantized weights for 4..12 tokens (a server step of several decode streams) on
+ * AVX-512: DQ_ROWS rows at a time dequantized exactly to float32 (the blocked path's panel
+ * conversion), then the few-token register tiles on them, once for all tokens. The
+ * blocked path (float32 panels, partial sums through memory, 6-token tiles: 8 tokens =
+ * 6 + 2) made an 8-stream step of a quantized model slower than of its bf16 source. Same
+ * floats, same canonical order: same bits. */
+enum { DQ_ROWS = 24 };          /* whole 6- and 8-row tiles */
+static void mm_rows_dq(const mm_job *j, int r0, int r1, int tid)
+{
+    float *buf = j->c->dq[tid];
+    for (int r = r0; r < r1; r += DQ_ROWS) {
+        int nr = r1 - r < DQ_ROWS ? r1 - r : DQ_ROWS;
+        for (int i = 0; i < nr; i++) j->op->cvt(j->w + (size_t)(r + i) * j->row_bytes, 0, j->K, buf + (size_t)i * j->K);
+        gemm_rows_xq(j->dqop, (const uint8_t *)buf, (size_t)j->K * sizeof(float), j->K, 0, nr, j->x, (size_t)j->ldx,
+                     j->n, j->out + r, (size_t)j->ldo, j->c->gscratch[tid], j->xq);
+    }
+}
+
 static void mm_rows(void *ctx, int begin, int end, int tid)
 {
     const mm_job *j = ctx;
     int r1 = end * GEMM_MB < j->nrows ? end * GEMM_MB : j->nrows;
+    if (j->dqop) {
+        mm_rows_dq(j, begin * GEMM_MB, r1, tid);
+        return;
+    }
     if (j->quant != ST_NDTYPE && j->n < 4) {
         mm_rows_quant(j, j->quant, begin * GEMM_MB, r1);
         return;
@@ -153,11 +178,21 @@ static void matmul(cpu *c, const phi3_weight *w, int row0, int nrows, const floa
     int q = quant_is_block(w->dtype);
     mm_job j = {c, q ? qdot_gemm_ops(w->dtype) : gemm_ops_for(w->dtype), q ? w->dtype : ST_NDTYPE,
                 (const uint8_t *)w->data + (size_t)row0 * rb, rb, (int)w->cols, nrows, x, ldx, n, out, ldo,
-                NULL, 0, NULL};
+                NULL, 0, NULL, NULL};
+    if (q && n >= 4 && n <= 12 && gemm_vec_level() == 2 && w->cols <= c->dq_k) {
+        if (!c->dq) {
+            c->dq = xcalloc((size_t)pool_threads(c->pool), sizeof *c->dq);
+            for (int t = 0; t < pool_threads(c->pool); t++)
+                c->dq[t] = xmalloc_aligned((size_t)DQ_ROWS * (size_t)c->dq_k * sizeof(float));
+        }
+        j.dqop = gemm_ops_for(ST_F32);
+    }
     /* 7..12 tokens (a server step) on AVX-512: x packed once here for every thread's calls */
-    size_t nq = q ? 0 : gemm_xq_floats(j.op, n, (int)w->cols);
+    const gemm_ops *xop = j.dqop ? j.dqop : q ? NULL : j.op;
+    size_t nq = xop ? gemm_xq_floats(xop, n, (int)w->cols) : 0;
     if (nq && nq <= c->xq_cap) {
-        gemm_pack_x(j.op, x, (size_t)ldx, n, (int)w->cols, c->xq);
+        if (!c->xq) c->xq = xmalloc_aligned(c->xq_cap * sizeof(float));
+        gemm_pack_x(xop, x, (size_t)ldx, n, (int)w->cols, c->xq);
         j.xq = c->xq;
     }
     /* opt-in (qlimb.h): decode products of K-quant weights from activations prepared once here */
@@ -958,6 +993,19 @@ static int cpu_truncate(backend *b, int n)
 }
 
 /* qlimb is opt-in (PHI3_QUANT_LIMBS=1, qlimb.h) and applies to Q4_K, Q5_K and Q6_K weights */
+/* some product's weights are GGUF blocks (the embedding table is only looked up) */
+static int model_has_quant(const struct phi3_model *m)
+{
+    if (quant_is_block(m->lm_head.dtype)) return 1;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const phi3_layer *L = &m->layers[l];
+        if (quant_is_block(L->qkv.dtype) || quant_is_block(L->o.dtype) || quant_is_block(L->gate_up.dtype) ||
+            quant_is_block(L->down.dtype))
+            return 1;
+    }
+    return 0;
+}
+
 static int model_uses_limbs(const struct phi3_model *m)
 {
     if (!qlimb_enabled()) return 0;
@@ -990,6 +1038,9 @@ static void cpu_destroy(backend *b)
     free(c->gscratch);
     free(c->limbx);
     free(c->xq);
+    if (c->dq)
+        for (int t = 0; t < pool_threads(c->pool); t++) free(c->dq[t]);
+    free(c->dq);
     if (!c->shared_pool) pool_free(c->pool);
     if (c->own_kv) free(c->kv.base);
     free(c->ids);
@@ -1048,10 +1099,12 @@ backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, c
     c->gscratch = xcalloc((size_t)pool_threads(c->pool), sizeof *c->gscratch);
     for (int t = 0; t < pool_threads(c->pool); t++) c->gscratch[t] = xmalloc_aligned(gemm_scratch_floats() * sizeof(float));
     {
+        /* xq and dq are allocated at a context's first product that uses them (a server's
+         * contexts lead batched steps in turn, most of them never) */
         int kmax = cf->hidden > cf->intermediate ? cf->hidden : cf->intermediate;
         if (cf->n_heads * cf->head_dim > kmax) kmax = cf->n_heads * cf->head_dim;
         c->xq_cap = (size_t)12 * (size_t)kmax;      /* gemm_xq_floats is at most 12 K */
-        c->xq = xmalloc_aligned(c->xq_cap * sizeof(float));
+        c->dq_k = model_has_quant(m) ? kmax : 0;
     }
     if (model_uses_limbs(m)) {
         int kmax = cf->hidden > cf->intermediate ? cf->hidden : cf->intermediate;
