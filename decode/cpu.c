@@ -992,32 +992,22 @@ static int cpu_truncate(backend *b, int n)
     return 0;
 }
 
-/* qlimb is opt-in (PHI3_QUANT_LIMBS=1, qlimb.h) and applies to Q4_K, Q5_K and Q6_K weights */
-/* some product's weights are GGUF blocks (the embedding table is only looked up) */
-static int model_has_quant(const struct phi3_model *m)
+/* some product's weights (the embedding table is only looked up) satisfy pred */
+static int model_any_weight(const struct phi3_model *m, int (*pred)(st_dtype))
 {
-    if (quant_is_block(m->lm_head.dtype)) return 1;
+    if (pred(m->lm_head.dtype)) return 1;
     for (int l = 0; l < m->cfg.n_layers; l++) {
         const phi3_layer *L = &m->layers[l];
-        if (quant_is_block(L->qkv.dtype) || quant_is_block(L->o.dtype) || quant_is_block(L->gate_up.dtype) ||
-            quant_is_block(L->down.dtype))
-            return 1;
+        if (pred(L->qkv.dtype) || pred(L->o.dtype) || pred(L->gate_up.dtype) || pred(L->down.dtype)) return 1;
     }
     return 0;
 }
 
-static int model_uses_limbs(const struct phi3_model *m)
-{
-    if (!qlimb_enabled()) return 0;
-    if (qlimb_supported(m->lm_head.dtype)) return 1;
-    for (int l = 0; l < m->cfg.n_layers; l++) {
-        const phi3_layer *L = &m->layers[l];
-        if (qlimb_supported(L->qkv.dtype) || qlimb_supported(L->o.dtype) || qlimb_supported(L->gate_up.dtype) ||
-            qlimb_supported(L->down.dtype))
-            return 1;
-    }
-    return 0;
-}
+/* GGUF blocks: products of 4..12 tokens dequantize rows (mm_rows_dq) */
+static int model_has_quant(const struct phi3_model *m) { return model_any_weight(m, quant_is_block); }
+
+/* qlimb is opt-in (PHI3_QUANT_LIMBS=1, qlimb.h) and applies to Q4_K, Q5_K and Q6_K weights */
+static int model_uses_limbs(const struct phi3_model *m) { return qlimb_enabled() && model_any_weight(m, qlimb_supported); }
 
 int backend_cpu_limbs(const backend *b)
 {
