@@ -1007,7 +1007,10 @@ static int model_any_weight(const struct phi3_model *m, int (*pred)(st_dtype))
 static int model_has_quant(const struct phi3_model *m) { return model_any_weight(m, quant_is_block); }
 
 /* qlimb is opt-in (PHI3_QUANT_LIMBS=1, qlimb.h) and applies to Q4_K, Q5_K and Q6_K weights */
-static int model_uses_limbs(const struct phi3_model *m) { return qlimb_enabled() && model_any_weight(m, qlimb_supported); }
+static int model_uses_limbs(const struct phi3_model *m)
+{
+    return qlimb_enabled() && model_any_weight(m, qlimb_supported);
+}
 
 int backend_cpu_limbs(const backend *b)
 {

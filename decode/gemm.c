@@ -701,7 +701,8 @@ SMALL_Z6(f32, ld_f32)
     _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)((const uint16_t *)(p) + (k))))))
 #define DUP8_f16(p, k) DUP_f16(p, k, 0)
 #define DUP8_f32(p, k) DUP_f32(p, k, 0)
-#define DUP_f16(p, k, o) _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)((const uint16_t *)(p) + (k) + (o)))))
+#define DUP_f16(p, k, o) \
+    _mm512_cvtph_ps(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)((const uint16_t *)(p) + (k) + (o)))))
 #define DUP_f32(p, k, o) _mm512_broadcast_f32x8(_mm256_loadu_ps((const float *)(p) + (k) + (o)))
 #define BF16_DUP(o) _mm512_set_epi16((o) + 7, 0, (o) + 6, 0, (o) + 5, 0, (o) + 4, 0, (o) + 3, 0, (o) + 2, 0, \
                                      (o) + 1, 0, (o), 0, (o) + 7, 0, (o) + 6, 0, (o) + 5, 0, (o) + 4, 0,   \
@@ -865,23 +866,31 @@ typedef struct small_kernel {
     float (*ld)(const void *w, size_t i);      /* one weight (pfn's tail columns) */
 } small_kernel;
 static const small_kernel smalls[] = {
-    {&ops_avx512[0], small_z_bf16, 8, 6, panel_bf16_avx, 2, NULL, NULL}, {&ops_avx512[1], small_z_f16, 8, 6, panel_f16_avx, 2, NULL, NULL},
-    {&ops_avx512[2], small_z_f32, 8, 6, panel_f32_avx, 4, NULL, NULL},   {&ops_avx[0], small_y_bf16, 4, 3, panel_bf16_avx, 2, NULL, NULL},
-    {&ops_avx[1], small_y_f16, 4, 3, panel_f16_avx, 2, NULL, NULL},      {&ops_avx[2], small_y_f32, 4, 3, panel_f32_avx, 4, NULL, NULL},
-    {&ops_c[0], small_c_bf16, 4, 4, panel_bf16_c, 2, NULL, NULL},        {&ops_c[1], small_c_f16, 4, 4, panel_f16_c, 2, NULL, NULL},
-    {&ops_c[2], small_c_f32, 4, 4, panel_f32_c, 4, NULL, NULL},
+    {&ops_avx512[0], small_z_bf16, 8, 6, panel_bf16_avx, 2, NULL, NULL},
+    {&ops_avx512[1], small_z_f16, 8, 6, panel_f16_avx, 2, NULL, NULL},
+    {&ops_avx512[2], small_z_f32, 8, 6, panel_f32_avx, 4, NULL, NULL},
+    {&ops_avx[0], small_y_bf16, 4, 3, panel_bf16_avx, 2, NULL, NULL},
+    {&ops_avx[1], small_y_f16, 4, 3, panel_f16_avx, 2, NULL, NULL},
+    {&ops_avx[2], small_y_f32, 4, 3, panel_f32_avx, 4, NULL, NULL},
+    {&ops_c[0], small_c_bf16, 4, 4, panel_bf16_c, 2, NULL, NULL},
+    {&ops_c[1], small_c_f16, 4, 4, panel_f16_c, 2, NULL, NULL},
+    {&ops_c[2], small_c_f32, 4, 4, panel_f32_c, 4, NULL, NULL}
 };
 
-/* AVX-512, 7..12 tokens: 6 rows x up to 8 tokens (a server step of 8 streams in one pass) */
+/* AVX-512, 7..12 tokens: 6 rows x up to 8 tokens (a server step of 8 streams in one pass);
+ * whole tiles on x packed by gemm_pack_x take SMALL_Z6T */
 static const small_kernel smalls6[] = {
     {&ops_avx512[0], small_z6_bf16, 6, 8, panel_bf16_avx, 2, small_z6t_bf16, ld_bf16},
     {&ops_avx512[1], small_z6_f16, 6, 8, panel_f16_avx, 2, small_z6t_f16, ld_f16},
-    {&ops_avx512[2], small_z6_f32, 6, 8, panel_f32_avx, 4, small_z6t_f32, ld_f32}};
+    {&ops_avx512[2], small_z6_f32, 6, 8, panel_f32_avx, 4, small_z6t_f32, ld_f32}
+};
 
 /* AVX-512, one token: 16 rows */
 static const small_kernel smalls16[] = {
-    {&ops_avx512[0], small_z16_bf16, 16, 1, panel_bf16_avx, 2, NULL, NULL}, {&ops_avx512[1], small_z16_f16, 16, 1, panel_f16_avx, 2, NULL, NULL},
-    {&ops_avx512[2], small_z16_f32, 16, 1, panel_f32_avx, 4, NULL, NULL}};
+    {&ops_avx512[0], small_z16_bf16, 16, 1, panel_bf16_avx, 2, NULL, NULL},
+    {&ops_avx512[1], small_z16_f16, 16, 1, panel_f16_avx, 2, NULL, NULL},
+    {&ops_avx512[2], small_z16_f32, 16, 1, panel_f32_avx, 4, NULL, NULL}
+};
 
 static const small_kernel *small_for(const gemm_ops *op, int n)
 {
@@ -909,7 +918,8 @@ static void gemm_small(const small_kernel *sk, const uint8_t *w, size_t rb, int 
             int nr = r1 - (r + sk->rows) < sk->rows ? r1 - (r + sk->rows) : sk->rows;
             const uint8_t *pf = i == tiles - 1 && nr > 0 ? w + (size_t)(r + sk->rows) * rb : NULL;
             if (packed && rows == sk->rows) {
-                sk->pfn(w + (size_t)r * rb, rb, K, xq + (size_t)xo * K8, out + (size_t)t * ldo + r, ldo, pf, pf ? (size_t)nr : 0, T);
+                sk->pfn(w + (size_t)r * rb, rb, K, xq + (size_t)xo * K8, out + (size_t)t * ldo + r, ldo, pf,
+                        pf ? (size_t)nr : 0, T);
                 /* the columns past K8, in the canonical order after the register tile's */
                 for (int q = 0; q < rows && K8 < K; q++)
                     for (int u = 0; u < T; u++) {
