@@ -707,11 +707,12 @@ SMALL_Z6(f32, ld_f32)
 #define BF16_DUP(o) _mm512_set_epi16((o) + 7, 0, (o) + 6, 0, (o) + 5, 0, (o) + 4, 0, (o) + 3, 0, (o) + 2, 0, \
                                      (o) + 1, 0, (o), 0, (o) + 7, 0, (o) + 6, 0, (o) + 5, 0, (o) + 4, 0,   \
                                      (o) + 3, 0, (o) + 2, 0, (o) + 1, 0, (o), 0)
-#define SMALL_Z6T(T_)                                                                  \
+#define SMALL_Z6T(T_, LOAD)                                                            \
     AVX512 static inline __attribute__((always_inline)) void small_z6t_##T_##_t(        \
-        const uint8_t *w, size_t rb, int K, const float *xq, float *out, size_t ldo,   \
-        const uint8_t *pf, size_t pfr, int T, const int P)                             \
+        const uint8_t *w, size_t rb, int K, const float *x, size_t ldx, const float *xq, \
+        float *out, size_t ldo, const uint8_t *pf, size_t pfr, int T, const int P)      \
     {                                                                                  \
+        const int rows = 6;                                                            \
         const uint8_t *wr[6];                                                          \
         for (int r = 0; r < 6; r++) wr[r] = w + (size_t)r * rb;                        \
         /* the next block of rows, prefetched at the rate this one is read (6 rows x 16 \
@@ -725,8 +726,8 @@ SMALL_Z6(f32, ld_f32)
         __m512 c[6][4];                                                                \
         _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++)                             \
             _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) c[r][p] = _mm512_setzero_ps(); \
-        int k = 0;                                                                     \
-        for (; k + 16 <= K8; k += 16, xq += 32 * P) {                                  \
+        int k2 = 0;                                                                    \
+        for (; k2 + 16 <= K8; k2 += 16, xq += 32 * P) {                                \
             if (pp && pp < pe) {                                                       \
                 _Pragma("GCC unroll 6") for (int j = 0; j < LPS; j++) _mm_prefetch(pp + 64 * j, _MM_HINT_T0); \
                 pp += 64 * LPS;                                                        \
@@ -737,16 +738,16 @@ SMALL_Z6(f32, ld_f32)
                  * the pointer is the same */                                          \
                 const float *xr = xq;                                                  \
                 __asm__ volatile("" : "+r"(xr));                                       \
-                __m512 lo = DUP_##T_(wr[r], k, 0), hi = DUP_##T_(wr[r], k, 8);          \
+                __m512 lo = DUP_##T_(wr[r], k2, 0), hi = DUP_##T_(wr[r], k2, 8);          \
                 _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)                     \
                     c[r][p] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xr + 16 * p), c[r][p]); \
                 _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)                     \
                     c[r][p] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xr + 16 * (P + p)), c[r][p]); \
             }                                                                          \
         }                                                                              \
-        if (k < K8) {                                                                  \
+        if (k2 < K8) {                                                                 \
             _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++) {                       \
-                __m512 lo = DUP8_##T_(wr[r], k);                                        \
+                __m512 lo = DUP8_##T_(wr[r], k2);                                       \
                 _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)                     \
                     c[r][p] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xq + 16 * p), c[r][p]); \
             }                                                                          \
@@ -764,19 +765,21 @@ SMALL_Z6(f32, ld_f32)
                                 _mm512_extractf32x8_ps(c[4][p], 1), _mm512_extractf32x8_ps(c[5][p], 1), \
                                 _mm512_extractf32x8_ps(c[5][p], 1), _mm512_extractf32x8_ps(c[5][p], 1)), 6); \
         }                                                                              \
+        SMALL_TAIL(LOAD)                                                               \
     }                                                                                  \
-    AVX512 static void small_z6t_##T_(const uint8_t *w, size_t rb, int K, const float *xq, float *out, \
-                                       size_t ldo, const uint8_t *pf, size_t pfr, int T) \
+    AVX512 static void small_z6t_##T_(const uint8_t *w, size_t rb, int K, const float *x, size_t ldx, \
+                                       const float *xq, float *out, size_t ldo, const uint8_t *pf, \
+                                       size_t pfr, int T)                              \
     {                                                                                  \
         switch ((T + 1) / 2) {                                                         \
-        case 4: small_z6t_##T_##_t(w, rb, K, xq, out, ldo, pf, pfr, T, 4); break;      \
-        case 3: small_z6t_##T_##_t(w, rb, K, xq, out, ldo, pf, pfr, T, 3); break;      \
-        default: small_z6t_##T_##_t(w, rb, K, xq, out, ldo, pf, pfr, T, 2); break;     \
+        case 4: small_z6t_##T_##_t(w, rb, K, x, ldx, xq, out, ldo, pf, pfr, T, 4); break; \
+        case 3: small_z6t_##T_##_t(w, rb, K, x, ldx, xq, out, ldo, pf, pfr, T, 3); break; \
+        default: small_z6t_##T_##_t(w, rb, K, x, ldx, xq, out, ldo, pf, pfr, T, 2); break; \
         }                                                                              \
     }
-SMALL_Z6T(bf16)
-SMALL_Z6T(f16)
-SMALL_Z6T(f32)
+SMALL_Z6T(bf16, ld_bf16)
+SMALL_Z6T(f16, ld_f16)
+SMALL_Z6T(f32, ld_f32)
 
 #define SMALL_Y(T_, LOAD)                                                              \
     AVX2 static inline __attribute__((always_inline)) void small_y_##T_##_t(            \
@@ -854,8 +857,8 @@ PANEL_KERNELS(f32, ld_f32)
 
 typedef void (*small_fn)(const uint8_t *w, size_t rb, int rows, int K, const float *x, size_t ldx, float *out,
                          size_t ldo, const uint8_t *pf, size_t pfr, int T);
-typedef void (*small_p_fn)(const uint8_t *w, size_t rb, int K, const float *xq, float *out, size_t ldo,
-                           const uint8_t *pf, size_t pfr, int T);
+typedef void (*small_p_fn)(const uint8_t *w, size_t rb, int K, const float *x, size_t ldx, const float *xq,
+                           float *out, size_t ldo, const uint8_t *pf, size_t pfr, int T);
 typedef struct small_kernel {
     const gemm_ops *op;
     small_fn fn;
@@ -863,33 +866,32 @@ typedef struct small_kernel {
     void (*panel)(const void *w, int k0, int ks, float *dst);
     size_t es;                  /* bytes per weight */
     small_p_fn pfn;             /* the tile on packed x, whole row tiles only (or NULL) */
-    float (*ld)(const void *w, size_t i);      /* one weight (pfn's tail columns) */
 } small_kernel;
 static const small_kernel smalls[] = {
-    {&ops_avx512[0], small_z_bf16, 8, 6, panel_bf16_avx, 2, NULL, NULL},
-    {&ops_avx512[1], small_z_f16, 8, 6, panel_f16_avx, 2, NULL, NULL},
-    {&ops_avx512[2], small_z_f32, 8, 6, panel_f32_avx, 4, NULL, NULL},
-    {&ops_avx[0], small_y_bf16, 4, 3, panel_bf16_avx, 2, NULL, NULL},
-    {&ops_avx[1], small_y_f16, 4, 3, panel_f16_avx, 2, NULL, NULL},
-    {&ops_avx[2], small_y_f32, 4, 3, panel_f32_avx, 4, NULL, NULL},
-    {&ops_c[0], small_c_bf16, 4, 4, panel_bf16_c, 2, NULL, NULL},
-    {&ops_c[1], small_c_f16, 4, 4, panel_f16_c, 2, NULL, NULL},
-    {&ops_c[2], small_c_f32, 4, 4, panel_f32_c, 4, NULL, NULL}
+    {&ops_avx512[0], small_z_bf16, 8, 6, panel_bf16_avx, 2, NULL},
+    {&ops_avx512[1], small_z_f16, 8, 6, panel_f16_avx, 2, NULL},
+    {&ops_avx512[2], small_z_f32, 8, 6, panel_f32_avx, 4, NULL},
+    {&ops_avx[0], small_y_bf16, 4, 3, panel_bf16_avx, 2, NULL},
+    {&ops_avx[1], small_y_f16, 4, 3, panel_f16_avx, 2, NULL},
+    {&ops_avx[2], small_y_f32, 4, 3, panel_f32_avx, 4, NULL},
+    {&ops_c[0], small_c_bf16, 4, 4, panel_bf16_c, 2, NULL},
+    {&ops_c[1], small_c_f16, 4, 4, panel_f16_c, 2, NULL},
+    {&ops_c[2], small_c_f32, 4, 4, panel_f32_c, 4, NULL}
 };
 
 /* AVX-512, 7..12 tokens: 6 rows x up to 8 tokens (a server step of 8 streams in one pass);
  * whole tiles on x packed by gemm_pack_x take SMALL_Z6T */
 static const small_kernel smalls6[] = {
-    {&ops_avx512[0], small_z6_bf16, 6, 8, panel_bf16_avx, 2, small_z6t_bf16, ld_bf16},
-    {&ops_avx512[1], small_z6_f16, 6, 8, panel_f16_avx, 2, small_z6t_f16, ld_f16},
-    {&ops_avx512[2], small_z6_f32, 6, 8, panel_f32_avx, 4, small_z6t_f32, ld_f32}
+    {&ops_avx512[0], small_z6_bf16, 6, 8, panel_bf16_avx, 2, small_z6t_bf16},
+    {&ops_avx512[1], small_z6_f16, 6, 8, panel_f16_avx, 2, small_z6t_f16},
+    {&ops_avx512[2], small_z6_f32, 6, 8, panel_f32_avx, 4, small_z6t_f32}
 };
 
 /* AVX-512, one token: 16 rows */
 static const small_kernel smalls16[] = {
-    {&ops_avx512[0], small_z16_bf16, 16, 1, panel_bf16_avx, 2, NULL, NULL},
-    {&ops_avx512[1], small_z16_f16, 16, 1, panel_f16_avx, 2, NULL, NULL},
-    {&ops_avx512[2], small_z16_f32, 16, 1, panel_f32_avx, 4, NULL, NULL}
+    {&ops_avx512[0], small_z16_bf16, 16, 1, panel_bf16_avx, 2, NULL},
+    {&ops_avx512[1], small_z16_f16, 16, 1, panel_f16_avx, 2, NULL},
+    {&ops_avx512[2], small_z16_f32, 16, 1, panel_f32_avx, 4, NULL}
 };
 
 static const small_kernel *small_for(const gemm_ops *op, int n)
@@ -903,6 +905,11 @@ static const small_kernel *small_for(const gemm_ops *op, int n)
     return NULL;
 }
 
+/* the width of token tile i of n tokens in `tiles` balanced tiles, and the packed x's
+ * floats per column of it (whole token pairs: SMALL_Z6T) */
+static int tile_width(int n, int tiles, int i) { return n / tiles + (i < n % tiles); }
+static int tile_xq(int T) { return 2 * ((T + 1) / 2); }
+
 /* rows [r0, r1) x n tokens: token tiles of balanced sizes pass over each row block */
 static void gemm_small(const small_kernel *sk, const uint8_t *w, size_t rb, int K, int r0, int r1,
                        const float *x, size_t ldx, int n, float *out, size_t ldo, const float *xq)
@@ -912,27 +919,18 @@ static void gemm_small(const small_kernel *sk, const uint8_t *w, size_t rb, int 
     for (int r = r0; r < r1; r += sk->rows) {
         int rows = r1 - r < sk->rows ? r1 - r : sk->rows;
         for (int i = 0, t = 0, xo = 0; i < tiles; i++) {
-            int T = n / tiles + (i < n % tiles);
+            int T = tile_width(n, tiles, i);
             /* the last tile over a block prefetches the next block of rows, spread over its
              * k steps: while the last tile computes from cache, memory is kept busy */
             int nr = r1 - (r + sk->rows) < sk->rows ? r1 - (r + sk->rows) : sk->rows;
             const uint8_t *pf = i == tiles - 1 && nr > 0 ? w + (size_t)(r + sk->rows) * rb : NULL;
-            if (packed && rows == sk->rows) {
-                sk->pfn(w + (size_t)r * rb, rb, K, xq + (size_t)xo * K8, out + (size_t)t * ldo + r, ldo, pf,
-                        pf ? (size_t)nr : 0, T);
-                /* the columns past K8, in the canonical order after the register tile's */
-                for (int q = 0; q < rows && K8 < K; q++)
-                    for (int u = 0; u < T; u++) {
-                        const uint8_t *wq = w + (size_t)(r + q) * rb;
-                        const float *xt = x + (size_t)(t + u) * ldx;
-                        float *o = out + (size_t)(t + u) * ldo + r + q, v = *o;
-                        for (int k = K8; k < K; k++) v = fmaf(sk->ld(wq, k), xt[k], v);
-                        *o = v;
-                    }
-            } else
+            if (packed && rows == sk->rows)
+                sk->pfn(w + (size_t)r * rb, rb, K, x + (size_t)t * ldx, ldx, xq + (size_t)xo * K8,
+                        out + (size_t)t * ldo + r, ldo, pf, pf ? (size_t)nr : 0, T);
+            else
                 sk->fn(w + (size_t)r * rb, rb, rows, K, x + (size_t)t * ldx, ldx, out + (size_t)t * ldo + r, ldo, pf,
                        pf ? (size_t)nr : 0, T);
-            t += T, xo += 2 * ((T + 1) / 2);
+            t += T, xo += tile_xq(T);
         }
     }
 }
@@ -1021,7 +1019,7 @@ size_t gemm_xq_floats(const gemm_ops *op, int n, int K)
     if (!sk) return 0;
     int tiles = (n + sk->tokens - 1) / sk->tokens;
     size_t f = 0;
-    for (int i = 0; i < tiles; i++) f += (size_t)2 * ((n / tiles + (i < n % tiles) + 1) / 2) * (K & ~7);
+    for (int i = 0; i < tiles; i++) f += (size_t)tile_xq(tile_width(n, tiles, i)) * (K & ~7);
     return f;
 }
 
@@ -1033,14 +1031,14 @@ void gemm_pack_x(const gemm_ops *op, const float *x, size_t ldx, int n, int K, f
     if (!sk) return;
     int tiles = (n + sk->tokens - 1) / sk->tokens, K8 = K & ~7;
     for (int i = 0, t = 0; i < tiles; i++) {
-        int T = n / tiles + (i < n % tiles), P = (T + 1) / 2;
+        int T = tile_width(n, tiles, i), P = tile_xq(T) / 2;
         for (int s = 0; s < K8 / 8; s++)
             for (int u = 0; u < 2 * P; u++) {
                 float *d = xq + (size_t)s * 16 * P + 16 * (u / 2) + 8 * (u % 2);
                 if (u < T) memcpy(d, x + (size_t)(t + u) * ldx + 8 * s, 8 * sizeof(float));
                 else memset(d, 0, 8 * sizeof(float));
             }
-        t += T, xq += (size_t)2 * P * K8;
+        t += T, xq += (size_t)tile_xq(T) * K8;
     }
 }
 
