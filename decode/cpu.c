@@ -1091,17 +1091,14 @@ backend *backend_cpu_new(const struct phi3_model *m, int max_ctx, int threads, c
         c->scores[t] = xmalloc_aligned(att_scratch_floats(cf->head_dim) * sizeof(float));
     c->gscratch = xcalloc((size_t)pool_threads(c->pool), sizeof *c->gscratch);
     for (int t = 0; t < pool_threads(c->pool); t++) c->gscratch[t] = xmalloc_aligned(gemm_scratch_floats() * sizeof(float));
-    {
-        /* xq and dq are allocated at a context's first product that uses them (a server's
-         * contexts lead batched steps in turn, most of them never) */
-        int kmax = cf->hidden > cf->intermediate ? cf->hidden : cf->intermediate;
-        if (cf->n_heads * cf->head_dim > kmax) kmax = cf->n_heads * cf->head_dim;
-        c->xq_cap = (size_t)12 * (size_t)kmax;      /* gemm_xq_floats is at most 12 K */
-        c->dq_k = model_has_quant(m) ? kmax : 0;
-    }
+    /* the widest activation row a product takes */
+    int kmax = cf->hidden > cf->intermediate ? cf->hidden : cf->intermediate;
+    if (cf->n_heads * cf->head_dim > kmax) kmax = cf->n_heads * cf->head_dim;
+    /* xq and dq are allocated at a context's first product that uses them (a server's
+     * contexts lead batched steps in turn, most of them never) */
+    c->xq_cap = (size_t)12 * (size_t)kmax;      /* gemm_xq_floats is at most 12 K */
+    c->dq_k = model_has_quant(m) ? kmax : 0;
     if (model_uses_limbs(m)) {
-        int kmax = cf->hidden > cf->intermediate ? cf->hidden : cf->intermediate;
-        if (cf->n_heads * cf->head_dim > kmax) kmax = cf->n_heads * cf->head_dim;
         c->limbx_stride = qlimb_xbytes(kmax);
         c->limbx = xmalloc_aligned(3 * c->limbx_stride);
     }
