@@ -12,12 +12,7 @@
 # cancel), best of REPEATS; the machine's load is printed, since other work on the cores
 # skews every ratio.
 set -eu
-# the hypervisor's steal (/proc/stat): "STEAL TOTAL" jiffies of all CPUs, and the share of
-# the time between two readings it took from this VM (wall-clock figures taken while much
-# of the time was stolen say little about the code)
-cpu_steal() { awk '/^cpu /{t = 0; for (i = 2; i <= 9; i++) t += $i; print $9, t}' /proc/stat 2> /dev/null || true; }
-steal_pct() { awk -v a="$1" -v b="$2" 'BEGIN{split(a, x, " "); split(b, y, " ");
-  if (y[2] > x[2]) printf "hypervisor steal %.0f%% of the CPUs'"'"' time", 100 * (y[1] - x[1]) / (y[2] - x[2]); else printf "steal unknown"}'; }
+. "$(dirname "$0")/steal.sh"     # cpu_steal, steal_pct
 : "${PHI3_BIN:=$PWD/bin}"
 PY=/usr/bin/python3
 B=${PHI3_BENCH_DIR:-${TMPDIR:-/tmp}/phi3-bench}
