@@ -157,7 +157,7 @@ install: all
 	for t in $(notdir $(TOOLS)); do ln -sf phi3 $(DESTDIR)$(PREFIX)/share/bash-completion/completions/$$t; done
 
 # Every Debian package the project needs (build, tests, examples).
-DEB_PKGS = build-essential libmsgpack-dev libjansson-dev bats clang python3 python3-msgpack \
+DEB_PKGS = build-essential libmsgpack-dev libjansson-dev bats clang python3 python3-msgpack strace \
            libclang-rt-14-dev parallel tmux help2man groff-base shellcheck
 deps:
 	apt-get update && apt-get install -y --no-install-recommends $(DEB_PKGS)
