@@ -27,34 +27,31 @@ count() {   # TAP on stdin -> counters; echoes the TAP
   done
 }
 
-timed_out() {  # timed_out RC NAME: RC says timeout(1) ended NAME; count it as failed
-  [ "$1" -eq 124 ] || [ "$1" -eq 137 ] || return 1
-  echo "not ok - $2 did not finish in $PHI3_FILE_TIMEOUT s (killed)"
-  fail=$((fail + 1))
+# run_one NAME CMD...: CMD's TAP counted; NAME fails when CMD is killed by the time
+# limit, or exits non-zero without a failed test
+run_one() {
+  local name=$1 rc; shift
+  timeout -k 10 "$PHI3_FILE_TIMEOUT" "$@" > "$log" 2>&1; rc=$?
+  count < "$log"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    echo "not ok - $name did not finish in $PHI3_FILE_TIMEOUT s (killed)"; fail=$((fail + 1))
+  elif [ $rc -ne 0 ] && ! grep -q '^not ok' "$log"; then
+    echo "not ok - $name exited $rc"; fail=$((fail + 1))
+  fi
 }
 
 for t in "$PHI3_TESTBIN"/*_test; do
   [ -x "$t" ] || continue
   echo "# unit: $(basename "$t")"
-  timeout -k 10 "$PHI3_FILE_TIMEOUT" "$t" > "$log" 2>&1; rc=$?
-  count < "$log"
-  timed_out "$rc" "$(basename "$t")" && continue
-  if [ $rc -ne 0 ] && ! grep -q '^not ok' "$log"; then
-    echo "not ok - $(basename "$t") exited $rc"; fail=$((fail + 1))
-  fi
+  run_one "$(basename "$t")" "$t"
 done
 
 for f in tests/[0-9]*.bats; do
   [ -e "$f" ] || continue
   echo "# bats: $f"
   s=$SECONDS
-  timeout -k 10 "$PHI3_FILE_TIMEOUT" bats --tap "$f" > "$log" 2>&1; rc=$?
-  count < "$log"
+  run_one "$f" bats --tap "$f"
   echo "# $f: $((SECONDS - s)) s"
-  timed_out "$rc" "$f" && continue
-  if [ $rc -ne 0 ] && ! grep -q '^not ok' "$log"; then
-    echo "not ok - $f exited $rc"; fail=$((fail + 1))
-  fi
 done
 
 echo "$pass passed, $fail failed, $skip skipped"
