@@ -909,6 +909,15 @@ static void per_row(cpu *c, row_job j, int n)
     else pool_run(c->pool, row_run, &j, n);
 }
 
+/* token id's row of the embedding table as floats; the rows may be quantized blocks
+ * (GGUF token_embd), so they are found by quant_row_bytes, not by an element size */
+static void embed_row(const phi3_model *m, int32_t id, float *out)
+{
+    int H = m->cfg.hidden;
+    size_t erow = quant_row_bytes(m->embed.dtype, H);
+    quant_dequant_row(m->embed.dtype, (const uint8_t *)m->embed.data + (size_t)id * erow, out, 0, H);
+}
+
 /* n <= CHUNK tokens at positions pos0.. (already room in kv). logits: NULL, or where the
  * logits of the last token (all = 0) or of every token go. */
 static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int all)
@@ -918,10 +927,7 @@ static void forward_chunk(cpu *c, const int32_t *ids, int n, float *logits, int 
     int H = cf->hidden, hd = cf->head_dim, I = cf->intermediate;
     int pos0 = c->b.n_ctx;
     memmove(c->ids + pos0, ids, (size_t)n * sizeof *ids);   /* ids may already be there */
-    size_t erow = quant_row_bytes(m->embed.dtype, H);    /* rows may be quantized blocks */
-    for (int t = 0; t < n; t++)
-        quant_dequant_row(m->embed.dtype, (const uint8_t *)m->embed.data + (size_t)ids[t] * erow,
-                          c->x + (size_t)t * H, 0, H);
+    for (int t = 0; t < n; t++) embed_row(m, ids[t], c->x + (size_t)t * H);
     hook(c, 0, pos0, n, c->x);
     const float *inv = c->inv_freq[c->b.rope_long];
     for (int t = 0; t < n; t++) rope_cos_sin(cf, inv, pos0 + t, c->cs + (size_t)t * hd, c->cs + (size_t)t * hd + hd / 2);
@@ -1293,15 +1299,13 @@ int backend_cpu_forward_batch(cpu_batch **ws, backend **bs, const int32_t **ids,
     int same_threads = 1;
     for (int i = 1; i < k; i++) same_threads &= pool_threads(((cpu *)bs[i])->pool) == pool_threads(c0->pool);
 
-    size_t es = st_dtype_size(m->embed.dtype);
     for (int i = 0, r = 0; i < k; r += n[i], i++) {
         cpu *c = (cpu *)bs[i];
         int pos0 = c->b.n_ctx;
         memmove(c->ids + pos0, ids[i], (size_t)n[i] * sizeof *ids[i]);
         const float *inv = c->inv_freq[c->b.rope_long];
         for (int t = 0; t < n[i]; t++) {
-            model_to_f32(m->embed.dtype, (const uint8_t *)m->embed.data + (size_t)ids[i][t] * H * es,
-                         w->x + (size_t)(r + t) * H, (size_t)H);
+            embed_row(m, ids[i][t], w->x + (size_t)(r + t) * H);
             float *cs = w->cs + (size_t)(r + t) * hd;
             rope_cos_sin(cf, inv, pos0 + t, cs, cs + hd / 2);
         }

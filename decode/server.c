@@ -17,6 +17,7 @@
 #include "decode/backend.h"
 #include "decode/cpu.h"
 #include "decode/gemm.h"
+#include "decode/qlimb.h"
 #include "decode/session.h"
 #include "embed/model.h"
 #include "shared/stream.h"
@@ -900,6 +901,13 @@ int server_main(const server_opts *o)
     sv.use_cuda = !strcmp(o->backend, "cuda") || (!strcmp(o->backend, "auto") && o->kv_type != KV_F16 &&
                                                    backend_cuda_supports(sv.m) && backend_cuda_available());
     if (!sv.use_cuda) model_populate(sv.m);
+    /* The opt-in limb kernels (qlimb.h) serve products of 1..3 tokens only, so a stream's
+     * numbers would depend on what else shares its step (and on where its prefill is cut
+     * into pieces): a served stream must equal its solo run on the exact path. */
+    if (!sv.use_cuda && qlimb_enabled()) {
+        qlimb_force(0);
+        if (!o->quiet) phi3_err("PHI3_QUANT_LIMBS=1 is not used by --serve: streams are computed on the exact kernels");
+    }
     if (sv.use_cuda) {
         /* fail now rather than at the first stream */
         backend *b = backend_cuda_new(sv.m, o->ctx, err, sizeof err);

@@ -28,7 +28,7 @@ teardown() {
 # server.err), SERVER = its pid; waits until the socket exists.
 serve() {
   local s=$1; shift
-  "$PHI3_BIN/phi3-run" -m "${MODEL:-$LONGROPE}" --backend cpu --serve "$s" "$@" 2>> server.err 3>&- &
+  env ${SERVE_ENV:-} "$PHI3_BIN/phi3-run" -m "${MODEL:-$LONGROPE}" --backend cpu --serve "$s" "$@" 2>> server.err 3>&- &
   SERVER=$!
   SERVERS+=("$SERVER")
   local i
@@ -129,6 +129,34 @@ concurrent() {
 @test "server: 16 concurrent random streams in batched steps on tiny-gqa-window (GQA, sliding window 16)" {
   concurrent "$GQA" 512 9 16 --chunk 16
   grep 'server stats:.*batched' server.err | grep -vq '(0 batched)' || fail "$(cat server.err)"
+}
+
+@test "server: GGUF models (Q8_0, Q4_K_M): 10 concurrent random streams in batched steps equal solo runs; the server does not use PHI3_QUANT_LIMBS" {
+  # k256: the random model of 70-gguf.bats (rows of whole 256-blocks, so Q4_K_M has its
+  # K types); its token_embd is quantized too, which a batched step must look up by
+  # blocks (it once read them as floats: NaN logits)
+  cc -O2 -o gen_model "$ROOT/tests/bench/gen_model.c" -ljansson
+  echo '{"architectures": ["Phi3ForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
+    "max_position_embeddings": 4096, "num_attention_heads": 4, "num_hidden_layers": 8,
+    "num_key_value_heads": 2, "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 10000.0,
+    "sliding_window": 2047, "tie_word_embeddings": false, "vocab_size": 512}' > k256.json
+  ./gen_model k256.json k256 > /dev/null
+  "$PHI3_BIN/phi3-quantize" -q -t Q8_0 k256 q8.gguf 2> /dev/null
+  "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M k256 q4.gguf 2> /dev/null
+  concurrent "$PWD/q8.gguf" 512 13 10
+  grep 'server stats:.*batched' server.err | grep -vq '(0 batched)' || fail "$(cat server.err)"
+  # the limb kernels (opt-in) take products of 1..3 tokens only, so a served stream would
+  # depend on its neighbours in a step: the server computes on the exact kernels, and its
+  # streams equal the solo runs without limbs
+  rm -f server.err
+  SERVE_ENV=PHI3_QUANT_LIMBS=1 concurrent "$PWD/q4.gguf" 512 14 10
+  grep 'server stats:.*batched' server.err | grep -vq '(0 batched)' || fail "$(cat server.err)"
+  local f vnni=1
+  for f in avx512f avx512bw avx512vl avx512dq avx512_vnni; do grep -qw "$f" /proc/cpuinfo || vnni=; done
+  [ -z "${PHI3_NO_AVX512:-}${PHI3_NO_AVX:-}" ] || vnni=
+  if [ -n "$vnni" ]; then
+    grep -q 'PHI3_QUANT_LIMBS=1 is not used by --serve' server.err || fail "no note: $(cat server.err)"
+  fi
 }
 
 @test "server: errors come back as phi3-run's line and exit 1; frames before them are answered" {
