@@ -260,7 +260,12 @@ concurrent() {
   serve ./s.sock
   kill -9 "$SERVER"; wait "$SERVER" 2> /dev/null || true
   [ -S ./s.sock ]                       # left behind by the killed server
-  serve ./s.sock
+  # serve returns as soon as the path is a socket, which the stale one already is: wait
+  # for the new server's line, written once it listens
+  serve ./s.sock -v
+  local i
+  for i in $(seq 200); do grep -q 'serving on' server.err && break; sleep 0.05; done
+  grep -q 'serving on' server.err || fail "the new server did not listen: $(cat server.err)"
   frames '{"type":"tokens","ids":[1,2]}' > ok
   RUN --connect ./s.sock < ok > /dev/null
   run --separate-stderr RUN -m "$LONGROPE" --serve ./s.sock
