@@ -683,17 +683,22 @@ SMALL_Z6(bf16, ld_bf16)
 SMALL_Z6(f16, ld_f16)
 SMALL_Z6(f32, ld_f32)
 
-/* AVX-512, 7..12 tokens, whole tiles of 6 rows: the tile with tokens in the zmm halves.
+/* AVX-512, 7..12 tokens, whole tiles of 4 rows: the tile with tokens in the zmm halves.
  * A pair's accumulator holds row r's canonical chain for token 2p in lanes 0-7 and for
  * token 2p + 1 in lanes 8-15; the weights' 8 columns are duplicated into both halves and
  * multiplied by a packed copy of x that holds the pair side by side (xq + s * 16 P + 16 p:
  * columns 8 s .. 8 s + 7 of token 2p, then of token 2p + 1; a missing token is zeros).
  * Each lane sees the same weights, x and FMAs in the same order as in SMALL_Z6, so the
  * bits are the same; the x operand is a plain load the FMA takes from memory, where the
- * rows-in-halves tile needs a separate 8-float broadcast per token and step. One thread,
- * 8 tokens, thread CPU time (2026-12-03, 2-vCPU Intel Xeon, zmm FMA peak 126 GFLOP/s):
- * in L2 (120 rows x 3072) 73.0-78.6 GFLOP/s against 61.6-62.7 for SMALL_Z6; from memory
- * (268 MB) 39.9-41.8 ms against 43.7-45.9. */
+ * rows-in-halves tile needs a separate 8-float broadcast per token and step. The 2P x
+ * vectors of a step are loaded once into registers for all 4 rows (16 accumulators + 8 x
+ * + 2 weights of the 32 zmm), and a 16-row block is 4 whole tiles. The first form of this
+ * tile had 6 rows and took x from memory once per row (24 accumulators leave no room):
+ * its loads shared the ports with the FMAs, and 16-row blocks split 6 + 6 + 4, the 4 on
+ * the rows-in-halves tile. One thread, thread CPU time, in L2 (96 rows x 3072 bf16),
+ * 2026-12-03, 2-vCPU Intel Xeon (zmm FMA peak 126 GFLOP/s per core), three alternating
+ * runs: 8 tokens 60.3-60.5 GFLOP/s (6 rows) -> 73.0-73.1 (4 rows), 12 tokens 59.7-59.8
+ * -> 67.4-67.7, 10 tokens 60.0 -> 69.5, 7 tokens 70.2 -> 70.4. */
 #define DUP_bf16(p, k, o) _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, BF16_DUP(o), \
     _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)((const uint16_t *)(p) + (k))))))
 /* the same for columns k .. k + 7 only (no load past them) */
@@ -707,46 +712,43 @@ SMALL_Z6(f32, ld_f32)
 #define BF16_DUP(o) _mm512_set_epi16((o) + 7, 0, (o) + 6, 0, (o) + 5, 0, (o) + 4, 0, (o) + 3, 0, (o) + 2, 0, \
                                      (o) + 1, 0, (o), 0, (o) + 7, 0, (o) + 6, 0, (o) + 5, 0, (o) + 4, 0,   \
                                      (o) + 3, 0, (o) + 2, 0, (o) + 1, 0, (o), 0)
-#define SMALL_Z6T(T_, LOAD)                                                            \
-    AVX512 static inline __attribute__((always_inline)) void small_z6t_##T_##_t(        \
+
+#define SMALL_Z4T(T_, LOAD)                                                            \
+    AVX512 static inline __attribute__((always_inline)) void small_z4t_##T_##_t(        \
         const uint8_t *w, size_t rb, int K, const float *x, size_t ldx, const float *xq, \
         float *out, size_t ldo, const uint8_t *pf, size_t pfr, int T, const int P)      \
     {                                                                                  \
-        const int rows = 6;                                                            \
-        const uint8_t *wr[6];                                                          \
-        for (int r = 0; r < 6; r++) wr[r] = w + (size_t)r * rb;                        \
-        /* the next block of rows, prefetched at the rate this one is read (6 rows x 16 \
-         * weights a step): a pointer that walks its bytes, where pfq's bookkeeping     \
-         * costs scalar operations that share the FMA ports (rows of exactly K weights: \
-         * the block is contiguous) */                                                 \
-        enum { LPS = 6 * 16 * (int)sizeof(T_##_t) / 64 };                              \
+        const int rows = 4;                                                            \
+        const uint8_t *wr[4];                                                          \
+        for (int r = 0; r < 4; r++) wr[r] = w + (size_t)r * rb;                        \
+        enum { LPS = 4 * 16 * (int)sizeof(T_##_t) / 64 };                              \
         const char *pp = pf && rb == (size_t)K * sizeof(T_##_t) ? (const char *)pf : NULL; \
         const char *pe = pp ? pp + pfr * rb : NULL;                                    \
         int K8 = K & ~7;                                                               \
-        __m512 c[6][4];                                                                \
-        _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++)                             \
+        __m512 c[4][4];                                                                \
+        _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++)                             \
             _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) c[r][p] = _mm512_setzero_ps(); \
         int k2 = 0;                                                                    \
         for (; k2 + 16 <= K8; k2 += 16, xq += 32 * P) {                                \
             if (pp && pp < pe) {                                                       \
-                _Pragma("GCC unroll 6") for (int j = 0; j < LPS; j++) _mm_prefetch(pp + 64 * j, _MM_HINT_T0); \
+                _Pragma("GCC unroll 4") for (int j = 0; j < LPS; j++) _mm_prefetch(pp + 64 * j, _MM_HINT_T0); \
                 pp += 64 * LPS;                                                        \
             }                                                                          \
-            _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++) {                       \
-                /* x again from memory for each row (an FMA operand), not held in 2 P   \
-                 * registers that the 24 accumulators need: the empty asm hides that    \
-                 * the pointer is the same */                                          \
-                const float *xr = xq;                                                  \
-                __asm__ volatile("" : "+r"(xr));                                       \
+            __m512 xl[4], xh[4];                                                       \
+            _Pragma("GCC unroll 4") for (int p = 0; p < P; p++) {                       \
+                xl[p] = _mm512_loadu_ps(xq + 16 * p);                                  \
+                xh[p] = _mm512_loadu_ps(xq + 16 * (P + p));                            \
+            }                                                                          \
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {                       \
                 __m512 lo = DUP_##T_(wr[r], k2, 0), hi = DUP_##T_(wr[r], k2, 8);          \
                 _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)                     \
-                    c[r][p] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xr + 16 * p), c[r][p]); \
+                    c[r][p] = _mm512_fmadd_ps(lo, xl[p], c[r][p]);                      \
                 _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)                     \
-                    c[r][p] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xr + 16 * (P + p)), c[r][p]); \
+                    c[r][p] = _mm512_fmadd_ps(hi, xh[p], c[r][p]);                      \
             }                                                                          \
         }                                                                              \
         if (k2 < K8) {                                                                 \
-            _Pragma("GCC unroll 6") for (int r = 0; r < 6; r++) {                       \
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) {                       \
                 __m512 lo = DUP8_##T_(wr[r], k2);                                       \
                 _Pragma("GCC unroll 4") for (int p = 0; p < P; p++)                     \
                     c[r][p] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xq + 16 * p), c[r][p]); \
@@ -756,30 +758,30 @@ SMALL_Z6(f32, ld_f32)
             store_nz(out + (size_t)(2 * p) * ldo,                                      \
                      sum8x8(_mm512_castps512_ps256(c[0][p]), _mm512_castps512_ps256(c[1][p]), \
                             _mm512_castps512_ps256(c[2][p]), _mm512_castps512_ps256(c[3][p]), \
-                            _mm512_castps512_ps256(c[4][p]), _mm512_castps512_ps256(c[5][p]), \
-                            _mm512_castps512_ps256(c[5][p]), _mm512_castps512_ps256(c[5][p])), 6); \
+                            _mm512_castps512_ps256(c[3][p]), _mm512_castps512_ps256(c[3][p]), \
+                            _mm512_castps512_ps256(c[3][p]), _mm512_castps512_ps256(c[3][p])), 4); \
             if (2 * p + 1 < T)                                                         \
                 store_nz(out + (size_t)(2 * p + 1) * ldo,                              \
                          sum8x8(_mm512_extractf32x8_ps(c[0][p], 1), _mm512_extractf32x8_ps(c[1][p], 1), \
                                 _mm512_extractf32x8_ps(c[2][p], 1), _mm512_extractf32x8_ps(c[3][p], 1), \
-                                _mm512_extractf32x8_ps(c[4][p], 1), _mm512_extractf32x8_ps(c[5][p], 1), \
-                                _mm512_extractf32x8_ps(c[5][p], 1), _mm512_extractf32x8_ps(c[5][p], 1)), 6); \
+                                _mm512_extractf32x8_ps(c[3][p], 1), _mm512_extractf32x8_ps(c[3][p], 1), \
+                                _mm512_extractf32x8_ps(c[3][p], 1), _mm512_extractf32x8_ps(c[3][p], 1)), 4); \
         }                                                                              \
         SMALL_TAIL(LOAD)                                                               \
     }                                                                                  \
-    AVX512 static void small_z6t_##T_(const uint8_t *w, size_t rb, int K, const float *x, size_t ldx, \
+    AVX512 static void small_z4t_##T_(const uint8_t *w, size_t rb, int K, const float *x, size_t ldx, \
                                        const float *xq, float *out, size_t ldo, const uint8_t *pf, \
                                        size_t pfr, int T)                              \
     {                                                                                  \
         switch ((T + 1) / 2) {                                                         \
-        case 4: small_z6t_##T_##_t(w, rb, K, x, ldx, xq, out, ldo, pf, pfr, T, 4); break; \
-        case 3: small_z6t_##T_##_t(w, rb, K, x, ldx, xq, out, ldo, pf, pfr, T, 3); break; \
-        default: small_z6t_##T_##_t(w, rb, K, x, ldx, xq, out, ldo, pf, pfr, T, 2); break; \
+        case 4: small_z4t_##T_##_t(w, rb, K, x, ldx, xq, out, ldo, pf, pfr, T, 4); break; \
+        case 3: small_z4t_##T_##_t(w, rb, K, x, ldx, xq, out, ldo, pf, pfr, T, 3); break; \
+        default: small_z4t_##T_##_t(w, rb, K, x, ldx, xq, out, ldo, pf, pfr, T, 2); break; \
         }                                                                              \
     }
-SMALL_Z6T(bf16, ld_bf16)
-SMALL_Z6T(f16, ld_f16)
-SMALL_Z6T(f32, ld_f32)
+SMALL_Z4T(bf16, ld_bf16)
+SMALL_Z4T(f16, ld_f16)
+SMALL_Z4T(f32, ld_f32)
 
 #define SMALL_Y(T_, LOAD)                                                              \
     AVX2 static inline __attribute__((always_inline)) void small_y_##T_##_t(            \
@@ -865,33 +867,35 @@ typedef struct small_kernel {
     int rows, tokens;           /* the register tile */
     void (*panel)(const void *w, int k0, int ks, float *dst);
     size_t es;                  /* bytes per weight */
-    small_p_fn pfn;             /* the tile on packed x, whole row tiles only (or NULL) */
+    small_p_fn pfn;             /* the tile on packed x, whole tiles of prows rows only (or NULL) */
+    int prows;
 } small_kernel;
 static const small_kernel smalls[] = {
-    {&ops_avx512[0], small_z_bf16, 8, 6, panel_bf16_avx, 2, NULL},
-    {&ops_avx512[1], small_z_f16, 8, 6, panel_f16_avx, 2, NULL},
-    {&ops_avx512[2], small_z_f32, 8, 6, panel_f32_avx, 4, NULL},
-    {&ops_avx[0], small_y_bf16, 4, 3, panel_bf16_avx, 2, NULL},
-    {&ops_avx[1], small_y_f16, 4, 3, panel_f16_avx, 2, NULL},
-    {&ops_avx[2], small_y_f32, 4, 3, panel_f32_avx, 4, NULL},
-    {&ops_c[0], small_c_bf16, 4, 4, panel_bf16_c, 2, NULL},
-    {&ops_c[1], small_c_f16, 4, 4, panel_f16_c, 2, NULL},
-    {&ops_c[2], small_c_f32, 4, 4, panel_f32_c, 4, NULL}
+    {&ops_avx512[0], small_z_bf16, 8, 6, panel_bf16_avx, 2, NULL, 0},
+    {&ops_avx512[1], small_z_f16, 8, 6, panel_f16_avx, 2, NULL, 0},
+    {&ops_avx512[2], small_z_f32, 8, 6, panel_f32_avx, 4, NULL, 0},
+    {&ops_avx[0], small_y_bf16, 4, 3, panel_bf16_avx, 2, NULL, 0},
+    {&ops_avx[1], small_y_f16, 4, 3, panel_f16_avx, 2, NULL, 0},
+    {&ops_avx[2], small_y_f32, 4, 3, panel_f32_avx, 4, NULL, 0},
+    {&ops_c[0], small_c_bf16, 4, 4, panel_bf16_c, 2, NULL, 0},
+    {&ops_c[1], small_c_f16, 4, 4, panel_f16_c, 2, NULL, 0},
+    {&ops_c[2], small_c_f32, 4, 4, panel_f32_c, 4, NULL, 0}
 };
 
 /* AVX-512, 7..12 tokens: 6 rows x up to 8 tokens (a server step of 8 streams in one pass);
- * whole tiles on x packed by gemm_pack_x take SMALL_Z6T */
+ * whole tiles of 4 rows on x packed by gemm_pack_x take SMALL_Z4T, the rest (a
+ * thread's last rows, callers without packed x) the 6-row tile with rows in the halves */
 static const small_kernel smalls6[] = {
-    {&ops_avx512[0], small_z6_bf16, 6, 8, panel_bf16_avx, 2, small_z6t_bf16},
-    {&ops_avx512[1], small_z6_f16, 6, 8, panel_f16_avx, 2, small_z6t_f16},
-    {&ops_avx512[2], small_z6_f32, 6, 8, panel_f32_avx, 4, small_z6t_f32}
+    {&ops_avx512[0], small_z6_bf16, 6, 8, panel_bf16_avx, 2, small_z4t_bf16, 4},
+    {&ops_avx512[1], small_z6_f16, 6, 8, panel_f16_avx, 2, small_z4t_f16, 4},
+    {&ops_avx512[2], small_z6_f32, 6, 8, panel_f32_avx, 4, small_z4t_f32, 4}
 };
 
 /* AVX-512, one token: 16 rows */
 static const small_kernel smalls16[] = {
-    {&ops_avx512[0], small_z16_bf16, 16, 1, panel_bf16_avx, 2, NULL},
-    {&ops_avx512[1], small_z16_f16, 16, 1, panel_f16_avx, 2, NULL},
-    {&ops_avx512[2], small_z16_f32, 16, 1, panel_f32_avx, 4, NULL}
+    {&ops_avx512[0], small_z16_bf16, 16, 1, panel_bf16_avx, 2, NULL, 0},
+    {&ops_avx512[1], small_z16_f16, 16, 1, panel_f16_avx, 2, NULL, 0},
+    {&ops_avx512[2], small_z16_f32, 16, 1, panel_f32_avx, 4, NULL, 0}
 };
 
 static const small_kernel *small_for(const gemm_ops *op, int n)
@@ -906,7 +910,7 @@ static const small_kernel *small_for(const gemm_ops *op, int n)
 }
 
 /* the width of token tile i of n tokens in `tiles` balanced tiles, and the packed x's
- * floats per column of it (whole token pairs: SMALL_Z6T) */
+ * floats per column of it (whole token pairs: SMALL_Z4T) */
 static int tile_width(int n, int tiles, int i) { return n / tiles + (i < n % tiles); }
 static int tile_xq(int T) { return 2 * ((T + 1) / 2); }
 
@@ -915,16 +919,16 @@ static void gemm_small(const small_kernel *sk, const uint8_t *w, size_t rb, int 
                        const float *x, size_t ldx, int n, float *out, size_t ldo, const float *xq)
 {
     int tiles = (n + sk->tokens - 1) / sk->tokens, K8 = K & ~7;
-    int packed = xq && sk->pfn;
-    for (int r = r0; r < r1; r += sk->rows) {
-        int rows = r1 - r < sk->rows ? r1 - r : sk->rows;
+    int packed = xq && sk->pfn, step = packed ? sk->prows : sk->rows;
+    for (int r = r0; r < r1; r += step) {
+        int rows = r1 - r < step ? r1 - r : step;
         for (int i = 0, t = 0, xo = 0; i < tiles; i++) {
             int T = tile_width(n, tiles, i);
             /* the last tile over a block prefetches the next block of rows, spread over its
              * k steps: while the last tile computes from cache, memory is kept busy */
-            int nr = r1 - (r + sk->rows) < sk->rows ? r1 - (r + sk->rows) : sk->rows;
-            const uint8_t *pf = i == tiles - 1 && nr > 0 ? w + (size_t)(r + sk->rows) * rb : NULL;
-            if (packed && rows == sk->rows)
+            int nr = r1 - (r + step) < step ? r1 - (r + step) : step;
+            const uint8_t *pf = i == tiles - 1 && nr > 0 ? w + (size_t)(r + step) * rb : NULL;
+            if (packed && rows == step)
                 sk->pfn(w + (size_t)r * rb, rb, K, x + (size_t)t * ldx, ldx, xq + (size_t)xo * K8,
                         out + (size_t)t * ldo + r, ldo, pf, pf ? (size_t)nr : 0, T);
             else
