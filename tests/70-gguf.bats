@@ -11,15 +11,7 @@ setup_file() {
     "$PHI3_BIN/phi3-quantize" -q -t "$t" "$LONGROPE" "$d/lr-$t.gguf" || return 1
     "$PHI3_BIN/phi3-quantize" -q -t "$t" "$GQA" "$d/gqa-$t.gguf" 2> /dev/null || return 1
   done
-  # k256: a random model (the benchmarks' generator) whose rows are whole 256-blocks, so
-  # the K types of Q4_K_M are used as llama.cpp uses them on Phi-3-mini; 8 layers for
-  # use_more_bits' pattern
-  cc -O2 -o "$d/gen_model" "$ROOT/tests/bench/gen_model.c" -ljansson || return 1
-  echo '{"architectures": ["Phi3ForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
-    "max_position_embeddings": 4096, "num_attention_heads": 4, "num_hidden_layers": 8,
-    "num_key_value_heads": 2, "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 10000.0,
-    "sliding_window": 2047, "tie_word_embeddings": false, "vocab_size": 512}' > "$d/k256.json"
-  "$d/gen_model" "$d/k256.json" "$d/k256" > /dev/null || return 1
+  make_k256 "$d" || return 1          # $d/k256 (helper.bash)
 }
 
 setup() {
@@ -327,11 +319,9 @@ quantized() { "$PHI3_BIN/phi3-quantize" -q -t "$2" "$1" q.gguf 2> /dev/null && "
 }
 
 @test "gguf: PHI3_QUANT_LIMBS=1 (AVX-512 VNNI): Q4_K_M decode within 1e-5 of the dequantized weights; its session rows are kept apart" {
-  local f
-  for f in avx512f avx512bw avx512vl avx512dq avx512_vnni; do
-    grep -qw "$f" /proc/cpuinfo || skip "this CPU lacks $f: PHI3_QUANT_LIMBS=1 changes nothing"
-  done
-  [ -z "${PHI3_NO_AVX512:-}${PHI3_NO_AVX:-}" ] || skip "PHI3_NO_AVX512 or PHI3_NO_AVX is set"
+  local why
+  why=$(limbs_missing)
+  [ -z "$why" ] || skip "$why: PHI3_QUANT_LIMBS=1 changes nothing"
   quantized "$G/k256" Q4_K_M               # Q4_K, Q5_K (qkv), Q6_K (output, some ffn_down)
   # a 5-token prompt (the exact blocked path), then single tokens (the decode path qlimb takes)
   { tokens_frame 1 5 9 200 3; tokens_frames 77 300 12 45 6 7 8 9 10 400 23 11; } > in

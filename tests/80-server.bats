@@ -132,15 +132,10 @@ concurrent() {
 }
 
 @test "server: GGUF models (Q8_0, Q4_K_M): 10 concurrent random streams in batched steps equal solo runs; the server does not use PHI3_QUANT_LIMBS" {
-  # k256: the random model of 70-gguf.bats (rows of whole 256-blocks, so Q4_K_M has its
-  # K types); its token_embd is quantized too, which a batched step must look up by
-  # blocks (it once read them as floats: NaN logits)
-  cc -O2 -o gen_model "$ROOT/tests/bench/gen_model.c" -ljansson
-  echo '{"architectures": ["Phi3ForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
-    "max_position_embeddings": 4096, "num_attention_heads": 4, "num_hidden_layers": 8,
-    "num_key_value_heads": 2, "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 10000.0,
-    "sliding_window": 2047, "tie_word_embeddings": false, "vocab_size": 512}' > k256.json
-  ./gen_model k256.json k256 > /dev/null
+  # k256 (helper.bash): rows of whole 256-blocks, so Q4_K_M has its K types; its
+  # token_embd is quantized too, which a batched step must look up by blocks (it once
+  # read them as floats: NaN logits)
+  make_k256 .
   "$PHI3_BIN/phi3-quantize" -q -t Q8_0 k256 q8.gguf 2> /dev/null
   "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M k256 q4.gguf 2> /dev/null
   concurrent "$PWD/q8.gguf" 512 13 10
@@ -151,10 +146,7 @@ concurrent() {
   rm -f server.err
   SERVE_ENV=PHI3_QUANT_LIMBS=1 concurrent "$PWD/q4.gguf" 512 14 10
   grep 'server stats:.*batched' server.err | grep -vq '(0 batched)' || fail "$(cat server.err)"
-  local f vnni=1
-  for f in avx512f avx512bw avx512vl avx512dq avx512_vnni; do grep -qw "$f" /proc/cpuinfo || vnni=; done
-  [ -z "${PHI3_NO_AVX512:-}${PHI3_NO_AVX:-}" ] || vnni=
-  if [ -n "$vnni" ]; then
+  if [ -z "$(limbs_missing)" ]; then
     grep -q 'PHI3_QUANT_LIMBS=1 is not used by --serve' server.err || fail "no note: $(cat server.err)"
   fi
 }

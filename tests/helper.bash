@@ -36,3 +36,25 @@ assert_err() {
 # json2frames: JSON lines on stdin -> frames on stdout (phi3-dump -r).
 json2frames() { "$PHI3_BIN/phi3-dump" -r; }
 frames2json() { "$PHI3_BIN/phi3-dump"; }
+
+# make_k256 DIR: DIR/k256, a random model (the benchmarks' generator) whose rows are whole
+# 256-blocks, so the K types of Q4_K_M are used as llama.cpp uses them on Phi-3-mini;
+# 8 layers for use_more_bits' pattern. Its vocabulary has 512 ids.
+make_k256() {
+  cc -O2 -o "$1/gen_model" "$ROOT/tests/bench/gen_model.c" -ljansson || return 1
+  echo '{"architectures": ["Phi3ForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
+    "max_position_embeddings": 4096, "num_attention_heads": 4, "num_hidden_layers": 8,
+    "num_key_value_heads": 2, "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 10000.0,
+    "sliding_window": 2047, "tie_word_embeddings": false, "vocab_size": 512}' > "$1/k256.json"
+  "$1/gen_model" "$1/k256.json" "$1/k256" > /dev/null
+}
+
+# limbs_missing: why PHI3_QUANT_LIMBS=1 changes nothing here (a CPU feature qlimb needs,
+# or PHI3_NO_AVX512/PHI3_NO_AVX set), or nothing when the limb kernels are used.
+limbs_missing() {
+  local f
+  for f in avx512f avx512bw avx512vl avx512dq avx512_vnni; do
+    grep -qw "$f" /proc/cpuinfo || { echo "this CPU lacks $f"; return; }
+  done
+  [ -z "${PHI3_NO_AVX512:-}${PHI3_NO_AVX:-}" ] || echo "PHI3_NO_AVX512 or PHI3_NO_AVX is set"
+}

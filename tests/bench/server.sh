@@ -7,10 +7,11 @@
 #     alone (through the server, and phi3-run direct) (target >= 5x);
 #  2. the cost of --connect at batch 1: the greedy FIFO loop per token, direct vs through
 #     the server (target <= 5% of a decode step), in LOOP_ROUNDS (default 8) rounds that
-#     pair the two back to back (the order alternating), reported as the median of the
-#     rounds' differences: the loop's per-token time moves by milliseconds between
-#     minutes on a shared VM, more than the target, so a best-of over separate runs says
-#     little; and the relay's own CPU time per decode frame (no loop, no waits);
+#     pair the two back to back (the order alternating), each the median time between
+#     tokens, reported as the median of the rounds' ratios: the loop's per-token time
+#     moves by milliseconds between minutes on a shared VM, more than the target, so a
+#     best-of over separate runs says little; and the relay's own CPU time per decode
+#     frame (no loop, no waits);
 #  3. the batched step alone, in one process (build/bench/batch_bench: no sockets, no relays).
 # Rates are differences between a long and a short run (start-up, model load and prompt
 # cancel), best of REPEATS; the machine's load is printed, since other work on the cores
