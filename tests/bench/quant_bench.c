@@ -5,13 +5,17 @@
  *    "more bits" layer and one plain one, as llama.cpp's Q4_K_M mix alternates them) and
  *    a vocabulary cut to 2/32 of 32064, so every weight class weighs what it does in the
  *    32-layer model: decode ms/token and prefill tokens/s in bf16, Q8_0, Q4_K_M, Q4_0.
+ * 3. GEMV out of cache: each type's weights (768 MB, far past the L3) read once per pass
+ *    through the pool, bf16's decode kernel first: GB/s of weight bytes and the ratio to
+ *    bf16's GB/s. Decode speed relative to bf16 is about this ratio times the ratio of
+ *    bytes (Q4_K_M: 3.19x fewer); it says how far each kernel is from the memory bound.
  * 0. Compute only: one thread, 32 rows x 3072 in L2, min over 2000 passes (robust on a
  *    busy machine): the backend's bf16 decode kernel (gemm dot4) vs each type's rows
  *    kernel at each level, and the opt-in integer kernels (decode/qlimb.h) where the
  *    CPU has them.
  * Random weights (random bytes with sane scales): speed does not depend on the values.
  * usage: quant_bench [THREADS [PREFILL_TOKENS [PARTS]]]; PARTS picks sections by digit
- * (default "012"); prints a table on stdout. */
+ * (default "012"; "3" runs only when named); prints a table on stdout. */
 #include "decode/backend.h"
 #include "decode/gemm.h"
 #include "decode/pool.h"
@@ -177,6 +181,90 @@ static void bench_gemv(pool *p)
     free(y);
 }
 
+/* ---- 3. GEMV out of cache ---- */
+
+typedef struct ooc {
+    st_dtype d;
+    const uint8_t *w;
+    size_t rb;
+    int cols, rows, limbs;
+    const float *x;
+    const void *xp;
+    float *y;
+    float **scratch;
+} ooc;
+
+/* the backend's decode rows (decode/cpu.c mm_rows): bf16 through gemm_rows_xq, block types
+ * QDOT_ROWS at a time through qdot_rows or qlimb_rows */
+static void ooc_rows(void *ctx, int begin, int end, int tid)
+{
+    const ooc *g = ctx;
+    int r0 = begin * GEMM_MB, r1 = end * GEMM_MB < g->rows ? end * GEMM_MB : g->rows;
+    if (!quant_is_block(g->d)) {
+        gemm_rows_xq(gemm_ops_for(g->d), g->w, g->rb, g->cols, r0, r1, g->x, (size_t)g->cols, 1, g->y, 1,
+                     g->scratch[tid], NULL);
+        return;
+    }
+    float o[QDOT_ROWS];
+    for (int r = r0; r < r1; r += QDOT_ROWS) {
+        int nr = r1 - r < QDOT_ROWS ? r1 - r : QDOT_ROWS;
+        if (g->limbs) qlimb_rows(g->d, g->w + (size_t)r * g->rb, g->rb, nr, g->xp, g->cols, o);
+        else qdot_rows(g->d, g->w + (size_t)r * g->rb, g->rb, nr, g->x, g->cols, o);
+        memcpy(g->y + r, o, (size_t)nr * sizeof *o);
+    }
+}
+
+static void bench_ooc(pool *p)
+{
+    enum { C = 3072 };
+    static const st_dtype types[] = {ST_BF16, ST_Q8_0, ST_Q4_0, ST_Q4_K, ST_Q5_K, ST_Q6_K};
+    const size_t target = (size_t)768 << 20;
+    int th = pool_threads(p);
+    float *x = malloc(C * sizeof *x), **scratch = malloc((size_t)th * sizeof *scratch);
+    for (int i = 0; i < C; i++) x[i] = (float)(rnd() % 2000) * 1e-3f - 1.0f;
+    for (int t = 0; t < th; t++) scratch[t] = aligned_alloc(64, (gemm_scratch_floats() * sizeof(float) + 63) / 64 * 64);
+    void *xp = aligned_alloc(64, qlimb_xbytes(C));
+    printf("GEMV out of cache, %d threads, %d columns, %zu MB of weights per type, best of 5 passes after one:\n"
+           "GB/s of weight bytes (ratio to bf16's GB/s)\n", th, C, target >> 20);
+    double bf = 0;
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
+        st_dtype d = types[t];
+        size_t rb = quant_row_bytes(d, C), bytes;
+        int rows = (int)(target / rb / GEMM_MB * GEMM_MB);
+        float *y = malloc((size_t)rows * sizeof *y);
+        void *w = weights(d, rows, C, &bytes);
+        printf("%-6s", st_dtype_name(d));
+        qlimb_force(1);
+        int nl = qlimb_enabled() && qlimb_supported(d) ? 2 : 1;
+        qlimb_force(-1);
+        for (int l = 0; l < nl; l++) {
+            if (l) {
+                qlimb_force(1);
+                qlimb_prep(d, x, C, xp);
+            }
+            ooc g = {d, w, rb, C, rows, l, x, xp, y, scratch};
+            double best = 1e9;
+            for (int rep = 0; rep < 6; rep++) {
+                double t0 = now();
+                pool_run(p, ooc_rows, &g, (rows + GEMM_MB - 1) / GEMM_MB);
+                double dt = now() - t0;
+                if (rep && dt < best) best = dt;
+            }
+            double gbs = (double)bytes / best / 1e9;
+            if (d == ST_BF16) bf = gbs;
+            printf("   %s %5.1f (%.2f)", l ? "limbs" : quant_is_block(d) ? "exact" : "", gbs, gbs / bf);
+            qlimb_force(-1);
+        }
+        printf("\n");
+        free(w);
+        free(y);
+    }
+    for (int t = 0; t < th; t++) free(scratch[t]);
+    free(scratch);
+    free(xp);
+    free(x);
+}
+
 /* ---- 2. the backend on a 2-layer full-width model ---- */
 
 typedef struct mix {
@@ -275,6 +363,7 @@ int main(int argc, char **argv)
     pool *p = pool_new(threads);
     threads = pool_threads(p);
     if (strchr(parts, '1')) bench_gemv(p);
+    if (strchr(parts, '3')) bench_ooc(p);
     pool_free(p);
     if (!strchr(parts, '2')) return 0;
     /* llama.cpp's Q4_K_M for phi3 (llama_tensor_get_type): token_embd Q4_K, output Q6_K,
