@@ -206,6 +206,24 @@ sys.stdout.buffer.write(msgpack.packb({"type": "logits", "pos": 1, "data": struc
   [ -n "$a" ] && [ "$a" != "$b" ]
 }
 
+@test "gguf: differential: random streams equal with one long-lived session on Q4_0 (LongRoPE switch at 64), Q4_K_M and Q8_0 (--kv-type f16)" {
+  # tests/lib/sessdiff.py as in 40-session.bats, on block-quantized weights: each stream
+  # fresh and with the session that the earlier streams left, stdout and status equal
+  local seed=$((RANDOM)) t=12
+  [ -z "${PHI3_SANITIZE:-}" ] || t=6
+  "$PHI3_BIN/phi3-quantize" -q -t Q4_0 "$LONGROPE" lr-q4_0.gguf
+  "$PHI3_BIN/phi3-quantize" -q -t Q8_0 "$LONGROPE" lr-q8_0.gguf
+  "$PHI3_BIN/phi3-quantize" -q -t Q4_K_M "$G/k256" k256-q4km.gguf 2> /dev/null
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" lr-q4_0.gguf 32064 64 "$S" 150 "$seed" $t
+  [ "$status" = 0 ] || fail "Q4_0, seed $seed: $output"
+  "$RUN" --session-rm "$S"
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" k256-q4km.gguf 512 64 "$S" 150 "$seed" $t
+  [ "$status" = 0 ] || fail "Q4_K_M, seed $seed: $output"
+  "$RUN" --session-rm "$S"
+  run "$PY" "$ROOT/tests/lib/sessdiff.py" "$RUN" lr-q8_0.gguf 32064 64 "$S" 100 "$seed" $t --kv-type f16
+  [ "$status" = 0 ] || fail "Q8_0 --kv-type f16, seed $seed: $output"
+}
+
 @test "gguf: bad files: one line naming the file and the cause, exit 1, for every tool" {
   local ok="$ROOT/tests/fuzz/gguf_fuzz.seeds/ok"
   head -c 3000 "$ok" > trunc.gguf
