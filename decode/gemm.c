@@ -147,13 +147,13 @@ AVX_KERNELS(f16, ld_f16)
 AVX_KERNELS(f32, ld_f32)
 
 static const gemm_ops ops_c[3] = {
-    {dot_bf16_c, dot4_bf16_c, cvt_bf16_c, 0, 0, 0}, {dot_f16_c, dot4_f16_c, cvt_f16_c, 0, 0, 0}, {dot_f32_c, dot4_f32_c, cvt_f32_c, 0, 0, 0}};
-static const gemm_ops ops_avx[3] = {{dot_bf16_avx, dot4_bf16_avx, cvt_bf16_avx, 1, 0, 0},
-                                    {dot_f16_avx, dot4_f16_avx, cvt_f16_avx, 1, 0, 0},
-                                    {dot_f32_avx, dot4_f32_avx, cvt_f32_avx, 1, 0, 0}};
-static const gemm_ops ops_avx512[3] = {{dot_bf16_avx, dot4_bf16_avx, cvt_bf16_avx, 2, 0, 0},
-                                       {dot_f16_avx, dot4_f16_avx, cvt_f16_avx, 2, 0, 0},
-                                       {dot_f32_avx, dot4_f32_avx, cvt_f32_avx, 2, 0, 0}};
+    {dot_bf16_c, dot4_bf16_c, cvt_bf16_c, 0, 0, 0, NULL}, {dot_f16_c, dot4_f16_c, cvt_f16_c, 0, 0, 0, NULL}, {dot_f32_c, dot4_f32_c, cvt_f32_c, 0, 0, 0, NULL}};
+static const gemm_ops ops_avx[3] = {{dot_bf16_avx, dot4_bf16_avx, cvt_bf16_avx, 1, 0, 0, NULL},
+                                    {dot_f16_avx, dot4_f16_avx, cvt_f16_avx, 1, 0, 0, NULL},
+                                    {dot_f32_avx, dot4_f32_avx, cvt_f32_avx, 1, 0, 0, NULL}};
+static const gemm_ops ops_avx512[3] = {{dot_bf16_avx, dot4_bf16_avx, cvt_bf16_avx, 2, 0, 0, NULL},
+                                       {dot_f16_avx, dot4_f16_avx, cvt_f16_avx, 2, 0, 0, NULL},
+                                       {dot_f32_avx, dot4_f32_avx, cvt_f32_avx, 2, 0, 0, NULL}};
 
 int gemm_vec_level(void)
 {
@@ -970,6 +970,7 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
                     continue;
                 }
                 if (sk) sk->panel(w + (size_t)r * row_bytes, kb, ks, dst);
+                else if (op->panel) op->panel(w + (size_t)r * row_bytes, kb, ks, dst);
                 else {
                     op->cvt(w + (size_t)r * row_bytes, kb, kc, tail);
                     for (int s = 0; s < ks; s++) memcpy(dst + s * 32, tail + s * 8, 8 * sizeof(float));

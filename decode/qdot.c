@@ -753,6 +753,27 @@ AVX512 void unit512_q6_k(const uint8_t *b, int u, const bscale *p, __m512 *w)
         }                                                                                       \
     }
 
+/* The AVX-512 units straight into a panel row (gemm_ops.panel): each zmm's two halves to
+ * steps s and s + 1, 32 floats apart; the same floats as CVT's */
+#define CVTP(NAME, TGT, T, BS, BB, UNIT)                                                        \
+    __attribute__((target(TGT))) static void NAME(const void *w, int k0, int ks, float *dst)    \
+    {                                                                                           \
+        const uint8_t *b = (const uint8_t *)w + (size_t)(k0 / BS) * BB;                         \
+        bscale p;                                                                               \
+        __m512 v[2];                                                                            \
+        for (int k = 0; k < 8 * ks; k += BS, b += BB) {                                         \
+            prep_##T(b, &p);                                                                    \
+            for (int u = 0; u < BS / 32 && k + 32 * u < 8 * ks; u++) {                          \
+                UNIT(b, u, &p, v);                                                              \
+                float *d = dst + (size_t)(k + 32 * u) / 8 * 32;                                 \
+                _mm256_storeu_ps(d, _mm512_castps512_ps256(v[0]));                              \
+                _mm256_storeu_ps(d + 32, _mm512_extractf32x8_ps(v[0], 1));                      \
+                _mm256_storeu_ps(d + 64, _mm512_castps512_ps256(v[1]));                         \
+                _mm256_storeu_ps(d + 96, _mm512_extractf32x8_ps(v[1], 1));                      \
+            }                                                                                   \
+        }                                                                                       \
+    }
+
 #define T512 "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"
 #define GEMM_GLUE(T, DT, BS, BB)                                                                \
     static float gdot_##T##_c(const void *w, const float *x, int n) { return qdot_portable(DT, w, x, n); } \
@@ -766,16 +787,17 @@ AVX512 void unit512_q6_k(const uint8_t *b, int u, const bscale *p, __m512 *w)
         for (int i = 0; i < 4; i++) out[i] = dot_##T((const uint8_t *)w + i * rb, x, n);       \
     }                                                                                           \
     CVT(cvt_##T, "avx2,fma,f16c", T, BS, BB, unit_##T, __m256, 4, _mm256_storeu_ps)            \
-    CVT(cvt512_##T, T512, T, BS, BB, unit512_##T, __m512, 2, _mm512_storeu_ps)
+    CVT(cvt512_##T, T512, T, BS, BB, unit512_##T, __m512, 2, _mm512_storeu_ps)                 \
+    CVTP(panel512_##T, T512, T, BS, BB, unit512_##T)
 GEMM_GLUE(q8_0, ST_Q8_0, QK8_0, Q8_0_BYTES)
 GEMM_GLUE(q4_0, ST_Q4_0, QK4_0, Q4_0_BYTES)
 GEMM_GLUE(q4_k, ST_Q4_K, QK_K, Q4_K_BYTES)
 GEMM_GLUE(q5_k, ST_Q5_K, QK_K, Q5_K_BYTES)
 GEMM_GLUE(q6_k, ST_Q6_K, QK_K, Q6_K_BYTES)
 
-#define OPS(T, B, BB) {dot_##T, gdot4_##T, cvt_##T, 1, B, BB}
-#define OPS512(T, B, BB) {dot_##T, gdot4_##T, cvt512_##T, 2, B, BB}
-#define OPS_C(T, B, BB) {gdot_##T##_c, gdot4_##T##_c, cvt_##T##_c, 0, B, BB}
+#define OPS(T, B, BB) {dot_##T, gdot4_##T, cvt_##T, 1, B, BB, NULL}
+#define OPS512(T, B, BB) {dot_##T, gdot4_##T, cvt512_##T, 2, B, BB, panel512_##T}
+#define OPS_C(T, B, BB) {gdot_##T##_c, gdot4_##T##_c, cvt_##T##_c, 0, B, BB, NULL}
 #define OPS_ALL(M) {M(q8_0, QK8_0, Q8_0_BYTES), M(q4_0, QK4_0, Q4_0_BYTES), M(q4_k, QK_K, Q4_K_BYTES), \
                     M(q5_k, QK_K, Q5_K_BYTES), M(q6_k, QK_K, Q6_K_BYTES)}
 static const gemm_ops gops[3][5] = {
