@@ -952,6 +952,9 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
     /* the partial sums start at zero: in the AVX-512 tiles' registers at the first panel
      * (whole pairs of groups, all of them tile_z's), else here (padded rows too) */
     int zero_in_tiles = op->vec == 2 && groups % 2 == 0 && K8 > 0;
+    /* every group in tile_z (whole pairs): the last panel's tiles also reduce the sums in
+     * registers, for bf16 and float32 panels alike (no pass of reduce_avx over memory) */
+    int reduce_in_tiles = op->vec == 2 && groups % 2 == 0;
     if (!zero_in_tiles) memset(acc, 0, (size_t)((rows + 7) & ~7) / 2 * ps * sizeof(float));
     for (int kb = 0; kb < K8; kb += GEMM_KC) {
         int kc = K8 - kb < GEMM_KC ? K8 - kb : GEMM_KC, ks = kc / 8;
@@ -989,12 +992,12 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
         int pfr = kb + GEMM_KC < K8 ? rows : next_rows;
         pfq_init(&pq, pf, row_bytes, (size_t)pfr, pbytes, ((n + 5) / 6) * (groups / 2));
         if (op->vec == 2)
-            tiles_z(panel, zb, groups, ks, xb, ldx, n, acc, ps, &pq, zb && kb + GEMM_KC >= K8 ? out : NULL, ldo, rows,
+            tiles_z(panel, zb, groups, ks, xb, ldx, n, acc, ps, &pq, reduce_in_tiles && kb + GEMM_KC >= K8 ? out : NULL, ldo, rows,
                     zero_in_tiles && kb == 0);
         else if (op->vec == 1) tiles_y(panel, groups, ks, xb, ldx, n, acc, ps);
         else tiles_c(panel, groups, ks, xb, ldx, n, acc, ps);
     }
-    if (zb && K8 > 0) {
+    if (reduce_in_tiles && K8 > 0) {
         /* reduced by the last panel's tiles */
     } else if (op->vec) reduce_avx(acc, ps, rows, n, out, ldo);
     else
