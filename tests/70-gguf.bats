@@ -341,7 +341,8 @@ quantized() { "$PHI3_BIN/phi3-quantize" -q -t "$2" "$1" q.gguf 2> /dev/null && "
   why=$(limbs_missing)
   [ -z "$why" ] || skip "$why: PHI3_QUANT_LIMBS=1 changes nothing"
   quantized "$G/k256" Q4_K_M               # Q4_K, Q5_K (qkv), Q6_K (output, some ffn_down)
-  # a 5-token prompt (the exact blocked path), then single tokens (the decode path qlimb takes)
+  # a 5-token prompt (exact: 4..12 tokens take rows dequantized to f32), then single tokens
+  # (the decode path qlimb takes)
   { tokens_frame 1 5 9 200 3; tokens_frames 77 300 12 45 6 7 8 9 10 400 23 11; } > in
   "$RUN" --backend cpu -q -m deq.gguf < in > d.out
   PHI3_QUANT_LIMBS=1 "$RUN" --backend cpu -q -m q.gguf --session "$S" < in > l.out
