@@ -951,11 +951,10 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
     if (zb && groups % 2) groups++;     /* whole pairs of groups (the extra rows are zero) */
     /* the partial sums start at zero: in the AVX-512 tiles' registers at the first panel
      * (whole pairs of groups, all of them tile_z's), else here (padded rows too) */
-    int zero_in_tiles = op->vec == 2 && groups % 2 == 0 && K8 > 0;
-    /* every group in tile_z (whole pairs): the last panel's tiles also reduce the sums in
-     * registers, for bf16 and float32 panels alike (no pass of reduce_avx over memory) */
-    int reduce_in_tiles = op->vec == 2 && groups % 2 == 0;
-    if (!zero_in_tiles) memset(acc, 0, (size_t)((rows + 7) & ~7) / 2 * ps * sizeof(float));
+    /* the last panel's tiles also reduce the sums in registers, for bf16 and float32
+     * panels alike (no pass of reduce_avx over memory) */
+    int in_tiles = op->vec == 2 && groups % 2 == 0 && K8 > 0;
+    if (!in_tiles) memset(acc, 0, (size_t)((rows + 7) & ~7) / 2 * ps * sizeof(float));
     for (int kb = 0; kb < K8; kb += GEMM_KC) {
         int kc = K8 - kb < GEMM_KC ? K8 - kb : GEMM_KC, ks = kc / 8;
         if (zb)
@@ -973,7 +972,7 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
                     continue;
                 }
                 if (sk) sk->panel(w + (size_t)r * row_bytes, kb, ks, dst);
-                else if (op->panel) op->panel(w + (size_t)r * row_bytes, kb, ks, dst);
+                else if (op->panel) op->panel(w + (size_t)r * row_bytes, kb, kc, dst);
                 else {
                     op->cvt(w + (size_t)r * row_bytes, kb, kc, tail);
                     for (int s = 0; s < ks; s++) memcpy(dst + s * 32, tail + s * 8, 8 * sizeof(float));
@@ -992,12 +991,12 @@ static void gemm_block(const gemm_ops *op, const uint8_t *w, size_t row_bytes, i
         int pfr = kb + GEMM_KC < K8 ? rows : next_rows;
         pfq_init(&pq, pf, row_bytes, (size_t)pfr, pbytes, ((n + 5) / 6) * (groups / 2));
         if (op->vec == 2)
-            tiles_z(panel, zb, groups, ks, xb, ldx, n, acc, ps, &pq, reduce_in_tiles && kb + GEMM_KC >= K8 ? out : NULL, ldo, rows,
-                    zero_in_tiles && kb == 0);
+            tiles_z(panel, zb, groups, ks, xb, ldx, n, acc, ps, &pq, in_tiles && kb + GEMM_KC >= K8 ? out : NULL, ldo, rows,
+                    in_tiles && kb == 0);
         else if (op->vec == 1) tiles_y(panel, groups, ks, xb, ldx, n, acc, ps);
         else tiles_c(panel, groups, ks, xb, ldx, n, acc, ps);
     }
-    if (reduce_in_tiles && K8 > 0) {
+    if (in_tiles) {
         /* reduced by the last panel's tiles */
     } else if (op->vec) reduce_avx(acc, ps, rows, n, out, ldo);
     else

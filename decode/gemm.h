@@ -33,9 +33,9 @@ typedef struct gemm_ops {
     void (*cvt)(const void *w, int k0, int n, float *dst);
     int vec;                    /* 0 scalar, 1 AVX2 (ymm), 2 AVX-512 F/DQ/BW/VL (zmm pairs of 8 lanes) */
     int blk, blk_bytes;         /* quantized: weights and bytes per block (0: not blocks) */
-    /* optional: what cvt gives for n = 8 ks, written straight into a panel row: floats
-     * 8s..8s+8 at dst + 32 s (the many-token path's layout); NULL: cvt, then copied */
-    void (*panel)(const void *w, int k0, int ks, float *dst);
+    /* optional: what cvt gives, written straight into a panel row: floats 8s..8s+8 at
+     * dst + 32 s (the many-token path's layout); NULL: cvt, then copied */
+    void (*panel)(const void *w, int k0, int n, float *dst);
 } gemm_ops;
 
 /* Kernels for weights of dtype d on this CPU (PHI3_NO_AVX=1: scalar; PHI3_NO_AVX512=1:

@@ -737,8 +737,8 @@ AVX512 void unit512_q6_k(const uint8_t *b, int u, const bscale *p, __m512 *w)
  * the GEMM tiles run the canonical order on the same float weights. */
 
 /* A cvt of decode/gemm.h for type T: UNIT dequantizes unit u (32 weights) into NV vectors
- * of type V. */
-#define CVT(NAME, TGT, T, BS, BB, UNIT, V, NV, STORE)                                           \
+ * of type V; PUT(dst, o, v) stores the vector of weights o.. (a row, or a panel row) */
+#define CVT(NAME, TGT, T, BS, BB, UNIT, V, NV, PUT)                                             \
     __attribute__((target(TGT))) static void NAME(const void *w, int k0, int n, float *dst)     \
     {                                                                                           \
         const uint8_t *b = (const uint8_t *)w + (size_t)(k0 / BS) * BB;                         \
@@ -748,31 +748,16 @@ AVX512 void unit512_q6_k(const uint8_t *b, int u, const bscale *p, __m512 *w)
             prep_##T(b, &p);                                                                    \
             for (int u = 0; u < BS / 32 && k + 32 * u < n; u++) {                               \
                 UNIT(b, u, &p, v);                                                              \
-                UNROLL(4) for (int i = 0; i < NV; i++) STORE(dst + k + 32 * u + 32 / NV * i, v[i]); \
+                UNROLL(4) for (int i = 0; i < NV; i++) PUT(dst, k + 32 * u + 32 / NV * i, v[i]); \
             }                                                                                   \
         }                                                                                       \
     }
-
-/* The AVX-512 units straight into a panel row (gemm_ops.panel): each zmm's two halves to
- * steps s and s + 1, 32 floats apart; the same floats as CVT's */
-#define CVTP(NAME, TGT, T, BS, BB, UNIT)                                                        \
-    __attribute__((target(TGT))) static void NAME(const void *w, int k0, int ks, float *dst)    \
-    {                                                                                           \
-        const uint8_t *b = (const uint8_t *)w + (size_t)(k0 / BS) * BB;                         \
-        bscale p;                                                                               \
-        __m512 v[2];                                                                            \
-        for (int k = 0; k < 8 * ks; k += BS, b += BB) {                                         \
-            prep_##T(b, &p);                                                                    \
-            for (int u = 0; u < BS / 32 && k + 32 * u < 8 * ks; u++) {                          \
-                UNIT(b, u, &p, v);                                                              \
-                float *d = dst + (size_t)(k + 32 * u) / 8 * 32;                                 \
-                _mm256_storeu_ps(d, _mm512_castps512_ps256(v[0]));                              \
-                _mm256_storeu_ps(d + 32, _mm512_extractf32x8_ps(v[0], 1));                      \
-                _mm256_storeu_ps(d + 64, _mm512_castps512_ps256(v[1]));                         \
-                _mm256_storeu_ps(d + 96, _mm512_extractf32x8_ps(v[1], 1));                      \
-            }                                                                                   \
-        }                                                                                       \
-    }
+#define PUT_ROW256(d, o, v) _mm256_storeu_ps((d) + (o), v)
+#define PUT_ROW512(d, o, v) _mm512_storeu_ps((d) + (o), v)
+/* gemm_ops.panel: weights o..o+16 as the panel's steps o/8 and o/8 + 1, 32 floats apart */
+#define PUT_PANEL512(d, o, v)                                                                   \
+    (_mm256_storeu_ps((d) + (o) / 8 * 32, _mm512_castps512_ps256(v)),                           \
+     _mm256_storeu_ps((d) + (o) / 8 * 32 + 32, _mm512_extractf32x8_ps(v, 1)))
 
 #define T512 "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"
 #define GEMM_GLUE(T, DT, BS, BB)                                                                \
@@ -786,9 +771,9 @@ AVX512 void unit512_q6_k(const uint8_t *b, int u, const bscale *p, __m512 *w)
     {                                                                                           \
         for (int i = 0; i < 4; i++) out[i] = dot_##T((const uint8_t *)w + i * rb, x, n);       \
     }                                                                                           \
-    CVT(cvt_##T, "avx2,fma,f16c", T, BS, BB, unit_##T, __m256, 4, _mm256_storeu_ps)            \
-    CVT(cvt512_##T, T512, T, BS, BB, unit512_##T, __m512, 2, _mm512_storeu_ps)                 \
-    CVTP(panel512_##T, T512, T, BS, BB, unit512_##T)
+    CVT(cvt_##T, "avx2,fma,f16c", T, BS, BB, unit_##T, __m256, 4, PUT_ROW256)                  \
+    CVT(cvt512_##T, T512, T, BS, BB, unit512_##T, __m512, 2, PUT_ROW512)                       \
+    CVT(panel512_##T, T512, T, BS, BB, unit512_##T, __m512, 2, PUT_PANEL512)
 GEMM_GLUE(q8_0, ST_Q8_0, QK8_0, Q8_0_BYTES)
 GEMM_GLUE(q4_0, ST_Q4_0, QK4_0, Q4_0_BYTES)
 GEMM_GLUE(q4_k, ST_Q4_K, QK_K, Q4_K_BYTES)
